@@ -1,0 +1,180 @@
+"""The `rlaif` command line. Each command is a thin shell over one stage module; the help text is the manual."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from rlaif.constitution import ConstitutionError, TemplateError
+    from rlaif.models import ModelError
+    from rlaif.records import DataError
+
+    return (ConstitutionError, TemplateError, ModelError, DataError)
+
+
+class _Group(click.Group):
+    """Turns the errors a user can fix into a clear message and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as e:
+            err.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rlaif")
+def cli() -> None:
+    """rlaif: align a language model to a written constitution.
+
+    \b
+    Start here:
+      rlaif constitution check default        validate the shipped constitution
+      rlaif constitution show default         list the principles it applies
+      rlaif generate -p "How do I boil an egg?"   talk to the embedded model
+
+    The embedded model is SmolLM2-135M-Instruct (runs on a laptop CPU). Any command that takes --model also
+    accepts a local Hugging Face directory, a .gguf file or a hub id. Run `rlaif COMMAND --help` for each
+    command's guide.
+    """
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif constitution ...
+
+
+@cli.group(cls=_Group)
+def constitution() -> None:
+    """Check and inspect constitutions and principle files.
+
+    A constitution is a YAML file naming the principles to apply (from the library in principles/), few-shot
+    examples, and the settings of the critique loop and the AI labeler. Refer to one by shipped name (default,
+    harmless) or by path. The format is documented in docs/constitution.md.
+    """
+
+
+@constitution.command("check")
+@click.argument("specs", nargs=-1, metavar="[NAME|PATH]...")
+def constitution_check(specs: tuple[str, ...]) -> None:
+    """Validate constitutions or principle files; exit 1 if any has a problem.
+
+    Every problem is reported, each with file:line:column, the field and what was expected. With no
+    argument, checks every shipped constitution.
+
+    \b
+    Examples:
+      rlaif constitution check                     # all shipped constitutions
+      rlaif constitution check default my.yaml     # a shipped one and your own
+      rlaif constitution check principles/harmless.yaml
+    """
+    from collections import Counter
+
+    from rlaif.constitution import ConstitutionError, load_constitution, shipped_names
+
+    failed = 0
+    for spec in specs or shipped_names():
+        try:
+            c = load_constitution(spec)
+        except ConstitutionError as e:
+            failed += 1
+            err.print(f"[red]✗[/red] {escape(spec)}: {len(e.problems)} problem(s)")
+            for problem in e.problems:
+                err.print(f"  {problem}", markup=False, soft_wrap=True)
+            continue
+        families = ", ".join(f"{f} {n}" for f, n in Counter(p.family for p in c.principles).items())
+        out.print(f"[green]✓[/green] {escape(spec)}: {len(c.principles)} principles ({families}), "
+                  f"{len(c.critique_examples)} critique and {len(c.label_examples)} label examples")
+    sys.exit(1 if failed else 0)
+
+
+@constitution.command("show")
+@click.argument("spec", default="default", metavar="[NAME|PATH]")
+@click.option("--full", is_flag=True, help="Print each principle's full texts instead of a table.")
+def constitution_show(spec: str, full: bool) -> None:
+    """Show the principles a constitution resolves to, after includes, pick/omit and overrides.
+
+    \b
+    Examples:
+      rlaif constitution show                  # the default constitution
+      rlaif constitution show harmless --full  # every request and question in full
+    """
+    from rlaif.constitution import load_constitution
+
+    c = load_constitution(spec)
+    out.print(f"[bold]{escape(c.name)}[/bold] {escape(c.version)}  [dim]{escape(str(c.path))}[/dim]")
+    out.print(c.description.strip(), markup=False)
+    if full:
+        for p in c.principles:
+            out.print(f"\n[bold]{p.id}[/bold]  [dim]{p.family} · weight {p.weight:g} · {escape(p.source)}[/dim]")
+            out.print(f"  critique:   {p.critique_request}", markup=False)
+            out.print(f"  revision:   {p.revision_request}", markup=False)
+            out.print(f"  comparison: {p.comparison_question}", markup=False)
+        return
+    table = Table(show_lines=False)
+    for column in ("id", "family", "weight", "comparison question"):
+        table.add_column(column, overflow="fold")
+    for p in c.principles:
+        table.add_row(p.id, p.family, f"{p.weight:g}", Text(p.comparison_question))
+    out.print(table)
+    s, lab = c.critique, c.label
+    out.print(f"critique: {s.rounds} rounds, {s.sampling} sampling, seed {s.seed}")
+    out.print(f"label: {lab.principles_per_comparison} principle(s) per comparison, both orders {lab.both_orders}, "
+              f"chain of thought {lab.chain_of_thought}, clamp {list(lab.clamp)}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif generate
+
+
+@cli.command()
+@click.option("-m", "--model", default="smollm2-135m-instruct", show_default=True,
+              help="Embedded model name, local directory, .gguf file or hub id.")
+@click.option("-p", "--prompt", "prompts", multiple=True, required=True,
+              help="A user message. Repeat to generate several replies in one batch.")
+@click.option("-s", "--system", default=None, help="An optional system message before each prompt.")
+@click.option("--max-new-tokens", default=256, show_default=True, help="Reply length limit in tokens.")
+@click.option("-t", "--temperature", default=0.0, show_default=True, help="0 for greedy decoding.")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")
+@click.option("--seed", default=None, type=int, help="Seed for sampling (temperature > 0).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU if there is one).")
+def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, device) -> None:
+    """Generate replies from a model: a quick way to see what it says.
+
+    \b
+    Examples:
+      rlaif generate -p "Give me three tips for sleeping better."
+      rlaif generate -m runs/x/sft -p "Hi" -p "How do I pick a lock?" -t 0.7 --seed 1
+    """
+    from rlaif.generate import GenerationConfig
+    from rlaif.generate import generate as run
+    from rlaif.models import load_model
+
+    lm, tokenizer = load_model(model, device=device)
+    head = [{"role": "system", "content": system}] if system else []
+    conversations = [head + [{"role": "user", "content": p}] for p in prompts]
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    for prompt, reply in zip(prompts, run(lm, tokenizer, conversations, config)):
+        if len(prompts) > 1:
+            out.print(f"[bold]> {escape(prompt)}[/bold]")
+        out.print(reply.text, markup=False)
+        if reply.finish_reason == "length":
+            err.print(f"[dim](stopped at --max-new-tokens {max_new_tokens})[/dim]")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,484 @@
+"""The data contract: the rows every stage reads and writes, and the resumable JSONL files they live in.
+
+Column names follow TRL's dataset formats (`prompt`, `messages`, `chosen`, `rejected`), conversational flavour: a
+prompt is a list of chat messages, so multi-turn context survives every stage. Every file loads with
+`datasets.load_dataset("json", data_files=PATH)`. The full reference, with examples, is docs/data-contract.md.
+
+Stages write rows as they finish (one flushed line per row, keyed by `id`), so a killed run loses at most the row
+being written; reopening the file repairs a torn last line and reports which ids are done, so a rerun skips them.
+
+This module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, TypedDict
+
+try:  # NotRequired is in typing from 3.11
+    from typing import NotRequired
+except ImportError:  # pragma: no cover
+    from typing_extensions import NotRequired
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Row types (documentation and type hints; JSON on disk)
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PromptRow(TypedDict):
+    """A prompt to answer. `prompt` ends with a user turn; earlier turns are context."""
+
+    id: str
+    prompt: list[Message]
+    tags: NotRequired[list[str]]  # e.g. ["red-team"], ["helpful"]: lets evaluation report them apart
+    source: NotRequired[str]  # where it came from: a file name, "hh-rlhf"
+
+
+class RevisionRound(TypedDict):
+    principle: str  # principle id
+    critique_request: str
+    critique: str
+    revision_request: str
+    revision: str
+    flags: NotRequired[list[str]]
+
+
+class RevisionRow(TypedDict):
+    """The whole critique-and-revise trace for one prompt (`rlaif critique`, revisions.jsonl)."""
+
+    id: str
+    prompt: list[Message]
+    initial: str
+    rounds: list[RevisionRound]
+    final: str
+    flags: NotRequired[list[str]]
+
+
+class SFTRow(TypedDict):
+    """A supervised example in TRL's conversational language-modeling format (sft.jsonl)."""
+
+    id: str
+    messages: list[Message]
+
+
+class CandidateRow(TypedDict):
+    """K sampled responses to one prompt (`rlaif sample`, candidates.jsonl)."""
+
+    id: str
+    prompt: list[Message]
+    responses: list[str]
+    policy: NotRequired[str]
+
+
+class PreferenceRow(TypedDict):
+    """One preference pair in TRL's conversational preference format, plus a soft label and its evidence."""
+
+    id: str
+    prompt: list[Message]
+    chosen: list[Message]  # one assistant message
+    rejected: list[Message]  # one assistant message
+    p_chosen: float  # probability that `chosen` is the better response: 1.0 for a hard human label
+    source: Literal["ai", "human", "critique"]
+    weight: NotRequired[float]
+    annotator: NotRequired[str]  # human rater id, when known
+    labeler: NotRequired[str]  # AI labeler model id
+    principles: NotRequired[list[str]]  # principle ids used by the AI labeler
+    principle_p: NotRequired[dict[str, float]]  # p_chosen under each principle
+    p_orders: NotRequired[dict[str, float]]  # p_chosen with chosen shown first / second
+    consistent: NotRequired[bool]  # both orders agree on the winner
+    flags: NotRequired[list[str]]
+
+
+class RankingRow(TypedDict):
+    """A human ranking of K responses (input to `rlaif rankings import`): `ranks` (1 = best, ties allowed) or `scores`."""
+
+    id: str
+    prompt: list[Message]
+    responses: list[str]
+    ranks: NotRequired[list[int]]
+    scores: NotRequired[list[float]]
+    annotator: NotRequired[str]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+class DataError(Exception):
+    """A problem with a user's data file. The message names the file, line and field."""
+
+    def __init__(self, path: Path | str, line: int | None, field: str | None, message: str):
+        self.path, self.line, self.field = Path(path), line, field
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# JSONL
+
+
+def _repair_tail(path: Path) -> int:
+    """Make `path` end at a line boundary. A crash can leave a last line without its newline: if what is there is a
+    whole JSON object it is kept (and the newline added), otherwise it is cut off. Returns the bytes removed."""
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return 0
+        # Read back far enough to find the previous newline.
+        start = size
+        tail = b""
+        while start > 0 and b"\n" not in tail:
+            step = min(start, 1 << 16)
+            start -= step
+            f.seek(start)
+            tail = f.read(step) + tail
+        if tail.endswith(b"\n"):
+            return 0
+        cut = tail.rfind(b"\n") + 1  # 0 when the file is one torn line
+        last = tail[cut:]
+        try:
+            if isinstance(json.loads(last), dict):
+                f.write(b"\n")
+                return 0
+        except ValueError:
+            pass
+        f.truncate(start + cut)
+        return len(last)
+
+
+def read_jsonl(path: Path | str) -> Iterator[dict]:
+    """Yield the objects of a JSONL file. A line that is not a JSON object is an error naming the line; blank lines
+    are skipped. A last line cut short by a crash (no newline, not valid JSON) is ignored."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    torn = lines[-1]  # what follows the final newline: empty for a well-formed file
+    for number, raw in enumerate(lines[:-1], start=1):
+        if raw.strip():
+            yield _parse_line(path, number, raw)
+    if torn.strip():
+        try:
+            row = json.loads(torn)
+        except ValueError:
+            return
+        if isinstance(row, dict):
+            yield row
+
+
+def _parse_line(path: Path, number: int, raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, number, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, number, None, f"not valid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise DataError(path, number, None, f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+class JsonlWriter:
+    """Append-only JSONL output keyed by `id`, safe to kill at any moment.
+
+    Opening an existing file repairs a torn last line and loads the ids already written into `done`; `write` appends
+    one row and flushes it, so after a crash the rerun skips `done` and writes each id exactly once.
+
+        with JsonlWriter(out / "sft.jsonl") as out_rows:
+            for row in rows:
+                if row["id"] not in out_rows.done:
+                    out_rows.write(make(row))
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[str] = set()
+        if self.path.exists():
+            _repair_tail(self.path)
+            for number, row in enumerate(read_jsonl(self.path), start=1):
+                if "id" not in row:
+                    raise DataError(self.path, number, "id", "row has no id; this file was not written by rlaif")
+                self.done.add(row["id"])
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        if row["id"] in self.done:
+            raise ValueError(f"{self.path}: id {row['id']!r} is already written")
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+        self.done.add(row["id"])
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_atomic(path: Path | str, text: str) -> None:
+    """Write a whole file so that readers see the old version or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stage directories: resolved config.yaml + manifest.json
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in ("rlaif", "torch", "transformers", "trl", "accelerate", "peft"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Manifest:
+    """What a stage directory holds and how it was made: `manifest.json`.
+
+    `inputs` maps each input file to its sha256 and size, `counts` holds row counts (written, skipped, failed, ...),
+    `status` is "running" until the stage finishes, then "complete".
+    """
+
+    stage: str
+    status: str = "running"
+    created: str = field(default_factory=_now)
+    updated: str = field(default_factory=_now)
+    seconds: float = 0.0
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=_versions)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_input(self, path: Path | str) -> None:
+        path = Path(path)
+        self.inputs[str(path)] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+
+    def save(self, directory: Path | str) -> None:
+        self.updated = _now()
+        write_atomic(Path(directory) / "manifest.json", json.dumps(self.__dict__, indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path | str) -> "Manifest":
+        return cls(**json.loads((Path(directory) / "manifest.json").read_text(encoding="utf-8")))
+
+
+def write_config(directory: Path | str, config: dict[str, Any]) -> None:
+    """Save a stage's resolved config as `config.yaml`, the record of exactly what ran."""
+    import yaml
+
+    write_atomic(Path(directory) / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Prompt and preference loading
+
+
+def content_id(value: Any, prefix: str = "p") -> str:
+    """A stable id from content, so rows without an `id` get the same id on every run."""
+    blob = json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return f"{prefix}-{hashlib.sha1(blob).hexdigest()[:12]}"
+
+
+_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def parse_transcript(text: str) -> list[Message]:
+    """Turn an hh-rlhf transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") into chat messages."""
+    parts = _TURN.split(text)
+    if parts[0].strip() or len(parts) < 3:
+        raise ValueError("expected a transcript starting with '\\n\\nHuman: '")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[who], "content": said.strip()} for who, said in zip(parts[1::2], parts[2::2])]
+
+
+def _as_messages(value: Any, path: Path, line: int, name: str) -> list[Message]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(path, line, name, "is empty")
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        for i, m in enumerate(value):
+            if m.get("role") not in ("system", "user", "assistant"):
+                raise DataError(path, line, f"{name}[{i}].role", "expected 'system', 'user' or 'assistant'")
+            if not isinstance(m.get("content"), str):
+                raise DataError(path, line, f"{name}[{i}].content", "expected text")
+        return value
+    raise DataError(path, line, name, "expected text or a list of {role, content} messages")
+
+
+def _prompt_from_object(row: dict, path: Path, line: int) -> tuple[list[Message], str]:
+    """The prompt of one input object, and the kind of object it was."""
+    if "prompt" in row:
+        return _as_messages(row["prompt"], path, line, "prompt"), "prompt"
+    if "messages" in row:
+        messages = _as_messages(row["messages"], path, line, "messages")
+        while messages and messages[-1]["role"] == "assistant":  # a finished chat: answer its last user turn again
+            messages = messages[:-1]
+        if not messages:
+            raise DataError(path, line, "messages", "has no user turn")
+        return messages, "messages"
+    if "chosen" in row and isinstance(row["chosen"], str):
+        try:
+            turns = parse_transcript(row["chosen"])
+        except ValueError as e:
+            raise DataError(path, line, "chosen", str(e)) from None
+        return [turns[0]], "hh-rlhf"
+    raise DataError(path, line, "prompt", "missing: expected a 'prompt', 'messages' or hh-rlhf 'chosen' field")
+
+
+def load_prompts(path: Path | str) -> list[PromptRow]:
+    """Load prompts from JSONL, CSV (a `prompt` column), plain text (one prompt per line) or hh-rlhf transcripts
+    (the first Human turn becomes the prompt). Rows keep their `id` and `tags` when given; others get a stable id
+    from their content. Errors name the file, line and field."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, None, "file not found")
+    suffix = path.suffix.lower()
+    rows: list[PromptRow] = []
+    if suffix in (".jsonl", ".json"):
+        for line, obj in _numbered_jsonl(path):
+            messages, kind = _prompt_from_object(obj, path, line)
+            rows.append(_prompt_row(obj, messages, path, line, "hh-rlhf" if kind == "hh-rlhf" else path.name))
+    elif suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "prompt" not in reader.fieldnames:
+                raise DataError(path, 1, "prompt", f"no 'prompt' column (columns: {reader.fieldnames})")
+            for record in reader:
+                line = reader.line_num
+                obj: dict[str, Any] = {k: v for k, v in record.items() if v not in (None, "")}
+                if "tags" in obj:
+                    obj["tags"] = [t.strip() for t in obj["tags"].split(";") if t.strip()]
+                messages = _as_messages(record["prompt"] or "", path, line, "prompt")
+                rows.append(_prompt_row(obj, messages, path, line, path.name))
+    else:
+        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if text.strip():
+                rows.append(_prompt_row({}, [{"role": "user", "content": text.strip()}], path, line, path.name))
+    if not rows:
+        raise DataError(path, None, None, "no prompts found")
+    return _unique_ids(rows, path, lambda row: content_id(row["prompt"]))
+
+
+def _numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield number, _parse_line(path, number, raw)
+
+
+def _prompt_row(obj: dict, messages: list[Message], path: Path, line: int, source: str) -> PromptRow:
+    row: PromptRow = {"id": "", "prompt": messages}
+    if "id" in obj:
+        if not isinstance(obj["id"], (str, int)) or str(obj["id"]) == "":
+            raise DataError(path, line, "id", "expected non-empty text")
+        row["id"] = str(obj["id"])
+    tags = obj.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise DataError(path, line, "tags", "expected a list of text tags")
+    if tags:
+        row["tags"] = tags
+    row["source"] = str(obj.get("source", source))
+    row["_line"] = line  # type: ignore[typeddict-unknown-key]  # removed by _unique_ids
+    return row
+
+
+def _unique_ids(rows: list, path: Path, make_id) -> list:
+    """Give id-less rows a content id (repeats get -2, -3, ...) and reject duplicate explicit ids."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        line = row.pop("_line")
+        if row["id"]:
+            if row["id"] in seen:
+                raise DataError(path, line, "id", f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+        else:
+            base = make_id(row)
+            row["id"], n = base, 1
+            while row["id"] in seen:
+                n += 1
+                row["id"] = f"{base}-{n}"
+        seen[row["id"]] = line
+    return rows
+
+
+def load_hh_preferences(path: Path | str, limit: int | None = None) -> list[PreferenceRow]:
+    """Load hh-rlhf chosen/rejected transcripts as human preference rows: the shared turns become the prompt and
+    the final Assistant turns the chosen and rejected responses."""
+    path = Path(path)
+    rows: list[PreferenceRow] = []
+    for line, obj in _numbered_jsonl(path):
+        if limit is not None and len(rows) >= limit:
+            break
+        sides = {}
+        for name in ("chosen", "rejected"):
+            if not isinstance(obj.get(name), str):
+                raise DataError(path, line, name, "missing: expected an hh-rlhf transcript")
+            try:
+                sides[name] = parse_transcript(obj[name])
+            except ValueError as e:
+                raise DataError(path, line, name, str(e)) from None
+        chosen, rejected = sides["chosen"], sides["rejected"]
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+            raise DataError(path, line, "chosen", "transcript does not end with an Assistant turn")
+        if chosen[:-1] != rejected[:-1]:
+            raise DataError(path, line, "rejected", "chosen and rejected differ before their last Assistant turn")
+        prompt = chosen[:-1]
+        row: PreferenceRow = {
+            "id": str(obj.get("id", "")),
+            "prompt": prompt,
+            "chosen": [chosen[-1]],
+            "rejected": [rejected[-1]],
+            "p_chosen": 1.0,
+            "source": "human",
+        }
+        row["_line"] = line  # type: ignore[typeddict-unknown-key]
+        rows.append(row)
+    return _unique_ids(rows, path, lambda row: content_id([row["prompt"], row["chosen"], row["rejected"]], "hh"))
+
+
+def write_jsonl(path: Path | str, rows: Iterable[dict]) -> int:
+    """Write a whole JSONL file atomically (for small derived files; stages stream with JsonlWriter)."""
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    write_atomic(path, "".join(lines))
+    return len(lines)

@@ -1,0 +1,105 @@
+"""Batched generation on the tiny model: batching must not change greedy output; seeds, log-probs and EOS handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rlaif.cli import cli
+from rlaif.generate import GenerationConfig, encode_chat, generate, left_pad, trim_at_eos
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "How do I bake bread?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Which response is more helpful?"}],
+    [{"role": "user", "content": "def add(a, b):"}, {"role": "assistant", "content": "return a + b"},
+     {"role": "user", "content": "Critique the reply: it is rude and gives dangerous advice. " * 3}],
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Mix flour, water, salt and yeast, then let it rise. " * 5}],
+]
+
+
+@pytest.mark.parametrize("batch_size", [2, 5])
+def test_batched_greedy_equals_one_by_one(tiny, batch_size):
+    model, tokenizer = tiny
+    config = GenerationConfig(max_new_tokens=24, temperature=0, batch_size=batch_size)
+    batched = generate(model, tokenizer, CONVERSATIONS, config)
+    single = [generate(model, tokenizer, [c], GenerationConfig(max_new_tokens=24, temperature=0, batch_size=1))[0]
+              for c in CONVERSATIONS]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert len({tuple(g.token_ids) for g in batched}) > 1  # the replies differ, so the comparison means something
+    assert [g.prompt_tokens for g in batched] == [len(encode_chat(tokenizer, c)) for c in CONVERSATIONS]
+
+
+def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(tiny):
+    model, tokenizer = tiny
+    config = GenerationConfig(max_new_tokens=16, temperature=1.0, seed=3)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = generate(model, tokenizer, CONVERSATIONS, config)
+    after = torch.rand(1)
+    b = generate(model, tokenizer, CONVERSATIONS, config)
+    c = generate(model, tokenizer, CONVERSATIONS, GenerationConfig(max_new_tokens=16, temperature=1.0, seed=4))
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_logprobs_match_a_forward_pass(tiny, temperature):
+    model, tokenizer = tiny
+    replies = generate(model, tokenizer, CONVERSATIONS[:3],
+                       GenerationConfig(max_new_tokens=12, temperature=temperature, seed=0, logprobs=True))
+    for conversation, reply in zip(CONVERSATIONS, replies):
+        prompt = encode_chat(tokenizer, conversation)
+        ids = torch.tensor([prompt + reply.token_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+        if temperature > 0:
+            logits = logits / temperature
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(reply.token_ids)[:, None]).squeeze(-1)
+        assert len(reply.logprobs) == len(reply.token_ids)
+        torch.testing.assert_close(torch.tensor(reply.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_each_sequence_stops_at_its_own_eos(tiny):
+    model, tokenizer = tiny
+    eos = tokenizer.eos_token_id
+    # A near-uniform tiny model emits EOS about once in a few hundred tokens: enough over 48 sampled replies.
+    replies = generate(model, tokenizer, CONVERSATIONS * 10, GenerationConfig(max_new_tokens=80, temperature=1.5, seed=0))
+    stopped = [r for r in replies if r.finish_reason == "stop"]
+    running = [r for r in replies if r.finish_reason == "length"]
+    assert stopped and running
+    for r in stopped:
+        assert r.token_ids[-1] == eos and eos not in r.token_ids[:-1]
+    for r in running:
+        assert len(r.token_ids) == 80 and eos not in r.token_ids
+
+
+def test_trim_at_eos_and_left_pad():
+    assert trim_at_eos([5, 6, 2, 7, 2], {2}) == ([5, 6, 2], "stop")
+    assert trim_at_eos([5, 6], {2}) == ([5, 6], "length")
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0, device="cpu")
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_cli_generate_prints_a_reply(tiny_model_dir):
+    result = CliRunner().invoke(cli, ["generate", "-m", str(tiny_model_dir), "-p", "Hi", "-p", "Bread?",
+                                      "--max-new-tokens", "5", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "> Hi" in result.output and "> Bread?" in result.output
+
+
+@pytest.mark.slow
+def test_embedded_model_answers_and_batches_exactly(embedded):
+    model, tokenizer = embedded
+    questions = ["What is the capital of France?", "Name a primary color.", "What is 2 + 2?"]
+    conversations = [[{"role": "user", "content": q}] for q in questions]
+    config = GenerationConfig(max_new_tokens=24, temperature=0, batch_size=3)
+    batched = generate(model, tokenizer, conversations, config)
+    assert "Paris" in batched[0].text and batched[0].finish_reason == "stop"
+    single = [generate(model, tokenizer, [c], GenerationConfig(max_new_tokens=24, temperature=0))[0]
+              for c in conversations]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
