@@ -93,8 +93,10 @@ def constitution_check(specs: tuple[str, ...]) -> None:
                 err.print(f"  {problem}", markup=False, soft_wrap=True)
             continue
         families = ", ".join(f"{f} {n}" for f, n in Counter(p.family for p in c.principles).items())
-        out.print(f"[green]✓[/green] {escape(spec)}: {len(c.principles)} principles ({families}), "
-                  f"{len(c.critique_examples)} critique and {len(c.label_examples)} label examples")
+        examples = (f", {len(c.critique_examples)} critique and {len(c.label_examples)} label examples"
+                    if c.critique_examples or c.label_examples else "")
+        out.print(f"[green]✓[/green] {escape(spec)}: {len(c.principles)} principles ({families}){examples}",
+                  soft_wrap=True)
     sys.exit(1 if failed else 0)
 
 
