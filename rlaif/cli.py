@@ -166,7 +166,7 @@ def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, d
     head = [{"role": "system", "content": system}] if system else []
     conversations = [head + [{"role": "user", "content": p}] for p in prompts]
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    for prompt, reply in zip(prompts, run(lm, tokenizer, conversations, config)):
+    for prompt, reply in zip(prompts, run(lm, tokenizer, conversations, config, progress=len(prompts) > 1)):
         if len(prompts) > 1:
             out.print(f"[bold]> {escape(prompt)}[/bold]")
         out.print(reply.text, markup=False)

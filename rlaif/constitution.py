@@ -16,6 +16,7 @@ field path, and what was expected:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import string
@@ -257,8 +258,8 @@ def _to_python(node, where: tuple, loader, pos: _Positions, path: Path, problems
             key_line = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if key in out:
                 first = pos.keys[where + (key,)][0]
-                problems.append(Problem(str(_display(path)), *key_line, _field_path(where + (key,)),
-                                        f"duplicate key '{key}' (first on line {first}); YAML would keep only the last"))
+                message = f"duplicate key '{key}' (first on line {first}); YAML would keep only the last"
+                problems.append(Problem(str(_display(path)), *key_line, _field_path(where + (key,)), message))
                 continue
             pos.keys[where + (key,)] = key_line
             out[key] = _to_python(value_node, where + (key,), loader, pos, path, problems)
@@ -334,12 +335,13 @@ def _schema_problems(data: Any, schema: str, path: Path, pos: _Positions) -> lis
                         + (f" (did you mean '{hint[0]}'?)" if hint else "")
                         + (f"; expected one of: {', '.join(allowed)}" if allowed and not hint else ""), key=True)
         elif kind == "type":
-            expected = error.validator_value
-            expected = " or ".join(_TYPE_NAMES.get(t, t) for t in (expected if isinstance(expected, list) else [expected]))
-            message = f"expected {expected}, got {_describe(instance)}"
+            types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+            message = f"expected {' or '.join(_TYPE_NAMES.get(t, t) for t in types)}, got {_describe(instance)}"
             raw = pos.plain.get(where)
-            if raw is not None and "string" in str(error.validator_value):
-                message += f" (YAML reads an unquoted {raw} as {'a boolean' if isinstance(instance, bool) else 'a number' if isinstance(instance, (int, float)) else 'a non-text value'}; write \"{raw}\" in quotes)"
+            if raw is not None and "string" in types:  # YAML 1.1 read `no`, `on`, `1.0`, ... as non-text
+                read_as = "a boolean" if isinstance(instance, bool) else "a number" if isinstance(instance, (int, float)) \
+                    else "a non-text value"
+                message += f" (YAML reads an unquoted {raw} as {read_as}; write \"{raw}\" in quotes)"
             add(where, message)
         elif kind == "enum":
             add(where, f"expected one of {', '.join(map(str, error.validator_value))}, got {_describe(instance)}")
@@ -402,7 +404,8 @@ class _Composer:
                 cycle = " -> ".join(p.name for p in chain + (target.resolve(),))
                 self.problem(path, pos, where + (i,), f"include cycle: {cycle}")
             elif not target.is_file():
-                hint = f"; library files: {', '.join(shipped_names('principles'))}" if target.parent == data_dir("principles") else ""
+                library = target.parent == data_dir("principles")
+                hint = f"; library files: {', '.join(shipped_names('principles'))}" if library else ""
                 self.problem(path, pos, where + (i,), f"include file not found: {item!r} (looked for {target}){hint}")
             else:
                 self.principle_file(target, chain)
@@ -422,7 +425,7 @@ class _Composer:
             return
         self.problems += _schema_problems(data, "principles", _display(path), pos)
         self.include(data.get("include"), path, pos, ("include",), chain + (path,))
-        family = data.get("family") if isinstance(data.get("family"), str) else "unknown"
+        family = data["family"] if _is_valid(data.get("family"), "principles#/$defs/name") else "unknown"
         items = data.get("principles", [])
         if not items and not data.get("include"):
             self.problem(path, pos, ("principles",), "file defines no principles and includes none")
@@ -430,25 +433,29 @@ class _Composer:
             self.add_principle(item, family, path, pos, ("principles", i))
 
     def add_principle(self, item: Any, family: str, path: Path, pos: _Positions, where: tuple) -> None:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        if not _is_valid(item, "principles#/$defs/principle"):
             return  # the schema problems already say what is wrong
-        text = {k: item.get(k) for k in ("critique_request", "revision_request", "comparison_question")}
-        if not all(isinstance(v, str) for v in text.values()):
-            return
-        line = pos.line_of(where)[0]
         pid = item["id"]
         if pid in self.principles:
-            self.problem(path, pos, where + ("id",), f"duplicate principle id '{pid}' (first defined at {self.principles[pid].source})")
+            first = self.principles[pid].source
+            self.problem(path, pos, where + ("id",), f"duplicate principle id '{pid}' (first defined at {first})")
             return
-        weight = item.get("weight", 1.0)
         self.principles[pid] = Principle(
             id=pid,
-            family=item.get("family", family) if isinstance(item.get("family", family), str) else family,
-            tags=tuple(t for t in item.get("tags", []) if isinstance(t, str)) if isinstance(item.get("tags", []), list) else (),
-            weight=float(weight) if isinstance(weight, (int, float)) and not isinstance(weight, bool) else 1.0,
-            source=f"{_display(path)}:{line}",
-            **text,
+            family=item.get("family", family),
+            critique_request=item["critique_request"],
+            revision_request=item["revision_request"],
+            comparison_question=item["comparison_question"],
+            tags=tuple(item.get("tags", ())),
+            weight=float(item.get("weight", 1.0)),
+            source=f"{_display(path)}:{pos.line_of(where)[0]}",
         )
+
+
+def _is_valid(value: Any, ref: str) -> bool:
+    """Whether `value` matches part of a schema, e.g. "principles#/$defs/principle": used to build only from values
+    that are well-formed, the others having been reported already."""
+    return _validator("principles").evolve(schema={"$ref": f"urn:rlaif:{ref}"}).is_valid(value)
 
 
 def _unknown_id(pid: str, known: dict) -> str:
@@ -457,7 +464,7 @@ def _unknown_id(pid: str, known: dict) -> str:
 
 
 def _display(path: Path) -> Path:
-    """Paths in messages: relative to the working directory when that is shorter."""
+    """Paths in messages: relative to the working directory when they are inside it."""
     try:
         return path.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
@@ -472,7 +479,8 @@ def load_constitution(spec: str | Path) -> Constitution:
     data, pos = _read_yaml(path, composer.problems)
     if not isinstance(data, dict):
         if not composer.problems:
-            composer.problem(shown, pos, (), f"expected a constitution (a mapping with name, version, description, principles), got {_describe(data)}")
+            composer.problem(shown, pos, (), "expected a constitution (a mapping with name, version, description, "
+                             f"principles), got {_describe(data)}")
         raise ConstitutionError(composer.problems)
     if "family" in data and "name" not in data:  # a principle library file: check it on its own
         composer.principle_file(path)
@@ -507,14 +515,10 @@ def load_constitution(spec: str | Path) -> Constitution:
     for pid, changes in overrides.items():
         if pid not in known:
             composer.problem(shown, pos, ("principles", "overrides", pid), _unknown_id(pid, known), key=True)
-        elif isinstance(changes, dict):
-            fields = {k: v for k, v in changes.items() if k in Principle.__dataclass_fields__}
-            if "tags" in fields:
-                fields["tags"] = tuple(fields["tags"]) if isinstance(fields["tags"], list) else ()
-            try:
-                known[pid] = Principle(**{**known[pid].__dict__, **fields})
-            except TypeError:
-                pass
+        elif _is_valid(changes, "principles#/$defs/principle_override"):
+            if "tags" in changes:
+                changes = {**changes, "tags": tuple(changes["tags"])}
+            known[pid] = dataclasses.replace(known[pid], **changes)
 
     if not known and not composer.problems:
         composer.problem(shown, pos, ("principles",), "no principles: include a library file or add inline ones")
@@ -552,7 +556,7 @@ def load_constitution(spec: str | Path) -> Constitution:
 
     critique = _settings(CritiqueSettings, data.get("critique"))
     label = _settings(LabelSettings, data.get("label"))
-    if isinstance(label.clamp, list) and len(label.clamp) == 2 and all(isinstance(x, (int, float)) for x in label.clamp):
+    if _is_valid(label.clamp, "constitution#/properties/label/properties/clamp"):
         if not label.clamp[0] < label.clamp[1]:
             composer.problem(shown, pos, ("label", "clamp"), f"low must be below high, got {label.clamp}")
         label.clamp = (float(label.clamp[0]), float(label.clamp[1]))

@@ -100,7 +100,8 @@ def generate(
     device = next(model.parameters()).device
     results: list[Generation | None] = [None] * len(encoded)
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _progress(progress, len(encoded)) as bar:
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), _progress(progress, len(encoded)) as bar:
         if config.seed is not None:
             torch.manual_seed(config.seed)
         for batch in batches:

@@ -65,8 +65,9 @@ def resolve(spec: str | os.PathLike) -> str:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"{spec}: GGUF file not found")
-        digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()
-        return str(convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest[:12]}"))
+        stat = path.stat()  # the file's identity, without hashing gigabytes on every load
+        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return str(convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{key}"))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{spec}: a directory, but not a Hugging Face model (no config.json)")

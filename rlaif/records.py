@@ -103,7 +103,8 @@ class PreferenceRow(TypedDict):
 
 
 class RankingRow(TypedDict):
-    """A human ranking of K responses (input to `rlaif rankings import`): `ranks` (1 = best, ties allowed) or `scores`."""
+    """A human ranking of K responses (input to `rlaif rankings import`): `ranks` (1 = best, ties allowed) or
+    `scores` (higher is better)."""
 
     id: str
     prompt: list[Message]
