@@ -6,10 +6,15 @@
 Conversations are rendered with the tokenizer's chat template, sorted by length so each batch carries little
 padding, left-padded, and generated with `transformers`' `generate` (KV cache, per-sequence EOS). Results come back in
 input order. Greedy decoding (temperature 0) gives the same text batched as one prompt at a time.
+
+Messages shared by every conversation (few-shot examples) can be passed once as `prefix`: their keys and values are
+computed once and reused by every sequence of every batch. Each row is then laid out as
+[prefix][padding][own tokens], the padding masked out, so positions stay continuous.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -23,6 +28,7 @@ class GenerationConfig:
     seed: int | None = None  # seeds the sampler for this call; same inputs, batch size and seed give the same text
     batch_size: int = 16  # conversations per forward pass
     logprobs: bool = False  # also return each generated token's log-probability (at this temperature)
+    prefix_cache: bool = True  # compute a shared prefix's KV cache once (off: recompute it in every row)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +57,18 @@ def encode_chat(tokenizer, conversation: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def split_prefix(tokenizer, prefix: list[dict], conversations: list[list[dict]]) -> tuple[list[int], list[list[int]]]:
+    """Token ids of the shared `prefix` messages and of each conversation's own part, rendered for the assistant's
+    next turn. The prefix is tokenized once, so prefix + own part is the same for cached and uncached generation.
+    If the chat template renders the prefix differently inside a longer conversation, nothing is shared."""
+    prefix_text = tokenizer.apply_chat_template(prefix, tokenize=False)
+    texts = [tokenizer.apply_chat_template(prefix + c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    if not all(text.startswith(prefix_text) for text in texts):
+        return [], [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    prefix_ids = tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
+    return prefix_ids, [tokenizer(text[len(prefix_text):], add_special_tokens=False)["input_ids"] for text in texts]
+
+
 def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), both (batch, longest), with padding on the left so every row ends together."""
     width = max(len(s) for s in sequences)
@@ -77,12 +95,17 @@ def generate(
     conversations: list[list[dict]],
     config: GenerationConfig | None = None,
     progress: bool = False,
+    prefix: list[dict] | None = None,
 ) -> list[Generation]:
-    """Generate one assistant reply for each conversation (a list of {"role", "content"} messages)."""
+    """Generate one assistant reply for each conversation (a list of {"role", "content"} messages), each continuing
+    `prefix + conversation` when a shared `prefix` is given."""
     from transformers import GenerationConfig as HFGenerationConfig
 
     config = config or GenerationConfig()
-    encoded = [encode_chat(tokenizer, conv) for conv in conversations]
+    if prefix:
+        prefix_ids, encoded = split_prefix(tokenizer, prefix, conversations)
+    else:
+        prefix_ids, encoded = [], [encode_chat(tokenizer, conv) for conv in conversations]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     eos = eos_token_ids(model, tokenizer)
     greedy = config.temperature <= 0
@@ -98,6 +121,8 @@ def generate(
         output_logits=config.logprobs,
     )
     device = next(model.parameters()).device
+    prefix_tensor = torch.tensor([prefix_ids], dtype=torch.long, device=device)
+    prefix_cache = model(prefix_tensor, use_cache=True).past_key_values if prefix_ids and config.prefix_cache else None
     results: list[Generation | None] = [None] * len(encoded)
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     cuda = [device] if device.type == "cuda" else []
@@ -106,7 +131,14 @@ def generate(
             torch.manual_seed(config.seed)
         for batch in batches:
             input_ids, attention_mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=settings)
+            cache = {}
+            if prefix_ids:
+                input_ids = torch.cat([prefix_tensor.expand(len(batch), -1), input_ids], dim=1)
+                attention_mask = torch.cat([torch.ones_like(input_ids[:, : len(prefix_ids)]), attention_mask], dim=1)
+            if prefix_cache is not None:
+                cache["past_key_values"] = copy.deepcopy(prefix_cache)
+                cache["past_key_values"].batch_repeat_interleave(len(batch))
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=settings, **cache)
             new_tokens = out.sequences[:, input_ids.shape[1]:]
             token_logprobs = None
             if config.logprobs:
@@ -120,7 +152,7 @@ def generate(
                     text=tokenizer.decode(ids, skip_special_tokens=True).strip(),
                     token_ids=ids,
                     finish_reason=reason,
-                    prompt_tokens=len(encoded[index]),
+                    prompt_tokens=len(prefix_ids) + len(encoded[index]),
                     logprobs=token_logprobs[row, : len(ids)].tolist() if token_logprobs is not None else None,
                 )
             bar(len(batch))

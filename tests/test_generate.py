@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from rlaif.cli import cli
-from rlaif.generate import GenerationConfig, encode_chat, generate, left_pad, trim_at_eos
+from rlaif.generate import GenerationConfig, encode_chat, generate, left_pad, split_prefix, trim_at_eos
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How do I bake bread?"}],
@@ -78,6 +78,36 @@ def test_each_sequence_stops_at_its_own_eos(tiny):
         assert len(r.token_ids) == 80 and eos not in r.token_ids
 
 
+FEW_SHOT = [
+    {"role": "user", "content": "How do I bake bread?"},
+    {"role": "assistant", "content": "Mix flour, water, salt and yeast, then let it rise. " * 4},
+    {"role": "user", "content": "Critique the reply: is it helpful, honest and harmless?"},
+    {"role": "assistant", "content": "It is helpful but could say how long to bake it."},
+]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_shared_prefix_cache_keeps_greedy_output_identical(tiny, batch_size):
+    model, tokenizer = tiny
+    kwargs = dict(max_new_tokens=20, temperature=0, batch_size=batch_size)
+    cached = generate(model, tokenizer, CONVERSATIONS, GenerationConfig(**kwargs), prefix=FEW_SHOT)
+    uncached = generate(model, tokenizer, CONVERSATIONS, GenerationConfig(**kwargs, prefix_cache=False), prefix=FEW_SHOT)
+    plain = [generate(model, tokenizer, [FEW_SHOT + c], GenerationConfig(max_new_tokens=20, temperature=0))[0]
+             for c in CONVERSATIONS]
+    assert [g.token_ids for g in cached] == [g.token_ids for g in uncached] == [g.token_ids for g in plain]
+    assert len({tuple(g.token_ids) for g in cached}) > 1
+    assert [g.prompt_tokens for g in cached] == [len(encode_chat(tokenizer, FEW_SHOT + c)) for c in CONVERSATIONS]
+
+
+def test_split_prefix_reassembles_each_conversation(tiny):
+    _, tokenizer = tiny
+    prefix_ids, rest = split_prefix(tokenizer, FEW_SHOT, CONVERSATIONS)
+    assert prefix_ids
+    for conversation, own in zip(CONVERSATIONS, rest):
+        full = tokenizer.apply_chat_template(FEW_SHOT + conversation, tokenize=False, add_generation_prompt=True)
+        assert tokenizer.decode(prefix_ids + own) == full
+
+
 def test_trim_at_eos_and_left_pad():
     assert trim_at_eos([5, 6, 2, 7, 2], {2}) == ([5, 6, 2], "stop")
     assert trim_at_eos([5, 6], {2}) == ([5, 6], "length")
@@ -103,3 +133,9 @@ def test_embedded_model_answers_and_batches_exactly(embedded):
     single = [generate(model, tokenizer, [c], GenerationConfig(max_new_tokens=24, temperature=0))[0]
               for c in conversations]
     assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+    few_shot = [{"role": "user", "content": "What is the capital of Italy?"},
+                {"role": "assistant", "content": "The capital of Italy is Rome."}]
+    cached = generate(model, tokenizer, conversations, config, prefix=few_shot)
+    uncached = generate(model, tokenizer, conversations, GenerationConfig(max_new_tokens=24, temperature=0,
+                                                                         prefix_cache=False), prefix=few_shot)
+    assert [g.token_ids for g in cached] == [g.token_ids for g in uncached]
