@@ -174,6 +174,88 @@ def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, d
             err.print(f"[dim](stopped at --max-new-tokens {max_new_tokens})[/dim]")
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Stage configs: dataclass defaults < recipe file (--config) < flags given on the command line
+
+
+def stage_config(cls, config_file: str | None, flags: dict):
+    """Build a stage's dataclass config. Unknown recipe keys are errors naming the file, line and key."""
+    import dataclasses
+
+    from rlaif.records import DataError
+
+    values: dict = {}
+    if config_file:
+        import yaml
+
+        path = click.format_filename(config_file)
+        try:
+            node = yaml.compose(open(config_file, encoding="utf-8"))
+            recipe = yaml.safe_load(open(config_file, encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise DataError(path, mark.line + 1 if mark else None, None, f"YAML syntax error: {e}") from None
+        if recipe is not None and not isinstance(recipe, dict):
+            raise DataError(path, 1, None, "expected a mapping of setting: value")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
+        for key, value in (recipe or {}).items():
+            if key not in fields:
+                raise DataError(path, lines.get(key), str(key), f"unknown setting; expected one of: {', '.join(sorted(fields))}")
+            values[key] = value
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif critique
+
+
+@cli.command()
+@click.option("--prompts", help="Prompt file: JSONL, CSV, plain text (one per line) or hh-rlhf transcripts.")
+@click.option("--out", help="Run directory; writes OUT/critique/. Rerun the same command to resume.  [default: runs/critique]")
+@click.option("-c", "--constitution", help="Constitution name or path.  [default: default]")
+@click.option("-m", "--model", help="Model spec.  [default: smollm2-135m-instruct]")
+@click.option("--rounds", type=int, help="Critique/revision rounds per prompt.  [default: the constitution's]")
+@click.option("--few-shot/--no-few-shot", default=None, help="Show the constitution's examples first.  [default: on]")
+@click.option("--max-new-tokens", type=int, help="Length limit of each reply.  [default: 200]")
+@click.option("-t", "--temperature", type=float, help="Sampling temperature, 0 for greedy.  [default: 0.7]")
+@click.option("--top-p", type=float, help="Nucleus sampling threshold.  [default: 0.95]")
+@click.option("--seed", type=int, help="Generation seed.  [default: 0]")
+@click.option("--retry/--no-retry", "retry_flagged", default=None,
+              help="Regenerate empty, looping, truncated or unchanged replies once.  [default: on]")
+@click.option("--sft-every-revision", is_flag=True, default=None, help="One SFT example per revision, not only the final.")
+@click.option("--sft-include-flagged", is_flag=True, default=None, help="Keep prompts whose final revision is flagged.")
+@click.option("--prefs", is_flag=True, default=None, help="Also write prefs.jsonl: final revision over first answer.")
+@click.option("--batch-size", type=int, help="Conversations per forward pass.  [default: 16]")
+@click.option("--chunk-size", type=int, help="Prompts finished together; the unit of resume.  [default: 64]")
+@click.option("--device", help="cpu, cuda, cuda:1, ...  [default: a GPU if there is one]")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A YAML file of these settings (by their long names, with _); flags override it.")
+def critique(config_file, **flags) -> None:
+    """Critique and revise answers under the constitution's principles; write SFT data.
+
+    For each prompt the model answers, then for each round critiques its latest answer under a principle drawn
+    from the constitution and revises it. Writes OUT/critique/revisions.jsonl (every trace), sft.jsonl (TRL
+    conversational format, the final revisions) and, with --prefs, prefs.jsonl. Replies that come back empty,
+    looping, truncated or unchanged are flagged (and retried once); flagged rows are kept in revisions.jsonl.
+
+    \b
+    Examples:
+      rlaif critique --prompts examples/prompts/red-team.jsonl --out runs/x
+      rlaif critique --prompts prompts.csv -c harmless --rounds 2 -t 0 --out runs/y --prefs
+    """
+    from rlaif import critique as stage
+
+    config = stage_config(stage.CritiqueConfig, config_file, flags)
+    if not config.prompts:
+        raise click.UsageError("--prompts is required (or `prompts:` in --config)")
+    counts = stage.run(config, progress=True)
+    directory = f"{config.out}/critique"
+    out.print(f"[green]✓[/green] {counts['rows']} prompts → {escape(directory)}/revisions.jsonl; "
+              f"{counts['sft_rows']} SFT rows, {counts['flagged_rows']} flagged", soft_wrap=True)
+
+
 def main() -> None:
     cli()
 

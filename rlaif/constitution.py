@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import string
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ class Principle:
     comparison_question: str
     tags: tuple[str, ...] = ()
     weight: float = 1.0
-    source: str = ""  # file:line where it was defined
+    source: str = field(default="", compare=False, repr=False)  # file:line where it was defined
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,13 @@ class Constitution:
 
     def principle(self, principle_id: str) -> Principle:
         return self.known[principle_id]
+
+    def digest(self) -> str:
+        """A short hash of everything this constitution resolves to (included files too): it changes when the
+        constitution is edited in any way that matters, and not when files move."""
+        content = (self.principles, self.critique_examples, self.label_examples, self.critique, self.label,
+                   sorted(self.templates.items()))
+        return hashlib.sha256(repr(content).encode("utf-8")).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -126,7 +126,7 @@ def generate(
     results: list[Generation | None] = [None] * len(encoded)
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), _progress(progress, len(encoded)) as bar:
+    with torch.random.fork_rng(devices=cuda), progress_bar(progress, len(encoded), "generating") as bar:
         if config.seed is not None:
             torch.manual_seed(config.seed)
         for batch in batches:
@@ -159,11 +159,11 @@ def generate(
     return results  # type: ignore[return-value]
 
 
-class _progress:
-    """A rich progress bar over conversations, or nothing."""
+class progress_bar:
+    """A rich progress bar (or nothing, when not enabled); the context value advances it: `bar(n)`."""
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
+    def __init__(self, enabled: bool, total: int, description: str):
+        self.enabled, self.total, self.description = enabled, total, description
 
     def __enter__(self):
         if not self.enabled:
@@ -173,7 +173,7 @@ class _progress:
         self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
         self._bar.start()
-        task = self._bar.add_task("generating", total=self.total)
+        task = self._bar.add_task(self.description, total=self.total)
         return lambda n: self._bar.advance(task, n)
 
     def __exit__(self, *exc):

@@ -311,6 +311,32 @@ def write_config(directory: Path | str, config: dict[str, Any]) -> None:
     write_atomic(Path(directory) / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
+def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volatile: Iterable[str] = ()) -> Manifest:
+    """Create a stage directory, or reopen one to resume it.
+
+    A directory made with other settings cannot be resumed: its rows would mix two configurations. Fields named in
+    `volatile` (batch size, device, ...) change how the work runs but not what it produces, so they may differ.
+    Returns the manifest, marked running, with the resolved config saved next to it.
+    """
+    import yaml
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    saved_path = directory / "config.yaml"
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        for key in sorted(set(saved) | set(config)):
+            if key not in volatile and saved.get(key) != config.get(key):
+                raise DataError(saved_path, None, key, f"this {stage} run was made with {saved.get(key)!r}, now "
+                                f"{config.get(key)!r}. Rerun with the same settings to resume it, or write to "
+                                "another --out directory.")
+    manifest = Manifest.load(directory) if (directory / "manifest.json").is_file() else Manifest(stage=stage)
+    manifest.status = "running"
+    write_config(directory, config)
+    manifest.save(directory)
+    return manifest
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Prompt and preference loading
 
