@@ -256,6 +256,48 @@ def critique(config_file, **flags) -> None:
               f"{counts['sft_rows']} SFT rows, {counts['flagged_rows']} flagged", soft_wrap=True)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif sft
+
+
+@cli.command()
+@click.option("--data", help="sft.jsonl: rows of `messages` ending with the assistant's reply (rlaif critique writes it).")
+@click.option("--out", help="Where the fine-tuned model goes; checkpoints under OUT/checkpoints/.  [default: runs/sft]")
+@click.option("-m", "--model", help="The model to fine-tune.  [default: smollm2-135m-instruct]")
+@click.option("--lora/--full", default=None, help="Train a LoRA adapter (merged at the end) or every weight.  [default: full]")
+@click.option("--lora-r", type=int, help="LoRA rank.  [default: 16]")
+@click.option("--learning-rate", type=float, help="[default: 2e-4 with LoRA, 2e-5 without]")
+@click.option("--epochs", type=float, help="Passes over the data.  [default: 1]")
+@click.option("--max-steps", type=int, help="Stop after N optimizer updates (overrides --epochs).")
+@click.option("--batch-size", type=int, help="Examples per step.  [default: 8]")
+@click.option("--grad-accum", type=int, help="Steps per optimizer update.  [default: 1]")
+@click.option("--max-length", type=int, help="Tokens per example.  [default: 1024]")
+@click.option("--save-steps", type=int, help="Checkpoint every N updates.  [default: 50]")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A YAML file of these settings (by their long names, with _); flags override it.")
+def sft(config_file, **flags) -> None:
+    """Fine-tune a model on SFT data (TRL SFTTrainer), loss on the assistant's reply only.
+
+    OUT becomes a model directory (safetensors) that any command takes as --model. Kill it any time: the same
+    command resumes from the latest checkpoint.
+
+    \b
+    Examples:
+      rlaif sft --data runs/x/critique/sft.jsonl --out runs/x/sft
+      rlaif sft --data runs/x/critique/sft.jsonl --out runs/x/sft-lora --lora --max-steps 200
+    """
+    from rlaif import sft as stage
+
+    config = stage_config(stage.SFTConfig, config_file, flags)
+    if not config.data:
+        raise click.UsageError("--data is required (or `data:` in --config)")
+    metrics = stage.run(config)
+    out.print(f"[green]✓[/green] {metrics['steps']} steps on {metrics['examples']} examples, loss "
+              f"{metrics['first_loss']:.3f} → {metrics['last_loss']:.3f}; model in {escape(config.out)}", soft_wrap=True)
+
+
 def main() -> None:
     cli()
 
