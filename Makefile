@@ -1,5 +1,5 @@
 # Two entry points, both of which set everything up first:
-#   make quickstart   create .venv, install rlaif and the embedded model, run examples/quickstart
+#   make quickstart   create .venv, install rlaif and the embedded model, run examples/quickstart/run.sh
 #   make test         the same setup, then the test suite
 #
 # TORCH picks the PyTorch build. The default is a CPU build; to use a GPU, install the CUDA torch you want into
@@ -24,8 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: setup
-	$(VENV)/bin/rlaif constitution check default
-	$(PY) examples/quickstart/quickstart.py
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/quickstart/run.sh
 
 test: setup
 	$(PY) -m pytest

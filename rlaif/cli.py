@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -252,8 +253,24 @@ def critique(config_file, **flags) -> None:
         raise click.UsageError("--prompts is required (or `prompts:` in --config)")
     counts = stage.run(config, progress=True)
     directory = f"{config.out}/critique"
+    if os.path.isfile(f"{directory}/revisions.jsonl"):
+        _show_trace(next(stage.read_jsonl(f"{directory}/revisions.jsonl"), None))
     out.print(f"[green]✓[/green] {counts['rows']} prompts → {escape(directory)}/revisions.jsonl; "
               f"{counts['sft_rows']} SFT rows, {counts['flagged_rows']} flagged", soft_wrap=True)
+
+
+def _show_trace(row: dict | None) -> None:
+    """Print one critique trace, so the first look at a run needs no jq."""
+    if row is None:
+        return
+    from rich.panel import Panel
+
+    parts = [f"[bold]Prompt[/bold]: {escape(row['prompt'][-1]['content'])}", f"[bold]Answer[/bold]: {escape(row['initial'])}"]
+    for r in row["rounds"]:
+        parts += [f"[bold]Critique[/bold] under [cyan]{r['principle']}[/cyan]: {escape(r['critique'])}",
+                  f"[bold]Revision[/bold]: {escape(r['revision'])}"]
+    flags = f" [yellow]flags: {', '.join(row['flags'])}[/yellow]" if row["flags"] else ""
+    out.print(Panel("\n\n".join(parts), title=f"{escape(row['id'])}{flags}", title_align="left"))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -299,6 +316,9 @@ def sft(config_file, **flags) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
     cli()
 
 

@@ -53,6 +53,7 @@ def to_prompt_completion(row: dict, path: Path, line: int) -> dict:
 
 def run(config: SFTConfig, progress: bool = True) -> dict:
     """Fine-tune (or resume fine-tuning); returns the training metrics written to OUT/metrics.json."""
+    import datasets
     import torch
     from datasets import Dataset
     from transformers.trainer_utils import get_last_checkpoint
@@ -75,6 +76,7 @@ def run(config: SFTConfig, progress: bool = True) -> dict:
     device = config.device or default_device()
     model, tokenizer = load_model(config.model, device=device)
     model.train()
+    datasets.disable_progress_bars()  # TRL's tokenizing passes take a blink here; the training bar is the one to watch
 
     args = TRLSFTConfig(
         output_dir=str(out / "checkpoints"),
