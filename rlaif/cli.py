@@ -224,7 +224,7 @@ def stage_config(cls, config_file: str | None, flags: dict):
 @click.option("--top-p", type=float, help="Nucleus sampling threshold.  [default: 0.95]")
 @click.option("--seed", type=int, help="Generation seed.  [default: 0]")
 @click.option("--retry/--no-retry", "retry_flagged", default=None,
-              help="Regenerate empty, looping, truncated or unchanged replies once.  [default: on]")
+              help="Regenerate empty, looping or unchanged replies once.  [default: on]")
 @click.option("--sft-every-revision", is_flag=True, default=None, help="One SFT example per revision, not only the final.")
 @click.option("--sft-include-flagged", is_flag=True, default=None, help="Keep prompts whose final revision is flagged.")
 @click.option("--prefs", is_flag=True, default=None, help="Also write prefs.jsonl: final revision over first answer.")
@@ -239,7 +239,8 @@ def critique(config_file, **flags) -> None:
     For each prompt the model answers, then for each round critiques its latest answer under a principle drawn
     from the constitution and revises it. Writes OUT/critique/revisions.jsonl (every trace), sft.jsonl (TRL
     conversational format, the final revisions) and, with --prefs, prefs.jsonl. Replies that come back empty,
-    looping, truncated or unchanged are flagged (and retried once); flagged rows are kept in revisions.jsonl.
+    looping, cut off or unchanged are flagged (all but the cut-off ones retried once); flagged rows are kept in
+    revisions.jsonl.
 
     \b
     Examples:

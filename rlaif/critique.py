@@ -51,7 +51,7 @@ class CritiqueConfig:
     temperature: float = 0.7  # sampling temperature; 0 for greedy
     top_p: float = 0.95
     seed: int = 0  # seeds generation; principle draws use the constitution's critique.seed
-    retry_flagged: bool = True  # regenerate a flagged (empty, degenerate, truncated, unchanged) reply once
+    retry_flagged: bool = True  # regenerate an empty, degenerate or unchanged reply once (sampling)
     sft_every_revision: bool = False  # also write each intermediate revision as its own SFT example
     sft_include_flagged: bool = False  # keep prompts whose final revision is flagged in sft.jsonl
     prefs: bool = False  # also write prefs.jsonl: final revision chosen over the first answer
@@ -167,7 +167,8 @@ class _Generator:
                  previous: list[str] | None = None) -> list[tuple[Generation, list[str]]]:
         replies = self._run(conversations, prefix, 0)
         results = [(r, quality_flags(r, previous[i] if previous else None)) for i, r in enumerate(replies)]
-        retry = [i for i, (_, flags) in enumerate(results) if flags]
+        # A reply cut off at the token limit would be cut off again: flag it, do not retry it.
+        retry = [i for i, (_, flags) in enumerate(results) if set(flags) - {"truncated"}]
         if self.config.retry_flagged and retry:
             again = self._run([conversations[i] for i in retry], prefix, 1)
             for i, reply in zip(retry, again):

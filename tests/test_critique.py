@@ -172,6 +172,15 @@ def test_flagged_replies_are_retried_once_and_kept_with_a_reason(tmp_path):
     assert [row["id"] for row in read_jsonl(tmp_path / "critique" / "sft.jsonl")] == ["b"]
 
 
+def test_replies_cut_off_at_the_limit_are_flagged_but_not_retried(tmp_path):
+    model = ScriptedModel()
+    for step in range(3):
+        model.enqueue(f"a{step}", f"b{step}", finish_reason="length")
+    counts = run(CritiqueConfig(prompts=str(two_prompts(tmp_path)), out=str(tmp_path), rounds=1), complete=model)
+    assert len(model.calls) == 3  # a retry at the same limit would be cut off again
+    assert counts["flag:initial:truncated"] == 2 and counts["flag:final:truncated"] == 2 and counts["sft_rows"] == 0
+
+
 def test_resume_after_a_crash_runs_each_prompt_once(tmp_path):
     config = CritiqueConfig(prompts=str(PROMPTS), out=str(tmp_path), rounds=1, chunk_size=3)
     crashing = ScriptedModel(fail_after_calls=7)  # 3 calls per chunk: dies inside the third chunk
