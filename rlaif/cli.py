@@ -190,9 +190,9 @@ def stage_config(cls, config_file: str | None, flags: dict):
         import yaml
 
         path = click.format_filename(config_file)
+        text = open(config_file, encoding="utf-8").read()
         try:
-            node = yaml.compose(open(config_file, encoding="utf-8"))
-            recipe = yaml.safe_load(open(config_file, encoding="utf-8"))
+            node, recipe = yaml.compose(text), yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             raise DataError(path, mark.line + 1 if mark else None, None, f"YAML syntax error: {e}") from None
@@ -206,6 +206,10 @@ def stage_config(cls, config_file: str | None, flags: dict):
             values[key] = value
     values.update({k: v for k, v in flags.items() if v is not None})
     return cls(**values)
+
+
+recipe_option = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                             help="A YAML file of these settings (by their long names, with _); flags override it.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -231,8 +235,7 @@ def stage_config(cls, config_file: str | None, flags: dict):
 @click.option("--batch-size", type=int, help="Conversations per forward pass.  [default: 16]")
 @click.option("--chunk-size", type=int, help="Prompts finished together; the unit of resume.  [default: 64]")
 @click.option("--device", help="cpu, cuda, cuda:1, ...  [default: a GPU if there is one]")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="A YAML file of these settings (by their long names, with _); flags override it.")
+@recipe_option
 def critique(config_file, **flags) -> None:
     """Critique and revise answers under the constitution's principles; write SFT data.
 
@@ -293,8 +296,7 @@ def _show_trace(row: dict | None) -> None:
 @click.option("--save-steps", type=int, help="Checkpoint every N updates.  [default: 50]")
 @click.option("--seed", type=int, help="[default: 0]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="A YAML file of these settings (by their long names, with _); flags override it.")
+@recipe_option
 def sft(config_file, **flags) -> None:
     """Fine-tune a model on SFT data (TRL SFTTrainer), loss on the assistant's reply only.
 
