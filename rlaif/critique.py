@@ -226,6 +226,7 @@ def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool
     # The digest covers everything the constitution resolves to, included files too: editing it means a new run.
     resolved = {**asdict(config), "rounds": rounds, "constitution_digest": constitution.digest()}
     manifest = open_stage(stage_dir, "critique", resolved, volatile=CritiqueConfig.VOLATILE)
+    manifest.status = "running"  # even when finished before: prompts added to the file since are new work
     manifest.add_input(config.prompts)
     manifest.add_input(constitution.path)
     if complete is None:

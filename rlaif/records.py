@@ -316,7 +316,8 @@ def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volati
 
     A directory made with other settings cannot be resumed: its rows would mix two configurations. Fields named in
     `volatile` (batch size, device, ...) change how the work runs but not what it produces, so they may differ.
-    Returns the manifest, marked running, with the resolved config saved next to it.
+    Returns the manifest with the resolved config saved next to it: marked running, or still "complete" when the
+    stage has finished before (the caller may then skip its work).
     """
     import yaml
 
@@ -331,7 +332,8 @@ def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volati
                                 f"{config.get(key)!r}. Rerun with the same settings to resume it, or write to "
                                 "another --out directory.")
     manifest = Manifest.load(directory) if (directory / "manifest.json").is_file() else Manifest(stage=stage)
-    manifest.status = "running"
+    if manifest.status != "complete":
+        manifest.status = "running"
     write_config(directory, config)
     manifest.save(directory)
     return manifest

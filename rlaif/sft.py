@@ -72,6 +72,8 @@ def run(config: SFTConfig, progress: bool = True) -> dict:
     out = Path(config.out)
     learning_rate = config.learning_rate or (2e-4 if config.lora else 2e-5)
     manifest = open_stage(out, "sft", {**asdict(config), "learning_rate": learning_rate}, volatile=SFTConfig.VOLATILE)
+    if manifest.status == "complete" and (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))  # trained already: nothing to do
     manifest.add_input(data)
     device = config.device or default_device()
     model, tokenizer = load_model(config.model, device=device)

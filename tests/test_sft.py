@@ -64,6 +64,15 @@ def test_lora_adapter_is_merged_into_a_plain_model(sft_data, tmp_path, tiny_mode
     assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], weights["model.layers.0.self_attn.q_proj.weight"])
 
 
+def test_rerunning_a_finished_run_trains_nothing_more(sft_data, tmp_path, tiny_model_dir):
+    config = tiny_config(sft_data, tmp_path / "out", tiny_model_dir)
+    first = run(config, progress=False)
+    weights = (tmp_path / "out" / "model.safetensors").read_bytes()
+    again = run(config, progress=False)
+    assert again == first and again["steps"] == 6
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == weights
+
+
 def test_a_crash_resumes_from_the_last_checkpoint_exactly(sft_data, tmp_path, tiny_model_dir):
     whole = run(tiny_config(sft_data, tmp_path / "whole", tiny_model_dir), progress=False)
     crashed = tmp_path / "crashed"
