@@ -5,7 +5,8 @@
 
 The naive peer is what a straightforward script does: for every prompt and every turn (answer, critique, revision),
 render the few-shot examples plus the conversation and call `model.generate` on it alone. rlaif runs the same turns
-through `rlaif.critique` (batched by round, the few-shot block's KV cache computed once). Both decode greedily with
+through `rlaif.critique` (batched by round, the few-shot block's keys and values computed once, each conversation's
+kept from turn to turn, finished rows leaving the batch). Both decode greedily with
 the same principles, so their texts should match; the table says how many do. Writes bench/results/critique.json.
 """
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from rlaif.constitution import load_constitution  # noqa: E402
 from rlaif.critique import CritiqueConfig, few_shot_messages, principle_rng, run, sample_principles  # noqa: E402
-from rlaif.generate import eos_token_ids, generate  # noqa: E402
+from rlaif.generate import KVMemory, eos_token_ids, generate  # noqa: E402
 from rlaif.models import load_model  # noqa: E402
 from rlaif.records import load_prompts, read_jsonl, write_jsonl  # noqa: E402
 
@@ -89,8 +90,10 @@ def main() -> None:
                                 max_new_tokens=args.max_new_tokens, temperature=0, retry_flagged=False,
                                 batch_size=args.batch_size, chunk_size=len(prompts), device="cpu")
 
+        memory = KVMemory()
+
         def complete(conversations, generation, prefix):
-            return generate(model, tokenizer, conversations, generation, prefix=prefix)
+            return generate(model, tokenizer, conversations, generation, prefix=prefix, memory=memory)
 
         started = time.perf_counter()
         counts = run(config, complete=complete)

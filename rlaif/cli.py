@@ -18,9 +18,9 @@ err = Console(stderr=True, highlight=False)
 def _user_errors() -> tuple[type[Exception], ...]:
     from rlaif.constitution import ConstitutionError, TemplateError
     from rlaif.models import ModelError
-    from rlaif.records import DataError
+    from rlaif.records import ConfigError, DataError
 
-    return (ConstitutionError, TemplateError, ModelError, DataError)
+    return (ConstitutionError, TemplateError, ModelError, DataError, ConfigError)
 
 
 class _Group(click.Group):
@@ -234,6 +234,8 @@ recipe_option = click.option("--config", "config_file", type=click.Path(exists=T
 @click.option("--prefs", is_flag=True, default=None, help="Also write prefs.jsonl: final revision over first answer.")
 @click.option("--batch-size", type=int, help="Conversations per forward pass.  [default: 16]")
 @click.option("--chunk-size", type=int, help="Prompts finished together; the unit of resume.  [default: 64]")
+@click.option("--kv-memory-gb", type=float,
+              help="Keys/values kept between turns so history is not recomputed; 0 turns it off.  [default: 2]")
 @click.option("--device", help="cpu, cuda, cuda:1, ...  [default: a GPU if there is one]")
 @recipe_option
 def critique(config_file, **flags) -> None:
@@ -316,6 +318,86 @@ def sft(config_file, **flags) -> None:
     metrics = stage.run(config)
     out.print(f"[green]✓[/green] {metrics['steps']} steps on {metrics['examples']} examples, loss "
               f"{metrics['first_loss']:.3f} → {metrics['last_loss']:.3f}; model in {escape(config.out)}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif sample / label
+
+
+@cli.command()
+@click.option("--prompts", type=click.Path(), help="Prompt file: JSONL, CSV, text or hh-rlhf transcripts.")
+@click.option("--out", help="Run directory; writes OUT/sample/candidates.jsonl.  [default: runs/sample]")
+@click.option("-m", "--model", help="The policy to sample from.  [default: smollm2-135m-instruct]")
+@click.option("-n", "--n", type=int, help="Responses per prompt.  [default: 2]")
+@click.option("--max-new-tokens", type=int, help="Length limit of each response.  [default: 200]")
+@click.option("-t", "--temperature", type=float, help="Sampling temperature.  [default: 0.9]")
+@click.option("--top-p", type=float, help="Nucleus sampling threshold.  [default: 0.95]")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--batch-size", type=int, help="Sequences per forward pass.  [default: 16]")
+@click.option("--chunk-size", type=int, help="Prompts written together; the unit of resume.  [default: 64]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def sample(config_file, **flags) -> None:
+    """Sample K responses per prompt from a policy: the candidates `rlaif label` compares.
+
+    \b
+    Examples:
+      rlaif sample --prompts examples/prompts/red-team.jsonl --n 2 --out runs/x
+      rlaif sample -m runs/x/sft --prompts prompts.jsonl --n 4 -t 1.0 --out runs/x
+    """
+    from rlaif import sample as stage
+
+    config = stage_config(stage.SampleConfig, config_file, flags)
+    if not config.prompts:
+        raise click.UsageError("--prompts is required (or `prompts:` in --config)")
+    counts = stage.run(config, progress=True)
+    out.print(f"[green]✓[/green] {counts['prompts']} prompts x {config.n} → "
+              f"{escape(config.out)}/sample/candidates.jsonl", soft_wrap=True)
+
+
+@cli.command()
+@click.option("--candidates", type=click.Path(),
+              help="candidates.jsonl (rlaif sample), or preference rows (prompt, chosen, rejected) to relabel.")
+@click.option("--out", help="Run directory; writes OUT/label/preferences.jsonl.  [default: runs/label]")
+@click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
+@click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
+@click.option("-k", "--principles", "principles_per_comparison",
+              help="Principles averaged per pair: a number or 'all'.  [default: the constitution's label setting]")
+@click.option("--both-orders/--one-order", default=None,
+              help="Score (A, B) and (B, A) and average.  [default: the constitution's setting]")
+@click.option("--cot/--no-cot", "chain_of_thought", default=None,
+              help="Write a rationale before scoring; probabilities clamped.  [default: the constitution's setting]")
+@click.option("--few-shot/--no-few-shot", default=None, help="Show the constitution's label examples first.  [default: on]")
+@click.option("--max-new-tokens", type=int, help="Rationale length limit (--cot).  [default: 128]")
+@click.option("--min-margin", type=float, help="Flag labels with p_chosen < 0.5 + this as low_confidence.  [default: 0.05]")
+@click.option("--drop-flagged", is_flag=True, default=None,
+              help="Write low-confidence and inconsistent pairs to dropped.jsonl instead.")
+@click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
+@click.option("--chunk-size", type=int, help="Pairs written together; the unit of resume.  [default: 64]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def label(config_file, **flags) -> None:
+    """Label pairs of responses with AI feedback: soft preferences under the constitution's principles.
+
+    Every pair of a prompt's responses is shown to the labeler as a multiple-choice question under sampled
+    principles; the label is the probability of option (A) against (B), scored in both orders and averaged.
+    Writes OUT/label/preferences.jsonl (TRL's preference format plus p_chosen, per-order and per-principle
+    probabilities, and flags for inconsistent or low-confidence labels).
+
+    \b
+    Examples:
+      rlaif label --candidates runs/x/sample/candidates.jsonl --out runs/x
+      rlaif label --candidates runs/x/sample/candidates.jsonl -k 4 --cot --out runs/x-cot
+    """
+    from rlaif import label as stage
+
+    config = stage_config(stage.LabelConfig, config_file, flags)
+    if not config.candidates:
+        raise click.UsageError("--candidates is required (or `candidates:` in --config)")
+    counts = stage.run(config, progress=True)
+    out.print(f"[green]✓[/green] {counts['labeled']} pairs labeled → {escape(config.out)}/label/preferences.jsonl; "
+              f"{counts['inconsistent']} inconsistent, {counts['low_confidence']} low confidence, "
+              f"{counts['dropped']} dropped", soft_wrap=True)
 
 
 def main() -> None:

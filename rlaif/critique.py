@@ -3,7 +3,8 @@
 For every prompt the model first answers on its own. Then, round after round, it is asked to critique its latest
 answer under a sampled principle and to revise it, all in one growing conversation, so each round revises the last
 revision (Bai et al. 2022, "Constitutional AI", section 3.1). The constitution's few-shot examples go before every
-critique and revision; their keys and values are computed once and shared (see rlaif.generate).
+critique and revision; their keys and values are computed once and shared, and each conversation's keys and values
+are kept from turn to turn, so a revision request costs only its own tokens (see rlaif.generate).
 
 Work is batched by round: all of a chunk's prompts are answered in one batched pass, then all critiques of round 1,
 then all revisions, and so on. Each finished prompt is appended to `revisions.jsonl`, so a killed run resumes at the
@@ -58,9 +59,10 @@ class CritiqueConfig:
     batch_size: int = 16  # conversations per forward pass
     chunk_size: int = 64  # prompts taken through every round before they are written (the unit of resume)
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
+    kv_memory_gb: float = 2.0  # keys/values kept between turns, so a conversation's history is not recomputed; 0: off
 
     # Settings that change how the work runs but not what it produces; a run may resume with others.
-    VOLATILE = ("batch_size", "chunk_size", "device")
+    VOLATILE = ("batch_size", "chunk_size", "device", "kv_memory_gb")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -291,12 +293,13 @@ def _write_derived(stage_dir: Path, config: CritiqueConfig) -> dict[str, int]:
 
 
 def _model_complete(config: CritiqueConfig) -> Complete:
-    from rlaif.generate import generate
+    from rlaif.generate import KVMemory, generate
     from rlaif.models import load_model
 
     model, tokenizer = load_model(config.model, device=config.device)
+    memory = KVMemory(max_bytes=int(config.kv_memory_gb * 2**30))
 
     def complete(conversations, generation, prefix):
-        return generate(model, tokenizer, conversations, generation, prefix=prefix)
+        return generate(model, tokenizer, conversations, generation, prefix=prefix, memory=memory)
 
     return complete

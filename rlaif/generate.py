@@ -4,20 +4,26 @@
     replies[0].text, replies[0].token_ids, replies[0].finish_reason
 
 Conversations are rendered with the tokenizer's chat template, sorted by length so each batch carries little
-padding, left-padded, and generated with `transformers`' `generate` (KV cache, per-sequence EOS). Results come back in
-input order. Greedy decoding (temperature 0) gives the same text batched as one prompt at a time.
+padding, and decoded with a KV cache; a row that reaches EOS or the length limit leaves the batch at once, so the
+others do not pay for it. Results come back in input order. Greedy decoding (temperature 0) gives the same text
+batched as one prompt at a time.
 
-Messages shared by every conversation (few-shot examples) can be passed once as `prefix`: their keys and values are
-computed once and reused by every sequence of every batch. Each row is then laid out as
-[prefix][padding][own tokens], the padding masked out, so positions stay continuous.
+Two kinds of work are never done twice. Messages shared by every conversation (few-shot examples) can be passed
+once as `prefix`: their keys and values are computed once and shared by every row. And a `KVMemory` passed to
+successive calls keeps each conversation's keys and values, so when it comes back one turn longer (the critique
+loop's next request) only the new tokens are computed. Padding sits between the parts and is masked out, positions
+count real tokens only, so each row computes exactly what it would alone.
 """
 
 from __future__ import annotations
 
-import copy
+import json
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
+
+from rlaif.attention import shared_prefix
 
 
 @dataclass
@@ -28,7 +34,7 @@ class GenerationConfig:
     seed: int | None = None  # seeds the sampler for this call; same inputs, batch size and seed give the same text
     batch_size: int = 16  # conversations per forward pass
     logprobs: bool = False  # also return each generated token's log-probability (at this temperature)
-    prefix_cache: bool = True  # compute a shared prefix's KV cache once (off: recompute it in every row)
+    prefix_cache: bool = True  # reuse keys and values: a shared prefix's, and a `memory`'s (off: recompute all)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +94,57 @@ def trim_at_eos(ids: list[int], eos_ids: list[int] | set[int]) -> tuple[list[int
     return ids, "length"
 
 
+class KVMemory:
+    """Keys and values kept from one `generate` call to the next, so work already done is not done again.
+
+    It holds the latest shared prefix's cache, and each conversation's own keys and values (its prompt and reply)
+    under a key naming the conversation and the prefix it followed: when the same conversation comes back one turn longer, only the tokens after the longest common prefix are
+    computed. Reuse is checked token by token, so a stale or mismatched entry only costs speed, never correctness.
+    When a new entry would pass `max_bytes`, the oldest ones make room.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        self.max_bytes = max_bytes
+        self.prefix_ids: list[int] = []
+        self.prefix = None  # DynamicCache of the prefix, batch 1
+        self.rows: dict[str, tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self.bytes = 0  # held by `rows`
+        self.reused_tokens = 0  # prompt tokens not computed again thanks to stored rows
+
+    def prefix_cache(self, model, prefix_ids: list[int]):
+        if self.prefix is None or self.prefix_ids != prefix_ids:
+            device = next(model.parameters()).device
+            self.prefix = model(torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
+            self.prefix_ids = prefix_ids
+        return self.prefix
+
+    def lookup(self, key: str, ids: list[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """How many leading tokens of `ids` have stored keys and values (at least one is always left to compute)."""
+        if key not in self.rows:
+            return 0, []
+        stored, layers = self.rows[key]
+        n = 0
+        for a, b in zip(stored, ids[:-1]):
+            if a != b:
+                break
+            n += 1
+        self.reused_tokens += n
+        return n, [(k[:, :n], v[:, :n]) for k, v in layers]
+
+    def store(self, key: str, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if key in self.rows:
+            self.bytes -= _size(self.rows.pop(key)[1])
+        size = _size(layers)
+        while self.rows and self.bytes + size > self.max_bytes:
+            self.bytes -= _size(self.rows.pop(next(iter(self.rows)))[1])  # the oldest entry goes first
+        if size <= self.max_bytes:
+            self.rows[key], self.bytes = (ids, layers), self.bytes + size
+
+
+def _size(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -96,67 +153,160 @@ def generate(
     config: GenerationConfig | None = None,
     progress: bool = False,
     prefix: list[dict] | None = None,
+    memory: KVMemory | None = None,
 ) -> list[Generation]:
     """Generate one assistant reply for each conversation (a list of {"role", "content"} messages), each continuing
-    `prefix + conversation` when a shared `prefix` is given."""
-    from transformers import GenerationConfig as HFGenerationConfig
-
+    `prefix + conversation` when a shared `prefix` is given. Pass the same `memory` to successive calls to reuse
+    keys and values across them (the prefix's, and those of conversations that come back with one more turn)."""
     config = config or GenerationConfig()
     if prefix:
         prefix_ids, encoded = split_prefix(tokenizer, prefix, conversations)
     else:
         prefix_ids, encoded = [], [encode_chat(tokenizer, conv) for conv in conversations]
+    if not config.prefix_cache:
+        encoded, prefix_ids, memory = [prefix_ids + ids for ids in encoded], [], None
+    memory = memory or KVMemory(max_bytes=0)
+    after = f"{len(prefix_ids)}:{hash(tuple(prefix_ids))}:"  # keys computed after another prefix are other keys
+    keys = [after + conversation_key(conv) for conv in conversations]
+    eos = set(eos_token_ids(model, tokenizer))
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    eos = eos_token_ids(model, tokenizer)
-    greedy = config.temperature <= 0
-    settings = HFGenerationConfig(
-        max_new_tokens=config.max_new_tokens,
-        do_sample=not greedy,
-        temperature=None if greedy else config.temperature,
-        top_p=None if greedy else config.top_p,
-        top_k=None,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
-        return_dict_in_generate=True,
-        output_logits=config.logprobs,
-    )
-    device = next(model.parameters()).device
-    prefix_tensor = torch.tensor([prefix_ids], dtype=torch.long, device=device)
-    prefix_cache = model(prefix_tensor, use_cache=True).past_key_values if prefix_ids and config.prefix_cache else None
-    results: list[Generation | None] = [None] * len(encoded)
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    results: list[Generation | None] = [None] * len(encoded)
+    device = next(model.parameters()).device
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), progress_bar(progress, len(encoded), "generating") as bar:
         if config.seed is not None:
             torch.manual_seed(config.seed)
+        prefix_cache = memory.prefix_cache(model, prefix_ids) if prefix_ids else None
         for batch in batches:
-            input_ids, attention_mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-            cache = {}
-            if prefix_ids:
-                input_ids = torch.cat([prefix_tensor.expand(len(batch), -1), input_ids], dim=1)
-                attention_mask = torch.cat([torch.ones_like(input_ids[:, : len(prefix_ids)]), attention_mask], dim=1)
-            if prefix_cache is not None:
-                cache["past_key_values"] = copy.deepcopy(prefix_cache)
-                cache["past_key_values"].batch_repeat_interleave(len(batch))
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=settings, **cache)
-            new_tokens = out.sequences[:, input_ids.shape[1]:]
-            token_logprobs = None
-            if config.logprobs:
-                logits = torch.stack(out.logits, dim=1).float()  # (batch, new_tokens, vocab), before any warping
-                if not greedy:
-                    logits = logits / config.temperature
-                token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-            for row, index in enumerate(batch):
-                ids, reason = trim_at_eos(new_tokens[row].tolist(), set(eos))
+            rows = [_Row(encoded[i], keys[i], *memory.lookup(keys[i], encoded[i])) for i in batch]
+            with shared_prefix(model) if prefix_cache is not None else nullcontext(False) as shared:
+                done = _decode(model, rows, prefix_cache, config, eos, tokenizer.pad_token_id, memory, shared)
+            for index, row in zip(batch, done):
                 results[index] = Generation(
-                    text=tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                    token_ids=ids,
-                    finish_reason=reason,
-                    prompt_tokens=len(prefix_ids) + len(encoded[index]),
-                    logprobs=token_logprobs[row, : len(ids)].tolist() if token_logprobs is not None else None,
+                    text=tokenizer.decode(row.generated, skip_special_tokens=True).strip(),
+                    token_ids=row.generated,
+                    finish_reason="stop" if row.generated and row.generated[-1] in eos else "length",
+                    prompt_tokens=len(prefix_ids) + len(row.ids),
+                    logprobs=row.logprobs if config.logprobs else None,
                 )
             bar(len(batch))
     return results  # type: ignore[return-value]
+
+
+def conversation_key(conversation: list[dict]) -> str:
+    """What identifies a conversation from one turn to the next: its messages up to the first user turn."""
+    head = next((i for i, m in enumerate(conversation) if m.get("role") == "user"), len(conversation))
+    return json.dumps(conversation[: head + 1], sort_keys=True)
+
+
+@dataclass
+class _Row:
+    ids: list[int]  # the row's own prompt tokens (after any shared prefix)
+    key: str
+    reused: int  # leading tokens of `ids` whose keys and values come from memory
+    past: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (kv_heads, reused, head_dim) keys and values
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+def _decode(model, rows: list[_Row], prefix_cache, config: GenerationConfig, eos: set[int], pad_id: int,
+            memory: KVMemory, shared: bool = False) -> list[_Row]:
+    """Prefill and decode one batch. Each row's cache is laid out [prefix][pad][reused][pad][new prompt tokens]
+    [generated], padding masked out and positions counted over real tokens only, so every row sees exactly its own
+    sequence. With `shared` (rlaif.attention), the prefix is not copied into the rows' cache: every row attends to
+    the one batch-1 prefix cache. Rows leave the batch as soon as they finish."""
+    device = next(model.parameters()).device
+    width_reused = max(row.reused for row in rows)
+    width_new = max(len(row.ids) - row.reused for row in rows)
+    n_prefix = prefix_cache.get_seq_length() if prefix_cache is not None else 0
+    lead = 0 if shared else n_prefix  # prefix columns inside the rows' own cache and mask
+    layers = []
+    reference = [(layer.keys[0], layer.values[0]) for layer in prefix_cache.layers] if prefix_cache is not None \
+        else next(row.past for row in rows if row.past) if width_reused else []
+    for layer, (ref_k, ref_v) in enumerate(reference if (lead or width_reused) else []):  # (kv_heads, n, head_dim)
+        k = torch.stack([_left_pad(row.past[layer][0] if row.reused else ref_k[:, :0], width_reused) for row in rows])
+        v = torch.stack([_left_pad(row.past[layer][1] if row.reused else ref_v[:, :0], width_reused) for row in rows])
+        if lead:
+            k = torch.cat([ref_k.expand(len(rows), -1, -1, -1), k], dim=2)
+            v = torch.cat([ref_v.expand(len(rows), -1, -1, -1), v], dim=2)
+        layers.append((k, v))
+    from transformers import DynamicCache
+
+    from rlaif.attention import additive_mask
+
+    past = DynamicCache(layers or None, config=model.config)
+    mask = torch.zeros(len(rows), lead + width_reused + width_new, dtype=torch.long)
+    input_ids = torch.full((len(rows), width_new), pad_id, dtype=torch.long)
+    mask[:, :lead] = 1
+    for r, row in enumerate(rows):
+        new = row.ids[row.reused :]
+        mask[r, lead + width_reused - row.reused : lead + width_reused] = 1
+        mask[r, mask.shape[1] - len(new) :] = 1
+        input_ids[r, width_new - len(new) :] = torch.tensor(new)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -width_new:] + (n_prefix - lead)
+    mask, input_ids, positions = mask.to(device), input_ids.to(device), positions.to(device)
+    dtype = next(model.parameters()).dtype
+    extra = {"shared_prefix": prefix_cache} if shared else {}
+
+    def forward(ids, mask, positions, **kwargs):
+        attention = additive_mask(mask, ids.shape[1], dtype) if shared else mask
+        return model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=past,
+                     use_cache=True, **extra, **kwargs).logits[:, -1]
+
+    logits = forward(input_ids, mask, positions, logits_to_keep=1)
+    alive = list(range(len(rows)))
+    position = positions[:, -1]
+    greedy = config.temperature <= 0
+    while True:
+        logits = logits.float() if greedy else logits.float() / config.temperature
+        if greedy:
+            tokens = logits.argmax(-1)
+        else:
+            filtered = _top_p(logits, config.top_p) if config.top_p < 1 else logits
+            tokens = torch.multinomial(filtered.softmax(-1), 1)[:, 0]
+        logprobs = torch.log_softmax(logits, -1).gather(-1, tokens[:, None])[:, 0].tolist() if config.logprobs else None
+        keep = []
+        for j, (r, token) in enumerate(zip(alive, tokens.tolist())):
+            row = rows[r]
+            row.generated.append(token)
+            if logprobs:
+                row.logprobs.append(logprobs[j])
+            if token in eos or len(row.generated) >= config.max_new_tokens:
+                _remember(memory, past, j, mask[j], lead, row)
+            else:
+                keep.append(j)
+        if not keep:
+            return rows
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, device=device)
+            past.batch_select_indices(index)
+            mask, tokens, position = mask[index], tokens[index], position[index]
+            alive = [alive[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+        position = position + 1
+        logits = forward(tokens[:, None], mask, position[:, None])
+
+
+def _remember(memory: KVMemory, past, j: int, mask: torch.Tensor, lead: int, row: _Row) -> None:
+    """Store a finished row's own keys and values: its prompt and every generated token but the last (not fed)."""
+    if not memory.max_bytes:
+        return
+    columns = mask[lead:].nonzero()[:, 0] + lead
+    memory.store(row.key, row.ids + row.generated[:-1],
+                 [(layer.keys[j][:, columns], layer.values[j][:, columns]) for layer in past.layers])
+
+
+def _left_pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(heads, n, dim) -> (heads, width, dim), zeros in front."""
+    return torch.nn.functional.pad(x, (0, 0, width - x.shape[1], 0))
+
+
+def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering (Holtzman et al. 2019), as transformers' TopPLogitsWarper does it."""
+    from transformers import TopPLogitsWarper
+
+    return TopPLogitsWarper(top_p)(None, logits)
 
 
 class progress_bar:

@@ -118,6 +118,10 @@ class RankingRow(TypedDict):
 # Errors
 
 
+class ConfigError(Exception):
+    """A setting whose value cannot work (the message names the setting)."""
+
+
 class DataError(Exception):
     """A problem with a user's data file. The message names the file, line and field."""
 

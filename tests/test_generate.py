@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from rlaif.cli import cli
-from rlaif.generate import GenerationConfig, encode_chat, generate, left_pad, split_prefix, trim_at_eos
+from rlaif.generate import GenerationConfig, KVMemory, encode_chat, generate, left_pad, split_prefix, trim_at_eos
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How do I bake bread?"}],
@@ -97,6 +97,43 @@ def test_shared_prefix_cache_keeps_greedy_output_identical(tiny, batch_size):
     assert [g.token_ids for g in cached] == [g.token_ids for g in uncached] == [g.token_ids for g in plain]
     assert len({tuple(g.token_ids) for g in cached}) > 1
     assert [g.prompt_tokens for g in cached] == [len(encode_chat(tokenizer, FEW_SHOT + c)) for c in CONVERSATIONS]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_memory_reuses_a_growing_conversation_and_keeps_greedy_output_identical(tiny, batch_size):
+    """Turn after turn, a KVMemory computes only new tokens, and the replies match a run that recomputes everything."""
+    model, tokenizer = tiny
+    config = GenerationConfig(max_new_tokens=12, temperature=0, batch_size=batch_size)
+    memory = KVMemory()
+    with_memory, without = [list(c) for c in CONVERSATIONS], [list(c) for c in CONVERSATIONS]
+    for turn in range(3):
+        prefix = FEW_SHOT if turn else None  # the first turn without the prefix, as the critique loop does
+        a = generate(model, tokenizer, with_memory, config, prefix=prefix, memory=memory)
+        b = generate(model, tokenizer, without, GenerationConfig(**{**config.to_dict(), "prefix_cache": False}),
+                     prefix=prefix)
+        assert [g.token_ids for g in a] == [g.token_ids for g in b]
+        assert [g.prompt_tokens for g in a] == [g.prompt_tokens for g in b]
+        for conversations, replies in ((with_memory, a), (without, b)):
+            for conversation, reply in zip(conversations, replies):
+                conversation += [{"role": "assistant", "content": reply.text}, {"role": "user", "content": "Again."}]
+        if turn == 1:
+            assert memory.reused_tokens == 0  # turn 0 had no prefix: its keys and values do not apply after one
+    assert memory.reused_tokens > 0 and memory.rows
+    assert memory.bytes == sum(k.nbytes + v.nbytes for _, layers in memory.rows.values() for k, v in layers)
+
+
+def test_memory_evicts_the_oldest_rows_to_stay_within_its_budget():
+    memory = KVMemory(max_bytes=3 * 2 * 4 * 8)  # three entries of one layer, (1, 1, 8) float32 keys and values
+    entry = [(torch.zeros(1, 1, 8), torch.zeros(1, 1, 8))]
+    for key in "abcd":
+        memory.store(key, [1], entry)
+    assert list(memory.rows) == ["b", "c", "d"] and memory.bytes == 3 * 64
+    n, layers = memory.lookup("d", [1, 2])
+    assert n == 1 and layers[0][0].shape == (1, 1, 8)
+    assert memory.lookup("d", [1])[0] == 0  # the last token is always computed, to have logits for it
+    assert memory.lookup("d", [3, 1])[0] == 0  # a different first token: nothing reused
+    memory.store("huge", [1], [(torch.zeros(1, 100, 8), torch.zeros(1, 100, 8))])
+    assert "huge" not in memory.rows
 
 
 def test_split_prefix_reassembles_each_conversation(tiny):

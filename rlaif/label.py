@@ -1,0 +1,390 @@
+"""RL-CAI: an AI labeler compares two responses under constitutional principles and writes soft preference labels.
+
+    rlaif label --candidates runs/x/sample/candidates.jsonl --out runs/x     # -> runs/x/label/preferences.jsonl
+
+For every pair of responses to a prompt, principles are drawn from the constitution (1, k, or all of them; seeded
+per pair). Each principle's comparison question becomes a multiple-choice prompt: the conversation, Reply (A),
+Reply (B), the question, "Answer with (A) or (B) only", after the constitution's few-shot label examples. The label
+is not generated text: it is the probability of the option "(A" against "(B", normalised over the two and read from
+one forward pass (Bai et al. 2022, "Constitutional AI", section 4.1). Options are tokenized in context, so tokenizers
+that merge "(A" into one token, or split it in three, are scored alike (a multi-token option by its summed log-prob).
+
+Both orders are scored, (first, second) and (second, first), and averaged after un-swapping: a labeler that favours
+whichever reply comes first is cancelled out, and the two orders disagreeing is flagged as inconsistent. With k
+principles the label is their mean, and each principle's own probability is kept (which principle drove a label).
+In chain-of-thought mode the labeler first writes a short rationale, then the options are scored after it; those
+probabilities are extreme, so they are clamped (0.4 to 0.6 by default, as the CAI paper found best).
+
+The responses are untrusted text: `quote` keeps them from passing for the prompt's own structure (see its
+docstring), and `rlaif eval labeler` measures how often injection attacks still flip a label.
+
+Prompts of one pair share their beginning (few-shot block, conversation, and per order both replies); they are
+scored as a prefix tree, each shared part computed once (rlaif.prefix_tree).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rlaif.constitution import Constitution, Principle, load_constitution, render
+from rlaif.records import ConfigError, DataError, JsonlWriter, Message, PreferenceRow, open_stage, read_jsonl
+
+
+@dataclass
+class LabelConfig:
+    candidates: str = ""  # candidates.jsonl (`rlaif sample`), or preference rows (prompt/chosen/rejected) to relabel
+    out: str = "runs/label"  # run directory; this stage writes OUT/label/preferences.jsonl
+    constitution: str = "default"  # shipped name or path
+    labeler: str = "smollm2-135m-instruct"  # the labeling model (any model spec)
+    principles_per_comparison: int | str | None = None  # k principles averaged per pair, or "all"; None: constitution
+    both_orders: bool | None = None  # score both orders and average; None: the constitution's label.both_orders
+    chain_of_thought: bool | None = None  # write a rationale before scoring; None: the constitution's setting
+    few_shot: bool = True  # put the constitution's label examples first
+    max_new_tokens: int = 128  # rationale length limit (chain of thought)
+    min_margin: float = 0.05  # a label with p_chosen below 0.5 + this is flagged low_confidence
+    drop_flagged: bool = False  # write low-confidence and inconsistent pairs to dropped.jsonl, not preferences.jsonl
+    batch_size: int = 8  # pairs per forward pass (each is 2 orders x k principles sequences)
+    chunk_size: int = 64  # pairs labeled and written together (the unit of resume)
+    device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
+
+    VOLATILE = ("batch_size", "chunk_size", "device")
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    prompt: list[Message]
+    first: str
+    second: str
+
+
+@dataclass
+class Judgement:
+    """One principle's view of a pair: P(first is better) with first shown as (A), and with first shown as (B)."""
+
+    principle: str
+    shown_first: float | None = None
+    shown_second: float | None = None
+    rationales: list[str] = field(default_factory=list)
+
+    @property
+    def p(self) -> float:
+        return mean([p for p in (self.shown_first, self.shown_second) if p is not None])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pure pieces: option probabilities, orders, ensembles, the preference row
+
+
+def option_probability(logp_a: float, logp_b: float) -> float:
+    """P(A) normalised over the two options: exp(a) / (exp(a) + exp(b)), computed stably."""
+    d = logp_b - logp_a
+    return 1.0 / (1.0 + math.exp(d)) if d < 0 else math.exp(-d) / (1.0 + math.exp(-d))
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def clamp(p: float, bounds: tuple[float, float]) -> float:
+    return min(max(p, bounds[0]), bounds[1])
+
+
+def consistent(shown_first: float | None, shown_second: float | None) -> bool:
+    """Both orders name the same winner (a single order is consistent with itself)."""
+    if shown_first is None or shown_second is None:
+        return True
+    return (shown_first >= 0.5) == (shown_second >= 0.5)
+
+
+def to_preference(pair: Pair, judgements: list[Judgement], labeler: str, min_margin: float) -> PreferenceRow:
+    """The pair as a preference row: chosen is the response the ensemble prefers, p_chosen >= 0.5."""
+    p_first = mean([j.p for j in judgements])
+    first_wins = p_first >= 0.5
+    oriented = (lambda p: p) if first_wins else (lambda p: 1.0 - p)  # P(first) -> P(chosen)
+    orders = {}
+    for name, attr in (("shown_first", "shown_first"), ("shown_second", "shown_second")):
+        values = [getattr(j, attr) for j in judgements if getattr(j, attr) is not None]
+        if values:
+            orders[name] = mean(values)
+    # p_orders are named after where *chosen* was shown: first's "shown_first" is chosen's when first wins.
+    p_orders = {("chosen_first" if (k == "shown_first") == first_wins else "chosen_second"): oriented(v)
+                for k, v in orders.items()}
+    agree = consistent(orders.get("shown_first"), orders.get("shown_second"))
+    p_chosen = oriented(p_first)
+    flags = ([] if agree else ["inconsistent"]) + (["low_confidence"] if p_chosen < 0.5 + min_margin else [])
+    chosen, rejected = (pair.first, pair.second) if first_wins else (pair.second, pair.first)
+    row: PreferenceRow = {
+        "id": pair.id, "prompt": pair.prompt,
+        "chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}],
+        "p_chosen": p_chosen, "source": "ai", "labeler": labeler,
+        "principles": [j.principle for j in judgements],
+        "principle_p": {j.principle: oriented(j.p) for j in judgements},
+        "p_orders": p_orders, "consistent": agree, "flags": flags,
+    }
+    if any(j.rationales for j in judgements):
+        row["rationales"] = {j.principle: j.rationales for j in judgements}  # type: ignore[typeddict-unknown-key]
+    return row
+
+
+def sample_label_principles(constitution: Constitution, k: int | str, pair_id: str) -> list[Principle]:
+    """k principles for one pair (all of them for "all"), drawn by weight without replacement, seeded by the
+    constitution's label seed and the pair id, so a pair gets the same principles in every run."""
+    from rlaif.critique import sample_principles
+
+    if k == "all":
+        return list(constitution.principles)
+    rng = random.Random(f"{constitution.label.seed}:{pair_id}")
+    return sample_principles(constitution.principles, min(int(k), len(constitution.principles)), rng)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Isolating untrusted text
+
+_STRUCTURE = re.compile(r"<\s*/?\s*(reply|conversation)\s*>", re.IGNORECASE)
+_OPTION = re.compile(r"\(\s*([AB])\s*\)")
+
+
+def quote(text: str, special_tokens: list[str] = ()) -> str:
+    """Make untrusted text (a response, a conversation) safe to place inside the labeling prompt:
+
+    - the prompt's own markers (<reply>, </reply>, <conversation>, ...) become [reply], [/reply], ..., so a response
+      cannot close its block early and continue as if it were the prompt;
+    - option markers "(A)" and "(B)" become "[A]" and "[B]": the only "(A)" and "(B)" in a prompt are the real ones;
+    - the tokenizer's special tokens (e.g. <|im_end|>) are broken up, so text cannot end a chat turn or open one.
+    """
+    text = _STRUCTURE.sub(lambda m: "[" + ("/" if "/" in m.group(0) else "") + m.group(1).lower() + "]", text)
+    text = _OPTION.sub(lambda m: f"[{m.group(1)}]", text)
+    for token in special_tokens:
+        if len(token) > 1 and token in text:
+            text = text.replace(token, token[0] + "\u200b" + token[1:])
+    return text
+
+
+def format_conversation(prompt: list[Message], special_tokens: list[str] = ()) -> str:
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {quote(m['content'], special_tokens)}" for m in prompt)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The labeler
+
+
+class Labeler:
+    """Scores pairs under principles with a causal LM. `judge` is the whole model-facing surface."""
+
+    def __init__(self, model, tokenizer, constitution: Constitution, few_shot: bool = True,
+                 chain_of_thought: bool = False, max_new_tokens: int = 128, name: str = "labeler"):
+        self.model, self.tokenizer, self.constitution = model, tokenizer, constitution
+        self.chain_of_thought, self.max_new_tokens, self.name = chain_of_thought, max_new_tokens, name
+        self.special = sorted({t for t in tokenizer.all_special_tokens} | set(getattr(tokenizer, "added_tokens_encoder", {})))
+        self.template = constitution.templates["label_cot" if chain_of_thought else "label"]
+        self.prefix = self._few_shot() if few_shot else []
+        self._prefix_text, self._prefix_cache = "", None
+
+    def message(self, prompt: list[Message], a: str, b: str, question: str) -> Message:
+        content = render(self.template, conversation=format_conversation(prompt, self.special),
+                         response_a=quote(a, self.special), response_b=quote(b, self.special), question=question)
+        return {"role": "user", "content": content}
+
+    def _few_shot(self) -> list[Message]:
+        messages: list[Message] = []
+        for example in self.constitution.label_examples:
+            question = self.constitution.principle(example.principle).comparison_question
+            prompt = [{"role": "user", "content": example.prompt}]
+            messages.append(self.message(prompt, example.response_a, example.response_b, question))
+            answer = f"({example.answer})"
+            if self.chain_of_thought and example.rationale:
+                answer = f"{example.rationale.strip()} The answer is {answer}."
+            messages.append({"role": "assistant", "content": answer})
+        return messages
+
+    def judge(self, items: list[tuple[Pair, Principle, bool]], group: int = 16) -> tuple[list[float], list[str]]:
+        """P(first is better) for each (pair, principle, swapped) item: swapped shows `second` as (A). Returns the
+        probabilities and, in chain-of-thought mode, the rationales ("" otherwise). Items are scored `group` at a
+        time: neighbours (one pair's orders and principles) share a prefix tree."""
+        from rlaif.prefix_tree import tree_logprobs
+
+        messages = [[self.message(pair.prompt, *((pair.second, pair.first) if swapped else (pair.first, pair.second)),
+                                  principle.comparison_question)] for pair, principle, swapped in items]
+        rationales = self._rationales(messages) if self.chain_of_thought else [""] * len(items)
+        prefix_cache, texts = self._split(messages)
+        sequences, n_scored = [], []
+        for text, rationale in zip(texts, rationales):
+            stem = text + (rationale + "\nThe answer is " if self.chain_of_thought else "")
+            a, b = (self.tokenizer(stem + option, add_special_tokens=False)["input_ids"] for option in ("(A", "(B"))
+            common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            sequences += [a, b]
+            n_scored += [len(a) - common, len(b) - common]
+        logprobs = []
+        for start in range(0, len(sequences), 2 * group):
+            logprobs += tree_logprobs(self.model, sequences[start : start + 2 * group],
+                                      n_scored[start : start + 2 * group], prefix_cache=prefix_cache)
+        probs = []
+        for i, (_, _, swapped) in enumerate(items):
+            p_a = option_probability(sum(logprobs[2 * i]), sum(logprobs[2 * i + 1]))
+            probs.append(1.0 - p_a if swapped else p_a)
+        return probs, rationales
+
+    def _split(self, messages: list[list[Message]]):
+        """The few-shot block's cache (computed once) and each prompt's own text after it, rendered for the
+        assistant's turn. If the chat template renders the block differently inside a conversation, nothing is
+        shared and each text is whole."""
+        import torch
+
+        full = [self.tokenizer.apply_chat_template(self.prefix + m, tokenize=False, add_generation_prompt=True)
+                for m in messages]
+        prefix_text = self.tokenizer.apply_chat_template(self.prefix, tokenize=False) if self.prefix else ""
+        if not prefix_text or not all(t.startswith(prefix_text) for t in full):
+            return None, full
+        if self._prefix_text != prefix_text:
+            ids = self.tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
+            device = next(self.model.parameters()).device
+            with torch.inference_mode():
+                self._prefix_cache = self.model(torch.tensor([ids], device=device), use_cache=True).past_key_values
+            self._prefix_text = prefix_text
+        return self._prefix_cache, [t[len(prefix_text):] for t in full]
+
+    def _rationales(self, messages: list[list[Message]]) -> list[str]:
+        from rlaif.generate import GenerationConfig, generate
+
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0, batch_size=16)
+        replies = generate(self.model, self.tokenizer, messages, config, prefix=self.prefix or None)
+        # Whatever the rationale says after "The answer is" is cut: the options are scored in its place.
+        return [quote(re.split(r"the answer is", r.text, flags=re.IGNORECASE)[0].strip(), self.special)
+                for r in replies]
+
+
+def label_pairs(labeler: Labeler, pairs: list[Pair], principles: list[list[Principle]], both_orders: bool,
+                clamp_to: tuple[float, float] | None = None) -> list[list[Judgement]]:
+    """Judge every pair under its principles (and both orders); one batched labeler call."""
+    items = [(pair, principle, swapped) for pair, chosen in zip(pairs, principles) for principle in chosen
+             for swapped in ((False, True) if both_orders else (False,))]
+    probs, rationales = labeler.judge(items) if items else ([], [])
+    results: list[list[Judgement]] = []
+    index = 0
+    for chosen in principles:
+        judgements = []
+        for principle in chosen:
+            judgement = Judgement(principle.id)
+            for swapped in ((False, True) if both_orders else (False,)):
+                p = clamp(probs[index], clamp_to) if clamp_to else probs[index]
+                setattr(judgement, "shown_second" if swapped else "shown_first", p)
+                if rationales[index]:
+                    judgement.rationales.append(rationales[index])
+                index += 1
+            judgements.append(judgement)
+        results.append(judgements)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading pairs
+
+
+def load_pairs(path: Path | str) -> list[Pair]:
+    """Pairs to label: every pair of responses in candidates.jsonl rows (`responses`), or the chosen/rejected of
+    preference rows (relabeling). Identical responses make no pair."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    pairs: list[Pair] = []
+    for line, row in enumerate(read_jsonl(path), start=1):
+        if not isinstance(row.get("prompt"), list):
+            raise DataError(path, line, "prompt", "expected a list of {role, content} messages")
+        if "id" not in row:
+            raise DataError(path, line, "id", "missing")
+        if "responses" in row:
+            responses = row["responses"]
+            if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+                raise DataError(path, line, "responses", "expected a list of strings")
+            for i in range(len(responses)):
+                for j in range(i + 1, len(responses)):
+                    if responses[i].strip() != responses[j].strip():
+                        pairs.append(Pair(f"{row['id']}-{i}-{j}", row["prompt"], responses[i], responses[j]))
+        elif "chosen" in row and "rejected" in row:
+            texts = []
+            for name in ("chosen", "rejected"):
+                value = row[name]
+                if isinstance(value, list) and value and isinstance(value[-1], dict):
+                    value = value[-1].get("content")
+                if not isinstance(value, str):
+                    raise DataError(path, line, name, "expected a string or a list ending in an assistant message")
+                texts.append(value)
+            pairs.append(Pair(str(row["id"]), row["prompt"], *texts))
+        else:
+            raise DataError(path, line, "responses", "expected `responses` (candidates) or `chosen` and `rejected`")
+    return pairs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = False) -> dict:
+    """Label (or resume labeling) every pair; returns the manifest's counts."""
+    from rlaif.generate import progress_bar
+
+    constitution = load_constitution(config.constitution)
+    settings = constitution.label
+    k = config.principles_per_comparison or settings.principles_per_comparison
+    if k != "all":
+        if not str(k).isdigit() or int(k) < 1:
+            raise ConfigError(f"principles_per_comparison: expected a number >= 1 or 'all', got {k!r}")
+        k = int(k)
+    both = settings.both_orders if config.both_orders is None else config.both_orders
+    cot = settings.chain_of_thought if config.chain_of_thought is None else config.chain_of_thought
+    pairs = load_pairs(config.candidates)
+    stage_dir = Path(config.out) / "label"
+    resolved = {**asdict(config), "principles_per_comparison": k, "both_orders": both, "chain_of_thought": cot,
+                "clamp": list(settings.clamp), "constitution_digest": constitution.digest()}
+    manifest = open_stage(stage_dir, "label", resolved, volatile=LabelConfig.VOLATILE)
+    manifest.status = "running"
+    manifest.add_input(config.candidates)
+    if labeler is None:
+        from rlaif.models import load_model
+
+        model, tokenizer = load_model(config.labeler, device=config.device)
+        labeler = Labeler(model, tokenizer, constitution, few_shot=config.few_shot, chain_of_thought=cot,
+                          max_new_tokens=config.max_new_tokens, name=config.labeler)
+    started = time.time()
+    kept, dropped_path = stage_dir / "preferences.jsonl", stage_dir / "dropped.jsonl"
+    with JsonlWriter(kept) as out, JsonlWriter(dropped_path) as dropped, \
+            progress_bar(progress, len(pairs), "labeling") as bar:
+        done = out.done | dropped.done
+        todo = [p for p in pairs if p.id not in done]
+        bar(len(pairs) - len(todo))
+        manifest.counts.update(pairs=len(pairs), resumed=len(pairs) - len(todo))
+        for start in range(0, len(todo), config.chunk_size):
+            chunk = todo[start : start + config.chunk_size]
+            for b in range(0, len(chunk), config.batch_size):
+                batch = chunk[b : b + config.batch_size]
+                principles = [sample_label_principles(constitution, k, pair.id) for pair in batch]
+                judged = label_pairs(labeler, batch, principles, both, settings.clamp if cot else None)
+                for pair, judgements in zip(batch, judged):
+                    row = to_preference(pair, judgements, labeler.name, config.min_margin)
+                    (dropped if config.drop_flagged and row["flags"] else out).write(row)
+                bar(len(batch))
+            manifest.save(stage_dir)
+    counts = _count(kept, dropped_path)
+    manifest.counts.update(counts)
+    manifest.seconds += time.time() - started
+    manifest.outputs = ["preferences.jsonl"] + (["dropped.jsonl"] if counts["dropped"] else [])
+    manifest.status = "complete"
+    manifest.save(stage_dir)
+    return manifest.counts
+
+
+def _count(kept: Path, dropped: Path) -> dict[str, int]:
+    counts = {"labeled": 0, "dropped": 0, "inconsistent": 0, "low_confidence": 0}
+    for path, name in ((kept, "labeled"), (dropped, "dropped")):
+        for row in read_jsonl(path) if path.is_file() else []:
+            counts[name] += 1
+            for flag in row.get("flags", []):
+                counts[flag] = counts.get(flag, 0) + 1
+    return counts

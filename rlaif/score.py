@@ -1,0 +1,146 @@
+"""Direct RLAIF: the labeler rates a response from 1 to 10 under the constitution, and that rating is the reward.
+
+    rlaif score --candidates runs/x/sample/candidates.jsonl --out runs/x     # -> runs/x/score/scores.jsonl
+
+Instead of comparing two responses, the labeler reads one and is asked for a score (Lee et al. 2023, "RLAIF vs.
+RLHF", section 3.2). No text is generated: the next-token probabilities of the ten scores are read after the
+prompt, and the reward is the expected score, E[s] = sum_s s * P(s), mapped from [1, 10] to [-1, 1]. "10" starts
+like "1" in most tokenizers, so each score's probability is that of its own tokens and, for a score that is the
+beginning of another (1 of 10), less that of the longer one: P(1) = P("1") - P("10").
+
+`DirectScore` is the same thing as a reward function, `reward(prompts, responses) -> tensor`, for PPO.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rlaif.constitution import Constitution, load_constitution, render
+from rlaif.label import format_conversation, quote
+from rlaif.records import DataError, JsonlWriter, Message, open_stage, read_jsonl
+
+SCORES = tuple(range(1, 11))
+
+
+@dataclass
+class ScoreConfig:
+    candidates: str = ""  # candidates.jsonl (`rlaif sample`): every response of every row is scored
+    out: str = "runs/score"  # run directory; this stage writes OUT/score/scores.jsonl
+    constitution: str = "default"  # shipped name or path; its principles' critique requests are the rubric
+    labeler: str = "smollm2-135m-instruct"  # the scoring model (any model spec)
+    batch_size: int = 8  # responses per forward pass (rows of candidates per batch, in the stage)
+    device: str | None = None
+
+    VOLATILE = ("batch_size", "device")
+
+
+def expected_score(logprobs: dict[int, float], prefixes: dict[int, list[int]]) -> tuple[float, dict[int, float]]:
+    """E[score] and the distribution over scores, from each score's summed token log-probability. `prefixes[s]`
+    names the scores whose tokens begin with score s's tokens (10 for 1): their mass is taken out of P(s)."""
+    raw = {s: math.exp(lp) for s, lp in logprobs.items()}
+    mass = {s: max(raw[s] - sum(raw[t] for t in prefixes.get(s, [])), 0.0) for s in raw}
+    total = sum(mass.values())
+    if total <= 0:
+        return 5.5, {s: 0.1 for s in raw}
+    dist = {s: m / total for s, m in mass.items()}
+    return sum(s * p for s, p in dist.items()), dist
+
+
+def to_reward(score: float) -> float:
+    """[1, 10] -> [-1, 1]."""
+    return (score - 5.5) / 4.5
+
+
+class DirectScore:
+    """The labeler as a reward function: `scorer(prompts, responses)` -> tensor of rewards in [-1, 1]."""
+
+    def __init__(self, model, tokenizer, constitution: Constitution, batch_size: int = 8):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.template = constitution.templates["score"]
+        self.rubric = "\n".join(f"- {p.critique_request}" for p in constitution.principles)
+        self.special = sorted(set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {})))
+
+    def scores(self, prompts: list[list[Message]], responses: list[str]) -> list[tuple[float, dict[int, float]]]:
+        """(expected score in [1, 10], distribution over scores) per response."""
+        from rlaif.prefix_tree import tree_logprobs
+
+        results = []
+        for start in range(0, len(prompts), self.batch_size):
+            sequences, n_scored, spans = [], [], []
+            for prompt, response in zip(prompts[start : start + self.batch_size],
+                                        responses[start : start + self.batch_size]):
+                content = render(self.template, principles=self.rubric,
+                                 conversation=format_conversation(prompt, self.special),
+                                 response=quote(response, self.special))
+                text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                          add_generation_prompt=True)
+                stem = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                tails = {}
+                for s in SCORES:
+                    ids = self.tokenizer(text + str(s), add_special_tokens=False)["input_ids"]
+                    common = next((i for i, (x, y) in enumerate(zip(ids, stem)) if x != y), min(len(ids), len(stem)))
+                    tails[s] = ids[common:]
+                    sequences.append(ids)
+                    n_scored.append(len(ids) - common)
+                spans.append(tails)
+            logprobs = tree_logprobs(self.model, sequences, n_scored)
+            for i, tails in enumerate(spans):
+                lp = {s: sum(logprobs[i * len(SCORES) + j]) for j, s in enumerate(SCORES)}
+                prefixes = {s: [t for t in SCORES if t != s and tails[t][: len(tails[s])] == tails[s]]
+                            for s in SCORES}
+                results.append(expected_score(lp, prefixes))
+        return results
+
+    def __call__(self, prompts: list[list[Message]], responses: list[str]):
+        import torch
+
+        return torch.tensor([to_reward(score) for score, _ in self.scores(prompts, responses)])
+
+
+def run(config: ScoreConfig, scorer: DirectScore | None = None, progress: bool = False) -> dict:
+    """Score every response of every candidates row; returns the manifest's counts."""
+    from rlaif.generate import progress_bar
+
+    path = Path(config.candidates)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    rows = []
+    for line, row in enumerate(read_jsonl(path), start=1):
+        for name, kind in (("id", str), ("prompt", list), ("responses", list)):
+            if not isinstance(row.get(name), kind):
+                raise DataError(path, line, name, f"expected a {kind.__name__}")
+        rows.append(row)
+    constitution = load_constitution(config.constitution)
+    stage_dir = Path(config.out) / "score"
+    manifest = open_stage(stage_dir, "score", {**asdict(config), "constitution_digest": constitution.digest()},
+                          volatile=ScoreConfig.VOLATILE)
+    manifest.status = "running"
+    manifest.add_input(path)
+    if scorer is None:
+        from rlaif.models import load_model
+
+        model, tokenizer = load_model(config.labeler, device=config.device)
+        scorer = DirectScore(model, tokenizer, constitution, config.batch_size)
+    started = time.time()
+    with JsonlWriter(stage_dir / "scores.jsonl") as out, progress_bar(progress, len(rows), "scoring") as bar:
+        todo = [r for r in rows if r["id"] not in out.done]
+        bar(len(rows) - len(todo))
+        for start in range(0, len(todo), config.batch_size):
+            group = todo[start : start + config.batch_size]
+            results = iter(scorer.scores([r["prompt"] for r in group for _ in r["responses"]],
+                                         [response for r in group for response in r["responses"]]))
+            for row in group:
+                scores = [next(results)[0] for _ in row["responses"]]
+                out.write({"id": row["id"], "prompt": row["prompt"], "responses": row["responses"],
+                           "scores": scores, "rewards": [to_reward(s) for s in scores]})
+            bar(len(group))
+    manifest.counts.update(rows=len(rows), resumed=len(rows) - len(todo),
+                           responses=sum(len(r["responses"]) for r in rows))
+    manifest.seconds += time.time() - started
+    manifest.outputs = ["scores.jsonl"]
+    manifest.status = "complete"
+    manifest.save(stage_dir)
+    return manifest.counts
