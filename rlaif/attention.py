@@ -43,6 +43,14 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout: 
     layer = shared_prefix.layers[module.layer_idx]
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
+    if q_len > 8:  # a long query block (prefill): copying the prefix is cheap next to it, and SDPA's kernel wins
+        keys = torch.cat([layer.keys.expand(batch, -1, -1, -1), key], dim=2)
+        values = torch.cat([layer.values.expand(batch, -1, -1, -1), value], dim=2)
+        if attention_mask is not None:
+            visible = attention_mask.new_zeros(batch, 1, q_len, layer.keys.shape[2])
+            attention_mask = torch.cat([visible, attention_mask], dim=-1)
+        return sdpa_attention_forward(module, query, keys, values, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     rows = heads // kv_heads * q_len  # grouped query heads folded into the query length: head h reads kv head h // g
     scaling = dim**-0.5 if scaling is None else scaling
     q = query.reshape(batch, kv_heads, rows, dim)

@@ -190,7 +190,8 @@ def stage_config(cls, config_file: str | None, flags: dict):
         import yaml
 
         path = click.format_filename(config_file)
-        text = open(config_file, encoding="utf-8").read()
+        with open(config_file, encoding="utf-8") as f:
+            text = f.read()
         try:
             node, recipe = yaml.compose(text), yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -398,6 +399,77 @@ def label(config_file, **flags) -> None:
     out.print(f"[green]✓[/green] {counts['labeled']} pairs labeled → {escape(config.out)}/label/preferences.jsonl; "
               f"{counts['inconsistent']} inconsistent, {counts['low_confidence']} low confidence, "
               f"{counts['dropped']} dropped", soft_wrap=True)
+
+
+@cli.command()
+@click.option("--candidates", type=click.Path(), help="candidates.jsonl (rlaif sample): every response is scored.")
+@click.option("--out", help="Run directory; writes OUT/score/scores.jsonl.  [default: runs/score]")
+@click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
+@click.option("--labeler", help="The scoring model.  [default: smollm2-135m-instruct]")
+@click.option("--batch-size", type=int, help="Rows per batch.  [default: 8]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def score(config_file, **flags) -> None:
+    """Direct RLAIF: rate each response from 1 to 10 under the constitution.
+
+    The score is the expected value over the labeler's probabilities of "1" to "10" (no text is generated), and
+    the reward is that score mapped to [-1, 1]. The same scorer is a reward function for PPO.
+
+    \b
+    Example:
+      rlaif score --candidates runs/x/sample/candidates.jsonl --out runs/x
+    """
+    from rlaif import score as stage
+
+    config = stage_config(stage.ScoreConfig, config_file, flags)
+    if not config.candidates:
+        raise click.UsageError("--candidates is required (or `candidates:` in --config)")
+    counts = stage.run(config, progress=True)
+    out.print(f"[green]✓[/green] {counts['responses']} responses scored → {escape(config.out)}/score/scores.jsonl",
+              soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif eval
+
+
+@cli.group(name="eval")
+def eval_group() -> None:
+    """Measure how far a stage's output can be trusted."""
+
+
+@eval_group.command(name="labeler")
+@click.option("--pairs", type=click.Path(),
+              help="Human-labelled pairs: hh-rlhf transcripts (chosen/rejected) or prompt/chosen/rejected rows.")
+@click.option("--out", help="Writes OUT/labeler_report.json.  [default: runs/eval]")
+@click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
+@click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
+@click.option("--limit", type=int, help="Pairs to evaluate (the first N).  [default: 100]")
+@click.option("--ensemble", type=int, help="Principles per pair in the ensemble mode.  [default: 4]")
+@click.option("--cot/--no-cot", "chain_of_thought", default=None, help="Also evaluate chain of thought.  [default: on]")
+@click.option("--injection-pairs", type=int, help="Pairs per injection attack; 0 skips them.  [default: 8]")
+@click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def eval_labeler(config_file, **flags) -> None:
+    """The labeler's report card on pairs people have labeled.
+
+    Agreement with the human choice, position consistency and calibration (ECE) for each labeling mode side by
+    side (single order, both orders, an ensemble of principles, chain of thought), agreement per principle, and
+    how often prompt-injection attacks written into a response flip the label.
+
+    \b
+    Example:
+      rlaif eval labeler --pairs ../shared/data/hh-harmless-dev.jsonl --limit 100 --out runs/eval
+    """
+    from rlaif import evaluate
+
+    config = stage_config(evaluate.LabelerEvalConfig, config_file, flags)
+    if not config.pairs:
+        raise click.UsageError("--pairs is required (or `pairs:` in --config)")
+    report = evaluate.evaluate_labeler(config, progress=True)
+    evaluate.print_labeler_report(report, out)
+    out.print(f"[green]✓[/green] report → {escape(config.out)}/labeler_report.json", soft_wrap=True)
 
 
 def main() -> None:

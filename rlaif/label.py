@@ -179,8 +179,10 @@ class Labeler:
     """Scores pairs under principles with a causal LM. `judge` is the whole model-facing surface."""
 
     def __init__(self, model, tokenizer, constitution: Constitution, few_shot: bool = True,
-                 chain_of_thought: bool = False, max_new_tokens: int = 128, name: str = "labeler"):
+                 chain_of_thought: bool = False, max_new_tokens: int = 128, name: str = "labeler",
+                 share_prefix: bool = True):
         self.model, self.tokenizer, self.constitution = model, tokenizer, constitution
+        self.share_prefix = share_prefix  # off: every prompt is computed whole (for comparisons)
         self.chain_of_thought, self.max_new_tokens, self.name = chain_of_thought, max_new_tokens, name
         self.special = sorted({t for t in tokenizer.all_special_tokens} | set(getattr(tokenizer, "added_tokens_encoder", {})))
         self.template = constitution.templates["label_cot" if chain_of_thought else "label"]
@@ -215,6 +217,7 @@ class Labeler:
         rationales = self._rationales(messages) if self.chain_of_thought else [""] * len(items)
         prefix_cache, texts = self._split(messages)
         sequences, n_scored = [], []
+        trees = 2 * group if self.share_prefix else 2  # unshared: one prompt (its two options) per forward
         for text, rationale in zip(texts, rationales):
             stem = text + (rationale + "\nThe answer is " if self.chain_of_thought else "")
             a, b = (self.tokenizer(stem + option, add_special_tokens=False)["input_ids"] for option in ("(A", "(B"))
@@ -222,9 +225,9 @@ class Labeler:
             sequences += [a, b]
             n_scored += [len(a) - common, len(b) - common]
         logprobs = []
-        for start in range(0, len(sequences), 2 * group):
-            logprobs += tree_logprobs(self.model, sequences[start : start + 2 * group],
-                                      n_scored[start : start + 2 * group], prefix_cache=prefix_cache)
+        for start in range(0, len(sequences), trees):
+            logprobs += tree_logprobs(self.model, sequences[start : start + trees], n_scored[start : start + trees],
+                                      prefix_cache=prefix_cache)
         probs = []
         for i, (_, _, swapped) in enumerate(items):
             p_a = option_probability(sum(logprobs[2 * i]), sum(logprobs[2 * i + 1]))
@@ -240,7 +243,7 @@ class Labeler:
         full = [self.tokenizer.apply_chat_template(self.prefix + m, tokenize=False, add_generation_prompt=True)
                 for m in messages]
         prefix_text = self.tokenizer.apply_chat_template(self.prefix, tokenize=False) if self.prefix else ""
-        if not prefix_text or not all(t.startswith(prefix_text) for t in full):
+        if not prefix_text or not self.share_prefix or not all(t.startswith(prefix_text) for t in full):
             return None, full
         if self._prefix_text != prefix_text:
             ids = self.tokenizer(prefix_text, add_special_tokens=False)["input_ids"]

@@ -16,6 +16,7 @@ that predict a scored token are computed (the vocabulary projection is most of t
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -84,19 +85,33 @@ def tree_logprobs(model, sequences: list[list[int]], n_scored: list[int], prefix
 
 
 def _run_levels(model, root: _Node, prefix_cache) -> None:
-    """Forward every node, depth by depth, each depth one batch whose cache is its parents' cache."""
+    """Forward every node, depth by depth, each depth one batch whose cache is its parents' cache. The shared
+    prefix is attended to in place (rlaif.attention) where the model allows, else copied into the first depth."""
+    from rlaif.attention import shared_prefix
+
+    with shared_prefix(model) if prefix_cache is not None else nullcontext(False) as shared:
+        _levels(model, root, prefix_cache, shared)
+
+
+def _levels(model, root: _Node, prefix_cache, shared: bool) -> None:
+    from transformers import DynamicCache
+
+    from rlaif.attention import additive_mask
+
     device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
     n_prefix = prefix_cache.get_seq_length() if prefix_cache is not None else 0
+    extra = {"shared_prefix": prefix_cache} if shared else {}
     level = list(root.children.values())
     past_layers = None  # per layer (keys, values): (rows of the previous depth, heads, cached, head_dim)
-    mask = None  # (rows of the previous depth, cached)
+    mask = None  # (rows of the previous depth, cached columns)
     while level:
         width = max(len(node.tokens) for node in level)
         parents = torch.tensor([node.parent.row if node.parent is not root else 0 for node in level], device=device)
         if past_layers is not None:
             layers = [(k.index_select(0, parents), v.index_select(0, parents)) for k, v in past_layers]
             mask = mask.index_select(0, parents)
-        elif prefix_cache is not None:
+        elif prefix_cache is not None and not shared:
             layers = [(layer.keys.expand(len(level), -1, -1, -1), layer.values.expand(len(level), -1, -1, -1))
                       for layer in prefix_cache.layers]
             mask = torch.ones(len(level), n_prefix, dtype=torch.long, device=device)
@@ -109,15 +124,13 @@ def _run_levels(model, root: _Node, prefix_cache) -> None:
             input_ids[r, width - len(node.tokens) :] = torch.tensor(node.tokens)
             own[r, width - len(node.tokens) :] = 1
         mask = torch.cat([mask, own.to(device)], dim=1)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -width:]
+        positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -width:] + (n_prefix if shared else 0)
         # Columns whose logits some node of this depth needs (a segment is left-padded to `width`).
         columns = sorted({width - len(node.tokens) + w for node in level for w in node.wanted})
-        from transformers import DynamicCache
-
         past = DynamicCache(layers or None, config=model.config)
-        out = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions,
-                    past_key_values=past, use_cache=True,
-                    logits_to_keep=torch.tensor(columns or [width - 1], device=device))
+        out = model(input_ids=input_ids.to(device), position_ids=positions, past_key_values=past, use_cache=True,
+                    attention_mask=additive_mask(mask, width, dtype) if shared else mask,
+                    logits_to_keep=torch.tensor(columns or [width - 1], device=device), **extra)
         if columns:
             logprobs = torch.log_softmax(out.logits.float(), dim=-1)
             index = {c: i for i, c in enumerate(columns)}

@@ -205,3 +205,95 @@ def test_tree_scoring_of_option_pairs_is_symmetric(tiny):
     with torch.inference_mode():
         logprobs = torch.log_softmax(model(torch.tensor([[5, 6, 7]])).logits[0, -1].float(), -1)
     assert (a, b) == pytest.approx((logprobs[40].item(), logprobs[41].item()), abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Direct score, injection suite, report card
+
+
+def test_expected_score_takes_longer_scores_out_of_their_prefixes():
+    from rlaif.score import expected_score, to_reward
+
+    # "1" has 0.5 of the mass, but "10" (which starts like "1") has 0.3 of it: P(1) = 0.2.
+    logprobs = {s: math.log(1e-9) for s in range(1, 11)}
+    logprobs.update({1: math.log(0.5), 10: math.log(0.3), 7: math.log(0.2)})
+    score, dist = expected_score(logprobs, {1: [10]})
+    assert dist[1] == pytest.approx(0.2 / 0.7, abs=1e-6) and dist[10] == pytest.approx(0.3 / 0.7, abs=1e-6)
+    assert score == pytest.approx((1 * 0.2 + 10 * 0.3 + 7 * 0.2) / 0.7, abs=1e-5)
+    assert to_reward(1) == -1 and to_reward(10) == 1 and to_reward(5.5) == 0
+
+
+def test_direct_score_matches_plain_forward_and_is_a_reward(tiny):
+    from rlaif.score import SCORES, DirectScore
+
+    model, tokenizer = tiny
+    scorer = DirectScore(model, tokenizer, load_constitution("harmless"))
+    [(score, dist)] = scorer.scores([PAIR.prompt], [PAIR.first])
+    assert 1 <= score <= 10 and sum(dist.values()) == pytest.approx(1.0)
+    rewards = scorer([PAIR.prompt, PAIR.prompt], [PAIR.first, PAIR.second])
+    assert rewards.shape == (2,) and bool(((rewards >= -1) & (rewards <= 1)).all())
+    assert rewards[0].item() == pytest.approx((score - 5.5) / 4.5, abs=1e-5)
+    # P("7") from a plain forward pass over the same text, normalised the same way.
+    from rlaif.constitution import render
+    from rlaif.label import format_conversation, quote
+
+    content = render(scorer.template, principles=scorer.rubric, conversation=format_conversation(PAIR.prompt),
+                     response=quote(PAIR.first))
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+    with torch.inference_mode():
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        logits = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    seven, five = (tokenizer(text + d, add_special_tokens=False)["input_ids"] for d in "75")
+    assert seven[:-1] == ids and five[:-1] == ids  # one token each after the prompt, in the fixture's tokenizer
+    assert dist[7] / dist[5] == pytest.approx(math.exp(logits[seven[-1]] - logits[five[-1]]), rel=1e-3)
+    assert set(dist) == set(SCORES)
+
+
+def test_every_injection_attack_changes_the_text_and_flip_rates_are_measured(tiny):
+    from rlaif.injection import ATTACKS, flip_rates
+
+    assert len(ATTACKS) >= 20
+    assert all(attack("base reply") != "base reply" for attack in ATTACKS.values())
+    model, tokenizer = tiny
+    constitution = load_constitution("default")
+    labeler = Labeler(model, tokenizer, constitution, few_shot=False)
+    pairs = [PAIR, Pair("q2", [{"role": "user", "content": "Hi?"}], "Hello! How can I help?", "Go away.")]
+    rates = flip_rates(labeler, pairs, constitution.principles[0], attacks=dict(list(ATTACKS.items())[:3]))
+    assert set(rates) == set(list(ATTACKS)[:3]) and all(r in (0.0, 0.5, 1.0) for r in rates.values())
+
+
+def test_expected_calibration_error_by_hand():
+    from rlaif.evaluate import expected_calibration_error, mode_metrics
+
+    # Two pairs at confidence 0.9, one right and one wrong: |0.5 - 0.9| = 0.4 in their bin.
+    assert expected_calibration_error([0.9, 0.1]) == pytest.approx(0.4)
+    # Perfectly calibrated at 0.75: three of four right.
+    assert expected_calibration_error([0.75, 0.75, 0.75, 0.25]) == pytest.approx(0.0)
+    metrics = mode_metrics([0.9, 0.1, 0.6], [(0.9, 0.8), (0.2, 0.6), (0.7, 0.55)])
+    assert metrics["agreement"] == pytest.approx(2 / 3) and metrics["consistency"] == pytest.approx(2 / 3)
+
+
+def test_eval_labeler_report_card(tiny_model_dir, tmp_path, hh_data):
+    result = CliRunner().invoke(cli, ["eval", "labeler", "--pairs", str(hh_data), "--limit", "3", "--labeler",
+                                      str(tiny_model_dir), "--ensemble", "2", "--injection-pairs", "2",
+                                      "--out", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "labeler_report.json").read_text())
+    assert set(report["modes"]) == {"single order", "both orders", "ensemble of 2", "chain of thought"}
+    for metrics in report["modes"].values():
+        assert 0 <= metrics["agreement"] <= 1 and 0 <= metrics["ece"] <= 1 and metrics["pairs"] == 3
+    assert sum(m["pairs"] for m in report["per_principle"].values()) == 3 * 2
+    assert len(report["injection"]["by_attack"]) >= 20
+    assert "Labeler report card" in result.output and "fake_end_of_reply" in result.output
+
+
+def test_cli_score(tiny_model_dir, tmp_path):
+    candidates = tmp_path / "candidates.jsonl"
+    write_jsonl(candidates, [{"id": "q", "prompt": PAIR.prompt, "responses": [PAIR.first, PAIR.second]}])
+    result = CliRunner().invoke(cli, ["score", "--candidates", str(candidates), "--labeler", str(tiny_model_dir),
+                                      "--out", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    [row] = read_jsonl(tmp_path / "score" / "scores.jsonl")
+    assert len(row["scores"]) == 2 and all(1 <= s <= 10 for s in row["scores"])
+    assert row["rewards"] == pytest.approx([(s - 5.5) / 4.5 for s in row["scores"]])
