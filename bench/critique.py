@@ -26,11 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rlaif.constitution import load_constitution  # noqa: E402
-from rlaif.critique import CritiqueConfig, few_shot_messages, principle_rng, run, sample_principles  # noqa: E402
-from rlaif.generate import KVMemory, eos_token_ids, generate  # noqa: E402
-from rlaif.models import load_model  # noqa: E402
-from rlaif.records import load_prompts, read_jsonl, write_jsonl  # noqa: E402
+from rlaif.constitution import load_constitution
+from rlaif.critique import CritiqueConfig, few_shot_messages, principle_rng, run, sample_principles
+from rlaif.generate import KVMemory, eos_token_ids, generate
+from rlaif.models import load_model
+from rlaif.records import load_prompts, read_jsonl, write_jsonl
 
 
 def naive(model, tokenizer, prompts, constitution, rounds, max_new_tokens):

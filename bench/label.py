@@ -30,11 +30,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rlaif.constitution import load_constitution  # noqa: E402
-from rlaif.evaluate import load_human_pairs  # noqa: E402
-from rlaif.generate import eos_token_ids  # noqa: E402
-from rlaif.label import Labeler, label_pairs, sample_label_principles  # noqa: E402
-from rlaif.models import load_model  # noqa: E402
+from rlaif.constitution import load_constitution
+from rlaif.evaluate import load_human_pairs
+from rlaif.generate import eos_token_ids
+from rlaif.label import Labeler, label_pairs, sample_label_principles
+from rlaif.models import load_model
 
 DATA = ROOT.parent / "shared" / "data" / "hh-harmless-dev.jsonl"
 

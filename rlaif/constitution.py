@@ -22,7 +22,7 @@ import hashlib
 import json
 import string
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +287,7 @@ def _to_python(node, where: tuple, loader, pos: _Positions, path: Path, problems
 # JSON Schema validation with messages a person can act on
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(name: str):
     import jsonschema
     from referencing import Registry, Resource

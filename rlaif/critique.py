@@ -19,9 +19,9 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from rlaif.constitution import Constitution, Principle, load_constitution
 from rlaif.generate import Generation, GenerationConfig, progress_bar

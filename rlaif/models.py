@@ -89,9 +89,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         if (target / "config.json").is_file():
             return target
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from rich.console import Console
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         Console(stderr=True).print(f"[dim]Converting {gguf.name} to safetensors in {target} (once)...[/dim]")
         quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

@@ -19,9 +19,10 @@ import json
 import os
 import platform
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 try:  # NotRequired is in typing from 3.11
     from typing import NotRequired
@@ -232,7 +233,7 @@ class JsonlWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> JsonlWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -304,7 +305,7 @@ class Manifest:
         write_atomic(Path(directory) / "manifest.json", json.dumps(self.__dict__, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
-    def load(cls, directory: Path | str) -> "Manifest":
+    def load(cls, directory: Path | str) -> Manifest:
         return cls(**json.loads((Path(directory) / "manifest.json").read_text(encoding="utf-8")))
 
 

@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO
+
 from rlaif.cli import cli
 from rlaif.constitution import Principle, load_constitution
 from rlaif.critique import (
