@@ -430,6 +430,110 @@ def score(config_file, **flags) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# rlaif rankings / reward
+
+
+@cli.group(cls=_Group)
+def rankings() -> None:
+    """Bring human rankings in as preference pairs (docs/data-contract.md)."""
+
+
+@rankings.command(name="import")
+@click.argument("rankings_file", metavar="FILE", type=click.Path())
+@click.option("--out", "out_path", required=True, help="Where the preference rows go (JSONL, written whole).")
+@click.option("--ties", type=click.Choice(["skip", "half", "error"]), default="skip", show_default=True,
+              help="Tied responses: no pair, a pair labelled 0.5, or an error.")
+@click.option("--annotator", help="Annotator id for rows that name none.")
+@click.option("--skip-empty", is_flag=True, help="Leave out pairs with an empty response instead of stopping.")
+def rankings_import(rankings_file, out_path: str, ties: str, annotator: str | None, skip_empty: bool) -> None:
+    """Turn rankings of K responses into every pair they imply, labeled source=human.
+
+    \b
+    FILE is JSONL or CSV, one of:
+      {"prompt": ..., "responses": [...], "ranks": [2, 1, 3]}     1 = best; or "scores" (higher is better)
+      {"prompt": ..., "chosen": ..., "rejected": ...}             pairs
+      {"chosen": "\\n\\nHuman: ...", "rejected": "..."}             hh-rlhf transcripts
+      CSV: prompt,response,rank (or score), one line per response; or prompt,chosen,rejected
+    optionally with "id" and "annotator". Every row is checked before anything is written.
+
+    \b
+    Example:
+      rlaif rankings import team_rankings.jsonl --out runs/x/human.jsonl
+    """
+    from rlaif import rankings as stage
+
+    counts = stage.run(stage.ImportConfig(rankings=rankings_file, out=out_path, ties=ties, annotator=annotator,
+                                          skip_empty=skip_empty))
+    extra = f", {counts['ties']} ties labelled 0.5" if counts["ties"] else ""
+    extra += f", {counts['skipped_empty']} left out for an empty response" if counts.get("skipped_empty") else ""
+    out.print(f"[green]✓[/green] {counts['pairs']} pairs{extra} → {escape(out_path)}", soft_wrap=True)
+
+
+@cli.command()
+@click.option("--data", multiple=True, metavar="FILE[:WEIGHT]",
+              help="A preference file and its weight (default 1); repeat to mix sources. Label or critique output, "
+                   "imported rankings, or any file `rankings import` reads.")
+@click.option("--out", help="Where the reward model and metrics.json go.  [default: runs/rm]")
+@click.option("-m", "--model", help="Backbone: any causal LM spec.  [default: smollm2-135m-instruct]")
+@click.option("--eval-data", multiple=True, metavar="FILE", help="Held-out pairs (else --eval-fraction of the pairs).")
+@click.option("--eval-fraction", type=float, help="Share of pairs held out.  [default: 0.1]")
+@click.option("--human-overrides", is_flag=True, default=None,
+              help="Where people and the AI pick different winners, keep only the human label.")
+@click.option("--lora/--full", default=None, help="Train a LoRA adapter and the head, or every weight.  [default: full]")
+@click.option("--learning-rate", type=float, help="[default: 1e-4 with LoRA, 1e-5 without]")
+@click.option("--epochs", type=float, help="Passes over the data.  [default: 1]")
+@click.option("--max-steps", type=int, help="Stop after N optimizer updates (overrides --epochs).")
+@click.option("--batch-size", type=int, help="Pairs per step.  [default: 8]")
+@click.option("--grad-accum", type=int, help="Steps per optimizer update.  [default: 1]")
+@click.option("--max-length", type=int, help="Tokens of prompt + response; longer pairs are left out.  [default: 1024]")
+@click.option("--margin", type=float, help="Required reward gap toward the winner.  [default: 0]")
+@click.option("--center-rewards", type=float, help="Penalty on the mean squared reward (e.g. 0.01).  [default: off]")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def reward(config_file, data, eval_data, **flags) -> None:
+    """Train a reward model on AI labels, human rankings, or a weighted mix of both.
+
+    Soft labels are used as they are: the loss is the Bradley-Terry cross-entropy against p = P(chosen is
+    better), TRL's RewardTrainer loss at p = 1. The same pair from several files becomes one row (weighted mean
+    label, provenance kept). metrics.json reports held-out accuracy, margin and calibration per source and overall,
+    how far the reward follows response length, and where people and the AI disagree. Rerun to resume.
+
+    \b
+    Examples:
+      rlaif reward --data runs/x/label/preferences.jsonl --out runs/x/rm
+      rlaif reward --data runs/x/label/preferences.jsonl:1 --data runs/x/human.jsonl:2 --out runs/x/rm --lora
+    """
+    from rlaif import reward as stage
+
+    flags.update(data=list(data) or None, eval_data=list(eval_data) or None)
+    config = stage_config(stage.RewardConfig, config_file, flags)
+    if not config.data:
+        raise click.UsageError("--data is required (or `data:` in --config)")
+    metrics = stage.run(config)
+    train, held = metrics["train"], metrics["heldout"]
+    out.print(f"[green]✓[/green] {train['steps']} steps on {train['pairs']} pairs, loss {train['first_loss']:.3f} → "
+              f"{train['last_loss']:.3f}; model in {escape(config.out)}", soft_wrap=True)
+    if train["left_out_too_long"]:
+        err.print(f"[yellow]{train['left_out_too_long']} pairs were longer than --max-length and left out[/yellow]")
+    if held:
+        table = Table("held-out", "pairs", "accuracy", "margin", "ECE", title="reward model")
+        for name, m in held.items():
+            if name != "length":
+                fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+                table.add_row(name, str(m["pairs"]), fmt(m["accuracy"]), fmt(m["mean_margin"]), fmt(m["ece"]))
+        out.print(table)
+        length = held["length"]
+        if length["reward_length_correlation"] is not None:
+            out.print(f"reward vs response length: r = {length['reward_length_correlation']:+.2f} "
+                      f"(the longer response is the chosen one in {length['longer_wins_accuracy']:.0%} of pairs)")
+    agreement = metrics["agreement"]
+    if agreement["pairs_labeled_by_both"]:
+        out.print(f"people and the AI agree on {agreement['agree']}/{agreement['pairs_labeled_by_both']} pairs "
+                  f"labeled by both; the others are listed in metrics.json")
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # rlaif eval
 
 

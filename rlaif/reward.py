@@ -1,0 +1,365 @@
+"""Reward model: TRL's RewardTrainer taught soft labels, row weights and a margin, trained on a mix of sources.
+
+    rlaif reward --data runs/x/label/preferences.jsonl:1.0 --data runs/x/human.jsonl:2.0 --out runs/x/rm
+
+The model is any causal LM with a scalar head on its last token (`AutoModelForSequenceClassification`,
+`num_labels=1`). Its loss on a pair with label p = P(chosen is better) is the Bradley-Terry log-likelihood of that
+label, `soft_bradley_terry_loss` below; at p = 1 it is exactly TRL's loss. The preference files are mixed first
+(rlaif.rankings.mix: one row per distinct pair, weights summed, provenance kept), a held-out split is set aside
+(by pair, so no pair is in both), and OUT gets:
+
+| file | what |
+|---|---|
+| `model.safetensors`, `config.json`, tokenizer | the reward model (a LoRA adapter is merged in) |
+| `reward_stats.json` | mean and std of its rewards on training responses, for PPO's reward normalisation |
+| `metrics.json` | held-out accuracy, mean margin and calibration per source and overall, reward-length correlation, the human/AI agreement table, training losses |
+| `checkpoints/` | Trainer checkpoints (safetensors); a rerun resumes from the latest |
+
+Scoring API: `RewardModel.load(OUT).score(prompts, responses)` -> one reward per response (a tensor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rlaif.records import ConfigError, DataError, Message, PreferenceRow, open_stage, write_atomic
+
+
+@dataclass
+class RewardConfig:
+    data: list[str] = field(default_factory=list)  # preference files, each "FILE" or "FILE:WEIGHT" (default 1)
+    out: str = "runs/rm"  # the reward model, metrics.json and reward_stats.json go here
+    model: str = "smollm2-135m-instruct"  # backbone: any causal LM spec; a scalar head is added
+    eval_data: list[str] = field(default_factory=list)  # held-out files; none: hold out eval_fraction of the pairs
+    eval_fraction: float = 0.1  # share of distinct pairs held out (by a hash of the pair) when eval_data is empty
+    human_overrides: bool = False  # where people and the AI pick different winners, drop the AI's label
+    ties: str = "skip"  # tied human rankings in imported files: skip, half (a 0.5 label) or error
+    lora: bool = False  # train a LoRA adapter and the head (merged at the end) instead of every weight
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    learning_rate: float | None = None  # derived when unset: 1e-4 with LoRA, 1e-5 without
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8  # pairs per device per step
+    grad_accum: int = 1
+    max_length: int = 1024  # tokens of prompt + response; longer pairs are left out of training and counted
+    margin: float = 0.0  # required reward gap (a row's own `margin` field wins); Touvron et al. 2023, eq. 2
+    center_rewards: float | None = None  # coefficient of the mean squared reward penalty (Eisenstein et al. 2023: 0.01)
+    stats_samples: int = 512  # training pairs scored for reward_stats.json
+    save_steps: int = 50  # checkpoint every N optimizer updates
+    seed: int = 0
+    device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
+
+    VOLATILE = ("device",)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The loss
+
+
+def soft_bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, p: torch.Tensor,
+                            margin: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Per-pair loss -[p log sigma(r_c - r_r - m) + (1 - p) log sigma(r_r - r_c - m)].
+
+    chosen, rejected: (B,) rewards; p: (B,) probability that `chosen` is better; margin: (B,) or scalar >= 0.
+    Returns (B,). The cross-entropy of the Bradley-Terry model P(c > r) = sigma(r_c - r_r) (Bradley & Terry 1952;
+    Ouyang et al. 2022, eq. 1) against a soft target, as used for preference models trained on AI labels (Bai et
+    al. 2022, Constitutional AI, sec. 4.1). With p = 1 it is TRL's RewardTrainer loss, margin included.
+    """
+    delta = chosen - rejected
+    return -(p * F.logsigmoid(delta - margin) + (1 - p) * F.logsigmoid(-delta - margin))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _trainer_classes():
+    """TRL's trainer and collator, extended for soft labels (built lazily: importing TRL takes seconds)."""
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class SoftPreferenceCollator(DataCollatorForPreference):
+        def torch_call(self, examples):
+            batch = super().torch_call(examples)
+            for name in ("p_chosen", "weight"):
+                batch[name] = torch.tensor([e[name] for e in examples], dtype=torch.float)
+            return batch
+
+    class SoftRewardTrainer(RewardTrainer):
+        """RewardTrainer whose loss is `soft_bradley_terry_loss` times each row's weight."""
+
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:
+                self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "p_chosen", "weight"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            chosen, rejected = outputs.logits.squeeze(-1).float().chunk(2)
+            p, weight = inputs["p_chosen"], inputs["weight"]
+            loss = (weight * soft_bradley_terry_loss(chosen, rejected, p, inputs.get("margin", 0.0))).mean()
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
+            with torch.no_grad():
+                gather = self.accelerator.gather_for_metrics
+                decided = (p != 0.5).float()
+                right = ((chosen > rejected) == (p > 0.5)).float() * decided
+                self._metrics[mode]["accuracy"].append((gather(right.sum()).sum() /
+                                                        gather(decided.sum()).sum().clamp(min=1)).item())
+                self._metrics[mode]["margin"].append(gather((chosen - rejected).mean()).mean().item())
+                self._metrics[mode]["mean_reward"].append(gather(torch.cat([chosen, rejected]).mean()).mean().item())
+            return (loss, outputs) if return_outputs else loss
+
+    return SoftRewardTrainer, SoftPreferenceCollator
+
+
+def split(rows: list[PreferenceRow], fraction: float) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
+    """(train, held out): a pair is held out when a hash of its content falls under `fraction`; stable across runs
+    and across sources, since a mixed row is one pair."""
+    from rlaif.rankings import pair_key
+
+    held = [r for r in rows if int(hashlib.sha1(pair_key(r).encode()).hexdigest()[:8], 16) / 16**8 < fraction]
+    held_ids = {id(r) for r in held}
+    return [r for r in rows if id(r) not in held_ids], held
+
+
+def load_mix(specs: list[str], ties: str, human_overrides: bool) -> tuple[list[PreferenceRow], dict]:
+    from rlaif.rankings import load_preferences, mix, parse_weighted
+
+    sources = []
+    for spec in specs:
+        path, weight = parse_weighted(spec)
+        sources.append((path, load_preferences(path, ties), weight))
+    return mix(sources, human_overrides)
+
+
+def run(config: RewardConfig, progress: bool = True) -> dict:
+    """Train (or resume training) a reward model; returns the metrics written to OUT/metrics.json."""
+    import datasets
+    from datasets import Dataset
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import RewardConfig as TRLRewardConfig
+
+    from rlaif.models import default_device
+    from rlaif.rankings import pair_key, parse_weighted
+
+    if not config.data:
+        raise ConfigError("data: give at least one preference file (--data FILE[:WEIGHT])")
+    if not 0.0 <= config.eval_fraction < 1.0:
+        raise ConfigError(f"eval_fraction: expected a share in [0, 1), not {config.eval_fraction}")
+    rows, agreement = load_mix(config.data, config.ties, config.human_overrides)
+    if config.eval_data:
+        held_out, _ = load_mix(config.eval_data, config.ties, config.human_overrides)
+        held_keys = {pair_key(r) for r in held_out}
+        train = [r for r in rows if pair_key(r) not in held_keys]
+    else:
+        train, held_out = split(rows, config.eval_fraction)
+    if not train:
+        raise DataError(config.data[0], None, None, "no training pairs left after holding out the evaluation pairs")
+
+    out = Path(config.out)
+    learning_rate = config.learning_rate or (1e-4 if config.lora else 1e-5)
+    manifest = open_stage(out, "reward", {**asdict(config), "learning_rate": learning_rate},
+                          volatile=RewardConfig.VOLATILE)
+    if manifest.status == "complete" and (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    for spec in config.data + config.eval_data:
+        manifest.add_input(parse_weighted(spec)[0])
+    device = config.device or default_device()
+    model, tokenizer = load_backbone(config.model, device)
+    datasets.disable_progress_bars()
+
+    mean_weight = sum(r["weight"] for r in train) / len(train)
+    table = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "p_chosen": float(r["p_chosen"]),
+              "weight": r["weight"] / mean_weight if mean_weight > 0 else 1.0,
+              "margin": float(r.get("margin", config.margin))} for r in train]
+    args = TRLRewardConfig(
+        output_dir=str(out / "checkpoints"), learning_rate=learning_rate, num_train_epochs=config.epochs,
+        max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, max_length=config.max_length,
+        center_rewards_coefficient=config.center_rewards, save_steps=config.save_steps, save_total_limit=2,
+        logging_steps=1, report_to="none", seed=config.seed, use_cpu=device == "cpu",
+        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(), disable_tqdm=not progress,
+    )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules="all-linear", task_type="SEQ_CLS")
+    trainer_cls, collator_cls = _trainer_classes()
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(table), processing_class=tokenizer,
+                          data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id), peft_config=peft_config)
+    too_long = len(table) - len(trainer.train_dataset)
+    started = time.time()
+    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    final = trainer.model.merge_and_unload() if config.lora else trainer.model
+    final.eval()
+    final.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    scorer = RewardModel(final, tokenizer)
+    stats_rows = train[: config.stats_samples]
+    stats_rewards = scorer.score([r["prompt"] for r in stats_rows] * 2,
+                                 [r["chosen"][-1]["content"] for r in stats_rows] +
+                                 [r["rejected"][-1]["content"] for r in stats_rows])
+    stats = {"mean": stats_rewards.mean().item(), "std": stats_rewards.std().item() if len(stats_rewards) > 1 else 1.0,
+             "responses": len(stats_rewards)}
+    write_atomic(out / "reward_stats.json", json.dumps(stats, indent=2) + "\n")
+
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    metrics = {"train": {"pairs": len(train), "left_out_too_long": too_long, "steps": trainer.state.global_step,
+                         "loss": result.training_loss, "first_loss": losses[0] if losses else None,
+                         "last_loss": losses[-1] if losses else None, "resumed_from": checkpoint},
+               "heldout": evaluate_reward_model(scorer, held_out) if held_out else None,
+               "agreement": agreement, "reward_stats": stats, "seconds": time.time() - started}
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    manifest.counts.update(train_pairs=len(train), heldout_pairs=len(held_out), left_out_too_long=too_long,
+                           steps=trainer.state.global_step)
+    manifest.seconds += metrics["seconds"]
+    manifest.outputs = ["model.safetensors", "reward_stats.json", "metrics.json", "checkpoints/"]
+    manifest.status = "complete"
+    manifest.save(out)
+    return metrics
+
+
+def load_backbone(spec: str, device: str, dtype: str = "auto"):
+    """A causal LM spec (or a trained reward model) as a sequence classifier with one output, and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from rlaif.models import _not_found, load_tokenizer, resolve
+
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    tokenizer = load_tokenizer(spec)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialized": expected for a new head
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(resolve(spec), num_labels=1, use_safetensors=True,
+                                                                   dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise _not_found(spec, e) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device), tokenizer
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scoring and metrics
+
+
+class RewardModel:
+    """A trained reward model as a function: `score(prompts, responses) -> (N,) rewards`."""
+
+    def __init__(self, model, tokenizer, stats: dict | None = None):
+        self.model, self.tokenizer, self.stats = model, tokenizer, stats
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None, dtype: str = "auto") -> RewardModel:
+        from rlaif.models import default_device
+
+        model, tokenizer = load_backbone(str(path), device or default_device(), dtype)
+        stats_file = Path(path) / "reward_stats.json"
+        stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else None
+        return cls(model.eval(), tokenizer, stats)
+
+    def tokenize(self, prompt: str | list[Message], response: str) -> list[int]:
+        """The tokens the model reads: the chat template over prompt + response, as TRL's RewardTrainer builds them."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        messages.append({"role": "assistant", "content": response})
+        return self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+
+    @torch.inference_mode()
+    def score(self, prompts: list[str | list[Message]], responses: list[str], batch_size: int = 16,
+              normalize: bool = False) -> torch.Tensor:
+        """Rewards (N,) float32 on the CPU, batched by length. `normalize`: (r - mean) / std with reward_stats.json."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        ids = [self.tokenize(p, r) for p, r in zip(prompts, responses)]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        rewards = torch.empty(len(ids))
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                mask[row, : len(ids[i])] = 1
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            rewards[batch] = logits[:, 0].float().cpu()
+        if normalize:
+            if not self.stats:
+                raise ConfigError("normalize: this reward model has no reward_stats.json")
+            rewards = (rewards - self.stats["mean"]) / max(self.stats["std"], 1e-8)
+        return rewards
+
+    __call__ = score
+
+
+def evaluate_reward_model(scorer: RewardModel, rows: list[PreferenceRow]) -> dict:
+    """Held-out metrics, overall (the mixed label) and per source (each source's own label for the pairs it
+    labeled): accuracy, mean margin, ECE; and how far the reward tracks response length."""
+    prompts = [r["prompt"] for r in rows]
+    chosen = scorer.score(prompts, [r["chosen"][-1]["content"] for r in rows])
+    rejected = scorer.score(prompts, [r["rejected"][-1]["content"] for r in rows])
+    delta = (chosen - rejected).tolist()
+    labels: dict[str, list[tuple[int, float]]] = {"overall": [(i, r["p_chosen"]) for i, r in enumerate(rows)]}
+    for i, row in enumerate(rows):
+        by_source: dict[str, list[float]] = {}
+        for entry in row.get("provenance", [{"source": row.get("source", "human"), "p_chosen": row["p_chosen"]}]):
+            by_source.setdefault(entry["source"], []).append(entry["p_chosen"])
+        for source, ps in by_source.items():
+            labels.setdefault(source, []).append((i, sum(ps) / len(ps)))
+    metrics = {name: pair_metrics([delta[i] for i, _ in pairs], [p for _, p in pairs])
+               for name, pairs in labels.items()}
+    lengths = [len(scorer.tokenize(r["prompt"], r[side][-1]["content"])) - len(scorer.tokenize(r["prompt"], ""))
+               for side in ("chosen", "rejected") for r in rows]
+    rewards = chosen.tolist() + rejected.tolist()
+    decided = [(i, r) for i, r in enumerate(rows) if r["p_chosen"] != 0.5]
+    metrics["length"] = {
+        "reward_length_correlation": pearson(rewards, lengths),
+        "longer_wins_accuracy": (sum(lengths[i] > lengths[len(rows) + i] for i, _ in decided) / len(decided)
+                                 if decided else None),
+        "mean_tokens_chosen": sum(lengths[: len(rows)]) / len(rows),
+        "mean_tokens_rejected": sum(lengths[len(rows) :]) / len(rows),
+    }
+    return metrics
+
+
+def pair_metrics(delta: list[float], p: list[float]) -> dict:
+    """Accuracy (the reward picks the label's winner; 0.5 labels left out), mean margin toward the label's winner,
+    and ECE of sigma(delta) as the probability of that winner."""
+    from rlaif.evaluate import expected_calibration_error
+
+    decided = [(d if q > 0.5 else -d) for d, q in zip(delta, p) if q != 0.5]
+    if not decided:
+        return {"pairs": len(delta), "accuracy": None, "mean_margin": None, "ece": None}
+    return {"pairs": len(delta), "accuracy": sum(d > 0 for d in decided) / len(decided),
+            "mean_margin": sum(decided) / len(decided),
+            "ece": expected_calibration_error([1 / (1 + math.exp(-d)) for d in decided])}
+
+
+def pearson(x: list[float], y: list[float]) -> float | None:
+    n = len(x)
+    if n < 2:
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None

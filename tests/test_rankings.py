@@ -1,0 +1,167 @@
+"""Human rankings become pairs; bad files fail with file, line and field and write nothing; sources mix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlaif.rankings import ImportConfig, import_rankings, load_preferences, mix, pair_key, parse_weighted, run
+from rlaif.records import DataError, read_jsonl
+
+PROMPT = [{"role": "user", "content": "How do I fix a flat tyre?"}]
+
+
+def write_lines(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def pairs_as_table(rows):
+    return [(r["id"], r["chosen"][0]["content"], r["rejected"][0]["content"], r["p_chosen"]) for r in rows]
+
+
+def test_three_responses_ranked_2_1_3(tmp_path):
+    path = write_lines(tmp_path / "r.jsonl", [{"id": "q", "prompt": "How do I fix a flat tyre?",
+                                               "responses": ["a", "b", "c"], "ranks": [2, 1, 3], "annotator": "ann-4"}])
+    rows = import_rankings(path)
+    # Written by hand: b (rank 1) beats a (2) and c (3); a (2) beats c (3).
+    assert pairs_as_table(rows) == [("q-0-1", "b", "a", 1.0), ("q-0-2", "a", "c", 1.0), ("q-1-2", "b", "c", 1.0)]
+    assert all(r["prompt"] == PROMPT and r["source"] == "human" and r["annotator"] == "ann-4" for r in rows)
+
+
+def test_scores_and_ties(tmp_path):
+    row = {"id": "q", "prompt": PROMPT, "responses": ["a", "b", "c"], "scores": [0.2, 0.9, 0.2]}
+    path = write_lines(tmp_path / "s.jsonl", [row])
+    assert pairs_as_table(import_rankings(path)) == [("q-0-1", "b", "a", 1.0), ("q-1-2", "b", "c", 1.0)]
+    assert pairs_as_table(import_rankings(path, ties="half"))[1] == ("q-0-2", "a", "c", 0.5)
+    with pytest.raises(DataError, match=r"s.jsonl:1: scores: tie: 0.2 appears more than once"):
+        import_rankings(path, ties="error")
+
+
+def test_pairs_and_hh_transcripts(tmp_path, hh_data):
+    path = write_lines(tmp_path / "p.jsonl", [
+        {"prompt": "Hi", "chosen": "Hello!", "rejected": [{"role": "assistant", "content": "Go away."}]},
+        {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: No."},
+    ])
+    rows = import_rankings(path)
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("Hello!", "Go away."),
+                                                                                       ("Hello!", "No.")]
+    assert rows[1]["prompt"] == [{"role": "user", "content": "Hi"}]
+    with pytest.raises(DataError, match=r"hh-harmless-dev.jsonl:87: chosen: is empty \(--skip-empty"):
+        import_rankings(hh_data)
+    report = {}
+    hh = import_rankings(hh_data, skip_empty=True, report=report)
+    assert len(hh) == 997 and report == {"skipped_empty": 3} and all(r["p_chosen"] == 1.0 for r in hh)
+
+
+def test_csv_long_and_pairs(tmp_path):
+    long = tmp_path / "long.csv"
+    long.write_text("id,prompt,response,rank,annotator\nq,Fix a tyre?,a,2,ann\nq,Fix a tyre?,b,1,ann\n"
+                    "q,Fix a tyre?,c,3,ann\n", encoding="utf-8")
+    assert pairs_as_table(import_rankings(long)) == [("q-0-1", "b", "a", 1.0), ("q-0-2", "a", "c", 1.0),
+                                                     ("q-1-2", "b", "c", 1.0)]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("prompt,chosen,rejected\nHi,Hello,Go away\n", encoding="utf-8")
+    assert pairs_as_table(import_rankings(pairs))[0][1:] == ("Hello", "Go away", 1.0)
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"prompt": "x", "responses": ["a", "b"]}, r":1: ranks: expected exactly one of 'ranks'"),
+    ({"prompt": "x", "responses": ["a", "b"], "ranks": [1]}, r":1: ranks: has 1 entries for 2 responses"),
+    ({"prompt": "x", "responses": ["a", ""], "ranks": [1, 2]}, r":1: responses\[1\]: is empty"),
+    ({"prompt": "x", "responses": ["a", "b"], "ranks": [0, 1]}, r":1: ranks: ranks start at 1"),
+    ({"responses": ["a", "b"], "ranks": [1, 2]}, r":1: prompt: missing"),
+    ({"prompt": "x", "chosen": "a"}, r":1: rejected: missing"),
+    ({"prompt": "x", "text": "a"}, r":1: responses: missing"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, row, message):
+    path = write_lines(tmp_path / "bad.jsonl", [row])
+    with pytest.raises(DataError, match="bad.jsonl" + message):
+        import_rankings(path)
+
+
+def test_bad_files_write_nothing(tmp_path):
+    good = {"prompt": "x", "responses": ["a", "b"], "ranks": [1, 2]}
+    path = write_lines(tmp_path / "r.jsonl", [good, good | {"id": "x"}, {"prompt": "x", "responses": ["a", "b"],
+                                                                         "ranks": [1, 2, 3]}])
+    out = tmp_path / "human.jsonl"
+    with pytest.raises(DataError, match=r"r.jsonl:3: ranks"):
+        run(ImportConfig(rankings=str(path), out=str(out)))
+    assert not out.exists()
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"prompt": "x", "responses": ["a", "b"], "ranks": [1, 2]}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin.jsonl:2: not UTF-8 text \(byte 0xe9"):
+        import_rankings(latin)
+    utf16 = tmp_path / "u16.jsonl"
+    utf16.write_bytes(json.dumps(good).encode("utf-16"))
+    assert len(import_rankings(utf16)) == 1
+    dup = write_lines(tmp_path / "dup.jsonl", [good | {"id": "q"}, good | {"id": "q"}])
+    with pytest.raises(DataError, match=r"dup.jsonl:2: id: duplicate id 'q-0-1'"):
+        import_rankings(dup)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "x",\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken.jsonl:1: not valid JSON"):
+        import_rankings(broken)
+
+
+def test_cli_import(tmp_path):
+    from click.testing import CliRunner
+
+    from rlaif.cli import cli
+
+    path = write_lines(tmp_path / "r.jsonl", [{"id": "q", "prompt": "x", "responses": ["a", "b", "c"],
+                                               "ranks": [1, 1, 2]}])
+    result = CliRunner().invoke(cli, ["rankings", "import", str(path), "--out", str(tmp_path / "h.jsonl"),
+                                      "--ties", "half"])
+    assert result.exit_code == 0, result.output
+    assert [r["p_chosen"] for r in read_jsonl(tmp_path / "h.jsonl")] == [0.5, 1.0, 1.0]
+    assert "3 pairs" in result.output
+    bad = write_lines(tmp_path / "bad.jsonl", [{"prompt": "x", "responses": ["a", "b"], "ranks": [1]}])
+    result = CliRunner().invoke(cli, ["rankings", "import", str(bad), "--out", str(tmp_path / "b.jsonl")])
+    assert result.exit_code == 1 and "bad.jsonl:1: ranks:" in result.output and "Traceback" not in result.output
+
+
+def ai_row(chosen, rejected, p, **extra):
+    return {"id": f"ai-{chosen}", "prompt": PROMPT, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": p, "source": "ai", **extra}
+
+
+def human_row(chosen, rejected):
+    return {"id": f"h-{chosen}", "prompt": PROMPT, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": 1.0, "source": "human"}
+
+
+def test_mix_collapses_duplicates_with_provenance_and_agreement():
+    ai = [ai_row("a", "b", 0.8), ai_row("c", "d", 0.7, p_orders={"chosen_first": 0.6, "chosen_second": 0.8}),
+          ai_row("e", "f", 0.9)]
+    human = [human_row("a", "b"), human_row("d", "c")]  # agrees on a/b; on c/d people pick d
+    rows, agreement = mix([("ai.jsonl", ai, 1.0), ("human.jsonl", human, 2.0)])
+    by_pair = {frozenset((r["chosen"][0]["content"], r["rejected"][0]["content"])): r for r in rows}
+    assert len(rows) == 3
+    ab = by_pair[frozenset("ab")]
+    assert ab["chosen"][0]["content"] == "a" and ab["p_chosen"] == pytest.approx((0.8 * 1 + 1.0 * 2) / 3)
+    assert ab["weight"] == 3.0 and ab["source"] == "human"
+    assert [(e["file"], e["p_chosen"]) for e in ab["provenance"]] == [("ai.jsonl", 0.8), ("human.jsonl", 1.0)]
+    cd = by_pair[frozenset("cd")]  # (0.7 * 1 + 0.0 * 2) / 3 for c: d wins, the row turns around
+    assert cd["chosen"][0]["content"] == "d" and cd["p_chosen"] == pytest.approx(1 - 0.7 / 3)
+    assert cd["p_orders"] == pytest.approx({"chosen_first": 0.2, "chosen_second": 0.4})
+    assert agreement["pairs_labeled_by_both"] == 2 and agreement["agree"] == 1 and agreement["rate"] == 0.5
+    assert agreement["disagreements"][0]["human_chosen"] == "d" and agreement["disagreements"][0]["human_p"] == 1.0
+    assert agreement["disagreements"][0]["ai_p"] == pytest.approx(0.3)
+
+    rows, _ = mix([("ai.jsonl", ai, 1.0), ("human.jsonl", human, 2.0)], human_overrides=True)
+    cd = next(r for r in rows if pair_key(r) == pair_key(human[1]))
+    assert cd["p_chosen"] == 1.0 and [e["source"] for e in cd["provenance"]] == ["human"]
+
+
+def test_load_preferences_reads_rlaif_rows_and_imports_others(tmp_path):
+    prefs = write_lines(tmp_path / "prefs.jsonl", [ai_row("a", "b", 0.8)])
+    assert load_preferences(prefs)[0]["source"] == "ai"
+    bad = write_lines(tmp_path / "badp.jsonl", [ai_row("a", "b", 1.3)])
+    with pytest.raises(DataError, match=r"badp.jsonl:1: p_chosen: expected a probability"):
+        load_preferences(bad)
+    ranked = write_lines(tmp_path / "ranked.jsonl", [{"prompt": "x", "responses": ["a", "b"], "ranks": [2, 1]}])
+    assert load_preferences(ranked)[0]["chosen"][0]["content"] == "b"
+    assert parse_weighted("runs/x/human.jsonl:2.5") == ("runs/x/human.jsonl", 2.5)
+    assert parse_weighted("C:/data/a.jsonl") == ("C:/data/a.jsonl", 1.0)

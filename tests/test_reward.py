@@ -1,0 +1,181 @@
+"""The reward model: the soft Bradley-Terry loss by hand and against TRL's, weights, metrics, scoring, and a training
+run on the tiny model that learns a separable preference."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from rlaif.reward import (
+    RewardConfig,
+    RewardModel,
+    _trainer_classes,
+    load_backbone,
+    pair_metrics,
+    pearson,
+    run,
+    soft_bradley_terry_loss,
+    split,
+)
+
+
+def test_soft_loss_by_hand():
+    chosen, rejected = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 0.5])
+    p = torch.tensor([0.75, 0.5, 1.0])
+    log_sig = lambda x: math.log(1 / (1 + math.exp(-x)))  # noqa: E731
+    expected = [-(0.75 * log_sig(1) + 0.25 * log_sig(-1)), -log_sig(0), -log_sig(1.5)]
+    assert soft_bradley_terry_loss(chosen, rejected, p).tolist() == pytest.approx(expected, abs=1e-6)
+    assert expected[0] == pytest.approx(0.563262, abs=1e-6)  # 0.75 * 0.313262 + 0.25 * 1.313262
+    # A margin m asks for r_c - r_r > m toward the labelled side (p = 1: TRL's margin loss).
+    margin = soft_bradley_terry_loss(chosen, rejected, p, torch.tensor([0.5, 0.5, 0.5]))
+    assert margin[2].item() == pytest.approx(-log_sig(1.0), abs=1e-6)
+    assert margin[1].item() == pytest.approx(-log_sig(-0.5), abs=1e-6)
+    # Flipping the pair and the label gives the same loss.
+    assert soft_bradley_terry_loss(rejected, chosen, 1 - p).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def seqcls(tiny_model_dir):
+    return load_backbone(str(tiny_model_dir), "cpu")
+
+
+def trainer_pair(tmp_path, model, tokenizer, rows):
+    """TRL's own RewardTrainer and ours on the same model and rows."""
+    from datasets import Dataset
+    from trl import RewardConfig as TRLConfig
+    from trl import RewardTrainer
+
+    args = TRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", disable_dropout=True)
+    ours_cls, collator_cls = _trainer_classes()
+    theirs = RewardTrainer(model=model, args=args, processing_class=tokenizer,
+                           train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected", "margin")}
+                                                            for r in rows]))
+    ours = ours_cls(model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
+                    data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id))
+    return theirs, ours
+
+
+def pref(prompt, chosen, rejected, p=1.0, weight=1.0, margin=0.0):
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": p, "weight": weight,
+            "margin": margin}
+
+
+def test_loss_equals_trls_at_p_1_and_weights_scale_rows(tmp_path, seqcls):
+    model, tokenizer = seqcls
+    rows = [pref("How do I bake bread?", "Mix flour and water.", "No.", margin=0.3),
+            pref("Which is better?", "The answer is (A).", "I can't help with that, but here is a safer way.")]
+    theirs, ours = trainer_pair(tmp_path, model, tokenizer, rows)
+    batch_theirs = theirs.data_collator([theirs.train_dataset[i] for i in range(2)])
+    batch_ours = ours.data_collator([ours.train_dataset[i] for i in range(2)])
+    model.eval()
+    with torch.no_grad():
+        loss_theirs = theirs.compute_loss(model, dict(batch_theirs))
+        loss_ours = ours.compute_loss(model, dict(batch_ours))
+        assert loss_ours.item() == pytest.approx(loss_theirs.item(), abs=1e-6)
+
+        # Per-row weights: weights (2, 0) give twice the first row's loss, halved by the batch mean.
+        single = ours.compute_loss(model, dict(ours.data_collator([ours.train_dataset[0]])))
+        batch_ours["weight"] = torch.tensor([2.0, 0.0])
+        assert ours.compute_loss(model, dict(batch_ours)).item() == pytest.approx(single.item(), abs=1e-6)
+
+
+def test_pair_metrics_and_pearson():
+    # Labels facing chosen; deltas: right, right, wrong; the 0.5 label is left out of accuracy.
+    metrics = pair_metrics([2.0, 0.5, -1.0, 3.0], [1.0, 0.8, 1.0, 0.5])
+    assert metrics["accuracy"] == pytest.approx(2 / 3) and metrics["mean_margin"] == pytest.approx(0.5)
+    # A label facing `rejected` (p < 0.5) counts the other way.
+    assert pair_metrics([-2.0], [0.1])["accuracy"] == 1.0
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_scoring_is_batch_invariant_and_normalizes(seqcls):
+    model, tokenizer = seqcls
+    scorer = RewardModel(model.eval(), tokenizer, stats={"mean": 1.0, "std": 2.0})
+    prompts = ["How do I bake bread?", [{"role": "user", "content": "Hi"}], "Which is better?"]
+    responses = ["Mix flour, water, salt and yeast, then let it rise.", "Hello!", "The answer is (A)."]
+    together = scorer.score(prompts, responses, batch_size=3)
+    alone = torch.cat([scorer.score([p], [r]) for p, r in zip(prompts, responses)])
+    assert together.shape == (3,) and torch.allclose(together, alone, atol=1e-5)
+    assert torch.allclose(scorer.score(prompts, responses, normalize=True), (together - 1.0) / 2.0, atol=1e-5)
+    with pytest.raises(ValueError, match="3 prompts for 2 responses"):
+        scorer.score(prompts, responses[:2])
+
+
+def test_split_is_stable_and_by_pair():
+    rows = [pref(f"q{i}", "a", "b") for i in range(200)]
+    train, held = split(rows, 0.25)
+    assert len(train) + len(held) == 200 and 30 < len(held) < 70
+    assert split(rows, 0.25)[1] == held
+    flipped = [pref(r["prompt"][0]["content"], "b", "a") for r in rows]  # the same pairs, other way round
+    assert [r["prompt"] for r in split(flipped, 0.25)[1]] == [r["prompt"] for r in held]
+
+
+GOOD = ["Mix flour, water, salt and yeast, then let it rise.", "Here is a safer way to think about it.",
+        "The assistant answers questions about cooking and travel.", "Python functions, loops and lists."]
+BAD = ["Critique: it is rude and gives dangerous advice.", "rude dangerous rude dangerous advice",
+       "It is rude. It is rude. It is rude.", "dangerous advice, rude reply"]
+
+
+def separable_pairs(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        good, bad = rng.choice(GOOD), rng.choice(BAD)
+        chosen, rejected = (good, bad)
+        row = pref(f"Question {i}: how do I bake bread?", chosen, rejected)
+        row.update(id=f"s{i}", source="ai" if i % 2 else "human", p_chosen=0.9 if i % 2 else 1.0)
+        row.pop("margin")
+        row.pop("weight")
+        rows.append(row)
+    return rows
+
+
+def test_training_learns_a_separable_preference(tmp_path, tiny_model_dir):
+    rows = separable_pairs(96, seed=0)
+    ai = tmp_path / "ai.jsonl"
+    human = tmp_path / "human.jsonl"
+    ai.write_text("".join(json.dumps(r) + "\n" for r in rows if r["source"] == "ai"))
+    human.write_text("".join(json.dumps(r) + "\n" for r in rows if r["source"] == "human"))
+    config = RewardConfig(data=[str(ai), f"{human}:2"], out=str(tmp_path / "rm"), model=str(tiny_model_dir),
+                          eval_fraction=0.25, learning_rate=3e-3, epochs=3, batch_size=8, save_steps=1000,
+                          device="cpu", stats_samples=32)
+    metrics = run(config, progress=False)
+    assert metrics["train"]["last_loss"] < metrics["train"]["first_loss"]
+    held = metrics["heldout"]
+    assert held["overall"]["pairs"] == held["human"]["pairs"] + held["ai"]["pairs"]
+    assert held["overall"]["accuracy"] >= 0.9, held
+    assert held["human"]["accuracy"] >= 0.9 and held["ai"]["accuracy"] >= 0.9
+    assert -1.0 <= held["length"]["reward_length_correlation"] <= 1.0
+    stats = json.loads((tmp_path / "rm" / "reward_stats.json").read_text())
+    assert stats["responses"] == 64 and stats["std"] > 0
+
+    scorer = RewardModel.load(tmp_path / "rm", device="cpu")
+    good, bad = scorer.score(["Question 999: how do I bake bread?"] * 2, [GOOD[0], BAD[0]], normalize=True)
+    assert good > bad
+    # A finished stage is not trained again.
+    assert run(config, progress=False) == json.loads((tmp_path / "rm" / "metrics.json").read_text())
+
+
+def test_lora_and_cli(tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+
+    from rlaif.cli import cli
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in separable_pairs(24, seed=1)))
+    result = CliRunner().invoke(cli, ["reward", "--data", f"{data}:1.5", "--model", str(tiny_model_dir),
+                                      "--out", str(tmp_path / "rm"), "--lora", "--max-steps", "3",
+                                      "--batch-size", "4", "--eval-fraction", "0.25", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "held-out" in result.output and (tmp_path / "rm" / "model.safetensors").is_file()
+    assert RewardModel.load(tmp_path / "rm", device="cpu").score(["Hi"], ["Hello"]).shape == (1,)
+    result = CliRunner().invoke(cli, ["reward", "--data", str(tmp_path / "missing.jsonl"), "--model",
+                                      str(tiny_model_dir), "--out", str(tmp_path / "rm2")])
+    assert result.exit_code == 1 and "missing.jsonl: file not found" in result.output
