@@ -520,7 +520,7 @@ def reward(config_file, data, eval_data, **flags) -> None:
         table = Table("held-out", "pairs", "accuracy", "margin", "ECE", title="reward model")
         for name, m in held.items():
             if name != "length":
-                fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+                fmt = lambda v: "-" if v is None else f"{v:.3f}"
                 table.add_row(name, str(m["pairs"]), fmt(m["accuracy"]), fmt(m["mean_margin"]), fmt(m["ece"]))
         out.print(table)
         length = held["length"]

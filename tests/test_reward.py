@@ -26,7 +26,7 @@ from rlaif.reward import (
 def test_soft_loss_by_hand():
     chosen, rejected = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 0.5])
     p = torch.tensor([0.75, 0.5, 1.0])
-    log_sig = lambda x: math.log(1 / (1 + math.exp(-x)))  # noqa: E731
+    log_sig = lambda x: math.log(1 / (1 + math.exp(-x)))
     expected = [-(0.75 * log_sig(1) + 0.25 * log_sig(-1)), -log_sig(0), -log_sig(1.5)]
     assert soft_bradley_terry_loss(chosen, rejected, p).tolist() == pytest.approx(expected, abs=1e-6)
     assert expected[0] == pytest.approx(0.563262, abs=1e-6)  # 0.75 * 0.313262 + 0.25 * 1.313262
