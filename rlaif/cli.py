@@ -534,6 +534,80 @@ def reward(config_file, data, eval_data, **flags) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# rlaif ppo
+
+
+@cli.command()
+@click.option("--policy", help="The model to train: usually a run's sft/ directory.  [default: smollm2-135m-instruct]")
+@click.option("--reward-model", multiple=True, metavar="DIR[:WEIGHT]",
+              help="A reward model from `rlaif reward`, and its weight; repeat to sum several.")
+@click.option("--reward-fn", multiple=True, metavar="MODULE:FUNCTION[:WEIGHT]",
+              help="A Python reward f(prompts, responses) -> one number per response; repeatable.")
+@click.option("--reward-score", metavar="MODEL[:WEIGHT]", help="A labeler's direct 1-10 score as a reward.")
+@click.option("-c", "--constitution", help="The rubric of --reward-score.  [default: default]")
+@click.option("--prompts", help="Training prompts: JSONL, CSV, text or hh-rlhf transcripts.")
+@click.option("--eval-prompts", help="Held-out prompts, scored before, during (--eval-every) and after training.")
+@click.option("--out", help="Where the policy, logs and checkpoints go. Rerun to resume.  [default: runs/ppo]")
+@click.option("--steps", type=int, help="PPO updates; raise it and rerun to train on.  [default: 100]")
+@click.option("--batch-size", type=int, help="Prompts per rollout, per process.  [default: 8]")
+@click.option("--minibatches", type=int, help="Optimizer steps per PPO epoch.  [default: 1]")
+@click.option("--micro-batch-size", type=int, help="Rows per forward/backward (gradients accumulate).")
+@click.option("--ppo-epochs", type=int, help="Passes over each rollout.  [default: 4]")
+@click.option("--max-new-tokens", type=int, help="Response length limit.  [default: 64]")
+@click.option("-t", "--temperature", type=float, help="Sampling temperature (> 0).  [default: 0.7]")
+@click.option("--missing-eos-penalty", type=float, help="Subtracted from the reward of responses cut off.")
+@click.option("--learning-rate", type=float, help="[default: 1e-4 with LoRA, 1e-5 without]")
+@click.option("--kl-coef", type=float, help="Beta, the KL penalty's weight (initial, if adaptive).  [default: 0.05]")
+@click.option("--kl-target", type=float, help="Adaptive beta's target KL per response, nats.  [default: 6]")
+@click.option("--fixed-kl", is_flag=True, default=False, help="Keep beta fixed at --kl-coef (no target).")
+@click.option("--kl-estimator", type=click.Choice(["k1", "k2", "k3"]), help="Per-token KL estimate.  [default: k1]")
+@click.option("--lora/--full", default=None, help="Train LoRA adapters (reference = adapter off) or every weight.")
+@click.option("--save-steps", type=int, help="Checkpoint every N steps.  [default: 10]")
+@click.option("--log-with", help="Also log to an accelerate tracker (tensorboard, wandb, ...).")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
+    """Reinforcement learning with PPO against a reward, with a KL penalty to the starting policy.
+
+    Each step samples one response per prompt, scores it (reward models, a labeler's direct score, Python
+    functions, or a weighted sum), subtracts beta times the KL to the frozen reference on every token, and runs
+    clipped PPO epochs on the policy and a value model (initialised from the first reward model). The bar shows
+    reward, KL and beta; metrics.jsonl has every diagnostic per step (kl, non_score_reward, clipfrac, approx_kl,
+    entropy, explained_variance, losses, length, samples/s). Kill it at any time and rerun the same command: it
+    resumes from the newest checkpoint. Guards stop the run, with a checkpoint, on NaN rewards or losses, a
+    runaway KL or exploding probability ratios, and say what to try. Several devices: `accelerate launch -m rlaif ppo`.
+
+    \b
+    Examples:
+      rlaif ppo --policy runs/x/sft --reward-model runs/x/rm --prompts prompts.jsonl --out runs/x/ppo
+      rlaif ppo --policy runs/x/sft --reward-model runs/x/rm:1 --reward-score smollm2-135m-instruct:0.5 \\
+                --prompts prompts.jsonl --lora --steps 200 --out runs/x/ppo
+      accelerate launch --num_processes 2 -m rlaif ppo --config ppo.yaml
+    """
+    from rlaif.ppo import trainer as stage
+
+    flags.update(reward_model=list(reward_model) or None, reward_fn=list(reward_fn) or None)
+    config = stage_config(stage.PPOConfig, config_file, flags)
+    if fixed_kl:
+        config.kl_target = None
+    if not config.prompts:
+        raise click.UsageError("--prompts is required (or `prompts:` in --config)")
+    try:
+        metrics = stage.run(config)
+    except stage.PPOStopped as e:
+        err.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", soft_wrap=True)
+        sys.exit(2)
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch, one process reports
+        return
+    if metrics:
+        out.print(f"[green]✓[/green] step {metrics['step']}: reward {metrics['score']:+.3f}, KL {metrics['kl']:.2f}, "
+                  f"beta {metrics['beta']:.4f}; policy in {escape(config.out)}", soft_wrap=True)
+    else:
+        out.print(f"[green]✓[/green] already trained for {config.steps} steps: {escape(config.out)}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # rlaif eval
 
 

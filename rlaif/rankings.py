@@ -32,6 +32,7 @@ import codecs
 import csv
 import io
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,6 +353,8 @@ def parse_weighted(spec: str) -> tuple[str, float]:
         try:
             weight = float(tail)
         except ValueError:
+            return spec, 1.0
+        if not math.isfinite(weight):  # "nan", "inf": part of the name
             return spec, 1.0
         if weight < 0:
             raise DataError(path, None, "weight", f"must be >= 0, not {weight}")

@@ -1,0 +1,5 @@
+"""`python -m rlaif ...`, which is also what `accelerate launch -m rlaif ...` runs."""
+
+from rlaif.cli import main
+
+main()

@@ -1,0 +1,594 @@
+"""PPO with a KL penalty to a frozen reference policy (Ziegler et al. 2019; Ouyang et al. 2022), on accelerate.
+
+    rlaif ppo --policy runs/x/sft --reward-model runs/x/rm --prompts prompts.jsonl --out runs/x/ppo
+    accelerate launch --num_processes 2 -m rlaif ppo ...        # one process per device, gradients all-reduced
+
+Each step:
+  1. rollout: B prompts, one sampled response each (rlaif.generate; the sampling log-probabilities are kept, so the
+     policy is not run again to get them), cut at EOS;
+  2. the frozen reference's log-probabilities (the LoRA adapter switched off, or a copy), the value model's values,
+     and the reward: reward models (normalised with their reward_stats.json), the labeler's direct score, Python
+     functions, or a weighted sum; a penalty for responses cut off before EOS;
+  3. per-token reward -beta * KL_t, plus the score on the last token; GAE; whitened advantages (losses.py);
+  4. `ppo_epochs` passes over the rollout in `minibatches` minibatches: clipped policy loss, clipped value loss,
+     entropy bonus; one optimizer step per minibatch;
+  5. beta follows the adaptive controller toward `kl_target` (or stays fixed).
+
+OUT holds the policy (safetensors; a LoRA adapter merged in), OUT/value/, `metrics.json` lines per step in
+`metrics.jsonl`, sample responses in `samples.jsonl`, held-out rewards in `eval.jsonl`, and `checkpoints/step-N/`:
+policy, value model, optimizers, schedulers, RNG states (accelerate's `save_state`, safetensors weights) plus beta
+and the step in `trainer_state.json`, written under a temporary name and renamed, so a checkpoint is whole or
+absent. Prompts are drawn in an order fixed by the seed and sampling is seeded per step, so a rerun of the same
+command resumes from the newest checkpoint and computes what the uninterrupted run would have.
+
+Guards stop the run with a message, keeping a checkpoint: rewards or losses that are not finite, a mean KL past
+`max_kl`, a mean probability ratio past `max_ratio`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlaif.ppo import losses as L
+from rlaif.ppo.rollout import Batch, CombinedReward, ValueModel, pack, response_logits, split_weight
+from rlaif.records import ConfigError, JsonlWriter, Message, load_prompts, open_stage, read_jsonl, write_atomic
+
+
+@dataclass
+class PPOConfig:
+    prompts: str = ""  # training prompts: JSONL, CSV, text or hh-rlhf transcripts (see docs/data-contract.md)
+    out: str = "runs/ppo"  # the trained policy, logs and checkpoints go here
+    policy: str = "smollm2-135m-instruct"  # the model to train (any model spec; usually a run's sft/ directory)
+    reward_model: list[str] = field(default_factory=list)  # reward model directories (rlaif reward), "DIR[:WEIGHT]"
+    reward_fn: list[str] = field(default_factory=list)  # Python rewards "module:function[:WEIGHT]", f(prompts, responses)
+    reward_score: str | None = None  # a labeler whose direct 1-10 score (rlaif score) is a reward, "MODEL[:WEIGHT]"
+    constitution: str = "default"  # the rubric of reward_score
+    normalize_reward: bool = True  # (r - mean) / std with each reward model's reward_stats.json
+    value_model: str | None = None  # initial value model; default: the first reward model, else the policy + a zero head
+    eval_prompts: str | None = None  # held-out prompts, scored before training, every eval_every steps and at the end
+    eval_every: int = 0  # 0: only before and after training
+    steps: int = 100  # PPO updates (rollout + epochs); raise it and rerun to train on
+    batch_size: int = 8  # prompts (one response each) per rollout, per process
+    minibatches: int = 1  # minibatches per PPO epoch, one optimizer step each
+    micro_batch_size: int | None = None  # rows per forward/backward, gradients accumulated; default: the minibatch
+    ppo_epochs: int = 4  # passes over each rollout
+    max_new_tokens: int = 64  # response length limit
+    temperature: float = 0.7  # sampling temperature; log-probabilities are those of the tempered policy
+    top_p: float = 1.0  # below 1 the sampler is not the policy being optimised: keep 1 unless you know why
+    missing_eos_penalty: float | None = None  # subtracted from the score of responses cut off before EOS
+    learning_rate: float | None = None  # policy; derived when unset: 1e-4 with LoRA, 1e-5 without
+    value_learning_rate: float | None = None  # value model; default: learning_rate
+    lr_schedule: str = "linear"  # linear (decay to 0 at `steps`) or constant
+    max_grad_norm: float = 1.0  # gradient clipping, per model
+    kl_coef: float = 0.05  # beta: weight of the per-token KL penalty (its initial value when adaptive)
+    kl_target: float | None = 6.0  # adaptive beta (Ziegler et al. 2019): target KL per response, nats; None: fixed
+    kl_horizon: int = 10000  # adaptive beta: responses over which the error is corrected
+    kl_estimator: str = "k1"  # per-token KL estimate in the penalty: k1, k2 or k3 (Schulman 2020)
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    clip_range: float = 0.2  # policy ratio clip
+    clip_range_value: float = 0.2  # value clip around the rollout's values
+    vf_coef: float = 0.1  # weight of the value loss
+    entropy_coef: float = 0.0  # entropy bonus
+    whiten_advantages: bool = True
+    lora: bool = False  # train LoRA adapters on policy and value; the reference is the policy with its adapter off
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    gradient_checkpointing: bool = False  # less activation memory for more compute
+    max_kl: float = 50.0  # guard: stop when the mean KL per response passes this
+    max_ratio: float = 5.0  # guard: stop when a minibatch's mean probability ratio passes this
+    save_steps: int = 10  # checkpoint every N steps (and at the end)
+    save_total_limit: int = 2  # checkpoints kept
+    sample_every: int = 10  # write the rollout's responses to samples.jsonl every N steps
+    log_with: str | None = None  # also log to an accelerate tracker: tensorboard, wandb, ...
+    seed: int = 0
+    device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one (one per process under accelerate)
+
+    VOLATILE = ("steps", "micro_batch_size", "save_steps", "save_total_limit", "sample_every", "eval_every",
+                "log_with", "device")
+
+
+class PPOStopped(Exception):
+    """A guard stopped training; the message says what happened, where the checkpoint is and what to try."""
+
+
+def check(config: PPOConfig, reward_given: bool = False) -> None:
+    problems = []
+    if config.temperature <= 0:
+        problems.append("temperature: PPO samples from the policy; use a temperature > 0")
+    if config.batch_size < 1 or config.minibatches < 1 or config.batch_size % config.minibatches:
+        problems.append(f"minibatches: {config.minibatches} does not divide batch_size {config.batch_size}")
+    if config.lr_schedule not in ("linear", "constant"):
+        problems.append(f"lr_schedule: expected linear or constant, not {config.lr_schedule!r}")
+    if config.kl_estimator not in ("k1", "k2", "k3"):
+        problems.append(f"kl_estimator: expected k1, k2 or k3, not {config.kl_estimator!r}")
+    if not (reward_given or config.reward_model or config.reward_fn or config.reward_score):
+        problems.append("reward: give a reward model (reward_model), a labeler (reward_score) or a Python function "
+                        "(reward_fn)")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def build_reward(config: PPOConfig, device) -> CombinedReward:
+    from rlaif.ppo.rollout import import_function
+    from rlaif.reward import RewardModel
+
+    parts = []
+    for spec in config.reward_model:
+        path, weight = split_weight(spec)
+        model = RewardModel.load(path, device=str(device), dtype="float32" if device.type == "cpu" else "auto")
+        normalize = config.normalize_reward and model.stats is not None
+        parts.append((f"rm:{Path(path).name}", lambda p, r, m=model, n=normalize: m.score(p, r, normalize=n), weight))
+    for spec in config.reward_fn:
+        target, weight = split_weight(spec)
+        parts.append((target, import_function(target), weight))
+    if config.reward_score:
+        from rlaif.constitution import load_constitution
+        from rlaif.models import load_model
+        from rlaif.score import DirectScore
+
+        labeler, weight = split_weight(config.reward_score)
+        model, tokenizer = load_model(labeler, device=str(device))
+        parts.append((f"score:{labeler}", DirectScore(model, tokenizer, load_constitution(config.constitution)), weight))
+    return CombinedReward(parts)
+
+
+def build_models(config: PPOConfig, device):
+    """(policy, reference or None, value model, tokenizer). With LoRA the reference is the policy, adapter off."""
+    from rlaif.models import load_model
+    from rlaif.reward import load_backbone
+
+    policy, tokenizer = load_model(config.policy, device=str(device), dtype="float32")
+    value_spec = config.value_model or (split_weight(config.reward_model[0])[0] if config.reward_model
+                                        else config.policy)
+    classifier, value_tokenizer = load_backbone(value_spec, str(device), dtype="float32")
+    if value_tokenizer.get_vocab() != tokenizer.get_vocab():
+        if config.value_model:
+            raise ConfigError(f"value_model: {value_spec} has another tokenizer than the policy; the value model "
+                              "reads the policy's tokens")
+        classifier, _ = load_backbone(config.policy, str(device), dtype="float32")  # the reward model can't be used
+    if not any(a.endswith("ForSequenceClassification") for a in classifier.config.architectures or []):
+        torch.nn.init.zeros_(classifier.score.weight)  # a new head: values start at 0, not at noise
+    reference = None
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = dict(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                    target_modules="all-linear")
+        policy = get_peft_model(policy, LoraConfig(task_type="CAUSAL_LM", **lora))
+        classifier = get_peft_model(classifier, LoraConfig(task_type="SEQ_CLS", **lora)).base_model.model
+    else:
+        reference, _ = load_model(config.policy, device=str(device), dtype="float32")
+        reference.requires_grad_(False)
+    if config.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        classifier.gradient_checkpointing_enable()
+    # Dropout off everywhere (eval mode, gradients still flow): the ratio pi/pi_old must be 1 before any update.
+    return policy.eval(), reference, ValueModel(classifier).eval(), tokenizer
+
+
+def default_lr(config: PPOConfig) -> float:
+    if config.learning_rate is not None:
+        return config.learning_rate
+    return 1e-4 if config.lora else 1e-5
+
+
+def schedule(config: PPOConfig):
+    if config.lr_schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: max(0.0, 1.0 - step / max(config.steps, 1))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rollouts
+
+
+@dataclass
+class Rollout:
+    prompts: list[list[Message]]
+    texts: list[str]
+    batch: Batch
+    logprobs: torch.Tensor  # (B, T) under the policy that sampled them
+    ref_logprobs: torch.Tensor  # (B, T)
+    values: torch.Tensor  # (B, T)
+    scores: torch.Tensor  # (B,) the reward, penalty included
+    parts: dict[str, torch.Tensor]  # each reward's own scores
+    eos: torch.Tensor  # (B,) bool: the response ended with EOS
+
+
+class PPOTrainer:
+    def __init__(self, config: PPOConfig, accelerator, reward: CombinedReward | None = None):
+        self.config, self.accelerator = config, accelerator
+        device = accelerator.device
+        policy, self.reference, value, self.tokenizer = build_models(config, device)
+        self.reward = reward or build_reward(config, device)
+        lr = default_lr(config)
+        trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+        opt_policy = torch.optim.AdamW(trainable(policy), lr=lr, eps=1e-5, weight_decay=0.0)
+        value_lr = lr if config.value_learning_rate is None else config.value_learning_rate
+        opt_value = torch.optim.AdamW(trainable(value), lr=value_lr, eps=1e-5, weight_decay=0.0)
+        sched_policy = torch.optim.lr_scheduler.LambdaLR(opt_policy, schedule(config))
+        sched_value = torch.optim.lr_scheduler.LambdaLR(opt_value, schedule(config))
+        (self.policy, self.value, self.opt_policy, self.opt_value, self.sched_policy,
+         self.sched_value) = accelerator.prepare(policy, value, opt_policy, opt_value, sched_policy, sched_value)
+        self.kl_ctl = (L.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+                       if config.kl_target else L.FixedKLController(config.kl_coef))
+        self.step = 0
+
+    # -- rollout -----------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[Message]], seed: int) -> Rollout:
+        from rlaif.generate import GenerationConfig, encode_chat, generate
+
+        config, device = self.config, self.accelerator.device
+        policy = self.accelerator.unwrap_model(self.policy)
+        generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                      top_p=config.top_p, seed=seed, batch_size=len(prompts), logprobs=True)
+        replies = generate(policy, self.tokenizer, prompts, generation)
+        queries = [encode_chat(self.tokenizer, p) for p in prompts]
+        batch = pack(queries, [r.token_ids for r in replies], self.tokenizer.pad_token_id).to(device)
+        width = batch.response.shape[1]
+        logprobs = torch.tensor([r.logprobs + [0.0] * (width - len(r.logprobs)) for r in replies], device=device)
+        if self.reference is None:
+            with policy.disable_adapter():
+                ref_logits = response_logits(policy, batch)
+        else:
+            ref_logits = response_logits(self.reference, batch)
+        ref_logprobs = L.logprobs_from_logits(ref_logits, batch.response, config.temperature)
+        del ref_logits
+        values = self.accelerator.unwrap_model(self.value).values(batch)
+        texts = [r.text for r in replies]
+        scores = self.reward(prompts, texts).to(device)
+        eos = torch.tensor([r.finish_reason == "stop" for r in replies], device=device)
+        if config.missing_eos_penalty:
+            scores = scores - config.missing_eos_penalty * (~eos).float()
+        parts = {name: value.to(device) for name, value in self.reward.last.items()}
+        return Rollout(prompts, texts, batch, logprobs * batch.mask, ref_logprobs * batch.mask, values * batch.mask,
+                       scores, parts, eos)
+
+    # -- one PPO step ------------------------------------------------------------------------------------------------
+
+    def train_step(self, prompts: list[list[Message]], seed: int) -> tuple[dict, Rollout]:
+        config, accelerator = self.config, self.accelerator
+        started = time.perf_counter()
+        ro = self.rollout(prompts, seed)
+        mask = ro.batch.mask
+        kl = L.kl_penalty(ro.logprobs, ro.ref_logprobs, config.kl_estimator) * mask
+        beta = self.kl_ctl.value
+        rewards, non_score = L.per_token_rewards(ro.scores, kl, mask, beta)
+        advantages, returns = L.gae(rewards, ro.values, mask, config.gamma, config.lam)
+        if config.whiten_advantages:
+            advantages = L.masked_whiten(advantages, mask)
+        kl_sum = ((ro.logprobs - ro.ref_logprobs) * mask).sum(1)  # the k1 estimate of KL(pi || ref) per response
+        mean_kl = accelerator.gather(kl_sum).mean().item()
+        scores = accelerator.gather(ro.scores)
+        if not torch.isfinite(scores).all():
+            raise _Stop("rewards", "a reward is NaN or infinite", "check the reward function and the reward "
+                        "model's reward_stats.json (a std of 0 makes normalised rewards infinite)")
+        if mean_kl > config.max_kl:
+            raise _Stop("kl", f"the mean KL to the reference is {mean_kl:.1f} nats per response, past max_kl "
+                        f"{config.max_kl}", "raise kl_coef or lower kl_target, lower the learning rate, or raise "
+                        "max_kl if this is expected")
+
+        stats: dict[str, list[float]] = {}
+        rows = len(prompts)
+        size = rows // config.minibatches
+        micro = config.micro_batch_size or size
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(config.ppo_epochs):
+            for minibatch in torch.randperm(rows, generator=generator).split(size):
+                for part in minibatch.split(micro):
+                    index = part.to(ro.batch.mask.device)
+                    batch = ro.batch.select(index)
+                    width = batch.response.shape[1]
+                    logits = response_logits(self.policy, batch)
+                    logprobs = L.logprobs_from_logits(logits, batch.response, config.temperature)
+                    entropy = L.entropy_from_logits(logits if config.entropy_coef else logits.detach(),
+                                                    config.temperature)
+                    del logits
+                    values = self.value(batch.input_ids, batch.attention_mask, batch.position_ids, width)
+                    pg_loss, pg_stats = L.policy_loss(logprobs, ro.logprobs[index, :width],
+                                                      advantages[index, :width], batch.mask, config.clip_range)
+                    vf_loss, vf_stats = L.value_loss(values, ro.values[index, :width], returns[index, :width],
+                                                     batch.mask, config.clip_range_value)
+                    mean_entropy = L.masked_mean(entropy, batch.mask)
+                    loss = pg_loss + config.vf_coef * vf_loss - config.entropy_coef * mean_entropy
+                    if not torch.isfinite(loss):
+                        raise _Stop("loss", "the loss is NaN or infinite", "lower the learning rate, check the "
+                                    "rewards' scale (normalize_reward), or lower max_grad_norm")
+                    if pg_stats["ratio_mean"] > config.max_ratio:
+                        raise _Stop("ratio", f"the mean probability ratio reached {pg_stats['ratio_mean']:.2f}, past "
+                                    f"max_ratio {config.max_ratio}: the policy moved far from the one that sampled",
+                                    "lower the learning rate or ppo_epochs, or use more minibatches")
+                    accelerator.backward(loss * len(part) / len(minibatch))
+                    for name, value in [("policy_loss", pg_loss), ("value_loss", vf_loss),
+                                        ("entropy", mean_entropy), *pg_stats.items(), *vf_stats.items()]:
+                        stats.setdefault(name, []).append(value.item())
+                accelerator.clip_grad_norm_(self.policy.parameters(), config.max_grad_norm)
+                accelerator.clip_grad_norm_(self.value.parameters(), config.max_grad_norm)
+                for optimizer in (self.opt_policy, self.opt_value):
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        self.sched_policy.step()
+        self.sched_value.step()
+        self.kl_ctl.update(mean_kl, rows * accelerator.num_processes)
+
+        lengths = mask.sum(1)
+        reduce = lambda t: accelerator.gather(t.detach().float().reshape(-1)).mean().item()  # noqa: E731
+        metrics = {name: reduce(torch.tensor(sum(values) / len(values))) for name, values in stats.items()}
+        metrics.update({
+            "score": scores.mean().item(),
+            **{f"score/{name}": reduce(value) for name, value in ro.parts.items()},
+            "non_score_reward": reduce(non_score.sum(1)),
+            "kl": mean_kl,
+            "beta": beta,
+            "explained_variance": reduce(L.explained_variance(ro.values, returns, mask)),
+            "response_length": reduce(lengths),
+            "eos_rate": reduce(ro.eos),
+            "lr": self.sched_policy.get_last_lr()[0],
+        })
+        seconds = time.perf_counter() - started
+        metrics["samples_per_second"] = rows * accelerator.num_processes / seconds
+        metrics["seconds"] = seconds
+        return metrics, ro
+
+    # -- checkpoints -------------------------------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """accelerate's save_state (models as safetensors, optimizers, schedulers, RNG states) plus our own state,
+        into a temporary directory renamed into place: a checkpoint is complete or absent."""
+        accelerator = self.accelerator
+        tmp = directory.with_name(directory.name + ".tmp")
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            state = {"step": self.step, "kl_controller": self.kl_ctl.state_dict()}
+            write_atomic(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
+            if directory.exists():
+                shutil.rmtree(directory)
+            tmp.rename(directory)
+        accelerator.wait_for_everyone()
+
+    def load(self, directory: Path) -> None:
+        self.accelerator.load_state(str(directory))
+        state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+        self.step = state["step"]
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+
+
+class _Stop(Exception):
+    def __init__(self, what: str, message: str, advice: str):
+        super().__init__(message)
+        self.what, self.message, self.advice = what, message, advice
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def prompt_order(n: int, step: int, batch: int, seed: int) -> list[int]:
+    """Indices of the prompts for `step`: consecutive slices of per-epoch permutations fixed by the seed, so the data
+    position is a function of the step (nothing to save, nothing to drift on resume)."""
+    indices = []
+    for position in range(step * batch, (step + 1) * batch):
+        epoch, offset = divmod(position, n)
+        if offset == 0 or not indices:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        indices.append(order[offset])
+    return indices
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    found = [p for p in (out / "checkpoints").glob("step-*") if (p / "trainer_state.json").is_file()
+             and not p.name.endswith(".tmp")]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Drop rows written after `last_step` (work a crash threw away, which the resumed run redoes)."""
+    if path.is_file():
+        rows = [row for row in read_jsonl(path) if row["step"] <= last_step]
+        write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None = None, on_step=None) -> dict:
+    """Train (or resume training) with PPO; returns the last step's metrics. `reward` replaces the configured
+    rewards (a Python object); `on_step(step, metrics)` is called after each step."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from rlaif.models import default_device
+
+    check(config, reward_given=reward is not None)
+    out = Path(config.out)
+    prompts = load_prompts(config.prompts)
+    eval_prompts = load_prompts(config.eval_prompts) if config.eval_prompts else []
+    done = _finished(out, config.steps)
+    if done is not None:
+        return done
+    device = config.device or default_device()
+    accelerator = Accelerator(cpu=device == "cpu", log_with=config.log_with, project_dir=str(out))
+    lr = default_lr(config)
+    manifest = None
+    if accelerator.is_main_process:
+        manifest = open_stage(out, "ppo", {**asdict(config), "learning_rate": lr, "processes":
+                                           accelerator.num_processes}, volatile=PPOConfig.VOLATILE)
+        manifest.add_input(config.prompts)
+    accelerator.wait_for_everyone()
+    set_seed(config.seed)
+    trainer = PPOTrainer(config, accelerator, reward)
+    saved = checkpoints(out)
+    if saved:
+        trainer.load(saved[-1])
+    if accelerator.is_main_process:
+        for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
+            truncate_log(out / name, trainer.step)
+    if config.log_with:
+        accelerator.init_trackers("ppo", config={k: v for k, v in asdict(config).items()
+                                                 if isinstance(v, (int, float, str, bool))})
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    names = ["metrics", "samples"] + (["eval"] if eval_prompts else [])
+    logs = {name: JsonlWriter(out / f"{name}.jsonl") if main else None for name in names}
+    metrics: dict = {}
+    started = time.time()
+    try:
+        if eval_prompts and trainer.step == 0:
+            _evaluate(trainer, eval_prompts, logs.get("eval"))
+        with _Progress(progress and main, config.steps, trainer.step) as bar:
+            while trainer.step < config.steps:
+                step = trainer.step + 1
+                order = prompt_order(len(prompts), step - 1, config.batch_size * world, config.seed)
+                mine = order[rank * config.batch_size : (rank + 1) * config.batch_size]
+                try:
+                    metrics, ro = trainer.train_step([prompts[i]["prompt"] for i in mine],
+                                                     seed=config.seed * 1_000_003 + step * 1_009 + rank)
+                except _Stop as stop:
+                    raise _stopped(trainer, out, step, stop) from None
+                trainer.step = step
+                metrics = {"id": f"step-{step:06d}", "step": step, **metrics}
+                if main:
+                    logs["metrics"].write(metrics)
+                    if config.sample_every and (step % config.sample_every == 0 or step == 1):
+                        for i, (prompt, text) in enumerate(zip(ro.prompts, ro.texts)):
+                            logs["samples"].write({"id": f"step-{step:06d}-{i}", "step": step, "prompt": prompt,
+                                                   "response": text, "score": ro.scores[i].item()})
+                if config.log_with:
+                    accelerator.log({k: v for k, v in metrics.items() if isinstance(v, float)}, step=step)
+                if eval_prompts and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                    _evaluate(trainer, eval_prompts, logs.get("eval"))
+                if step % config.save_steps == 0 or step == config.steps:
+                    _save(trainer, out, config.save_total_limit)
+                bar(metrics)
+                if on_step:
+                    on_step(step, metrics)
+        if eval_prompts and _last_step(out / "eval.jsonl") < trainer.step:
+            _evaluate(trainer, eval_prompts, logs.get("eval"))
+    finally:
+        for log in logs.values():
+            if log:
+                log.close()
+    if config.log_with:
+        accelerator.end_training()
+    _save_final(trainer, out)
+    if main:
+        manifest.counts.update(steps=trainer.step, prompts=len(prompts), processes=world)
+        manifest.seconds += time.time() - started
+        manifest.outputs = ["model.safetensors", "value/", "metrics.jsonl", "samples.jsonl", "checkpoints/"] + (
+            ["eval.jsonl"] if eval_prompts else [])
+        manifest.status = "complete"
+        manifest.save(out)
+    return metrics
+
+
+def _evaluate(trainer: PPOTrainer, rows: list[dict], log: JsonlWriter | None) -> None:
+    """Mean reward and KL of sampled responses to the held-out prompts (a fixed seed, so steps compare)."""
+    config, accelerator = trainer.config, trainer.accelerator
+    mine = rows[accelerator.process_index :: accelerator.num_processes]
+    scores, kls = [], []
+    for start in range(0, len(mine), config.batch_size):
+        ro = trainer.rollout([r["prompt"] for r in mine[start : start + config.batch_size]], seed=config.seed + start)
+        scores.append(ro.scores)
+        kls.append(((ro.logprobs - ro.ref_logprobs) * ro.batch.mask).sum(1))
+    score = accelerator.gather(torch.cat(scores)).mean().item()
+    kl = accelerator.gather(torch.cat(kls)).mean().item()
+    if log is not None:
+        log.write({"id": f"step-{trainer.step:06d}", "step": trainer.step, "score": score, "kl": kl,
+                   "prompts": len(rows)})
+
+
+def _finished(out: Path, steps: int) -> dict | None:
+    """The last metrics row of a run that completed at least `steps` steps; None if there is work to do."""
+    from rlaif.records import Manifest
+
+    if not (out / "manifest.json").is_file():
+        return None
+    manifest = Manifest.load(out)
+    if manifest.status != "complete" or manifest.counts.get("steps", 0) < steps:
+        return None
+    rows = list(read_jsonl(out / "metrics.jsonl")) if (out / "metrics.jsonl").is_file() else []
+    return rows[-1] if rows else {}
+
+
+def _last_step(path: Path) -> int:
+    return max((row["step"] for row in read_jsonl(path)), default=-1) if path.is_file() else -1
+
+
+def _save(trainer: PPOTrainer, out: Path, keep: int) -> None:
+    trainer.save(out / "checkpoints" / f"step-{trainer.step}")
+    if trainer.accelerator.is_main_process:
+        for old in checkpoints(out)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+
+
+def _stopped(trainer: PPOTrainer, out: Path, step: int, stop: _Stop) -> PPOStopped:
+    """Keep a checkpoint and explain. A rollout guard fires before any update, so the state is that after the last
+    finished step: a regular checkpoint to resume from. A loss guard fires mid-step: that state goes to
+    checkpoints/stopped-step-N for inspection, and the last regular checkpoint stays the one a rerun resumes."""
+    if stop.what in ("rewards", "kl"):
+        _save(trainer, out, trainer.config.save_total_limit)
+        where = out / "checkpoints" / f"step-{trainer.step}"
+    else:
+        where = out / "checkpoints" / f"stopped-step-{step}"
+        trainer.save(where)
+    return PPOStopped(f"PPO stopped at step {step}: {stop.message}. Checkpoint: {where}. Try: {stop.advice}.")
+
+
+def _save_final(trainer: PPOTrainer, out: Path) -> None:
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    policy = accelerator.unwrap_model(trainer.policy)
+    if trainer.config.lora:
+        policy = policy.merge_and_unload()
+    policy.save_pretrained(out, safe_serialization=True)
+    trainer.tokenizer.save_pretrained(out)
+    classifier = accelerator.unwrap_model(trainer.value).classifier
+    classifier.save_pretrained(out / "value", safe_serialization=True)
+    if trainer.config.lora:
+        trainer.policy = None  # merged: the adapter-wrapped model is gone
+
+
+class _Progress:
+    """A rich progress bar showing reward, KL and beta, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda metrics: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self._bar = Progress("ppo", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                             TextColumn("{task.fields[info]}"))
+        self._bar.start()
+        task = self._bar.add_task("ppo", total=self.total, completed=self.done, info="")
+
+        def advance(m: dict) -> None:
+            info = f"reward {m['score']:+.3f}  kl {m['kl']:.3f}  beta {m['beta']:.4f}  len {m['response_length']:.0f}"
+            self._bar.update(task, advance=1, info=info)
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.stop()
+

@@ -1,0 +1,195 @@
+"""PPO trainer: batch layout, the first ratio, a toy task whose reward rises at bounded KL, the adaptive beta, exact
+resume after a kill, guards, reward sources, LoRA, and two processes under accelerate launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from rlaif.ppo.rollout import CombinedReward, pack, split_weight
+from rlaif.ppo.trainer import PPOConfig, PPOStopped, prompt_order, run
+from rlaif.records import ConfigError, read_jsonl
+
+TESTS = Path(__file__).resolve().parent
+PROMPTS = ["How do I bake bread?", "Which response is more helpful?", "Write a Python function.",
+           "Tell me about travel.", "What is science?", "Critique the reply.", "Revise it to be kind.",
+           "Mix flour and water."]
+
+
+@pytest.fixture(autouse=True)
+def _toy_rewards_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+@pytest.fixture
+def config(tiny_model_dir, prompts, tmp_path) -> PPOConfig:
+    return PPOConfig(prompts=str(prompts), out=str(tmp_path / "ppo"), policy=str(tiny_model_dir),
+                     reward_fn=["toy_rewards:fl"], steps=2, batch_size=8, minibatches=2, max_new_tokens=12,
+                     learning_rate=1e-3, lr_schedule="constant", device="cpu", save_steps=1)
+
+
+def metrics(out: str) -> list[dict]:
+    return list(read_jsonl(Path(out) / "metrics.jsonl"))
+
+
+def test_pack_lays_prompts_left_and_responses_right():
+    batch = pack([[5, 6, 7], [8]], [[1, 2], [3, 4, 9, 9]], pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 7, 1, 2, 0, 0], [0, 0, 8, 3, 4, 9, 9]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]]
+    assert batch.position_ids[1, 2:].tolist() == [0, 1, 2, 3, 4]  # real tokens only
+    assert batch.response.tolist() == [[1, 2, 0, 0], [3, 4, 9, 9]]
+    assert batch.mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    one = batch.select(torch.tensor([1]))  # its prompt is short and its response long: nothing to cut but the left
+    assert one.input_ids.tolist() == [[8, 3, 4, 9, 9]] and one.position_ids.tolist() == [[0, 1, 2, 3, 4]]
+    zero = batch.select(torch.tensor([0]))
+    assert zero.input_ids.tolist() == [[5, 6, 7, 1, 2]] and zero.mask.tolist() == [[1, 1]]
+
+
+def test_prompt_order_is_a_function_of_the_step():
+    first_epoch = prompt_order(10, 0, 5, seed=3) + prompt_order(10, 1, 5, seed=3)
+    assert sorted(first_epoch) == list(range(10))  # an epoch visits every prompt once
+    assert prompt_order(10, 1, 5, seed=3) == prompt_order(10, 1, 5, seed=3)
+    assert prompt_order(10, 2, 5, seed=3) != prompt_order(10, 0, 5, seed=3)  # a new permutation each epoch
+    assert len(prompt_order(3, 0, 7, seed=0)) == 7  # a batch larger than the prompt set wraps around
+
+
+def test_split_weight_and_combined_reward():
+    assert split_weight("runs/x/rm:2.5") == ("runs/x/rm", 2.5)
+    assert split_weight("pkg.mod:fn") == ("pkg.mod:fn", 1.0)
+    assert split_weight("pkg.mod:fn:0.5") == ("pkg.mod:fn", 0.5)
+    assert split_weight("toy:nan") == ("toy:nan", 1.0) and split_weight("len:-0.1") == ("len", -0.1)
+    reward = CombinedReward([("len", lambda p, r: [len(x) for x in r], 0.5), ("one", lambda p, r: [1.0] * len(r), 2)])
+    assert reward([[], []], ["ab", "abcd"]).tolist() == [3.0, 4.0]
+    assert reward.last["len"].tolist() == [2.0, 4.0]
+    with pytest.raises(ConfigError, match="returned"):
+        CombinedReward([("bad", lambda p, r: [1.0], 1.0)])([[], []], ["a", "b"])
+
+
+def test_first_update_starts_at_ratio_one(config):
+    """With a learning rate of 0, the policy that is trained is the one that sampled: every ratio is 1 and the KL
+    to the reference (the same weights) is 0. This checks that the sampling log-probabilities line up with the
+    training forward pass token for token."""
+    m = run(replace(config, learning_rate=0.0, steps=1), progress=False)
+    assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and m["ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert m["clipfrac"] == 0.0 and abs(m["approx_kl"]) < 1e-6 and abs(m["kl"]) < 1e-4
+    assert m["response_length"] == 12 and m["samples_per_second"] > 0
+
+
+def test_toy_reward_rises_at_bounded_kl_and_beta_adapts(config):
+    """A scripted reward that counts the letters "fl" in a response: PPO on the tiny model raises it within a few
+    dozen steps while the KL stays bounded, and beta rises because the KL runs above its (low) target."""
+    m = run(replace(config, steps=24, kl_coef=0.05, kl_target=1.0, kl_horizon=200, save_steps=100), progress=False)
+    rows = metrics(config.out)
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    early = sum(r["score"] for r in rows[:6]) / 6
+    late = sum(r["score"] for r in rows[-6:]) / 6
+    assert late > early + 0.15, (early, late)
+    assert max(r["kl"] for r in rows) < config.max_kl
+    assert rows[0]["beta"] == 0.05 and m["beta"] > 0.05  # KL above target pushes beta up
+    assert all(r["kl"] > 1.0 for r in rows[-6:])
+    assert (Path(config.out) / "model.safetensors").is_file() and (Path(config.out) / "value" / "config.json").is_file()
+    samples = list(read_jsonl(Path(config.out) / "samples.jsonl"))
+    assert {s["step"] for s in samples} == {1, 10, 20} and all(isinstance(s["response"], str) for s in samples)
+
+
+def test_resume_after_kill_repeats_the_same_steps(config, tmp_path):
+    """Kill after step 3 (checkpoint at step 2), rerun: steps 3 and 4 come out as in an uninterrupted run, and every
+    step is in metrics.jsonl once."""
+    full = replace(config, steps=4, save_steps=2, out=str(tmp_path / "full"))
+    run(full, progress=False)
+
+    killed = replace(full, out=str(tmp_path / "killed"))
+
+    def kill(step, _metrics):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(killed, progress=False, on_step=kill)
+    assert [r["step"] for r in metrics(killed.out)] == [1, 2, 3]
+    run(killed, progress=False)
+    a, b = metrics(full.out), metrics(killed.out)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for name in ("policy_loss", "value_loss", "score", "kl", "entropy", "approx_kl", "beta"):
+        for step in (2, 3):
+            assert b[step][name] == pytest.approx(a[step][name], abs=1e-6), (name, step + 1)
+    assert run(killed, progress=False)["step"] == 4  # finished: a rerun does nothing
+
+
+def test_nan_reward_stops_with_checkpoint_and_advice(config):
+    with pytest.raises(PPOStopped, match=r"step 1: a reward is NaN.*Checkpoint: .*step-0.*Try: check the reward"):
+        run(replace(config, reward_fn=["toy_rewards:nan"]), progress=False)
+    assert (Path(config.out) / "checkpoints" / "step-0" / "trainer_state.json").is_file()
+
+
+def test_runaway_kl_stops(config):
+    with pytest.raises(PPOStopped, match="mean KL to the reference is .* past max_kl"):
+        run(replace(config, steps=6, learning_rate=3e-3, max_kl=0.5), progress=False)
+
+
+def test_config_errors(config):
+    with pytest.raises(ConfigError, match="temperature"):
+        run(replace(config, temperature=0.0), progress=False)
+    with pytest.raises(ConfigError, match="no reward|reward:"):
+        run(replace(config, reward_fn=[]), progress=False)
+    with pytest.raises(ConfigError, match="cannot import"):
+        run(replace(config, reward_fn=["toy_rewards:missing"]), progress=False)
+
+
+def test_reward_model_with_another_tokenizer_weighted_sum_and_eos_penalty(config, tmp_path, prompts):
+    """The reward model reads text, so one with its own tokenizer works; parts are weighted and summed; responses
+    cut off before EOS lose missing_eos_penalty."""
+    from rlaif.reward import load_backbone
+
+    other = build_tiny_model(tmp_path / "other", vocab_size=320, seed=1)
+    classifier, tokenizer = load_backbone(str(other), "cpu")
+    classifier.save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "rm")
+    m = run(replace(config, steps=1, reward_model=[f"{tmp_path / 'rm'}:0.5"], missing_eos_penalty=1.0,
+                    eval_prompts=str(prompts)), progress=False)
+    rm, fn = m["score/rm:rm"], m["score/toy_rewards:fl"]
+    assert m["score"] == pytest.approx(0.5 * rm + fn - (1 - m["eos_rate"]), abs=1e-5)
+    evals = list(read_jsonl(Path(config.out) / "eval.jsonl"))
+    assert [e["step"] for e in evals] == [0, 1] and evals[0]["prompts"] == len(PROMPTS)
+
+
+def test_lora_reference_is_the_adapter_off(config):
+    m = run(replace(config, lora=True, steps=2, learning_rate=0.0), progress=False)
+    assert abs(metrics(config.out)[0]["kl"]) < 1e-4 and m["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    from rlaif.models import load_model
+
+    model, _ = load_model(config.out, device="cpu")  # the adapter is merged: a plain model directory
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", "ppo", "--policy",
+               str(tiny_model_dir), "--reward-fn", "toy_rewards:fl", "--prompts", str(prompts), "--out", str(out),
+               "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8", "--save-steps", "1", "--device", "cpu"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("✓ step 2") == 1  # one process reports
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["processes"] == 2
+    assert {p.name for p in (out / "checkpoints" / "step-2").glob("random_states_*")} == {
+        "random_states_0.pkl", "random_states_1.pkl"}
+    assert [r["step"] for r in metrics(str(out))] == [1, 2]
