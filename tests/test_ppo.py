@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import build_tiny_model
+
 from rlaif.ppo.rollout import CombinedReward, pack, split_weight
 from rlaif.ppo.trainer import PPOConfig, PPOStopped, prompt_order, run
 from rlaif.records import ConfigError, read_jsonl
@@ -142,6 +142,14 @@ def test_runaway_kl_stops(config):
         run(replace(config, steps=6, learning_rate=3e-3, max_kl=0.5), progress=False)
 
 
+def test_exploding_ratio_stops_mid_step_and_keeps_that_state_apart(config):
+    with pytest.raises(PPOStopped, match=r"probability ratio reached .* past max_ratio 0.5.*stopped-step-1"):
+        run(replace(config, max_ratio=0.5), progress=False)
+    checkpoints = Path(config.out) / "checkpoints"
+    assert (checkpoints / "stopped-step-1" / "trainer_state.json").is_file()
+    assert not (checkpoints / "step-1").exists()  # a rerun resumes from the last whole step, not from here
+
+
 def test_config_errors(config):
     with pytest.raises(ConfigError, match="temperature"):
         run(replace(config, temperature=0.0), progress=False)
@@ -185,7 +193,7 @@ def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts,
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", "ppo", "--policy",
                str(tiny_model_dir), "--reward-fn", "toy_rewards:fl", "--prompts", str(prompts), "--out", str(out),
                "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8", "--save-steps", "1", "--device", "cpu"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("✓ step 2") == 1  # one process reports
     manifest = json.loads((out / "manifest.json").read_text())
