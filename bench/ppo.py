@@ -9,6 +9,12 @@ PPO epochs, minibatches, learning rate, temperature and fixed KL coefficient. TR
 (bench/.venv-trl019, made once from bench/trl019/requirements.txt); each trainer runs in a fresh process so its
 peak RSS is its own. Samples/s counts every step, the first included, over the whole `train` call.
 
+rlaif runs twice. Full fine-tuning is the same work as TRL's run (four models: policy, reference, value, reward;
+every weight of policy and value trained): `speedup` and `memory_ratio` compare these. With `--lora` (rlaif's
+LoRA mode, r = 16 on every linear layer of policy and value, its default learning rate 1e-4) there is less to
+compute and hold: the reference is the policy with its adapter off, and no weight gradient or optimizer state
+exists for the frozen base weights; `speedup_lora` and `memory_ratio_lora` compare that run with TRL's.
+
 Also measured: this machine's fp32 matmul peak, and the FLOP/s of rlaif's training phase (the PPO epochs) against
 it, counting 2 FLOPs per multiply-add of every linear layer for each token (x3 for forward and backward) plus the
 attention products. Prints a table; writes bench/results/ppo.json.
@@ -100,8 +106,8 @@ def run_ours(args) -> None:
     config = PPOConfig(prompts=str(prompts), out=str(out), policy=args.policy, reward_model=[args.reward_model],
                        normalize_reward=False, steps=args.steps, batch_size=args.batch_size,
                        minibatches=args.minibatches, ppo_epochs=args.ppo_epochs, max_new_tokens=args.response_length,
-                       temperature=0.7, learning_rate=args.learning_rate, kl_coef=0.05, kl_target=None,
-                       save_steps=10**9, sample_every=0, seed=args.seed, device="cpu")
+                       temperature=0.7, learning_rate=None if args.lora else args.learning_rate, kl_coef=0.05,
+                       kl_target=None, save_steps=10**9, sample_every=0, seed=args.seed, device="cpu", lora=args.lora)
     started = time.perf_counter()
     run(config, progress=False, on_step=record)
     seconds = time.perf_counter() - started
@@ -129,6 +135,7 @@ def main() -> None:
     parser.add_argument("--policy", help=argparse.SUPPRESS)
     parser.add_argument("--reward-model", help=argparse.SUPPRESS)
     parser.add_argument("--run-ours", help=argparse.SUPPRESS)
+    parser.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.update(OFFLINE)
     if args.run_ours:
@@ -147,10 +154,14 @@ def main() -> None:
               str(args.response_length), "--ppo-epochs", str(args.ppo_epochs), "--minibatches", str(args.minibatches),
               "--seed", str(args.seed), "--learning-rate", str(args.learning_rate)]
     env = {**os.environ, **OFFLINE}
-    print(f"rlaif PPO: {args.steps} steps of {args.batch_size} ...", flush=True)
-    subprocess.run([sys.executable, __file__, "--policy", policy, "--reward-model", str(reward), "--run-ours",
-                    str(work / "ours.json"), *common], check=True, env=env)
-    ours = json.loads((work / "ours.json").read_text())
+    runs = {}
+    for mode in ("full", "lora"):
+        print(f"rlaif PPO ({mode}): {args.steps} steps of {args.batch_size} ...", flush=True)
+        subprocess.run([sys.executable, __file__, "--policy", policy, "--reward-model", str(reward), "--run-ours",
+                        str(work / f"{mode}.json"), *common, *(["--lora"] if mode == "lora" else [])],
+                       check=True, env=env)
+        runs[mode] = json.loads((work / f"{mode}.json").read_text())
+    ours, lora = runs["full"], runs["lora"]
     print(f"TRL 0.19.1 PPOTrainer: {args.steps} steps of {args.batch_size} ...", flush=True)
     subprocess.run([str(trl_python), str(ROOT / "bench" / "trl019" / "run_trl_ppo.py"), "--policy", policy,
                     "--reward-model", str(reward), "--prompts", str(prompts), "--temperature", "0.7", "--kl-coef",
@@ -162,19 +173,24 @@ def main() -> None:
     peak = matmul_peak()
     train_seconds = sum(s["time/train"] for s in ours["steps"])
     flops = training_flops(ours, policy)
-    last_ours, last_peer = ours["steps"][-1], peer["steps"][-1]
+    last_ours, last_lora, last_peer = ours["steps"][-1], lora["steps"][-1], peer["steps"][-1]
+    keys = ("seconds", "samples", "samples_per_second", "peak_rss_bytes")
     result = {
         "config": {k: v for k, v in vars(args).items() if k not in ("policy", "reward_model", "run_ours")},
         "model": "smollm2-135m-instruct (fp32)",
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "processor": platform.processor() or platform.machine()},
-        "rlaif": {k: ours[k] for k in ("seconds", "samples", "samples_per_second", "peak_rss_bytes")},
-        "trl_0_19_1": {k: peer[k] for k in ("seconds", "samples", "samples_per_second", "peak_rss_bytes")},
+        "rlaif": {k: ours[k] for k in keys},
+        "rlaif_lora": {k: lora[k] for k in keys},
+        "trl_0_19_1": {k: peer[k] for k in keys},
         "speedup": ours["samples_per_second"] / peer["samples_per_second"],
         "memory_ratio": ours["peak_rss_bytes"] / peer["peak_rss_bytes"],
+        "speedup_lora": lora["samples_per_second"] / peer["samples_per_second"],
+        "memory_ratio_lora": lora["peak_rss_bytes"] / peer["peak_rss_bytes"],
         "after_last_step": {
             "rlaif": {"score": last_ours["score"], "kl": last_ours["kl"]},
+            "rlaif_lora": {"score": last_lora["score"], "kl": last_lora["kl"]},
             "trl_0_19_1": {"score": last_peer.get("objective/scores"), "kl": last_peer.get("objective/kl")},
         },
         "rlaif_phases_seconds": {phase: sum(s[f"time/{phase}"] for s in ours["steps"])
@@ -183,21 +199,26 @@ def main() -> None:
         "rlaif_training_flops": flops,
         "rlaif_training_flops_per_second": flops / train_seconds,
         "rlaif_training_fraction_of_peak": flops / train_seconds / peak,
+        "rlaif_phases_seconds_lora": {phase: sum(s[f"time/{phase}"] for s in lora["steps"])
+                                      for phase in ("generate", "score", "train")},
         "rlaif_steps": ours["steps"],
+        "rlaif_lora_steps": lora["steps"],
         "trl_steps": peer["steps"],
     }
     gb = 1024**3
     print(f"\n{args.steps} PPO steps x {args.batch_size} samples, {args.response_length}-token responses, "
           f"{args.ppo_epochs} epochs, {args.minibatches} minibatch(es), SmolLM2-135M fp32, {os.cpu_count()} CPUs")
     print(f"{'':22} {'samples/s':>10} {'seconds':>9} {'peak RSS':>9} {'reward':>8} {'KL':>7}")
-    for name, r, last in (("rlaif", result["rlaif"], result["after_last_step"]["rlaif"]),
-                          ("TRL 0.19.1 PPOTrainer", result["trl_0_19_1"], result["after_last_step"]["trl_0_19_1"])):
+    for name, key in (("rlaif", "rlaif"), ("rlaif --lora", "rlaif_lora"), ("TRL 0.19.1 PPOTrainer", "trl_0_19_1")):
+        r, last = result[key], result["after_last_step"][key]
         score = "-" if last["score"] is None else f"{last['score']:+.3f}"
         kl = "-" if last["kl"] is None else f"{last['kl']:.3f}"
         print(f"{name:22} {r['samples_per_second']:10.3f} {r['seconds']:9.1f} {r['peak_rss_bytes'] / gb:8.2f}G "
               f"{score:>8} {kl:>7}")
     phases = result["rlaif_phases_seconds"]
-    print(f"speedup {result['speedup']:.2f}x samples/s, memory ratio {result['memory_ratio']:.2f} (rlaif / TRL)")
+    print(f"same work (full fine-tuning): speedup {result['speedup']:.2f}x samples/s, memory ratio "
+          f"{result['memory_ratio']:.2f} (rlaif / TRL); rlaif --lora: {result['speedup_lora']:.2f}x, memory "
+          f"{result['memory_ratio_lora']:.2f}")
     print(f"rlaif time: generate {phases['generate']:.1f} s, reference/value/reward {phases['score']:.1f} s, "
           f"PPO epochs {phases['train']:.1f} s at {result['rlaif_training_flops_per_second'] / 1e9:.1f} GFLOP/s, "
           f"{result['rlaif_training_fraction_of_peak']:.0%} of the {peak / 1e9:.0f} GFLOP/s matmul peak")
