@@ -176,6 +176,26 @@ def test_reward_model_with_another_tokenizer_weighted_sum_and_eos_penalty(config
     assert [e["step"] for e in evals] == [0, 1] and evals[0]["prompts"] == len(PROMPTS)
 
 
+def test_direct_score_reward_tensorboard_and_value_from_reward_model(config, tiny_model_dir, tmp_path):
+    """The labeler's 1-10 score as a reward (in [-1, 1]); metrics also go to TensorBoard; the value model starts as
+    a copy of the reward model."""
+    from safetensors.torch import load_file
+
+    from rlaif.reward import load_backbone
+
+    classifier, tokenizer = load_backbone(str(tiny_model_dir), "cpu")
+    classifier.save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "rm")
+    m = run(replace(config, steps=1, learning_rate=0.0, reward_fn=[], reward_model=[f"{tmp_path / 'rm'}:0"],
+                    reward_score=str(tiny_model_dir), log_with="tensorboard"), progress=False)
+    score = m[f"score/score:{tiny_model_dir}"]
+    assert -1.0 <= score <= 1.0 and m["score"] == pytest.approx(score, abs=1e-6)  # the reward model weighs 0
+    assert list((Path(config.out) / "ppo").glob("events.out.tfevents.*"))
+    value = load_file(Path(config.out) / "value" / "model.safetensors")
+    reward = load_file(tmp_path / "rm" / "model.safetensors")
+    assert value.keys() == reward.keys() and all(torch.equal(value[k], reward[k]) for k in value)  # lr 0: unchanged
+
+
 def test_lora_reference_is_the_adapter_off(config):
     m = run(replace(config, lora=True, steps=2, learning_rate=0.0), progress=False)
     assert abs(metrics(config.out)[0]["kl"]) < 1e-4 and m["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
