@@ -608,6 +608,71 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# rlaif run
+
+
+def _parse_set(values: tuple[str, ...]) -> dict:
+    import yaml
+
+    overrides = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. ppo.steps=20", param_hint="--set")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@cli.command(name="run")
+@click.argument("recipe_file", metavar="RECIPE", type=click.Path())
+@click.option("--dry-run", is_flag=True, help="Print the plan (what runs, resumes, is kept or redone) and stop.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field: rounds=2, ppo.steps=20, label.both_orders=false; repeatable.")
+@click.option("--rounds", type=int, help="Rounds of sample -> label -> reward -> ppo (overrides the recipe).")
+def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], rounds: int | None) -> None:
+    """Run a recipe: every stage of the loop, in rounds, resumable.
+
+    critique -> sft -> (rankings import) -> sample -> label -> reward -> ppo, then for each further round:
+    sample from the last policy -> label the new pairs -> a reward model on every label so far -> PPO from the
+    last policy. Rerun the same command after a crash: finished stages are kept, a half-finished one resumes.
+    Change a stage's settings (in the recipe or with --set) and that stage runs again, with every stage after it.
+
+    \b
+    Examples:
+      rlaif run examples/quickstart/recipe.yaml --dry-run
+      rlaif run examples/quickstart/recipe.yaml
+      rlaif run my-project/recipe.yaml --rounds 2 --set ppo.steps=50
+    """
+    from rlaif import pipeline
+
+    overrides = _parse_set(settings)
+    if rounds is not None:
+        overrides["rounds"] = rounds
+    recipe = pipeline.load_recipe(recipe_file, overrides)
+    steps = pipeline.plan(recipe)
+    if dry_run:
+        for step in steps:
+            out.print(escape(step.describe()), soft_wrap=True)
+        todo = sum(step.state != "done" for step in steps)
+        out.print(f"{todo} of {len(steps)} steps to run")
+        return
+
+    def announce(step) -> None:
+        out.print(f"[bold]round {step.round} · {step.stage}[/bold] [dim]{step.state} → {escape(str(step.directory))}"
+                  "[/dim]", soft_wrap=True)
+
+    from rlaif.ppo.trainer import PPOStopped
+
+    try:
+        pipeline.run(recipe, on_step=announce)
+    except PPOStopped as e:
+        err.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", soft_wrap=True)
+        sys.exit(2)
+    out.print(f"[green]✓[/green] {len(steps)} steps done: {escape(str(steps[-1].directory.parent.parent))}",
+              soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # rlaif eval
 
 
