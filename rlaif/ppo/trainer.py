@@ -354,11 +354,17 @@ class PPOTrainer:
         return metrics, ro
 
     def _guard(self, loss: torch.Tensor, stats: dict) -> None:
-        if not torch.isfinite(loss):
+        """Stop on a non-finite loss or a runaway ratio, decided on every process's values alike (one process
+        stopping alone would leave the others waiting for its gradients)."""
+        ratio = stats.get("ratio_mean", torch.ones(()))
+        worst = torch.stack([(~torch.isfinite(loss.detach())).float(), ratio.detach().float()])
+        if self.accelerator.num_processes > 1:
+            worst = self.accelerator.gather(worst[None]).amax(0)
+        if worst[0] > 0:
             raise _Stop("loss", "the loss is NaN or infinite", "lower the learning rate, check the rewards' scale "
                         "(normalize_reward), or lower max_grad_norm")
-        if "ratio_mean" in stats and stats["ratio_mean"] > self.config.max_ratio:
-            raise _Stop("ratio", f"the mean probability ratio reached {stats['ratio_mean']:.2f}, past max_ratio "
+        if worst[1] > self.config.max_ratio:
+            raise _Stop("ratio", f"the mean probability ratio reached {worst[1]:.2f}, past max_ratio "
                         f"{self.config.max_ratio}: the policy moved far from the one that sampled",
                         "lower the learning rate or ppo_epochs, or use more minibatches")
 
@@ -447,6 +453,8 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
         manifest = open_stage(out, "ppo", {**asdict(config), "learning_rate": lr, "processes":
                                            accelerator.num_processes}, volatile=PPOConfig.VOLATILE)
         manifest.add_input(config.prompts)
+        manifest.status = "running"  # also when more steps extend a finished run
+        manifest.save(out)
     accelerator.wait_for_everyone()
     set_seed(config.seed)
     trainer = PPOTrainer(config, accelerator, reward)
