@@ -310,21 +310,35 @@ def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class progress_bar:
-    """A rich progress bar (or nothing, when not enabled); the context value advances it: `bar(n)`."""
+    """A rich progress bar (or nothing, when not enabled); the context value advances it: `bar(n)`, or
+    `bar(n, info)` to show a line of figures after it. `completed`: work done before (a resumed run)."""
 
-    def __init__(self, enabled: bool, total: int, description: str):
+    def __init__(self, enabled: bool, total: int, description: str, completed: int = 0, transient: bool = True):
         self.enabled, self.total, self.description = enabled, total, description
+        self.completed, self.transient = completed, transient
 
     def __enter__(self):
         if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+            return lambda n, info=None: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
+                             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                             transient=self.transient)
         self._bar.start()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda n: self._bar.advance(task, n)
+        task = self._bar.add_task(self.description, total=self.total, completed=self.completed, info="")
+
+        def advance(n: int, info: str | None = None) -> None:
+            self._bar.update(task, advance=n, **({"info": info} if info is not None else {}))
+
+        return advance
 
     def __exit__(self, *exc):
         if self.enabled:

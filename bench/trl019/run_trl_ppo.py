@@ -26,11 +26,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-import trl  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import (  # noqa: E402
+import torch
+import transformers
+import trl
+from datasets import Dataset
+from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -38,7 +38,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
     TrainerCallback,
 )
-from trl import PPOConfig, PPOTrainer  # noqa: E402
+from trl import PPOConfig, PPOTrainer
 
 LOGGED_KEYS = (
     "objective/scores",

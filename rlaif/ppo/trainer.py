@@ -35,8 +35,9 @@ from pathlib import Path
 
 import torch
 
+from rlaif.generate import progress_bar
 from rlaif.ppo import losses as L
-from rlaif.ppo.rollout import Batch, CombinedReward, ValueModel, pack, response_logits, split_weight
+from rlaif.ppo.rollout import Batch, CombinedReward, ValueModel, import_function, pack, response_logits, split_weight
 from rlaif.records import ConfigError, JsonlWriter, Message, load_prompts, open_stage, read_jsonl, write_atomic
 
 
@@ -121,7 +122,6 @@ def check(config: PPOConfig, reward_given: bool = False) -> None:
 
 
 def build_reward(config: PPOConfig, device) -> CombinedReward:
-    from rlaif.ppo.rollout import import_function
     from rlaif.reward import RewardModel
 
     parts = []
@@ -476,7 +476,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     try:
         if eval_prompts and trainer.step == 0:
             _evaluate(trainer, eval_prompts, logs.get("eval"))
-        with _Progress(progress and main, config.steps, trainer.step) as bar:
+        with progress_bar(progress and main, config.steps, "ppo", trainer.step, transient=False) as bar:
             while trainer.step < config.steps:
                 step = trainer.step + 1
                 order = prompt_order(len(prompts), step - 1, config.batch_size * world, config.seed)
@@ -500,7 +500,8 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
                     _evaluate(trainer, eval_prompts, logs.get("eval"))
                 if step % config.save_steps == 0 or step == config.steps:
                     _save(trainer, out, config.save_total_limit)
-                bar(metrics)
+                bar(1, f"reward {metrics['score']:+.3f}  kl {metrics['kl']:.3f}  beta {metrics['beta']:.4f}  "
+                       f"len {metrics['response_length']:.0f}")
                 if on_step:
                     on_step(step, metrics)
         if eval_prompts and _last_step(out / "eval.jsonl") < trainer.step:
@@ -589,38 +590,3 @@ def _save_final(trainer: PPOTrainer, out: Path) -> None:
     classifier.save_pretrained(out / "value", safe_serialization=True)
     if trainer.config.lora:
         trainer.policy = None  # merged: the adapter-wrapped model is gone
-
-
-class _Progress:
-    """A rich progress bar showing reward, KL and beta, or nothing."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.total, self.done = enabled, total, done
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda metrics: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress("ppo", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                             TextColumn("{task.fields[info]}"))
-        self._bar.start()
-        task = self._bar.add_task("ppo", total=self.total, completed=self.done, info="")
-
-        def advance(m: dict) -> None:
-            info = f"reward {m['score']:+.3f}  kl {m['kl']:.3f}  beta {m['beta']:.4f}  len {m['response_length']:.0f}"
-            self._bar.update(task, advance=1, info=info)
-
-        return advance
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._bar.stop()
-
