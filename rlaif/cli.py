@@ -52,6 +52,33 @@ def cli() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# rlaif init
+
+
+@cli.command()
+@click.argument("directory", metavar="DIR", type=click.Path())
+@click.option("--name", help="The run's name (runs/NAME).  [default: the directory's name]")
+def init(directory: str, name: str | None) -> None:
+    """Start a project: an editable constitution, principles, prompts and a recipe, in a new directory.
+
+    DIR gets the quickstart: recipe.yaml (one round of the whole loop on the embedded model), constitution.yaml
+    (the default constitution) with its principle library copied into principles/, and the example red-team and
+    helpful prompts (prompts.jsonl) and held-out prompts (eval.jsonl). Edit any of them, then run the recipe.
+
+    \b
+    Example:
+      rlaif init my-project
+      rlaif run my-project/recipe.yaml          # then open runs/my-project/report.html
+    """
+    from rlaif.workspace import init as make
+
+    written = make(directory, name)
+    for path in written:
+        out.print(f"  {escape(str(path))}", soft_wrap=True)
+    out.print(f"[green]✓[/green] next: rlaif run {escape(os.path.join(directory, 'recipe.yaml'))}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # rlaif constitution ...
 
 
@@ -134,6 +161,37 @@ def constitution_show(spec: str, full: bool) -> None:
     out.print(f"critique: {s.rounds} rounds, {s.sampling} sampling, seed {s.seed}")
     out.print(f"label: {lab.principles_per_comparison} principle(s) per comparison, both orders {lab.both_orders}, "
               f"chain of thought {lab.chain_of_thought}, clamp {list(lab.clamp)}")
+
+
+@constitution.command("diff")
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@click.option("--candidates", required=True, type=click.Path(),
+              help="Pairs to relabel: candidates.jsonl from `rlaif sample`, or preference rows.")
+@click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
+@click.option("--limit", type=int, help="Pairs relabeled (the first N).  [default: 64]")
+@click.option("--out", help="The JSON report.  [default: runs/constitution-diff.json]")
+@click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+def constitution_diff(a: str, b: str, **flags) -> None:
+    """What editing a constitution changes: relabel pairs under A and B, and see which labels flip and why.
+
+    The same labeler labels the same pairs, both orders, under each constitution. Printed: the principles
+    added, removed and edited from A to B; how many labels flip; for each principle drawn under B, its pairs and
+    flips (edited or added principles that flip many labels are what the edit changed); the flipped pairs.
+    A pair keeps its principle under both when that principle and the label settings are unchanged.
+
+    \b
+    Example:
+      cp constitution/default.yaml mine.yaml     # edit a principle in mine.yaml, then:
+      rlaif constitution diff default mine.yaml --candidates runs/quickstart/round-1/sample/candidates.jsonl
+    """
+    from rlaif import diff
+
+    config = stage_config(diff.DiffConfig, None, {**flags, "a": a, "b": b})
+    report = diff.run(config, progress=True)
+    diff.print_report(report, out)
+    out.print(f"[green]✓[/green] report → {escape(config.out)}", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -634,7 +692,8 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
 
     critique -> sft -> (rankings import) -> sample -> label -> reward -> ppo, then for each further round:
     sample from the last policy -> label the new pairs -> a reward model on every label so far -> PPO from the
-    last policy. Rerun the same command after a crash: finished stages are kept, a half-finished one resumes.
+    last policy; after the last round, eval compares every policy on held-out prompts and OUT/report.html is
+    written. Rerun the same command after a crash: finished stages are kept, a half-finished one resumes.
     Change a stage's settings (in the recipe or with --set) and that stage runs again, with every stage after it.
 
     \b
@@ -668,7 +727,8 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
     except PPOStopped as e:
         err.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
-    out.print(f"[green]✓[/green] {len(steps)} steps done: {escape(str(steps[-1].directory.parent.parent))}",
+    run_dir = steps[-1].directory.parent
+    out.print(f"[green]✓[/green] {len(steps)} steps done; report → {escape(str(run_dir / 'report.html'))}",
               soft_wrap=True)
 
 
@@ -676,9 +736,87 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
 # rlaif eval
 
 
-@cli.group(name="eval")
+class _DefaultGroup(_Group):
+    """A group whose first argument, when it is not one of its commands, goes to its `policies` command."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["policies", *args]
+        return super().resolve_command(ctx, args)
+
+
+@cli.group(name="eval", cls=_DefaultGroup)
 def eval_group() -> None:
-    """Measure how far a stage's output can be trusted."""
+    """Evaluate a run's policies (`rlaif eval RUN`) or the AI labeler (`rlaif eval labeler`)."""
+
+
+@eval_group.command(name="policies")
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--prompts", help="Held-out prompts.  [default: the eval_prompts PPO used, else its prompts]")
+@click.option("--out", help="Where responses, judgements and eval.json go.  [default: RUN/eval]")
+@click.option("--judge", help="Constitution of the AI judge's questions.  [default: judge, unused in training]")
+@click.option("--labeler", help="The judge's model.  [default: the run's labeler]")
+@click.option("--reward-model", help="Reward model directory.  [default: the last round's]")
+@click.option("--max-new-tokens", type=int, help="Reply length.  [default: PPO's]")
+@click.option("--temperature", type=float, help="Sampling temperature, > 0.  [default: PPO's]")
+@click.option("--seed", type=int, help="Sampling seed.  [default: 0]")
+@click.option("--batch-size", type=int, help="Replies per forward pass.  [default: 8]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def eval_policies(run_dir, config_file, **flags) -> None:
+    """Compare a run's base, SFT and per-round policies on held-out prompts.
+
+    Each policy answers every prompt once. Reported for all prompts, and for red-team prompts (tagged
+    `red-team`) apart from the rest, so that over-refusal is visible: the reward model's score, win rates over
+    the base and SFT models by the reward model and by the AI labeler under the `judge` constitution (questions
+    no training stage used), KL to the base model, reply length and refusal rate. Rerun to resume.
+
+    \b
+    Examples:
+      rlaif eval runs/quickstart
+      rlaif eval runs/quickstart --prompts my-held-out.jsonl --out runs/quickstart/eval-mine
+    """
+    from rlaif import evaluate
+
+    config = stage_config(evaluate.EvalConfig, config_file, {**flags, "run": run_dir})
+    summary = evaluate.evaluate_policies(config, progress=True)
+    print_policy_eval(summary)
+    out.print(f"[green]✓[/green] → {escape(config.out or os.path.join(run_dir, 'eval'))}/eval.json", soft_wrap=True)
+
+
+def print_policy_eval(summary: dict) -> None:
+    columns = [("reward", "reward"), ("rm_win_vs_base", "RM win/base"), ("judge_win_vs_base", "judge win/base"),
+               ("rm_win_vs_sft", "RM win/SFT"), ("judge_win_vs_sft", "judge win/SFT"), ("kl", "KL"),
+               ("tokens", "length"), ("refusal_rate", "refusals")]
+    for group, results in summary["results"].items():
+        n = next(iter(results.values()))["prompts"]
+        table = Table(title=f"{group} prompts ({n})")
+        table.add_column("policy")
+        for _, title in columns:
+            table.add_column(title, justify="right")
+        for name, entry in results.items():
+            table.add_row(name, *(f"{entry[key]:.3g}" if key in entry else "-" for key, _ in columns))
+        out.print(table)
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--out", "out_path", type=click.Path(), help="The HTML file.  [default: RUN/report.html]")
+def report(run_dir: str, out_path: str | None) -> None:
+    """Write a run's report: one self-contained HTML file.
+
+    Win rates per round, PPO curves (reward, KL, beta, entropy, length), reward-model calibration, labeler
+    consistency per principle, and the same prompts answered by the base, SFT and final policy. It reads only
+    files the stages wrote, so it takes seconds; `rlaif run` writes it at the end of every run.
+
+    \b
+    Example:
+      rlaif report runs/quickstart && open runs/quickstart/report.html
+    """
+    from rlaif.report import render
+
+    path = render(run_dir, out_path)
+    out.print(f"[green]✓[/green] report → {escape(str(path))}", soft_wrap=True)
 
 
 @eval_group.command(name="labeler")

@@ -33,7 +33,7 @@ import yaml
 
 
 def data_dir(name: str) -> Path:
-    """The shipped `constitution` or `principles` directory."""
+    """The shipped `constitution`, `principles` or `examples` directory."""
     inside = Path(__file__).parent / name
     return inside if inside.is_dir() else Path(__file__).parent.parent / name
 

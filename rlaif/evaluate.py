@@ -1,9 +1,26 @@
-"""Evaluation: how far the AI labeler can be trusted (`rlaif eval labeler`).
+"""Evaluation: how good each round's policy is (`rlaif eval RUN`), and how far the AI labeler can be trusted
+(`rlaif eval labeler`).
 
+    rlaif eval runs/quickstart                  # base, SFT and every round's policy on held-out prompts
     rlaif eval labeler --pairs ../shared/data/hh-harmless-dev.jsonl --limit 100 --out runs/eval
 
-On human-labelled pairs (hh-rlhf transcripts, or rows with prompt/chosen/rejected) the labeler judges each pair
-and the report card says, for each way of labeling side by side:
+**Policies.** In a run written by `rlaif run`, the base model, the SFT model and each round's PPO policy answer the
+held-out prompts (one sampled reply each, at the temperature PPO sampled at). Per policy, for all prompts and
+separately for red-team prompts (tagged `red-team`) and the rest (helpful), so that over-refusal shows:
+
+- reward: the last round's reward model, normalised with its reward_stats.json;
+- win rate over the base and the SFT model, judged by the reward model (the higher reward wins; ties count half)
+  and by the AI labeler asking the questions of the `judge` constitution, principles no training stage used (both
+  orders; a win is P(policy better) > 0.5, a tie counts half);
+- KL to the base model: the mean over replies of sum_t log pi(y_t | x, y<t) - log pi_base(y_t | x, y<t), a Monte
+  Carlo estimate of KL(pi || pi_base) on the policy's own samples (at the sampling temperature, as PPO measures it);
+- reply length in tokens and the share of replies that open with a refusal ("I can't", "I'm sorry", ...).
+
+Replies go to RUN/eval/responses.jsonl and judgements to judgements.jsonl as they are made (a killed evaluation
+resumes); the summary, with each round's labeler and reward-model numbers, goes to RUN/eval/eval.json.
+
+**The labeler.** On human-labelled pairs (hh-rlhf transcripts, or rows with prompt/chosen/rejected) the labeler
+judges each pair and the report card says, for each way of labeling side by side:
 
 - agreement: how often the labeler prefers the response people chose;
 - consistency: how often both orders name the same winner (a labeler that just picks (A) is 50% consistent);
@@ -20,10 +37,14 @@ The first three come from the same forward passes.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import re
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from rlaif.records import DataError, read_jsonl, write_atomic
+import torch
+
+from rlaif.records import ConfigError, DataError, read_jsonl, write_atomic
 
 
 @dataclass
@@ -41,20 +62,23 @@ class LabelerEvalConfig:
     device: str | None = None
 
 
-def expected_calibration_error(probs: list[float], bins: int = 10) -> float:
-    """ECE of probabilities that the human-chosen response is better. The prediction is p >= 0.5, its confidence
-    max(p, 1 - p) in [0.5, 1], split into `bins` equal-width bins."""
-    if not probs:
-        return 0.0
-    total, error = len(probs), 0.0
+def calibration_bins(probs: list[float], bins: int = 10) -> list[dict]:
+    """Reliability-diagram bins of probabilities that the label's winner is better: the prediction is p >= 0.5,
+    its confidence max(p, 1 - p) in [0.5, 1], split into `bins` equal-width bins; empty bins are left out."""
+    out = []
     for b in range(bins):
         lo, hi = 0.5 + 0.5 * b / bins, 0.5 + 0.5 * (b + 1) / bins
         members = [p for p in probs if lo <= max(p, 1 - p) < hi or (b == bins - 1 and max(p, 1 - p) == hi)]
         if members:
-            accuracy = sum(p >= 0.5 for p in members) / len(members)
-            confidence = sum(max(p, 1 - p) for p in members) / len(members)
-            error += len(members) / total * abs(accuracy - confidence)
-    return error
+            out.append({"low": lo, "high": hi, "count": len(members),
+                        "confidence": sum(max(p, 1 - p) for p in members) / len(members),
+                        "accuracy": sum(p >= 0.5 for p in members) / len(members)})
+    return out
+
+
+def expected_calibration_error(probs: list[float], bins: int = 10) -> float:
+    """ECE (Guo et al. 2017): the bins' |accuracy - confidence|, weighted by their share of the predictions."""
+    return sum(b["count"] / len(probs) * abs(b["accuracy"] - b["confidence"]) for b in calibration_bins(probs, bins))
 
 
 def mode_metrics(p_first: list[float], orders: list[tuple[float, float]] | None) -> dict:
@@ -167,3 +191,258 @@ def print_labeler_report(report: dict, console) -> None:
         for name, rate in inj["by_attack"].items():
             attacks.add_row(name, f"{rate:.1%}")
         console.print(attacks)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Policies
+
+
+@dataclass
+class EvalConfig:
+    run: str = ""  # a run directory written by `rlaif run` (runs/NAME)
+    prompts: str | None = None  # held-out prompts; default: the eval_prompts PPO used, else its prompts
+    out: str | None = None  # default RUN/eval
+    judge: str = "judge"  # the constitution whose questions the AI judge asks: principles no training stage used
+    labeler: str | None = None  # the judge's model; default: the run's labeler
+    reward_model: str | None = None  # default: the last round's reward model
+    max_new_tokens: int | None = None  # reply length; default: PPO's
+    temperature: float | None = None  # sampling temperature; default: PPO's (the KL is measured at it)
+    seed: int = 0
+    batch_size: int = 8  # replies per forward pass
+    device: str | None = None
+
+    VOLATILE = ("batch_size", "device")
+
+
+REFUSAL = re.compile(r"^\W*(i\s*(?:can'?t|cannot|won'?t|will not|am not able|'m not able|am unable|'m unable|must "
+                     r"decline)|i'?m sorry|i am sorry|sorry|as an ai|unfortunately,? i)", re.IGNORECASE)
+
+
+def refuses(text: str) -> bool:
+    """Whether a reply opens with a refusal: a rough count of refusals, to see over-refusal on helpful prompts."""
+    return bool(REFUSAL.match(text))
+
+
+def _config(directory: Path) -> dict:
+    import yaml
+
+    path = directory / "config.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+
+
+def _complete(directory: Path) -> bool:
+    from rlaif.records import Manifest
+
+    return (directory / "manifest.json").is_file() and Manifest.load(directory).status == "complete"
+
+
+def rounds_of(run: Path) -> list[int]:
+    """The round numbers of a run directory, in order."""
+    return sorted(int(d.name.split("-", 1)[1]) for d in run.glob("round-*") if d.name.split("-", 1)[1].isdigit())
+
+
+def discover(config: EvalConfig) -> dict:
+    """What a run directory holds for evaluation: the policies (name -> model), the reward model, the prompts,
+    the labeler and PPO's sampling settings."""
+    run = Path(config.run)
+    if not run.is_dir():
+        raise ConfigError(f"{run}: no such run directory (write one with `rlaif run RECIPE`)")
+    first = run / "round-1"
+    sft = _config(first / "sft")
+    if not _complete(first / "sft"):
+        raise ConfigError(f"{run}: no finished SFT model in {first / 'sft'}; finish the run first (`rlaif run`)")
+    policies = {"base": sft["model"], "sft": str(first / "sft")}
+    ppo: dict = {}
+    for k in rounds_of(run):
+        if _complete(run / f"round-{k}" / "ppo"):
+            policies[f"round-{k}"] = str(run / f"round-{k}" / "ppo")
+            ppo = _config(run / f"round-{k}" / "ppo")
+    rewards = [run / f"round-{k}" / "reward" for k in rounds_of(run) if _complete(run / f"round-{k}" / "reward")]
+    reward_model = config.reward_model or (str(rewards[-1]) if rewards else None)
+    if reward_model is None:
+        raise ConfigError(f"{run}: no finished reward model; give one with --reward-model")
+    prompts = config.prompts or ppo.get("eval_prompts") or ppo.get("prompts") or _config(first / "sample").get("prompts")
+    if not prompts:
+        raise ConfigError(f"{run}: no prompts to evaluate on; give them with --prompts")
+    temperature = config.temperature if config.temperature is not None else ppo.get("temperature", 0.7)
+    if temperature <= 0:
+        raise ConfigError(f"temperature: the KL to the base model is measured on sampled replies; use one > 0, "
+                          f"not {temperature}")
+    return {"policies": policies, "reward_model": reward_model, "prompts": prompts,
+            "labeler": config.labeler or _config(first / "label").get("labeler") or "smollm2-135m-instruct",
+            "temperature": temperature,
+            "max_new_tokens": config.max_new_tokens or ppo.get("max_new_tokens", 128)}
+
+
+@torch.inference_mode()
+def sequence_logprobs(model, prompt_ids: list[list[int]], responses: list[list[int]], temperature: float,
+                      batch_size: int = 8) -> list[float]:
+    """sum_t log pi(y_t | x, y<t) of each response under `model` (at `temperature`)."""
+    from rlaif.ppo.losses import logprobs_from_logits
+    from rlaif.ppo.rollout import pack, response_logits
+
+    device = next(model.parameters()).device
+    pad = model.config.pad_token_id or 0
+    out: list[float] = []
+    for start in range(0, len(responses), batch_size):
+        batch = pack(prompt_ids[start : start + batch_size], responses[start : start + batch_size], pad).to(device)
+        logprobs = logprobs_from_logits(response_logits(model, batch), batch.response, temperature)
+        out += (logprobs * batch.mask).sum(1).tolist()
+    return out
+
+
+def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
+    """Answer, score and judge; writes OUT/responses.jsonl, judgements.jsonl and eval.json; returns the summary."""
+    from rlaif.constitution import load_constitution
+    from rlaif.generate import GenerationConfig, encode_chat, generate, progress_bar
+    from rlaif.label import Labeler, Pair, label_pairs, sample_label_principles
+    from rlaif.models import load_model
+    from rlaif.records import JsonlWriter, load_prompts, open_stage
+    from rlaif.reward import RewardModel
+
+    found = discover(config)
+    prompts = load_prompts(found["prompts"])
+    judge = load_constitution(config.judge)  # checked before any model is loaded
+    out = Path(config.out or Path(config.run) / "eval")
+    # Defaults resolved, so `rlaif eval RUN` reopens the evaluation `rlaif run` made with the same settings.
+    config = replace(config, run=str(Path(config.run)), out=str(out), prompts=found["prompts"],
+                     labeler=found["labeler"], reward_model=found["reward_model"],
+                     temperature=found["temperature"], max_new_tokens=found["max_new_tokens"])
+    manifest = open_stage(out, "eval", asdict(config), volatile=EvalConfig.VOLATILE)
+    manifest.add_input(found["prompts"])
+    started = time.time()
+    temperature, policies = found["temperature"], found["policies"]
+    generation = GenerationConfig(max_new_tokens=found["max_new_tokens"], temperature=temperature,
+                                  batch_size=config.batch_size, seed=config.seed, logprobs=True)
+
+    base = reward = None
+    with JsonlWriter(out / "responses.jsonl") as writer:
+        for name, spec in policies.items():
+            todo = [p for p in prompts if f"{name}/{p['id']}" not in writer.done]
+            if not todo:
+                continue
+            if base is None:
+                base = load_model(policies["base"], device=config.device)
+                reward = RewardModel.load(found["reward_model"], device=config.device)
+            model, tokenizer = base if name == "base" else load_model(spec, device=config.device)
+            with progress_bar(progress, len(todo), f"answering ({name})") as bar:
+                for start in range(0, len(todo), config.batch_size):
+                    chunk = todo[start : start + config.batch_size]
+                    conversations = [p["prompt"] for p in chunk]
+                    replies = generate(model, tokenizer, conversations, generation)
+                    prompt_ids = [encode_chat(base[1], c) for c in conversations]
+                    tokens = [r.token_ids for r in replies]
+                    base_logprobs = sequence_logprobs(base[0], prompt_ids, tokens, temperature, config.batch_size)
+                    rewards = reward.score(conversations, [r.text for r in replies], normalize=bool(reward.stats))
+                    for p, r, lp, blp, rw in zip(chunk, replies, [sum(r.logprobs) for r in replies], base_logprobs,
+                                                 rewards.tolist()):
+                        writer.write({"id": f"{name}/{p['id']}", "policy": name, "prompt_id": p["id"],
+                                      "tags": p.get("tags", []), "prompt": p["prompt"], "response": r.text,
+                                      "tokens": len(r.token_ids), "finished": r.finish_reason == "stop",
+                                      "logprob": lp, "base_logprob": blp, "reward": rw})
+                    bar(len(chunk))
+            del model
+    del base, reward
+    responses = {(r["policy"], r["prompt_id"]): r for r in read_jsonl(out / "responses.jsonl")}
+
+    matches = [(name, opponent) for name in policies if name != "base"
+               for opponent in ("base", "sft") if opponent != name]
+    with JsonlWriter(out / "judgements.jsonl") as writer:
+        todo = [(name, opponent, p) for name, opponent in matches for p in prompts
+                if f"{name}>{opponent}/{p['id']}" not in writer.done]
+        if todo:
+            model, tokenizer = load_model(found["labeler"], device=config.device)
+            labeler = Labeler(model, tokenizer, judge, name=found["labeler"])
+            k = judge.label.principles_per_comparison
+            with progress_bar(progress, len(todo), "judging") as bar:
+                for start in range(0, len(todo), config.batch_size):
+                    chunk = todo[start : start + config.batch_size]
+                    pairs = [Pair(f"{name}>{opponent}/{p['id']}", p["prompt"], responses[name, p["id"]]["response"],
+                                  responses[opponent, p["id"]]["response"]) for name, opponent, p in chunk]
+                    principles = [sample_label_principles(judge, k, p["id"]) for _, _, p in chunk]
+                    for pair, judged in zip(pairs, label_pairs(labeler, pairs, principles, both_orders=True)):
+                        writer.write({"id": pair.id, "p": sum(j.p for j in judged) / len(judged),
+                                      "principles": [j.principle for j in judged]})
+                    bar(len(chunk))
+    judgements = {r["id"]: r["p"] for r in read_jsonl(out / "judgements.jsonl")}
+
+    summary = {"prompts": found["prompts"], "reward_model": found["reward_model"], "judge": config.judge,
+               "labeler": found["labeler"], "temperature": temperature, "policies": policies,
+               "results": summarize(prompts, list(policies), responses, judgements),
+               "training": training_metrics(Path(config.run))}
+    write_atomic(out / "eval.json", json.dumps(summary, indent=2) + "\n")
+    manifest.counts.update(prompts=len(prompts), policies=len(policies), responses=len(responses),
+                           judgements=len(judgements))
+    manifest.seconds += time.time() - started
+    manifest.outputs = ["responses.jsonl", "judgements.jsonl", "eval.json"]
+    manifest.status = "complete"
+    manifest.save(out)
+    return summary
+
+
+def _win(x: float, y: float) -> float:
+    return 1.0 if x > y else 0.5 if x == y else 0.0
+
+
+def summarize(prompts: list[dict], names: list[str], responses: dict, judgements: dict[str, float]) -> dict:
+    """Per group (all, red-team, helpful) and policy: reward, win rates, KL, length, refusals."""
+    groups = {"all": prompts, "red-team": [p for p in prompts if "red-team" in p.get("tags", [])],
+              "helpful": [p for p in prompts if "red-team" not in p.get("tags", [])]}
+    results: dict = {}
+    for group, members in groups.items():
+        if not members:
+            continue
+        results[group] = {}
+        for name in names:
+            rows = [responses[name, p["id"]] for p in members]
+            entry = {"prompts": len(rows), "reward": _mean([r["reward"] for r in rows]),
+                     "kl": _mean([r["logprob"] - r["base_logprob"] for r in rows]),
+                     "tokens": _mean([r["tokens"] for r in rows]),
+                     "refusal_rate": _mean([refuses(r["response"]) for r in rows])}
+            for opponent in ("base", "sft"):
+                if name == "base" or opponent == name:
+                    continue
+                theirs = [responses[opponent, p["id"]] for p in members]
+                entry[f"rm_win_vs_{opponent}"] = _mean([_win(a["reward"], b["reward"]) for a, b in zip(rows, theirs)])
+                ps = [judgements[f"{name}>{opponent}/{p['id']}"] for p in members]
+                entry[f"judge_win_vs_{opponent}"] = _mean([_win(p, 0.5) for p in ps])
+                entry[f"judge_p_vs_{opponent}"] = _mean(ps)
+            results[group][name] = entry
+    return results
+
+
+def _mean(values: list) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def training_metrics(run: Path) -> dict:
+    """Each round's labeler numbers (from its preference labels) and reward-model metrics."""
+    rounds: dict = {}
+    for k in rounds_of(run):
+        directory = run / f"round-{k}"
+        entry: dict = {}
+        labels = directory / "label" / "preferences.jsonl"
+        if labels.is_file():
+            entry["labeler"] = labeler_summary(list(read_jsonl(labels)))
+        metrics = directory / "reward" / "metrics.json"
+        if metrics.is_file():
+            entry["reward"] = json.loads(metrics.read_text(encoding="utf-8"))
+        rounds[f"round-{k}"] = entry
+    return rounds
+
+
+def labeler_summary(rows: list[dict]) -> dict:
+    """Consistency (both orders agree), confidence and flags of AI labels, overall and per principle."""
+    ai = [r for r in rows if r.get("source", "ai") == "ai"]
+    per_principle: dict[str, list[dict]] = {}
+    for row in ai:
+        for pid in row.get("principles", []):
+            per_principle.setdefault(pid, []).append(row)
+
+    def stats(members: list[dict]) -> dict:
+        return {"pairs": len(members), "consistency": _mean([bool(r.get("consistent")) for r in members]),
+                "confidence": _mean([max(r["p_chosen"], 1 - r["p_chosen"]) for r in members])}
+
+    return {**stats(ai), "low_confidence": _mean(["low_confidence" in r.get("flags", []) for r in ai]),
+            "p_chosen": [r["p_chosen"] for r in ai],
+            "per_principle": {pid: stats(m) for pid, m in sorted(per_principle.items())}} if ai else {"pairs": 0}

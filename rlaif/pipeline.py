@@ -15,6 +15,9 @@ The stages of round k write to OUT/round-k/:
 | label | AI preference labels of those responses | the new pairs |
 | reward | a reward model on every AI label so far and the human pairs | retrained from scratch |
 | ppo | PPO from the current policy against that reward model | from round k-1's PPO policy |
+| eval | base, SFT and every round's policy on the held-out prompts (after the last round; rlaif.evaluate) | - |
+
+The run ends by writing OUT/report.html (rlaif.report).
 
 Each stage already resumes a half-finished run and skips a finished one. The pipeline adds one thing: a stage
 whose settings or inputs changed since it ran is run again from scratch, and so is everything after it. Each
@@ -34,7 +37,7 @@ from typing import Any
 
 from rlaif.records import ConfigError, DataError
 
-STAGES = ("critique", "sft", "rankings", "sample", "label", "reward", "ppo")
+STAGES = ("critique", "sft", "rankings", "sample", "label", "reward", "ppo", "eval")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Recipe:
     label: dict = field(default_factory=dict)
     reward: dict = field(default_factory=dict)
     ppo: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
 
     path: Path | None = None  # the recipe file (derived); relative paths in it are relative to its folder
     lines: dict[str, int] = field(default_factory=dict)  # "section.key" -> line in the file (derived)
@@ -71,6 +75,7 @@ PIPELINE_FIELDS = {
     "reward": {"data": "human", "out": "out", "model": "model", "eval_data": None},
     "ppo": {"prompts": "prompts", "eval_prompts": "eval_prompts", "out": "out", "policy": None,
             "reward_model": None},
+    "eval": {"run": "out", "out": "out", "prompts": "eval_prompts", "labeler": "labeler"},
 }
 
 
@@ -144,7 +149,7 @@ def _config_class(stage: str):
     module, name = {"critique": ("rlaif.critique", "CritiqueConfig"), "sft": ("rlaif.sft", "SFTConfig"),
                     "rankings": ("rlaif.rankings", "ImportConfig"), "sample": ("rlaif.sample", "SampleConfig"),
                     "label": ("rlaif.label", "LabelConfig"), "reward": ("rlaif.reward", "RewardConfig"),
-                    "ppo": ("rlaif.ppo.trainer", "PPOConfig")}[stage]
+                    "ppo": ("rlaif.ppo.trainer", "PPOConfig"), "eval": ("rlaif.evaluate", "EvalConfig")}[stage]
     return getattr(import_module(module), name)
 
 
@@ -226,6 +231,9 @@ def plan(recipe: Recipe) -> list[Step]:
         ppo = add(k, "ppo", rk / "ppo", {"prompts": prompts, "eval_prompts": eval_prompts, "out": str(rk / "ppo"),
                                          "policy": policy, "reward_model": [str(rk / "reward")]}, [policy_step, reward])
         policy, policy_step = str(rk / "ppo"), ppo
+    add(recipe.rounds, "eval", out / "eval", {"run": str(out), "out": str(out / "eval"),
+                                             "prompts": eval_prompts or prompts, "labeler": _spec(recipe, recipe.labeler)},
+        [sft] + [s for s in steps if s.stage in ("reward", "ppo")])
     for step in steps:
         step.state = _state(step)
     return steps
@@ -256,10 +264,11 @@ def _state(step: Step) -> str:
 def _execute(step: Step, progress: bool) -> None:
     from importlib import import_module
 
-    module = {"critique": "rlaif.critique", "sft": "rlaif.sft", "rankings": "rlaif.rankings",
-              "sample": "rlaif.sample", "label": "rlaif.label", "reward": "rlaif.reward",
-              "ppo": "rlaif.ppo.trainer"}[step.stage]
-    run = import_module(module).run
+    module, function = {"critique": ("rlaif.critique", "run"), "sft": ("rlaif.sft", "run"),
+                        "rankings": ("rlaif.rankings", "run"), "sample": ("rlaif.sample", "run"),
+                        "label": ("rlaif.label", "run"), "reward": ("rlaif.reward", "run"),
+                        "ppo": ("rlaif.ppo.trainer", "run"), "eval": ("rlaif.evaluate", "evaluate_policies")}[step.stage]
+    run = getattr(import_module(module), function)
     if step.stage == "rankings":
         run(step.config)
     else:
@@ -268,7 +277,10 @@ def _execute(step: Step, progress: bool) -> None:
 
 def run(recipe: Recipe, progress: bool = True, on_step=None) -> list[Step]:
     """Run every step that is not done, in order; a step whose key changed starts from an empty directory (and
-    every step after it has a new key too, so it is redone in turn). `on_step(step)` is called before each one."""
+    every step after it has a new key too, so it is redone in turn). `on_step(step)` is called before each one.
+    Ends by writing OUT/report.html."""
+    from rlaif import report
+
     steps = plan(recipe)
     for step in steps:
         if step.state == "done":
@@ -281,4 +293,5 @@ def run(recipe: Recipe, progress: bool = True, on_step=None) -> list[Step]:
             on_step(step)
         _execute(step, progress)
         step.state = "done"
+    report.render(steps[-1].directory.parent)
     return steps

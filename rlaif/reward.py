@@ -345,14 +345,15 @@ def evaluate_reward_model(scorer: RewardModel, rows: list[PreferenceRow]) -> dic
 def pair_metrics(delta: list[float], p: list[float]) -> dict:
     """Accuracy (the reward picks the label's winner; 0.5 labels left out), mean margin toward the label's winner,
     and ECE of sigma(delta) as the probability of that winner."""
-    from rlaif.evaluate import expected_calibration_error
+    from rlaif.evaluate import calibration_bins, expected_calibration_error
 
     decided = [(d if q > 0.5 else -d) for d, q in zip(delta, p) if q != 0.5]
     if not decided:
         return {"pairs": len(delta), "accuracy": None, "mean_margin": None, "ece": None}
+    probs = [1 / (1 + math.exp(-d)) for d in decided]
     return {"pairs": len(delta), "accuracy": sum(d > 0 for d in decided) / len(decided),
             "mean_margin": sum(decided) / len(decided),
-            "ece": expected_calibration_error([1 / (1 + math.exp(-d)) for d in decided])}
+            "ece": expected_calibration_error(probs), "calibration": calibration_bins(probs)}
 
 
 def pearson(x: list[float], y: list[float]) -> float | None:

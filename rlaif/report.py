@@ -1,0 +1,327 @@
+"""The run report: one self-contained HTML file, RUN/report.html (`rlaif report RUN`; `rlaif run` writes it too).
+
+    rlaif report runs/quickstart        # then open runs/quickstart/report.html
+
+It reads only files the stages wrote, so it takes seconds and can be rebuilt at any time:
+
+| section | from |
+|---|---|
+| win rates per round, reward, KL, length and refusals (red-team and helpful apart) | eval/eval.json |
+| PPO over steps: reward, KL, beta, entropy, reply length (rounds end to end) | round-K/ppo/metrics.jsonl |
+| reward-model calibration on held-out pairs, and its metrics per round | round-K/reward/metrics.json |
+| labeler consistency and confidence, per round and per principle | round-K/label/preferences.jsonl |
+| the same held-out prompts answered by the base, SFT and final policy | eval/responses.jsonl |
+
+Plots are matplotlib PNGs embedded as data URIs, so the file can be mailed or attached to an issue as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rlaif.evaluate import labeler_summary, rounds_of
+from rlaif.records import ConfigError, read_jsonl, write_atomic
+
+PPO_CURVES = [("score", "reward"), ("kl", "KL to reference"), ("beta", "beta"), ("entropy", "entropy"),
+              ("response_length", "reply length (tokens)")]
+CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.1em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+.meta { color: #666; } .note { color: #666; font-style: italic; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 14px; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; } th { background: #f5f5f5; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.text { white-space: pre-wrap; max-width: 330px; font-size: 13px; }
+figure { margin: 1em 0; } img { max-width: 100%; }
+"""
+
+
+def render(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of a run directory; returns its path (default RUN/report.html)."""
+    run = Path(run)
+    if not (run / "round-1").is_dir():
+        raise ConfigError(f"{run}: not a run directory (no round-1/); write one with `rlaif run RECIPE`")
+    rounds = rounds_of(run)
+    evaluation = _json(run / "eval" / "eval.json")
+    parts = [f"<h1>{_e(run.name)}</h1>",
+             f"<p class=meta>{_e(str(run))} · {len(rounds)} round(s) · report written "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>"]
+    parts += _evaluation(evaluation)
+    parts += _ppo(run, rounds)
+    parts += _reward(run, rounds)
+    parts += _labeler(run, rounds)
+    parts += _samples(run, evaluation)
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>rlaif report: {_e(run.name)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    path = Path(out) if out else run / "report.html"
+    write_atomic(path, page)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sections
+
+
+def _evaluation(evaluation: dict | None) -> list[str]:
+    parts = ["<h2>Policies on held-out prompts</h2>"]
+    if not evaluation:
+        return parts + ["<p class=note>Not evaluated yet: run <code>rlaif eval RUN</code>.</p>"]
+    parts.append(f"<p>Reward model <code>{_e(evaluation['reward_model'])}</code>; AI judge "
+                 f"<code>{_e(evaluation['labeler'])}</code> asking the <code>{_e(evaluation['judge'])}</code> "
+                 f"constitution's questions; replies sampled at temperature {evaluation['temperature']}. A win "
+                 "counts 1, a tie 1/2.</p>")
+    columns = [("reward", "reward"), ("rm_win_vs_base", "RM win vs base"), ("judge_win_vs_base", "judge win vs base"),
+               ("rm_win_vs_sft", "RM win vs SFT"), ("judge_win_vs_sft", "judge win vs SFT"), ("kl", "KL to base"),
+               ("tokens", "length"), ("refusal_rate", "refusals")]
+    for group, results in evaluation["results"].items():
+        n = next(iter(results.values()))["prompts"]
+        rows = [[name] + [_num(entry.get(key)) for key, _ in columns] for name, entry in results.items()]
+        parts.append(f"<h3>{_e(group)} prompts ({n})</h3>" + _table(["policy"] + [c for _, c in columns], rows))
+    parts.append(_figure("win-rates", "Win rates over the base model, by reward model and by AI judge",
+                         _plot_win_rates(evaluation["results"])))
+    return parts
+
+
+def _ppo(run: Path, rounds: list[int]) -> list[str]:
+    series: list[tuple[int, list[dict]]] = []
+    for k in rounds:
+        path = run / f"round-{k}" / "ppo" / "metrics.jsonl"
+        if path.is_file():
+            series.append((k, list(read_jsonl(path))))
+    parts = ["<h2>PPO</h2>"]
+    if not any(rows for _, rows in series):
+        return parts + ["<p class=note>No PPO steps yet.</p>"]
+    last = series[-1][1][-1] if series[-1][1] else {}
+    parts.append(f"<p>{sum(len(rows) for _, rows in series)} steps over {len(series)} round(s); last step: reward "
+                 f"{_num(last.get('score'))}, KL {_num(last.get('kl'))}, beta {_num(last.get('beta'))}.</p>")
+    return parts + [_figure("ppo-curves", "PPO over steps (rounds end to end; dotted lines start a round)",
+                            _plot_ppo(series))]
+
+
+def _reward(run: Path, rounds: list[int]) -> list[str]:
+    parts = ["<h2>Reward model</h2>"]
+    rows, calibration = [], {}
+    for k in rounds:
+        metrics = _json(run / f"round-{k}" / "reward" / "metrics.json")
+        if not metrics:
+            continue
+        train, held = metrics["train"], (metrics.get("heldout") or {}).get("overall") or {}
+        rows.append([f"round {k}", str(train["pairs"]), _num(train.get("first_loss")), _num(train.get("last_loss")),
+                     str(held.get("pairs", 0)), _num(held.get("accuracy")), _num(held.get("ece")),
+                     _num(((metrics.get("heldout") or {}).get("length") or {}).get("reward_length_correlation"))])
+        if held.get("calibration"):
+            calibration[f"round {k}"] = held["calibration"]
+    if not rows:
+        return parts + ["<p class=note>No reward model yet.</p>"]
+    parts.append(_table(["round", "train pairs", "first loss", "last loss", "held-out pairs", "held-out accuracy",
+                         "ECE", "reward-length r"], rows))
+    if calibration:
+        parts.append(_figure("reward-calibration", "Calibration on held-out pairs: sigmoid(reward margin) against how "
+                             "often the reward model picks the label's winner", _plot_calibration(calibration)))
+    else:
+        parts.append("<p class=note>No held-out pairs, so no calibration plot: set the reward stage's "
+                     "<code>eval_fraction</code> or <code>eval_data</code>.</p>")
+    return parts
+
+
+def _labeler(run: Path, rounds: list[int]) -> list[str]:
+    parts = ["<h2>AI labeler</h2>"]
+    summaries = {}
+    for k in rounds:
+        path = run / f"round-{k}" / "label" / "preferences.jsonl"
+        if path.is_file():
+            summary = labeler_summary(list(read_jsonl(path)))
+            if summary["pairs"]:
+                summaries[f"round {k}"] = summary
+    if not summaries:
+        return parts + ["<p class=note>No AI labels yet.</p>"]
+    parts.append("<p>Consistent: both orders of the pair name the same winner. Confidence: mean max(p, 1 - p) of "
+                 "the soft label.</p>")
+    parts.append(_table(["round", "pairs", "consistent", "mean confidence", "low confidence"],
+                        [[name, str(s["pairs"]), _num(s["consistency"]), _num(s["confidence"]),
+                          _num(s["low_confidence"])] for name, s in summaries.items()]))
+    parts.append(_figure("labeler-consistency", "Soft labels P(chosen better), and consistency per round",
+                         _plot_labels(summaries)))
+    principles: dict[str, dict] = {}
+    for s in summaries.values():
+        for pid, stats in s["per_principle"].items():
+            mine = principles.setdefault(pid, {"pairs": 0, "consistent": 0.0, "confidence": 0.0})
+            mine["pairs"] += stats["pairs"]
+            mine["consistent"] += stats["consistency"] * stats["pairs"]
+            mine["confidence"] += stats["confidence"] * stats["pairs"]
+    table = {pid: {"pairs": m["pairs"], "consistency": m["consistent"] / m["pairs"],
+                   "confidence": m["confidence"] / m["pairs"]} for pid, m in sorted(principles.items())}
+    parts.append(_figure("labeler-principles", "Per principle, all rounds: pairs labeled and consistency",
+                         _plot_principles(table)))
+    return parts
+
+
+def _samples(run: Path, evaluation: dict | None, limit: int = 8) -> list[str]:
+    parts = ["<h2>Same prompts, three policies</h2>"]
+    path = run / "eval" / "responses.jsonl"
+    if not evaluation or not path.is_file():
+        return parts + ["<p class=note>Not evaluated yet.</p>"]
+    names = list(evaluation["policies"])
+    shown = [n for n in ("base", "sft", names[-1]) if n in names]
+    shown = list(dict.fromkeys(shown))
+    responses = {(r["policy"], r["prompt_id"]): r for r in read_jsonl(path)}
+    prompt_ids = list(dict.fromkeys(pid for _, pid in responses))[:limit]
+    rows = []
+    for pid in prompt_ids:
+        first = responses.get((shown[0], pid))
+        if first is None:
+            continue
+        prompt = first["prompt"][-1]["content"]
+        cells = [f"{prompt}\n[{', '.join(first['tags'])}]"]
+        for name in shown:
+            r = responses.get((name, pid))
+            cells.append(f"{r['response']}\n(reward {r['reward']:.2f})" if r else "")
+        rows.append(cells)
+    return parts + [_table(["prompt"] + shown, rows, text=True)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plot_ppo(series: list[tuple[int, list[dict]]]) -> str:
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(PPO_CURVES), figsize=(3.2 * len(PPO_CURVES), 2.6))
+    for ax, (key, title) in zip(axes, PPO_CURVES):
+        offset = 0
+        for k, rows in series:
+            steps = [offset + r["step"] for r in rows if key in r]
+            ax.plot(steps, [r[key] for r in rows if key in r], marker="." if len(rows) < 30 else None,
+                    color="C0")
+            if offset:
+                ax.axvline(offset + 0.5, color="grey", linestyle=":")
+            offset += max((r["step"] for r in rows), default=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.ticklabel_format(axis="y", useOffset=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _plot_win_rates(results: dict) -> str:
+    plt = _pyplot()
+    groups = list(results)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 2.8), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        names = [n for n in results[group] if n != "base"]
+        for i, (key, label) in enumerate([("rm_win_vs_base", "reward model"), ("judge_win_vs_base", "AI judge")]):
+            values = [results[group][n].get(key, math.nan) for n in names]
+            ax.bar([x + 0.38 * i for x in range(len(names))], values, width=0.36, label=label)
+        ax.axhline(0.5, color="grey", linestyle=":")
+        ax.set_xticks([x + 0.19 for x in range(len(names))], names, fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{group}: win rate vs base", fontsize=10)
+        ax.tick_params(labelsize=8)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _plot_calibration(calibration: dict[str, list[dict]]) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.plot([0.5, 1], [0.5, 1], color="grey", linestyle=":", label="calibrated")
+    for name, bins in calibration.items():
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=name)
+    ax.set_xlabel("confidence", fontsize=9)
+    ax.set_ylabel("accuracy", fontsize=9)
+    ax.set_xlim(0.5, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _plot_labels(summaries: dict[str, dict]) -> str:
+    plt = _pyplot()
+    fig, (hist, bars) = plt.subplots(1, 2, figsize=(8, 2.8))
+    for name, s in summaries.items():
+        hist.hist(s["p_chosen"], bins=20, range=(0.5, 1), alpha=0.6, label=name)
+    hist.set_xlabel("P(chosen better)", fontsize=9)
+    hist.set_title("soft labels", fontsize=10)
+    hist.legend(fontsize=8)
+    names = list(summaries)
+    bars.bar(names, [summaries[n]["consistency"] for n in names])
+    bars.set_ylim(0, 1)
+    bars.set_title("consistent across orders", fontsize=10)
+    for ax in (hist, bars):
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _plot_principles(table: dict[str, dict]) -> str:
+    plt = _pyplot()
+    names = list(table)
+    fig, (count, consistency) = plt.subplots(1, 2, figsize=(9, 0.3 * len(names) + 1.2), sharey=True)
+    count.barh(names, [table[n]["pairs"] for n in names])
+    count.set_title("pairs labeled", fontsize=10)
+    consistency.barh(names, [table[n]["consistency"] for n in names], color="C1")
+    consistency.set_xlim(0, 1)
+    consistency.set_title("consistent across orders", fontsize=10)
+    for ax in (count, consistency):
+        ax.tick_params(labelsize=8)
+    count.invert_yaxis()
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# HTML
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text))
+
+
+def _num(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]], text: bool = False) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td class={'text' if text else ('num' if i else '')}>{_e(c)}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figure(ident: str, caption: str, png: str) -> str:
+    return (f"<figure id={ident}><img alt='{_e(caption)}' src='data:image/png;base64,{png}'>"
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
