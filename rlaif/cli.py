@@ -665,6 +665,91 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
         out.print(f"[green]✓[/green] already trained for {config.steps} steps: {escape(config.out)}", soft_wrap=True)
 
 
+@cli.command()
+@click.option("--data", multiple=True, metavar="FILE",
+              help="Preference files (rlaif label, rankings import, hh-rlhf pairs); repeat to combine.")
+@click.option("--policy", help="The model to train and the frozen reference: usually a run's sft/ directory.")
+@click.option("--out", help="Where the policy and checkpoints go. Rerun to resume.  [default: runs/dpo]")
+@click.option("--beta", type=float, help="Strength of the implicit KL penalty.  [default: 0.1]")
+@click.option("--loss-type", help="TRL's DPO loss: sigmoid, robust (noisy labels), ipo, hinge, ...  [default: sigmoid]")
+@click.option("--label-smoothing", help="Label error rate for robust/aot, or auto (mean 1 - p_chosen).  [default: auto]")
+@click.option("--min-p-chosen", type=float, help="Leave out pairs no more confident than this.  [default: 0.5]")
+@click.option("--lora/--full", default=None, help="Train LoRA adapters (merged at the end) or every weight.")
+@click.option("--learning-rate", type=float, help="[default: 5e-5 with LoRA, 5e-7 without]")
+@click.option("--epochs", type=float, help="[default: 1]")
+@click.option("--max-steps", type=int, help="Overrides --epochs when > 0.")
+@click.option("--batch-size", type=int, help="Pairs per device per step.  [default: 8]")
+@click.option("--max-length", type=int, help="Prompt + reply tokens.  [default: 1024]")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def dpo(config_file, data, label_smoothing, **flags) -> None:
+    """Direct preference optimisation on preference files (TRL DPOTrainer): PPO without a reward model.
+
+    Each pair trains once toward its winner; ties and pairs no more confident than --min-p-chosen are left
+    out. With --loss-type robust, soft labels set the assumed label error rate (--label-smoothing auto).
+    In a recipe, `policy_trainer: dpo` trains on every round's labels and the human pairs instead of PPO.
+
+    \b
+    Example:
+      rlaif dpo --data runs/x/round-1/label/preferences.jsonl --policy runs/x/round-1/sft --lora --out runs/x/dpo
+    """
+    from rlaif import dpo as stage
+
+    if label_smoothing is not None and label_smoothing != "auto":
+        try:
+            label_smoothing = float(label_smoothing)
+        except ValueError:
+            raise click.BadParameter("expected auto or a number", param_hint="--label-smoothing") from None
+    flags.update(data=list(data) or None, label_smoothing=label_smoothing)
+    config = stage_config(stage.DPOConfig, config_file, flags)
+    if not config.data:
+        raise click.UsageError("--data is required (or `data:` in --config)")
+    metrics = stage.run(config)
+    out.print(f"[green]✓[/green] {metrics['steps']} steps on {metrics['pairs']} pairs, last loss "
+              f"{metrics['last_loss']}; policy in {escape(config.out)}", soft_wrap=True)
+
+
+@cli.command()
+@click.option("--algorithm", type=click.Choice(["grpo", "rloo"]), help="[default: grpo]")
+@click.option("--policy", help="The model to train and the KL reference: usually a run's sft/ directory.")
+@click.option("--reward-model", multiple=True, metavar="DIR[:WEIGHT]",
+              help="A reward model from `rlaif reward`, and its weight; repeat to sum several.")
+@click.option("--prompts", help="Training prompts: JSONL, CSV, text or hh-rlhf transcripts.")
+@click.option("--out", help="Where the policy, metrics and checkpoints go. Rerun to resume.  [default: runs/grpo]")
+@click.option("--steps", type=int, help="Optimizer steps.  [default: 100]")
+@click.option("--prompts-per-step", type=int, help="Prompts per step, per device.  [default: 4]")
+@click.option("--group-size", type=int, help="Replies sampled per prompt, at least 2.  [default: 4]")
+@click.option("--max-new-tokens", type=int, help="Reply length limit.  [default: 128]")
+@click.option("-t", "--temperature", type=float, help="[default: 0.7]")
+@click.option("--beta", type=float, help="Weight of the KL penalty to the starting policy.  [default: 0.05]")
+@click.option("--lora/--full", default=None, help="Train LoRA adapters (merged at the end) or every weight.")
+@click.option("--learning-rate", type=float, help="[default: 5e-5 with LoRA, 1e-6 without]")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def grpo(config_file, reward_model, **flags) -> None:
+    """GRPO or RLOO against reward models (TRL's trainers): PPO without a value model.
+
+    Each step samples a group of replies per prompt; a reply's advantage is its reward against its group's
+    mean (GRPO) or the mean of the other replies (RLOO), with a KL penalty to the starting policy. metrics.jsonl
+    uses PPO's names, so `rlaif report` plots it alike. In a recipe: `policy_trainer: grpo` (or rloo).
+
+    \b
+    Example:
+      rlaif grpo --policy runs/x/round-1/sft --reward-model runs/x/round-1/reward --prompts prompts.jsonl --lora
+    """
+    from rlaif import grpo as stage
+
+    flags.update(reward_model=list(reward_model) or None)
+    config = stage_config(stage.GRPOConfig, config_file, flags)
+    if not config.prompts:
+        raise click.UsageError("--prompts is required (or `prompts:` in --config)")
+    last = stage.run(config)
+    reward = f", reward {last['reward']:+.3f}" if "reward" in last else ""
+    out.print(f"[green]✓[/green] {config.algorithm}{reward}; policy in {escape(config.out)}", soft_wrap=True)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # rlaif run
 

@@ -241,6 +241,11 @@ def rounds_of(run: Path) -> list[int]:
     return sorted(int(d.name.split("-", 1)[1]) for d in run.glob("round-*") if d.name.split("-", 1)[1].isdigit())
 
 
+def policy_dir(round_dir: Path) -> Path | None:
+    """The policy a round trained (PPO's, or DPO's, GRPO's or RLOO's instead), if it finished."""
+    return next((round_dir / name for name in ("ppo", "dpo", "grpo", "rloo") if _complete(round_dir / name)), None)
+
+
 def discover(config: EvalConfig) -> dict:
     """What a run directory holds for evaluation: the policies (name -> model), the reward model, the prompts,
     the labeler and PPO's sampling settings."""
@@ -254,9 +259,10 @@ def discover(config: EvalConfig) -> dict:
     policies = {"base": sft["model"], "sft": str(first / "sft")}
     ppo: dict = {}
     for k in rounds_of(run):
-        if _complete(run / f"round-{k}" / "ppo"):
-            policies[f"round-{k}"] = str(run / f"round-{k}" / "ppo")
-            ppo = _config(run / f"round-{k}" / "ppo")
+        trained = policy_dir(run / f"round-{k}")
+        if trained is not None:
+            policies[f"round-{k}"] = str(trained)
+            ppo = _config(trained)
     rewards = [run / f"round-{k}" / "reward" for k in rounds_of(run) if _complete(run / f"round-{k}" / "reward")]
     reward_model = config.reward_model or (str(rewards[-1]) if rewards else None)
     if reward_model is None:

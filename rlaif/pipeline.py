@@ -15,6 +15,7 @@ The stages of round k write to OUT/round-k/:
 | label | AI preference labels of those responses | the new pairs |
 | reward | a reward model on every AI label so far and the human pairs | retrained from scratch |
 | ppo | PPO from the current policy against that reward model | from round k-1's PPO policy |
+| dpo, grpo | instead of PPO with `policy_trainer: dpo`, `grpo` or `rloo` (TRL; rlaif.dpo, rlaif.grpo) | alike |
 | eval | base, SFT and every round's policy on the held-out prompts (after the last round; rlaif.evaluate) | - |
 
 The run ends by writing OUT/report.html (rlaif.report).
@@ -37,7 +38,8 @@ from typing import Any
 
 from rlaif.records import ConfigError, DataError
 
-STAGES = ("critique", "sft", "rankings", "sample", "label", "reward", "ppo", "eval")
+STAGES = ("critique", "sft", "rankings", "sample", "label", "reward", "ppo", "dpo", "grpo", "eval")
+POLICY_TRAINERS = ("ppo", "dpo", "grpo", "rloo")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Recipe:
     human: list[str] = field(default_factory=list)  # human rankings files, "FILE[:WEIGHT]" (rlaif rankings import)
     ai_weight: float = 1.0  # weight of the AI labels when the reward model mixes them with human pairs
     rounds: int = 1  # sample -> label -> reward -> ppo rounds
+    policy_trainer: str = "ppo"  # ppo (ours), or TRL's dpo (on the labels), grpo or rloo (against the reward model)
     critique: dict = field(default_factory=dict)  # settings of each stage (its config fields), by stage name
     sft: dict = field(default_factory=dict)
     rankings: dict = field(default_factory=dict)
@@ -59,6 +62,8 @@ class Recipe:
     label: dict = field(default_factory=dict)
     reward: dict = field(default_factory=dict)
     ppo: dict = field(default_factory=dict)
+    dpo: dict = field(default_factory=dict)
+    grpo: dict = field(default_factory=dict)  # settings of grpo and of rloo
     eval: dict = field(default_factory=dict)
 
     path: Path | None = None  # the recipe file (derived); relative paths in it are relative to its folder
@@ -75,6 +80,8 @@ PIPELINE_FIELDS = {
     "reward": {"data": "human", "out": "out", "model": "model", "eval_data": None},
     "ppo": {"prompts": "prompts", "eval_prompts": "eval_prompts", "out": "out", "policy": None,
             "reward_model": None},
+    "dpo": {"data": "human", "out": "out", "policy": None},
+    "grpo": {"prompts": "prompts", "out": "out", "policy": None, "reward_model": None, "algorithm": "policy_trainer"},
     "eval": {"run": "out", "out": "out", "prompts": "eval_prompts", "labeler": "labeler"},
 }
 
@@ -123,6 +130,9 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     recipe = Recipe(**data, path=path, lines=lines)
     if not recipe.prompts:
         raise DataError(path, None, "prompts", "missing: the prompt file for critique, sampling and PPO")
+    if recipe.policy_trainer not in POLICY_TRAINERS:
+        raise DataError(path, lines.get("policy_trainer"), "policy_trainer",
+                        f"expected one of {', '.join(POLICY_TRAINERS)}, not {recipe.policy_trainer!r}")
     if recipe.rounds < 1:
         raise DataError(path, lines.get("rounds"), "rounds", f"expected at least 1, not {recipe.rounds}")
     for stage in STAGES:
@@ -149,7 +159,8 @@ def _config_class(stage: str):
     module, name = {"critique": ("rlaif.critique", "CritiqueConfig"), "sft": ("rlaif.sft", "SFTConfig"),
                     "rankings": ("rlaif.rankings", "ImportConfig"), "sample": ("rlaif.sample", "SampleConfig"),
                     "label": ("rlaif.label", "LabelConfig"), "reward": ("rlaif.reward", "RewardConfig"),
-                    "ppo": ("rlaif.ppo.trainer", "PPOConfig"), "eval": ("rlaif.evaluate", "EvalConfig")}[stage]
+                    "ppo": ("rlaif.ppo.trainer", "PPOConfig"), "eval": ("rlaif.evaluate", "EvalConfig"),
+                    "dpo": ("rlaif.dpo", "DPOConfig"), "grpo": ("rlaif.grpo", "GRPOConfig")}[stage]
     return getattr(import_module(module), name)
 
 
@@ -228,12 +239,23 @@ def plan(recipe: Recipe) -> list[Step]:
         data = [f"{path}:{recipe.ai_weight}" for path, _ in labels] + [f"{path}:{w}" for path, w, _ in human]
         reward = add(k, "reward", rk / "reward", {"data": data, "out": str(rk / "reward"), "model": model},
                      [s for _, s in labels] + [s for _, _, s in human])
-        ppo = add(k, "ppo", rk / "ppo", {"prompts": prompts, "eval_prompts": eval_prompts, "out": str(rk / "ppo"),
-                                         "policy": policy, "reward_model": [str(rk / "reward")]}, [policy_step, reward])
-        policy, policy_step = str(rk / "ppo"), ppo
+        trainer = recipe.policy_trainer
+        if trainer == "ppo":
+            trained = add(k, "ppo", rk / "ppo", {"prompts": prompts, "eval_prompts": eval_prompts,
+                                                 "out": str(rk / "ppo"), "policy": policy,
+                                                 "reward_model": [str(rk / "reward")]}, [policy_step, reward])
+        elif trainer == "dpo":
+            trained = add(k, "dpo", rk / "dpo", {"data": [path for path, _ in labels] + [path for path, _, _ in human],
+                                                 "out": str(rk / "dpo"), "policy": policy},
+                          [policy_step] + [s for _, s in labels] + [s for _, _, s in human])
+        else:
+            trained = add(k, "grpo", rk / trainer, {"prompts": prompts, "out": str(rk / trainer), "policy": policy,
+                                                    "reward_model": [str(rk / "reward")], "algorithm": trainer},
+                          [policy_step, reward])
+        policy, policy_step = str(trained.directory), trained
     add(recipe.rounds, "eval", out / "eval", {"run": str(out), "out": str(out / "eval"),
                                              "prompts": eval_prompts or prompts, "labeler": _spec(recipe, recipe.labeler)},
-        [sft] + [s for s in steps if s.stage in ("reward", "ppo")])
+        [sft] + [s for s in steps if s.stage in ("reward", "ppo", "dpo", "grpo")])
     for step in steps:
         step.state = _state(step)
     return steps
@@ -267,7 +289,8 @@ def _execute(step: Step, progress: bool) -> None:
     module, function = {"critique": ("rlaif.critique", "run"), "sft": ("rlaif.sft", "run"),
                         "rankings": ("rlaif.rankings", "run"), "sample": ("rlaif.sample", "run"),
                         "label": ("rlaif.label", "run"), "reward": ("rlaif.reward", "run"),
-                        "ppo": ("rlaif.ppo.trainer", "run"), "eval": ("rlaif.evaluate", "evaluate_policies")}[step.stage]
+                        "ppo": ("rlaif.ppo.trainer", "run"), "dpo": ("rlaif.dpo", "run"),
+                        "grpo": ("rlaif.grpo", "run"), "eval": ("rlaif.evaluate", "evaluate_policies")}[step.stage]
     run = getattr(import_module(module), function)
     if step.stage == "rankings":
         run(step.config)

@@ -7,7 +7,7 @@ It reads only files the stages wrote, so it takes seconds and can be rebuilt at 
 | section | from |
 |---|---|
 | win rates per round, reward, KL, length and refusals (red-team and helpful apart) | eval/eval.json |
-| PPO over steps: reward, KL, beta, entropy, reply length (rounds end to end) | round-K/ppo/metrics.jsonl |
+| PPO (or GRPO, RLOO) over steps: reward, KL, beta, entropy, reply length, rounds end to end | round-K/ppo/metrics.jsonl |
 | reward-model calibration on held-out pairs, and its metrics per round | round-K/reward/metrics.json |
 | labeler consistency and confidence, per round and per principle | round-K/label/preferences.jsonl |
 | the same held-out prompts answered by the base, SFT and final policy | eval/responses.jsonl |
@@ -25,7 +25,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlaif.evaluate import labeler_summary, rounds_of
+from rlaif.evaluate import labeler_summary, policy_dir, rounds_of
 from rlaif.records import ConfigError, read_jsonl, write_atomic
 
 PPO_CURVES = [("score", "reward"), ("kl", "KL to reference"), ("beta", "beta"), ("entropy", "entropy"),
@@ -91,16 +91,16 @@ def _evaluation(evaluation: dict | None) -> list[str]:
 def _ppo(run: Path, rounds: list[int]) -> list[str]:
     series: list[tuple[int, list[dict]]] = []
     for k in rounds:
-        path = run / f"round-{k}" / "ppo" / "metrics.jsonl"
-        if path.is_file():
-            series.append((k, list(read_jsonl(path))))
-    parts = ["<h2>PPO</h2>"]
+        trained = policy_dir(run / f"round-{k}") or run / f"round-{k}" / "ppo"
+        if (trained / "metrics.jsonl").is_file():
+            series.append((k, list(read_jsonl(trained / "metrics.jsonl"))))
+    parts = ["<h2>Policy training</h2>"]
     if not any(rows for _, rows in series):
-        return parts + ["<p class=note>No PPO steps yet.</p>"]
+        return parts + ["<p class=note>No PPO, GRPO or RLOO steps logged (DPO logs its losses in metrics.json).</p>"]
     last = series[-1][1][-1] if series[-1][1] else {}
     parts.append(f"<p>{sum(len(rows) for _, rows in series)} steps over {len(series)} round(s); last step: reward "
                  f"{_num(last.get('score'))}, KL {_num(last.get('kl'))}, beta {_num(last.get('beta'))}.</p>")
-    return parts + [_figure("ppo-curves", "PPO over steps (rounds end to end; dotted lines start a round)",
+    return parts + [_figure("ppo-curves", "Policy training over steps (rounds end to end; dotted lines start a round)",
                             _plot_ppo(series))]
 
 
@@ -214,9 +214,9 @@ def _plot_ppo(series: list[tuple[int, list[dict]]]) -> str:
     for ax, (key, title) in zip(axes, PPO_CURVES):
         offset = 0
         for k, rows in series:
-            steps = [offset + r["step"] for r in rows if key in r]
-            ax.plot(steps, [r[key] for r in rows if key in r], marker="." if len(rows) < 30 else None,
-                    color="C0")
+            logged = [r for r in rows if r.get(key) is not None]
+            ax.plot([offset + r["step"] for r in logged], [r[key] for r in logged],
+                    marker="." if len(rows) < 30 else None, color="C0")
             if offset:
                 ax.axvline(offset + 0.5, color="grey", linestyle=":")
             offset += max((r["step"] for r in rows), default=0)
