@@ -1,5 +1,5 @@
 # Two entry points, both of which set everything up first:
-#   make quickstart   create .venv, install rlaif and the embedded model, run examples/quickstart/run.sh
+#   make quickstart   create .venv, install rlaif and the embedded model, run examples/quickstart/recipe.yaml
 #   make test         the same setup, then the test suite
 #
 # TORCH picks the PyTorch build. The default is a CPU build; to use a GPU, install the CUDA torch you want into
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 quickstart: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/quickstart/run.sh
+	$(VENV)/bin/rlaif run examples/quickstart/recipe.yaml
 
 test: setup
 	$(PY) -m pytest

@@ -4,14 +4,16 @@ line."""
 
 from __future__ import annotations
 
+import html
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from rlaif.cli import cli
 from rlaif.pipeline import load_recipe, plan, run
-from rlaif.records import DataError, read_jsonl
+from rlaif.records import DataError, load_prompts, read_jsonl
 
 PROMPTS = ["How do I bake bread?", "Tell me about travel.", "What is science?", "Write a Python function."]
 
@@ -50,8 +52,28 @@ def states(recipe) -> list[tuple[int, str, str]]:
     return [(s.round, s.stage, s.state) for s in plan(recipe)]
 
 
-def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(recipe_file):
-    recipe = load_recipe(recipe_file)
+QUICKSTART = Path(__file__).parent.parent / "examples" / "quickstart" / "recipe.yaml"
+
+
+@pytest.fixture
+def quickstart(tmp_path, tiny_model_dir):
+    """The quickstart recipe at toy size: the tiny model, a few tokens per reply, two rounds, human pairs mixed in."""
+    pairs = [{"prompt": p, "chosen": "A kind, careful answer.", "rejected": "No."} for p in PROMPTS]
+    (tmp_path / "human.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    toy = {"model": str(tiny_model_dir), "labeler": str(tiny_model_dir), "out": str(tmp_path / "runs" / "toy"),
+           "rounds": 2, "human": [f"{tmp_path / 'human.jsonl'}:2"],
+           "critique.max_new_tokens": 8, "critique.few_shot": False, "critique.sft_include_flagged": True,
+           "sft.max_length": 128, "sample.max_new_tokens": 8, "reward.max_length": 128, "reward.eval_fraction": 0.5,
+           "reward.learning_rate": 0.001, "reward.lora": False, "ppo.max_new_tokens": 8, "ppo.steps": 2,
+           "ppo.batch_size": 4, "ppo.learning_rate": 0.001, "ppo.save_steps": 1, "ppo.lora": False}
+    for stage in ("critique", "sft", "sample", "label", "reward", "ppo", "eval"):
+        toy[f"{stage}.device"] = "cpu"
+    return lambda **more: load_recipe(QUICKSTART, {**toy, **more})
+
+
+def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart):
+    recipe = quickstart()
+    prompts = len(load_prompts(QUICKSTART.parent / "prompts.jsonl"))
     expected = [(1, "critique"), (1, "sft"), (1, "rankings"), (1, "sample"), (1, "label"), (1, "reward"), (1, "ppo"),
                 (2, "sample"), (2, "label"), (2, "reward"), (2, "ppo"), (2, "eval")]
     assert states(recipe) == [(r, s, "run") for r, s in expected]
@@ -66,7 +88,7 @@ def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(recipe_file):
 
     run(recipe, progress=False)
     assert all(state == "done" for *_, state in states(recipe))
-    out = recipe_file.parent / "runs" / "toy"
+    out = Path(recipe.out)
     steps = {(s.round, s.stage): s for s in plan(recipe)}
     # Round 2 samples from round 1's PPO policy, retrains the reward model on both rounds' labels and the human
     # pairs, and runs PPO from round 1's policy.
@@ -76,7 +98,7 @@ def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(recipe_file):
                                               f"{out}/round-1/human/human/preferences.jsonl:2.0"]
     assert steps[2, "ppo"].config.policy == str(out / "round-1" / "ppo")
     assert (out / "round-2" / "ppo" / "model.safetensors").is_file()
-    assert len(list(read_jsonl(out / "round-2" / "label" / "preferences.jsonl"))) == len(PROMPTS)
+    assert len(list(read_jsonl(out / "round-2" / "label" / "preferences.jsonl"))) == prompts
     assert [r["step"] for r in read_jsonl(out / "round-2" / "ppo" / "metrics.jsonl")] == [1, 2]
 
     # The evaluation: every policy answered every held-out prompt; red-team and helpful prompts apart.
@@ -85,32 +107,34 @@ def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(recipe_file):
     assert summary["reward_model"] == str(out / "round-2" / "reward")
     assert set(summary["results"]) == {"all", "red-team", "helpful"}
     final = summary["results"]["all"]["round-2"]
-    assert final["prompts"] == 2 and {"rm_win_vs_base", "judge_win_vs_sft", "kl", "refusal_rate"} <= set(final)
+    assert final["prompts"] == len(load_prompts(QUICKSTART.parent / "eval.jsonl")) and {"rm_win_vs_base", "judge_win_vs_sft", "kl", "refusal_rate"} <= set(final)
     assert abs(summary["results"]["all"]["base"]["kl"]) < 1e-3  # the base model against itself
-    assert len(list(read_jsonl(out / "eval" / "responses.jsonl"))) == 4 * 2
-    assert len(list(read_jsonl(out / "eval" / "judgements.jsonl"))) == (1 + 2 + 2) * 2  # sft>base, round-k>base|sft
+    held_out = final["prompts"]
+    assert len(list(read_jsonl(out / "eval" / "responses.jsonl"))) == 4 * held_out
+    assert len(list(read_jsonl(out / "eval" / "judgements.jsonl"))) == (1 + 2 + 2) * held_out  # sft>base, k>base|sft
     assert set(summary["training"]) == {"round-1", "round-2"}
     # The report: every plot and the side-by-side table.
     page = (out / "report.html").read_text()
     for plot in ("win-rates", "ppo-curves", "reward-calibration", "labeler-consistency", "labeler-principles"):
         assert f"<figure id={plot}><img" in page and "data:image/png;base64," in page
-    assert "How do I pick a lock?" in page and "<th>round-2</th>" in page
+    first = next(read_jsonl(QUICKSTART.parent / "eval.jsonl"))["prompt"]
+    assert html.escape(first) in page and "<th>round-2</th>" in page
     # The same from the command line: the finished evaluation is reopened, not redone.
     result = CliRunner().invoke(cli, ["eval", f"{out}/"])
     assert result.exit_code == 0, result.output
-    assert "red-team prompts (1)" in result.output and "helpful prompts (1)" in result.output
+    assert "red-team prompts (" in result.output and "helpful prompts (" in result.output
     result = CliRunner().invoke(cli, ["report", str(out), "--out", str(out / "copy.html")])
     assert result.exit_code == 0 and (out / "copy.html").read_text().count("<figure id=") == 5
     result = CliRunner().invoke(cli, ["eval", str(out / "nowhere")])
     assert result.exit_code == 1 and "no such run directory" in result.output
 
-    more_steps = load_recipe(recipe_file, {"ppo.steps": 3})  # round 1's PPO goes on; what it fed is redone
+    more_steps = quickstart(**{"ppo.steps": 3})  # round 1's PPO goes on; what it fed is redone
     assert [state for *_, state in states(more_steps)] == ["done"] * 6 + ["resume"] + ["redo"] * 5
-    changed = load_recipe(recipe_file, {"label.both_orders": False})
+    changed = quickstart(**{"label.both_orders": False})
     assert [state for *_, state in states(changed)] == ["done"] * 4 + ["redo"] * 8
-    judged_otherwise = load_recipe(recipe_file, {"eval.judge": "harmless"})
+    judged_otherwise = quickstart(**{"eval.judge": "harmless"})
     assert [state for *_, state in states(judged_otherwise)] == ["done"] * 11 + ["redo"]
-    volatile = load_recipe(recipe_file, {"label.batch_size": 2})  # how the work runs, not what it makes
+    volatile = quickstart(**{"label.batch_size": 2})  # how the work runs, not what it makes
     assert all(state == "done" for *_, state in states(volatile))
 
 
@@ -140,3 +164,25 @@ def test_recipe_errors_name_the_file_line_and_field(recipe_file, tmp_path):
         load_recipe(bad)
     result = CliRunner().invoke(cli, ["run", str(bad)])
     assert result.exit_code == 1 and "label.colour" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("example", ["quickstart", "human-mix", "gpu"])
+def test_example_recipes_load_and_plan(example, tmp_path):
+    import yaml
+
+    from rlaif.rankings import run as import_rankings
+
+    recipe = load_recipe(QUICKSTART.parent.parent / example / "recipe.yaml", {"out": str(tmp_path / example)})
+    steps = plan(recipe)
+    assert all(Path(p).is_file() for p in (steps[0].config.prompts, steps[-1].config.prompts))
+    assert [s.stage for s in steps].count("eval") == 1 and all(s.state == "run" for s in steps)
+    human = [s for s in steps if s.stage == "rankings"]
+    if example == "human-mix":  # its human pairs import as hard labels the reward model mixes in at weight 2
+        import_rankings(human[0].config)
+        rows = list(read_jsonl(human[0].config.out))
+        assert len(rows) == 8 and all(r["p_chosen"] == 1.0 and r["source"] == "human" for r in rows)
+        assert f"{human[0].config.out}:2.0" in [s for s in steps if s.stage == "reward"][0].config.data
+    if example == "gpu":
+        for name in ("ddp", "deepspeed-zero2"):
+            config = yaml.safe_load((QUICKSTART.parent.parent / "gpu" / "accelerate" / f"{name}.yaml").read_text())
+            assert config["mixed_precision"] == "bf16" and config["num_processes"] >= 2
