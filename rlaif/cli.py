@@ -395,6 +395,8 @@ def sft(config_file, **flags) -> None:
 @click.option("--batch-size", type=int, help="Sequences per forward pass.  [default: 16]")
 @click.option("--chunk-size", type=int, help="Prompts written together; the unit of resume.  [default: 64]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@click.option("--engine", type=click.Choice(["rlaif", "vllm"]), help="vllm: sample with vLLM where installed.  "
+              "[default: rlaif]")
 @recipe_option
 def sample(config_file, **flags) -> None:
     """Sample K responses per prompt from a policy: the candidates `rlaif label` compares.

@@ -21,7 +21,8 @@ The stages of round k write to OUT/round-k/:
 The run ends by writing OUT/report.html (rlaif.report).
 
 Each stage already resumes a half-finished run and skips a finished one. The pipeline adds one thing: a stage
-whose settings or inputs changed since it ran is run again from scratch, and so is everything after it. Each
+whose settings or inputs changed since it ran is run again from scratch, and so is everything after it. The
+constitution's content counts as a setting: edit a principle and the stages that use it run again. Each
 stage directory keeps a key (its settings and the keys of the stages it reads) in `.pipeline-key`; a different
 key means its directory is cleared before it runs.
 """
@@ -207,10 +208,20 @@ def plan(recipe: Recipe) -> list[Step]:
     constitution, model = _spec(recipe, recipe.constitution), _spec(recipe, recipe.model)
     steps: list[Step] = []
 
+    digests: dict[str, str] = {}
+
     def add(round_: int, stage: str, directory: Path, wiring: dict, reads: list[Step]) -> Step:
+        from rlaif.constitution import load_constitution
+
         config = stage_config(recipe, stage, wiring)
         volatile = set(getattr(type(config), "VOLATILE", ()))
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in volatile}
+        for name in ("constitution", "judge"):  # an edited constitution or principle file is a changed setting
+            spec = settings.get(name)
+            if isinstance(spec, str):
+                if spec not in digests:
+                    digests[spec] = load_constitution(spec).digest()
+                settings[f"{name}_digest"] = digests[spec]
         key = _hash([stage, settings, [s.output for s in reads]])
         extends = {name: getattr(config, name) for name in EXTENDS.get(stage, ())}
         step = Step(round_, stage, directory, config, key, _hash([key, extends]) if extends else key)

@@ -3,7 +3,8 @@
     rlaif sample --model runs/x/sft --prompts prompts.jsonl --n 2 --out runs/x
 
 Each prompt is repeated K times in one batched `generate` call per chunk, sampled at the given temperature with a
-seed derived from the chunk, so a run is reproducible. Rows go to OUT/sample/candidates.jsonl as each chunk
+seed derived from the chunk, so a run is reproducible. On a GPU with vLLM installed, `engine: vllm` samples with
+vLLM instead (one seed per request, derived the same way). Rows go to OUT/sample/candidates.jsonl as each chunk
 finishes; a killed run resumes with the prompts not yet written, each written exactly once.
 """
 
@@ -30,6 +31,7 @@ class SampleConfig:
     batch_size: int = 16  # sequences per forward pass
     chunk_size: int = 64  # prompts sampled together and written together (the unit of resume)
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
+    engine: str = "rlaif"  # rlaif (batched generation here), or vllm (on a GPU, where vLLM is installed)
 
     VOLATILE = ("batch_size", "device")
 
@@ -37,6 +39,8 @@ class SampleConfig:
 def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
     """Sample (or resume sampling) candidates; returns the manifest's counts. `complete(conversations, generation)`
     replaces the model (tests use a scripted one)."""
+    if config.engine not in ("rlaif", "vllm"):
+        raise ConfigError(f"engine: expected rlaif or vllm, not {config.engine!r}")
     if config.n < 1:
         raise ConfigError(f"n: expected at least 1 response per prompt, got {config.n}")
     prompts = load_prompts(config.prompts)
@@ -45,7 +49,7 @@ def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
     manifest.status = "running"
     manifest.add_input(config.prompts)
     if complete is None:
-        complete = _model_complete(config)
+        complete = _vllm_complete(config) if config.engine == "vllm" else _model_complete(config)
     started, tokens, stopped = time.time(), 0, 0
     with JsonlWriter(stage_dir / "candidates.jsonl") as out, progress_bar(progress, len(prompts), "sampling") as bar:
         todo = [p for p in prompts if p["id"] not in out.done]
@@ -87,3 +91,27 @@ def _model_complete(config: SampleConfig):
 
     model, tokenizer = load_model(config.model, device=config.device)
     return lambda conversations, generation: generate(model, tokenizer, conversations, generation)
+
+
+def _vllm_complete(config: SampleConfig):
+    """The same `complete` on vLLM: each request gets its own seed, so the K copies of a prompt differ."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError:
+        raise ConfigError("engine: vllm is not installed here (pip install vllm, on a machine with a GPU); "
+                          "or use engine: rlaif") from None
+    from rlaif.generate import Generation
+    from rlaif.models import resolve
+
+    llm = LLM(model=resolve(config.model), seed=config.seed)
+
+    def complete(conversations, generation: GenerationConfig):
+        params = [SamplingParams(temperature=generation.temperature, top_p=generation.top_p,
+                                 max_tokens=generation.max_new_tokens, seed=generation.seed + i)
+                  for i in range(len(conversations))]
+        results = llm.chat(conversations, params, use_tqdm=False)
+        return [Generation(text=r.outputs[0].text.strip(), token_ids=list(r.outputs[0].token_ids),
+                           finish_reason="stop" if r.outputs[0].finish_reason == "stop" else "length",
+                           prompt_tokens=len(r.prompt_token_ids)) for r in results]
+
+    return complete

@@ -297,3 +297,43 @@ def test_cli_score(tiny_model_dir, tmp_path):
     [row] = read_jsonl(tmp_path / "score" / "scores.jsonl")
     assert len(row["scores"]) == 2 and all(1 <= s <= 10 for s in row["scores"])
     assert row["rewards"] == pytest.approx([(s - 5.5) / 4.5 for s in row["scores"]])
+
+
+def test_sample_with_vllm_engine_seeds_each_request(tmp_path, monkeypatch, tiny_model_dir):
+    """The vLLM glue, against a stand-in module: K copies of a prompt get K seeds; without vLLM, a clear error."""
+    import sys
+    import types
+
+    from rlaif.records import ConfigError
+    from rlaif.sample import SampleConfig, run
+
+    (tmp_path / "prompts.txt").write_text("Hello?\nWhat is rain?\n")
+    config = SampleConfig(prompts=str(tmp_path / "prompts.txt"), out=str(tmp_path / "run"), model=str(tiny_model_dir),
+                          n=2, engine="vllm")
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ConfigError, match="vllm is not installed"):
+        run(config)
+
+    calls = []
+
+    class LLM:
+        def __init__(self, model, seed):
+            calls.append(("init", model, seed))
+
+        def chat(self, conversations, params, use_tqdm):
+            calls.append(("chat", [p.seed for p in params]))
+            out = types.SimpleNamespace
+            return [out(prompt_token_ids=[1, 2], outputs=[out(text=f" reply {p.seed} ", token_ids=[5, 6],
+                                                               finish_reason="stop")]) for p in params]
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    counts = run(config)
+    rows = list(read_jsonl(tmp_path / "run" / "sample" / "candidates.jsonl"))
+    assert counts["responses"] == 4 and calls[0] == ("init", str(tiny_model_dir), 0)
+    seeds = calls[1][1]
+    assert len(set(seeds)) == 4 and [r["responses"] for r in rows] == [[f"reply {s}" for s in seeds[:2]],
+                                                                         [f"reply {s}" for s in seeds[2:]]]

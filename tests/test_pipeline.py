@@ -186,3 +186,17 @@ def test_example_recipes_load_and_plan(example, tmp_path):
         for name in ("ddp", "deepspeed-zero2"):
             config = yaml.safe_load((QUICKSTART.parent.parent / "gpu" / "accelerate" / f"{name}.yaml").read_text())
             assert config["mixed_precision"] == "bf16" and config["num_processes"] >= 2
+
+
+def test_editing_a_principle_redoes_the_stages_that_use_it(tmp_path, quickstart):
+    from rlaif.workspace import init
+
+    init(tmp_path / "project")
+    constitution = tmp_path / "project" / "constitution.yaml"
+    recipe = quickstart(constitution=str(constitution), human=[])
+    before = {(s.round, s.stage): s.key for s in plan(recipe)}
+    library = tmp_path / "project" / "principles" / "harmless.yaml"
+    library.write_text(library.read_text().replace("Which of these replies", "Which of these two replies", 1))
+    after = {(s.round, s.stage): s.key for s in plan(quickstart(constitution=str(constitution), human=[]))}
+    assert [step for step in before if before[step] != after[step]] == list(before)  # critique first, all after it
+    assert before[1, "critique"] != after[1, "critique"] and before[1, "label"] != after[1, "label"]

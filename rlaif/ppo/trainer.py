@@ -28,6 +28,7 @@ Guards stop the run with a message, keeping a checkpoint: rewards or losses that
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -378,7 +379,13 @@ class PPOTrainer:
         if accelerator.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        # Tied input and output embeddings are stored once; accelerate warns about the dropped alias every time.
+        quiet = logging.getLogger("accelerate.utils.other")
+        level, quiet.level = quiet.level, logging.ERROR
+        try:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+        finally:
+            quiet.setLevel(level)
         if accelerator.is_main_process:
             state = {"step": self.step, "kl_controller": self.kl_ctl.state_dict()}
             write_atomic(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
