@@ -13,7 +13,6 @@ plots it alike, and checkpoints/ (safetensors); a rerun resumes from the latest.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

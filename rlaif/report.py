@@ -49,9 +49,9 @@ def render(run: str | Path, out: str | Path | None = None) -> Path:
         raise ConfigError(f"{run}: not a run directory (no round-1/); write one with `rlaif run RECIPE`")
     rounds = rounds_of(run)
     evaluation = _json(run / "eval" / "eval.json")
+    written = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     parts = [f"<h1>{_e(run.name)}</h1>",
-             f"<p class=meta>{_e(str(run))} · {len(rounds)} round(s) · report written "
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>"]
+             f"<p class=meta>{_e(str(run))} · {len(rounds)} round(s) · report written {written}</p>"]
     parts += _evaluation(evaluation)
     parts += _ppo(run, rounds)
     parts += _reward(run, rounds)

@@ -63,7 +63,7 @@ def quickstart(tmp_path, tiny_model_dir):
     toy = {"model": str(tiny_model_dir), "labeler": str(tiny_model_dir), "out": str(tmp_path / "runs" / "toy"),
            "rounds": 2, "human": [f"{tmp_path / 'human.jsonl'}:2"],
            "critique.max_new_tokens": 8, "critique.few_shot": False, "critique.sft_include_flagged": True,
-           "sft.max_length": 128, "sample.max_new_tokens": 8, "reward.max_length": 128, "reward.eval_fraction": 0.5,
+           "sft.max_length": 128, "sample.n": 2, "sample.max_new_tokens": 8, "reward.max_length": 128, "reward.eval_fraction": 0.5,
            "reward.learning_rate": 0.001, "reward.lora": False, "ppo.max_new_tokens": 8, "ppo.steps": 2,
            "ppo.batch_size": 4, "ppo.learning_rate": 0.001, "ppo.save_steps": 1, "ppo.lora": False}
     for stage in ("critique", "sft", "sample", "label", "reward", "ppo", "eval"):
@@ -181,7 +181,7 @@ def test_example_recipes_load_and_plan(example, tmp_path):
         import_rankings(human[0].config)
         rows = list(read_jsonl(human[0].config.out))
         assert len(rows) == 8 and all(r["p_chosen"] == 1.0 and r["source"] == "human" for r in rows)
-        assert f"{human[0].config.out}:2.0" in [s for s in steps if s.stage == "reward"][0].config.data
+        assert f"{human[0].config.out}:2.0" in next(s for s in steps if s.stage == "reward").config.data
     if example == "gpu":
         for name in ("ddp", "deepspeed-zero2"):
             config = yaml.safe_load((QUICKSTART.parent.parent / "gpu" / "accelerate" / f"{name}.yaml").read_text())
