@@ -1,4 +1,5 @@
-"""The wheel carries the constitution, the principle library and the schemas, and finds them by name once installed."""
+"""The wheel carries the constitution, the principle library, the schemas and the quickstart, and finds them by name
+once installed (`rlaif init` works from the wheel)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ def test_wheel_ships_constitution_principles_and_schemas(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("rlaif/constitution/default.yaml", "rlaif/constitution/harmless.yaml",
                      "rlaif/principles/harmless.yaml", "rlaif/principles/helpful.yaml",
-                     "rlaif/principles/honest.yaml", "rlaif/schemas/constitution.schema.json"):
+                     "rlaif/principles/honest.yaml", "rlaif/schemas/constitution.schema.json",
+                     "rlaif/constitution/judge.yaml", "rlaif/examples/quickstart/recipe.yaml",
+                     "rlaif/examples/quickstart/prompts.jsonl", "rlaif/examples/quickstart/eval.jsonl"):
         assert expected in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import rlaif.constitution as c; assert str(c.data_dir('principles')).startswith(%r); "
-            "print(len(c.load_constitution('default').principles))" % str(site))
+            "import rlaif.workspace as w; w.init('project'); "
+            "print(len(c.load_constitution('project/constitution.yaml').principles))" % str(site))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
