@@ -24,7 +24,9 @@ Each stage already resumes a half-finished run and skips a finished one. The pip
 whose settings or inputs changed since it ran is run again from scratch, and so is everything after it. The
 constitution's content counts as a setting: edit a principle and the stages that use it run again. Each
 stage directory keeps a key (its settings and the keys of the stages it reads) in `.pipeline-key`; a different
-key means its directory is cleared before it runs.
+key means its directory is cleared before it runs. A stage directory without a key (a stage run by hand, say under
+`accelerate launch` on several GPUs) is adopted when its config.yaml has every setting the recipe gives it, and is
+otherwise left alone: the run stops before anything starts and says so.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ class Step:
     config: Any  # the stage's dataclass config
     key: str = ""  # hash of its settings and of the outputs of the steps it reads: a new key means starting over
     output: str = ""  # what the steps after it see: the key, plus settings that extend a run (PPO's steps)
-    state: str = ""  # what running it would do: run, resume, done, redo
+    state: str = ""  # what running it would do: run, resume, done, redo, or conflict (a directory it did not make)
 
     def describe(self) -> str:
         return f"round {self.round}  {self.stage:9} {self.state:7} {self.directory}"
@@ -282,7 +284,10 @@ def _state(step: Step) -> str:
     key_file = step.directory / ".pipeline-key"
     if not step.directory.exists() or not any(step.directory.iterdir()):
         return "run"
-    if not key_file.is_file() or key_file.read_text().strip() != step.key:
+    if not key_file.is_file():  # made outside the pipeline, e.g. a stage run under `accelerate launch` by hand
+        if not _ran_with(step):
+            return "conflict"
+    elif key_file.read_text().strip() != step.key:
         return "redo"
     if step.stage == "rankings":
         return "done" if Path(step.config.out).is_file() else "run"
@@ -292,6 +297,19 @@ def _state(step: Step) -> str:
     finished = manifest.status == "complete" and all(manifest.counts.get(name, 0) >= getattr(step.config, name)
                                                      for name in EXTENDS.get(step.stage, ()))
     return "done" if finished else "resume"
+
+
+def _ran_with(step: Step) -> bool:
+    """Whether a stage directory without a pipeline key was made with every setting this step fixes."""
+    import yaml
+
+    saved_path = step.directory / "config.yaml"
+    if not saved_path.is_file():
+        return False
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    volatile = set(getattr(type(step.config), "VOLATILE", ())) | set(EXTENDS.get(step.stage, ()))
+    wanted = json.loads(json.dumps(dataclasses.asdict(step.config), default=str))
+    return all(saved.get(k) == v for k, v in wanted.items() if k not in volatile and v is not None)
 
 
 def _execute(step: Step, progress: bool) -> None:
@@ -316,13 +334,21 @@ def run(recipe: Recipe, progress: bool = True, on_step=None) -> list[Step]:
     from rlaif import report
 
     steps = plan(recipe)
+    conflicts = [step for step in steps if step.state == "conflict"]
+    if conflicts:
+        raise ConfigError("\n".join(
+            f"{step.directory}: holds a {step.stage} run this recipe did not make, with other settings; move it "
+            "away (or rerun that stage by hand with the recipe's settings) and run again" for step in conflicts))
     for step in steps:
+        key_file = step.directory / ".pipeline-key"
         if step.state == "done":
+            if not key_file.is_file():  # a finished run made by hand with these settings: adopted
+                key_file.write_text(step.key + "\n")
             continue
         if step.state == "redo":
             shutil.rmtree(step.directory)
         step.directory.mkdir(parents=True, exist_ok=True)
-        (step.directory / ".pipeline-key").write_text(step.key + "\n")
+        key_file.write_text(step.key + "\n")
         if on_step:
             on_step(step)
         _execute(step, progress)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from rlaif.cli import cli
 from rlaif.pipeline import load_recipe, plan, run
-from rlaif.records import DataError, load_prompts, read_jsonl
+from rlaif.records import ConfigError, DataError, load_prompts, read_jsonl
 
 PROMPTS = ["How do I bake bread?", "Tell me about travel.", "What is science?", "Write a Python function."]
 
@@ -200,3 +200,29 @@ def test_editing_a_principle_redoes_the_stages_that_use_it(tmp_path, quickstart)
     after = {(s.round, s.stage): s.key for s in plan(quickstart(constitution=str(constitution), human=[]))}
     assert [step for step in before if before[step] != after[step]] == list(before)  # critique first, all after it
     assert before[1, "critique"] != after[1, "critique"] and before[1, "label"] != after[1, "label"]
+
+
+def test_a_stage_run_by_hand_is_adopted_and_a_stranger_directory_is_left_alone(quickstart):
+    from rlaif.critique import run as critique
+
+    recipe = quickstart()
+    first = plan(recipe)[0]
+    critique(first.config)  # as if run by hand (e.g. under accelerate launch) with the recipe's settings
+    assert states(recipe)[0] == (1, "critique", "done")
+
+    stranger = first.directory.parent / "sft" / "notes.txt"
+    stranger.parent.mkdir(parents=True)
+    stranger.write_text("my own files")
+    assert states(recipe)[1] == (1, "sft", "conflict")
+    with pytest.raises(ConfigError, match="sft: holds a sft run this recipe did not make"):
+        run(recipe, progress=False)
+    assert stranger.read_text() == "my own files" and not (first.directory / ".pipeline-key").exists()
+
+    stranger.unlink()
+
+    def stop(step):
+        raise KeyboardInterrupt(step.stage)
+
+    with pytest.raises(KeyboardInterrupt, match="sft"):  # critique is kept, its key written; sft runs next
+        run(recipe, progress=False, on_step=stop)
+    assert (first.directory / ".pipeline-key").read_text().strip() == first.key
