@@ -9,8 +9,8 @@ both, and a flip there comes from the text that changed. The report lists:
 
 - what changed between A and B: principles added, removed, or edited (any text or the weight), and label settings;
 - the flip rate and mean |p_B - p_A| over the pairs;
-- per principle: pairs that drew it under B, how many of those flipped, and whether it changed, so the principles
-  that drive the flips stand out;
+- per principle: pairs that drew it under B, how many of those flipped, their mean |p_B - p_A|, and whether it
+  changed, so the principles that drive the flips (or, short of flips, move the labels) stand out;
 - the flipped pairs themselves, with both labels and principles.
 
 Written to OUT (default runs/constitution-diff.json) as one JSON report.
@@ -85,15 +85,20 @@ def run(config: DiffConfig, progress: bool = False, model=None) -> dict:
     principles: dict[str, dict] = {}
     for i, ids in enumerate(drawn_b):
         for pid in ids:
-            entry = principles.setdefault(pid, {"pairs": 0, "flips": 0, "change": changed.get(pid, "same")})
+            entry = principles.setdefault(pid, {"pairs": 0, "flips": 0, "mean_abs_change": 0.0,
+                                                "change": changed.get(pid, "same")})
             entry["pairs"] += 1
             entry["flips"] += i in flipped
+            entry["mean_abs_change"] += abs(p_a[i] - p_b[i])
+    for entry in principles.values():
+        entry["mean_abs_change"] /= entry["pairs"]
     report = {
         "a": config.a, "b": config.b, "candidates": config.candidates, "labeler": config.labeler,
         "pairs": len(pairs), "changes": diff,
         "flips": len(flipped), "flip_rate": len(flipped) / len(pairs),
         "mean_abs_change": sum(abs(x - y) for x, y in zip(p_a, p_b)) / len(pairs),
-        "principles": dict(sorted(principles.items(), key=lambda kv: (-kv[1]["flips"], -kv[1]["pairs"], kv[0]))),
+        "principles": dict(sorted(principles.items(), key=lambda kv: (-kv[1]["flips"], -kv[1]["mean_abs_change"],
+                                                                      kv[0]))),
         "flipped": [{"id": pairs[i].id, "p_a": p_a[i], "p_b": p_b[i], "principles_a": drawn_a[i],
                      "principles_b": drawn_b[i], "prompt": pairs[i].prompt[-1]["content"], "first": pairs[i].first,
                      "second": pairs[i].second} for i in flipped],
@@ -117,13 +122,14 @@ def print_report(report: dict, console) -> None:
             lines.append(f"label {what} changed")
     console.print(escape(f"{report['a']} → {report['b']}:  " + ";  ".join(lines)), soft_wrap=True)
     console.print(f"{report['flips']} of {report['pairs']} labels flip ({report['flip_rate']:.1%}); mean |Δp| "
-                  f"{report['mean_abs_change']:.3f}")
+                  f"{report['mean_abs_change']:.4f}")
     table = Table(title="Principles drawn under B")
-    for column in ("principle", "change", "pairs", "flips"):
-        table.add_column(column, justify="right" if column in ("pairs", "flips") else "left")
+    for column in ("principle", "change", "pairs", "flips", "mean |Δp|"):
+        table.add_column(column, justify="left" if column in ("principle", "change") else "right")
     for pid, entry in report["principles"].items():
-        style = "bold" if entry["flips"] else None
-        table.add_row(pid, entry["change"], str(entry["pairs"]), str(entry["flips"]), style=style)
+        style = "bold" if entry["flips"] or entry["change"] != "same" else None
+        table.add_row(pid, entry["change"], str(entry["pairs"]), str(entry["flips"]),
+                      f"{entry['mean_abs_change']:.4f}", style=style)
     console.print(table)
     if report["flipped"]:
         flips = Table(title="Flipped pairs: P(first better) under A and B")

@@ -68,6 +68,7 @@ label: {principles_per_comparison: 2}
     assert report["changes"]["edited"] == ["follow-the-request"] and report["changes"]["removed"] == ["privacy"]
     assert report["changes"]["label_settings"] == {"principles_per_comparison": [1, 2]}
     assert report["pairs"] == 6 and sum(e["pairs"] for e in report["principles"].values()) == 6 * 2
+    assert all(e["mean_abs_change"] >= 0 for e in report["principles"].values())
     assert report["flips"] == len(report["flipped"]) == sum(e["flips"] for e in report["principles"].values()) / 2
     for row in report["flipped"]:
         assert (row["p_a"] > 0.5) != (row["p_b"] > 0.5) and len(row["principles_b"]) == 2
