@@ -41,8 +41,9 @@ def cli() -> None:
 
     \b
     Start here:
-      rlaif constitution check default        validate the shipped constitution
-      rlaif constitution show default         list the principles it applies
+      rlaif run examples/quickstart/recipe.yaml   the whole loop, one round, then runs/quickstart/report.html
+      rlaif init my-project                   your own constitution, principles, prompts and recipe
+      rlaif constitution show default         list the principles the default constitution applies
       rlaif generate -p "How do I boil an egg?"   talk to the embedded model
 
     The embedded model is SmolLM2-135M-Instruct (runs on a laptop CPU). Any command that takes --model also
@@ -607,6 +608,7 @@ def reward(config_file, data, eval_data, **flags) -> None:
 @click.option("-c", "--constitution", help="The rubric of --reward-score.  [default: default]")
 @click.option("--prompts", help="Training prompts: JSONL, CSV, text or hh-rlhf transcripts.")
 @click.option("--eval-prompts", help="Held-out prompts, scored before, during (--eval-every) and after training.")
+@click.option("--eval-every", type=int, help="Score the held-out prompts every N steps too; 0: before and after only.")
 @click.option("--out", help="Where the policy, logs and checkpoints go. Rerun to resume.  [default: runs/ppo]")
 @click.option("--steps", type=int, help="PPO updates; raise it and rerun to train on.  [default: 100]")
 @click.option("--batch-size", type=int, help="Prompts per rollout, per process.  [default: 8]")
