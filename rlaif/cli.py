@@ -874,9 +874,8 @@ def eval_policies(run_dir, config_file, **flags) -> None:
 
 
 def print_policy_eval(summary: dict) -> None:
-    columns = [("reward", "reward"), ("rm_win_vs_base", "RM win/base"), ("judge_win_vs_base", "judge win/base"),
-               ("rm_win_vs_sft", "RM win/SFT"), ("judge_win_vs_sft", "judge win/SFT"), ("kl", "KL"),
-               ("tokens", "length"), ("refusal_rate", "refusals")]
+    from rlaif.evaluate import SUMMARY_COLUMNS as columns
+
     for group, results in summary["results"].items():
         n = next(iter(results.values()))["prompts"]
         table = Table(title=f"{group} prompts ({n})")

@@ -386,6 +386,13 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
     return summary
 
 
+# The summary's numbers per policy, as (key, column title) for tables.
+SUMMARY_COLUMNS = [("reward", "reward"), ("rm_win_vs_base", "RM win vs base"),
+                   ("judge_win_vs_base", "judge win vs base"), ("rm_win_vs_sft", "RM win vs SFT"),
+                   ("judge_win_vs_sft", "judge win vs SFT"), ("kl", "KL to base"), ("tokens", "length"),
+                   ("refusal_rate", "refusals")]
+
+
 def _win(x: float, y: float) -> float:
     return 1.0 if x > y else 0.5 if x == y else 0.0
 

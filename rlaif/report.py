@@ -25,7 +25,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlaif.evaluate import labeler_summary, policy_dir, rounds_of
+from rlaif.evaluate import SUMMARY_COLUMNS, labeler_summary, policy_dir, rounds_of
 from rlaif.records import ConfigError, read_jsonl, write_atomic
 
 PPO_CURVES = [("score", "reward"), ("kl", "KL to reference"), ("beta", "beta"), ("entropy", "entropy"),
@@ -76,9 +76,7 @@ def _evaluation(evaluation: dict | None) -> list[str]:
                  f"<code>{_e(evaluation['labeler'])}</code> asking the <code>{_e(evaluation['judge'])}</code> "
                  f"constitution's questions; replies sampled at temperature {evaluation['temperature']}. A win "
                  "counts 1, a tie 1/2.</p>")
-    columns = [("reward", "reward"), ("rm_win_vs_base", "RM win vs base"), ("judge_win_vs_base", "judge win vs base"),
-               ("rm_win_vs_sft", "RM win vs SFT"), ("judge_win_vs_sft", "judge win vs SFT"), ("kl", "KL to base"),
-               ("tokens", "length"), ("refusal_rate", "refusals")]
+    columns = SUMMARY_COLUMNS
     for group, results in evaluation["results"].items():
         n = next(iter(results.values()))["prompts"]
         rows = [[name] + [_num(entry.get(key)) for key, _ in columns] for name, entry in results.items()]
