@@ -226,3 +226,25 @@ def test_a_stage_run_by_hand_is_adopted_and_a_stranger_directory_is_left_alone(q
     with pytest.raises(KeyboardInterrupt, match="sft"):  # critique is kept, its key written; sft runs next
         run(recipe, progress=False, on_step=stop)
     assert (first.directory / ".pipeline-key").read_text().strip() == first.key
+
+
+def test_report_of_a_run_still_in_its_first_round(tmp_path):
+    """Only labels and a reward model so far (or a DPO round, which logs no steps): the report says what is
+    missing instead of failing, and shows what there is."""
+    from rlaif.report import render
+
+    labels = tmp_path / "run" / "round-1" / "label" / "preferences.jsonl"
+    labels.parent.mkdir(parents=True)
+    rows = [{"id": f"p{i}", "prompt": [{"role": "user", "content": "Hi?"}], "p_chosen": 0.6 + 0.1 * i,
+             "chosen": [{"role": "assistant", "content": "Hello."}], "rejected": [{"role": "assistant", "content": "Go."}],
+             "source": "ai", "principles": ["privacy"], "consistent": bool(i), "flags": []} for i in range(2)]
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = {"train": {"pairs": 2, "first_loss": 0.7, "last_loss": 0.6}, "heldout": None}
+    (tmp_path / "run" / "round-1" / "reward").mkdir()
+    (tmp_path / "run" / "round-1" / "reward" / "metrics.json").write_text(json.dumps(metrics))
+    page = render(tmp_path / "run").read_text()
+    assert "Not evaluated yet" in page and "No PPO, GRPO or RLOO steps logged" in page
+    assert "No held-out pairs, so no calibration plot" in page
+    assert page.count("<figure id=") == 2 and "<td class=num>0.5</td>" in page  # one of two labels consistent
+    with pytest.raises(ConfigError, match="not a run directory"):
+        render(tmp_path)
