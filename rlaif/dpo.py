@@ -68,11 +68,10 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
     import datasets
     import torch
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
-    from rlaif.models import default_device, load_model
+    from rlaif.models import default_device, load_model, lora_config, train_and_save
     from rlaif.rankings import parse_weighted
 
     rows, error = load_pairs(config.data, config.min_p_chosen)
@@ -98,21 +97,10 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
         save_total_limit=2, logging_steps=1, report_to="none", seed=config.seed, use_cpu=device == "cpu",
         bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(), disable_tqdm=not progress,
     )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=peft_config)
+                         peft_config=lora_config(config.lora_r, config.lora_alpha) if config.lora else None)
     started = time.time()
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-
-    final = trainer.model.merge_and_unload() if config.lora else trainer.model
-    final.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    _, result, checkpoint = train_and_save(trainer, tokenizer, out, config.lora)
     logs = [e for e in trainer.state.log_history if "loss" in e]
     metrics = {"steps": trainer.state.global_step, "pairs": len(rows), "label_smoothing": smoothing,
                "train_loss": result.training_loss, "first_loss": logs[0]["loss"] if logs else None,

@@ -66,9 +66,8 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
     import datasets
     import torch
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
 
-    from rlaif.models import default_device, load_model
+    from rlaif.models import default_device, load_model, lora_config, train_and_save
 
     if config.algorithm not in ("grpo", "rloo"):
         raise ConfigError(f"algorithm: expected grpo or rloo, not {config.algorithm!r}")
@@ -102,22 +101,12 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
         use_cpu=device == "cpu", bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
         disable_tqdm=not progress,
     )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
     trainer = Trainer(model=model, reward_funcs=RewardModels(config.reward_model, device), args=args,
                       train_dataset=Dataset.from_list([{"prompt": p["prompt"]} for p in prompts]),
-                      processing_class=tokenizer, peft_config=peft_config)
+                      processing_class=tokenizer,
+                      peft_config=lora_config(config.lora_r, config.lora_alpha) if config.lora else None)
     started = time.time()
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=checkpoint)
-
-    final = trainer.model.merge_and_unload() if config.lora else trainer.model
-    final.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    train_and_save(trainer, tokenizer, out, config.lora)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     with JsonlWriter(out / "metrics.jsonl") as writer:
         for entry in trainer.state.log_history:

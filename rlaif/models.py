@@ -179,3 +179,28 @@ def _not_found(spec: str, error: Exception) -> ModelError:
         f"  Offline? Download it where there is internet (hf download {spec} --local-dir DIR), copy DIR here and "
         f"pass its path.\n  Details: {text.splitlines()[0] if text else type(error).__name__}"
     )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training with transformers/TRL trainers (sft, reward, dpo, grpo)
+
+
+def lora_config(r: int, alpha: int, dropout: float = 0.0, task_type: str = "CAUSAL_LM"):
+    """A peft LoRA adapter on every linear layer."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type=task_type)
+
+
+def train_and_save(trainer, tokenizer, out: Path, lora: bool):
+    """Train, resuming from the newest checkpoint in the trainer's output_dir, then save the model (a LoRA adapter
+    merged in) and the tokenizer to `out` as safetensors. Returns (model, train result, checkpoint resumed from)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(trainer.args.output_dir)
+    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    final = trainer.model.merge_and_unload() if lora else trainer.model
+    final.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return final, result, checkpoint

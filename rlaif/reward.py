@@ -147,10 +147,9 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
     """Train (or resume training) a reward model; returns the metrics written to OUT/metrics.json."""
     import datasets
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import RewardConfig as TRLRewardConfig
 
-    from rlaif.models import default_device
+    from rlaif.models import default_device, lora_config, train_and_save
     from rlaif.rankings import pair_key, parse_weighted
 
     if not config.data:
@@ -191,24 +190,15 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
         logging_steps=1, report_to="none", seed=config.seed, use_cpu=device == "cpu",
         bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(), disable_tqdm=not progress,
     )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules="all-linear", task_type="SEQ_CLS")
+    peft_config = (lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, task_type="SEQ_CLS")
+                   if config.lora else None)
     trainer_cls, collator_cls = _trainer_classes()
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(table), processing_class=tokenizer,
                           data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id), peft_config=peft_config)
     too_long = len(table) - len(trainer.train_dataset)
     started = time.time()
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-
-    final = trainer.model.merge_and_unload() if config.lora else trainer.model
+    final, result, checkpoint = train_and_save(trainer, tokenizer, out, config.lora)
     final.eval()
-    final.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
     scorer = RewardModel(final, tokenizer)
     stats_rows = train[: config.stats_samples]
     stats_rewards = scorer.score([r["prompt"] for r in stats_rows] * 2,

@@ -56,11 +56,10 @@ def run(config: SFTConfig, progress: bool = True) -> dict:
     import datasets
     import torch
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from rlaif.models import default_device, load_model
+    from rlaif.models import default_device, load_model, lora_config, train_and_save
 
     data = Path(config.data)
     if not data.is_file():
@@ -98,21 +97,11 @@ def run(config: SFTConfig, progress: bool = True) -> dict:
         bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
         disable_tqdm=not progress,
     )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    peft_config = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout) if config.lora else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft_config)
     started = time.time()
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-
-    final = trainer.model.merge_and_unload() if config.lora else trainer.model
-    final.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    _, result, checkpoint = train_and_save(trainer, tokenizer, out, config.lora)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metrics = {"steps": trainer.state.global_step, "examples": len(rows), "train_loss": result.training_loss,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
