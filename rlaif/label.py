@@ -3,8 +3,9 @@
     rlaif label --candidates runs/x/sample/candidates.jsonl --out runs/x     # -> runs/x/label/preferences.jsonl
 
 For every pair of responses to a prompt, principles are drawn from the constitution (1, k, or all of them; seeded
-per pair). Each principle's comparison question becomes a multiple-choice prompt: the conversation, Reply (A),
-Reply (B), the question, "Answer with (A) or (B) only", after the constitution's few-shot label examples. The label
+per pair). Each principle's comparison question becomes a multiple-choice prompt: the instructions ("answer with
+(A) or (B) only"), the conversation, Reply (A), Reply (B), then the question, after the constitution's few-shot label
+examples. The label
 is not generated text: it is the probability of the option "(A" against "(B", normalised over the two and read from
 one forward pass (Bai et al. 2022, "Constitutional AI", section 4.1). Options are tokenized in context, so tokenizers
 that merge "(A" into one token, or split it in three, are scored alike (a multi-token option by its summed log-prob).
@@ -18,8 +19,9 @@ probabilities are extreme, so they are clamped (0.4 to 0.6 by default, as the CA
 The responses are untrusted text: `quote` keeps them from passing for the prompt's own structure (see its
 docstring), and `rlaif eval labeler` measures how often injection attacks still flip a label.
 
-Prompts of one pair share their beginning (few-shot block, conversation, and per order both replies); they are
-scored as a prefix tree, each shared part computed once (rlaif.prefix_tree).
+Prompts of one pair share their beginning (few-shot block, instructions, conversation, and per order both replies;
+only the question differs by principle); they are scored as a prefix tree, each shared part computed once
+(rlaif.prefix_tree).
 """
 
 from __future__ import annotations

@@ -32,7 +32,10 @@ def test_radix_tree_splits_and_places_every_token():
         assert [node.tokens[offset] for node, offset in places] == seq
 
 
-def test_matches_scoring_each_sequence_alone(tiny):
+@pytest.mark.parametrize("row_tokens, batch_tokens", [(1024, 8192), (8, 16)])
+def test_matches_scoring_each_sequence_alone(tiny, row_tokens, batch_tokens):
+    """Whole subtrees side by side in one row, or (small rows) subtrees split below their root with the root
+    repeated, several forward passes."""
     model, _ = tiny
     rng = random.Random(0)
     context = [rng.randrange(3, 300) for _ in range(12)]
@@ -44,13 +47,18 @@ def test_matches_scoring_each_sequence_alone(tiny):
             n_scored.append(len(option))
     sequences.append([7, 8, 9])  # unrelated to the rest
     n_scored.append(2)
-    got = tree_logprobs(model, sequences, n_scored)
+    got = tree_logprobs(model, sequences, n_scored, row_tokens=row_tokens, batch_tokens=batch_tokens)
     for seq, n, row in zip(sequences, n_scored, got):
         assert row == pytest.approx(plain_logprobs(model, seq, n), abs=1e-4)
 
 
-def test_prefix_cache_and_duplicate_sequences(tiny):
+@pytest.mark.parametrize("in_place", [True, False])
+def test_prefix_cache_and_duplicate_sequences(tiny, monkeypatch, in_place):
+    """The prefix attended to in place, or (a model family without plain softmax attention) copied into each row;
+    the chain all sequences share ([50]) joins the prefix."""
     model, _ = tiny
+    if not in_place:
+        monkeypatch.setattr("rlaif.attention.SUPPORTED", set())
     prefix = list(range(20, 35))
     with torch.inference_mode():
         cache = model(torch.tensor([prefix]), use_cache=True).past_key_values
