@@ -13,7 +13,11 @@ rlaif runs twice. Full fine-tuning is the same work as TRL's run (four models: p
 every weight of policy and value trained): `speedup` and `memory_ratio` compare these. With `--lora` (rlaif's
 LoRA mode, r = 16 on every linear layer of policy and value, its default learning rate 1e-4) there is less to
 compute and hold: the reference is the policy with its adapter off, and no weight gradient or optimizer state
-exists for the frozen base weights; `speedup_lora` and `memory_ratio_lora` compare that run with TRL's.
+exists for the frozen base weights; `speedup_lora` and `memory_ratio_lora` compare that run with TRL's. With
+`--shared-value-head` (both with full fine-tuning and with LoRA) the value is a scalar head on the policy's own
+trunk, as in Ziegler et al. 2019 and TRL before PPOv2: one forward and backward pass per minibatch instead of two,
+and no value model to hold; `speedup_shared`, `speedup_lora_shared` and their memory ratios. These are less work
+per sample, not the same work: the value no longer starts from the reward model, and its loss trains the trunk.
 
 Also measured: this machine's fp32 matmul peak, and the FLOP/s of rlaif's training phase (the PPO epochs) against
 it, counting 2 FLOPs per multiply-add of every linear layer for each token (x3 for forward and backward) plus the
@@ -107,7 +111,8 @@ def run_ours(args) -> None:
                        normalize_reward=False, steps=args.steps, batch_size=args.batch_size,
                        minibatches=args.minibatches, ppo_epochs=args.ppo_epochs, max_new_tokens=args.response_length,
                        temperature=0.7, learning_rate=None if args.lora else args.learning_rate, kl_coef=0.05,
-                       kl_target=None, save_steps=10**9, sample_every=0, seed=args.seed, device="cpu", lora=args.lora)
+                       kl_target=None, save_steps=10**9, sample_every=0, seed=args.seed, device="cpu", lora=args.lora,
+                       shared_value_head=args.shared_value_head)
     started = time.perf_counter()
     run(config, progress=False, on_step=record)
     seconds = time.perf_counter() - started
@@ -136,6 +141,7 @@ def main() -> None:
     parser.add_argument("--reward-model", help=argparse.SUPPRESS)
     parser.add_argument("--run-ours", help=argparse.SUPPRESS)
     parser.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--shared-value-head", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.update(OFFLINE)
     if args.run_ours:
@@ -155,13 +161,15 @@ def main() -> None:
               "--seed", str(args.seed), "--learning-rate", str(args.learning_rate)]
     env = {**os.environ, **OFFLINE}
     runs = {}
-    for mode in ("full", "lora"):
-        print(f"rlaif PPO ({mode}): {args.steps} steps of {args.batch_size} ...", flush=True)
+    modes = {"rlaif": [], "rlaif_lora": ["--lora"], "rlaif_shared": ["--shared-value-head"],
+             "rlaif_lora_shared": ["--lora", "--shared-value-head"]}
+    for mode, flags in modes.items():
+        print(f"rlaif PPO {' '.join(flags) or '(full fine-tuning)'}: {args.steps} steps of {args.batch_size} ...",
+              flush=True)
         subprocess.run([sys.executable, __file__, "--policy", policy, "--reward-model", str(reward), "--run-ours",
-                        str(work / f"{mode}.json"), *common, *(["--lora"] if mode == "lora" else [])],
-                       check=True, env=env)
+                        str(work / f"{mode}.json"), *common, *flags], check=True, env=env)
         runs[mode] = json.loads((work / f"{mode}.json").read_text())
-    ours, lora = runs["full"], runs["lora"]
+    ours = runs["rlaif"]
     print(f"TRL 0.19.1 PPOTrainer: {args.steps} steps of {args.batch_size} ...", flush=True)
     subprocess.run([str(trl_python), str(ROOT / "bench" / "trl019" / "run_trl_ppo.py"), "--policy", policy,
                     "--reward-model", str(reward), "--prompts", str(prompts), "--temperature", "0.7", "--kl-coef",
@@ -173,7 +181,7 @@ def main() -> None:
     peak = matmul_peak()
     train_seconds = sum(s["time/train"] for s in ours["steps"])
     flops = training_flops(ours, policy)
-    last_ours, last_lora, last_peer = ours["steps"][-1], lora["steps"][-1], peer["steps"][-1]
+    last_peer = peer["steps"][-1]
     keys = ("seconds", "samples", "samples_per_second", "peak_rss_bytes")
     result = {
         "config": {k: v for k, v in vars(args).items() if k not in ("policy", "reward_model", "run_ours")},
@@ -181,44 +189,50 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "processor": platform.processor() or platform.machine()},
-        "rlaif": {k: ours[k] for k in keys},
-        "rlaif_lora": {k: lora[k] for k in keys},
+        **{mode: {k: run[k] for k in keys} for mode, run in runs.items()},
         "trl_0_19_1": {k: peer[k] for k in keys},
-        "speedup": ours["samples_per_second"] / peer["samples_per_second"],
-        "memory_ratio": ours["peak_rss_bytes"] / peer["peak_rss_bytes"],
-        "speedup_lora": lora["samples_per_second"] / peer["samples_per_second"],
-        "memory_ratio_lora": lora["peak_rss_bytes"] / peer["peak_rss_bytes"],
-        "after_last_step": {
-            "rlaif": {"score": last_ours["score"], "kl": last_ours["kl"]},
-            "rlaif_lora": {"score": last_lora["score"], "kl": last_lora["kl"]},
-            "trl_0_19_1": {"score": last_peer.get("objective/scores"), "kl": last_peer.get("objective/kl")},
-        },
+    }
+    for mode, run in runs.items():  # speedup, memory_ratio (the same work); speedup_lora, memory_ratio_lora, ...
+        suffix = mode.removeprefix("rlaif")
+        result[f"speedup{suffix}"] = run["samples_per_second"] / peer["samples_per_second"]
+        result[f"memory_ratio{suffix}"] = run["peak_rss_bytes"] / peer["peak_rss_bytes"]
+    result["after_last_step"] = {
+        **{mode: {"score": run["steps"][-1]["score"], "kl": run["steps"][-1]["kl"]} for mode, run in runs.items()},
+        "trl_0_19_1": {"score": last_peer.get("objective/scores"), "kl": last_peer.get("objective/kl")},
+    }
+    result.update({
         "rlaif_phases_seconds": {phase: sum(s[f"time/{phase}"] for s in ours["steps"])
                                  for phase in ("generate", "score", "train")},
         "matmul_peak_flops": peak,
         "rlaif_training_flops": flops,
         "rlaif_training_flops_per_second": flops / train_seconds,
         "rlaif_training_fraction_of_peak": flops / train_seconds / peak,
-        "rlaif_phases_seconds_lora": {phase: sum(s[f"time/{phase}"] for s in lora["steps"])
-                                      for phase in ("generate", "score", "train")},
-        "rlaif_steps": ours["steps"],
-        "rlaif_lora_steps": lora["steps"],
+        **{f"{mode}_phases_seconds": {phase: sum(s[f"time/{phase}"] for s in run["steps"])
+                                      for phase in ("generate", "score", "train")}
+           for mode, run in runs.items() if mode != "rlaif"},
+        **{f"{mode}_steps": run["steps"] for mode, run in runs.items()},
         "trl_steps": peer["steps"],
-    }
+    })
     gb = 1024**3
     print(f"\n{args.steps} PPO steps x {args.batch_size} samples, {args.response_length}-token responses, "
           f"{args.ppo_epochs} epochs, {args.minibatches} minibatch(es), SmolLM2-135M fp32, {os.cpu_count()} CPUs")
-    print(f"{'':22} {'samples/s':>10} {'seconds':>9} {'peak RSS':>9} {'reward':>8} {'KL':>7}")
-    for name, key in (("rlaif", "rlaif"), ("rlaif --lora", "rlaif_lora"), ("TRL 0.19.1 PPOTrainer", "trl_0_19_1")):
+    print(f"{'':36} {'samples/s':>10} {'seconds':>9} {'peak RSS':>9} {'vs TRL':>7} {'memory':>7} {'reward':>8} "
+          f"{'KL':>7}")
+    names = {"rlaif": "rlaif (same work)", "rlaif_lora": "rlaif --lora",
+             "rlaif_shared": "rlaif --shared-value-head", "rlaif_lora_shared": "rlaif --lora --shared-value-head",
+             "trl_0_19_1": "TRL 0.19.1 PPOTrainer"}
+    for key, name in names.items():
         r, last = result[key], result["after_last_step"][key]
         score = "-" if last["score"] is None else f"{last['score']:+.3f}"
         kl = "-" if last["kl"] is None else f"{last['kl']:.3f}"
-        print(f"{name:22} {r['samples_per_second']:10.3f} {r['seconds']:9.1f} {r['peak_rss_bytes'] / gb:8.2f}G "
-              f"{score:>8} {kl:>7}")
+        suffix = key.removeprefix("rlaif")
+        ratios = f"{result[f'speedup{suffix}']:6.2f}x {result[f'memory_ratio{suffix}']:7.2f}" if key in runs else \
+            f"{'':7} {'':7}"
+        print(f"{name:36} {r['samples_per_second']:10.3f} {r['seconds']:9.1f} {r['peak_rss_bytes'] / gb:8.2f}G "
+              f"{ratios} {score:>8} {kl:>7}")
     phases = result["rlaif_phases_seconds"]
     print(f"same work (full fine-tuning): speedup {result['speedup']:.2f}x samples/s, memory ratio "
-          f"{result['memory_ratio']:.2f} (rlaif / TRL); rlaif --lora: {result['speedup_lora']:.2f}x, memory "
-          f"{result['memory_ratio_lora']:.2f}")
+          f"{result['memory_ratio']:.2f} (rlaif / TRL)")
     print(f"rlaif time: generate {phases['generate']:.1f} s, reference/value/reward {phases['score']:.1f} s, "
           f"PPO epochs {phases['train']:.1f} s at {result['rlaif_training_flops_per_second'] / 1e9:.1f} GFLOP/s, "
           f"{result['rlaif_training_fraction_of_peak']:.0%} of the {peak / 1e9:.0f} GFLOP/s matmul peak")

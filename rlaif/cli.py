@@ -624,6 +624,9 @@ def reward(config_file, data, eval_data, **flags) -> None:
 @click.option("--fixed-kl", is_flag=True, default=False, help="Keep beta fixed at --kl-coef (no target).")
 @click.option("--kl-estimator", type=click.Choice(["k1", "k2", "k3"]), help="Per-token KL estimate.  [default: k1]")
 @click.option("--lora/--full", default=None, help="Train LoRA adapters (reference = adapter off) or every weight.")
+@click.option("--shared-value-head/--value-model", default=None,
+              help="Value as a head on the policy's own trunk (one forward and backward per minibatch, not two; "
+                   "starts at zero) or a separate value model (from the reward model).  [default: value model]")
 @click.option("--save-steps", type=int, help="Checkpoint every N steps.  [default: 10]")
 @click.option("--log-with", help="Also log to an accelerate tracker (tensorboard, wandb, ...).")
 @click.option("--seed", type=int, help="[default: 0]")

@@ -1,9 +1,11 @@
 """PPO trainer: batch layout, the first ratio, a toy task whose reward rises at bounded KL, the adaptive beta, exact
-resume after a kill, guards, reward sources, LoRA, and two processes under accelerate launch."""
+resume after a kill, guards, reward sources, LoRA, a value head shared with the policy, and two processes under
+accelerate launch."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,8 +16,8 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-from rlaif.ppo.rollout import CombinedReward, pack, split_weight
-from rlaif.ppo.trainer import PPOConfig, PPOStopped, prompt_order, run
+from rlaif.ppo.rollout import CombinedReward, pack, response_logits, split_weight
+from rlaif.ppo.trainer import PPOConfig, PPOStopped, check, prompt_order, run
 from rlaif.records import ConfigError, read_jsonl
 
 TESTS = Path(__file__).resolve().parent
@@ -80,11 +82,12 @@ def test_split_weight_and_combined_reward():
         CombinedReward([("bad", lambda p, r: [1.0], 1.0)])([[], []], ["a", "b"])
 
 
-def test_first_update_starts_at_ratio_one(config):
+@pytest.mark.parametrize("shared", [False, True])
+def test_first_update_starts_at_ratio_one(config, shared):
     """With a learning rate of 0, the policy that is trained is the one that sampled: every ratio is 1 and the KL
     to the reference (the same weights) is 0. This checks that the sampling log-probabilities line up with the
-    training forward pass token for token."""
-    m = run(replace(config, learning_rate=0.0, steps=1), progress=False)
+    training forward pass token for token (also when that pass feeds a shared value head)."""
+    m = run(replace(config, learning_rate=0.0, steps=1, shared_value_head=shared), progress=False)
     assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and m["ratio_max"] == pytest.approx(1.0, abs=1e-4)
     assert m["clipfrac"] == 0.0 and abs(m["approx_kl"]) < 1e-6 and abs(m["kl"]) < 1e-4
     assert m["response_length"] == 12 and m["samples_per_second"] > 0
@@ -107,10 +110,11 @@ def test_toy_reward_rises_at_bounded_kl_and_beta_adapts(config):
     assert {s["step"] for s in samples} == {1, 10, 20} and all(isinstance(s["response"], str) for s in samples)
 
 
-def test_resume_after_kill_repeats_the_same_steps(config, tmp_path):
+@pytest.mark.parametrize("shared", [False, True])
+def test_resume_after_kill_repeats_the_same_steps(config, tmp_path, shared):
     """Kill after step 3 (checkpoint at step 2), rerun: steps 3 and 4 come out as in an uninterrupted run, and every
-    step is in metrics.jsonl once."""
-    full = replace(config, steps=4, save_steps=2, out=str(tmp_path / "full"))
+    step is in metrics.jsonl once. With a value model, or a value head on the policy's trunk."""
+    full = replace(config, steps=4, save_steps=2, out=str(tmp_path / "full"), shared_value_head=shared)
     run(full, progress=False)
 
     killed = replace(full, out=str(tmp_path / "killed"))
@@ -194,6 +198,28 @@ def test_direct_score_reward_tensorboard_and_value_from_reward_model(config, tin
     value = load_file(Path(config.out) / "value" / "model.safetensors")
     reward = load_file(tmp_path / "rm" / "model.safetensors")
     assert value.keys() == reward.keys() and all(torch.equal(value[k], reward[k]) for k in value)  # lr 0: unchanged
+
+
+def test_shared_value_head_reads_the_hidden_states_of_the_language_model_head(tiny):
+    """response_logits(hidden=True) hands back the states the LM head turned into those logits, so a value head on
+    them sits on exactly the policy's trunk."""
+    model, _ = tiny
+    batch = pack([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], pad_id=0)
+    logits, hidden = response_logits(model, batch, hidden=True)
+    assert hidden.shape == (*batch.response.shape, model.config.hidden_size)
+    assert torch.allclose(model.get_output_embeddings()(hidden), logits, atol=1e-5)
+    assert torch.equal(response_logits(model, batch), logits)
+
+
+def test_shared_value_head_trains_with_lora_and_is_saved(config):
+    from safetensors.torch import load_file
+
+    m = run(replace(config, lora=True, shared_value_head=True, steps=2), progress=False)
+    assert m["step"] == 2 and math.isfinite(m["value_loss"])
+    head = load_file(Path(config.out) / "value" / "value_head.safetensors")["score.weight"]
+    assert head.abs().sum() > 0  # it started at zero: the value loss trained it
+    with pytest.raises(ConfigError, match="shared value head"):
+        check(replace(config, shared_value_head=True, value_model="x"))
 
 
 def test_lora_reference_is_the_adapter_off(config):

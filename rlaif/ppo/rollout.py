@@ -62,12 +62,20 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> B
     return Batch(input_ids, attention_mask, position_ids, input_ids[:, prompt_width:].clone(), mask)
 
 
-def response_logits(model, batch: Batch) -> Tensor:
-    """(B, T, V) logits predicting each response token, from one forward pass of a causal LM."""
+def response_logits(model, batch: Batch, hidden: bool = False):
+    """(B, T, V) logits predicting each response token, from one forward pass of a causal LM; with `hidden`, also
+    (B, T, H): the last hidden states they are computed from (the input of the language-model head)."""
     width = batch.response.shape[1]
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                logits_to_keep=width + 1, use_cache=False)
-    return out.logits[:, :-1]
+    seen = []
+    head = getattr(model, "module", model).get_output_embeddings()  # under DDP, the wrapped model's head
+    hook = head.register_forward_pre_hook(lambda module, args: seen.append(args[0])) if hidden else None
+    try:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    logits_to_keep=width + 1, use_cache=False)
+    finally:
+        if hook is not None:
+            hook.remove()
+    return (out.logits[:, :-1], seen[0][:, :-1]) if hidden else out.logits[:, :-1]
 
 
 class ValueModel(nn.Module):
@@ -91,6 +99,22 @@ class ValueModel(nn.Module):
 
     def values(self, batch: Batch) -> Tensor:
         return self(batch.input_ids, batch.attention_mask, batch.position_ids, batch.response.shape[1])
+
+
+class ValueHead(nn.Module):
+    """V(s_t) as a scalar head on the policy's own last hidden states: policy and value share one trunk, so a PPO
+    minibatch costs one forward and one backward pass, not two of each (the layout of Ziegler et al. 2019's
+    lm-human-preferences and of TRL before its PPOv2). The value loss then also trains the trunk (through vf_coef),
+    and the value cannot start from the reward model: the head starts at zero."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.score = nn.Linear(hidden_size, 1, bias=False)
+        nn.init.zeros_(self.score.weight)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(B, T, H) hidden states -> (B, T) float32 values."""
+        return self.score(hidden).squeeze(-1).float()
 
 
 # --------------------------------------------------------------------------------------------------------------------

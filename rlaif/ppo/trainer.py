@@ -6,20 +6,21 @@
 Each step:
   1. rollout: B prompts, one sampled response each (rlaif.generate; the sampling log-probabilities are kept, so the
      policy is not run again to get them), cut at EOS;
-  2. the frozen reference's log-probabilities (the LoRA adapter switched off, or a copy), the value model's values,
-     and the reward: reward models (normalised with their reward_stats.json), the labeler's direct score, Python
-     functions, or a weighted sum; a penalty for responses cut off before EOS;
+  2. the frozen reference's log-probabilities (the LoRA adapter switched off, or a copy), the values (a value model
+     started from the reward model, or with `shared_value_head` a head on the policy's own trunk), and the reward:
+     reward models (normalised with their reward_stats.json), the labeler's direct score, Python functions, or a
+     weighted sum; a penalty for responses cut off before EOS;
   3. per-token reward -beta * KL_t, plus the score on the last token; GAE; whitened advantages (losses.py);
   4. `ppo_epochs` passes over the rollout in `minibatches` minibatches: clipped policy loss, clipped value loss,
      entropy bonus; one optimizer step per minibatch;
   5. beta follows the adaptive controller toward `kl_target` (or stays fixed).
 
-OUT holds the policy (safetensors; a LoRA adapter merged in), OUT/value/, `metrics.json` lines per step in
-`metrics.jsonl`, sample responses in `samples.jsonl`, held-out rewards in `eval.jsonl`, and `checkpoints/step-N/`:
-policy, value model, optimizers, schedulers, RNG states (accelerate's `save_state`, safetensors weights) plus beta
-and the step in `trainer_state.json`, written under a temporary name and renamed, so a checkpoint is whole or
-absent. Prompts are drawn in an order fixed by the seed and sampling is seeded per step, so a rerun of the same
-command resumes from the newest checkpoint and computes what the uninterrupted run would have.
+OUT holds the policy (safetensors; a LoRA adapter merged in), OUT/value/ (the value model or head), `metrics.json`
+lines per step in `metrics.jsonl`, sample responses in `samples.jsonl`, held-out rewards in `eval.jsonl`, and
+`checkpoints/step-N/`: policy, value model or head, optimizers, schedulers, RNG states (accelerate's `save_state`,
+safetensors weights) plus beta and the step in `trainer_state.json`, written under a temporary name and renamed,
+so a checkpoint is whole or absent. Prompts are drawn in an order fixed by the seed and sampling is seeded per step,
+so a rerun of the same command resumes from the newest checkpoint and computes what the uninterrupted run would have.
 
 Guards stop the run with a message, keeping a checkpoint: rewards or losses that are not finite, a mean KL past
 `max_kl`, a mean probability ratio past `max_ratio`.
@@ -38,7 +39,16 @@ import torch
 
 from rlaif.generate import progress_bar
 from rlaif.ppo import losses as L
-from rlaif.ppo.rollout import Batch, CombinedReward, ValueModel, import_function, pack, response_logits, split_weight
+from rlaif.ppo.rollout import (
+    Batch,
+    CombinedReward,
+    ValueHead,
+    ValueModel,
+    import_function,
+    pack,
+    response_logits,
+    split_weight,
+)
 from rlaif.records import ConfigError, JsonlWriter, Message, load_prompts, open_stage, read_jsonl, write_atomic
 
 
@@ -53,6 +63,7 @@ class PPOConfig:
     constitution: str = "default"  # the rubric of reward_score
     normalize_reward: bool = True  # (r - mean) / std with each reward model's reward_stats.json
     value_model: str | None = None  # initial value model; default: the first reward model, else the policy + a zero head
+    shared_value_head: bool = False  # value = a head on the policy's own trunk: one forward/backward per minibatch, not two
     eval_prompts: str | None = None  # held-out prompts, scored before training, every eval_every steps and at the end
     eval_every: int = 0  # 0: only before and after training
     steps: int = 100  # PPO updates (rollout + epochs); raise it and rerun to train on
@@ -111,6 +122,8 @@ def check(config: PPOConfig, reward_given: bool = False) -> None:
         problems.append(f"lr_schedule: expected linear or constant, not {config.lr_schedule!r}")
     if config.kl_estimator not in ("k1", "k2", "k3"):
         problems.append(f"kl_estimator: expected k1, k2 or k3, not {config.kl_estimator!r}")
+    if config.shared_value_head and config.value_model:
+        problems.append("value_model: a shared value head sits on the policy; there is no value model to load")
     if not (reward_given or config.reward_model or config.reward_fn or config.reward_score):
         problems.append("reward: give a reward model (reward_model), a labeler (reward_score) or a Python function "
                         "(reward_fn)")
@@ -146,11 +159,23 @@ def build_reward(config: PPOConfig, device) -> CombinedReward:
 
 
 def build_models(config: PPOConfig, device):
-    """(policy, reference or None, value model, tokenizer). With LoRA the reference is the policy, adapter off."""
+    """(policy, reference or None, value model or head, tokenizer). With LoRA the reference is the policy, adapter
+    off."""
     from rlaif.models import load_model
     from rlaif.reward import load_backbone
 
     policy, tokenizer = load_model(config.policy, device=str(device), dtype="float32")
+    reference = None
+    if config.shared_value_head:
+        value = ValueHead(policy.config.get_text_config().hidden_size).to(device)
+        if config.lora:
+            policy = _lora(config, policy, "CAUSAL_LM")
+        else:
+            reference, _ = load_model(config.policy, device=str(device), dtype="float32")
+            reference.requires_grad_(False)
+        if config.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        return policy.eval(), reference, value, tokenizer
     value_spec = config.value_model or (split_weight(config.reward_model[0])[0] if config.reward_model
                                         else config.policy)
     classifier, value_tokenizer = load_backbone(value_spec, str(device), dtype="float32")
@@ -161,14 +186,9 @@ def build_models(config: PPOConfig, device):
         classifier, _ = load_backbone(config.policy, str(device), dtype="float32")  # the reward model can't be used
     if not any(a.endswith("ForSequenceClassification") for a in classifier.config.architectures or []):
         torch.nn.init.zeros_(classifier.score.weight)  # a new head: values start at 0, not at noise
-    reference = None
     if config.lora:
-        from peft import LoraConfig, get_peft_model
-
-        lora = {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-                "target_modules": "all-linear"}
-        policy = get_peft_model(policy, LoraConfig(task_type="CAUSAL_LM", **lora))
-        classifier = get_peft_model(classifier, LoraConfig(task_type="SEQ_CLS", **lora)).base_model.model
+        policy = _lora(config, policy, "CAUSAL_LM")
+        classifier = _lora(config, classifier, "SEQ_CLS").base_model.model
     else:
         reference, _ = load_model(config.policy, device=str(device), dtype="float32")
         reference.requires_grad_(False)
@@ -177,6 +197,13 @@ def build_models(config: PPOConfig, device):
         classifier.gradient_checkpointing_enable()
     # Dropout off everywhere (eval mode, gradients still flow): the ratio pi/pi_old must be 1 before any update.
     return policy.eval(), reference, ValueModel(classifier).eval(), tokenizer
+
+
+def _lora(config: PPOConfig, model, task_type: str):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(task_type=task_type, r=config.lora_r, lora_alpha=config.lora_alpha,
+                                            lora_dropout=config.lora_dropout, target_modules="all-linear"))
 
 
 def default_lr(config: PPOConfig) -> float:
@@ -253,7 +280,11 @@ class PPOTrainer:
             ref_logits = response_logits(self.reference, batch)
         ref_logprobs = L.logprobs_from_logits(ref_logits, batch.response, config.temperature)
         del ref_logits
-        values = self.accelerator.unwrap_model(self.value).values(batch)
+        value = self.accelerator.unwrap_model(self.value)
+        if config.shared_value_head:
+            values = value(response_logits(policy, batch, hidden=True)[1])
+        else:
+            values = value.values(batch)
         texts = [r.text for r in replies]
         scores = self.reward(prompts, texts).to(device)
         eos = torch.tensor([r.finish_reason == "stop" for r in replies], device=device)
@@ -303,7 +334,10 @@ class PPOTrainer:
                     share = len(part) / len(minibatch)
                     # The policy's graph is freed by its backward before the value model runs: the two models'
                     # activations are never held at once (their gradients are disjoint, so this changes nothing else).
-                    logits = response_logits(self.policy, batch)
+                    if config.shared_value_head:
+                        logits, hidden = response_logits(self.policy, batch, hidden=True)
+                    else:
+                        logits = response_logits(self.policy, batch)
                     logprobs = L.logprobs_from_logits(logits, batch.response, config.temperature)
                     entropy = L.entropy_from_logits(logits if config.entropy_coef else logits.detach(),
                                                     config.temperature)
@@ -312,12 +346,19 @@ class PPOTrainer:
                                                       advantages[index, :width], batch.mask, config.clip_range)
                     mean_entropy = L.masked_mean(entropy, batch.mask)
                     self._guard(pg_loss, pg_stats)
-                    accelerator.backward((pg_loss - config.entropy_coef * mean_entropy) * share)
-                    values = self.value(batch.input_ids, batch.attention_mask, batch.position_ids, width)
+                    policy_part = (pg_loss - config.entropy_coef * mean_entropy) * share
+                    if config.shared_value_head:  # one graph: one backward for both losses
+                        values = self.value(hidden)
+                    else:
+                        # The policy's graph is freed by its backward before the value model runs: the two models'
+                        # activations are never held at once (their gradients are disjoint: nothing else changes).
+                        accelerator.backward(policy_part)
+                        values = self.value(batch.input_ids, batch.attention_mask, batch.position_ids, width)
                     vf_loss, vf_stats = L.value_loss(values, ro.values[index, :width], returns[index, :width],
                                                      batch.mask, config.clip_range_value)
                     self._guard(vf_loss, {})
-                    accelerator.backward(config.vf_coef * vf_loss * share)
+                    accelerator.backward(config.vf_coef * vf_loss * share
+                                         + (policy_part if config.shared_value_head else 0))
                     for name, value in [("policy_loss", pg_loss), ("value_loss", vf_loss),
                                         ("entropy", mean_entropy), *pg_stats.items(), *vf_stats.items()]:
                         stats.setdefault(name, []).append(value.item())
@@ -593,7 +634,13 @@ def _save_final(trainer: PPOTrainer, out: Path) -> None:
         policy = policy.merge_and_unload()
     policy.save_pretrained(out, safe_serialization=True)
     trainer.tokenizer.save_pretrained(out)
-    classifier = accelerator.unwrap_model(trainer.value).classifier
-    classifier.save_pretrained(out / "value", safe_serialization=True)
+    value = accelerator.unwrap_model(trainer.value)
+    if isinstance(value, ValueHead):
+        from safetensors.torch import save_file
+
+        (out / "value").mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in value.state_dict().items()}, out / "value" / "value_head.safetensors")
+    else:
+        value.classifier.save_pretrained(out / "value", safe_serialization=True)
     if trainer.config.lora:
         trainer.policy = None  # merged: the adapter-wrapped model is gone
