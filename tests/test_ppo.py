@@ -93,21 +93,26 @@ def test_first_update_starts_at_ratio_one(config, shared):
     assert m["response_length"] == 12 and m["samples_per_second"] > 0
 
 
-def test_toy_reward_rises_at_bounded_kl_and_beta_adapts(config):
+@pytest.mark.parametrize("shared, steps", [(False, 24), (True, 36)])
+def test_toy_reward_rises_at_bounded_kl_and_beta_adapts(config, shared, steps):
     """A scripted reward that counts the letters "fl" in a response: PPO on the tiny model raises it within a few
-    dozen steps while the KL stays bounded, and beta rises because the KL runs above its (low) target."""
-    m = run(replace(config, steps=24, kl_coef=0.05, kl_target=1.0, kl_horizon=200, save_steps=100), progress=False)
+    dozen steps while the KL stays bounded, and beta rises because the KL runs above its (low) target. Also with
+    the value as a head on the policy's trunk, which starts at zero and learns more slowly at first."""
+    m = run(replace(config, steps=steps, kl_coef=0.05, kl_target=1.0, kl_horizon=200, save_steps=100,
+                    shared_value_head=shared), progress=False)
     rows = metrics(config.out)
-    assert [r["step"] for r in rows] == list(range(1, 25))
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
     early = sum(r["score"] for r in rows[:6]) / 6
     late = sum(r["score"] for r in rows[-6:]) / 6
     assert late > early + 0.15, (early, late)
     assert max(r["kl"] for r in rows) < config.max_kl
     assert rows[0]["beta"] == 0.05 and m["beta"] > 0.05  # KL above target pushes beta up
     assert all(r["kl"] > 1.0 for r in rows[-6:])
-    assert (Path(config.out) / "model.safetensors").is_file() and (Path(config.out) / "value" / "config.json").is_file()
+    value = Path(config.out) / "value" / ("value_head.safetensors" if shared else "config.json")
+    assert (Path(config.out) / "model.safetensors").is_file() and value.is_file()
     samples = list(read_jsonl(Path(config.out) / "samples.jsonl"))
-    assert {s["step"] for s in samples} == {1, 10, 20} and all(isinstance(s["response"], str) for s in samples)
+    assert {s["step"] for s in samples} == {1, *range(10, steps + 1, 10)}
+    assert all(isinstance(s["response"], str) for s in samples)
 
 
 @pytest.mark.parametrize("shared", [False, True])
