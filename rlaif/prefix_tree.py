@@ -74,6 +74,8 @@ def tree_logprobs(model, sequences: list[list[int]], n_scored: list[int], prefix
     Returns: per sequence, n_scored floats."""
     if any(not 1 <= n < len(s) for s, n in zip(sequences, n_scored)):
         raise ValueError("each sequence needs 1 or more scored tokens and at least one token before them")
+    if not sequences:
+        return []
     fed = [s[:-1] for s in sequences]  # the last token is only predicted, never fed
     root = _Node(tokens=[])
     for seq in fed:

@@ -72,3 +72,4 @@ def test_prefix_cache_and_duplicate_sequences(tiny, monkeypatch, in_place):
 def test_rejects_a_sequence_with_nothing_to_predict_from(tiny):
     with pytest.raises(ValueError, match="at least one token before"):
         tree_logprobs(tiny[0], [[5]], [1])
+    assert tree_logprobs(tiny[0], [], []) == []

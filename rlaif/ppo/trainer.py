@@ -162,20 +162,31 @@ def build_models(config: PPOConfig, device):
     """(policy, reference or None, value model or head, tokenizer). With LoRA the reference is the policy, adapter
     off."""
     from rlaif.models import load_model
-    from rlaif.reward import load_backbone
 
     policy, tokenizer = load_model(config.policy, device=str(device), dtype="float32")
+    classifier = None if config.shared_value_head else _value_classifier(config, device, tokenizer)
     reference = None
-    if config.shared_value_head:
-        value = ValueHead(policy.config.get_text_config().hidden_size).to(device)
-        if config.lora:
-            policy = _lora(config, policy, "CAUSAL_LM")
-        else:
-            reference, _ = load_model(config.policy, device=str(device), dtype="float32")
-            reference.requires_grad_(False)
-        if config.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
-        return policy.eval(), reference, value, tokenizer
+    if config.lora:
+        policy = _lora(config, policy, "CAUSAL_LM")
+        if classifier is not None:
+            classifier = _lora(config, classifier, "SEQ_CLS").base_model.model
+    else:
+        reference, _ = load_model(config.policy, device=str(device), dtype="float32")
+        reference.requires_grad_(False)
+    for model in (policy, classifier) if config.gradient_checkpointing else ():
+        if model is not None:
+            model.gradient_checkpointing_enable()
+    value = ValueHead(policy.config.get_text_config().hidden_size).to(device) if classifier is None \
+        else ValueModel(classifier)
+    # Dropout off everywhere (eval mode, gradients still flow): the ratio pi/pi_old must be 1 before any update.
+    return policy.eval(), reference, value.eval(), tokenizer
+
+
+def _value_classifier(config: PPOConfig, device, tokenizer):
+    """The value model's sequence classifier: `value_model`, else the first reward model, else the policy with a
+    zero head."""
+    from rlaif.reward import load_backbone
+
     value_spec = config.value_model or (split_weight(config.reward_model[0])[0] if config.reward_model
                                         else config.policy)
     classifier, value_tokenizer = load_backbone(value_spec, str(device), dtype="float32")
@@ -186,17 +197,7 @@ def build_models(config: PPOConfig, device):
         classifier, _ = load_backbone(config.policy, str(device), dtype="float32")  # the reward model can't be used
     if not any(a.endswith("ForSequenceClassification") for a in classifier.config.architectures or []):
         torch.nn.init.zeros_(classifier.score.weight)  # a new head: values start at 0, not at noise
-    if config.lora:
-        policy = _lora(config, policy, "CAUSAL_LM")
-        classifier = _lora(config, classifier, "SEQ_CLS").base_model.model
-    else:
-        reference, _ = load_model(config.policy, device=str(device), dtype="float32")
-        reference.requires_grad_(False)
-    if config.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-        classifier.gradient_checkpointing_enable()
-    # Dropout off everywhere (eval mode, gradients still flow): the ratio pi/pi_old must be 1 before any update.
-    return policy.eval(), reference, ValueModel(classifier).eval(), tokenizer
+    return classifier
 
 
 def _lora(config: PPOConfig, model, task_type: str):
