@@ -3,12 +3,13 @@
     python bench/label.py                  # default: 24 human-labelled hh-rlhf pairs, k = 3 principles
     python bench/label.py --pairs 8 --k 2
 
-Five ways to label the same pairs with the same model, prompt and few-shot examples:
+Six ways to label the same pairs with the same model, prompt and few-shot examples:
   one order, whole prompt   one forward pass per pair over its whole prompt (few-shot block included), options read
                   off it: first principle, responses in one order;
   one order       the same with rlaif's sharing: the few-shot block computed once, pairs batched;
-  both orders x k rlaif, k principles, both orders: 2k prompts per pair, scored as a prefix tree so the few-shot
-                  block, the conversation and (per order) both replies are computed once;
+  both orders     rlaif, first principle, both orders: 2 prompts per pair, scored as a prefix tree so the few-shot
+                  block and the conversation are computed once;
+  both orders x k the same with k principles: 2k prompts per pair, (per order) both replies computed once;
   explaining judge what common LLM-as-judge scripts do (the MT-Bench pairwise judge of Zheng et al. 2023 and its
                   descendants): per pair, `generate` token by token from the full prompt (first principle, one
                   order) a short explanation and then the verdict, parsed from "The answer is (A)" or "(B)";
@@ -112,6 +113,8 @@ def main() -> None:
     plain_tokens = computed[0]
     single, single_s = timed(lambda: batched([[p[0]] for p in principles], False))
     single_tokens = computed[0]
+    both, both_s = timed(lambda: batched([[p[0]] for p in principles], True))
+    both_tokens = computed[0]
     ensemble, ensemble_s = timed(lambda: batched(principles, True))
     ensemble_tokens = computed[0]
     (verdicts, judge_new), judge_s = timed(lambda: generating_judge(labeler, pairs, principles, 16))
@@ -132,12 +135,15 @@ def main() -> None:
                                    "tokens_per_pair": plain_tokens / n},
         "one_order": {"seconds": single_s, "pairs_per_second": n / single_s, "prompts": n,
                       "tokens_per_pair": single_tokens / n},
+        "both_orders": {"seconds": both_s, "pairs_per_second": n / both_s, "prompts": 2 * n,
+                        "tokens_per_pair": both_tokens / n},
         "both_orders_x_k": {"seconds": ensemble_s, "pairs_per_second": n / ensemble_s, "prompts": 2 * args.k * n,
                             "tokens_per_pair": ensemble_tokens / n},
         "explaining_judge": {"seconds": explain_s, "pairs_per_second": n / explain_s, "prompts": n,
                              **verdict_stats(explained, explain_new)},
         "verdict_only_judge": {"seconds": judge_s, "pairs_per_second": n / judge_s, "prompts": n,
                                **verdict_stats(verdicts, judge_new)},
+        "cost_both_orders_over_one_order": both_s / single_s,
         "cost_both_orders_x_k_over_one_order": ensemble_s / single_s,
         "cost_both_orders_x_k_over_one_order_whole_prompt": ensemble_s / plain_s,
         "max_probability_difference_shared_vs_whole": max(abs(a[0].shown_first - b[0].shown_first)
@@ -147,16 +153,19 @@ def main() -> None:
         "speedup_one_order_over_verdict_only_judge": judge_s / single_s,
         "speedup_both_orders_x_k_over_verdict_only_judge": judge_s / ensemble_s,
         "human_agreement": {"one_order": sum(j[0].shown_first >= 0.5 for j in single) / n,
+                            "both_orders": sum(j[0].p >= 0.5 for j in both) / n,
                             "both_orders_x_k": sum(sum(x.p for x in j) / len(j) >= 0.5 for j in ensemble) / n},
     }
     print(f"{n} pairs, {args.model}, k = {args.k}")
     print(f"{'':18} {'seconds':>8} {'pairs/s':>8} {'prompts':>8} {'tokens/pair':>12}")
-    for name, key in (("one order, whole", "one_order_whole_prompt"), ("one order", "one_order"), (f"both orders x {args.k}", "both_orders_x_k"),
+    for name, key in (("one order, whole", "one_order_whole_prompt"), ("one order", "one_order"),
+                      ("both orders", "both_orders"), (f"both orders x {args.k}", "both_orders_x_k"),
                       ("explaining judge", "explaining_judge"), ("verdict-only judge", "verdict_only_judge")):
         r = result[key]
         tokens = r.get("tokens_per_pair", r.get("new_tokens_per_pair"))
         print(f"{name:18} {r['seconds']:8.1f} {r['pairs_per_second']:8.2f} {r['prompts']:8d} {tokens:12.1f}")
-    print(f"both orders x {args.k} costs {result['cost_both_orders_x_k_over_one_order']:.2f}x one order with the "
+    print(f"both orders cost {result['cost_both_orders_over_one_order']:.2f}x one order; both orders x {args.k} "
+          f"{result['cost_both_orders_x_k_over_one_order']:.2f}x one order with the "
           f"few-shot block shared, {result['cost_both_orders_x_k_over_one_order_whole_prompt']:.2f}x one whole prompt")
     for name, key in (("explaining", "explaining_judge"), ("verdict-only", "verdict_only_judge")):
         r = result[key]

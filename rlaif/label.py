@@ -208,10 +208,10 @@ class Labeler:
             messages.append({"role": "assistant", "content": answer})
         return messages
 
-    def judge(self, items: list[tuple[Pair, Principle, bool]], group: int = 16) -> tuple[list[float], list[str]]:
+    def judge(self, items: list[tuple[Pair, Principle, bool]]) -> tuple[list[float], list[str]]:
         """P(first is better) for each (pair, principle, swapped) item: swapped shows `second` as (A). Returns the
-        probabilities and, in chain-of-thought mode, the rationales ("" otherwise). Items are scored `group` at a
-        time: neighbours (one pair's orders and principles) share a prefix tree."""
+        probabilities and, in chain-of-thought mode, the rationales ("" otherwise). All items are scored as one
+        prefix tree (the caller bounds how many), so each pair's orders and principles share what they can."""
         from rlaif.prefix_tree import tree_logprobs
 
         messages = [[self.message(pair.prompt, *((pair.second, pair.first) if swapped else (pair.first, pair.second)),
@@ -219,7 +219,6 @@ class Labeler:
         rationales = self._rationales(messages) if self.chain_of_thought else [""] * len(items)
         prefix_cache, texts = self._split(messages)
         sequences, n_scored = [], []
-        trees = 2 * group if self.share_prefix else 2  # unshared: one prompt (its two options) per forward
         for text, rationale in zip(texts, rationales):
             stem = text + (rationale + "\nThe answer is " if self.chain_of_thought else "")
             a, b = (self.tokenizer(stem + option, add_special_tokens=False)["input_ids"] for option in ("(A", "(B"))
@@ -227,6 +226,7 @@ class Labeler:
             sequences += [a, b]
             n_scored += [len(a) - common, len(b) - common]
         logprobs = []
+        trees = max(len(sequences), 1) if self.share_prefix else 2  # unshared: one prompt (its options) per forward
         for start in range(0, len(sequences), trees):
             logprobs += tree_logprobs(self.model, sequences[start : start + trees], n_scored[start : start + trees],
                                       prefix_cache=prefix_cache)
