@@ -12,10 +12,13 @@ This module imports only the standard library.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as _dt
 import hashlib
+import io
 import json
+import math
 import os
 import platform
 import re
@@ -132,6 +135,81 @@ class DataError(Exception):
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
 
 
+def number(value: Any, path: Path | str, line: int | None, field: str, minimum: float | None = None,
+           maximum: float | None = None, positive: bool = False) -> float:
+    """`value` as a float, or a DataError naming file, line and field: refuses text, booleans, NaN and infinities
+    (JSON as Python writes it holds `NaN` and `Infinity`, a CSV cell `nan`), and values outside [minimum, maximum]
+    (or not > 0 with `positive`). Every number rlaif reads from a user's file or setting goes through here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(path, line, field, f"expected a number, not {value!r}")
+    if minimum is not None and maximum is not None:
+        bounds = f" between {minimum:g} and {maximum:g}"
+    else:
+        bounds = " > 0" if positive else f" >= {minimum:g}" if minimum is not None else f" <= {maximum:g}" if maximum is not None else ""
+    if not math.isfinite(value):
+        raise DataError(path, line, field, f"expected a finite number{bounds}, got {value}")
+    if (positive and value <= 0) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise DataError(path, line, field, f"expected a finite number{bounds}, got {value:g}")
+    return float(value)
+
+
+def reply_problem(chosen: str, rejected: str) -> str | None:
+    """Why a pair of replies says nothing to learn from or judge, or None: `empty_reply` (either is blank) or
+    `identical_replies` (equal after stripping, so "chosen" is compared with itself). The reason is a Tally key."""
+    if not chosen.strip() or not rejected.strip():
+        return "empty_reply"
+    if chosen.strip() == rejected.strip():
+        return "identical_replies"
+    return None
+
+
+@dataclass
+class Tally:
+    """What a stage read, what it used, and what it left out and why.
+
+    Every stage that reads data keeps one: `counts()` goes into its manifest and `summary()` into its closing
+    line, so no row disappears without a count and a reason. `require_some()` stops a stage that has nothing left
+    to train on or judge, before it loads a model.
+
+        tally = Tally("pairs")
+        for row in rows:
+            tally.read += 1
+            if (problem := reply_problem(...)):
+                tally.leave_out(problem)
+            else:
+                tally.used += 1
+    """
+
+    noun: str = "rows"
+    read: int = 0
+    used: int = 0
+    left_out: dict[str, int] = field(default_factory=dict)
+
+    def leave_out(self, reason: str, n: int = 1) -> None:
+        """Count `n` rows left out for `reason` (a short snake_case key: too_long, empty_reply, ...)."""
+        if n:
+            self.left_out[reason] = self.left_out.get(reason, 0) + n
+
+    def counts(self, prefix: str = "") -> dict[str, int]:
+        """{read, used, left_out, left_out_REASON...}, keys optionally prefixed (for a stage with several inputs)."""
+        counts = {"read": self.read, "used": self.used, "left_out": sum(self.left_out.values())}
+        counts.update({f"left_out_{reason}": n for reason, n in sorted(self.left_out.items())})
+        return {f"{prefix}{key}": n for key, n in counts.items()}
+
+    def summary(self) -> str:
+        """"read 4 pairs, used 3, left out 1 (too_long 1)"."""
+        text = f"read {self.read} {self.noun}, used {self.used}"
+        if self.left_out:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.left_out.items()))
+            text += f", left out {sum(self.left_out.values())} ({reasons})"
+        return text
+
+    def require_some(self, path: Path | str, advice: str = "") -> None:
+        """A DataError when nothing is left to use: the whole tally, and what to change."""
+        if self.used == 0:
+            raise DataError(path, None, None, f"nothing left to use: {self.summary()}" + (f"; {advice}" if advice else ""))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # JSONL
 
@@ -158,6 +236,7 @@ def _repair_tail(path: Path) -> int:
         last = tail[cut:]
         try:
             if isinstance(json.loads(last), dict):
+                f.seek(0, os.SEEK_END)  # reading back moved the position off the end
                 f.write(b"\n")
                 return 0
         except ValueError:
@@ -166,30 +245,87 @@ def _repair_tail(path: Path) -> int:
         return len(last)
 
 
-def read_jsonl(path: Path | str) -> Iterator[dict]:
-    """Yield the objects of a JSONL file. A line that is not a JSON object is an error naming the line; blank lines
-    are skipped. A last line cut short by a crash (no newline, not valid JSON) is ignored."""
+# Line ends inside JSON strings that `json.dumps(..., ensure_ascii=False)` leaves raw and that str.splitlines() (and
+# so many JSONL readers) would take for line breaks. rlaif reads JSONL split on "\n" only and writes these escaped.
+_RAW_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def dumps_line(row: dict) -> str:
+    """One JSONL line for `row`: UTF-8 JSON with U+2028, U+2029 and U+0085 escaped (they are legal raw inside JSON
+    strings, but line-splitting readers other than rlaif's would cut the row there), ending in "\n"."""
+    text = json.dumps(row, ensure_ascii=False)
+    if any(c in text for c in _RAW_LINE_BREAKS):
+        text = text.translate(str.maketrans(_RAW_LINE_BREAKS))
+    return text + "\n"
+
+
+def read_text(path: Path | str) -> str:
+    """A user's text file (prompts, rankings, YAML, CSV): UTF-8 with or without a byte-order mark, or UTF-16 with
+    one. The mark is not returned. A byte that is not UTF-8 is an error naming the line and column."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise DataError(path, None, None, f"not UTF-16 text ({e.reason}); save the file as UTF-8") from None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, raw[line_start : e.end], e.start - line_start) from None
+
+
+def _not_utf8(path: Path, line: int, raw: bytes, offset: int) -> DataError:
+    """The error for an undecodable byte at `offset` of the line `raw`: its column in characters, 1-based."""
+    column = len(raw[:offset].decode("utf-8", errors="replace")) + 1
+    return DataError(path, line, None, f"not UTF-8 text: byte 0x{raw[offset]:02x} at column {column}; save the file "
+                                       "as UTF-8")
+
+
+def iter_jsonl(path: Path | str, torn_tail_ok: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every row of a JSONL file: the one JSONL reader of rlaif.
+
+    Lines are split on "\n" only ("\r\n" is fine): U+2028, U+2029 and U+0085 inside a string are text, not line
+    breaks. A UTF-8 byte-order mark at the start is ignored (UTF-16 with a mark is read too); blank lines are
+    skipped. A line that is not a JSON object is a DataError naming the line (and column). With `torn_tail_ok`, a
+    last line cut short by a crash (no newline, not valid JSON) is ignored: for files rlaif itself appends to."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, None, "file not found")
     with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    torn = lines[-1]  # what follows the final newline: empty for a well-formed file
-    for number, raw in enumerate(lines[:-1], start=1):
+        data = f.read()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        data = read_text(path).encode("utf-8")
+    elif data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    lines = data.split(b"\n")
+    torn = lines.pop()  # what follows the final newline: empty for a well-formed file
+    for number, raw in enumerate(lines, start=1):
         if raw.strip():
-            yield _parse_line(path, number, raw)
+            yield number, _parse_line(path, number, raw)
     if torn.strip():
         try:
-            row = json.loads(torn)
-        except ValueError:
-            return
-        if isinstance(row, dict):
-            yield row
+            yield len(lines) + 1, _parse_line(path, len(lines) + 1, torn)
+        except DataError:
+            if not torn_tail_ok:
+                raise
+
+
+def read_jsonl(path: Path | str) -> Iterator[dict]:
+    """The rows of a JSONL file that rlaif wrote (see `iter_jsonl`); a torn last line left by a crash is ignored."""
+    return (row for _, row in iter_jsonl(path, torn_tail_ok=True))
 
 
 def _parse_line(path: Path, number: int, raw: bytes) -> dict:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(path, number, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise _not_utf8(path, number, raw, e.start) from None
     try:
         row = json.loads(text)
     except json.JSONDecodeError as e:
@@ -217,7 +353,7 @@ class JsonlWriter:
         self.done: set[str] = set()
         if self.path.exists():
             _repair_tail(self.path)
-            for number, row in enumerate(read_jsonl(self.path), start=1):
+            for number, row in iter_jsonl(self.path):
                 if "id" not in row:
                     raise DataError(self.path, number, "id", "row has no id; this file was not written by rlaif")
                 self.done.add(row["id"])
@@ -226,7 +362,7 @@ class JsonlWriter:
     def write(self, row: dict) -> None:
         if row["id"] in self.done:
             raise ValueError(f"{self.path}: id {row['id']!r} is already written")
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.write(dumps_line(row))
         self._file.flush()
         self.done.add(row["id"])
 
@@ -411,35 +547,27 @@ def load_prompts(path: Path | str) -> list[PromptRow]:
     suffix = path.suffix.lower()
     rows: list[PromptRow] = []
     if suffix in (".jsonl", ".json"):
-        for line, obj in _numbered_jsonl(path):
+        for line, obj in iter_jsonl(path):
             messages, kind = _prompt_from_object(obj, path, line)
             rows.append(_prompt_row(obj, messages, path, line, "hh-rlhf" if kind == "hh-rlhf" else path.name))
     elif suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "prompt" not in reader.fieldnames:
-                raise DataError(path, 1, "prompt", f"no 'prompt' column (columns: {reader.fieldnames})")
-            for record in reader:
-                line = reader.line_num
-                obj: dict[str, Any] = {k: v for k, v in record.items() if v not in (None, "")}
-                if "tags" in obj:
-                    obj["tags"] = [t.strip() for t in obj["tags"].split(";") if t.strip()]
-                messages = _as_messages(record["prompt"] or "", path, line, "prompt")
-                rows.append(_prompt_row(obj, messages, path, line, path.name))
-    else:
-        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        if not reader.fieldnames or "prompt" not in reader.fieldnames:
+            raise DataError(path, 1, "prompt", f"no 'prompt' column (columns: {reader.fieldnames})")
+        for record in reader:
+            line = reader.line_num
+            obj: dict[str, Any] = {k: v for k, v in record.items() if v not in (None, "")}
+            if "tags" in obj:
+                obj["tags"] = [t.strip() for t in obj["tags"].split(";") if t.strip()]
+            messages = _as_messages(record["prompt"] or "", path, line, "prompt")
+            rows.append(_prompt_row(obj, messages, path, line, path.name))
+    else:  # one prompt per line; split on "\n" only, like JSONL
+        for line, text in enumerate(read_text(path).split("\n"), start=1):
             if text.strip():
                 rows.append(_prompt_row({}, [{"role": "user", "content": text.strip()}], path, line, path.name))
     if not rows:
         raise DataError(path, None, None, "no prompts found")
     return _unique_ids(rows, path, lambda row: content_id(row["prompt"]))
-
-
-def _numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield number, _parse_line(path, number, raw)
 
 
 def _prompt_row(obj: dict, messages: list[Message], path: Path, line: int, source: str) -> PromptRow:
@@ -481,7 +609,7 @@ def load_hh_preferences(path: Path | str, limit: int | None = None) -> list[Pref
     the final Assistant turns the chosen and rejected responses."""
     path = Path(path)
     rows: list[PreferenceRow] = []
-    for line, obj in _numbered_jsonl(path):
+    for line, obj in iter_jsonl(path):
         if limit is not None and len(rows) >= limit:
             break
         sides = {}
@@ -513,6 +641,6 @@ def load_hh_preferences(path: Path | str, limit: int | None = None) -> list[Pref
 
 def write_jsonl(path: Path | str, rows: Iterable[dict]) -> int:
     """Write a whole JSONL file atomically (for small derived files; stages stream with JsonlWriter)."""
-    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    lines = [dumps_line(row) for row in rows]
     write_atomic(path, "".join(lines))
     return len(lines)
