@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rlaif.constitution import load_constitution
-from rlaif.critique import CritiqueConfig, few_shot_messages, principle_rng, run, sample_principles
+from rlaif.critique import CritiqueConfig, few_shot_messages, run, sample_principles
 from rlaif.generate import KVMemory, eos_token_ids, generate
 from rlaif.models import load_model
 from rlaif.records import load_prompts, read_jsonl, write_jsonl
@@ -56,7 +56,7 @@ def naive(model, tokenizer, prompts, constitution, rounds, max_new_tokens):
         return tokenizer.decode(new, skip_special_tokens=True).strip()
 
     for row in prompts:
-        principles = sample_principles(constitution.principles, rounds, principle_rng(constitution.critique.seed, row["id"]))
+        principles = sample_principles(constitution.principles, rounds, constitution.critique.seed, row["id"])
         conversation = list(row["prompt"])
         answer = reply(conversation)
         conversation.append({"role": "assistant", "content": answer})

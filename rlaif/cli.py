@@ -170,7 +170,8 @@ def constitution_show(spec: str, full: bool) -> None:
 @click.option("--candidates", required=True, type=click.Path(),
               help="Pairs to relabel: candidates.jsonl from `rlaif sample`, or preference rows.")
 @click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
-@click.option("--limit", type=int, help="Pairs relabeled (the first N).  [default: 64]")
+@click.option("--limit", type=int,
+              help="Pairs read (the first N); empty or identical replies are left out.  [default: 64]")
 @click.option("--out", help="The JSON report.  [default: runs/constitution-diff.json]")
 @click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
@@ -222,10 +223,11 @@ def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, d
     from rlaif.generate import generate as run
     from rlaif.models import load_model
 
+    config = stage_config(GenerationConfig, None, {"max_new_tokens": max_new_tokens, "temperature": temperature,
+                                                   "top_p": top_p, "seed": seed})
     lm, tokenizer = load_model(model, device=device)
     head = [{"role": "system", "content": system}] if system else []
     conversations = [head + [{"role": "user", "content": p}] for p in prompts]
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     for prompt, reply in zip(prompts, run(lm, tokenizer, conversations, config, progress=len(prompts) > 1)):
         if len(prompts) > 1:
             out.print(f"[bold]> {escape(prompt)}[/bold]")
@@ -239,20 +241,22 @@ def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, d
 
 
 def stage_config(cls, config_file: str | None, flags: dict):
-    """Build a stage's dataclass config. Unknown recipe keys are errors naming the file, line and key."""
+    """Build a stage's dataclass config. Unknown recipe keys are errors naming the file, line and key; every value,
+    from the file or a flag, is checked against its field (pipeline.check_settings: a number must be finite) and by
+    the stage's own checks; errors name the file and line, or the flag."""
     import dataclasses
 
-    from rlaif.records import DataError
+    from rlaif.pipeline import check_settings
+    from rlaif.records import DataError, parse_yaml, read_text
 
     values: dict = {}
     if config_file:
         import yaml
 
         path = click.format_filename(config_file)
-        with open(config_file, encoding="utf-8") as f:
-            text = f.read()
+        text = read_text(config_file)
         try:
-            node, recipe = yaml.compose(text), yaml.safe_load(text)
+            recipe, node = parse_yaml(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             raise DataError(path, mark.line + 1 if mark else None, None, f"YAML syntax error: {e}") from None
@@ -264,8 +268,26 @@ def stage_config(cls, config_file: str | None, flags: dict):
             if key not in fields:
                 raise DataError(path, lines.get(key), str(key), f"unknown setting; expected one of: {', '.join(sorted(fields))}")
             values[key] = value
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return cls(**values)
+        values = check_settings(cls, values, lambda key: (path, lines.get(key), key))
+    given = {k: v for k, v in flags.items() if v is not None}
+    values.update(check_settings(cls, given, lambda key: ("command line", None, _flag(key))))
+    try:
+        return cls(**values)
+    except DataError as e:  # the stage's own range check: name the flag or the file's line that gave the value
+        if e.field in given:
+            raise DataError("command line", None, _flag(e.field), e.message) from None
+        if e.field in values:
+            raise DataError(path, lines.get(e.field), e.field, e.message) from None
+        raise
+
+
+def _flag(name: str) -> str:
+    """The command-line spelling of a setting (`learning_rate` -> `--learning-rate`), for errors."""
+    context = click.get_current_context(silent=True)
+    for param in context.command.params if context else ():
+        if param.name == name and param.opts:
+            return max(param.opts, key=len)
+    return name
 
 
 recipe_option = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -293,7 +315,8 @@ recipe_option = click.option("--config", "config_file", type=click.Path(exists=T
 @click.option("--sft-include-flagged", is_flag=True, default=None, help="Keep prompts whose final revision is flagged.")
 @click.option("--prefs", is_flag=True, default=None, help="Also write prefs.jsonl: final revision over first answer.")
 @click.option("--batch-size", type=int, help="Conversations per forward pass.  [default: 16]")
-@click.option("--chunk-size", type=int, help="Prompts finished together; the unit of resume.  [default: 64]")
+@click.option("--chunk-size", type=int, help="Prompts taken through the rounds together, their keys and values kept "
+              "from turn to turn (every finished turn is saved: a rerun resumes at the next).  [default: 64]")
 @click.option("--kv-memory-gb", type=float,
               help="Keys/values kept between turns so history is not recomputed; 0 turns it off.  [default: 2]")
 @click.option("--device", help="cpu, cuda, cuda:1, ...  [default: a GPU if there is one]")
@@ -303,7 +326,8 @@ def critique(config_file, **flags) -> None:
 
     For each prompt the model answers, then for each round critiques its latest answer under a principle drawn
     from the constitution and revises it. Writes OUT/critique/revisions.jsonl (every trace), sft.jsonl (TRL
-    conversational format, the final revisions) and, with --prefs, prefs.jsonl. Replies that come back empty,
+    conversational format, the final revisions) and, with --prefs, prefs.jsonl; turns.jsonl keeps every finished
+    turn, so a killed run resumes each conversation where it stopped. Replies that come back empty,
     looping, cut off or unchanged are flagged (all but the cut-off ones retried once); flagged rows are kept in
     revisions.jsonl.
 
@@ -377,7 +401,13 @@ def sft(config_file, **flags) -> None:
         raise click.UsageError("--data is required (or `data:` in --config)")
     metrics = stage.run(config)
     out.print(f"[green]✓[/green] {metrics['steps']} steps on {metrics['examples']} examples, loss "
-              f"{metrics['first_loss']:.3f} → {metrics['last_loss']:.3f}; model in {escape(config.out)}", soft_wrap=True)
+              f"{metrics['first_loss']:.3f} → {metrics['last_loss']:.3f}; model in {escape(config.out)}"
+              f"{_data_summary(metrics)}", soft_wrap=True)
+
+
+def _data_summary(metrics: dict) -> str:
+    """What a training stage read, used and left out, for its closing line."""
+    return f" ({escape(metrics['summary'])})" if "summary" in metrics else ""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -393,8 +423,8 @@ def sft(config_file, **flags) -> None:
 @click.option("-t", "--temperature", type=float, help="Sampling temperature.  [default: 0.9]")
 @click.option("--top-p", type=float, help="Nucleus sampling threshold.  [default: 0.95]")
 @click.option("--seed", type=int, help="[default: 0]")
-@click.option("--batch-size", type=int, help="Sequences per forward pass.  [default: 16]")
-@click.option("--chunk-size", type=int, help="Prompts written together; the unit of resume.  [default: 64]")
+@click.option("--batch-size", type=int, help="Sequences per forward pass; each batch's rows are written as it "
+              "finishes (a rerun resumes after the last).  [default: 16]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
 @click.option("--engine", type=click.Choice(["rlaif", "vllm"]), help="vllm: sample with vLLM where installed.  "
               "[default: rlaif]")
@@ -434,8 +464,7 @@ def sample(config_file, **flags) -> None:
 @click.option("--min-margin", type=float, help="Flag labels with p_chosen < 0.5 + this as low_confidence.  [default: 0.05]")
 @click.option("--drop-flagged", is_flag=True, default=None,
               help="Write low-confidence and inconsistent pairs to dropped.jsonl instead.")
-@click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
-@click.option("--chunk-size", type=int, help="Pairs written together; the unit of resume.  [default: 64]")
+@click.option("--batch-size", type=int, help="Pairs per batch, written as it finishes.  [default: 8]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
 @recipe_option
 def label(config_file, **flags) -> None:
@@ -459,7 +488,7 @@ def label(config_file, **flags) -> None:
     counts = stage.run(config, progress=True)
     out.print(f"[green]✓[/green] {counts['labeled']} pairs labeled → {escape(config.out)}/label/preferences.jsonl; "
               f"{counts['inconsistent']} inconsistent, {counts['low_confidence']} low confidence, "
-              f"{counts['dropped']} dropped", soft_wrap=True)
+              f"{counts['dropped']} dropped ({escape(counts['summary'])})", soft_wrap=True)
 
 
 @cli.command()
@@ -486,8 +515,8 @@ def score(config_file, **flags) -> None:
     if not config.candidates:
         raise click.UsageError("--candidates is required (or `candidates:` in --config)")
     counts = stage.run(config, progress=True)
-    out.print(f"[green]✓[/green] {counts['responses']} responses scored → {escape(config.out)}/score/scores.jsonl",
-              soft_wrap=True)
+    out.print(f"[green]✓[/green] {counts['responses']} responses scored → {escape(config.out)}/score/scores.jsonl "
+              f"({escape(counts['summary'])})", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -526,8 +555,8 @@ def rankings_import(rankings_file, out_path: str, ties: str, annotator: str | No
     counts = stage.run(stage.ImportConfig(rankings=rankings_file, out=out_path, ties=ties, annotator=annotator,
                                           skip_empty=skip_empty))
     extra = f", {counts['ties']} ties labelled 0.5" if counts["ties"] else ""
-    extra += f", {counts['skipped_empty']} left out for an empty response" if counts.get("skipped_empty") else ""
-    out.print(f"[green]✓[/green] {counts['pairs']} pairs{extra} → {escape(out_path)}", soft_wrap=True)
+    out.print(f"[green]✓[/green] {counts['pairs']} pairs{extra} → {escape(out_path)} ({escape(counts['summary'])})",
+              soft_wrap=True)
 
 
 @cli.command()
@@ -574,9 +603,7 @@ def reward(config_file, data, eval_data, **flags) -> None:
     metrics = stage.run(config)
     train, held = metrics["train"], metrics["heldout"]
     out.print(f"[green]✓[/green] {train['steps']} steps on {train['pairs']} pairs, loss {train['first_loss']:.3f} → "
-              f"{train['last_loss']:.3f}; model in {escape(config.out)}", soft_wrap=True)
-    if train["left_out_too_long"]:
-        err.print(f"[yellow]{train['left_out_too_long']} pairs were longer than --max-length and left out[/yellow]")
+              f"{train['last_loss']:.3f}; model in {escape(config.out)}{_data_summary(metrics)}", soft_wrap=True)
     if held:
         table = Table("held-out", "pairs", "accuracy", "margin", "ECE", title="reward model")
         for name, m in held.items():
@@ -590,7 +617,7 @@ def reward(config_file, data, eval_data, **flags) -> None:
                       f"(the longer response is the chosen one in {length['longer_wins_accuracy']:.0%} of pairs)")
     agreement = metrics["agreement"]
     if agreement["pairs_labeled_by_both"]:
-        out.print(f"people and the AI agree on {agreement['agree']}/{agreement['pairs_labeled_by_both']} pairs "
+        out.print(f"people and the AI agree on {agreement['agree']:g}/{agreement['pairs_labeled_by_both']} pairs "
                   f"labeled by both; the others are listed in metrics.json")
 
 
@@ -679,7 +706,8 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
 @click.option("--out", help="Where the policy and checkpoints go. Rerun to resume.  [default: runs/dpo]")
 @click.option("--beta", type=float, help="Strength of the implicit KL penalty.  [default: 0.1]")
 @click.option("--loss-type", help="TRL's DPO loss: sigmoid, robust (noisy labels), ipo, hinge, ...  [default: sigmoid]")
-@click.option("--label-smoothing", help="Label error rate for robust/aot, or auto (mean 1 - p_chosen).  [default: auto]")
+@click.option("--label-smoothing", help="Label error rate for the robust, exo_pair and aot losses (an error with the "
+              "others), or auto: mean 1 - p_chosen with those, 0 with the others.  [default: auto]")
 @click.option("--min-p-chosen", type=float, help="Leave out pairs no more confident than this.  [default: 0.5]")
 @click.option("--lora/--full", default=None, help="Train LoRA adapters (merged at the end) or every weight.")
 @click.option("--learning-rate", type=float, help="[default: 5e-5 with LoRA, 5e-7 without]")
@@ -714,7 +742,7 @@ def dpo(config_file, data, label_smoothing, **flags) -> None:
         raise click.UsageError("--data is required (or `data:` in --config)")
     metrics = stage.run(config)
     out.print(f"[green]✓[/green] {metrics['steps']} steps on {metrics['pairs']} pairs, last loss "
-              f"{metrics['last_loss']}; policy in {escape(config.out)}", soft_wrap=True)
+              f"{metrics['last_loss']}; policy in {escape(config.out)}{_data_summary(metrics)}", soft_wrap=True)
 
 
 @cli.command()
@@ -754,7 +782,8 @@ def grpo(config_file, reward_model, **flags) -> None:
         raise click.UsageError("--prompts is required (or `prompts:` in --config)")
     last = stage.run(config)
     reward = f", reward {last['reward']:+.3f}" if "reward" in last else ""
-    out.print(f"[green]✓[/green] {config.algorithm}{reward}; policy in {escape(config.out)}", soft_wrap=True)
+    out.print(f"[green]✓[/green] {config.algorithm}{reward}; policy in {escape(config.out)}{_data_summary(last)}",
+              soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -775,17 +804,22 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 
 @cli.command(name="run")
 @click.argument("recipe_file", metavar="RECIPE", type=click.Path())
-@click.option("--dry-run", is_flag=True, help="Print the plan (what runs, resumes, is kept or redone) and stop.")
+@click.option("--dry-run", is_flag=True,
+              help="Read and check every input, print the plan (what runs, resumes, is kept or redone) and stop.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field: rounds=2, ppo.steps=20, label.both_orders=false; repeatable.")
-@click.option("--rounds", type=int, help="Rounds of sample -> label -> reward -> ppo (overrides the recipe).")
+@click.option("--rounds", type=click.IntRange(min=1),
+              help="Rounds of sample -> label -> reward -> ppo (overrides the recipe).")
 def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], rounds: int | None) -> None:
     """Run a recipe: every stage of the loop, in rounds, resumable.
 
-    critique -> sft -> (rankings import) -> sample -> label -> reward -> ppo, then for each further round:
+    (rankings import) -> critique -> sft -> sample -> label -> reward -> ppo, then for each further round:
     sample from the last policy -> label the new pairs -> a reward model on every label so far -> PPO from the
     last policy; after the last round, eval compares every policy on held-out prompts and OUT/report.html is
-    written. Rerun the same command after a crash: finished stages are kept, a half-finished one resumes.
+    written. Before anything runs, every setting is checked and every file the recipe names is read (prompts,
+    human rankings with the recipe's `rankings` settings, constitutions): a problem stops it at once, naming the
+    file, line and the setting that fixes it. Settings nothing reads are reported as warnings.
+    Rerun the same command after a crash: finished stages are kept, a half-finished one resumes.
     Change a stage's settings (in the recipe or with --set) and that stage runs again, with every stage after it.
 
     \b
@@ -800,8 +834,12 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
     if rounds is not None:
         overrides["rounds"] = rounds
     recipe = pipeline.load_recipe(recipe_file, overrides)
-    steps = pipeline.plan(recipe)
+    for note in pipeline.unused_settings(recipe):
+        err.print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
     if dry_run:
+        steps = pipeline.plan(recipe)
+        for line in pipeline.check_inputs(recipe, steps):
+            out.print(escape(line), soft_wrap=True)
         for step in steps:
             out.print(escape(step.describe()), soft_wrap=True)
         todo = sum(step.state != "done" for step in steps)
@@ -815,7 +853,7 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
     from rlaif.ppo.trainer import PPOStopped
 
     try:
-        pipeline.run(recipe, on_step=announce)
+        steps = pipeline.run(recipe, on_step=announce)
     except PPOStopped as e:
         err.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
@@ -873,7 +911,8 @@ def eval_policies(run_dir, config_file, **flags) -> None:
     config = stage_config(evaluate.EvalConfig, config_file, {**flags, "run": run_dir})
     summary = evaluate.evaluate_policies(config, progress=True)
     print_policy_eval(summary)
-    out.print(f"[green]✓[/green] → {escape(config.out or os.path.join(run_dir, 'eval'))}/eval.json", soft_wrap=True)
+    out.print(f"[green]✓[/green] → {escape(config.out or os.path.join(run_dir, 'eval'))}/eval.json "
+              f"({escape(summary['judging']['summary'])})", soft_wrap=True)
 
 
 def print_policy_eval(summary: dict) -> None:
@@ -916,7 +955,8 @@ def report(run_dir: str, out_path: str | None) -> None:
 @click.option("--out", help="Writes OUT/labeler_report.json.  [default: runs/eval]")
 @click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
 @click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
-@click.option("--limit", type=int, help="Pairs to evaluate (the first N).  [default: 100]")
+@click.option("--limit", type=int,
+              help="Pairs read (the first N); empty or identical replies are left out.  [default: 100]")
 @click.option("--ensemble", type=int, help="Principles per pair in the ensemble mode.  [default: 4]")
 @click.option("--cot/--no-cot", "chain_of_thought", default=None, help="Also evaluate chain of thought.  [default: on]")
 @click.option("--injection-pairs", type=int, help="Pairs per injection attack; 0 skips them.  [default: 8]")
@@ -941,7 +981,8 @@ def eval_labeler(config_file, **flags) -> None:
         raise click.UsageError("--pairs is required (or `pairs:` in --config)")
     report = evaluate.evaluate_labeler(config, progress=True)
     evaluate.print_labeler_report(report, out)
-    out.print(f"[green]✓[/green] report → {escape(config.out)}/labeler_report.json", soft_wrap=True)
+    out.print(f"[green]✓[/green] report → {escape(config.out)}/labeler_report.json ({escape(report['summary'])})",
+              soft_wrap=True)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import string
 from dataclasses import dataclass, field
 from functools import cache
@@ -45,10 +46,22 @@ def shipped_names(kind: str = "constitution") -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 # Prompt templates: data with declared variables. A constitution may replace any of them under `templates:`.
 
+# Each template's variables. A custom template must use every one of them: a label template without {response_b}
+# would have the labeler answer "(A) or (B)" without ever seeing reply (B), and nothing downstream could tell.
 TEMPLATE_VARIABLES: dict[str, frozenset[str]] = {
     "label": frozenset({"conversation", "question", "response_a", "response_b"}),
     "label_cot": frozenset({"conversation", "question", "response_a", "response_b"}),
     "score": frozenset({"conversation", "response", "principles"}),
+}
+
+# Why a variable cannot be left out: what the model reading the prompt would miss.
+_MISSING_VARIABLE = {
+    "conversation": "the conversation the replies answer",
+    "question": "the principle's question",
+    "response_a": "reply (A)",
+    "response_b": "reply (B)",
+    "response": "the reply it scores",
+    "principles": "the principles it scores against",
 }
 
 DEFAULT_TEMPLATES: dict[str, str] = {
@@ -235,16 +248,18 @@ def _field_path(where: tuple) -> str:
 
 
 def _read_yaml(path: Path, problems: list[Problem]) -> tuple[Any, _Positions]:
+    from rlaif.records import DataError, parse_yaml, read_text
+
     pos = _Positions()
     shown = str(_display(path))
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        problems.append(Problem(shown, None, None, "", f"not UTF-8 text ({e.reason} at byte {e.start})"))
+        text = read_text(path)  # a byte-order mark is ignored; an undecodable byte is named by line and column
+    except DataError as e:
+        problems.append(Problem(shown, e.line, None, "", e.message))
         return None, pos
-    loader = yaml.SafeLoader(text)
+    loader = yaml.SafeLoader("")  # constructs the values of the nodes parse_yaml composed
     try:
-        node = loader.get_single_node()
+        node = parse_yaml(text)[1]
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         detail = f"{e.context}, {e.problem}" if e.context else str(e.problem)
@@ -279,6 +294,9 @@ def _to_python(node, where: tuple, loader, pos: _Positions, path: Path, problems
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, where + (i,), loader, pos, path, problems) for i, item in enumerate(node.value)]
     value = loader.construct_object(node)
+    if isinstance(value, float) and not math.isfinite(value):  # YAML's .nan and .inf: no weight or bound means them
+        problems.append(Problem(str(_display(path)), *pos.values[where], _field_path(where),
+                                f"expected a finite number, got {node.value}"))
     if node.style is None and not isinstance(value, str):
         pos.plain[where] = node.value
     if node.style == "|":
@@ -555,6 +573,13 @@ def load_constitution(spec: str | Path) -> Constitution:
         except TemplateError as e:
             composer.problem(shown, pos, ("templates", name), str(e))
             continue
+        missing = sorted(allowed - set(used))
+        if missing:
+            reader = "scorer" if name == "score" else "labeler"
+            composer.problem(shown, pos, ("templates", name),
+                             f"must use {', '.join('{' + v + '}' for v in missing)} (the {reader} would never see "
+                             f"{' or '.join(_MISSING_VARIABLE[v] for v in missing)}); required: "
+                             f"{' '.join('{' + v + '}' for v in sorted(allowed))}", key=True)
         for var in dict.fromkeys(used):
             if var not in allowed:
                 where = ("templates", name)

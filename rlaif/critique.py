@@ -6,9 +6,14 @@ revision (Bai et al. 2022, "Constitutional AI", section 3.1). The constitution's
 critique and revision; their keys and values are computed once and shared, and each conversation's keys and values
 are kept from turn to turn, so a revision request costs only its own tokens (see rlaif.generate).
 
-Work is batched by round: all of a chunk's prompts are answered in one batched pass, then all critiques of round 1,
-then all revisions, and so on. Each finished prompt is appended to `revisions.jsonl`, so a killed run resumes at the
-chunk it was in. `sft.jsonl` (the final revision as the assistant turn) and the optional `prefs.jsonl` (final
+Work is batched by round: all of a chunk's prompts are answered, batch by batch, then the flagged answers retried
+together, then all critiques of round 1, then all revisions, and so on, so each conversation's keys and values are
+still in memory at its next turn. Every finished turn is appended to `turns.jsonl` as its batch finishes (prompt id,
+step, text, flags, tokens; a flagged first attempt too, until its retry), and every finished prompt to
+`revisions.jsonl`, once. A killed run loses at most the batch in flight: the rerun rebuilds each conversation from
+its turns and continues it at its next step. Each request samples with a seed derived from
+(seed, prompt id, step, attempt), and batches are fixed by position, so the rerun writes the files an uninterrupted
+run would have. `sft.jsonl` (the final revision as the assistant turn) and the optional `prefs.jsonl` (final
 revision preferred over the first answer) are rebuilt from `revisions.jsonl` when the run finishes.
 
     rlaif critique --prompts examples/prompts/red-team.jsonl --out runs/x
@@ -16,7 +21,8 @@ revision preferred over the first answer) are rebuilt from `revisions.jsonl` whe
 
 from __future__ import annotations
 
-import random
+import hashlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,11 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlaif.constitution import Constitution, Principle, load_constitution
-from rlaif.generate import Generation, GenerationConfig, progress_bar
+from rlaif.generate import Generation, GenerationConfig, derive_seed, progress_bar
 from rlaif.records import (
+    DataError,
     JsonlWriter,
     Message,
     RevisionRow,
+    iter_jsonl,
     load_prompts,
     open_stage,
     read_jsonl,
@@ -57,7 +65,7 @@ class CritiqueConfig:
     sft_include_flagged: bool = False  # keep prompts whose final revision is flagged in sft.jsonl
     prefs: bool = False  # also write prefs.jsonl: final revision chosen over the first answer
     batch_size: int = 16  # conversations per forward pass
-    chunk_size: int = 64  # prompts taken through every round before they are written (the unit of resume)
+    chunk_size: int = 64  # prompts taken through the rounds together, their keys and values kept from turn to turn
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
     kv_memory_gb: float = 2.0  # keys/values kept between turns, so a conversation's history is not recomputed; 0: off
 
@@ -69,23 +77,29 @@ class CritiqueConfig:
 # Pure pieces: principle draws, the few-shot block, quality flags
 
 
-def sample_principles(principles: list[Principle], rounds: int, rng: random.Random, weighted: bool = True) -> list[Principle]:
-    """One principle per round, drawn by weight (or evenly) without replacement; once every principle has been
-    used the pool refills, so a principle repeats within a prompt only when there are more rounds than principles."""
+def draw_key(seed: int, item_id: str, principle: Principle, weighted: bool = True, cycle: int = 0) -> float:
+    """A principle's key in one item's draw; the item draws its principles in decreasing key order.
+
+    Weighted sampling without replacement by Efraimidis-Spirakis keys u ** (1 / w) (Efraimidis and Spirakis 2006,
+    "Weighted random sampling with a reservoir"), as log(u) / w, which orders the same and does not underflow. u in
+    (0, 1) is a hash of (seed, item id, principle id, cycle), so a principle's key depends on nothing else: adding,
+    removing or re-weighting one principle leaves every other principle's key, and so their order, unchanged."""
+    parts = [str(seed), item_id, principle.id] + ([str(cycle)] if cycle else [])
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
+    u = (int.from_bytes(digest[:8], "big") + 0.5) / 2**64
+    return math.log(u) / (principle.weight if weighted else 1.0)
+
+
+def sample_principles(principles: list[Principle], rounds: int, seed: int, item_id: str,
+                      weighted: bool = True) -> list[Principle]:
+    """One principle per round for one item (a prompt, a pair), drawn by weight (or evenly) without replacement;
+    once every principle has been used the pool refills, so a principle repeats within an item only when there are
+    more rounds than principles. The draws are those of `draw_key`: the same on every run, and stable under edits
+    of the other principles (an item keeps its principles unless an added or re-weighted one outranks them)."""
     chosen: list[Principle] = []
-    pool: list[Principle] = []
-    for _ in range(rounds):
-        if not pool:
-            pool = list(principles)
-        pick = rng.choices(pool, weights=[p.weight for p in pool] if weighted else None)[0]
-        pool.remove(pick)
-        chosen.append(pick)
-    return chosen
-
-
-def principle_rng(seed: int, prompt_id: str) -> random.Random:
-    """A generator per prompt, so a prompt's principles do not depend on which other prompts share its run."""
-    return random.Random(f"{seed}:{prompt_id}")
+    for cycle in range(-(-rounds // len(principles)) if principles else 0):
+        chosen += sorted(principles, key=lambda p: (-draw_key(seed, item_id, p, weighted, cycle), p.id))
+    return chosen[:rounds]
 
 
 def few_shot_messages(constitution: Constitution) -> list[Message]:
@@ -104,12 +118,18 @@ def few_shot_messages(constitution: Constitution) -> list[Message]:
     return messages
 
 
-def is_degenerate(text: str, n: int = 3, min_words: int = 12, min_unique: float = 0.5) -> bool:
-    """Whether a reply loops: under `min_unique` of its word n-grams are distinct (a healthy text is near 1)."""
-    words = text.split()
-    if len(words) < min_words:
+def is_degenerate(text: str, n: int = 10, min_chars: int = 48, min_unique: float = 0.5) -> bool:
+    """Whether a reply loops: under `min_unique` of its character n-grams are distinct (a healthy text is near 1).
+
+    Characters, not words, so that a loop is found in any script, with or without spaces between words (Chinese,
+    Japanese and Thai do not separate words): runs of whitespace count as one space, and n = 10 characters spans
+    about two English words or a few Chinese ones. Texts under `min_chars` characters are not judged. Measured on the
+    4,121 turns of 48+ characters in the first 1,000 pairs of hh-rlhf harmless-base test: the lowest share of distinct
+    10-grams is 59%; a sentence repeated 20 times has about 5%."""
+    text = " ".join(text.split())
+    if len(text) < max(min_chars, n):
         return False
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    grams = [text[i : i + n] for i in range(len(text) - n + 1)]
     return len(set(grams)) / len(grams) < min_unique
 
 
@@ -134,7 +154,8 @@ def quality_flags(reply: Generation, previous: str | None = None) -> list[str]:
 
 @dataclass
 class _Trace:
-    """One prompt on its way through the rounds."""
+    """One prompt on its way through the rounds. Step 0 is the first answer, step 2r + 1 round r's critique and
+    step 2r + 2 its revision; until the last step, `messages` ends with the request the next step answers."""
 
     row: dict
     principles: list[Principle]
@@ -142,10 +163,42 @@ class _Trace:
     initial: str = ""
     rounds: list[dict] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    step: int = 0  # steps finished
+    critique: tuple[str, list[str]] = ("", [])  # this round's critique and its flags, until its revision
+    first: dict | None = None  # the next step's flagged first attempt (its turns.jsonl row), until its retry
+
+    @property
+    def steps(self) -> int:
+        return 1 + 2 * len(self.principles)
 
     @property
     def latest(self) -> str:
         return self.rounds[-1]["revision"] if self.rounds else self.initial
+
+    def add(self, text: str, flags: list[str]) -> None:
+        """Record the reply of the next step (with its quality flags) and ask for the step after it. A rerun
+        rebuilds a trace by adding the turns it had written, so this is the one place a turn changes a trace."""
+        self.messages.append({"role": "assistant", "content": text})
+        r, revising = divmod(self.step - 1, 2)
+        if self.step == 0:
+            self.initial = text
+            self.flags += [f"initial:{f}" for f in flags if f != "retried"]
+        elif not revising:
+            self.critique = (text, flags)
+        else:
+            principle, (critique, critique_flags) = self.principles[r], self.critique
+            self.rounds.append({"principle": principle.id, "critique_request": principle.critique_request,
+                                "critique": critique, "revision_request": principle.revision_request,
+                                "revision": text,
+                                "flags": [f"critique:{f}" for f in critique_flags] + [f"revision:{f}" for f in flags]})
+            if r == len(self.principles) - 1:
+                self.flags += [f"final:{f}" for f in flags if f != "retried"]
+        self.step += 1
+        if self.step < self.steps:
+            r, revising = divmod(self.step - 1, 2)
+            principle = self.principles[r]
+            self.messages.append({"role": "user",
+                                  "content": principle.revision_request if revising else principle.critique_request})
 
     def to_row(self) -> RevisionRow:
         row: RevisionRow = {"id": self.row["id"], "prompt": self.row["prompt"], "initial": self.initial,
@@ -156,67 +209,30 @@ class _Trace:
 
 
 class _Generator:
-    """Runs one batched step over many traces, flags weak replies and retries them once."""
+    """Runs one attempt at the next step of a batch of traces (all at the same step) and flags the replies. Each
+    request samples with its own seed, derived from (seed, prompt id, step, attempt): a turn's text does not depend on
+    which prompts share its batch, or on where a killed run was resumed."""
 
     def __init__(self, complete: Complete, config: CritiqueConfig):
         self.complete, self.config = complete, config
         self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                           top_p=config.top_p, seed=config.seed, batch_size=config.batch_size)
-        self.tokens = 0
-        self.calls = 0
+                                           top_p=config.top_p, batch_size=config.batch_size)
 
-    def __call__(self, conversations: list[list[Message]], prefix: list[Message] | None,
-                 previous: list[str] | None = None) -> list[tuple[Generation, list[str]]]:
-        replies = self._run(conversations, prefix, 0)
-        results = [(r, quality_flags(r, previous[i] if previous else None)) for i, r in enumerate(replies)]
-        # A reply cut off at the token limit would be cut off again: flag it, do not retry it.
-        retry = [i for i, (_, flags) in enumerate(results) if set(flags) - {"truncated"}]
-        if self.config.retry_flagged and retry:
-            again = self._run([conversations[i] for i in retry], prefix, 1)
-            for i, reply in zip(retry, again):
-                flags = quality_flags(reply, previous[i] if previous else None)
-                if len(flags) < len(results[i][1]):
-                    results[i] = (reply, flags)
-                results[i][1].append("retried")
-        return results
+    def __call__(self, traces: list[_Trace], prefix: list[Message] | None,
+                 attempt: int = 0) -> list[tuple[Generation, list[str]]]:
+        seeds = [derive_seed(self.config.seed, t.row["id"], t.step, attempt) for t in traces]
+        config = GenerationConfig(**{**asdict(self.generation), "seeds": seeds})
+        if attempt:  # a greedy retry would repeat itself: sample
+            config.temperature = max(config.temperature, 0.7)
+        replies = self.complete([t.messages for t in traces], config, prefix)
+        # A revision (an even step after the first) is flagged when it leaves the answer it revises unchanged.
+        return [(r, quality_flags(r, t.latest if t.step and t.step % 2 == 0 else None))
+                for r, t in zip(replies, traces)]
 
-    def _run(self, conversations, prefix, attempt: int) -> list[Generation]:
-        self.calls += 1
-        config = self.generation
-        if attempt:  # a greedy retry would repeat itself: sample, with its own seed
-            config = GenerationConfig(**{**asdict(config), "temperature": max(config.temperature, 0.7),
-                                         "seed": config.seed + 7919 * self.calls})
-        elif config.seed is not None:
-            config = GenerationConfig(**{**asdict(config), "seed": config.seed + self.calls})
-        replies = self.complete(conversations, config, prefix)
-        self.tokens += sum(len(r.token_ids) for r in replies)
-        return replies
-
-
-def critique_chunk(traces: list[_Trace], generate: _Generator, rounds: int, prefix: list[Message] | None) -> None:
-    """Take a chunk of prompts through the first answer and every round, one batched call per step."""
-    answers = generate([t.messages for t in traces], None)
-    for trace, (reply, flags) in zip(traces, answers):
-        trace.initial = reply.text
-        trace.flags += [f"initial:{f}" for f in flags if f != "retried"]
-        trace.messages.append({"role": "assistant", "content": reply.text})
-    for r in range(rounds):
-        for trace in traces:
-            trace.messages.append({"role": "user", "content": trace.principles[r].critique_request})
-        critiques = generate([t.messages for t in traces], prefix)
-        for trace, (reply, _) in zip(traces, critiques):
-            trace.messages.append({"role": "assistant", "content": reply.text})
-            trace.messages.append({"role": "user", "content": trace.principles[r].revision_request})
-        revisions = generate([t.messages for t in traces], prefix, previous=[t.latest for t in traces])
-        for trace, (critique, critique_flags), (revision, revision_flags) in zip(traces, critiques, revisions):
-            principle = trace.principles[r]
-            flags = [f"critique:{f}" for f in critique_flags] + [f"revision:{f}" for f in revision_flags]
-            trace.rounds.append({"principle": principle.id, "critique_request": principle.critique_request,
-                                 "critique": critique.text, "revision_request": principle.revision_request,
-                                 "revision": revision.text, "flags": flags})
-            trace.messages.append({"role": "assistant", "content": revision.text})
-            if r == rounds - 1:
-                trace.flags += [f"final:{f}" for f in revision_flags if f != "retried"]
+    def retries(self, flags: list[str]) -> bool:
+        """Whether a first attempt so flagged gets a second. A reply cut off at the token limit would be cut off
+        again: it is flagged, not retried."""
+        return self.config.retry_flagged and bool(set(flags) - {"truncated"})
 
 
 def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool = False) -> dict:
@@ -238,32 +254,95 @@ def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool
     weighted = constitution.critique.sampling == "weighted"
     generate = _Generator(complete, config)
     started = time.time()
-    with JsonlWriter(stage_dir / "revisions.jsonl") as out, progress_bar(progress, len(prompts), "critique") as bar:
-        todo = [p for p in prompts if p["id"] not in out.done]
-        bar(len(prompts) - len(todo))
-        manifest.counts.update(prompts=len(prompts), resumed=len(prompts) - len(todo))
-        for start in range(0, len(todo), config.chunk_size):
-            traces = [
-                _Trace(row=p, messages=list(p["prompt"]), principles=sample_principles(
-                    constitution.principles, rounds, principle_rng(constitution.critique.seed, p["id"]), weighted))
-                for p in todo[start : start + config.chunk_size]
-            ]
-            critique_chunk(traces, generate, rounds, prefix)
-            for trace in traces:
-                out.write(trace.to_row())
-            bar(len(traces))
-            manifest.counts["generated_tokens"] = manifest.counts.get("generated_tokens", 0) + generate.tokens
-            generate.tokens = 0
-            manifest.save(stage_dir)
+    steps = 1 + 2 * rounds
+    with JsonlWriter(stage_dir / "revisions.jsonl") as out, JsonlWriter(stage_dir / "turns.jsonl") as turns:
+        written: dict[str, list[tuple[int, dict]]] = {p["id"]: [] for p in prompts if p["id"] not in out.done}
+        for line, turn in iter_jsonl(turns.path):
+            written.get(turn["prompt_id"], []).append((line, turn))
+        finished = len(prompts) - len(written)
+        restored = sum(not turn.get("retry_pending") for rows in written.values() for _, turn in rows)
+        manifest.counts.update(prompts=len(prompts), resumed=finished, resumed_turns=restored)
+        done = finished * steps + restored
+        with progress_bar(progress, len(prompts) * steps, "critique (turns)", completed=done) as bar:
+
+            def record(trace: _Trace, turn: dict) -> None:
+                """Write a turn as soon as it is made, and the trace once its last turn is."""
+                turns.write(turn)
+                _add(trace, turn)
+                bar(0 if turn.get("retry_pending") else 1)
+                if trace.step == steps:
+                    out.write(trace.to_row())
+
+            for start in range(0, len(prompts), config.chunk_size):
+                # Finished prompts keep their places (None), so that batches stay where the killed run had them.
+                chunk = [_restore(p, written[p["id"]], constitution, rounds, weighted, turns.path)
+                         if p["id"] in written else None for p in prompts[start : start + config.chunk_size]]
+                for trace in chunk:  # every turn written, but killed before the trace was
+                    if trace is not None and trace.step == steps:
+                        out.write(trace.to_row())
+                # Batched by round: every prompt of the chunk takes step s, then the flagged ones get their second
+                # attempt, before any takes step s + 1. Batches are fixed by position, so a rerun runs the batches
+                # the killed run would have.
+                for step in range(steps):
+                    for b in range(0, len(chunk), config.batch_size):
+                        live = [t for t in chunk[b : b + config.batch_size]
+                                if t is not None and t.step == step and t.first is None]
+                        if not live:
+                            continue
+                        for trace, (reply, flags) in zip(live, generate(live, prefix if step else None)):
+                            record(trace, _turn(trace, reply.text, flags, len(reply.token_ids),
+                                                generate.retries(flags)))
+                    waiting = [t for t in chunk if t is not None and t.step == step and t.first is not None]
+                    for b in range(0, len(waiting), config.batch_size):
+                        batch = waiting[b : b + config.batch_size]
+                        for trace, (reply, flags) in zip(batch, generate(batch, prefix if step else None, attempt=1)):
+                            first, tokens = trace.first, trace.first["tokens"] + len(reply.token_ids)
+                            text, flags = (reply.text, flags) if len(flags) < len(first["flags"]) else \
+                                (first["text"], first["flags"])
+                            record(trace, _turn(trace, text, flags + ["retried"], tokens))
+    manifest.counts["generated_tokens"] = sum(turn["tokens"] for turn in read_jsonl(stage_dir / "turns.jsonl")
+                                              if not turn.get("retry_pending"))
 
     elapsed = time.time() - started
     counts = _write_derived(stage_dir, config)
     manifest.counts.update(counts)
     manifest.seconds += elapsed
-    manifest.outputs = ["revisions.jsonl", "sft.jsonl"] + (["prefs.jsonl"] if config.prefs else [])
+    manifest.outputs = ["revisions.jsonl", "turns.jsonl", "sft.jsonl"] + (["prefs.jsonl"] if config.prefs else [])
     manifest.status = "complete"
     manifest.save(stage_dir)
     return manifest.counts
+
+
+def _turn(trace: _Trace, text: str, flags: list[str], tokens: int, retry_pending: bool = False) -> dict:
+    """The row of turns.jsonl for a trace's next step; with `retry_pending`, for a flagged first attempt that waits
+    for its retry (the step's own row comes after the retry)."""
+    pid = trace.row["id"]
+    turn = {"id": f"{pid}/{trace.step}", "prompt_id": pid, "step": trace.step, "text": text, "flags": flags,
+            "tokens": tokens}
+    return {**turn, "id": f"{pid}/{trace.step}/first", "retry_pending": True} if retry_pending else turn
+
+
+def _restore(prompt: dict, written: list[tuple[int, dict]], constitution: Constitution, rounds: int, weighted: bool,
+             path: Path) -> _Trace:
+    """A prompt's trace, with the turns a killed run wrote for it (`written`: (line, row) of turns.jsonl) added, and
+    a flagged first attempt still waiting for its retry put back in `first`."""
+    trace = _Trace(row=prompt, messages=list(prompt["prompt"]), principles=sample_principles(
+        constitution.principles, rounds, constitution.critique.seed, prompt["id"], weighted))
+    for line, turn in written:
+        if turn["step"] != trace.step:
+            raise DataError(path, line, "step", f"expected step {trace.step} of {prompt['id']!r}, found "
+                            f"{turn['step']!r}; this file was not written by this run")
+        _add(trace, turn)
+    return trace
+
+
+def _add(trace: _Trace, turn: dict) -> None:
+    """A row of turns.jsonl into its trace: the next step, or a first attempt waiting for its retry."""
+    if turn.get("retry_pending"):
+        trace.first = turn
+    else:
+        trace.add(turn["text"], turn["flags"])
+        trace.first = None
 
 
 def _write_derived(stage_dir: Path, config: CritiqueConfig) -> dict[str, int]:

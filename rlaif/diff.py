@@ -3,9 +3,11 @@
     rlaif constitution diff default my-constitution.yaml --candidates runs/x/round-1/sample/candidates.jsonl
 
 The same labeler labels the same pairs (both orders) under constitution A and under constitution B. A pair *flips*
-when the two labels name different winners. Each pair draws its principles from a seed of the constitution and the
-pair id, so an edit that leaves a principle and the label settings alone gives that pair the same principle under
-both, and a flip there comes from the text that changed. The report lists:
+when the two labels name different winners. Each pair draws its principles by keys from a seed of the constitution,
+the pair id and each principle's id (rlaif.critique.draw_key), so an edit that leaves a principle and the label
+settings alone gives that pair the same principle under both unless an added or re-weighted principle outranks it,
+and a flip there comes from the text that changed. A pair with an empty reply or two identical replies is not
+relabeled (left out and counted). The report lists:
 
 - what changed between A and B: principles added, removed, or edited (any text or the weight), and label settings;
 - the flip rate and mean |p_B - p_A| over the pairs;
@@ -22,7 +24,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rlaif.records import ConfigError, write_atomic
+from rlaif.records import ConfigError, Tally, write_atomic
 
 
 @dataclass
@@ -32,7 +34,7 @@ class DiffConfig:
     candidates: str = ""  # pairs to relabel: candidates.jsonl (rlaif sample) or preference rows
     out: str = "runs/constitution-diff.json"
     labeler: str = "smollm2-135m-instruct"
-    limit: int = 64  # pairs relabeled (the first N)
+    limit: int = 64  # pairs read (the first N); those with an empty or identical reply are left out and counted
     batch_size: int = 8
     device: str | None = None
 
@@ -73,9 +75,9 @@ def run(config: DiffConfig, progress: bool = False, model=None) -> dict:
     if not config.b:
         raise ConfigError("b: the edited constitution to compare with is required")
     a, b = load_constitution(config.a), load_constitution(config.b)
-    pairs = load_pairs(config.candidates)[: config.limit]
-    if not pairs:
-        raise ConfigError(f"{config.candidates}: no pairs to relabel")
+    tally = Tally("pairs")
+    pairs = load_pairs(config.candidates, tally, config.limit)
+    tally.require_some(config.candidates, "a pair needs two different, non-empty replies")
     model, tokenizer = model or load_model(config.labeler, device=config.device)
     p_a, drawn_a = label_under(a, model, tokenizer, config.labeler, pairs, config.batch_size, progress, "labeling (A)")
     p_b, drawn_b = label_under(b, model, tokenizer, config.labeler, pairs, config.batch_size, progress, "labeling (B)")
@@ -94,7 +96,7 @@ def run(config: DiffConfig, progress: bool = False, model=None) -> dict:
         entry["mean_abs_change"] /= entry["pairs"]
     report = {
         "a": config.a, "b": config.b, "candidates": config.candidates, "labeler": config.labeler,
-        "pairs": len(pairs), "changes": diff,
+        "pairs": len(pairs), "counts": tally.counts(), "summary": tally.summary(), "changes": diff,
         "flips": len(flipped), "flip_rate": len(flipped) / len(pairs),
         "mean_abs_change": sum(abs(x - y) for x, y in zip(p_a, p_b)) / len(pairs),
         "principles": dict(sorted(principles.items(), key=lambda kv: (-kv[1]["flips"], -kv[1]["mean_abs_change"],
@@ -121,6 +123,7 @@ def print_report(report: dict, console) -> None:
         if c[f"{what}_changed"]:
             lines.append(f"label {what} changed")
     console.print(escape(f"{report['a']} → {report['b']}:  " + ";  ".join(lines)), soft_wrap=True)
+    console.print(f"pairs: {report['summary']}")
     console.print(f"{report['flips']} of {report['pairs']} labels flip ({report['flip_rate']:.1%}); mean |Δp| "
                   f"{report['mean_abs_change']:.4f}")
     table = Table(title="Principles drawn under B")

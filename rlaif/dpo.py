@@ -3,13 +3,22 @@ reward model and no sampling during training (Rafailov et al. 2023).
 
     rlaif dpo --data runs/x/round-1/label/preferences.jsonl --data human.jsonl --policy runs/x/round-1/sft --out runs/x/dpo
 
-Each pair trains once toward its winner. Soft labels enter through the loss: with `loss_type: robust` (rDPO,
-Chowdhury et al. 2024) the loss is unbiased under labels that are wrong with probability `label_smoothing`, and
-`label_smoothing: auto` sets that to the mean of 1 - p_chosen over the pairs, the error rate the soft labels
-themselves claim. Pairs no more confident than `min_p_chosen` are left out (ties always are). The frozen
-reference is the starting policy (with LoRA, the same weights with the adapter switched off). Full fine-tuning
-or LoRA, merged at the end, so OUT is a plain model directory; checkpoints under OUT/checkpoints/ (safetensors)
-and a rerun resumes from the latest.
+Each pair trains once toward its winner (a row whose `p_chosen` is below 0.5 is turned to face it). Soft labels
+enter through the loss: with `loss_type: robust` (rDPO, Chowdhury et al. 2024) the loss is unbiased under labels
+that are wrong with probability `label_smoothing`, and `label_smoothing: auto` sets that to the mean of
+1 - p_chosen over the pairs, the error rate the soft labels themselves claim. Only the losses in `SMOOTHED` read a
+label smoothing: with any other (the default `sigmoid` among them) `auto` is recorded as 0, and a number is an
+error. The frozen reference is the starting policy (with LoRA, the same weights with the adapter switched off).
+
+What cannot train is left out and counted (manifest, metrics.json and the closing line), never dropped silently:
+ties, pairs no more confident than `min_p_chosen`, rows of weight 0 (other row weights are not used: DPO trains
+each pair once), empty or repeated replies, a prompt that fills `max_length` (TRL drops it without a word), and a
+pair whose replies are the same once TRL cuts them to `max_length` (its loss has no gradient). Pairs cut short but
+still different train and are counted as `truncated`. With nothing left, `run` stops before loading the model.
+
+Full fine-tuning or LoRA, merged at the end, so OUT is a plain model directory; the weights being trained are
+float32 (bf16 only as autocast on a GPU). Checkpoints under OUT/checkpoints/ (safetensors) and a rerun resumes from
+the latest.
 """
 
 from __future__ import annotations
@@ -19,7 +28,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rlaif.records import ConfigError, open_stage
+from rlaif.models import check_numbers, lora_unused
+from rlaif.records import ConfigError, PreferenceRow, Tally, number, open_stage, reply_problem
+
+# TRL 1.16's DPO losses (DPOTrainer.dpo_loss), and those of them that read `label_smoothing`.
+LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+          "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+SMOOTHED = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 
 @dataclass
@@ -28,9 +43,9 @@ class DPOConfig:
     out: str = "runs/dpo"  # the trained policy; checkpoints under OUT/checkpoints/
     policy: str = "smollm2-135m-instruct"  # the model to train and the frozen reference (usually a run's sft/)
     beta: float = 0.1  # strength of the implicit KL penalty to the reference
-    loss_type: str = "sigmoid"  # TRL's DPO loss: sigmoid (DPO), robust (rDPO, uses label_smoothing), ipo, hinge, ...
-    label_smoothing: float | str = "auto"  # assumed label error rate for robust/aot losses; auto: mean 1 - p_chosen
-    min_p_chosen: float = 0.5  # pairs with p_chosen at or below this are left out (0.5: only ties)
+    loss_type: str = "sigmoid"  # TRL's DPO loss (LOSSES): sigmoid (DPO), robust (rDPO, uses label_smoothing), ipo, ...
+    label_smoothing: float | str = "auto"  # label error rate, for the SMOOTHED losses only; auto: mean 1 - p_chosen
+    min_p_chosen: float = 0.5  # pairs with p_chosen (facing the winner) at or below this are left out (0.5: ties)
     lora: bool = False  # train a LoRA adapter (merged at the end) instead of every weight
     lora_r: int = 16
     lora_alpha: int = 32
@@ -39,45 +54,114 @@ class DPOConfig:
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = 8  # pairs per device per step
     grad_accum: int = 1
-    max_length: int = 1024  # prompt + reply tokens; longer pairs are truncated
+    max_length: int = 1024  # prompt + reply tokens, chat template included; longer pairs are cut, counted
     save_steps: int = 50
     seed: int = 0
-    device: str | None = None
+    device: str | None = None  # cpu or cuda; default: a GPU if there is one
 
     VOLATILE = ("device",)
 
+    def __post_init__(self):
+        check_numbers(self, "dpo", {**dict.fromkeys(["beta", "learning_rate", "epochs", "batch_size", "grad_accum",
+                                                     "max_length", "save_steps", "lora_r", "lora_alpha"],
+                                                    {"positive": True}),
+                                    "max_steps": {}, "min_p_chosen": {"minimum": 0.0, "maximum": 1.0}})
+        if self.loss_type not in LOSSES:
+            raise ConfigError(f"loss_type: expected one of {', '.join(LOSSES)}, not {self.loss_type!r}")
+        if self.label_smoothing != "auto":
+            smoothing = number(self.label_smoothing, "dpo settings", None, "label_smoothing", 0.0, 0.5)
+            if smoothing == 0.5:
+                raise ConfigError("label_smoothing: expected auto or a rate in [0, 0.5), not 0.5")
+            if smoothing and self.loss_type not in SMOOTHED:
+                raise ConfigError(f"label_smoothing: the {self.loss_type} loss does not use it (only "
+                                  f"{', '.join(SMOOTHED)} do); leave it at auto or 0, or choose one of those losses")
+        lora_unused(self)
 
-def load_pairs(specs: list[str], min_p_chosen: float) -> tuple[list[dict], float]:
-    """TRL's conversational preference rows from our preference files, and the mean 1 - p_chosen of those kept."""
+
+def load_pairs(specs: list[str], min_p_chosen: float, tally: Tally | None = None) -> tuple[list[PreferenceRow], Tally]:
+    """Our preference rows, each facing its winner (p_chosen >= 0.5), and `tally` (a new one by default) with
+    every row read and those left out: `zero_weight`, `tie`, `low_confidence` (p_chosen <= min_p_chosen) and an
+    empty or repeated reply (records.reply_problem). `used` is left to `fitting_pairs`."""
     from rlaif.rankings import load_preferences, parse_weighted
 
+    tally = tally if tally is not None else Tally("pairs")
     rows = []
     for spec in specs:
         path, weight = parse_weighted(spec)
         if weight != 1.0:
             raise ConfigError(f"{spec}: DPO trains on each pair once; weights are for the reward model's mix")
-        rows += [r for r in load_preferences(path) if r["p_chosen"] > max(min_p_chosen, 0.5)]
-    if not rows:
-        raise ConfigError(f"no pairs with p_chosen above {max(min_p_chosen, 0.5)} in {', '.join(specs) or '(no files)'}")
-    error = sum(1 - r["p_chosen"] for r in rows) / len(rows)
-    return [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows], error
+        for row in load_preferences(path):
+            tally.read += 1
+            p = row["p_chosen"]
+            if row.get("weight", 1.0) == 0:
+                problem = "zero_weight"
+            elif p == 0.5:
+                problem = "tie"
+            elif max(p, 1 - p) <= min_p_chosen:
+                problem = "low_confidence"
+            else:
+                problem = reply_problem(row["chosen"][-1]["content"], row["rejected"][-1]["content"])
+            if problem:
+                tally.leave_out(problem)
+            else:
+                rows.append(row if p > 0.5 else {**row, "chosen": row["rejected"], "rejected": row["chosen"],
+                                                 "p_chosen": 1 - p})
+    return rows, tally
+
+
+def fitting_pairs(rows: list[PreferenceRow], tokenizer, max_length: int, tally: Tally
+                  ) -> tuple[list[PreferenceRow], int]:
+    """The rows DPOTrainer can learn from, tokenized as TRL 1.16 does (chat template; the replies start after the
+    common prefix with the prompt; each sequence cut to `max_length`, `keep_start`), and how many of them are cut
+    short. Left out and counted in `tally`: `prompt_too_long` (no reply token within `max_length`: TRL drops the
+    pair without a word) and `identical_after_truncation` (both replies cut to the same tokens: zero gradient)."""
+    from rlaif.models import chat_ids, completion_start
+
+    kept, truncated = [], 0
+    for row in rows:
+        prompt = chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)
+        chosen, rejected = (chat_ids(tokenizer, row["prompt"] + row[side]) for side in ("chosen", "rejected"))
+        start = min(completion_start(prompt, chosen), completion_start(prompt, rejected))
+        room = max_length - start
+        if room <= 0:
+            tally.leave_out("prompt_too_long")
+        elif chosen[start:][:room] == rejected[start:][:room]:
+            tally.leave_out("identical_after_truncation")
+        else:
+            truncated += max(len(chosen), len(rejected)) > max_length
+            tally.used += 1
+            kept.append(row)
+    return kept, truncated
 
 
 def run(config: DPOConfig, progress: bool = True) -> dict:
-    """Train (or resume training); returns the metrics written to OUT/metrics.json."""
+    """Train (or resume training); returns the metrics written to OUT/metrics.json, with the tally of pairs read,
+    used and left out, `truncated`, `summary` (their line) and the `label_smoothing` the loss used.
+
+    Raises DataError before loading the model (and before creating OUT) when no pair is left to train on."""
     import datasets
-    import torch
     from datasets import Dataset
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
-    from rlaif.models import default_device, load_model, lora_config, train_and_save
+    from rlaif.models import load_model, load_tokenizer, lora_config, precision_args, train_and_save, trainer_device
     from rlaif.rankings import parse_weighted
 
-    rows, error = load_pairs(config.data, config.min_p_chosen)
-    smoothing = min(error, 0.49) if config.label_smoothing == "auto" else float(config.label_smoothing)
-    if not 0.0 <= smoothing < 0.5:
-        raise ConfigError(f"label_smoothing: expected auto or a rate in [0, 0.5), not {config.label_smoothing}")
+    pairs, tally = load_pairs(config.data, config.min_p_chosen)
+    pairs, truncated = fitting_pairs(pairs, load_tokenizer(config.policy), config.max_length, tally)
+    tally.require_some(", ".join(parse_weighted(spec)[0] for spec in config.data),
+                       f"lower --min-p-chosen ({config.min_p_chosen}) or raise --max-length ({config.max_length})")
+    if config.loss_type not in SMOOTHED:
+        smoothing = 0.0
+    elif config.label_smoothing == "auto":
+        smoothing = min(sum(1 - r["p_chosen"] for r in pairs) / len(pairs), 0.49)
+    else:
+        smoothing = float(config.label_smoothing)
+    if config.loss_type == "exo_pair" and smoothing == 0:
+        raise ConfigError("label_smoothing: the exo_pair loss needs a rate > 0, and every pair's label is certain "
+                          "(p_chosen 1), so auto gives 0: set one (the EXO paper uses 1e-3)")
+    device = trainer_device(config.device)
+
     out = Path(config.out)
     learning_rate = config.learning_rate or (5e-5 if config.lora else 5e-7)
     manifest = open_stage(out, "dpo", {**asdict(config), "learning_rate": learning_rate}, volatile=DPOConfig.VOLATILE)
@@ -85,31 +169,33 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     for spec in config.data:
         manifest.add_input(parse_weighted(spec)[0])
-    device = config.device or default_device()
-    model, tokenizer = load_model(config.policy, device=device)
-    model.train()
+    model, tokenizer = load_model(config.policy, dtype="float32", device="cpu")
     datasets.disable_progress_bars()
     args = TRLDPOConfig(
         output_dir=str(out / "checkpoints"), beta=config.beta, loss_type=[config.loss_type],
         label_smoothing=smoothing, learning_rate=learning_rate, num_train_epochs=config.epochs,
         max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, max_length=config.max_length, save_steps=config.save_steps,
-        save_total_limit=2, logging_steps=1, report_to="none", seed=config.seed, use_cpu=device == "cpu",
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(), disable_tqdm=not progress,
+        save_total_limit=2, logging_steps=1, report_to="none", seed=config.seed, disable_tqdm=not progress,
+        **precision_args(device),
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+    table = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in pairs]
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(table), processing_class=tokenizer,
                          peft_config=lora_config(config.lora_r, config.lora_alpha) if config.lora else None)
     started = time.time()
     _, result, checkpoint = train_and_save(trainer, tokenizer, out, config.lora)
     logs = [e for e in trainer.state.log_history if "loss" in e]
-    metrics = {"steps": trainer.state.global_step, "pairs": len(rows), "label_smoothing": smoothing,
+    summary = tally.summary() + (f"; {truncated} cut at max_length {config.max_length}" if truncated else "")
+    metrics = {"steps": trainer.state.global_step, "pairs": tally.used, **tally.counts(), "truncated": truncated,
+               "summary": summary, "label_smoothing": smoothing,
                "train_loss": result.training_loss, "first_loss": logs[0]["loss"] if logs else None,
                "last_loss": logs[-1]["loss"] if logs else None,
                "last_accuracy": logs[-1].get("rewards/accuracies") if logs else None,
                "last_margin": logs[-1].get("rewards/margins") if logs else None,
                "resumed_from": checkpoint, "seconds": time.time() - started}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    manifest.counts.update(pairs=len(rows), steps=trainer.state.global_step)
+    manifest.counts.update(tally.counts(), truncated=truncated, steps=trainer.state.global_step)
+    manifest.extra["label_smoothing"] = smoothing
     manifest.seconds += metrics["seconds"]
     manifest.outputs = ["model.safetensors", "metrics.json", "checkpoints/"]
     manifest.status = "complete"

@@ -16,26 +16,34 @@ separately for red-team prompts (tagged `red-team`) and the rest (helpful), so t
   Carlo estimate of KL(pi || pi_base) on the policy's own samples (at the sampling temperature, as PPO measures it);
 - reply length in tokens and the share of replies that open with a refusal ("I can't", "I'm sorry", ...).
 
-Replies go to RUN/eval/responses.jsonl and judgements to judgements.jsonl as they are made (a killed evaluation
-resumes); the summary, with each round's labeler and reward-model numbers, goes to RUN/eval/eval.json.
+Replies go to RUN/eval/responses.jsonl and judgements to judgements.jsonl as each batch finishes; a killed evaluation
+loses at most the batch in flight, and its rerun writes what an uninterrupted one would have (batches are fixed by
+position, and each reply samples with its prompt's own seed, the same for every policy). The summary, with each
+round's labeler and reward-model numbers, goes to RUN/eval/eval.json.
 
 **The labeler.** On human-labelled pairs (hh-rlhf transcripts, or rows with prompt/chosen/rejected) the labeler
 judges each pair and the report card says, for each way of labeling side by side:
 
-- agreement: how often the labeler prefers the response people chose;
-- consistency: how often both orders name the same winner (a labeler that just picks (A) is 50% consistent);
+- agreement: how often the labeler prefers the response people chose (an exact tie, p = 0.5, counts half);
+- consistency: how often both orders name the same winner (a labeler that always picks (A) is 0% consistent);
 - ECE, expected calibration error: bins the labeler's confidence max(p, 1 - p) into 10 bins and averages
   |accuracy - confidence| weighted by bin size (Guo et al. 2017); 0 means its probabilities mean what they say;
 - per principle: agreement of each principle's both-order label, over the pairs it was drawn for;
 - injection flip rate: how often an attack written into a response flips the label (rlaif.injection).
 
-The modes are: single order (first principle, responses in one order), both orders (first principle, averaged),
-ensemble (k principles, both orders) and chain of thought (first principle, both orders, a rationale first, clamped).
-The first three come from the same forward passes.
+The modes are: single order (first principle, one order per pair: the human-chosen reply shown as (A) in a seeded
+half of the pairs and as (B) in the other half, so a labeler that always answers (A) agrees 50% of the time), both
+orders (first principle, averaged), ensemble (k principles, both orders) and chain of thought (first principle, both
+orders, a rationale first, clamped). The first three come from the same forward passes.
+
+A pair that says nothing (an empty reply, or two replies equal after stripping) is never judged: the report counts
+it as left out, with its reason. In policy evaluation, a policy's reply equal to its opponent's is a tie without
+asking the judge, and a pair with an empty reply is left out of the judge's win rate; both are counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -44,7 +52,8 @@ from pathlib import Path
 
 import torch
 
-from rlaif.records import ConfigError, DataError, read_jsonl, write_atomic
+from rlaif.label import consistent, outcome
+from rlaif.records import ConfigError, DataError, Tally, parse_yaml, read_jsonl, read_text, reply_problem, write_atomic
 
 
 @dataclass
@@ -53,7 +62,7 @@ class LabelerEvalConfig:
     out: str = "runs/eval"  # writes OUT/labeler_report.json
     constitution: str = "default"
     labeler: str = "smollm2-135m-instruct"
-    limit: int = 100  # pairs evaluated (the first N)
+    limit: int = 100  # pairs read (the first N); those with an empty or identical reply are left out and counted
     ensemble: int = 4  # principles per pair in the ensemble mode
     chain_of_thought: bool = True  # also evaluate the chain-of-thought mode (generates a rationale per prompt)
     max_new_tokens: int = 96  # rationale length (chain of thought)
@@ -63,8 +72,9 @@ class LabelerEvalConfig:
 
 
 def calibration_bins(probs: list[float], bins: int = 10) -> list[dict]:
-    """Reliability-diagram bins of probabilities that the label's winner is better: the prediction is p >= 0.5,
-    its confidence max(p, 1 - p) in [0.5, 1], split into `bins` equal-width bins; empty bins are left out."""
+    """Reliability-diagram bins of probabilities that the label's winner is better: the prediction is p > 0.5 (an
+    exact tie, p = 0.5, is half right), its confidence max(p, 1 - p) in [0.5, 1], split into `bins` equal-width bins;
+    empty bins are left out."""
     out = []
     for b in range(bins):
         lo, hi = 0.5 + 0.5 * b / bins, 0.5 + 0.5 * (b + 1) / bins
@@ -72,7 +82,7 @@ def calibration_bins(probs: list[float], bins: int = 10) -> list[dict]:
         if members:
             out.append({"low": lo, "high": hi, "count": len(members),
                         "confidence": sum(max(p, 1 - p) for p in members) / len(members),
-                        "accuracy": sum(p >= 0.5 for p in members) / len(members)})
+                        "accuracy": sum(outcome(p) for p in members) / len(members)})
     return out
 
 
@@ -82,29 +92,56 @@ def expected_calibration_error(probs: list[float], bins: int = 10) -> float:
 
 
 def mode_metrics(p_first: list[float], orders: list[tuple[float, float]] | None) -> dict:
-    """Metrics of one labeling mode, `p_first` being P(human-chosen is better) per pair."""
-    metrics = {"pairs": len(p_first), "agreement": sum(p >= 0.5 for p in p_first) / len(p_first),
+    """Metrics of one labeling mode, `p_first` being P(human-chosen is better) per pair, `orders` that probability
+    with the human-chosen reply shown as (A) and as (B). Agreement counts an exact tie as half."""
+    metrics = {"pairs": len(p_first), "agreement": sum(outcome(p) for p in p_first) / len(p_first),
                "ece": expected_calibration_error(p_first), "mean_confidence": sum(max(p, 1 - p) for p in p_first) / len(p_first)}
     if orders is not None:
-        metrics["consistency"] = sum((a >= 0.5) == (b >= 0.5) for a, b in orders) / len(orders)
+        metrics["consistency"] = sum(consistent(a, b) for a, b in orders) / len(orders)
     return metrics
 
 
-def load_human_pairs(path: Path | str, limit: int | None = None):
-    """Human-labelled pairs as rlaif.label.Pair with `first` the response people chose."""
+def human_choice_shown_first(ids: list[str], seed: int = 0) -> list[bool]:
+    """For the single-order mode: whether each pair shows the human-chosen reply as (A). The pairs are ranked by a
+    hash of (seed, pair id); the first half (one more for an odd count) show it as (A), the rest as (B)."""
+    rank = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode("utf-8")).digest())
+    shown_first = set(rank[: (len(ids) + 1) // 2])
+    return [i in shown_first for i in range(len(ids))]
+
+
+def labeler_modes(ids: list[str], judged: list[list], ensemble: int, seed: int = 0) -> dict:
+    """The report card's single-order, both-orders and ensemble metrics from each pair's both-order judgements
+    (rlaif.label.Judgement, `first` being the human-chosen reply); the first judgement of a pair is its single
+    principle."""
+    firsts = [js[0] for js in judged]
+    shown_a = human_choice_shown_first(ids, seed)
+    return {
+        "single order": mode_metrics([j.shown_first if a else j.shown_second for j, a in zip(firsts, shown_a)], None),
+        "both orders": mode_metrics([j.p for j in firsts], [(j.shown_first, j.shown_second) for j in firsts]),
+        f"ensemble of {ensemble}": mode_metrics(
+            [sum(x.p for x in js) / len(js) for js in judged],
+            [(sum(x.shown_first for x in js) / len(js), sum(x.shown_second for x in js) / len(js)) for js in judged]),
+    }
+
+
+def load_human_pairs(path: Path | str, limit: int | None = None, tally: Tally | None = None):
+    """Human-labelled pairs as rlaif.label.Pair with `first` the response people chose, from the first `limit`
+    pairs of the file. A pair with an empty reply, or two replies equal after stripping, is left out and counted in
+    `tally` under its reason (`records.reply_problem`): it would ask the labeler to judge nothing."""
     from rlaif.label import Pair, load_pairs
     from rlaif.records import load_hh_preferences
 
     path = Path(path)
+    tally = tally if tally is not None else Tally("pairs")
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
     first = next(read_jsonl(path), None)
     if first is None:
         raise DataError(path, None, None, "no rows")
     if isinstance(first.get("chosen"), str) and "prompt" not in first:
-        rows = load_hh_preferences(path, limit)
+        rows = load_hh_preferences(path, limit, skip_empty=True, tally=tally)
         return [Pair(r["id"], r["prompt"], r["chosen"][-1]["content"], r["rejected"][-1]["content"]) for r in rows]
-    return load_pairs(path)[:limit]
+    return load_pairs(path, tally, limit)
 
 
 def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
@@ -115,7 +152,9 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
     from rlaif.label import Labeler, label_pairs, sample_label_principles
     from rlaif.models import load_model
 
-    pairs = load_human_pairs(config.pairs, config.limit)
+    tally = Tally("pairs")
+    pairs = load_human_pairs(config.pairs, config.limit, tally)
+    tally.require_some(config.pairs, "a pair needs two different, non-empty replies")
     constitution = load_constitution(config.constitution)
     model, tokenizer = load_model(config.labeler, device=config.device)
     labeler = Labeler(model, tokenizer, constitution, name=config.labeler)
@@ -126,14 +165,7 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
             batch = slice(start, start + config.batch_size)
             judged += label_pairs(labeler, pairs[batch], principles[batch], both_orders=True)
             bar(len(pairs[batch]))
-    firsts = [j[0] for j in judged]
-    modes = {
-        "single order": mode_metrics([j.shown_first for j in firsts], None),
-        "both orders": mode_metrics([j.p for j in firsts], [(j.shown_first, j.shown_second) for j in firsts]),
-        f"ensemble of {config.ensemble}": mode_metrics(
-            [sum(x.p for x in js) / len(js) for js in judged],
-            [(sum(x.shown_first for x in js) / len(js), sum(x.shown_second for x in js) / len(js)) for js in judged]),
-    }
+    modes = labeler_modes([p.id for p in pairs], judged, config.ensemble, constitution.label.seed)
     if config.chain_of_thought:
         thinker = Labeler(model, tokenizer, constitution, chain_of_thought=True, max_new_tokens=config.max_new_tokens,
                           name=config.labeler)
@@ -152,8 +184,10 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
     report = {
         "config": asdict(config),
         "pairs": len(pairs),
+        "counts": tally.counts(),
+        "summary": tally.summary(),
         "modes": modes,
-        "per_principle": {pid: {"pairs": len(ps), "agreement": sum(p >= 0.5 for p in ps) / len(ps)}
+        "per_principle": {pid: {"pairs": len(ps), "agreement": sum(outcome(p) for p in ps) / len(ps)}
                           for pid, ps in sorted(per_principle.items())},
     }
     if config.injection_pairs:
@@ -224,10 +258,8 @@ def refuses(text: str) -> bool:
 
 
 def _config(directory: Path) -> dict:
-    import yaml
-
     path = directory / "config.yaml"
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {} if path.is_file() else {}
+    return parse_yaml(read_text(path))[0] or {} if path.is_file() else {}
 
 
 def _complete(directory: Path) -> bool:
@@ -300,7 +332,7 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], responses: list[list[i
 def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
     """Answer, score and judge; writes OUT/responses.jsonl, judgements.jsonl and eval.json; returns the summary."""
     from rlaif.constitution import load_constitution
-    from rlaif.generate import GenerationConfig, encode_chat, generate, progress_bar
+    from rlaif.generate import GenerationConfig, derive_seed, encode_chat, generate, progress_bar
     from rlaif.label import Labeler, Pair, label_pairs, sample_label_principles
     from rlaif.models import load_model
     from rlaif.records import JsonlWriter, load_prompts, open_stage
@@ -318,9 +350,6 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
     manifest.add_input(found["prompts"])
     started = time.time()
     temperature, policies = found["temperature"], found["policies"]
-    generation = GenerationConfig(max_new_tokens=found["max_new_tokens"], temperature=temperature,
-                                  batch_size=config.batch_size, seed=config.seed, logprobs=True)
-
     base = reward = None
     with JsonlWriter(out / "responses.jsonl") as writer:
         for name, spec in policies.items():
@@ -331,10 +360,18 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
                 base = load_model(policies["base"], device=config.device)
                 reward = RewardModel.load(found["reward_model"], device=config.device)
             model, tokenizer = base if name == "base" else load_model(spec, device=config.device)
-            with progress_bar(progress, len(todo), f"answering ({name})") as bar:
-                for start in range(0, len(todo), config.batch_size):
-                    chunk = todo[start : start + config.batch_size]
+            with progress_bar(progress, len(prompts), f"answering ({name})",
+                              completed=len(prompts) - len(todo)) as bar:
+                # Batches by position, each written as it finishes; one a kill left half written runs whole again
+                # and writes what is missing. A reply's seed is its prompt's, the same for every policy.
+                for start in range(0, len(prompts), config.batch_size):
+                    chunk = prompts[start : start + config.batch_size]
+                    if all(f"{name}/{p['id']}" in writer.done for p in chunk):
+                        continue
                     conversations = [p["prompt"] for p in chunk]
+                    generation = GenerationConfig(max_new_tokens=found["max_new_tokens"], temperature=temperature,
+                                                  batch_size=config.batch_size, logprobs=True,
+                                                  seeds=[derive_seed(config.seed, p["id"]) for p in chunk])
                     replies = generate(model, tokenizer, conversations, generation)
                     prompt_ids = [encode_chat(base[1], c) for c in conversations]
                     tokens = [r.token_ids for r in replies]
@@ -342,11 +379,13 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
                     rewards = reward.score(conversations, [r.text for r in replies], normalize=bool(reward.stats))
                     for p, r, lp, blp, rw in zip(chunk, replies, [sum(r.logprobs) for r in replies], base_logprobs,
                                                  rewards.tolist()):
+                        if f"{name}/{p['id']}" in writer.done:
+                            continue
                         writer.write({"id": f"{name}/{p['id']}", "policy": name, "prompt_id": p["id"],
                                       "tags": p.get("tags", []), "prompt": p["prompt"], "response": r.text,
                                       "tokens": len(r.token_ids), "finished": r.finish_reason == "stop",
                                       "logprob": lp, "base_logprob": blp, "reward": rw})
-                    bar(len(chunk))
+                        bar(1)
             del model
     del base, reward
     responses = {(r["policy"], r["prompt_id"]): r for r in read_jsonl(out / "responses.jsonl")}
@@ -356,29 +395,50 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
     with JsonlWriter(out / "judgements.jsonl") as writer:
         todo = [(name, opponent, p) for name, opponent in matches for p in prompts
                 if f"{name}>{opponent}/{p['id']}" not in writer.done]
+        for name, opponent, p in todo:  # a pair that says nothing is not put to the judge
+            problem = reply_problem(responses[name, p["id"]]["response"], responses[opponent, p["id"]]["response"])
+            if problem:  # a reply is as good as itself: a tie; an empty reply: no judgement
+                writer.write({"id": f"{name}>{opponent}/{p['id']}", "left_out": problem,
+                              "p": 0.5 if problem == "identical_replies" else None})
+        judgeable = [(name, opponent, p) for name, opponent in matches for p in prompts if not reply_problem(
+            responses[name, p["id"]]["response"], responses[opponent, p["id"]]["response"])]
+        todo = [(name, opponent, p) for name, opponent, p in judgeable
+                if f"{name}>{opponent}/{p['id']}" not in writer.done]
         if todo:
             model, tokenizer = load_model(found["labeler"], device=config.device)
             labeler = Labeler(model, tokenizer, judge, name=found["labeler"])
             k = judge.label.principles_per_comparison
-            with progress_bar(progress, len(todo), "judging") as bar:
-                for start in range(0, len(todo), config.batch_size):
-                    chunk = todo[start : start + config.batch_size]
+            with progress_bar(progress, len(judgeable), "judging", completed=len(judgeable) - len(todo)) as bar:
+                for start in range(0, len(judgeable), config.batch_size):  # by position, as the replies above
+                    chunk = judgeable[start : start + config.batch_size]
                     pairs = [Pair(f"{name}>{opponent}/{p['id']}", p["prompt"], responses[name, p["id"]]["response"],
                                   responses[opponent, p["id"]]["response"]) for name, opponent, p in chunk]
+                    if all(pair.id in writer.done for pair in pairs):
+                        continue
                     principles = [sample_label_principles(judge, k, p["id"]) for _, _, p in chunk]
                     for pair, judged in zip(pairs, label_pairs(labeler, pairs, principles, both_orders=True)):
-                        writer.write({"id": pair.id, "p": sum(j.p for j in judged) / len(judged),
-                                      "principles": [j.principle for j in judged]})
-                    bar(len(chunk))
+                        if pair.id not in writer.done:
+                            writer.write({"id": pair.id, "p": sum(j.p for j in judged) / len(judged),
+                                          "principles": [j.principle for j in judged]})
+                            bar(1)
+    judged = Tally("pairs for the judge")
+    for row in read_jsonl(out / "judgements.jsonl"):
+        judged.read += 1
+        if row.get("left_out"):
+            judged.leave_out(row["left_out"])
+        else:
+            judged.used += 1
     judgements = {r["id"]: r["p"] for r in read_jsonl(out / "judgements.jsonl")}
 
     summary = {"prompts": found["prompts"], "reward_model": found["reward_model"], "judge": config.judge,
                "labeler": found["labeler"], "temperature": temperature, "policies": policies,
                "results": summarize(prompts, list(policies), responses, judgements),
+               "judging": {**judged.counts(), "summary": judged.summary()},
                "training": training_metrics(Path(config.run))}
     write_atomic(out / "eval.json", json.dumps(summary, indent=2) + "\n")
     manifest.counts.update(prompts=len(prompts), policies=len(policies), responses=len(responses),
                            judgements=len(judgements))
+    manifest.counts.update(judged.counts("judge_"))
     manifest.seconds += time.time() - started
     manifest.outputs = ["responses.jsonl", "judgements.jsonl", "eval.json"]
     manifest.status = "complete"
@@ -418,6 +478,7 @@ def summarize(prompts: list[dict], names: list[str], responses: dict, judgements
                 theirs = [responses[opponent, p["id"]] for p in members]
                 entry[f"rm_win_vs_{opponent}"] = _mean([_win(a["reward"], b["reward"]) for a, b in zip(rows, theirs)])
                 ps = [judgements[f"{name}>{opponent}/{p['id']}"] for p in members]
+                ps = [p for p in ps if p is not None]  # a pair with an empty reply has no judgement
                 entry[f"judge_win_vs_{opponent}"] = _mean([_win(p, 0.5) for p in ps])
                 entry[f"judge_p_vs_{opponent}"] = _mean(ps)
             results[group][name] = entry
@@ -439,13 +500,16 @@ def training_metrics(run: Path) -> dict:
             entry["labeler"] = labeler_summary(list(read_jsonl(labels)))
         metrics = directory / "reward" / "metrics.json"
         if metrics.is_file():
-            entry["reward"] = json.loads(metrics.read_text(encoding="utf-8"))
+            entry["reward"] = json.loads(read_text(metrics))
         rounds[f"round-{k}"] = entry
     return rounds
 
 
 def labeler_summary(rows: list[dict]) -> dict:
-    """Consistency (both orders agree), confidence and flags of AI labels, overall and per principle."""
+    """Consistency, confidence and flags of AI labels, overall and per principle. Consistency is the share of the
+    labels scored in both orders (`both_orders` of them) whose orders name the same winner; a label scored in one
+    order says nothing about it (nan when no label has both). Per principle: over the labels it took part in (with
+    k > 1 principles per pair, the ensemble's label)."""
     ai = [r for r in rows if r.get("source", "ai") == "ai"]
     per_principle: dict[str, list[dict]] = {}
     for row in ai:
@@ -453,7 +517,9 @@ def labeler_summary(rows: list[dict]) -> dict:
             per_principle.setdefault(pid, []).append(row)
 
     def stats(members: list[dict]) -> dict:
-        return {"pairs": len(members), "consistency": _mean([bool(r.get("consistent")) for r in members]),
+        both = [r for r in members if len(r.get("p_orders", {})) == 2]
+        return {"pairs": len(members), "both_orders": len(both),
+                "consistency": _mean([bool(r.get("consistent")) for r in both]),
                 "confidence": _mean([max(r["p_chosen"], 1 - r["p_chosen"]) for r in members])}
 
     return {**stats(ai), "low_confidence": _mean(["low_confidence" in r.get("flags", []) for r in ai]),

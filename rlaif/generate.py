@@ -6,7 +6,10 @@
 Conversations are rendered with the tokenizer's chat template, sorted by length so each batch carries little
 padding, and decoded with a KV cache; a row that reaches EOS or the length limit leaves the batch at once, so the
 others do not pay for it. Results come back in input order. Greedy decoding (temperature 0) gives the same text
-batched as one prompt at a time.
+batched as one prompt at a time. Sampling does too: each row draws from its own random generator, seeded per
+conversation (`GenerationConfig.seeds`), so a reply depends on its conversation and its seed only, never on the
+other rows of the call, their order or the batch size. That is what makes a resumed stage sample what the
+uninterrupted one would have, and it is how vLLM and hosted APIs take seeds too: one per request.
 
 Two kinds of work are never done twice. Messages shared by every conversation (few-shot examples) can be passed
 once as `prefix`: their keys and values are computed once and shared by every row. And a `KVMemory` passed to
@@ -18,6 +21,7 @@ count real tokens only, so each row computes exactly what it would alone.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -32,7 +36,9 @@ class GenerationConfig:
     max_new_tokens: int = 256  # reply length limit, in tokens
     temperature: float = 0.7  # 0 means greedy decoding
     top_p: float = 1.0  # nucleus sampling: keep the smallest token set with this much probability
-    seed: int | None = None  # seeds the sampler for this call; same inputs, batch size and seed give the same text
+    seed: int | None = None  # row i of a call samples with seed derive_seed(seed, i); None: unseeded
+    seeds: list[int] | None = None  # one seed per conversation, in order (overrides `seed`): a reply then depends only
+    #                                 on its conversation and its seed, whatever shares the call (see derive_seed)
     batch_size: int = 16  # conversations per forward pass
     logprobs: bool = False  # also return each generated token's log-probability (at this temperature)
     prefix_cache: bool = True  # reuse keys and values: a shared prefix's, and a `memory`'s (off: recompute all)
@@ -48,6 +54,16 @@ class Generation:
     finish_reason: str  # "stop" (EOS) or "length" (hit max_new_tokens)
     prompt_tokens: int = 0
     logprobs: list[float] | None = field(default=None, repr=False)  # one per token_ids entry
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from a base seed and what names a request (a prompt id, a step, an attempt): the same in every
+    process (Python's hash() is salted per process), so a request samples the same text in a resumed run.
+
+        derive_seed(0, "rt-001", 2, 0)   # critique: seed, prompt id, step, attempt
+    """
+    digest = hashlib.sha256(json.dumps(list(parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -99,9 +115,10 @@ class KVMemory:
     """Keys and values kept from one `generate` call to the next, so work already done is not done again.
 
     It holds the latest shared prefix's cache, and each conversation's own keys and values (its prompt and reply)
-    under a key naming the conversation and the prefix it followed: when the same conversation comes back one turn longer, only the tokens after the longest common prefix are
-    computed. Reuse is checked token by token, so a stale or mismatched entry only costs speed, never correctness.
-    When a new entry would pass `max_bytes`, the oldest ones make room.
+    under a key naming the conversation and the prefix it followed: when the same conversation comes back one turn
+    longer, only the tokens after the longest common prefix are computed. Reuse is checked token by token, so a stale
+    or mismatched entry only costs speed, never correctness. When a new entry would pass `max_bytes`, the oldest ones
+    make room.
     """
 
     def __init__(self, max_bytes: int = 2 << 30):
@@ -158,8 +175,17 @@ def generate(
 ) -> list[Generation]:
     """Generate one assistant reply for each conversation (a list of {"role", "content"} messages), each continuing
     `prefix + conversation` when a shared `prefix` is given. Pass the same `memory` to successive calls to reuse
-    keys and values across them (the prefix's, and those of conversations that come back with one more turn)."""
+    keys and values across them (the prefix's, and those of conversations that come back with one more turn).
+    Raises ValueError when `config.seeds` does not hold one seed per conversation."""
     config = config or GenerationConfig()
+    if config.seeds is not None and len(config.seeds) != len(conversations):
+        raise ValueError(f"seeds: {len(config.seeds)} given for {len(conversations)} conversations")
+    if config.seeds is not None:
+        seeds = list(config.seeds)
+    elif config.seed is not None:
+        seeds = [derive_seed(config.seed, i) for i in range(len(conversations))]
+    else:  # unseeded: the seeds come from torch's global generator, as torch.multinomial's draws would
+        seeds = torch.randint(0, 2**62, (len(conversations),)).tolist()
     if prefix:
         prefix_ids, encoded = split_prefix(tokenizer, prefix, conversations)
     else:
@@ -173,14 +199,10 @@ def generate(
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     results: list[Generation | None] = [None] * len(encoded)
-    device = next(model.parameters()).device
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), progress_bar(progress, len(encoded), "generating") as bar:
-        if config.seed is not None:
-            torch.manual_seed(config.seed)
+    with progress_bar(progress, len(encoded), "generating") as bar:
         prefix_cache = memory.prefix_cache(model, prefix_ids) if prefix_ids else None
         for batch in batches:
-            rows = [_Row(encoded[i], keys[i], *memory.lookup(keys[i], encoded[i])) for i in batch]
+            rows = [_Row(encoded[i], keys[i], *memory.lookup(keys[i], encoded[i]), seed=seeds[i]) for i in batch]
             with shared_prefix(model) if prefix_cache is not None else nullcontext(False) as shared:
                 done = _decode(model, rows, prefix_cache, config, eos, tokenizer.pad_token_id, memory, shared)
             for index, row in zip(batch, done):
@@ -207,6 +229,7 @@ class _Row:
     key: str
     reused: int  # leading tokens of `ids` whose keys and values come from memory
     past: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (kv_heads, reused, head_dim) keys and values
+    seed: int = 0  # seeds the row's own generator: its samples do not depend on the other rows
     generated: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
@@ -259,13 +282,14 @@ def _decode(model, rows: list[_Row], prefix_cache, config: GenerationConfig, eos
     alive = list(range(len(rows)))
     position = positions[:, -1]
     greedy = config.temperature <= 0
+    generators = [] if greedy else [torch.Generator(device).manual_seed(row.seed) for row in rows]
     while True:
         logits = logits.float() if greedy else logits.float() / config.temperature
         if greedy:
             tokens = logits.argmax(-1)
         else:
             filtered = _top_p(logits, config.top_p) if config.top_p < 1 else logits
-            tokens = torch.multinomial(filtered.softmax(-1), 1)[:, 0]
+            tokens = _sample(filtered.softmax(-1), [generators[r] for r in alive])
         logprobs = torch.log_softmax(logits, -1).gather(-1, tokens[:, None])[:, 0].tolist() if config.logprobs else None
         keep = []
         for j, (r, token) in enumerate(zip(alive, tokens.tolist())):
@@ -287,6 +311,16 @@ def _decode(model, rows: list[_Row], prefix_cache, config: GenerationConfig, eos
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
         position = position + 1
         logits = forward(tokens[:, None], mask, position[:, None])
+
+
+def _sample(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of `probs` (rows, vocab), row j drawn with `generators[j]` alone: the exponential race
+    argmax(p / q), q ~ Exp(1) per token, picks token i with probability p_i (the Gumbel-max trick in another form;
+    vLLM samples seeded requests the same way)."""
+    race = torch.empty_like(probs)
+    for row, generator in zip(race, generators):
+        row.exponential_(generator=generator)
+    return (probs / race.clamp_(min=torch.finfo(race.dtype).tiny)).argmax(-1)
 
 
 def _remember(memory: KVMemory, past, j: int, mask: torch.Tensor, lead: int, row: _Row) -> None:

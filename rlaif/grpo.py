@@ -6,9 +6,12 @@
 Each step samples `group_size` replies to each of `prompts_per_step` prompts and scores them with the reward
 models (normalised with their reward_stats.json, weighted, summed). GRPO (Shao et al. 2024) takes each reply's
 advantage relative to its group's mean reward; RLOO (Ahmadian et al. 2024) relative to the mean of the other
-replies to the same prompt. Both keep a KL penalty of weight `beta` to the starting policy. OUT holds the policy
-(a LoRA adapter merged in), `metrics.jsonl` in PPO's names (score, kl, beta, entropy, response_length) so the report
-plots it alike, and checkpoints/ (safetensors); a rerun resumes from the latest.
+replies to the same prompt. Both keep a KL penalty of weight `beta` to the starting policy. TRL does not cut
+prompts, so a prompt whose tokens (chat template included) and `max_new_tokens` do not fit in the policy's context
+is left out and counted (manifest and closing line); with none left, `run` stops before loading the model. The
+weights being trained are float32 (bf16 only as autocast on a GPU); the reward models only score, in bf16 on a GPU.
+OUT holds the policy (a LoRA adapter merged in), `metrics.jsonl` in PPO's names (score, kl, beta, entropy,
+response_length) so the report plots it alike, and checkpoints/ (safetensors); a rerun resumes from the latest.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rlaif.records import ConfigError, JsonlWriter, load_prompts, open_stage
+from rlaif.models import check_numbers, lora_unused
+from rlaif.rankings import parse_weighted
+from rlaif.records import ConfigError, JsonlWriter, Tally, load_prompts, open_stage
 
 
 @dataclass
@@ -39,9 +44,24 @@ class GRPOConfig:
     learning_rate: float | None = None  # derived when unset: 5e-5 with LoRA, 1e-6 without
     save_steps: int = 50
     seed: int = 0
-    device: str | None = None
+    device: str | None = None  # cpu or cuda; default: a GPU if there is one
 
     VOLATILE = ("device",)
+
+    def __post_init__(self):
+        check_numbers(self, "grpo", {**dict.fromkeys(["steps", "prompts_per_step", "max_new_tokens", "temperature",
+                                                      "learning_rate", "save_steps", "lora_r", "lora_alpha"],
+                                                     {"positive": True}),
+                                     "group_size": {}, "beta": {"minimum": 0.0}})
+        if self.algorithm not in ("grpo", "rloo"):
+            raise ConfigError(f"algorithm: expected grpo or rloo, not {self.algorithm!r}")
+        if self.group_size < 2:
+            raise ConfigError(f"group_size: advantages are relative to the group; use at least 2, not "
+                              f"{self.group_size}")
+        idle = [spec for spec in self.reward_model if parse_weighted(spec)[1] == 0]
+        if idle:
+            raise ConfigError(f"reward_model: {', '.join(idle)}: a reward model of weight 0 does nothing; leave it out")
+        lora_unused(self)
 
 
 class RewardModels:
@@ -50,7 +70,6 @@ class RewardModels:
     __name__ = "reward_model"
 
     def __init__(self, specs: list[str], device: str):
-        from rlaif.rankings import parse_weighted
         from rlaif.reward import RewardModel
 
         self.models = [(RewardModel.load(path, device=device), weight) for path, weight in map(parse_weighted, specs)]
@@ -61,21 +80,49 @@ class RewardModels:
         return total.tolist()
 
 
+def fitting_prompts(prompts: list[dict], tokenizer, room: int | None, tally: Tally) -> list[dict]:
+    """The prompts whose tokens (chat template and generation prompt included, as TRL's trainers tokenize them) are
+    at most `room` (None: no limit); the others are left out and counted in `tally` as `too_long`."""
+    from rlaif.models import chat_ids
+
+    kept = []
+    for row in prompts:
+        tally.read += 1
+        if room is not None and len(chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)) > room:
+            tally.leave_out("too_long")
+        else:
+            tally.used += 1
+            kept.append(row)
+    return kept
+
+
 def run(config: GRPOConfig, progress: bool = True) -> dict:
-    """Train (or resume training); returns the last logged metrics."""
+    """Train (or resume training); returns the last logged metrics, with `summary`: the prompts read, used and left
+    out (also in the manifest's counts).
+
+    Raises DataError before loading the model (and before creating OUT) when no prompt fits in the context."""
     import datasets
-    import torch
     from datasets import Dataset
 
-    from rlaif.models import default_device, load_model, lora_config, train_and_save
+    from rlaif.models import (
+        context_length,
+        load_model,
+        load_tokenizer,
+        lora_config,
+        precision_args,
+        train_and_save,
+        trainer_device,
+    )
 
-    if config.algorithm not in ("grpo", "rloo"):
-        raise ConfigError(f"algorithm: expected grpo or rloo, not {config.algorithm!r}")
-    if config.group_size < 2:
-        raise ConfigError(f"group_size: advantages are relative to the group; use at least 2, not {config.group_size}")
     if not config.reward_model:
         raise ConfigError("reward_model: at least one reward model directory is required")
-    prompts = load_prompts(config.prompts)
+    tally = Tally("prompts")
+    context = context_length(config.policy)
+    room = None if context is None else context - config.max_new_tokens
+    prompts = fitting_prompts(load_prompts(config.prompts), load_tokenizer(config.policy), room, tally)
+    tally.require_some(config.prompts, f"each prompt and max_new_tokens ({config.max_new_tokens}) must fit in the "
+                                       f"policy's context of {context} tokens")
+    device = trainer_device(config.device)
     out = Path(config.out)
     learning_rate = config.learning_rate or (5e-5 if config.lora else 1e-6)
     manifest = open_stage(out, config.algorithm, {**asdict(config), "learning_rate": learning_rate},
@@ -83,9 +130,7 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
     if manifest.status == "complete" and (out / "model.safetensors").is_file():
         return manifest.extra.get("last", {})
     manifest.add_input(config.prompts)
-    device = config.device or default_device()
-    model, tokenizer = load_model(config.policy, device=device)
-    model.train()
+    model, tokenizer = load_model(config.policy, dtype="float32", device="cpu")
     datasets.disable_progress_bars()
     if config.algorithm == "grpo":
         from trl import GRPOConfig as TRLConfig
@@ -98,8 +143,7 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
         per_device_train_batch_size=config.prompts_per_step * config.group_size, num_generations=config.group_size,
         max_completion_length=config.max_new_tokens, temperature=config.temperature, beta=config.beta,
         save_steps=config.save_steps, save_total_limit=2, logging_steps=1, report_to="none", seed=config.seed,
-        use_cpu=device == "cpu", bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
-        disable_tqdm=not progress,
+        disable_tqdm=not progress, **precision_args(device),
     )
     trainer = Trainer(model=model, reward_funcs=RewardModels(config.reward_model, device), args=args,
                       train_dataset=Dataset.from_list([{"prompt": p["prompt"]} for p in prompts]),
@@ -115,8 +159,8 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
                 writer.write({"id": f"step-{step:06d}", "step": step, "score": entry["reward"],
                               "kl": entry.get("kl", 0.0), "beta": config.beta, "entropy": entry.get("entropy"),
                               "response_length": entry.get("completions/mean_length"), "loss": entry.get("loss")})
-    last = next((e for e in reversed(trainer.state.log_history) if "reward" in e), {})
-    manifest.counts.update(steps=trainer.state.global_step, prompts=len(prompts))
+    last = {**next((e for e in reversed(trainer.state.log_history) if "reward" in e), {}), "summary": tally.summary()}
+    manifest.counts.update(tally.counts(), steps=trainer.state.global_step)
     manifest.extra["last"] = last
     manifest.seconds += time.time() - started
     manifest.outputs = ["model.safetensors", "metrics.jsonl", "checkpoints/"]

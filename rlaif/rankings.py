@@ -12,11 +12,15 @@ or an error (`error`, for files that should have none). Accepted input, JSONL or
 | rankings | `prompt`, `responses`, `ranks` (1 = best) or `scores` (higher is better); optional `id`, `annotator` |
 | pairs | `prompt`, `chosen`, `rejected` (text or chat messages); optional `id`, `annotator` |
 | hh-rlhf | `chosen` and `rejected` transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") |
-| CSV, long | one response per line: `prompt`, `response`, `rank` or `score`; optional `id` (groups lines; else the prompt does), `annotator` |
+| CSV, long | one response per line: `prompt`, `response`, `rank` or `score`; optional `id` and `annotator` (lines are grouped by id, else prompt, and annotator) |
 | CSV, pairs | `prompt`, `chosen`, `rejected`; optional `id`, `annotator` |
 
 Every row is checked before anything is written, and the output is written whole and atomically: a bad file gives an
-error naming its file, line and field, and no output.
+error naming its file, line and field, and no output. Ranks, scores and weights must be finite numbers (a `NaN` score
+is a missing label, not a loss). A pair whose two replies are the same text is left out and counted, as is (with
+`skip_empty`) a pair with an empty reply. Several annotators may rank the same prompt: each ranking gives its own
+pairs, with its `annotator`; a row without an `id` gets a content id that includes the annotator, and an explicit id
+shared by several annotators gets `-ANNOTATOR` appended to its pairs' ids.
 
 **Mixing.** `mix` takes several preference files, each with a weight. The same pair (same prompt, same two responses,
 in either order) labelled by several sources becomes one row: its `p_chosen` the weighted mean of the labels (each
@@ -28,11 +32,8 @@ they don't; `human_overrides` drops the AI's label on those conflicts.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
-import json
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +43,22 @@ from rlaif.records import (
     DataError,
     Message,
     PreferenceRow,
+    Tally,
     _as_messages,
     content_id,
+    iter_jsonl,
+    number,
     parse_transcript,
+    read_text,
+    reply_problem,
+    split_weight,
     write_jsonl,
 )
 
 TIES = ("skip", "half", "error")
 SOURCES = ("human", "ai", "critique")
+# How to get past an empty reply: `rlaif rankings import`'s flag, or the setting in a recipe (`rlaif run`).
+EMPTY_HINT = "--skip-empty, or rankings: {skip_empty: true} in a recipe, leaves such pairs out"
 
 
 @dataclass
@@ -95,7 +104,7 @@ def _response_text(value: Any, path: Path, line: int, name: str, allow_empty: bo
     if not isinstance(value, str):
         raise DataError(path, line, name, "expected the response text")
     if not value.strip() and not allow_empty:
-        raise DataError(path, line, name, "is empty (--skip-empty leaves such pairs out)")
+        raise DataError(path, line, name, f"is empty ({EMPTY_HINT})")
     return value
 
 
@@ -105,12 +114,12 @@ def _ranks(obj: dict, n: int, ties: str, path: Path, line: int) -> list[float]:
         raise DataError(path, line, "ranks", "expected exactly one of 'ranks' (1 = best) or 'scores' (higher is better)")
     name = "ranks" if "ranks" in obj else "scores"
     values = obj[name]
-    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    if not isinstance(values, list):
         raise DataError(path, line, name, "expected a list of numbers, one per response")
     if len(values) != n:
         raise DataError(path, line, name, f"has {len(values)} entries for {n} responses")
-    if name == "ranks" and any(v < 1 for v in values):
-        raise DataError(path, line, name, "ranks start at 1 (the best response)")
+    for i, value in enumerate(values):  # ranks start at 1, the best response
+        number(value, path, line, f"{name}[{i}]", minimum=1 if name == "ranks" else None)
     if ties == "error" and len(set(values)) < len(values):
         duplicate = next(v for v in values if values.count(v) > 1)
         raise DataError(path, line, name, f"tie: {duplicate} appears more than once (ties are off; --ties skip or half "
@@ -125,12 +134,14 @@ def _annotator(obj: dict, default: str | None, path: Path, line: int) -> str | N
     return None if value is None or value == "" else str(value)
 
 
-def _row_id(obj: dict, path: Path, line: int, content: Any) -> str:
+def _row_id(obj: dict, path: Path, line: int, content: list, annotator: str | None) -> str:
+    """The row's own id, or a content id; the annotator is part of the content, so two people's labels of the
+    same pair get two ids."""
     if "id" in obj:
         if not isinstance(obj["id"], (str, int)) or str(obj["id"]) == "":
             raise DataError(path, line, "id", "expected non-empty text")
         return str(obj["id"])
-    return content_id(content, "h")
+    return content_id(content + [annotator] if annotator else content, "h")
 
 
 def object_pairs(obj: dict, path: Path, line: int, ties: str = "skip", annotator: str | None = None,
@@ -149,7 +160,7 @@ def object_pairs(obj: dict, path: Path, line: int, ties: str = "skip", annotator
             raise DataError(path, line, "responses", "expected a list of at least two responses")
         texts = [_response_text(r, path, line, f"responses[{i}]", skip_empty) for i, r in enumerate(responses)]
         ranks = _ranks(obj, len(texts), ties, path, line)
-        return ranking_pairs(_row_id(obj, path, line, [prompt, texts]), prompt, texts, ranks, ties, who)
+        return ranking_pairs(_row_id(obj, path, line, [prompt, texts], who), prompt, texts, ranks, ties, who)
     if "chosen" in obj or "rejected" in obj:
         for name in ("chosen", "rejected"):
             if name not in obj:
@@ -174,7 +185,7 @@ def object_pairs(obj: dict, path: Path, line: int, ties: str = "skip", annotator
             prompt = sides["chosen"][:-1]
             chosen = _response_text(sides["chosen"][-1]["content"], path, line, "chosen", skip_empty)
             rejected = _response_text(sides["rejected"][-1]["content"], path, line, "rejected", skip_empty)
-        pair = ranking_pairs(_row_id(obj, path, line, [prompt, chosen, rejected]), prompt, [chosen, rejected],
+        pair = ranking_pairs(_row_id(obj, path, line, [prompt, chosen, rejected], who), prompt, [chosen, rejected],
                              [1, 2], ties, who)[0]
         pair["id"] = pair["id"][: -len("-0-1")]
         return [pair]
@@ -186,55 +197,54 @@ def object_pairs(obj: dict, path: Path, line: int, ties: str = "skip", annotator
 # Files
 
 
-def read_text(path: Path) -> str:
-    """A data file's text: UTF-8 (with or without a byte-order mark) or UTF-16 with one; anything else is an error
-    naming the line and byte where decoding failed."""
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
-    raw = path.read_bytes()
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(path, line, None, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); save "
-                                          f"the file as UTF-8") from None
-
-
 def import_rankings(path: Path | str, ties: str = "skip", annotator: str | None = None, skip_empty: bool = False,
-                    report: dict | None = None) -> list[PreferenceRow]:
+                    tally: Tally | None = None) -> list[PreferenceRow]:
     """Read rankings, pairs or hh-rlhf transcripts (JSONL or CSV) into preference rows; see the module docstring.
-    `report`, if given, gets `skipped_empty`: pairs left out for an empty response."""
+
+    `tally`, if given, counts the pairs read, used and left out (`empty_reply` with `skip_empty`, and
+    `identical_replies`). A file that leaves no pair is a DataError, as is any bad row (file, line and field)."""
     path = Path(path)
     if ties not in TIES:
         raise DataError(path, None, "ties", f"expected one of {', '.join(TIES)}, not {ties!r}")
-    text = read_text(path)
-    rows: list[PreferenceRow] = []
     if path.suffix.lower() == ".csv":
-        rows = _csv_pairs(path, text, ties, annotator, skip_empty)
+        rows = _csv_pairs(path, read_text(path), ties, annotator, skip_empty)
     else:
-        for number, raw in enumerate(text.splitlines(), start=1):
-            if raw.strip():
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise DataError(path, number, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
-                for pair in object_pairs(obj, path, number, ties, annotator, skip_empty):
-                    rows.append({**pair, "_line": number})  # type: ignore[typeddict-unknown-key]
-    kept = [r for r in rows if r["chosen"][0]["content"].strip() and r["rejected"][0]["content"].strip()]
-    if report is not None:
-        report["skipped_empty"] = len(rows) - len(kept)
-    rows = kept
-    if not rows:
-        raise DataError(path, None, None, "no preference pairs found (every ranking tied?)" if text.strip() else "empty")
-    seen: dict[str, int] = {}
+        rows = [{**pair, "_line": line} for line, obj in iter_jsonl(path)
+                for pair in object_pairs(obj, path, line, ties, annotator, skip_empty)]
+    tally = tally if tally is not None else Tally("pairs")
+    kept = []
     for row in rows:
+        tally.read += 1
+        problem = reply_problem(row["chosen"][0]["content"], row["rejected"][0]["content"])
+        if problem:
+            tally.leave_out(problem)
+        else:
+            tally.used += 1
+            kept.append(row)
+    if not rows:
+        raise DataError(path, None, None, "no preference pairs found (an empty file, or every ranking tied?)")
+    tally.require_some(path)
+    annotators: dict[str, set] = defaultdict(set)
+    for row in kept:
+        annotators[row["id"]].add(row.get("annotator"))
+    seen: dict[str, int] = {}
+    for row in kept:
         line = row.pop("_line")  # type: ignore[typeddict-item]
+        if len(annotators[row["id"]]) > 1 and row.get("annotator"):  # one item, several people: an id each
+            row["id"] = f"{row['id']}-{row['annotator']}"
         if row["id"] in seen:
             raise DataError(path, line, "id", f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
         seen[row["id"]] = line
-    return rows
+    return kept
+
+
+def _cell_number(text: str | None, path: Path, line: int, field: str, minimum: float | None = None) -> float:
+    """A CSV cell as a finite number (`nan`, `inf` and text are refused)."""
+    try:
+        value = float(text or "")
+    except ValueError:
+        raise DataError(path, line, field, f"expected a number, not {text!r}") from None
+    return number(value, path, line, field, minimum=minimum)
 
 
 def _csv_pairs(path: Path, text: str, ties: str, annotator: str | None, skip_empty: bool) -> list[dict]:
@@ -255,18 +265,16 @@ def _csv_pairs(path: Path, text: str, ties: str, annotator: str | None, skip_emp
     if "prompt" not in columns:
         raise DataError(path, 1, "prompt", "no 'prompt' column")
     field = "rank" if "rank" in columns else "score"
-    groups: dict[str, dict] = {}
+    groups: dict[tuple[str, str | None], dict] = {}  # one ranking per (id or prompt, annotator)
     for record in reader:
         line = reader.line_num
-        key = record.get("id") or record.get("prompt") or ""
         if not (record.get("prompt") or "").strip():
             raise DataError(path, line, "prompt", "is empty")
-        try:
-            value = float(record[field])
-        except (TypeError, ValueError):
-            raise DataError(path, line, field, f"expected a number, not {record[field]!r}") from None
-        group = groups.setdefault(key, {"line": line, "obj": {"prompt": record["prompt"], "responses": [],
-                                                              f"{field}s": []}})
+        value = _cell_number(record[field], path, line, field, minimum=1 if field == "rank" else None)
+        key = record.get("id") or record["prompt"]
+        who = record.get("annotator") or annotator
+        group = groups.setdefault((key, who), {"line": line, "obj": {"prompt": record["prompt"], "responses": [],
+                                                                     f"{field}s": []}})
         if record["prompt"] != group["obj"]["prompt"]:
             raise DataError(path, line, "prompt", f"differs from the prompt of id {key!r} on line {group['line']}")
         group["obj"]["responses"].append(_response_text(record.get("response"), path, line, "response", skip_empty))
@@ -282,59 +290,66 @@ def _csv_pairs(path: Path, text: str, ties: str, annotator: str | None, skip_emp
 
 
 def run(config: ImportConfig) -> dict:
-    """Import `config.rankings` into `config.out`; returns counts."""
-    report: dict = {}
-    rows = import_rankings(config.rankings, config.ties, config.annotator, config.skip_empty, report)
+    """Import `config.rankings` into `config.out`; returns counts: pairs written, ties (labelled 0.5), annotators,
+    the tally's read / used / left_out_REASON, and `summary`, the tally's line."""
+    tally = Tally("pairs")
+    rows = import_rankings(config.rankings, config.ties, config.annotator, config.skip_empty, tally)
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(config.out, rows)
-    return {"pairs": len(rows), "ties": sum(r["p_chosen"] == 0.5 for r in rows), **report,
-            "annotators": len({r.get("annotator") for r in rows if r.get("annotator")})}
+    return {"pairs": len(rows), "ties": sum(r["p_chosen"] == 0.5 for r in rows), **tally.counts(),
+            "annotators": len({r.get("annotator") for r in rows if r.get("annotator")}), "summary": tally.summary()}
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Mixing sources
 
 
-def load_preferences(path: Path | str, ties: str = "skip", skip_empty: bool = False) -> list[PreferenceRow]:
-    """Preference rows from a file: rows rlaif wrote (`p_chosen` present: labels, critique prefs, imports) are read
-    as they are; rankings, pairs and hh-rlhf transcripts are imported as human labels."""
+def load_preferences(path: Path | str, ties: str = "skip", skip_empty: bool = False,
+                     tally: Tally | None = None) -> list[PreferenceRow]:
+    """Preference rows from a file: rows rlaif wrote (`p_chosen` on the first row: labels, critique prefs, imports)
+    are checked and read as they are; rankings, pairs and hh-rlhf transcripts are imported as human labels
+    (`import_rankings`, with `ties`, `skip_empty` and `tally`). Errors name the file, line and field."""
     path = Path(path)
-    text = read_text(path)
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    try:
-        is_rlaif = path.suffix.lower() != ".csv" and "p_chosen" in json.loads(first)
-    except (json.JSONDecodeError, TypeError):
-        is_rlaif = False
-    if not is_rlaif:
-        return import_rankings(path, ties, skip_empty=skip_empty)
-    rows = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(path, number, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
-        rows.append(_checked_preference(obj, path, number))
-    return rows
+    if path.suffix.lower() != ".csv":
+        first = next(iter_jsonl(path), None)
+        if first is not None and "p_chosen" in first[1]:
+            tally = tally if tally is not None else Tally("pairs")
+            rows = []
+            for line, obj in iter_jsonl(path):
+                row = _checked_preference(obj, path, line, skip_empty)
+                tally.read += 1
+                problem = reply_problem(row["chosen"][0]["content"], row["rejected"][0]["content"])
+                if problem:  # the same leave-out-and-count rule as import_rankings
+                    tally.leave_out(problem)
+                else:
+                    tally.used += 1
+                    rows.append(row)
+            tally.require_some(path)
+            return rows
+    return import_rankings(path, ties, skip_empty=skip_empty, tally=tally)
 
 
-def _checked_preference(obj: Any, path: Path, line: int) -> PreferenceRow:
-    if not isinstance(obj, dict):
-        raise DataError(path, line, None, "expected a JSON object")
+def _checked_preference(obj: dict, path: Path, line: int, skip_empty: bool = False) -> PreferenceRow:
+    """A preference row as rlaif writes it, every field checked; numbers must be finite (`weight` >= 0, the
+    probabilities `p_chosen`, `p_orders` and `principle_p` in [0, 1]). An empty reply is an error unless
+    `skip_empty` (the caller then leaves the pair out)."""
     prompt = _as_messages(obj.get("prompt"), path, line, "prompt")
     row = dict(obj)
     row["prompt"] = prompt
     for name in ("chosen", "rejected"):
-        row[name] = [{"role": "assistant", "content": _response_text(obj.get(name), path, line, name)}]
-    p = obj.get("p_chosen")
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
-        raise DataError(path, line, "p_chosen", "expected a probability between 0 and 1")
+        row[name] = [{"role": "assistant", "content": _response_text(obj.get(name), path, line, name, skip_empty)}]
+    row["p_chosen"] = number(obj.get("p_chosen"), path, line, "p_chosen", 0.0, 1.0)
     if obj.get("source", "human") not in SOURCES:
         raise DataError(path, line, "source", f"expected one of {', '.join(SOURCES)}")
-    weight = obj.get("weight", 1.0)
-    if not isinstance(weight, (int, float)) or weight < 0:
-        raise DataError(path, line, "weight", "expected a number >= 0")
+    if "weight" in obj:
+        row["weight"] = number(obj["weight"], path, line, "weight", minimum=0.0)
+    if "margin" in obj:
+        row["margin"] = number(obj["margin"], path, line, "margin")
+    for name in ("p_orders", "principle_p"):
+        if name in obj:
+            if not isinstance(obj[name], dict):
+                raise DataError(path, line, name, "expected {name: probability}")
+            row[name] = {key: number(p, path, line, f"{name}.{key}", 0.0, 1.0) for key, p in obj[name].items()}
     row.setdefault("source", "human")
     row["id"] = str(obj.get("id") or content_id([prompt, row["chosen"], row["rejected"]], "pref"))
     return row  # type: ignore[return-value]
@@ -347,19 +362,8 @@ def pair_key(row: PreferenceRow) -> str:
 
 
 def parse_weighted(spec: str) -> tuple[str, float]:
-    """"FILE:WEIGHT" -> (FILE, WEIGHT); a bare FILE weighs 1. A colon not followed by a number is part of the path."""
-    path, sep, tail = spec.rpartition(":")
-    if sep:
-        try:
-            weight = float(tail)
-        except ValueError:
-            return spec, 1.0
-        if not math.isfinite(weight):  # "nan", "inf": part of the name
-            return spec, 1.0
-        if weight < 0:
-            raise DataError(path, None, "weight", f"must be >= 0, not {weight}")
-        return path, weight
-    return spec, 1.0
+    """"FILE:WEIGHT" -> (FILE, WEIGHT), the weight finite and >= 0 (see `records.split_weight`)."""
+    return split_weight(spec, minimum=0.0)
 
 
 def mix(sources: list[tuple[str, list[PreferenceRow], float]], human_overrides: bool = False
@@ -367,13 +371,16 @@ def mix(sources: list[tuple[str, list[PreferenceRow], float]], human_overrides: 
     """Merge (name, rows, weight) sources into one row per distinct pair; returns (rows, agreement).
 
     A merged row faces the side its labels favour (`p_chosen >= 0.5`); `weight` = the sum of source weight times
-    row weight; `provenance` = [{file, id, source, p_chosen (facing this row's chosen), weight}, ...]; `source` is
-    "human" if any person labeled the pair, else the first source's."""
+    row weight; `provenance` = [{file, id, source, p_chosen (facing this row's chosen), weight, annotator if
+    any}, ...]; `source` is "human" if any person labeled the pair, else the first source's; `annotator` is kept
+    only when one person labeled it. Weights must be finite and >= 0 (a DataError naming the file otherwise)."""
     groups: dict[str, list[tuple[str, PreferenceRow, float]]] = defaultdict(list)
     for name, rows, weight in sources:
+        weight = number(weight, name, None, "weight", minimum=0.0)
         for row in rows:
-            groups[pair_key(row)].append((name, row, weight * float(row.get("weight", 1.0))))
-    merged, both, disagreements = [], 0, []
+            row_weight = number(row.get("weight", 1.0), name, None, f"weight of {row['id']!r}", minimum=0.0)
+            groups[pair_key(row)].append((name, row, weight * row_weight))
+    merged, both, agree, disagreements = [], 0, 0.0, []
     for entries in groups.values():
         base = entries[0][1]
         chosen_text = base["chosen"][-1]["content"]
@@ -382,12 +389,15 @@ def mix(sources: list[tuple[str, list[PreferenceRow], float]], human_overrides: 
             same_way = row["chosen"][-1]["content"] == chosen_text
             provenance.append({"file": name, "id": row["id"], "source": row.get("source", "human"),
                                "p_chosen": row["p_chosen"] if same_way else 1.0 - row["p_chosen"], "weight": weight})
+            if row.get("annotator"):
+                provenance[-1]["annotator"] = row["annotator"]
         human = [e for e in provenance if e["source"] == "human"]
         ai = [e for e in provenance if e["source"] == "ai"]
         if human and ai:
             both += 1
             h, a = _mean_p(human), _mean_p(ai)
-            if (h - 0.5) * (a - 0.5) < 0:  # opposite winners; a 0.5 on either side is no conflict
+            agree += 1.0 - abs(_outcome(h) - _outcome(a))  # a tie against a winner agrees half
+            if (h - 0.5) * (a - 0.5) < 0:  # opposite winners
                 winner = base["chosen"] if h > 0.5 else base["rejected"]
                 if h < 0.5:  # report both facing the response people chose
                     h, a = 1.0 - h, 1.0 - a
@@ -399,22 +409,30 @@ def mix(sources: list[tuple[str, list[PreferenceRow], float]], human_overrides: 
         total = sum(e["weight"] for e in used)
         p = sum(e["p_chosen"] * e["weight"] for e in used) / total if total > 0 else _mean_p(used)
         row = {key: value for key, value in base.items() if key not in ("weight", "provenance")}
+        if len({e["annotator"] for e in provenance if "annotator" in e}) > 1:
+            row.pop("annotator", None)
         if p < 0.5:  # face the winner
             row["chosen"], row["rejected"], p = base["rejected"], base["chosen"], 1.0 - p
             for e in provenance:
                 e["p_chosen"] = 1.0 - e["p_chosen"]
-            if "p_orders" in row:
-                first, second = row["p_orders"]["chosen_first"], row["p_orders"]["chosen_second"]
-                row["p_orders"] = {"chosen_first": 1.0 - second, "chosen_second": 1.0 - first}
+            if "p_orders" in row:  # chosen shown first becomes rejected shown first: the other key
+                row["p_orders"] = {_OTHER_ORDER.get(k, k): 1.0 - v for k, v in row["p_orders"].items()}
             if "principle_p" in row:
                 row["principle_p"] = {k: 1.0 - v for k, v in row["principle_p"].items()}
         row.update(p_chosen=p, weight=total, provenance=provenance,
                    source="human" if any(e["source"] == "human" for e in provenance) else provenance[0]["source"])
         merged.append(row)
-    agreement = {"pairs_labeled_by_both": both, "agree": both - len(disagreements),
-                 "rate": (both - len(disagreements)) / both if both else None, "disagreements": disagreements,
+    agreement = {"pairs_labeled_by_both": both, "agree": agree, "rate": agree / both if both else None, "disagreements": disagreements,
                  "human_overrides": human_overrides}
     return merged, agreement
+
+
+_OTHER_ORDER = {"chosen_first": "chosen_second", "chosen_second": "chosen_first"}
+
+
+def _outcome(p: float) -> float:
+    """The winner a label names: 1 (chosen), 0 (rejected) or 0.5 (an exact tie)."""
+    return 1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5
 
 
 def _mean_p(entries: list[dict]) -> float:

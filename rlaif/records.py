@@ -85,6 +85,8 @@ class CandidateRow(TypedDict):
     prompt: list[Message]
     responses: list[str]
     policy: NotRequired[str]
+    tokens: NotRequired[list[int]]  # generated tokens of each response
+    finished: NotRequired[list[bool]]  # whether each response ended with EOS (else it hit max_new_tokens)
 
 
 class PreferenceRow(TypedDict):
@@ -130,7 +132,7 @@ class DataError(Exception):
     """A problem with a user's data file. The message names the file, line and field."""
 
     def __init__(self, path: Path | str, line: int | None, field: str | None, message: str):
-        self.path, self.line, self.field = Path(path), line, field
+        self.path, self.line, self.field, self.message = Path(path), line, field, message
         where = f"{path}:{line}" if line else str(path)
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
 
@@ -142,15 +144,36 @@ def number(value: Any, path: Path | str, line: int | None, field: str, minimum: 
     (or not > 0 with `positive`). Every number rlaif reads from a user's file or setting goes through here."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DataError(path, line, field, f"expected a number, not {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        value = math.inf if value > 0 else -math.inf
     if minimum is not None and maximum is not None:
         bounds = f" between {minimum:g} and {maximum:g}"
+    elif positive or minimum is not None:
+        bounds = " > 0" if positive else f" >= {minimum:g}"
     else:
-        bounds = " > 0" if positive else f" >= {minimum:g}" if minimum is not None else f" <= {maximum:g}" if maximum is not None else ""
+        bounds = f" <= {maximum:g}" if maximum is not None else ""
+    below = (positive and value <= 0) or (minimum is not None and value < minimum)
     if not math.isfinite(value):
         raise DataError(path, line, field, f"expected a finite number{bounds}, got {value}")
-    if (positive and value <= 0) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if below or (maximum is not None and value > maximum):
         raise DataError(path, line, field, f"expected a finite number{bounds}, got {value:g}")
-    return float(value)
+    return value
+
+
+def split_weight(spec: str, minimum: float | None = None) -> tuple[str, float]:
+    """"THING:WEIGHT" -> (THING, WEIGHT); a bare THING weighs 1. A colon not followed by a number is part of the
+    name ("C:/data/a.jsonl", "module:function"). A numeric tail must be a finite number (>= `minimum` when given):
+    "a.jsonl:nan", "a.jsonl:inf" are DataErrors, never part of a file name."""
+    head, sep, tail = spec.rpartition(":")
+    if not sep:
+        return spec, 1.0
+    try:
+        weight = float(tail)
+    except ValueError:
+        return spec, 1.0
+    return head, number(weight, head, None, "weight", minimum=minimum)
 
 
 def reply_problem(chosen: str, rejected: str) -> str | None:
@@ -207,7 +230,8 @@ class Tally:
     def require_some(self, path: Path | str, advice: str = "") -> None:
         """A DataError when nothing is left to use: the whole tally, and what to change."""
         if self.used == 0:
-            raise DataError(path, None, None, f"nothing left to use: {self.summary()}" + (f"; {advice}" if advice else ""))
+            advice = f"; {advice}" if advice else ""
+            raise DataError(path, None, None, f"nothing left to use: {self.summary()}{advice}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -278,6 +302,48 @@ def read_text(path: Path | str) -> str:
     except UnicodeDecodeError as e:
         line_start = raw.rfind(b"\n", 0, e.start) + 1
         raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, raw[line_start : e.end], e.start - line_start) from None
+
+
+def parse_yaml(text: str) -> tuple[Any, Any]:
+    """(value, node) of YAML text (a recipe, constitution, `--config` file: `parse_yaml(read_text(path))`), read as
+    YAML 1.2 reads it: U+2028, U+2029 and U+0085 are text. PyYAML follows YAML 1.1, where they end a line, so a raw
+    one inside a value breaks the file or changes the value. The node (None for an empty document) gives line
+    numbers. Raises yaml.YAMLError, as yaml.safe_load does."""
+    import yaml
+
+    free = (chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)  # private-use stand-ins for the parser
+    stand_in = {c: next(free) for c in _RAW_LINE_BREAKS if c in text}
+    loader = yaml.SafeLoader(text.translate(str.maketrans(stand_in)) if stand_in else text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        back, todo, seen = str.maketrans({s: c for c, s in stand_in.items()}), [node], set()
+        while stand_in and todo:
+            item = todo.pop()
+            if id(item) not in seen:
+                seen.add(id(item))
+                if isinstance(item, yaml.ScalarNode):
+                    item.value = item.value.translate(back)
+                else:
+                    todo += [n for entry in item.value for n in (entry if isinstance(entry, tuple) else [entry])]
+        return loader.construct_document(node), node
+    finally:
+        loader.dispose()
+
+
+def _yaml_dump(value: Any) -> str:
+    """YAML that `parse_yaml` (and any YAML 1.1 reader) reads back as `value`: text holding U+2028, U+2029 or U+0085
+    is written double-quoted, where they are escapes."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def represent_str(self, data: str):
+            style = '"' if any(c in data for c in _RAW_LINE_BREAKS) else None
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    Dumper.add_representer(str, Dumper.represent_str)
+    return yaml.dump(value, Dumper=Dumper, sort_keys=False, allow_unicode=True)
 
 
 def _not_utf8(path: Path, line: int, raw: bytes, offset: int) -> DataError:
@@ -442,14 +508,12 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: Path | str) -> Manifest:
-        return cls(**json.loads((Path(directory) / "manifest.json").read_text(encoding="utf-8")))
+        return cls(**json.loads(read_text(Path(directory) / "manifest.json")))
 
 
 def write_config(directory: Path | str, config: dict[str, Any]) -> None:
     """Save a stage's resolved config as `config.yaml`, the record of exactly what ran."""
-    import yaml
-
-    write_atomic(Path(directory) / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    write_atomic(Path(directory) / "config.yaml", _yaml_dump(config))
 
 
 def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volatile: Iterable[str] = ()) -> Manifest:
@@ -460,13 +524,11 @@ def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volati
     Returns the manifest with the resolved config saved next to it: marked running, or still "complete" when the
     stage has finished before (the caller may then skip its work).
     """
-    import yaml
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     saved_path = directory / "config.yaml"
     if saved_path.is_file():
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        saved = parse_yaml(read_text(saved_path))[0] or {}
         for key in sorted(set(saved) | set(config)):
             if key not in volatile and saved.get(key) != config.get(key):
                 raise DataError(saved_path, None, key, f"this {stage} run was made with {saved.get(key)!r}, now "
@@ -604,13 +666,19 @@ def _unique_ids(rows: list, path: Path, make_id) -> list:
     return rows
 
 
-def load_hh_preferences(path: Path | str, limit: int | None = None) -> list[PreferenceRow]:
+def load_hh_preferences(path: Path | str, limit: int | None = None, skip_empty: bool = False,
+                        tally: Tally | None = None) -> list[PreferenceRow]:
     """Load hh-rlhf chosen/rejected transcripts as human preference rows: the shared turns become the prompt and
-    the final Assistant turns the chosen and rejected responses."""
+    the final Assistant turns the chosen and rejected responses; `limit` stops after that many pairs read.
+
+    A pair whose final replies are the same text is left out. An empty reply is a DataError naming its line and
+    side, unless `skip_empty`, which leaves the pair out (as `rlaif rankings import --skip-empty` does). `tally`,
+    if given, counts the pairs read, used and left out (`empty_reply`, `identical_replies`)."""
     path = Path(path)
+    tally = tally if tally is not None else Tally("pairs")
     rows: list[PreferenceRow] = []
-    for line, obj in iter_jsonl(path):
-        if limit is not None and len(rows) >= limit:
+    for read, (line, obj) in enumerate(iter_jsonl(path)):
+        if limit is not None and read >= limit:
             break
         sides = {}
         for name in ("chosen", "rejected"):
@@ -625,6 +693,15 @@ def load_hh_preferences(path: Path | str, limit: int | None = None) -> list[Pref
             raise DataError(path, line, "chosen", "transcript does not end with an Assistant turn")
         if chosen[:-1] != rejected[:-1]:
             raise DataError(path, line, "rejected", "chosen and rejected differ before their last Assistant turn")
+        tally.read += 1
+        problem = reply_problem(chosen[-1]["content"], rejected[-1]["content"])
+        if problem == "empty_reply" and not skip_empty:
+            side = "rejected" if chosen[-1]["content"].strip() else "chosen"
+            raise DataError(path, line, side, "is empty (skip_empty leaves such pairs out)")
+        if problem:
+            tally.leave_out(problem)
+            continue
+        tally.used += 1
         prompt = chosen[:-1]
         row: PreferenceRow = {
             "id": str(obj.get("id", "")),

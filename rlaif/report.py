@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rlaif.evaluate import SUMMARY_COLUMNS, labeler_summary, policy_dir, rounds_of
-from rlaif.records import ConfigError, read_jsonl, write_atomic
+from rlaif.records import ConfigError, read_jsonl, read_text, write_atomic
 
 PPO_CURVES = [("score", "reward"), ("kl", "KL to reference"), ("beta", "beta"), ("entropy", "entropy"),
               ("response_length", "reply length (tokens)")]
@@ -139,8 +139,8 @@ def _labeler(run: Path, rounds: list[int]) -> list[str]:
                 summaries[f"round {k}"] = summary
     if not summaries:
         return parts + ["<p class=note>No AI labels yet.</p>"]
-    parts.append("<p>Consistent: both orders of the pair name the same winner. Confidence: mean max(p, 1 - p) of "
-                 "the soft label.</p>")
+    parts.append("<p>Consistent: both orders of the pair name the same winner (over the labels scored in both "
+                 "orders). Confidence: mean max(p, 1 - p) of the soft label.</p>")
     parts.append(_table(["round", "pairs", "consistent", "mean confidence", "low confidence"],
                         [[name, str(s["pairs"]), _num(s["consistency"]), _num(s["confidence"]),
                           _num(s["low_confidence"])] for name, s in summaries.items()]))
@@ -149,14 +149,16 @@ def _labeler(run: Path, rounds: list[int]) -> list[str]:
     principles: dict[str, dict] = {}
     for s in summaries.values():
         for pid, stats in s["per_principle"].items():
-            mine = principles.setdefault(pid, {"pairs": 0, "consistent": 0.0, "confidence": 0.0})
+            mine = principles.setdefault(pid, {"pairs": 0, "both_orders": 0, "consistent": 0.0, "confidence": 0.0})
             mine["pairs"] += stats["pairs"]
-            mine["consistent"] += stats["consistency"] * stats["pairs"]
+            mine["both_orders"] += stats["both_orders"]
+            mine["consistent"] += stats["consistency"] * stats["both_orders"] if stats["both_orders"] else 0.0
             mine["confidence"] += stats["confidence"] * stats["pairs"]
-    table = {pid: {"pairs": m["pairs"], "consistency": m["consistent"] / m["pairs"],
+    table = {pid: {"pairs": m["pairs"],
+                   "consistency": m["consistent"] / m["both_orders"] if m["both_orders"] else float("nan"),
                    "confidence": m["confidence"] / m["pairs"]} for pid, m in sorted(principles.items())}
-    parts.append(_figure("labeler-principles", "Per principle, all rounds: pairs labeled and consistency",
-                         _plot_principles(table)))
+    parts.append(_figure("labeler-principles", "Per principle, all rounds: pairs labeled, and the consistency of "
+                         "the labels it took part in", _plot_principles(table)))
     return parts
 
 
@@ -322,4 +324,4 @@ def _figure(ident: str, caption: str, png: str) -> str:
 
 
 def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return json.loads(read_text(path)) if path.is_file() else None

@@ -6,7 +6,11 @@ The model is any causal LM with a scalar head on its last token (`AutoModelForSe
 `num_labels=1`). Its loss on a pair with label p = P(chosen is better) is the Bradley-Terry log-likelihood of that
 label, `soft_bradley_terry_loss` below; at p = 1 it is exactly TRL's loss. The preference files are mixed first
 (rlaif.rankings.mix: one row per distinct pair, weights summed, provenance kept), a held-out split is set aside
-(by pair, so no pair is in both), and OUT gets:
+(by pair, so no pair is in both), and each pair is tokenized here as the trainer reads it (chat template included).
+What cannot train is left out and counted, never dropped silently: a pair longer than `max_length` (TRL's
+RewardTrainer drops those without a word), a pair whose replies are empty or the same, and a training pair of
+weight 0. When no training pair is left, `run` stops with a DataError before loading the model. The weights being
+trained are float32 (bf16 only as autocast on a GPU). OUT gets:
 
 | file | what |
 |---|---|
@@ -30,7 +34,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rlaif.records import ConfigError, DataError, Message, PreferenceRow, open_stage, write_atomic
+from rlaif.models import check_numbers, chat_ids, lora_unused, unused_settings
+from rlaif.records import (
+    ConfigError,
+    DataError,
+    Message,
+    PreferenceRow,
+    Tally,
+    open_stage,
+    read_text,
+    reply_problem,
+    write_atomic,
+)
 
 
 @dataclass
@@ -51,15 +66,28 @@ class RewardConfig:
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = 8  # pairs per device per step
     grad_accum: int = 1
-    max_length: int = 1024  # tokens of prompt + response; longer pairs are left out of training and counted
+    max_length: int = 1024  # tokens of prompt + response, chat template included; longer pairs are left out, counted
     margin: float = 0.0  # required reward gap (a row's own `margin` field wins); Touvron et al. 2023, eq. 2
     center_rewards: float | None = None  # coefficient of the mean squared reward penalty (Eisenstein et al. 2023: 0.01)
     stats_samples: int = 512  # training pairs scored for reward_stats.json
     save_steps: int = 50  # checkpoint every N optimizer updates
     seed: int = 0
-    device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
+    device: str | None = None  # cpu or cuda; default: a GPU if there is one
 
     VOLATILE = ("device",)
+
+    def __post_init__(self):
+        check_numbers(self, "reward", {**dict.fromkeys(["learning_rate", "epochs", "batch_size", "grad_accum",
+                                                        "max_length", "stats_samples", "save_steps", "lora_r",
+                                                        "lora_alpha"], {"positive": True}),
+                                       **dict.fromkeys(["margin", "center_rewards"], {"minimum": 0.0}),
+                                       "max_steps": {}, "eval_fraction": {"minimum": 0.0, "maximum": 1.0},
+                                       "lora_dropout": {"minimum": 0.0, "maximum": 1.0}})
+        if not self.eval_fraction < 1.0:
+            raise ConfigError(f"eval_fraction: expected a share in [0, 1), not {self.eval_fraction}")
+        if self.eval_data:
+            unused_settings(self, ["eval_fraction"], "not used when eval_data gives the held-out pairs")
+        lora_unused(self)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -113,11 +141,14 @@ def _trainer_classes():
             with torch.no_grad():
                 gather = self.accelerator.gather_for_metrics
                 decided = (p != 0.5).float()
-                right = ((chosen > rejected) == (p > 0.5)).float() * decided
-                self._metrics[mode]["accuracy"].append((gather(right.sum()).sum() /
-                                                        gather(decided.sum()).sum().clamp(min=1)).item())
-                self._metrics[mode]["margin"].append(gather((chosen - rejected).mean()).mean().item())
-                self._metrics[mode]["mean_reward"].append(gather(torch.cat([chosen, rejected]).mean()).mean().item())
+                right = torch.where(chosen == rejected, 0.5, ((chosen > rejected) == (p > 0.5)).float()) * decided
+                # One row per pair: gather_for_metrics then drops the pairs the last batch repeats to fill every
+                # process (it cuts the gathered rows to the real ones; per-process means would be cut wrongly).
+                right, decided, margin, mean = gather(torch.stack([right, decided, chosen - rejected,
+                                                                   (chosen + rejected) / 2], 1)).unbind(1)
+                self._metrics[mode]["accuracy"].append((right.sum() / decided.sum().clamp(min=1)).item())
+                self._metrics[mode]["margin"].append(margin.mean().item())
+                self._metrics[mode]["mean_reward"].append(mean.mean().item())
             return (loss, outputs) if return_outputs else loss
 
     return SoftRewardTrainer, SoftPreferenceCollator
@@ -143,19 +174,61 @@ def load_mix(specs: list[str], ties: str, human_overrides: bool) -> tuple[list[P
     return mix(sources, human_overrides)
 
 
+def fitting_pairs(rows: list[PreferenceRow], tokenizer, max_length: int, tally: Tally, weighted: bool = True
+                  ) -> tuple[list[tuple[PreferenceRow, list[int], list[int]]], int | None]:
+    """The pairs a reward model can learn from (or be judged on), each with the token ids of prompt + chosen and of
+    prompt + rejected as TRL's RewardTrainer builds them (chat template included), and the length of the shortest
+    pair left out as too long (a pair is as long as its longer sequence), or None.
+
+    Left out and counted in `tally`: a row of weight 0 (`zero_weight`, when `weighted`), an empty or repeated reply
+    (records.reply_problem), and a pair longer than `max_length` (`too_long`: TRL would drop it silently)."""
+    kept, shortest = [], None
+    for row in rows:
+        tally.read += 1
+        if weighted and row.get("weight", 1.0) == 0:
+            problem = "zero_weight"
+        else:
+            problem = reply_problem(row["chosen"][-1]["content"], row["rejected"][-1]["content"])
+        if not problem:
+            chosen, rejected = (chat_ids(tokenizer, row["prompt"] + row[side]) for side in ("chosen", "rejected"))
+            length = max(len(chosen), len(rejected))
+            if length > max_length:
+                problem, shortest = "too_long", min(length, shortest or length)
+        if problem:
+            tally.leave_out(problem)
+        else:
+            tally.used += 1
+            kept.append((row, chosen, rejected))
+    return kept, shortest
+
+
+def _nothing_to_train(specs: list[str], tally: Tally, max_length: int, shortest: int | None) -> DataError:
+    from rlaif.rankings import parse_weighted
+
+    where = ", ".join(parse_weighted(spec)[0] for spec in specs)
+    if set(tally.left_out) == {"too_long"}:
+        return DataError(where, None, None, f"all {tally.read} training pairs are longer than max_length {max_length} "
+                                            f"tokens (shortest pair {shortest} tokens, chat template included); "
+                                            "raise --max-length")
+    if set(tally.left_out) == {"zero_weight"}:
+        return DataError(where, None, None, "every pair has weight 0: nothing to train on")
+    return DataError(where, None, None, f"nothing left to train on: {tally.summary()}")
+
+
 def run(config: RewardConfig, progress: bool = True) -> dict:
-    """Train (or resume training) a reward model; returns the metrics written to OUT/metrics.json."""
+    """Train (or resume training) a reward model; returns the metrics written to OUT/metrics.json, with `counts`
+    (training and held-out pairs read, used and left out, as in the manifest) and `summary`, their line.
+
+    Raises DataError before loading the model (and before creating OUT) when no training pair is left."""
     import datasets
     from datasets import Dataset
     from trl import RewardConfig as TRLRewardConfig
 
-    from rlaif.models import default_device, lora_config, train_and_save
+    from rlaif.models import load_tokenizer, lora_config, precision_args, train_and_save, trainer_device
     from rlaif.rankings import pair_key, parse_weighted
 
     if not config.data:
         raise ConfigError("data: give at least one preference file (--data FILE[:WEIGHT])")
-    if not 0.0 <= config.eval_fraction < 1.0:
-        raise ConfigError(f"eval_fraction: expected a share in [0, 1), not {config.eval_fraction}")
     rows, agreement = load_mix(config.data, config.ties, config.human_overrides)
     if config.eval_data:
         held_out, _ = load_mix(config.eval_data, config.ties, config.human_overrides)
@@ -165,6 +238,13 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
         train, held_out = split(rows, config.eval_fraction)
     if not train:
         raise DataError(config.data[0], None, None, "no training pairs left after holding out the evaluation pairs")
+    tokenizer = load_tokenizer(config.model)
+    train_tally, held_tally = Tally("training pairs"), Tally("held-out pairs")
+    train_pairs, shortest = fitting_pairs(train, tokenizer, config.max_length, train_tally)
+    held_pairs, _ = fitting_pairs(held_out, tokenizer, config.max_length, held_tally, weighted=False)
+    if not train_tally.used:
+        raise _nothing_to_train(config.data, train_tally, config.max_length, shortest)
+    device = trainer_device(config.device)
 
     out = Path(config.out)
     learning_rate = config.learning_rate or (1e-4 if config.lora else 1e-5)
@@ -174,33 +254,31 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     for spec in config.data + config.eval_data:
         manifest.add_input(parse_weighted(spec)[0])
-    device = config.device or default_device()
-    model, tokenizer = load_backbone(config.model, device)
+    model, tokenizer = load_backbone(config.model, "cpu", dtype="float32")
     datasets.disable_progress_bars()
 
-    mean_weight = sum(r["weight"] for r in train) / len(train)
-    table = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "p_chosen": float(r["p_chosen"]),
-              "weight": r["weight"] / mean_weight if mean_weight > 0 else 1.0,
-              "margin": float(r.get("margin", config.margin))} for r in train]
+    # Already tokenized, so TRL reads exactly the ids counted above (its max_length filter finds nothing to drop).
+    mean_weight = sum(row["weight"] for row, _, _ in train_pairs) / len(train_pairs)
+    table = [{"chosen_ids": chosen, "rejected_ids": rejected, "p_chosen": float(row["p_chosen"]),
+              "weight": row["weight"] / mean_weight, "margin": float(row.get("margin", config.margin))}
+             for row, chosen, rejected in train_pairs]
     args = TRLRewardConfig(
         output_dir=str(out / "checkpoints"), learning_rate=learning_rate, num_train_epochs=config.epochs,
         max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards, save_steps=config.save_steps, save_total_limit=2,
-        logging_steps=1, report_to="none", seed=config.seed, use_cpu=device == "cpu",
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(), disable_tqdm=not progress,
+        logging_steps=1, report_to="none", seed=config.seed, disable_tqdm=not progress, **precision_args(device),
     )
     peft_config = (lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, task_type="SEQ_CLS")
                    if config.lora else None)
     trainer_cls, collator_cls = _trainer_classes()
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(table), processing_class=tokenizer,
                           data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id), peft_config=peft_config)
-    too_long = len(table) - len(trainer.train_dataset)
     started = time.time()
     final, result, checkpoint = train_and_save(trainer, tokenizer, out, config.lora)
     final.eval()
     scorer = RewardModel(final, tokenizer)
-    stats_rows = train[: config.stats_samples]
+    stats_rows = [row for row, _, _ in train_pairs[: config.stats_samples]]
     stats_rewards = scorer.score([r["prompt"] for r in stats_rows] * 2,
                                  [r["chosen"][-1]["content"] for r in stats_rows] +
                                  [r["rejected"][-1]["content"] for r in stats_rows])
@@ -209,14 +287,16 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
     write_atomic(out / "reward_stats.json", json.dumps(stats, indent=2) + "\n")
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    metrics = {"train": {"pairs": len(train), "left_out_too_long": too_long, "steps": trainer.state.global_step,
+    counts = {**train_tally.counts(), **held_tally.counts("heldout_"), "steps": trainer.state.global_step}
+    summary = train_tally.summary() + (f"; {held_tally.summary()}" if held_tally.read else "")
+    metrics = {"train": {"pairs": train_tally.used, "steps": trainer.state.global_step,
                          "loss": result.training_loss, "first_loss": losses[0] if losses else None,
                          "last_loss": losses[-1] if losses else None, "resumed_from": checkpoint},
-               "heldout": evaluate_reward_model(scorer, held_out) if held_out else None,
-               "agreement": agreement, "reward_stats": stats, "seconds": time.time() - started}
+               "heldout": evaluate_reward_model(scorer, [row for row, _, _ in held_pairs]) if held_pairs else None,
+               "agreement": agreement, "reward_stats": stats, "counts": counts, "summary": summary,
+               "seconds": time.time() - started}
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    manifest.counts.update(train_pairs=len(train), heldout_pairs=len(held_out), left_out_too_long=too_long,
-                           steps=trainer.state.global_step)
+    manifest.counts.update(counts)
     manifest.seconds += metrics["seconds"]
     manifest.outputs = ["model.safetensors", "reward_stats.json", "metrics.json", "checkpoints/"]
     manifest.status = "complete"
@@ -225,7 +305,8 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
 
 
 def load_backbone(spec: str, device: str, dtype: str = "auto"):
-    """A causal LM spec (or a trained reward model) as a sequence classifier with one output, and its tokenizer."""
+    """A causal LM spec (or a trained reward model) as a sequence classifier with one output, and its tokenizer.
+    dtype "auto": bfloat16 on a GPU that supports it, for scoring; anything trained is loaded "float32"."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -263,14 +344,13 @@ class RewardModel:
 
         model, tokenizer = load_backbone(str(path), device or default_device(), dtype)
         stats_file = Path(path) / "reward_stats.json"
-        stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else None
+        stats = json.loads(read_text(stats_file)) if stats_file.is_file() else None
         return cls(model.eval(), tokenizer, stats)
 
     def tokenize(self, prompt: str | list[Message], response: str) -> list[int]:
         """The tokens the model reads: the chat template over prompt + response, as TRL's RewardTrainer builds them."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        messages.append({"role": "assistant", "content": response})
-        return self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+        return chat_ids(self.tokenizer, messages + [{"role": "assistant", "content": response}])
 
     @torch.inference_mode()
     def score(self, prompts: list[str | list[Message]], responses: list[str], batch_size: int = 16,
@@ -324,7 +404,8 @@ def evaluate_reward_model(scorer: RewardModel, rows: list[PreferenceRow]) -> dic
     decided = [(i, r) for i, r in enumerate(rows) if r["p_chosen"] != 0.5]
     metrics["length"] = {
         "reward_length_correlation": pearson(rewards, lengths),
-        "longer_wins_accuracy": (sum(lengths[i] > lengths[len(rows) + i] for i, _ in decided) / len(decided)
+        "longer_wins_accuracy": (sum((a > b) + 0.5 * (a == b) for a, b in
+                                     ((lengths[i], lengths[len(rows) + i]) for i, _ in decided)) / len(decided)
                                  if decided else None),
         "mean_tokens_chosen": sum(lengths[: len(rows)]) / len(rows),
         "mean_tokens_rejected": sum(lengths[len(rows) :]) / len(rows),
@@ -333,15 +414,15 @@ def evaluate_reward_model(scorer: RewardModel, rows: list[PreferenceRow]) -> dic
 
 
 def pair_metrics(delta: list[float], p: list[float]) -> dict:
-    """Accuracy (the reward picks the label's winner; 0.5 labels left out), mean margin toward the label's winner,
-    and ECE of sigma(delta) as the probability of that winner."""
+    """Accuracy (the reward picks the label's winner; a tied reward counts half; 0.5 labels left out), mean margin
+    toward the label's winner, and ECE of sigma(delta) as the probability of that winner."""
     from rlaif.evaluate import calibration_bins, expected_calibration_error
 
     decided = [(d if q > 0.5 else -d) for d, q in zip(delta, p) if q != 0.5]
     if not decided:
         return {"pairs": len(delta), "accuracy": None, "mean_margin": None, "ece": None}
     probs = [1 / (1 + math.exp(-d)) for d in decided]
-    return {"pairs": len(delta), "accuracy": sum(d > 0 for d in decided) / len(decided),
+    return {"pairs": len(delta), "accuracy": sum((d > 0) + 0.5 * (d == 0) for d in decided) / len(decided),
             "mean_margin": sum(decided) / len(decided),
             "ece": expected_calibration_error(probs), "calibration": calibration_bins(probs)}
 

@@ -2,10 +2,12 @@
 
     rlaif sample --model runs/x/sft --prompts prompts.jsonl --n 2 --out runs/x
 
-Each prompt is repeated K times in one batched `generate` call per chunk, sampled at the given temperature with a
-seed derived from the chunk, so a run is reproducible. On a GPU with vLLM installed, `engine: vllm` samples with
-vLLM instead (one seed per request, derived the same way). Rows go to OUT/sample/candidates.jsonl as each chunk
-finishes; a killed run resumes with the prompts not yet written, each written exactly once.
+Each prompt is repeated K times and sampled at the given temperature, response k of prompt `id` with its own seed,
+derive_seed(seed, id, k): its text depends on nothing else, not on the batch it shares or on where a run was
+resumed. On a GPU with vLLM installed, `engine: vllm` samples with vLLM instead (the same seed per request).
+Prompts go through in file order, `batch_size` sequences at a time, and each batch's rows go to
+OUT/sample/candidates.jsonl as soon as it finishes: a killed run loses at most the batch in flight, and the rerun
+writes the same file an uninterrupted run would have (each id exactly once).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rlaif.generate import GenerationConfig, progress_bar
-from rlaif.records import CandidateRow, ConfigError, JsonlWriter, load_prompts, open_stage
+from rlaif.generate import GenerationConfig, derive_seed, progress_bar
+from rlaif.records import CandidateRow, ConfigError, JsonlWriter, load_prompts, open_stage, read_jsonl
 
 
 @dataclass
@@ -28,8 +30,7 @@ class SampleConfig:
     temperature: float = 0.9  # diverse enough that the K responses differ
     top_p: float = 0.95
     seed: int = 0
-    batch_size: int = 16  # sequences per forward pass
-    chunk_size: int = 64  # prompts sampled together and written together (the unit of resume)
+    batch_size: int = 16  # sequences per forward pass (batch_size // n prompts, at least one), written per batch
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
     engine: str = "rlaif"  # rlaif (batched generation here), or vllm (on a GPU, where vLLM is installed)
 
@@ -50,39 +51,44 @@ def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
     manifest.add_input(config.prompts)
     if complete is None:
         complete = _vllm_complete(config) if config.engine == "vllm" else _model_complete(config)
-    started, tokens, stopped = time.time(), 0, 0
-    with JsonlWriter(stage_dir / "candidates.jsonl") as out, progress_bar(progress, len(prompts), "sampling") as bar:
-        todo = [p for p in prompts if p["id"] not in out.done]
-        bar(len(prompts) - len(todo))
-        manifest.counts.update(prompts=len(prompts), resumed=len(prompts) - len(todo))
-        for start in range(0, len(todo), config.chunk_size):
-            chunk = todo[start : start + config.chunk_size]
-            # The seed follows the chunk's first prompt, not its position, so a resumed run samples the same text.
-            generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                          top_p=config.top_p, batch_size=config.batch_size,
-                                          seed=config.seed + _stable_hash(chunk[0]["id"]))
-            replies = complete([p["prompt"] for p in chunk for _ in range(config.n)], generation)
-            for i, prompt in enumerate(chunk):
-                mine = replies[i * config.n : (i + 1) * config.n]
-                row: CandidateRow = {"id": prompt["id"], "prompt": prompt["prompt"],
-                                     "responses": [r.text for r in mine], "policy": config.model}
-                out.write(row)
-                tokens += sum(len(r.token_ids) for r in mine)
-                stopped += sum(r.finish_reason == "stop" for r in mine)
-            bar(len(chunk))
-    manifest.counts.update(responses=len(todo) * config.n, generated_tokens=tokens, finished_with_eos=stopped)
+    started = time.time()
+    path = stage_dir / "candidates.jsonl"
+    per_batch = max(1, config.batch_size // config.n)
+    with JsonlWriter(path) as out:
+        done = sum(p["id"] in out.done for p in prompts)
+        manifest.counts.update(prompts=len(prompts), resumed=done)
+        with progress_bar(progress, len(prompts), "sampling", completed=done) as bar:
+            for start in range(0, len(prompts), per_batch):
+                batch = prompts[start : start + per_batch]
+                todo = [p for p in batch if p["id"] not in out.done]
+                if not todo:
+                    continue
+                # The whole batch, even when a kill left part of it written: the rerun computes what the
+                # uninterrupted run computed, and writes what is missing.
+                generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                              top_p=config.top_p, batch_size=config.batch_size,
+                                              seeds=[derive_seed(config.seed, p["id"], k)
+                                                     for p in batch for k in range(config.n)])
+                replies = complete([p["prompt"] for p in batch for _ in range(config.n)], generation)
+                for i, prompt in enumerate(batch):
+                    if prompt["id"] in out.done:
+                        continue
+                    mine = replies[i * config.n : (i + 1) * config.n]
+                    row: CandidateRow = {"id": prompt["id"], "prompt": prompt["prompt"],
+                                         "responses": [r.text for r in mine], "policy": config.model,
+                                         "tokens": [len(r.token_ids) for r in mine],
+                                         "finished": [r.finish_reason == "stop" for r in mine]}
+                    out.write(row)
+                bar(len(todo))
+    rows = list(read_jsonl(path))
+    manifest.counts.update(responses=sum(len(r["responses"]) for r in rows),
+                           generated_tokens=sum(sum(r.get("tokens", [])) for r in rows),
+                           finished_with_eos=sum(sum(r.get("finished", [])) for r in rows))
     manifest.seconds += time.time() - started
     manifest.outputs = ["candidates.jsonl"]
     manifest.status = "complete"
     manifest.save(stage_dir)
     return manifest.counts
-
-
-def _stable_hash(text: str) -> int:
-    """A small integer from a string, the same in every process (Python's hash() is salted per process)."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big")
 
 
 def _model_complete(config: SampleConfig):
@@ -94,7 +100,8 @@ def _model_complete(config: SampleConfig):
 
 
 def _vllm_complete(config: SampleConfig):
-    """The same `complete` on vLLM: each request gets its own seed, so the K copies of a prompt differ."""
+    """The same `complete` on vLLM: each request gets its own seed (`generation.seeds`), so the K copies of a prompt
+    differ and a rerun samples them again alike."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError:
@@ -107,8 +114,7 @@ def _vllm_complete(config: SampleConfig):
 
     def complete(conversations, generation: GenerationConfig):
         params = [SamplingParams(temperature=generation.temperature, top_p=generation.top_p,
-                                 max_tokens=generation.max_new_tokens, seed=generation.seed + i)
-                  for i in range(len(conversations))]
+                                 max_tokens=generation.max_new_tokens, seed=seed) for seed in generation.seeds]
         results = llm.chat(conversations, params, use_tqdm=False)
         return [Generation(text=r.outputs[0].text.strip(), token_ids=list(r.outputs[0].token_ids),
                            finish_reason="stop" if r.outputs[0].finish_reason == "stop" else "length",

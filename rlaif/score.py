@@ -6,7 +6,11 @@ Instead of comparing two responses, the labeler reads one and is asked for a sco
 RLHF", section 3.2). No text is generated: the next-token probabilities of the ten scores are read after the
 prompt, and the reward is the expected score, E[s] = sum_s s * P(s), mapped from [1, 10] to [-1, 1]. "10" starts
 like "1" in most tokenizers, so each score's probability is that of its own tokens and, for a score that is the
-beginning of another (1 of 10), less that of the longer one: P(1) = P("1") - P("10").
+beginning of another (1 of 10), less that of the longer one: P(1) = P("1") - P("10"). An empty response says nothing
+to score: the stage leaves it out of its row in scores.jsonl and counts it.
+
+Rows go to scores.jsonl as each batch finishes (batches fixed by position in the file): a killed run loses at most
+the batch in flight, and its rerun writes what an uninterrupted one would have.
 
 `DirectScore` is the same thing as a reward function, `reward(prompts, responses) -> tensor`, for PPO.
 """
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from rlaif.constitution import Constitution, load_constitution, render
 from rlaif.label import format_conversation, quote
-from rlaif.records import DataError, JsonlWriter, Message, open_stage, read_jsonl
+from rlaif.records import DataError, JsonlWriter, Message, Tally, iter_jsonl, open_stage
 
 SCORES = tuple(range(1, 11))
 
@@ -101,18 +105,29 @@ class DirectScore:
 
 
 def run(config: ScoreConfig, scorer: DirectScore | None = None, progress: bool = False) -> dict:
-    """Score every response of every candidates row; returns the manifest's counts."""
+    """Score every response of every candidates row; returns the manifest's counts (with the tally of responses
+    read, scored and left out) and `summary`, the tally's line. An empty response says nothing to score: it is left
+    out of its row (a row with no other response is not written) and counted; a file with no response left is a
+    DataError before the scorer is loaded."""
     from rlaif.generate import progress_bar
 
     path = Path(config.candidates)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
-    rows = []
-    for line, row in enumerate(read_jsonl(path), start=1):
+    rows, tally = [], Tally("responses")
+    for line, row in iter_jsonl(path):
         for name, kind in (("id", str), ("prompt", list), ("responses", list)):
             if not isinstance(row.get(name), kind):
                 raise DataError(path, line, name, f"expected a {kind.__name__}")
-        rows.append(row)
+        if not all(isinstance(r, str) for r in row["responses"]):
+            raise DataError(path, line, "responses", "expected a list of strings")
+        kept = [r for r in row["responses"] if r.strip()]
+        tally.read += len(row["responses"])
+        tally.used += len(kept)
+        tally.leave_out("empty_reply", len(row["responses"]) - len(kept))
+        if kept:
+            rows.append({**row, "responses": kept})
+    tally.require_some(path, "every response is empty")
     constitution = load_constitution(config.constitution)
     stage_dir = Path(config.out) / "score"
     manifest = open_stage(stage_dir, "score", {**asdict(config), "constitution_digest": constitution.digest()},
@@ -125,22 +140,28 @@ def run(config: ScoreConfig, scorer: DirectScore | None = None, progress: bool =
         model, tokenizer = load_model(config.labeler, device=config.device)
         scorer = DirectScore(model, tokenizer, constitution, config.batch_size)
     started = time.time()
-    with JsonlWriter(stage_dir / "scores.jsonl") as out, progress_bar(progress, len(rows), "scoring") as bar:
-        todo = [r for r in rows if r["id"] not in out.done]
-        bar(len(rows) - len(todo))
-        for start in range(0, len(todo), config.batch_size):
-            group = todo[start : start + config.batch_size]
-            results = iter(scorer.scores([r["prompt"] for r in group for _ in r["responses"]],
-                                         [response for r in group for response in r["responses"]]))
-            for row in group:
-                scores = [next(results)[0] for _ in row["responses"]]
-                out.write({"id": row["id"], "prompt": row["prompt"], "responses": row["responses"],
-                           "scores": scores, "rewards": [to_reward(s) for s in scores]})
-            bar(len(group))
-    manifest.counts.update(rows=len(rows), resumed=len(rows) - len(todo),
-                           responses=sum(len(r["responses"]) for r in rows))
+    with JsonlWriter(stage_dir / "scores.jsonl") as out:
+        done = sum(r["id"] in out.done for r in rows)
+        with progress_bar(progress, len(rows), "scoring", completed=done) as bar:
+            # Batches by position in the file, each written as it finishes; a batch a kill left half written is
+            # scored whole again (the same batch, so the same numbers) and only its missing rows written.
+            for start in range(0, len(rows), config.batch_size):
+                group = rows[start : start + config.batch_size]
+                todo = [r for r in group if r["id"] not in out.done]
+                if not todo:
+                    continue
+                results = iter(scorer.scores([r["prompt"] for r in group for _ in r["responses"]],
+                                             [response for r in group for response in r["responses"]]))
+                for row in group:
+                    scores = [next(results)[0] for _ in row["responses"]]
+                    if row["id"] not in out.done:
+                        out.write({"id": row["id"], "prompt": row["prompt"], "responses": row["responses"],
+                                   "scores": scores, "rewards": [to_reward(s) for s in scores]})
+                bar(len(todo))
+    manifest.counts.update(rows=len(rows), resumed=done, responses=sum(len(r["responses"]) for r in rows))
+    manifest.counts.update(tally.counts())
     manifest.seconds += time.time() - started
     manifest.outputs = ["scores.jsonl"]
     manifest.status = "complete"
     manifest.save(stage_dir)
-    return manifest.counts
+    return {**manifest.counts, "summary": tally.summary()}

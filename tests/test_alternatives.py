@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlaif.records import ConfigError, read_jsonl
+from rlaif.records import ConfigError, DataError, read_jsonl
 
 PROMPTS = ["How do I bake bread?", "Tell me about travel.", "What is science?", "Write a Python function."]
 
@@ -56,8 +56,9 @@ def test_dpo_trains_on_confident_pairs_with_robust_loss_from_soft_labels(tmp_pat
 
     with pytest.raises(ConfigError, match="weights are for the reward model"):
         run(DPOConfig(data=[f"{preferences}:2"], out=str(tmp_path / "x"), policy=str(tiny_model_dir)))
-    with pytest.raises(ConfigError, match="no pairs with p_chosen above 0.95"):
+    with pytest.raises(DataError, match=r"used 0, left out 5 \(low_confidence 4, tie 1\)"):
         run(DPOConfig(data=[str(preferences)], min_p_chosen=0.95, out=str(tmp_path / "x"), policy=str(tiny_model_dir)))
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
@@ -79,7 +80,6 @@ def test_grpo_and_rloo_against_our_reward_model(tmp_path, tiny_model_dir, reward
 
 def test_recipe_selects_dpo_instead_of_ppo(tmp_path, tiny_model_dir):
     from rlaif.pipeline import load_recipe, plan
-    from rlaif.records import DataError
 
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     (tmp_path / "human.jsonl").write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go."}) + "\n")
@@ -88,7 +88,7 @@ def test_recipe_selects_dpo_instead_of_ppo(tmp_path, tiny_model_dir):
     steps = {(s.round, s.stage): s for s in plan(load_recipe(tmp_path / "recipe.yaml"))}
     assert (2, "ppo") not in steps and steps[2, "dpo"].config.policy == str(tmp_path / "runs" / "round-1" / "dpo")
     assert steps[2, "dpo"].config.data == [str(tmp_path / "runs" / f"round-{k}" / "label" / "preferences.jsonl")
-                                           for k in (1, 2)] + [str(tmp_path / "runs/round-1/human/human/preferences.jsonl")]
+                                           for k in (1, 2)] + [steps[1, "rankings"].config.out]
     (tmp_path / "recipe.yaml").write_text(text + "policy_trainer: rloo\n")
     steps = {(s.round, s.stage): s for s in plan(load_recipe(tmp_path / "recipe.yaml"))}
     assert steps[1, "grpo"].config.algorithm == "rloo" and steps[1, "grpo"].directory.name == "rloo"

@@ -4,12 +4,12 @@ guards, resume; then the real thing on the tiny model, killed and rerun."""
 from __future__ import annotations
 
 import json
-import random
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -21,7 +21,6 @@ from rlaif.critique import (
     CritiqueConfig,
     few_shot_messages,
     is_degenerate,
-    principle_rng,
     quality_flags,
     run,
     sample_principles,
@@ -78,7 +77,7 @@ def test_trace_is_one_conversation_batched_by_round(tmp_path):
 
     rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "critique" / "revisions.jsonl")}
     a = rows["a"]
-    drawn = sample_principles(constitution.principles, 2, principle_rng(constitution.critique.seed, "a"))
+    drawn = sample_principles(constitution.principles, 2, constitution.critique.seed, "a")
     assert [r["principle"] for r in a["rounds"]] == [p.id for p in drawn]
     assert a["initial"] == "A0" and a["final"] == "A rev 2" and a["tags"] == ["red-team"]
     assert [(r["critique"], r["revision"]) for r in a["rounds"]] == [("A crit 1", "A rev 1"), ("A crit 2", "A rev 2")]
@@ -126,19 +125,48 @@ def principles(*weights):
 def test_principles_do_not_repeat_while_unused_ones_remain():
     pool = principles(1, 1, 1, 1, 1)
     for seed in range(50):
-        drawn = [p.id for p in sample_principles(pool, 5, random.Random(seed))]
+        drawn = [p.id for p in sample_principles(pool, 5, seed, "x")]
         assert sorted(drawn) == ["p0", "p1", "p2", "p3", "p4"]
-        drawn = [p.id for p in sample_principles(pool, 7, random.Random(seed))]
+        drawn = [p.id for p in sample_principles(pool, 7, seed, "x")]
         assert len(set(drawn[:5])) == 5 and len(set(drawn[5:])) == 2  # the pool refills after five
+    assert [len(sample_principles(pool, n, 0, "x")) for n in (0, 1, 11)] == [0, 1, 11]
 
 
 def test_principle_draws_are_seeded_and_follow_weights():
     pool = principles(50, 1, 1)
-    first = Counter(sample_principles(pool, 1, principle_rng(0, f"id{i}"))[0].id for i in range(400))
+    first = Counter(sample_principles(pool, 1, 0, f"id{i}")[0].id for i in range(400))
     assert first["p0"] > 300  # weight 50 of 52
-    uniform = Counter(sample_principles(pool, 1, principle_rng(0, f"id{i}"), weighted=False)[0].id for i in range(400))
-    assert uniform["p0"] < 200
-    assert sample_principles(pool, 3, principle_rng(7, "x")) == sample_principles(pool, 3, principle_rng(7, "x"))
+    uniform = Counter(sample_principles(pool, 1, 0, f"id{i}", weighted=False)[0].id for i in range(400))
+    assert 100 < uniform["p0"] < 170  # 1 in 3
+    assert sample_principles(pool, 3, 7, "x") == sample_principles(pool, 3, 7, "x")
+    assert [sample_principles(pool, 3, seed, "x") for seed in range(8)] != [sample_principles(pool, 3, 0, "x")] * 8
+
+
+def test_first_draws_follow_weights_exactly():
+    """P(first draw = i) = w_i / sum(w) for Efraimidis-Spirakis keys: with weights 1, 2, 3 over 6,000 items the
+    shares are 1/6, 2/6, 3/6 within 3 standard errors."""
+    pool = principles(1, 2, 3)
+    counts = Counter(sample_principles(pool, 1, 0, f"item-{i}")[0].id for i in range(6000))
+    for pid, share in (("p0", 1 / 6), ("p1", 2 / 6), ("p2", 3 / 6)):
+        assert abs(counts[pid] / 6000 - share) < 3 * (share * (1 - share) / 6000) ** 0.5
+
+
+def test_editing_one_principle_moves_no_draw_between_the_others():
+    """Removing, adding or re-weighting one principle: every other principle keeps its place in every item's draw
+    order, so an item's draws change only where the edited principle enters or leaves them."""
+    pool = principles(1, 2, 1, 3, 1, 1)
+    removed = [p for p in pool if p.id != "p3"]
+    reweighted = [replace(p, weight=5.0) if p.id == "p1" else p for p in pool]
+    added = pool + principles(1, 1, 1, 1, 1, 1, 4)[6:]
+    for i in range(300):
+        before = [p.id for p in sample_principles(pool, 6, 0, f"item-{i}")]
+        for edited, changed in ((removed, "p3"), (reweighted, "p1"), (added, "p6")):
+            after = [p.id for p in sample_principles(edited, len(edited), 0, f"item-{i}")]
+            assert [x for x in after if x != changed] == [x for x in before if x != changed]
+        # One round: the draw is the same, or the edited principle (in or out of it).
+        one = before[0]
+        assert sample_principles(removed, 1, 0, f"item-{i}")[0].id == (before[1] if one == "p3" else one)
+        assert sample_principles(reweighted, 1, 0, f"item-{i}")[0].id in {one, "p1"}
 
 
 def test_quality_flags():
@@ -148,6 +176,50 @@ def test_quality_flags():
     assert quality_flags(Generation(text="go " * 30, token_ids=[1], finish_reason="length")) == ["repetition", "truncated"]
     assert quality_flags(ok, previous="A fine answer. ") == ["unchanged"]
     assert is_degenerate("the cat sat on the mat " * 5) and not is_degenerate(" ".join(f"w{i}" for i in range(40)))
+
+
+# Healthy replies of a few hundred characters in scripts that put no spaces between words (Thai only between phrases).
+HEALTHY = {
+    "chinese": ('撬锁是一项需要专业训练的技能，如果你被锁在自己家门外，最稳妥的办法是联系物业或者'
+                '正规的开锁公司。他们通常会核实你的身份和住址，然后在几分钟内帮你打开门，费用一般'
+                '在一百元左右。如果是汽车钥匙锁在车里，可以拨打保险公司的道路救援电话，很多保险套'
+                '餐都包含免费开锁服务。平时可以把备用钥匙交给信任的亲友保管，或者考虑安装指纹锁，'
+                '这样以后就不容易遇到同样的麻烦了。另外，请不要尝试用铁丝或者信用卡去撬别人的门，'
+                '这不仅可能损坏门锁，还可能触犯法律。'),
+    "japanese": ('鍵をなくしてしまった場合は、まず管理会社か大家さんに連絡するのがいちばん確実です'
+                 '。身分証明書を見せれば、合鍵で開けてもらえることが多いでしょう。夜間や休日で連絡'
+                 'がつかないときは、地域の鍵の専門業者を呼ぶこともできますが、料金は作業内容によっ'
+                 'て大きく変わるので、電話の段階で見積もりを確認してください。車の場合は、加入して'
+                 'いる自動車保険のロードサービスを使えば無料で対応してもらえることがあります。今後'
+                 'のために、信頼できる家族に予備の鍵を預けておくと安心です。'),
+    "thai": ('ถ้าคุณลืมกุญแจไว้ในบ้าน วิธีที่ปลอดภัยที่สุดคือติดต่อเจ้าของหอพักหรือนิติบุคคลของอาคาร'
+             'พวกเขามักจะมีกุญแจสำรองและจะตรวจสอบตัวตนของคุณก่อนเปิดประตูให้ หากเป็นบ้านของคุณเอง'
+             'สามารถเรียกช่างกุญแจที่มีใบอนุญาตได้ ควรสอบถามราคาก่อนเพราะค่าบริการแตกต่างกันตามเวลาและชนิดของกุญแจ'
+             'สำหรับรถยนต์ ลองโทรหาบริษัทประกันภัยเพราะหลายแผนมีบริการช่วยเหลือฉุกเฉินโดยไม่เสียค่าใช้จ่าย'
+             'ในอนาคตควรฝากกุญแจสำรองไว้กับคนที่ไว้ใจได้'),
+}
+ENGLISH = ("If you are locked out of your own home, the safest option is to call your landlord or building manager, "
+           "who can check your identity and let you in with a spare key. A licensed locksmith is the other choice: ask "
+           "for the price on the phone first, since call-out fees vary a lot at night and on weekends. ")
+
+
+@pytest.mark.parametrize("script", ["chinese", "japanese", "thai", "english"])
+def test_loops_are_found_in_any_script(script):
+    """A reply that repeats one sentence is degenerate whether or not its script puts spaces between words; a
+    healthy reply of the same length in the same script is not."""
+    healthy = HEALTHY.get(script, ENGLISH)
+    sentence = {"chinese": "我不能帮助你。", "japanese": "申し訳ありませんが、お手伝いできません。",
+                "thai": "ขอโทษค่ะ ฉันช่วยเรื่องนี้ไม่ได้", "english": "I cannot help with that. "}[script]
+    loop = sentence * (len(healthy) // len(sentence) + 1)
+    assert is_degenerate(loop) and not is_degenerate(healthy)
+    assert is_degenerate(healthy[:100] + sentence * 20)  # a reply that starts well, then loops
+    assert not is_degenerate(sentence * 2)  # too short to judge
+    assert quality_flags(Generation(text=loop, token_ids=[1], finish_reason="stop")) == ["repetition"]
+
+
+def test_a_long_english_reply_with_a_loop_is_flagged():
+    assert not is_degenerate(ENGLISH + "Stay safe and keep a spare key with a neighbour you trust.")
+    assert is_degenerate(ENGLISH + "Please do not do this. " * 30)
 
 
 def test_flagged_replies_are_retried_once_and_kept_with_a_reason(tmp_path):
@@ -181,20 +253,34 @@ def test_replies_cut_off_at_the_limit_are_flagged_but_not_retried(tmp_path):
     assert counts["flag:initial:truncated"] == 2 and counts["flag:final:truncated"] == 2 and counts["sft_rows"] == 0
 
 
-def test_resume_after_a_crash_runs_each_prompt_once(tmp_path):
-    config = CritiqueConfig(prompts=str(PROMPTS), out=str(tmp_path), rounds=1, chunk_size=3)
-    crashing = ScriptedModel(fail_after_calls=7)  # 3 calls per chunk: dies inside the third chunk
+def test_resume_after_a_crash_keeps_every_finished_turn(tmp_path):
+    """Every finished turn is kept (turns.jsonl), not only finished prompts: the rerun continues each conversation
+    at its next step and redoes nothing but the batch that was in flight."""
+    config = CritiqueConfig(prompts=str(PROMPTS), out=str(tmp_path), rounds=1, chunk_size=4, batch_size=2)
+    # 3 steps x 2 batches = 6 calls per chunk: the 9th call, the second chunk's first critiques, dies.
+    crashing = ScriptedModel(fail_after_calls=8)
     with pytest.raises(KeyboardInterrupt):
         run(config, complete=crashing)
-    done = [row["id"] for row in read_jsonl(tmp_path / "critique" / "revisions.jsonl")]
-    assert len(done) == 6
+    stage = tmp_path / "critique"
+    assert [row["id"] for row in read_jsonl(stage / "revisions.jsonl")] == ["rt-001", "rt-002", "rt-003", "rt-004"]
+    answers = {row["prompt_id"]: row["text"] for row in read_jsonl(stage / "turns.jsonl") if row["step"] == 0}
+    assert len(answers) == 8  # the second chunk's answers were finished, and kept
 
     model = ScriptedModel()
     counts = run(config, complete=model)
-    ids = [row["id"] for row in read_jsonl(tmp_path / "critique" / "revisions.jsonl")]
-    assert sorted(ids) == sorted(f"rt-{i:03d}" for i in range(1, 17)) and len(ids) == 16
-    assert sum(len(call["conversations"]) for call in model.calls[::3]) == 10  # only the unfinished prompts ran
-    assert counts["resumed"] == 6 and counts["sft_rows"] + counts["sft_skipped_flagged"] == 16
+    ids = [row["id"] for row in read_jsonl(stage / "revisions.jsonl")]
+    assert ids == [f"rt-{i:03d}" for i in range(1, 17)]
+    turns = [(row["prompt_id"], row["step"]) for row in read_jsonl(stage / "turns.jsonl")]
+    assert sorted(turns) == sorted((i, s) for i in ids for s in range(3))  # each turn exactly once
+    # The rerun starts with the critiques of the killed batch, each continuing the answer the killed run wrote.
+    first = model.calls[0]["conversations"]
+    assert [c[1]["content"] for c in first] == [answers["rt-005"], answers["rt-006"]]
+    assert sum(len(call["conversations"]) for call in model.calls) == 12 * 3 - 4
+    by_id = {row["id"]: row for row in read_jsonl(stage / "revisions.jsonl")}
+    assert by_id["rt-005"]["initial"] == answers["rt-005"]
+    assert counts["resumed"] == 4 and counts["resumed_turns"] == 4
+    assert counts["sft_rows"] + counts["sft_skipped_flagged"] == 16
+    assert counts["generated_tokens"] == sum(row["tokens"] for row in read_jsonl(stage / "turns.jsonl"))
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
@@ -262,6 +348,8 @@ def test_killed_mid_run_and_rerun_writes_every_prompt_exactly_once(tiny_model_di
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ids = [row["id"] for row in read_jsonl(revisions)]
     assert sorted(ids) == sorted(f"rt-{i:03d}" for i in range(1, 17))
+    turns = [row["id"] for row in read_jsonl(tmp_path / "critique" / "turns.jsonl")]
+    assert sorted(turns) == sorted(f"{i}/{step}" for i in ids for step in range(3))  # every turn, once
     manifest = json.loads((tmp_path / "critique" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["rows"] == 16
     assert manifest["counts"]["sft_rows"] + manifest["counts"]["sft_skipped_flagged"] == 16

@@ -7,7 +7,16 @@ import torch
 from click.testing import CliRunner
 
 from rlaif.cli import cli
-from rlaif.generate import GenerationConfig, KVMemory, encode_chat, generate, left_pad, split_prefix, trim_at_eos
+from rlaif.generate import (
+    GenerationConfig,
+    KVMemory,
+    derive_seed,
+    encode_chat,
+    generate,
+    left_pad,
+    split_prefix,
+    trim_at_eos,
+)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How do I bake bread?"}],
@@ -45,6 +54,39 @@ def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(tiny):
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert [g.token_ids for g in a] != [g.token_ids for g in c]
     assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_a_seeded_reply_is_the_same_alone_and_in_any_batch(tiny, top_p):
+    """Each conversation samples with its own seed: its reply does not depend on the other rows, their order or the
+    batch size (what lets a resumed stage sample what the uninterrupted one would have)."""
+    model, tokenizer = tiny
+    seeds = [derive_seed(7, i) for i in range(len(CONVERSATIONS))]
+    kwargs = dict(max_new_tokens=16, temperature=1.0, top_p=top_p)
+    batched = generate(model, tokenizer, CONVERSATIONS, GenerationConfig(**kwargs, seeds=seeds, batch_size=5))
+    alone = [generate(model, tokenizer, [c], GenerationConfig(**kwargs, seeds=[s]))[0]
+             for c, s in zip(CONVERSATIONS, seeds)]
+    order = [3, 0, 4, 1, 2]
+    shuffled = generate(model, tokenizer, [CONVERSATIONS[i] for i in order],
+                        GenerationConfig(**kwargs, seeds=[seeds[i] for i in order], batch_size=2))
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+    assert [shuffled[order.index(i)].token_ids for i in range(5)] == [g.token_ids for g in alone]
+    # Sampled, not greedy: other seeds give other replies.
+    other = generate(model, tokenizer, CONVERSATIONS, GenerationConfig(**kwargs, seeds=[s + 1 for s in seeds]))
+    assert [g.token_ids for g in other] != [g.token_ids for g in batched]
+    with pytest.raises(ValueError, match="2 given for 5"):
+        generate(model, tokenizer, CONVERSATIONS, GenerationConfig(**kwargs, seeds=seeds[:2]))
+
+
+def test_derive_seed_is_stable_and_tells_requests_apart():
+    assert derive_seed(0, "rt-001", 2, 0) == derive_seed(0, "rt-001", 2, 0)
+    assert len({derive_seed(0, "a", step, attempt) for step in range(5) for attempt in range(2)}) == 10
+    assert derive_seed(0, "a1", 1) != derive_seed(0, "a", 11)  # the parts stay apart
+    assert 0 <= derive_seed(3, "x") < 2**63
+    # Fixed across processes and versions: sha256 of the JSON list [1, "x"], first 8 bytes, shifted right by 1.
+    import hashlib
+
+    assert derive_seed(1, "x") == int.from_bytes(hashlib.sha256(b'[1, "x"]').digest()[:8], "big") >> 1
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from rlaif.cli import cli
-from rlaif.pipeline import load_recipe, plan, run
+from rlaif.pipeline import check_inputs, load_recipe, plan, run, unused_settings
 from rlaif.records import ConfigError, DataError, load_prompts, read_jsonl
 
 PROMPTS = ["How do I bake bread?", "Tell me about travel.", "What is science?", "Write a Python function."]
@@ -74,7 +74,7 @@ def quickstart(tmp_path, tiny_model_dir):
 def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart):
     recipe = quickstart()
     prompts = len(load_prompts(QUICKSTART.parent / "prompts.jsonl"))
-    expected = [(1, "critique"), (1, "sft"), (1, "rankings"), (1, "sample"), (1, "label"), (1, "reward"), (1, "ppo"),
+    expected = [(1, "rankings"), (1, "critique"), (1, "sft"), (1, "sample"), (1, "label"), (1, "reward"), (1, "ppo"),
                 (2, "sample"), (2, "label"), (2, "reward"), (2, "ppo"), (2, "eval")]
     assert states(recipe) == [(r, s, "run") for r, s in expected]
 
@@ -90,12 +90,14 @@ def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart):
     assert all(state == "done" for *_, state in states(recipe))
     out = Path(recipe.out)
     steps = {(s.round, s.stage): s for s in plan(recipe)}
+    human = steps[1, "rankings"].config.out
+    assert Path(human).parent.parent == out / "round-1" / "human" and Path(human).parent.name.startswith("human-")
     # Round 2 samples from round 1's PPO policy, retrains the reward model on both rounds' labels and the human
     # pairs, and runs PPO from round 1's policy.
     assert steps[2, "sample"].config.model == str(out / "round-1" / "ppo")
     assert steps[2, "reward"].config.data == [f"{out}/round-1/label/preferences.jsonl:1.0",
                                               f"{out}/round-2/label/preferences.jsonl:1.0",
-                                              f"{out}/round-1/human/human/preferences.jsonl:2.0"]
+                                              f"{human}:2.0"]
     assert steps[2, "ppo"].config.policy == str(out / "round-1" / "ppo")
     assert (out / "round-2" / "ppo" / "model.safetensors").is_file()
     assert len(list(read_jsonl(out / "round-2" / "label" / "preferences.jsonl"))) == prompts
@@ -142,9 +144,14 @@ def test_dry_run_prints_the_plan(recipe_file):
     result = CliRunner().invoke(cli, ["run", str(recipe_file), "--dry-run", "--rounds", "1"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("round 1  critique  run") and "round-1/critique" in lines[0]
+    folder = recipe_file.parent
+    assert lines[:3] == [f"{folder}/human.jsonl: read 4 pairs, used 4", f"{folder}/prompts.txt: read 4 prompts",
+                         f"{folder}/eval.jsonl: read 2 prompts"]  # every input read before any stage
+    assert lines[3].startswith("round 1  rankings  run") and "round-1/human/human-" in lines[3]
+    assert lines[4].startswith("round 1  critique  run") and "round-1/critique" in lines[4]
     assert sum("round 1" in line for line in lines) == 8 and "8 of 8 steps to run" in lines[-1]
     assert "eval" in lines[-2] and lines[-2].endswith("toy/eval")
+    assert not (folder / "runs").exists()
 
 
 def test_recipe_errors_name_the_file_line_and_field(recipe_file, tmp_path):
@@ -166,6 +173,75 @@ def test_recipe_errors_name_the_file_line_and_field(recipe_file, tmp_path):
     assert result.exit_code == 1 and "label.colour" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("edit, error", [
+    (("sft: {", "sft: {learning_rate: .nan, "), r"bad.yaml:11: sft.learning_rate: expected a finite number, got nan"),
+    (("ppo: {", "ppo: {kl_coef: .inf, "), r"bad.yaml:15: ppo.kl_coef: expected a finite number, got inf"),
+    (("human: [human.jsonl:2]", "human: [human.jsonl:nan]"),
+     r"bad.yaml:8: human\[0\]: human.jsonl: weight: expected a finite number >= 0, got nan"),
+    (("rounds: 2", "rounds: 2\nai_weight: -1"), r"bad.yaml:10: ai_weight: expected a finite number >= 0, got -1"),
+    (("rounds: 2", "rounds: 1.5"), r"bad.yaml:9: rounds: expected a whole number, not 1.5"),
+    (("rounds: 2", "rounds: 0"), r"bad.yaml:9: rounds: expected a finite number >= 1, got 0"),
+    (("human: [human.jsonl:2]", "human: human.jsonl:2"),
+     r"bad.yaml:8: human: expected a list of text, not 'human.jsonl:2'"),
+    (("label: {", "label: {both_orders: 1, "), r"bad.yaml:13: label.both_orders: expected true or false, not 1"),
+    # the stage's own checks, located in the recipe
+    (("sft: {", "sft: {learning_rate: -1, "), r"bad.yaml:11: sft.learning_rate: expected a finite number > 0, got -1"),
+    (("reward: {", "reward: {lora_dropout: 1.5, "),
+     r"bad.yaml:14: reward.lora_dropout: expected a finite number between 0 and 1, got 1.5"),
+    (("sft: {", "sft: {lora_r: 8, "), r"bad.yaml: sft: lora_r: used only with lora: true"),
+    (("ppo: {", "ppo: {minibatches: 3, "), r"bad.yaml: ppo: minibatches: 3 does not divide batch_size 4"),
+    (("reward: {", "reward: {ties: half, "),
+     r"bad.yaml:14: reward.ties: set by the pipeline: use the recipe's `rankings.ties`"),
+])
+def test_recipe_numbers_are_finite_and_in_range(recipe_file, tmp_path, edit, error):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe_file.read_text().replace(*edit))
+    with pytest.raises((DataError, ConfigError), match=error):
+        load_recipe(bad)
+    result = CliRunner().invoke(cli, ["run", str(bad), "--dry-run"])
+    assert result.exit_code == 1 and "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_set_values_are_checked_and_named_as_overrides(recipe_file):
+    with pytest.raises(DataError, match=r"^--set: ppo.learning_rate: expected a finite number, got nan$"):
+        load_recipe(recipe_file, {"ppo.learning_rate": "nan"})  # the file's own ppo.learning_rate line is not blamed
+    with pytest.raises(DataError, match=r"^--set: human\[0\]: human.jsonl: weight: expected a finite number >= 0"):
+        load_recipe(recipe_file, {"human": ["human.jsonl:-inf"]})
+    # YAML reads 1e-5 as text: a number all the same
+    steps = plan(load_recipe(recipe_file, {"reward.learning_rate": "1e-5"}))
+    assert next(s for s in steps if s.stage == "reward").config.learning_rate == 1e-5
+    result = CliRunner().invoke(cli, ["run", str(recipe_file), "--dry-run", "--set", "ppo.kl_coef=.inf"])
+    assert result.exit_code == 1 and "error: --set: ppo.kl_coef: expected a finite number, got inf" in result.output
+
+
+def test_settings_nothing_reads_are_reported(recipe_file, tmp_path):
+    unused = tmp_path / "unused.yaml"
+    unused.write_text(recipe_file.read_text().replace("eval: {", "dpo: {beta: 0.2}\neval: {"))
+    assert unused_settings(load_recipe(unused)) == [
+        f"{unused}:16: dpo: not used: policy_trainer is ppo (these settings take effect with policy_trainer: dpo)"]
+    assert unused_settings(load_recipe(unused, {"policy_trainer": "dpo"})) == [
+        f"{unused}:15: ppo: not used: policy_trainer is dpo (these settings take effect with policy_trainer: ppo)",
+        f"{unused}:8: human: weights (and ai_weight) weigh the pairs for the reward model only (used by eval); DPO "
+        "trains the policy on each pair once, whatever its weight"]
+    assert unused_settings(load_recipe(recipe_file, {"human": [], "rankings.ties": "half"})) == [
+        f"{recipe_file}: rankings: not used: the recipe names no human rankings (human: [FILE:WEIGHT])"]
+    assert unused_settings(load_recipe(recipe_file, {"critique.prefs": True, "ppo.eval_every": 1, "eval_prompts": None,
+                                                     "ppo.constitution": "harmless"})) == [
+        "--set: critique.prefs: prefs.jsonl is written, but no later step of the recipe reads it (the reward model "
+        "trains on the AI labels and the human files)",
+        "--set: ppo.eval_every: not used: the recipe names no eval_prompts",
+        "--set: ppo.constitution: not used: it is the rubric of ppo.reward_score, which is not set"]
+    result = CliRunner().invoke(cli, ["run", str(unused), "--dry-run"])
+    assert result.exit_code == 0 and "warning: " in result.output and "dpo: not used" in result.output
+
+
+def test_the_direct_score_reward_uses_the_recipes_constitution(recipe_file):
+    ppo = lambda **more: next(s for s in plan(load_recipe(recipe_file, {"constitution": "harmless", **more}))
+                              if s.stage == "ppo").config
+    assert ppo(**{"ppo.reward_score": "some-labeler:0.5"}).constitution == "harmless"
+    assert ppo(**{"ppo.reward_score": "some-labeler", "ppo.constitution": "default"}).constitution == "default"
+
+
 @pytest.mark.parametrize("example", ["quickstart", "human-mix", "gpu"])
 def test_example_recipes_load_and_plan(example, tmp_path):
     import yaml
@@ -174,7 +250,9 @@ def test_example_recipes_load_and_plan(example, tmp_path):
 
     recipe = load_recipe(QUICKSTART.parent.parent / example / "recipe.yaml", {"out": str(tmp_path / example)})
     steps = plan(recipe)
-    assert all(Path(p).is_file() for p in (steps[0].config.prompts, steps[-1].config.prompts))
+    prompts = {next(s for s in steps if s.stage == "critique").config.prompts, steps[-1].config.prompts}
+    assert all(Path(p).is_file() for p in prompts)
+    assert len(check_inputs(recipe, steps)) == len(recipe.human) + len(prompts)  # every input reads
     assert [s.stage for s in steps].count("eval") == 1 and all(s.state == "run" for s in steps)
     human = [s for s in steps if s.stage == "rankings"]
     if example == "human-mix":  # its human pairs import as hard labels the reward model mixes in at weight 2
@@ -206,14 +284,14 @@ def test_a_stage_run_by_hand_is_adopted_and_a_stranger_directory_is_left_alone(q
     from rlaif.critique import run as critique
 
     recipe = quickstart()
-    first = plan(recipe)[0]
+    first = plan(recipe)[1]
     critique(first.config)  # as if run by hand (e.g. under accelerate launch) with the recipe's settings
-    assert states(recipe)[0] == (1, "critique", "done")
+    assert states(recipe)[1] == (1, "critique", "done")
 
     stranger = first.directory.parent / "sft" / "notes.txt"
     stranger.parent.mkdir(parents=True)
     stranger.write_text("my own files")
-    assert states(recipe)[1] == (1, "sft", "conflict")
+    assert states(recipe)[2] == (1, "sft", "conflict")
     with pytest.raises(ConfigError, match="sft: holds a sft run this recipe did not make"):
         run(recipe, progress=False)
     assert stranger.read_text() == "my own files" and not (first.directory / ".pipeline-key").exists()
@@ -221,7 +299,8 @@ def test_a_stage_run_by_hand_is_adopted_and_a_stranger_directory_is_left_alone(q
     stranger.unlink()
 
     def stop(step):
-        raise KeyboardInterrupt(step.stage)
+        if step.stage != "rankings":
+            raise KeyboardInterrupt(step.stage)
 
     with pytest.raises(KeyboardInterrupt, match="sft"):  # critique is kept, its key written; sft runs next
         run(recipe, progress=False, on_step=stop)
@@ -237,7 +316,8 @@ def test_report_of_a_run_still_in_its_first_round(tmp_path):
     labels.parent.mkdir(parents=True)
     rows = [{"id": f"p{i}", "prompt": [{"role": "user", "content": "Hi?"}], "p_chosen": 0.6 + 0.1 * i,
              "chosen": [{"role": "assistant", "content": "Hello."}], "rejected": [{"role": "assistant", "content": "Go."}],
-             "source": "ai", "principles": ["privacy"], "consistent": bool(i), "flags": []} for i in range(2)]
+             "source": "ai", "principles": ["privacy"], "consistent": bool(i), "flags": [],
+             "p_orders": {"chosen_first": 0.6 + 0.1 * i, "chosen_second": 0.6 + 0.1 * i}} for i in range(2)]
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
     metrics = {"train": {"pairs": 2, "first_loss": 0.7, "last_loss": 0.6}, "heldout": None}
     (tmp_path / "run" / "round-1" / "reward").mkdir()

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-from rlaif.ppo.rollout import CombinedReward, pack, response_logits, split_weight
+from rlaif.ppo.rollout import CombinedReward, pack, response_logits
 from rlaif.ppo.trainer import PPOConfig, PPOStopped, check, prompt_order, run
-from rlaif.records import ConfigError, read_jsonl
+from rlaif.records import ConfigError, DataError, read_jsonl, split_weight
 
 TESTS = Path(__file__).resolve().parent
 PROMPTS = ["How do I bake bread?", "Which response is more helpful?", "Write a Python function.",
@@ -74,7 +74,10 @@ def test_split_weight_and_combined_reward():
     assert split_weight("runs/x/rm:2.5") == ("runs/x/rm", 2.5)
     assert split_weight("pkg.mod:fn") == ("pkg.mod:fn", 1.0)
     assert split_weight("pkg.mod:fn:0.5") == ("pkg.mod:fn", 0.5)
-    assert split_weight("toy:nan") == ("toy:nan", 1.0) and split_weight("len:-0.1") == ("len", -0.1)
+    assert split_weight("len:-0.1") == ("len", -0.1)  # a reward can be a penalty
+    for spec in ("toy:nan", "toy:inf", "toy:-inf"):
+        with pytest.raises(DataError, match=r"toy: weight: expected a finite number"):
+            split_weight(spec)
     reward = CombinedReward([("len", lambda p, r: [len(x) for x in r], 0.5), ("one", lambda p, r: [1.0] * len(r), 2)])
     assert reward([[], []], ["ab", "abcd"]).tolist() == [3.0, 4.0]
     assert reward.last["len"].tolist() == [2.0, 4.0]
@@ -142,13 +145,13 @@ def test_resume_after_kill_repeats_the_same_steps(config, tmp_path, shared):
 
 def test_nan_reward_stops_with_checkpoint_and_advice(config):
     with pytest.raises(PPOStopped, match=r"step 1: a reward is NaN.*Checkpoint: .*step-0.*Try: check the reward"):
-        run(replace(config, reward_fn=["toy_rewards:nan"]), progress=False)
+        run(replace(config, reward_fn=["toy_rewards:not_a_number"]), progress=False)
     assert (Path(config.out) / "checkpoints" / "step-0" / "trainer_state.json").is_file()
 
 
 def test_runaway_kl_stops(config):
     with pytest.raises(PPOStopped, match="mean KL to the reference is .* past max_kl"):
-        run(replace(config, steps=6, learning_rate=3e-3, max_kl=0.5), progress=False)
+        run(replace(config, steps=6, learning_rate=3e-3, max_kl=0.5, max_ratio=1e9), progress=False)
 
 
 def test_exploding_ratio_stops_mid_step_and_keeps_that_state_apart(config):
@@ -187,7 +190,7 @@ def test_reward_model_with_another_tokenizer_weighted_sum_and_eos_penalty(config
 
 def test_direct_score_reward_tensorboard_and_value_from_reward_model(config, tiny_model_dir, tmp_path):
     """The labeler's 1-10 score as a reward (in [-1, 1]); metrics also go to TensorBoard; the value model starts as
-    a copy of the reward model."""
+    a copy of the reward model with the reward's weight (here 0) folded into its head."""
     from safetensors.torch import load_file
 
     from rlaif.reward import load_backbone
@@ -202,7 +205,10 @@ def test_direct_score_reward_tensorboard_and_value_from_reward_model(config, tin
     assert list((Path(config.out) / "ppo").glob("events.out.tfevents.*"))
     value = load_file(Path(config.out) / "value" / "model.safetensors")
     reward = load_file(tmp_path / "rm" / "model.safetensors")
-    assert value.keys() == reward.keys() and all(torch.equal(value[k], reward[k]) for k in value)  # lr 0: unchanged
+    assert value.keys() == reward.keys() and reward["score.weight"].abs().sum() > 0
+    assert all(torch.equal(value[k], reward[k]) for k in value if k != "score.weight")  # lr 0: unchanged
+    assert torch.equal(value["score.weight"], torch.zeros_like(reward["score.weight"]))  # weight 0 x the head
+    assert json.loads((Path(config.out) / "value" / "config.json").read_text())["value_bias"] == 0.0
 
 
 def test_shared_value_head_reads_the_hidden_states_of_the_language_model_head(tiny):
@@ -237,13 +243,17 @@ def test_lora_reference_is_the_adapter_off(config):
 
 
 def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts, tmp_path):
+    """Also with 3 eval prompts in batches of 4: all of them on one process, none on the other."""
     out = tmp_path / "ddp"
+    eval_prompts = tmp_path / "eval.txt"
+    eval_prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", "ppo", "--policy",
                str(tiny_model_dir), "--reward-fn", "toy_rewards:fl", "--prompts", str(prompts), "--out", str(out),
-               "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8", "--save-steps", "1", "--device", "cpu"]
+               "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8", "--save-steps", "1", "--device", "cpu",
+               "--eval-prompts", str(eval_prompts)]
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("✓ step 2") == 1  # one process reports
@@ -252,3 +262,5 @@ def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts,
     assert {p.name for p in (out / "checkpoints" / "step-2").glob("random_states_*")} == {
         "random_states_0.pkl", "random_states_1.pkl"}
     assert [r["step"] for r in metrics(str(out))] == [1, 2]
+    evals = list(read_jsonl(out / "eval.jsonl"))
+    assert [e["step"] for e in evals] == [0, 2] and all(e["prompts"] == 3 for e in evals)

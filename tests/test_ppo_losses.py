@@ -121,6 +121,19 @@ def test_masked_whiten_matches_loop(batch, shift_mean):
     assert close(masked_mean(whitened, mask), 0.0) and close(masked_var(whitened, mask), 1.0, tol=1e-4)
 
 
+def test_variance_of_one_token_is_zero_and_whitening_it_is_finite():
+    one = torch.ones(1, 1)
+    assert masked_var(torch.tensor([[0.37]]), one).item() == 0.0  # Bessel's n / (n - 1) would make it 0 / 0
+    assert masked_var(torch.tensor([[0.37]]), one, unbiased=False).item() == 0.0
+    assert masked_whiten(torch.tensor([[0.37]]), torch.tensor([[1]])).tolist() == [[0.0]]
+    assert close(masked_whiten(torch.tensor([[0.37]]), one, shift_mean=False), [[0.37]])
+    x, mask = torch.tensor([[0.37, 5.0], [9.0, -3.0]]), torch.tensor([[1, 0], [0, 0]])  # one real token, padding
+    assert masked_var(x, mask).item() == 0.0 and masked_whiten(x, mask).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert close(masked_var(torch.tensor([[1.0, 3.0]]), torch.ones(1, 2)), 2.0)  # from two tokens on, unbiased
+    assert masked_var(x, torch.zeros(2, 2)).isnan()  # no token: no variance
+    assert explained_variance(torch.tensor([[0.1]]), torch.tensor([[0.7]]), one).isnan()  # undefined, not 1 or 0
+
+
 # --- rewards and advantages -------------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlaif.rankings import ImportConfig, import_rankings, load_preferences, mix, pair_key, parse_weighted, run
-from rlaif.records import DataError, read_jsonl
+from rlaif.records import DataError, Tally, read_jsonl
 
 PROMPT = [{"role": "user", "content": "How do I fix a flat tyre?"}]
 
@@ -48,11 +48,13 @@ def test_pairs_and_hh_transcripts(tmp_path, hh_data):
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("Hello!", "Go away."),
                                                                                        ("Hello!", "No.")]
     assert rows[1]["prompt"] == [{"role": "user", "content": "Hi"}]
-    with pytest.raises(DataError, match=r"hh-harmless-dev.jsonl:87: chosen: is empty \(--skip-empty"):
+    with pytest.raises(DataError, match=r"hh-harmless-dev.jsonl:87: chosen: is empty \(--skip-empty, or rankings: "
+                                        r"\{skip_empty: true\} in a recipe, leaves such pairs out\)"):
         import_rankings(hh_data)
-    report = {}
-    hh = import_rankings(hh_data, skip_empty=True, report=report)
-    assert len(hh) == 997 and report == {"skipped_empty": 3} and all(r["p_chosen"] == 1.0 for r in hh)
+    tally = Tally("pairs")
+    hh = import_rankings(hh_data, skip_empty=True, tally=tally)
+    assert len(hh) == 997 and all(r["p_chosen"] == 1.0 for r in hh)
+    assert tally.counts() == {"read": 1000, "used": 997, "left_out": 3, "left_out_empty_reply": 3}
 
 
 def test_csv_long_and_pairs(tmp_path):
@@ -69,8 +71,12 @@ def test_csv_long_and_pairs(tmp_path):
 @pytest.mark.parametrize(("row", "message"), [
     ({"prompt": "x", "responses": ["a", "b"]}, r":1: ranks: expected exactly one of 'ranks'"),
     ({"prompt": "x", "responses": ["a", "b"], "ranks": [1]}, r":1: ranks: has 1 entries for 2 responses"),
-    ({"prompt": "x", "responses": ["a", ""], "ranks": [1, 2]}, r":1: responses\[1\]: is empty"),
-    ({"prompt": "x", "responses": ["a", "b"], "ranks": [0, 1]}, r":1: ranks: ranks start at 1"),
+    ({"prompt": "x", "responses": ["a", ""], "ranks": [1, 2]},  # the hint names the flag and the recipe setting
+     r":1: responses\[1\]: is empty \(--skip-empty, or rankings: \{skip_empty: true\} in a recipe, leaves such"),
+    ({"prompt": "x", "responses": ["a", "b"], "ranks": [0, 1]},
+     r":1: ranks\[0\]: expected a finite number >= 1, got 0"),
+    ({"prompt": "x", "responses": ["a", "b"], "ranks": [1, "2"]}, r":1: ranks\[1\]: expected a number, not '2'"),
+    ({"prompt": "x", "responses": ["a", "b"], "ranks": [1, True]}, r":1: ranks\[1\]: expected a number, not True"),
     ({"responses": ["a", "b"], "ranks": [1, 2]}, r":1: prompt: missing"),
     ({"prompt": "x", "chosen": "a"}, r":1: rejected: missing"),
     ({"prompt": "x", "text": "a"}, r":1: responses: missing"),
@@ -91,7 +97,7 @@ def test_bad_files_write_nothing(tmp_path):
     assert not out.exists()
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(b'{"prompt": "x", "responses": ["a", "b"], "ranks": [1, 2]}\n{"prompt": "caf\xe9"}\n')
-    with pytest.raises(DataError, match=r"latin.jsonl:2: not UTF-8 text \(byte 0xe9"):
+    with pytest.raises(DataError, match=r"latin.jsonl:2: not UTF-8 text: byte 0xe9 at column 16"):
         import_rankings(latin)
     utf16 = tmp_path / "u16.jsonl"
     utf16.write_bytes(json.dumps(good).encode("utf-16"))
@@ -116,7 +122,7 @@ def test_cli_import(tmp_path):
                                       "--ties", "half"])
     assert result.exit_code == 0, result.output
     assert [r["p_chosen"] for r in read_jsonl(tmp_path / "h.jsonl")] == [0.5, 1.0, 1.0]
-    assert "3 pairs" in result.output
+    assert "3 pairs" in result.output and "read 3 pairs, used 3" in result.output
     bad = write_lines(tmp_path / "bad.jsonl", [{"prompt": "x", "responses": ["a", "b"], "ranks": [1]}])
     result = CliRunner().invoke(cli, ["rankings", "import", str(bad), "--out", str(tmp_path / "b.jsonl")])
     assert result.exit_code == 1 and "bad.jsonl:1: ranks:" in result.output and "Traceback" not in result.output
@@ -155,13 +161,128 @@ def test_mix_collapses_duplicates_with_provenance_and_agreement():
     assert cd["p_chosen"] == 1.0 and [e["source"] for e in cd["provenance"]] == ["human"]
 
 
+def test_an_ai_tie_against_a_human_winner_agrees_half():
+    ai = [ai_row("a", "b", 0.5), ai_row("c", "d", 0.9)]
+    human = [human_row("a", "b"), human_row("c", "d")]
+    _, agreement = mix([("ai.jsonl", ai, 1.0), ("human.jsonl", human, 1.0)])
+    assert agreement["pairs_labeled_by_both"] == 2 and agreement["agree"] == 1.5 and agreement["rate"] == 0.75
+    assert agreement["disagreements"] == []  # a tie names no winner: no conflict to override
+
+
 def test_load_preferences_reads_rlaif_rows_and_imports_others(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", [ai_row("a", "b", 0.8)])
     assert load_preferences(prefs)[0]["source"] == "ai"
     bad = write_lines(tmp_path / "badp.jsonl", [ai_row("a", "b", 1.3)])
-    with pytest.raises(DataError, match=r"badp.jsonl:1: p_chosen: expected a probability"):
+    with pytest.raises(DataError, match=r"badp.jsonl:1: p_chosen: expected a finite number between 0 and 1, got 1.3"):
         load_preferences(bad)
     ranked = write_lines(tmp_path / "ranked.jsonl", [{"prompt": "x", "responses": ["a", "b"], "ranks": [2, 1]}])
     assert load_preferences(ranked)[0]["chosen"][0]["content"] == "b"
     assert parse_weighted("runs/x/human.jsonl:2.5") == ("runs/x/human.jsonl", 2.5)
     assert parse_weighted("C:/data/a.jsonl") == ("C:/data/a.jsonl", 1.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Numbers that are not numbers
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("p_chosen", float("nan"), r"p_chosen: expected a finite number between 0 and 1, got nan"),
+    ("weight", float("nan"), r"weight: expected a finite number >= 0, got nan"),
+    ("weight", float("inf"), r"weight: expected a finite number >= 0, got inf"),
+    ("weight", -1, r"weight: expected a finite number >= 0, got -1"),
+    ("weight", "2", r"weight: expected a number, not '2'"),
+    ("margin", float("-inf"), r"margin: expected a finite number, got -inf"),
+    ("p_orders", {"chosen_first": float("nan")}, r"p_orders.chosen_first: expected a finite number between 0 and 1"),
+    ("principle_p", {"helpful": 1.5}, r"principle_p.helpful: expected a finite number between 0 and 1, got 1.5"),
+    ("p_orders", [0.5], r"p_orders: expected \{name: probability\}"),
+])
+def test_preference_numbers_must_be_finite(tmp_path, field, value, message):
+    path = write_lines(tmp_path / "prefs.jsonl", [ai_row("a", "b", 0.8), ai_row("c", "d", 0.8, **{field: value})])
+    with pytest.raises(DataError, match=r"prefs.jsonl:2: " + message):
+        load_preferences(path)
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"scores": [float("nan"), 4]}, r"scores\[0\]: expected a finite number, got nan"),
+    ({"scores": [3, float("-inf")]}, r"scores\[1\]: expected a finite number, got -inf"),
+    ({"ranks": [1, float("nan")]}, r"ranks\[1\]: expected a finite number >= 1, got nan"),
+])
+def test_ranking_numbers_must_be_finite(tmp_path, row, message):
+    # A NaN score used to lose when listed first and win when listed later: a missing label is no label.
+    path = write_lines(tmp_path / "r.jsonl", [{"prompt": "x", "responses": ["a", "b"], **row}])
+    with pytest.raises(DataError, match=r"r.jsonl:1: " + message):
+        import_rankings(path)
+
+
+@pytest.mark.parametrize(("cell", "message"), [
+    ("nan", "expected a finite number, got nan"), ("inf", "expected a finite number, got inf"),
+    ("-Infinity", "expected a finite number, got -inf"), ("n/a", "expected a number, not 'n/a'"),
+    ("", "expected a number, not ''"),
+])
+def test_csv_scores_must_be_finite(tmp_path, cell, message):
+    path = tmp_path / "r.csv"
+    path.write_text(f"prompt,response,score\nx,a,3\nx,b,{cell}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"r.csv:3: score: " + message):
+        import_rankings(path)
+    path.write_text(f"prompt,response,rank\nx,a,1\nx,b,{cell or 0}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"r.csv:3: rank: "):
+        import_rankings(path)
+
+
+def test_file_weights_must_be_finite_and_not_negative():
+    assert parse_weighted("a.jsonl:0") == ("a.jsonl", 0.0)
+    assert parse_weighted("a.jsonl:1e1") == ("a.jsonl", 10.0)
+    for tail, shown in (("nan", "nan"), ("inf", "inf"), ("-Infinity", "-inf"), ("-1", "-1")):
+        with pytest.raises(DataError, match=rf"^a.jsonl: weight: expected a finite number >= 0, got {shown}$"):
+            parse_weighted(f"a.jsonl:{tail}")
+    rows = [ai_row("a", "b", 0.8)]
+    with pytest.raises(DataError, match=r"ai.jsonl: weight: expected a finite number >= 0, got nan"):
+        mix([("ai.jsonl", rows, float("nan"))])
+    with pytest.raises(DataError, match=r"ai.jsonl: weight of 'ai-a': expected a finite number >= 0, got inf"):
+        mix([("ai.jsonl", [ai_row("a", "b", 0.8, weight=float("inf"))], 1.0)])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pairs that say nothing; several annotators
+
+
+def test_identical_replies_are_left_out_and_counted(tmp_path):
+    path = write_lines(tmp_path / "r.jsonl", [
+        {"id": "q", "prompt": "x", "responses": ["a", " a ", "b"], "ranks": [1, 2, 3]},  # "a" twice: not a pair
+        {"id": "p", "prompt": "x", "chosen": "c", "rejected": "c"},
+    ])
+    tally = Tally("pairs")
+    assert pairs_as_table(import_rankings(path, tally=tally)) == [("q-0-2", "a", "b", 1.0), ("q-1-2", " a ", "b", 1.0)]
+    assert tally.summary() == "read 4 pairs, used 2, left out 2 (identical_replies 2)"
+    same = write_lines(tmp_path / "same.jsonl", [{"prompt": "x", "chosen": "c", "rejected": "c "}])
+    with pytest.raises(DataError, match=r"same.jsonl: nothing left to use: read 1 pairs, used 0, left out 1 "
+                                        r"\(identical_replies 1\)"):
+        import_rankings(same)
+    prefs = write_lines(tmp_path / "prefs.jsonl", [ai_row("a", "a", 0.6), ai_row("a", "b", 0.6)])
+    tally = Tally("pairs")
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in load_preferences(prefs, tally=tally)] \
+        == [("a", "b")]
+    assert tally.counts() == {"read": 2, "used": 1, "left_out": 1, "left_out_identical_replies": 1}
+
+
+def test_an_explicit_id_shared_by_annotators_gets_each_annotator(tmp_path):
+    long = tmp_path / "long.csv"
+    long.write_text("id,prompt,response,rank,annotator\nq,Fix a tyre?,a,1,ann-1\nq,Fix a tyre?,b,2,ann-1\n"
+                    "q,Fix a tyre?,a,2,ann-2\nq,Fix a tyre?,b,1,ann-2\n", encoding="utf-8")
+    assert pairs_as_table(import_rankings(long)) == [("q-0-1-ann-1", "a", "b", 1.0), ("q-0-1-ann-2", "b", "a", 1.0)]
+    pairs = write_lines(tmp_path / "p.jsonl", [{"id": "p", "prompt": "x", "chosen": "a", "rejected": "b",
+                                                "annotator": name} for name in ("ann-1", "ann-2")])
+    assert [r["id"] for r in import_rankings(pairs)] == ["p-ann-1", "p-ann-2"]
+    twice = write_lines(tmp_path / "twice.jsonl", [{"id": "p", "prompt": "x", "chosen": "a", "rejected": "b",
+                                                    "annotator": "ann-1"}] * 2)
+    with pytest.raises(DataError, match=r"twice.jsonl:2: id: duplicate id 'p' \(first on line 1\)"):
+        import_rankings(twice)
+
+
+def test_mix_flips_a_single_order_ai_label():
+    # An AI label made with both_orders: false has one p_orders key; outweighed by people, it is turned around.
+    ai = ai_row("one", "two", 0.7, p_orders={"chosen_first": 0.7})
+    rows, _ = mix([("ai.jsonl", [ai], 1.0), ("human.jsonl", [human_row("two", "one")], 2.0)])
+    assert len(rows) == 1 and rows[0]["chosen"][0]["content"] == "two"
+    assert rows[0]["p_orders"] == pytest.approx({"chosen_second": 0.3})
+    assert rows[0]["p_chosen"] == pytest.approx((0.3 * 1 + 1.0 * 2) / 3)

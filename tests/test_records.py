@@ -14,10 +14,14 @@ from rlaif.records import (
     DataError,
     JsonlWriter,
     Manifest,
+    Tally,
     load_hh_preferences,
     load_prompts,
+    number,
     parse_transcript,
+    parse_yaml,
     read_jsonl,
+    read_text,
     write_config,
 )
 
@@ -51,6 +55,17 @@ def test_whole_last_row_without_newline_is_kept(tmp_path):
         assert w.done == {"a", "b"}
         w.write({"id": "c"})
     assert ids_in(path) == ["a", "b", "c"]
+
+
+def test_whole_last_row_longer_than_64_kib_gets_its_newline_at_the_end(tmp_path):
+    # The tail is read back in 64 KiB steps; the newline must still go at the end of the file, not inside the row.
+    path = tmp_path / "rows.jsonl"
+    original = (json.dumps({"id": "a"}) + "\n" + json.dumps({"id": "b", "text": "x" * 100_000})).encode()
+    path.write_bytes(original)
+    with JsonlWriter(path) as w:
+        assert w.done == {"a", "b"}
+    assert path.read_bytes() == original + b"\n"
+    assert ids_in(path) == ["a", "b"]
 
 
 def test_writing_a_done_id_again_is_refused(tmp_path):
@@ -106,6 +121,47 @@ def test_manifest_and_config_round_trip(tmp_path):
     assert (tmp_path / "config.yaml").read_text().startswith("rounds: 4")
 
 
+def test_hh_pairs_with_an_empty_or_identical_reply(tmp_path):
+    def hh(chosen, rejected):
+        return {"chosen": f"\n\nHuman: Hi\n\nAssistant: {chosen}",
+                "rejected": f"\n\nHuman: Hi\n\nAssistant: {rejected}"}
+
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [hh("Hello!", "Go."), hh("Same", "Same"), hh("Ok", "")]),
+                    encoding="utf-8")
+    with pytest.raises(DataError, match=r"hh.jsonl:3: rejected: is empty"):
+        load_hh_preferences(path)
+    tally = Tally("pairs")
+    rows = load_hh_preferences(path, skip_empty=True, tally=tally)
+    assert [r["chosen"][0]["content"] for r in rows] == ["Hello!"]
+    assert tally.summary() == "read 3 pairs, used 1, left out 2 (empty_reply 1, identical_replies 1)"
+
+
+def test_number_refuses_what_is_not_a_finite_number():
+    assert number(3, "f", 1, "x") == 3.0 and number(0.5, "f", 1, "p", 0, 1) == 0.5
+    for value, message in ((float("nan"), "expected a finite number, got nan"), (True, "expected a number, not True"),
+                           ("1", "expected a number, not '1'"), (10**400, "expected a finite number, got inf"),
+                           (-(10**400), "expected a finite number, got -inf")):
+        with pytest.raises(DataError, match=f"^f:1: x: {message}$"):
+            number(value, "f", 1, "x")
+    with pytest.raises(DataError, match=r"^f:2: p: expected a finite number between 0 and 1, got 2$"):
+        number(2, "f", 2, "p", 0, 1)
+    with pytest.raises(DataError, match=r"^f: n: expected a finite number > 0, got 0$"):
+        number(0, "f", None, "n", positive=True)
+
+
+def test_yaml_keeps_unicode_line_separators_as_text(tmp_path):
+    # PyYAML reads YAML 1.1, where U+2028, U+2029 and U+0085 end a line; as text (YAML 1.2) they are kept.
+    text = "a: x\u2028y\nb: \"x\x85y\"\nc: |\n  x\u2029y\n  z\nd: [x\u2028y, 2]\n"
+    value, node = parse_yaml(text)
+    assert value == {"a": "x\u2028y", "b": "x\x85y", "c": "x\u2029y\nz\n", "d": ["x\u2028y", 2]}
+    assert [key.start_mark.line + 1 for key, _ in node.value] == [1, 2, 3, 6]
+    assert parse_yaml("") == (None, None)
+    config = {"prompt": "a\u2028b\x85c\u2029d", "list": ["\x85"], "rounds": 2}
+    write_config(tmp_path, config)
+    assert parse_yaml(read_text(tmp_path / "config.yaml"))[0] == config
+
+
 def test_prompts_from_jsonl_csv_and_text(tmp_path):
     (tmp_path / "p.jsonl").write_text(
         '{"id": "a", "prompt": "Hi", "tags": ["helpful"]}\n\n'
@@ -158,12 +214,21 @@ def test_hh_rlhf_prompts_and_preferences(hh_data, tmp_path):
     assert prompts[0]["prompt"] == [parse_transcript(first["chosen"])[0]] and prompts[0]["source"] == "hh-rlhf"
     assert all(len(p["prompt"]) == 1 and p["prompt"][0]["role"] == "user" for p in prompts)
 
-    prefs = load_hh_preferences(hh_data)
-    assert len(prefs) == 1000 and len({p["id"] for p in prefs}) == 1000
+    # Lines 87, 517 and 926 have an empty chosen reply: refused like `rlaif rankings import` does, or left out.
+    with pytest.raises(DataError, match=r"hh-harmless-dev.jsonl:87: chosen: is empty \(skip_empty leaves"):
+        load_hh_preferences(hh_data)
+    tally = Tally("pairs")
+    prefs = load_hh_preferences(hh_data, skip_empty=True, tally=tally)
+    assert len(prefs) == 997 and len({p["id"] for p in prefs}) == 997
+    assert tally.counts() == {"read": 1000, "used": 997, "left_out": 3, "left_out_empty_reply": 3}
     # The data README counts 706 multi-turn dialogues by occurrences of "Human:"; six of those are single-turn
-    # dialogues whose assistant reply itself contains "Human:" (rows 105, 197, 232, 679, 796, 822), so 700 are real.
-    assert sum(1 for p in prefs if len(p["prompt"]) > 1) == 700
-    assert "Human:" in prefs[105]["chosen"][0]["content"] and len(prefs[105]["prompt"]) == 1
+    # dialogues whose assistant reply itself contains "Human:" (rows 105, 197, 232, 679, 796, 822), so 700 are real;
+    # one of them (line 87) has an empty reply, which moves the later rows up by one.
+    assert sum(1 for p in prefs if len(p["prompt"]) > 1) == 699
+    assert "Human:" in prefs[104]["chosen"][0]["content"] and len(prefs[104]["prompt"]) == 1
+    first_100 = Tally("pairs")
+    assert len(load_hh_preferences(hh_data, 100, skip_empty=True, tally=first_100)) == 99
+    assert first_100.summary() == "read 100 pairs, used 99, left out 1 (empty_reply 1)"
     row = prefs[0]
     assert row["source"] == "human" and row["p_chosen"] == 1.0
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"

@@ -50,7 +50,8 @@ def test_full_fine_tuning_lowers_the_loss_and_writes_a_model(sft_data, tmp_path,
     assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
     assert (tmp_path / "out" / "checkpoints" / "checkpoint-3" / "model.safetensors").is_file()
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["counts"] == {"examples": 16, "steps": 6}
+    assert manifest["status"] == "complete"
+    assert manifest["counts"] == {"read": 16, "used": 16, "left_out": 0, "truncated": 0, "steps": 6}
 
 
 def test_lora_adapter_is_merged_into_a_plain_model(sft_data, tmp_path, tiny_model_dir):

@@ -10,7 +10,7 @@ def vowels(prompts, responses):
     return torch.tensor([sum(c in VOWELS for c in r) / max(sum(c.isalpha() for c in r), 1) for r in responses])
 
 
-def nan(prompts, responses):
+def not_a_number(prompts, responses):
     return torch.full((len(responses),), float("nan"))
 
 

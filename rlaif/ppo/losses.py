@@ -12,7 +12,9 @@ order the trainer uses them:
 | the losses and their diagnostics | `policy_loss`, `value_loss`, `explained_variance` |
 | beta between rollouts | `AdaptiveKLController`, `FixedKLController` |
 
-Masked statistics divide by the number of real tokens, so an all-padding mask gives nan (0/0), as in TRL.
+Masked statistics divide by the number of real tokens, so an all-padding mask gives nan (0/0), as in TRL; the trainer
+never builds one (every response has at least one token). One real token is a valid sample: its variance is 0, so
+whitening it gives 0, not nan.
 """
 
 from __future__ import annotations
@@ -62,18 +64,20 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     """Variance of x over the mask, a float scalar; x float, mask bool or 0/1 float, same shape. `unbiased` applies
-    Bessel's n / (n - 1), as TRL's masked_var does (inf for a single real token)."""
+    Bessel's n / (n - 1) as TRL's masked_var does, but only for n >= 2: one real token has variance 0 (TRL's 0 * 1 / 0
+    is nan, which whitening would spread to every advantage). An empty mask gives nan."""
     variance = masked_mean((x - masked_mean(x, mask)).square(), mask)
     if unbiased:
         n = mask.bool().sum()
-        variance = variance * n / (n - 1)
+        variance = variance * n / (n - 1).clamp(min=1)  # n = 1: the biased variance is exactly 0 already
     return variance
 
 
 def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
     """x scaled to unit variance over the mask, and centred unless shift_mean=False (rewards are whitened that way so
     their sign survives: Huang et al. 2024, "The N Implementation Details of RLHF with PPO", after lm-human-preferences).
-    x float, mask bool or 0/1 float, same shape -> same shape as x, 0 outside the mask."""
+    x float, mask bool or 0/1 float, same shape -> same shape as x, 0 outside the mask. A single real token has
+    variance 0 and whitens to 0 (or to itself with shift_mean=False)."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
@@ -158,7 +162,8 @@ def value_loss(
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """1 - Var[returns - values] / Var[returns] over the mask (OpenAI baselines' explained_variance): 1 for a perfect
     value head, 0 for one that predicts the mean, negative for worse. values, returns (B, T) float, mask (B, T) bool
-    or 0/1 float -> float scalar, nan when the returns do not vary."""
+    or 0/1 float -> float scalar, nan when the returns do not vary (a single real token, say): it is undefined there,
+    as in baselines, and the trainer logs it as null."""
     var_returns = masked_var(returns, mask, unbiased=False)
     ratio = masked_var(returns - values, mask, unbiased=False) / var_returns
     return torch.where(var_returns > 0, 1 - ratio, torch.nan)  # where, not `if`: no host sync on GPU

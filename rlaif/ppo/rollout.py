@@ -11,7 +11,6 @@ would be computed and thrown away.
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,15 +78,28 @@ def response_logits(model, batch: Batch, hidden: bool = False):
 
 
 class ValueModel(nn.Module):
-    """V(s_t) for every response position: a sequence classifier's backbone and scalar head, applied per token.
+    """V(s_t) for every response position: a sequence classifier's backbone and scalar head, applied per token, plus a
+    bias (a Llama-style `score` head has none).
 
-    Initialised from the reward model (Huang et al. 2024, "The N Implementation Details of RLHF with PPO", detail
-    on value initialisation): at the start its value of a finished response is the reward model's score.
+    Started from the reward model (Huang et al. 2024, "The N Implementation Details of RLHF with PPO", detail on value
+    initialisation), on the scale of the reward PPO optimises: the trainer folds that reward's normalisation and
+    weight into the head, so at the start the value of a finished response (the head on its final hidden state) is
+    w * (r - mean) / std, the reward model's part of the PPO reward; lm-human-preferences does the same with its
+    reward gain and bias. When the scales cannot be matched, the head starts at zero. Saved (`save_pretrained`) as a
+    plain sequence classifier whose config holds the bias as `value_bias`: V = logit + value_bias.
     """
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, classifier: nn.Module, bias: float = 0.0, adapter: nn.Module | None = None):
+        """`adapter`: the PEFT model wrapping `classifier` when it trains LoRA adapters (kept outside the module tree:
+        its parameters are the classifier's), merged into it by `save_pretrained`."""
         super().__init__()
         self.classifier = classifier
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+        object.__setattr__(self, "adapter", adapter)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        """(B, T, H) last hidden states -> (B, T) float32 values."""
+        return self.classifier.score(hidden).squeeze(-1).float() + self.bias.float()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, width: int) -> Tensor:
         """-> (B, width) float32: the value before each of the last `width` tokens is generated."""
@@ -95,10 +107,19 @@ class ValueModel(nn.Module):
         backbone = getattr(base, base.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
-        return base.score(hidden[:, -width - 1 : -1]).squeeze(-1).float()
+        return self.head(hidden[:, -width - 1 : -1])
 
     def values(self, batch: Batch) -> Tensor:
         return self(batch.input_ids, batch.attention_mask, batch.position_ids, batch.response.shape[1])
+
+    def save_pretrained(self, directory) -> None:
+        """Write a sequence classifier that loads with AutoModelForSequenceClassification (num_labels=1) with no
+        missing or unexpected weights: a LoRA adapter is merged in first (after which this model has no adapter)."""
+        if self.adapter is not None:
+            self.classifier = self.adapter.merge_and_unload()
+            object.__setattr__(self, "adapter", None)
+        self.classifier.config.value_bias = self.bias.item()
+        self.classifier.save_pretrained(directory, safe_serialization=True)
 
 
 class ValueHead(nn.Module):
@@ -133,17 +154,6 @@ def import_function(spec: str) -> RewardFn:
     if not callable(function):
         raise ConfigError(f"reward_fn: {spec!r} is not callable")
     return function
-
-
-def split_weight(spec: str) -> tuple[str, float]:
-    """"THING:WEIGHT" -> (THING, WEIGHT); without a finite numeric tail the weight is 1. Negative weights are
-    allowed: a reward can be a penalty."""
-    head, sep, tail = spec.rpartition(":")
-    try:
-        weight = float(tail) if sep else math.nan
-    except ValueError:
-        weight = math.nan
-    return (head, weight) if math.isfinite(weight) else (spec, 1.0)
 
 
 class CombinedReward:

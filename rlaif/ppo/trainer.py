@@ -7,16 +7,24 @@ Each step:
   1. rollout: B prompts, one sampled response each (rlaif.generate; the sampling log-probabilities are kept, so the
      policy is not run again to get them), cut at EOS;
   2. the frozen reference's log-probabilities (the LoRA adapter switched off, or a copy), the values (a value model
-     started from the reward model, or with `shared_value_head` a head on the policy's own trunk), and the reward:
-     reward models (normalised with their reward_stats.json), the labeler's direct score, Python functions, or a
-     weighted sum; a penalty for responses cut off before EOS;
+     started from the reward model on the PPO reward's scale, or with `shared_value_head` a head on the policy's own
+     trunk), and the reward: reward models (normalised with their reward_stats.json), the labeler's direct score,
+     Python functions, or a weighted sum; a penalty for responses cut off before EOS;
   3. per-token reward -beta * KL_t, plus the score on the last token; GAE; whitened advantages (losses.py);
   4. `ppo_epochs` passes over the rollout in `minibatches` minibatches: clipped policy loss, clipped value loss,
-     entropy bonus; one optimizer step per minibatch;
+     entropy bonus, each a mean over the minibatch's tokens however it is split into micro-batches; one optimizer
+     step per minibatch;
   5. beta follows the adaptive controller toward `kl_target` (or stays fixed).
 
-OUT holds the policy (safetensors; a LoRA adapter merged in), OUT/value/ (the value model or head), `metrics.json`
-lines per step in `metrics.jsonl`, sample responses in `samples.jsonl`, held-out rewards in `eval.jsonl`, and
+Trainable weights are float32 on every device; accelerate's mixed precision (`accelerate launch --mixed_precision
+bf16`) only autocasts, and then the rollout's log-probabilities, the reference's and the training pass are all full
+forward passes under the same autocast, so the first ratio is 1 and the first KL is 0. The models train in training
+mode with every dropout off (gradient checkpointing acts only in training mode). Numbers from several processes are
+combined by all-reducing (sum, count), so shards of any size, empty ones included, are safe.
+
+OUT holds the policy (safetensors; a LoRA adapter merged in), OUT/value/ (the value model, LoRA merged, a plain
+sequence classifier with its head's bias as `value_bias` in config.json; or the shared head), lines per step in
+`metrics.jsonl`, sample responses in `samples.jsonl`, held-out rewards in `eval.jsonl`, and
 `checkpoints/step-N/`: policy, value model or head, optimizers, schedulers, RNG states (accelerate's `save_state`,
 safetensors weights) plus beta and the step in `trainer_state.json`, written under a temporary name and renamed,
 so a checkpoint is whole or absent. Prompts are drawn in an order fixed by the seed and sampling is seeded per step,
@@ -30,8 +38,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,9 +57,19 @@ from rlaif.ppo.rollout import (
     import_function,
     pack,
     response_logits,
-    split_weight,
 )
-from rlaif.records import ConfigError, JsonlWriter, Message, load_prompts, open_stage, read_jsonl, write_atomic
+from rlaif.records import (
+    ConfigError,
+    JsonlWriter,
+    Message,
+    load_prompts,
+    open_stage,
+    read_jsonl,
+    read_text,
+    split_weight,
+    write_atomic,
+    write_jsonl,
+)
 
 
 @dataclass
@@ -62,14 +82,18 @@ class PPOConfig:
     reward_score: str | None = None  # a labeler whose direct 1-10 score (rlaif score) is a reward, "MODEL[:WEIGHT]"
     constitution: str = "default"  # the rubric of reward_score
     normalize_reward: bool = True  # (r - mean) / std with each reward model's reward_stats.json
-    value_model: str | None = None  # initial value model; default: the first reward model, else the policy + a zero head
+    value_model: str | None = None  # initial value model, as saved (e.g. a PPO run's value/); default: the first reward
+    # model with its normalisation and weight folded into the head (same scale as the reward), else the policy + a
+    # zero head
     shared_value_head: bool = False  # value = a head on the policy's own trunk: one forward/backward per minibatch, not two
     eval_prompts: str | None = None  # held-out prompts, scored before training, every eval_every steps and at the end
     eval_every: int = 0  # 0: only before and after training
-    steps: int = 100  # PPO updates (rollout + epochs); raise it and rerun to train on
+    steps: int = 100  # PPO updates (rollout + epochs); raise it and rerun to train on (a linear lr_schedule then
+    # decays over the new total from where it was, so the extended run differs from one started with that total)
     batch_size: int = 8  # prompts (one response each) per rollout, per process
     minibatches: int = 1  # minibatches per PPO epoch, one optimizer step each
-    micro_batch_size: int | None = None  # rows per forward/backward, gradients accumulated; default: the minibatch
+    micro_batch_size: int | None = None  # rows per forward/backward, gradients accumulated (weighted by tokens, so the
+    # result does not depend on it); default: the minibatch
     ppo_epochs: int = 4  # passes over each rollout
     max_new_tokens: int = 64  # response length limit
     temperature: float = 0.7  # sampling temperature; log-probabilities are those of the tempered policy
@@ -93,8 +117,8 @@ class PPOConfig:
     lora: bool = False  # train LoRA adapters on policy and value; the reference is the policy with its adapter off
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    gradient_checkpointing: bool = False  # less activation memory for more compute
+    lora_dropout: float = 0.0  # must stay 0: PPO turns every dropout off (the first ratio to the sampler must be 1)
+    gradient_checkpointing: bool = False  # less activation memory for more compute (every decoder layer)
     max_kl: float = 50.0  # guard: stop when the mean KL per response passes this
     max_ratio: float = 5.0  # guard: stop when a minibatch's mean probability ratio passes this
     save_steps: int = 10  # checkpoint every N steps (and at the end)
@@ -118,6 +142,16 @@ def check(config: PPOConfig, reward_given: bool = False) -> None:
         problems.append("temperature: PPO samples from the policy; use a temperature > 0")
     if config.batch_size < 1 or config.minibatches < 1 or config.batch_size % config.minibatches:
         problems.append(f"minibatches: {config.minibatches} does not divide batch_size {config.batch_size}")
+    if config.micro_batch_size is not None and config.micro_batch_size < 1:
+        problems.append(f"micro_batch_size: expected at least 1 row (or unset), not {config.micro_batch_size}")
+    if config.max_new_tokens < 1 or config.ppo_epochs < 1:
+        problems.append("max_new_tokens and ppo_epochs: expected at least 1 (a response of no token has nothing to "
+                        "learn from)")
+    if (config.kl_target or 0) < 0 or config.kl_horizon < 1:
+        problems.append("kl_target, kl_horizon: expected a target KL >= 0 (null for a fixed beta) and a horizon >= 1")
+    if config.lora_dropout:
+        problems.append("lora_dropout: PPO turns every dropout off, so that the policy being trained computes what the "
+                        "policy that sampled did (a ratio of 1 before the first update); leave it at 0")
     if config.lr_schedule not in ("linear", "constant"):
         problems.append(f"lr_schedule: expected linear or constant, not {config.lr_schedule!r}")
     if config.kl_estimator not in ("k1", "k2", "k3"):
@@ -142,6 +176,7 @@ def build_reward(config: PPOConfig, device) -> CombinedReward:
     for spec in config.reward_model:
         path, weight = split_weight(spec)
         model = RewardModel.load(path, device=str(device), dtype="float32" if device.type == "cpu" else "auto")
+        reward_normalisation(path, model.stats, config.normalize_reward)  # refuses a std that would divide by 0
         normalize = config.normalize_reward and model.stats is not None
         parts.append((f"rm:{Path(path).name}", lambda p, r, m=model, n=normalize: m.score(p, r, normalize=n), weight))
     for spec in config.reward_fn:
@@ -158,46 +193,108 @@ def build_reward(config: PPOConfig, device) -> CombinedReward:
     return CombinedReward(parts)
 
 
+def reward_normalisation(path: str, stats: dict | None, normalize: bool) -> tuple[float, float]:
+    """(mean, std) that a reward model's raw score r is mapped by, (r - mean) / std: its reward_stats.json when
+    `normalize` and it has one, else (0, 1). A std that is not a positive number would divide by zero: an error."""
+    if not (normalize and stats):
+        return 0.0, 1.0
+    mean, std = float(stats["mean"]), float(stats["std"])
+    if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
+        raise ConfigError(f"reward model {path}: reward_stats.json has mean {mean}, std {std}; normalising by it would "
+                          "divide by zero. Retrain the reward model or set normalize_reward: false")
+    return mean, std
+
+
 def build_models(config: PPOConfig, device):
     """(policy, reference or None, value model or head, tokenizer). With LoRA the reference is the policy, adapter
-    off."""
+    off. Trainable weights are float32 whatever the device (mixed precision is accelerate's autocast; the reference
+    stays float32 too, so it computes exactly what the policy computes under the same autocast). Policy and value
+    are returned in training mode with every dropout off: transformers checkpoints a layer only in training mode, and
+    the ratio pi/pi_old must be 1 before any update."""
     from rlaif.models import load_model
 
     policy, tokenizer = load_model(config.policy, device=str(device), dtype="float32")
-    classifier = None if config.shared_value_head else _value_classifier(config, device, tokenizer)
-    reference = None
+    classifier, bias = (None, 0.0) if config.shared_value_head else _value_classifier(config, device, tokenizer)
+    reference, adapter = None, None
     if config.lora:
         policy = _lora(config, policy, "CAUSAL_LM")
         if classifier is not None:
-            classifier = _lora(config, classifier, "SEQ_CLS").base_model.model
+            adapter = _lora(config, classifier, "SEQ_CLS")
+            classifier = adapter.base_model.model
     else:
         reference, _ = load_model(config.policy, device=str(device), dtype="float32")
         reference.requires_grad_(False)
     for model in (policy, classifier) if config.gradient_checkpointing else ():
         if model is not None:
-            model.gradient_checkpointing_enable()
-    value = ValueHead(policy.config.get_text_config().hidden_size).to(device) if classifier is None \
-        else ValueModel(classifier)
-    # Dropout off everywhere (eval mode, gradients still flow): the ratio pi/pi_old must be 1 before any update.
-    return policy.eval(), reference, value.eval(), tokenizer
+            _checkpoint(model, config.lora)
+    value = ValueHead(policy.config.get_text_config().hidden_size) if classifier is None \
+        else ValueModel(classifier, bias, adapter)
+    value = value.to(device)
+    for model in (policy, value):
+        disable_dropout(model)
+        model.train()
+    return policy, reference, value, tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout probability in `model` to 0: nn.Dropout modules (as TRL's disable_dropout_in_model), LoRA's among
+    them, and the float rates attention implementations read from their module (Llama's `attention_dropout`)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+
+
+def _checkpoint(model, lora: bool) -> None:
+    """Gradient checkpointing on every decoder layer. With LoRA the frozen embeddings' output must require grad, or a
+    reentrant checkpoint would cut the adapters inside it off from the loss (transformers' default is non-reentrant;
+    a model or version that uses the reentrant one still trains)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    if lora:
+        model.enable_input_require_grads()
 
 
 def _value_classifier(config: PPOConfig, device, tokenizer):
-    """The value model's sequence classifier: `value_model`, else the first reward model, else the policy with a
-    zero head."""
+    """The value model's sequence classifier and the bias of its head, on the scale of the PPO reward:
+    - `value_model`: as saved (a PPO run's value/ directory keeps its bias as `value_bias` in its config);
+    - else the first reward model, with that reward's normalisation and weight w folded into its head: its part of
+      the PPO reward is w (s(h) - mean) / std for the head s at the final hidden state h, so the head becomes
+      (w / std) s with bias -w mean / std, and the value of a finished response starts at that part (as
+      lm-human-preferences' reward gain and bias put the normalisation inside the reward model);
+    - else (no reward model, or one that reads another tokenizer) the policy with a zero head: values start at 0,
+      not on another scale or at noise."""
     from rlaif.reward import load_backbone
 
-    value_spec = config.value_model or (split_weight(config.reward_model[0])[0] if config.reward_model
-                                        else config.policy)
-    classifier, value_tokenizer = load_backbone(value_spec, str(device), dtype="float32")
-    if value_tokenizer.get_vocab() != tokenizer.get_vocab():
-        if config.value_model:
-            raise ConfigError(f"value_model: {value_spec} has another tokenizer than the policy; the value model "
-                              "reads the policy's tokens")
-        classifier, _ = load_backbone(config.policy, str(device), dtype="float32")  # the reward model can't be used
-    if not any(a.endswith("ForSequenceClassification") for a in classifier.config.architectures or []):
-        torch.nn.init.zeros_(classifier.score.weight)  # a new head: values start at 0, not at noise
-    return classifier
+    def load(spec: str):
+        classifier, value_tokenizer = load_backbone(spec, str(device), dtype="float32")
+        trained = any(a.endswith("ForSequenceClassification") for a in classifier.config.architectures or [])
+        return classifier, value_tokenizer.get_vocab() == tokenizer.get_vocab(), trained
+
+    if config.value_model:
+        classifier, same_tokens, trained = load(config.value_model)
+        if not same_tokens:
+            raise ConfigError(f"value_model: {config.value_model} has another tokenizer than the policy; the value "
+                              "model reads the policy's tokens")
+        if trained:
+            return classifier, float(getattr(classifier.config, "value_bias", 0.0))
+    else:
+        classifier, same_tokens, trained = load(split_weight(config.reward_model[0])[0]) if config.reward_model \
+            else load(config.policy)
+        if config.reward_model and same_tokens and trained:
+            path, weight = split_weight(config.reward_model[0])
+            stats_file = Path(path) / "reward_stats.json"
+            stats = json.loads(read_text(stats_file)) if stats_file.is_file() else None
+            mean, std = reward_normalisation(path, stats, config.normalize_reward)
+            with torch.no_grad():
+                classifier.score.weight.mul_(weight / std)
+            return classifier, -weight * mean / std
+        if not same_tokens:
+            classifier, _ = load_backbone(config.policy, str(device), dtype="float32")  # the reward model can't be used
+    torch.nn.init.zeros_(classifier.score.weight)  # a new head, or one on another scale: values start at 0
+    return classifier, 0.0
 
 
 def _lora(config: PPOConfig, model, task_type: str):
@@ -263,35 +360,43 @@ class PPOTrainer:
     def rollout(self, prompts: list[list[Message]], seed: int) -> Rollout:
         from rlaif.generate import GenerationConfig, encode_chat, generate
 
-        config, device = self.config, self.accelerator.device
-        policy = self.accelerator.unwrap_model(self.policy)
+        config, accelerator, device = self.config, self.accelerator, self.accelerator.device
+        policy, value = accelerator.unwrap_model(self.policy), accelerator.unwrap_model(self.value)
         generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                       top_p=config.top_p, seed=seed, batch_size=len(prompts), logprobs=True)
         started = time.perf_counter()
-        replies = generate(policy, self.tokenizer, prompts, generation)
-        self.timing["generate"] = time.perf_counter() - started
-        queries = [encode_chat(self.tokenizer, p) for p in prompts]
-        batch = pack(queries, [r.token_ids for r in replies], self.tokenizer.pad_token_id).to(device)
-        width = batch.response.shape[1]
-        logprobs = torch.tensor([r.logprobs + [0.0] * (width - len(r.logprobs)) for r in replies], device=device)
-        if self.reference is None:
-            with policy.disable_adapter():
-                ref_logits = response_logits(policy, batch)
-        else:
-            ref_logits = response_logits(self.reference, batch)
-        ref_logprobs = L.logprobs_from_logits(ref_logits, batch.response, config.temperature)
-        del ref_logits
-        value = self.accelerator.unwrap_model(self.value)
-        if config.shared_value_head:
-            values = value(response_logits(policy, batch, hidden=True)[1])
-        else:
-            values = value.values(batch)
+        # Eval mode while generating: a layer checkpointed in training mode may drop the KV cache generation reads.
+        # Dropout is off in both modes, so the numbers are those of training mode.
+        with _eval_mode(policy, value), accelerator.autocast():
+            replies = generate(policy, self.tokenizer, prompts, generation)
+            self.timing["generate"] = time.perf_counter() - started
+            queries = [encode_chat(self.tokenizer, p) for p in prompts]
+            batch = pack(queries, [r.token_ids for r in replies], self.tokenizer.pad_token_id).to(device)
+            width = batch.response.shape[1]
+            logprobs = torch.tensor([r.logprobs + [0.0] * (width - len(r.logprobs)) for r in replies], device=device)
+            hidden = None
+            if accelerator.mixed_precision != "no" or config.shared_value_head:
+                logits, hidden = response_logits(policy, batch, hidden=True)
+                if accelerator.mixed_precision != "no":
+                    # In bf16 or fp16, decoding token by token from a KV cache rounds otherwise than a full forward
+                    # pass, by more than a ratio that must start at 1 allows: the old log-probabilities are then those
+                    # of a full pass, as the reference's below and the training pass's are.
+                    logprobs = L.logprobs_from_logits(logits, batch.response, config.temperature)
+                del logits
+            if self.reference is None:
+                with policy.disable_adapter():
+                    ref_logits = response_logits(policy, batch)
+            else:
+                ref_logits = response_logits(self.reference, batch)
+            ref_logprobs = L.logprobs_from_logits(ref_logits, batch.response, config.temperature)
+            del ref_logits
+            values = value(hidden) if config.shared_value_head else value.values(batch)
         texts = [r.text for r in replies]
         scores = self.reward(prompts, texts).to(device)
         eos = torch.tensor([r.finish_reason == "stop" for r in replies], device=device)
         if config.missing_eos_penalty:
             scores = scores - config.missing_eos_penalty * (~eos).float()
-        parts = {name: value.to(device) for name, value in self.reward.last.items()}
+        parts = {name: part.to(device) for name, part in self.reward.last.items()}
         self.timing["score"] = time.perf_counter() - started - self.timing["generate"]
         return Rollout(prompts, texts, batch, logprobs * batch.mask, ref_logprobs * batch.mask, values * batch.mask,
                        scores, parts, eos)
@@ -311,98 +416,126 @@ class PPOTrainer:
         if config.whiten_advantages:
             advantages = L.masked_whiten(advantages, mask)
         kl_sum = ((ro.logprobs - ro.ref_logprobs) * mask).sum(1)  # the k1 estimate of KL(pi || ref) per response
-        mean_kl = accelerator.gather(kl_sum).mean().item()
-        scores = accelerator.gather(ro.scores)
-        if not torch.isfinite(scores).all():
+        rows = len(prompts)
+        kl_total, not_finite, all_rows = self.all_sum([kl_sum.sum(), (~torch.isfinite(ro.scores)).sum(), rows])
+        mean_kl = kl_total / all_rows
+        if not_finite:
             raise _Stop("rewards", "a reward is NaN or infinite", "check the reward function and the reward "
                         "model's reward_stats.json (a std of 0 makes normalised rewards infinite)")
-        if mean_kl > config.max_kl:
+        if not mean_kl <= config.max_kl:  # also when it is nan
             raise _Stop("kl", f"the mean KL to the reference is {mean_kl:.1f} nats per response, past max_kl "
                         f"{config.max_kl}", "raise kl_coef or lower kl_target, lower the learning rate, or raise "
                         "max_kl if this is expected")
 
-        stats: dict[str, list[float]] = {}
-        rows = len(prompts)
+        stats: dict[str, list[torch.Tensor]] = {}
         size = rows // config.minibatches
         micro = config.micro_batch_size or size
         generator = torch.Generator().manual_seed(seed)
         for _ in range(config.ppo_epochs):
             for minibatch in torch.randperm(rows, generator=generator).split(size):
-                for part in minibatch.split(micro):
-                    index = part.to(ro.batch.mask.device)
-                    batch = ro.batch.select(index)
-                    width = batch.response.shape[1]
-                    share = len(part) / len(minibatch)
-                    # The policy's graph is freed by its backward before the value model runs: the two models'
-                    # activations are never held at once (their gradients are disjoint, so this changes nothing else).
-                    if config.shared_value_head:
-                        logits, hidden = response_logits(self.policy, batch, hidden=True)
-                    else:
-                        logits = response_logits(self.policy, batch)
-                    logprobs = L.logprobs_from_logits(logits, batch.response, config.temperature)
-                    entropy = L.entropy_from_logits(logits if config.entropy_coef else logits.detach(),
-                                                    config.temperature)
-                    del logits
-                    pg_loss, pg_stats = L.policy_loss(logprobs, ro.logprobs[index, :width],
-                                                      advantages[index, :width], batch.mask, config.clip_range)
-                    mean_entropy = L.masked_mean(entropy, batch.mask)
-                    self._guard(pg_loss, pg_stats)
-                    policy_part = (pg_loss - config.entropy_coef * mean_entropy) * share
-                    if config.shared_value_head:  # one graph: one backward for both losses
-                        values = self.value(hidden)
-                    else:
-                        # The policy's graph is freed by its backward before the value model runs: the two models'
-                        # activations are never held at once (their gradients are disjoint: nothing else changes).
-                        accelerator.backward(policy_part)
-                        values = self.value(batch.input_ids, batch.attention_mask, batch.position_ids, width)
-                    vf_loss, vf_stats = L.value_loss(values, ro.values[index, :width], returns[index, :width],
-                                                     batch.mask, config.clip_range_value)
-                    self._guard(vf_loss, {})
-                    accelerator.backward(config.vf_coef * vf_loss * share
-                                         + (policy_part if config.shared_value_head else 0))
-                    for name, value in [("policy_loss", pg_loss), ("value_loss", vf_loss),
-                                        ("entropy", mean_entropy), *pg_stats.items(), *vf_stats.items()]:
-                        stats.setdefault(name, []).append(value.item())
+                minibatch_stats = self.minibatch_backward(ro, advantages, returns, minibatch, micro)
+                self._guard(minibatch_stats)
                 accelerator.clip_grad_norm_(self.policy.parameters(), config.max_grad_norm)
                 accelerator.clip_grad_norm_(self.value.parameters(), config.max_grad_norm)
                 for optimizer in (self.opt_policy, self.opt_value):
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                for name, value in minibatch_stats.items():
+                    stats.setdefault(name, []).append(value)
         self.sched_policy.step()
         self.sched_value.step()
-        self.kl_ctl.update(mean_kl, rows * accelerator.num_processes)
+        self.kl_ctl.update(mean_kl, all_rows)
 
+        # name: (sum, count) on this process; the logged mean is the sum over all processes over their count
         lengths = mask.sum(1)
-        reduce = lambda t: accelerator.gather(t.detach().float().reshape(-1)).mean().item()
-        metrics = {name: reduce(torch.tensor(sum(values) / len(values))) for name, values in stats.items()}
-        metrics.update({
-            "score": scores.mean().item(),
-            **{f"score/{name}": reduce(value) for name, value in ro.parts.items()},
-            "non_score_reward": reduce(non_score.sum(1)),
-            "kl": mean_kl,
-            "beta": beta,
-            "explained_variance": reduce(L.explained_variance(ro.values, returns, mask)),
-            "response_length": reduce(lengths),
-            "tokens": reduce(ro.batch.attention_mask.sum()),  # prompt + response tokens, per process
-            "response_tokens": reduce(mask.sum()),
-            "mean_context": reduce(ro.batch.position_ids[ro.batch.attention_mask.bool()].float().mean() + 1),
-            "eos_rate": reduce(ro.eos),
-            "lr": self.sched_policy.get_last_lr()[0],
-        })
+        explained = L.explained_variance(ro.values, returns, mask)  # nan when the returns do not vary
+        attended = ro.batch.attention_mask.bool()
+        local = {
+            **{name: (torch.stack(values).mean(), 1) for name, values in stats.items() if name != "ratio_max"},
+            "score": (ro.scores.sum(), rows),
+            **{f"score/{name}": (part.sum(), rows) for name, part in ro.parts.items()},
+            "non_score_reward": (non_score.sum(), rows),
+            "explained_variance": (explained.nan_to_num(0.0), explained.isfinite()),  # where it is defined
+            "response_length": (lengths.sum(), rows),
+            "tokens": (attended.sum(), 1),  # prompt + response tokens, per process
+            "response_tokens": (mask.sum(), 1),
+            "mean_context": ((ro.batch.position_ids[attended] + 1).sum(), attended.sum()),
+            "eos_rate": (ro.eos.sum(), rows),
+        }
+        totals = self.all_sum([x for pair in local.values() for x in pair])
+        metrics = {name: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else None
+                   for i, name in enumerate(local)}
+        ratio_max = accelerator.reduce(torch.stack(stats["ratio_max"]).max().float(), reduction="max")
+        metrics.update({"ratio_max": ratio_max.item(), "kl": mean_kl, "beta": beta,
+                        "lr": self.sched_policy.get_last_lr()[0]})
         seconds = time.perf_counter() - started
         self.timing["train"] = time.perf_counter() - trained
-        metrics["samples_per_second"] = rows * accelerator.num_processes / seconds
+        metrics["samples_per_second"] = all_rows / seconds
         metrics["seconds"] = seconds
         metrics.update({f"time/{phase}": t for phase, t in self.timing.items()})
         return metrics, ro
 
-    def _guard(self, loss: torch.Tensor, stats: dict) -> None:
-        """Stop on a non-finite loss or a runaway ratio, decided on every process's values alike (one process
-        stopping alone would leave the others waiting for its gradients)."""
-        ratio = stats.get("ratio_mean", torch.ones(()))
-        worst = torch.stack([(~torch.isfinite(loss.detach())).float(), ratio.detach().float()])
-        if self.accelerator.num_processes > 1:
-            worst = self.accelerator.gather(worst[None]).amax(0)
+    def minibatch_backward(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor, minibatch: torch.Tensor,
+                           micro: int) -> dict[str, torch.Tensor]:
+        """Accumulate the gradients of one minibatch's losses, `micro` rows per forward and backward pass, and return
+        its statistics (detached scalars). advantages, returns (B, T) over the rollout; minibatch (M,) row indices.
+
+        Every term (policy loss, value loss, entropy) is a mean over the minibatch's tokens. A micro-batch's token
+        mean weighs its share of those tokens, so that sum_k (n_k / N) mean_k = sum of token losses / N whatever the
+        split: weighing by rows would count a short response's tokens more in a smaller micro-batch, and
+        micro_batch_size would change the gradient."""
+        config, accelerator = self.config, self.accelerator
+        device = ro.batch.mask.device
+        tokens = ro.batch.mask[minibatch.to(device)].sum()
+        totals: dict[str, torch.Tensor] = {}
+        for part in minibatch.split(micro):
+            index = part.to(device)
+            batch = ro.batch.select(index)
+            width = batch.response.shape[1]
+            share = batch.mask.sum() / tokens
+            if config.shared_value_head:
+                logits, hidden = response_logits(self.policy, batch, hidden=True)
+            else:
+                logits = response_logits(self.policy, batch)
+            logprobs = L.logprobs_from_logits(logits, batch.response, config.temperature)
+            entropy = L.entropy_from_logits(logits if config.entropy_coef else logits.detach(), config.temperature)
+            del logits
+            pg_loss, pg_stats = L.policy_loss(logprobs, ro.logprobs[index, :width], advantages[index, :width],
+                                              batch.mask, config.clip_range)
+            mean_entropy = L.masked_mean(entropy, batch.mask)
+            policy_part = (pg_loss - config.entropy_coef * mean_entropy) * share
+            if config.shared_value_head:  # one graph: one backward for both losses
+                values = self.value(hidden)
+            else:
+                # The policy's graph is freed by its backward before the value model runs: the two models'
+                # activations are never held at once (their gradients are disjoint: nothing else changes).
+                accelerator.backward(policy_part)
+                values = self.value(batch.input_ids, batch.attention_mask, batch.position_ids, width)
+            vf_loss, vf_stats = L.value_loss(values, ro.values[index, :width], returns[index, :width], batch.mask,
+                                             config.clip_range_value)
+            accelerator.backward(config.vf_coef * vf_loss * share + (policy_part if config.shared_value_head else 0))
+            ratio_max = pg_stats.pop("ratio_max")
+            totals["ratio_max"] = torch.maximum(totals.get("ratio_max", ratio_max), ratio_max)
+            for name, value in [("policy_loss", pg_loss), ("value_loss", vf_loss), ("entropy", mean_entropy),
+                                *pg_stats.items(), *vf_stats.items()]:
+                totals[name] = totals.get(name, 0) + value.detach() * share
+        return totals
+
+    def all_sum(self, values: list) -> list[float]:
+        """Each value (a number or a one-element tensor) summed over the processes, in one all-reduce of a float64
+        vector. Every process passes the same number of values whatever its share of the data, zeros for an empty
+        share, so the collective matches however unevenly the data is split (a gather of per-row tensors would not)."""
+        device = self.accelerator.device
+        local = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
+        return self.accelerator.reduce(local, reduction="sum").tolist()
+
+    def _guard(self, stats: dict[str, torch.Tensor]) -> None:
+        """Stop on a non-finite loss or a runaway ratio over a minibatch, decided on every process's values alike (one
+        process stopping alone would leave the others waiting for its gradients): the maximum over processes of a
+        fixed-size vector."""
+        losses = torch.stack([stats["policy_loss"], stats["value_loss"]])
+        worst = torch.stack([(~torch.isfinite(losses)).any().float(), stats["ratio_mean"].float()])
+        worst = self.accelerator.reduce(worst, reduction="max")
         if worst[0] > 0:
             raise _Stop("loss", "the loss is NaN or infinite", "lower the learning rate, check the rewards' scale "
                         "(normalize_reward), or lower max_grad_norm")
@@ -428,6 +561,7 @@ class PPOTrainer:
             accelerator.save_state(str(tmp), safe_serialization=True)
         finally:
             quiet.setLevel(level)
+        accelerator.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
         if accelerator.is_main_process:
             state = {"step": self.step, "kl_controller": self.kl_ctl.state_dict()}
             write_atomic(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
@@ -441,6 +575,19 @@ class PPOTrainer:
         state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
         self.step = state["step"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
+
+
+@contextmanager
+def _eval_mode(*modules: torch.nn.Module):
+    """The modules in eval mode inside the block, in the mode each had before after it."""
+    modes = [module.training for module in modules]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for module, training in zip(modules, modes):
+            module.train(training)
 
 
 class _Stop(Exception):
@@ -476,7 +623,7 @@ def truncate_log(path: Path, last_step: int) -> None:
     """Drop rows written after `last_step` (work a crash threw away, which the resumed run redoes)."""
     if path.is_file():
         rows = [row for row in read_jsonl(path) if row["step"] <= last_step]
-        write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        write_jsonl(path, rows)
 
 
 def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None = None, on_step=None) -> dict:
@@ -573,19 +720,22 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
 
 
 def _evaluate(trainer: PPOTrainer, rows: list[dict], log: JsonlWriter | None) -> None:
-    """Mean reward and KL of sampled responses to the held-out prompts (a fixed seed, so steps compare)."""
+    """Mean reward and KL (k1, nats per response) of sampled responses to the held-out prompts. The prompts go in
+    batches of batch_size, each sampled with a seed fixed by its place in the list, and the batches are dealt to the
+    processes in turn: each prompt is scored once, by one process, and its sample is the one a single process would
+    draw. The means are an all-reduce of (sum, count), which holds for shards of any size, empty ones included."""
     config, accelerator = trainer.config, trainer.accelerator
-    mine = rows[accelerator.process_index :: accelerator.num_processes]
-    scores, kls = [], []
-    for start in range(0, len(mine), config.batch_size):
-        ro = trainer.rollout([r["prompt"] for r in mine[start : start + config.batch_size]], seed=config.seed + start)
-        scores.append(ro.scores)
-        kls.append(((ro.logprobs - ro.ref_logprobs) * ro.batch.mask).sum(1))
-    score = accelerator.gather(torch.cat(scores)).mean().item()
-    kl = accelerator.gather(torch.cat(kls)).mean().item()
-    if log is not None:
-        log.write({"id": f"step-{trainer.step:06d}", "step": trainer.step, "score": score, "kl": kl,
-                   "prompts": len(rows)})
+    starts = list(range(0, len(rows), config.batch_size))
+    score = kl = count = 0.0
+    for start in starts[accelerator.process_index :: accelerator.num_processes]:
+        ro = trainer.rollout([r["prompt"] for r in rows[start : start + config.batch_size]], seed=config.seed + start)
+        score = score + ro.scores.sum()
+        kl = kl + ((ro.logprobs - ro.ref_logprobs) * ro.batch.mask).sum()
+        count += len(ro.scores)
+    score, kl, count = trainer.all_sum([score, kl, count])
+    if log is not None and count:
+        log.write({"id": f"step-{trainer.step:06d}", "step": trainer.step, "score": score / count, "kl": kl / count,
+                   "prompts": int(count)})
 
 
 def _finished(out: Path, steps: int) -> dict | None:
@@ -642,6 +792,9 @@ def _save_final(trainer: PPOTrainer, out: Path) -> None:
         (out / "value").mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in value.state_dict().items()}, out / "value" / "value_head.safetensors")
     else:
-        value.classifier.save_pretrained(out / "value", safe_serialization=True)
+        value.save_pretrained(out / "value")  # LoRA merged in, like the policy's
+        trainer.tokenizer.save_pretrained(out / "value")  # it reads the policy's tokens: value_model: OUT/value loads
     if trainer.config.lora:
-        trainer.policy = None  # merged: the adapter-wrapped model is gone
+        trainer.policy = None  # merged: the adapter-wrapped models are gone
+        if not isinstance(value, ValueHead):
+            trainer.value = None

@@ -1,0 +1,139 @@
+"""Cases for recipes (../shared/cases): bad human data stops `rlaif run` and `--dry-run` before any model stage and
+names the recipe setting that fixes it; human files with the same name get a directory each, and reruns keep them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rlaif import pipeline
+from rlaif.cli import cli
+from rlaif.pipeline import load_recipe, plan
+from rlaif.records import DataError, read_jsonl
+
+HH_EMPTY = Path(__file__).parent / "cases" / "hh-empty-reply-late-failure"
+
+
+@pytest.fixture
+def hh_case(tmp_path, monkeypatch):
+    """The case's folder copied into a temporary one, which is also the working directory (the recipe's `out` is
+    relative to it)."""
+    folder = tmp_path / "case"
+    shutil.copytree(HH_EMPTY, folder)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_an_empty_human_reply_stops_the_run_before_any_stage(hh_case, dry_run, monkeypatch):
+    def no_stage(step, progress):
+        raise AssertionError(f"{step.stage} ran")
+
+    monkeypatch.setattr(pipeline, "_execute", no_stage)
+    result = CliRunner().invoke(cli, ["run", "recipe.yaml"] + ["--dry-run"] * dry_run)
+    assert result.exit_code == 1, result.output
+    assert "error: hh_with_empty.jsonl:3: chosen: is empty" in result.output
+    assert "rankings: {skip_empty: true}" in result.output  # the recipe's setting, not only the CLI flag
+    assert "Traceback" not in result.output and "round 1" not in result.output
+    assert not (hh_case / "out").exists()
+
+
+def test_with_skip_empty_the_dry_run_counts_the_pair_left_out_and_creates_nothing(hh_case):
+    result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", "--set", "rankings.skip_empty=true"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[:3] == ["hh_with_empty.jsonl: read 4 pairs, used 3, left out 1 (empty_reply 1)",
+                         "prompts.jsonl: read 2 prompts", "eval.jsonl: read 2 prompts"]
+    assert lines[3].startswith("round 1  rankings  run     out/runs/hh-empty-reply/round-1/human/hh_with_empty-")
+    assert lines[4].startswith("round 1  critique  run") and lines[-1] == "8 of 8 steps to run"
+    assert not (hh_case / "out").exists()
+
+
+def test_the_shared_hh_file_stops_the_dry_run_at_its_first_empty_reply(hh_case, hh_data):
+    result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", "--set", f"human=[{hh_data}:2]"])
+    assert result.exit_code == 1 and f"{hh_data}:87: chosen: is empty" in result.output, result.output
+    assert not (hh_case / "out").exists()
+
+
+def test_bad_prompts_and_missing_models_stop_the_dry_run(hh_case):
+    (hh_case / "eval.jsonl").write_text('{"prompt": "fine"}\n{"prompt": }\n')
+    result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", "--set", "rankings.skip_empty=true"])
+    assert result.exit_code == 1 and "eval.jsonl:2" in result.output, result.output
+    shutil.copy(HH_EMPTY / "eval.jsonl", hh_case / "eval.jsonl")
+    result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", "--set", "rankings.skip_empty=true",
+                                      "--set", "labeler=./models/typo"])
+    assert result.exit_code == 1 and "./models/typo: no such file or directory" in result.output, result.output
+    result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", "--set", "rankings.skip_empty=true",
+                                      "--set", "ppo.reward_fn=[no_such_module:length]"])
+    assert result.exit_code == 1 and "cannot import 'no_such_module:length'" in result.output, result.output
+    assert not (hh_case / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Review #6: human files with the same file name
+
+
+def _two_teams(root: Path, human: str = "[a/team.jsonl:1.0, b/team.jsonl:3.0]") -> Path:
+    """demo_plan.py's recipe: two human files both named team.jsonl, at weights 1 and 3."""
+    for folder, (chosen, rejected) in {"a": ("x", "y"), "b": ("z", "w")}.items():
+        (root / folder).mkdir(exist_ok=True)
+        row = {"prompt": "q", "chosen": chosen, "rejected": rejected}
+        (root / folder / "team.jsonl").write_text(json.dumps(row) + "\n")
+    (root / "prompts.txt").write_text("hello\n")
+    (root / "recipe.yaml").write_text(f"name: collide\nout: {root / 'runs'}\nprompts: prompts.txt\nhuman: {human}\n")
+    return root / "recipe.yaml"
+
+
+def test_human_files_with_the_same_name_import_apart_and_reruns_keep_them(tmp_path):
+    recipe = load_recipe(_two_teams(tmp_path))
+    steps = plan(recipe)
+    a, b = [s for s in steps if s.stage == "rankings"]
+    r1 = tmp_path / "runs" / "round-1"
+    for step, folder in ((a, "a"), (b, "b")):  # a directory per file: its stem and a hash of its resolved path
+        place = hashlib.sha256(str((tmp_path / folder / "team.jsonl").resolve()).encode()).hexdigest()[:8]
+        assert step.directory == r1 / "human" / f"team-{place}"
+    assert a.directory != b.directory
+    reward = next(s for s in steps if s.stage == "reward")
+    assert reward.config.data == [f"{r1}/label/preferences.jsonl:1.0", f"{a.config.out}:1.0", f"{b.config.out}:3.0"]
+
+    def stop_at_the_first_model_stage(step):
+        if step.stage != "rankings":
+            raise KeyboardInterrupt(step.stage)
+
+    for _ in range(2):  # the second run finds both imports done and keeps them
+        with pytest.raises(KeyboardInterrupt, match="critique"):
+            pipeline.run(recipe, progress=False, on_step=stop_at_the_first_model_stage)
+        states = {s.directory: s.state for s in plan(recipe) if s.stage == "rankings"}
+        assert states == {a.directory: "done", b.directory: "done"}
+        assert [r["chosen"][0]["content"] for r in read_jsonl(a.config.out)] == ["x"]
+        assert [r["chosen"][0]["content"] for r in read_jsonl(b.config.out)] == ["z"]
+
+    # An edited human file is a changed input: its import is redone, and the reward model that reads it.
+    (tmp_path / "b" / "team.jsonl").write_text(json.dumps({"prompt": "q", "chosen": "v", "rejected": "w"}) + "\n")
+    after = {(s.stage, s.directory): s for s in plan(recipe)}
+    assert after["rankings", a.directory].state == "done" and after["rankings", b.directory].state == "redo"
+    assert after["reward", reward.directory].key != reward.key
+
+
+def test_a_human_file_listed_twice_is_refused_naming_both_entries(tmp_path):
+    recipe = load_recipe(_two_teams(tmp_path, "[a/team.jsonl:1.0, ./a/team.jsonl:3.0]"))
+    with pytest.raises(DataError, match=r"recipe.yaml:4: human\[1\]: ./a/team.jsonl:3.0 is the file a/team.jsonl:1.0 "
+                                        r"names too; list it once"):
+        plan(recipe)
+
+
+def test_a_custom_template_missing_a_variable_stops_the_dry_run(hh_case):
+    (hh_case / "mine.yaml").write_text(
+        'name: mine\nversion: "1"\ndescription: a label template that never shows reply (B)\n'
+        "principles:\n  include: [harmless]\ntemplates:\n  label: |\n"
+        "    {conversation}\n    (A) {response_a}\n    {question}\n")
+    result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", "--set", "rankings.skip_empty=true",
+                                      "--set", "constitution=mine.yaml"])
+    assert result.exit_code == 1, result.output
+    assert "mine.yaml:7:3: templates.label: must use {response_b}" in result.output
+    assert not (hh_case / "out").exists()
