@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 from rlaif.constitution import load_constitution
 from rlaif.critique import CritiqueConfig, few_shot_messages, run, sample_principles
 from rlaif.generate import KVMemory, eos_token_ids, generate
+from rlaif.loaders import load_prompts
 from rlaif.models import load_model
-from rlaif.records import load_prompts, read_jsonl, write_jsonl
+from rlaif.records import read_jsonl, write_jsonl
 
 
 def naive(model, tokenizer, prompts, constitution, rounds, max_new_tokens):

@@ -97,7 +97,8 @@ def training_flops(result: dict, policy_dir: str) -> float:
 
 def run_ours(args) -> None:
     """Child process: rlaif PPO, its per-step metrics and peak RSS to args.run_ours (JSON)."""
-    from rlaif.ppo.trainer import PPOConfig, run
+    from rlaif.ppo.config import PPOConfig
+    from rlaif.ppo.trainer import run
 
     prompts = Path(tempfile.mkdtemp()) / "prompts.jsonl"
     prompts.write_text("".join(p.read_text() for p in PROMPTS))

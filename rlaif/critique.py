@@ -31,13 +31,14 @@ from pathlib import Path
 
 from rlaif.constitution import Constitution, Principle, load_constitution
 from rlaif.generate import Generation, GenerationConfig, derive_seed, progress_bar
+from rlaif.loaders import load_prompts
+from rlaif.models import check_numbers, unused_settings
 from rlaif.records import (
     DataError,
     JsonlWriter,
     Message,
     RevisionRow,
     iter_jsonl,
-    load_prompts,
     open_stage,
     read_jsonl,
     write_jsonl,
@@ -54,7 +55,7 @@ class CritiqueConfig:
     out: str = "runs/critique"  # run directory; this stage writes into OUT/critique/
     constitution: str = "default"  # shipped name or path
     model: str = "smollm2-135m-instruct"  # model spec (see rlaif.models)
-    rounds: int | None = None  # critique/revision rounds per prompt; None: the constitution's critique.rounds
+    rounds: int | None = None  # critique/revision rounds per prompt (>= 1); None: the constitution's critique.rounds
     few_shot: bool = True  # put the constitution's critique examples before each critique and revision
     max_new_tokens: int = 200  # length limit of each answer, critique and revision
     temperature: float = 0.7  # sampling temperature; 0 for greedy
@@ -71,6 +72,14 @@ class CritiqueConfig:
 
     # Settings that change how the work runs but not what it produces; a run may resume with others.
     VOLATILE = ("batch_size", "chunk_size", "device", "kv_memory_gb")
+
+    def __post_init__(self):
+        check_numbers(self, "critique", at_least_one=["rounds", "max_new_tokens", "batch_size", "chunk_size"],
+                      nonnegative=["temperature", "kv_memory_gb"], finite=["top_p", "seed"])
+        if not 0 < self.top_p <= 1:
+            raise DataError("critique settings", None, "top_p", f"expected a share in (0, 1], got {self.top_p:g}")
+        if self.temperature == 0 and not self.retry_flagged:  # a retry samples, with top_p and its own seed
+            unused_settings(self, ["top_p", "seed"], "no effect with temperature 0 (greedy) and no retries")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -239,7 +248,7 @@ def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool
     """Run (or resume) the critique stage. Returns the manifest's counts."""
     constitution = load_constitution(config.constitution)
     prompts = load_prompts(config.prompts)
-    rounds = config.rounds or constitution.critique.rounds
+    rounds = constitution.critique.rounds if config.rounds is None else config.rounds
     stage_dir = Path(config.out) / "critique"
     # The digest covers everything the constitution resolves to, included files too: editing it means a new run.
     resolved = {**asdict(config), "rounds": rounds, "constitution_digest": constitution.digest()}

@@ -38,6 +38,11 @@ class DiffConfig:
     batch_size: int = 8
     device: str | None = None
 
+    def __post_init__(self):
+        from rlaif.models import check_numbers
+
+        check_numbers(self, "constitution diff", at_least_one=["limit", "batch_size"])
+
 
 def changes(a, b) -> dict:
     """Principles added, removed and edited from constitution A to B, and label settings that differ."""

@@ -62,10 +62,9 @@ class DPOConfig:
     VOLATILE = ("device",)
 
     def __post_init__(self):
-        check_numbers(self, "dpo", {**dict.fromkeys(["beta", "learning_rate", "epochs", "batch_size", "grad_accum",
-                                                     "max_length", "save_steps", "lora_r", "lora_alpha"],
-                                                    {"positive": True}),
-                                    "max_steps": {}, "min_p_chosen": {"minimum": 0.0, "maximum": 1.0}})
+        check_numbers(self, "dpo", positive=["beta", "learning_rate", "epochs", "batch_size", "grad_accum", "max_length",
+                                             "save_steps", "lora_r", "lora_alpha"],
+                      finite=["max_steps"], within={"min_p_chosen": (0.0, 1.0)})
         if self.loss_type not in LOSSES:
             raise ConfigError(f"loss_type: expected one of {', '.join(LOSSES)}, not {self.loss_type!r}")
         if self.label_smoothing != "auto":

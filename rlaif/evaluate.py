@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from rlaif.label import consistent, outcome
+from rlaif.models import check_numbers, unused_settings
 from rlaif.records import ConfigError, DataError, Tally, parse_yaml, read_jsonl, read_text, reply_problem, write_atomic
 
 
@@ -63,12 +64,18 @@ class LabelerEvalConfig:
     constitution: str = "default"
     labeler: str = "smollm2-135m-instruct"
     limit: int = 100  # pairs read (the first N); those with an empty or identical reply are left out and counted
-    ensemble: int = 4  # principles per pair in the ensemble mode
+    ensemble: int = 4  # principles per pair in the ensemble mode (at most the constitution's, as the report names)
     chain_of_thought: bool = True  # also evaluate the chain-of-thought mode (generates a rationale per prompt)
     max_new_tokens: int = 96  # rationale length (chain of thought)
     injection_pairs: int = 8  # pairs attacked by each injection style; 0 skips the injection suite
     batch_size: int = 8
     device: str | None = None
+
+    def __post_init__(self):
+        check_numbers(self, "eval labeler", at_least_one=["limit", "ensemble", "max_new_tokens", "batch_size"],
+                      nonnegative=["injection_pairs"])
+        if not self.chain_of_thought:
+            unused_settings(self, ["max_new_tokens"], "the rationale's length limit, used only with chain of thought")
 
 
 def calibration_bins(probs: list[float], bins: int = 10) -> list[dict]:
@@ -104,7 +111,7 @@ def mode_metrics(p_first: list[float], orders: list[tuple[float, float]] | None)
 def human_choice_shown_first(ids: list[str], seed: int = 0) -> list[bool]:
     """For the single-order mode: whether each pair shows the human-chosen reply as (A). The pairs are ranked by a
     hash of (seed, pair id); the first half (one more for an odd count) show it as (A), the rest as (B)."""
-    rank = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode("utf-8")).digest())
+    rank = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest())
     shown_first = set(rank[: (len(ids) + 1) // 2])
     return [i in shown_first for i in range(len(ids))]
 
@@ -129,7 +136,7 @@ def load_human_pairs(path: Path | str, limit: int | None = None, tally: Tally | 
     pairs of the file. A pair with an empty reply, or two replies equal after stripping, is left out and counted in
     `tally` under its reason (`records.reply_problem`): it would ask the labeler to judge nothing."""
     from rlaif.label import Pair, load_pairs
-    from rlaif.records import load_hh_preferences
+    from rlaif.loaders import load_hh_preferences
 
     path = Path(path)
     tally = tally if tally is not None else Tally("pairs")
@@ -158,14 +165,15 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
     constitution = load_constitution(config.constitution)
     model, tokenizer = load_model(config.labeler, device=config.device)
     labeler = Labeler(model, tokenizer, constitution, name=config.labeler)
-    principles = [sample_label_principles(constitution, config.ensemble, p.id) for p in pairs]
+    ensemble = min(config.ensemble, len(constitution.principles))  # the report names the ensemble it measured
+    principles = [sample_label_principles(constitution, ensemble, p.id) for p in pairs]
     judged = []
     with progress_bar(progress, len(pairs), "labeling (ensemble, both orders)") as bar:
         for start in range(0, len(pairs), config.batch_size):
             batch = slice(start, start + config.batch_size)
             judged += label_pairs(labeler, pairs[batch], principles[batch], both_orders=True)
             bar(len(pairs[batch]))
-    modes = labeler_modes([p.id for p in pairs], judged, config.ensemble, constitution.label.seed)
+    modes = labeler_modes([p.id for p in pairs], judged, ensemble, constitution.label.seed)
     if config.chain_of_thought:
         thinker = Labeler(model, tokenizer, constitution, chain_of_thought=True, max_new_tokens=config.max_new_tokens,
                           name=config.labeler)
@@ -247,6 +255,12 @@ class EvalConfig:
 
     VOLATILE = ("batch_size", "device")
 
+    def __post_init__(self):
+        check_numbers(self, "eval", at_least_one=["max_new_tokens", "batch_size"], finite=["seed"])
+        if self.temperature is not None and not self.temperature > 0:
+            raise DataError("eval settings", None, "temperature", "the KL to the base model is measured on sampled "
+                            f"replies: expected a temperature > 0, got {self.temperature:g}")
+
 
 REFUSAL = re.compile(r"^\W*(i\s*(?:can'?t|cannot|won'?t|will not|am not able|'m not able|am unable|'m unable|must "
                      r"decline)|i'?m sorry|i am sorry|sorry|as an ai|unfortunately,? i)", re.IGNORECASE)
@@ -302,14 +316,11 @@ def discover(config: EvalConfig) -> dict:
     prompts = config.prompts or ppo.get("eval_prompts") or ppo.get("prompts") or _config(first / "sample").get("prompts")
     if not prompts:
         raise ConfigError(f"{run}: no prompts to evaluate on; give them with --prompts")
-    temperature = config.temperature if config.temperature is not None else ppo.get("temperature", 0.7)
-    if temperature <= 0:
-        raise ConfigError(f"temperature: the KL to the base model is measured on sampled replies; use one > 0, "
-                          f"not {temperature}")
     return {"policies": policies, "reward_model": reward_model, "prompts": prompts,
             "labeler": config.labeler or _config(first / "label").get("labeler") or "smollm2-135m-instruct",
-            "temperature": temperature,
-            "max_new_tokens": config.max_new_tokens or ppo.get("max_new_tokens", 128)}
+            "temperature": ppo.get("temperature", 0.7) if config.temperature is None else config.temperature,
+            "max_new_tokens": ppo.get("max_new_tokens", 128) if config.max_new_tokens is None
+            else config.max_new_tokens}
 
 
 @torch.inference_mode()
@@ -334,8 +345,9 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
     from rlaif.constitution import load_constitution
     from rlaif.generate import GenerationConfig, derive_seed, encode_chat, generate, progress_bar
     from rlaif.label import Labeler, Pair, label_pairs, sample_label_principles
+    from rlaif.loaders import load_prompts
     from rlaif.models import load_model
-    from rlaif.records import JsonlWriter, load_prompts, open_stage
+    from rlaif.records import JsonlWriter, open_stage
     from rlaif.reward import RewardModel
 
     found = discover(config)

@@ -43,6 +43,12 @@ class GenerationConfig:
     logprobs: bool = False  # also return each generated token's log-probability (at this temperature)
     prefix_cache: bool = True  # reuse keys and values: a shared prefix's, and a `memory`'s (off: recompute all)
 
+    def __post_init__(self):
+        from rlaif.models import check_numbers
+
+        check_numbers(self, "generation", at_least_one=["max_new_tokens", "batch_size"], nonnegative=["temperature"],
+                      within={"top_p": (0.0, 1.0)})
+
     def to_dict(self) -> dict:
         return asdict(self)
 

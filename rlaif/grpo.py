@@ -20,9 +20,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rlaif.loaders import load_prompts
 from rlaif.models import check_numbers, lora_unused
 from rlaif.rankings import parse_weighted
-from rlaif.records import ConfigError, JsonlWriter, Tally, load_prompts, open_stage
+from rlaif.records import ConfigError, DataError, JsonlWriter, Tally, open_stage
 
 
 @dataclass
@@ -49,15 +50,14 @@ class GRPOConfig:
     VOLATILE = ("device",)
 
     def __post_init__(self):
-        check_numbers(self, "grpo", {**dict.fromkeys(["steps", "prompts_per_step", "max_new_tokens", "temperature",
-                                                      "learning_rate", "save_steps", "lora_r", "lora_alpha"],
-                                                     {"positive": True}),
-                                     "group_size": {}, "beta": {"minimum": 0.0}})
+        check_numbers(self, "grpo", positive=["steps", "prompts_per_step", "max_new_tokens", "temperature", "learning_rate",
+                                              "save_steps", "lora_r", "lora_alpha"],
+                      finite=["group_size"], nonnegative=["beta"])
         if self.algorithm not in ("grpo", "rloo"):
-            raise ConfigError(f"algorithm: expected grpo or rloo, not {self.algorithm!r}")
+            raise DataError("grpo settings", None, "algorithm", f"expected grpo or rloo, not {self.algorithm!r}")
         if self.group_size < 2:
-            raise ConfigError(f"group_size: advantages are relative to the group; use at least 2, not "
-                              f"{self.group_size}")
+            raise DataError("grpo settings", None, "group_size", f"advantages are relative to the group; use at "
+                            f"least 2, not {self.group_size}")
         idle = [spec for spec in self.reward_model if parse_weighted(spec)[1] == 0]
         if idle:
             raise ConfigError(f"reward_model: {', '.join(idle)}: a reward model of weight 0 does nothing; leave it out")

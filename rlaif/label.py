@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlaif.constitution import Constitution, Principle, load_constitution, render
+from rlaif.models import check_numbers, unused_settings
 from rlaif.records import (
-    ConfigError,
     DataError,
     JsonlWriter,
     Message,
@@ -68,6 +68,21 @@ class LabelConfig:
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
 
     VOLATILE = ("batch_size", "chunk_size", "device")  # chunk_size: saved by earlier versions; it never changed a label
+
+    def __post_init__(self):
+        check_numbers(self, "label", at_least_one=["max_new_tokens", "batch_size"], within={"min_margin": (0.0, 0.5)})
+        k = self.principles_per_comparison
+        if isinstance(k, str) and k != "all":  # `-k 4` arrives as text
+            try:
+                k = self.principles_per_comparison = int(k)
+            except ValueError:
+                pass
+        if not (k is None or k == "all" or (type(k) is int and k >= 1)):
+            raise DataError("label settings", None, "principles_per_comparison", f"expected a whole number >= 1 or "
+                            f"all, not {k!r}; leave it unset to use the constitution's "
+                            "(label.principles_per_comparison)")
+        if self.chain_of_thought is False:
+            unused_settings(self, ["max_new_tokens"], "the rationale's length limit, used only with chain of thought")
 
 
 @dataclass(frozen=True)
@@ -151,6 +166,25 @@ def to_preference(pair: Pair, judgements: list[Judgement], labeler: str, min_mar
     if any(j.rationales for j in judgements):
         row["rationales"] = {j.principle: j.rationales for j in judgements}  # type: ignore[typeddict-unknown-key]
     return row
+
+
+def resolved_settings(config: LabelConfig, constitution: Constitution) -> tuple[int | str, bool, bool]:
+    """(principles per pair, both orders, chain of thought): the config's, or the constitution's label settings
+    where the config leaves them unset. A setting that cannot work under them is an error: more principles per pair
+    than the constitution has (DataError naming the field), or max_new_tokens set without chain of thought
+    (ConfigError)."""
+    settings = constitution.label
+    k = settings.principles_per_comparison if config.principles_per_comparison is None \
+        else config.principles_per_comparison
+    if k != "all" and k > len(constitution.principles):
+        raise DataError("label settings", None, "principles_per_comparison", f"asks for {k} principles per pair but "
+                        f"the constitution {constitution.name} has {len(constitution.principles)}; use all")
+    both = settings.both_orders if config.both_orders is None else config.both_orders
+    cot = settings.chain_of_thought if config.chain_of_thought is None else config.chain_of_thought
+    if not cot:
+        unused_settings(config, ["max_new_tokens"], f"the rationale's length limit, used only with chain of thought, "
+                                                    f"which the constitution {constitution.name} leaves off")
+    return k, both, cot
 
 
 def sample_label_principles(constitution: Constitution, k: int | str, pair_id: str) -> list[Principle]:
@@ -383,13 +417,7 @@ def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = Fa
 
     constitution = load_constitution(config.constitution)
     settings = constitution.label
-    k = config.principles_per_comparison or settings.principles_per_comparison
-    if k != "all":
-        if not str(k).isdigit() or int(k) < 1:
-            raise ConfigError(f"principles_per_comparison: expected a number >= 1 or 'all', got {k!r}")
-        k = int(k)
-    both = settings.both_orders if config.both_orders is None else config.both_orders
-    cot = settings.chain_of_thought if config.chain_of_thought is None else config.chain_of_thought
+    k, both, cot = resolved_settings(config, constitution)
     tally = Tally("pairs")
     pairs = load_pairs(config.candidates, tally)
     tally.require_some(config.candidates, "a pair needs two different, non-empty responses")

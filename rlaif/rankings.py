@@ -39,16 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlaif.loaders import _as_messages, content_id, parse_transcript
 from rlaif.records import (
     DataError,
     Message,
     PreferenceRow,
     Tally,
-    _as_messages,
-    content_id,
     iter_jsonl,
     number,
-    parse_transcript,
     read_text,
     reply_problem,
     split_weight,

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rlaif.models import check_numbers, chat_ids, lora_unused, unused_settings
+from rlaif.models import chat_ids, check_numbers, lora_unused, unused_settings
 from rlaif.records import (
     ConfigError,
     DataError,
@@ -77,12 +77,10 @@ class RewardConfig:
     VOLATILE = ("device",)
 
     def __post_init__(self):
-        check_numbers(self, "reward", {**dict.fromkeys(["learning_rate", "epochs", "batch_size", "grad_accum",
-                                                        "max_length", "stats_samples", "save_steps", "lora_r",
-                                                        "lora_alpha"], {"positive": True}),
-                                       **dict.fromkeys(["margin", "center_rewards"], {"minimum": 0.0}),
-                                       "max_steps": {}, "eval_fraction": {"minimum": 0.0, "maximum": 1.0},
-                                       "lora_dropout": {"minimum": 0.0, "maximum": 1.0}})
+        check_numbers(self, "reward", positive=["learning_rate", "epochs", "batch_size", "grad_accum", "max_length",
+                                                "stats_samples", "save_steps", "lora_r", "lora_alpha"],
+                      nonnegative=["margin", "center_rewards"], finite=["max_steps"],
+                      within={"eval_fraction": (0.0, 1.0), "lora_dropout": (0.0, 1.0)})
         if not self.eval_fraction < 1.0:
             raise ConfigError(f"eval_fraction: expected a share in [0, 1), not {self.eval_fraction}")
         if self.eval_data:

@@ -5,6 +5,7 @@
 Each prompt is repeated K times and sampled at the given temperature, response k of prompt `id` with its own seed,
 derive_seed(seed, id, k): its text depends on nothing else, not on the batch it shares or on where a run was
 resumed. On a GPU with vLLM installed, `engine: vllm` samples with vLLM instead (the same seed per request).
+Temperature 0 (greedy) is for n = 1 only: it would give the K responses to a prompt one text.
 Prompts go through in file order, `batch_size` sequences at a time, and each batch's rows go to
 OUT/sample/candidates.jsonl as soon as it finishes: a killed run loses at most the batch in flight, and the rerun
 writes the same file an uninterrupted run would have (each id exactly once).
@@ -17,7 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlaif.generate import GenerationConfig, derive_seed, progress_bar
-from rlaif.records import CandidateRow, ConfigError, JsonlWriter, load_prompts, open_stage, read_jsonl
+from rlaif.loaders import load_prompts
+from rlaif.models import check_numbers, unused_settings
+from rlaif.records import CandidateRow, ConfigError, DataError, JsonlWriter, open_stage, read_jsonl
 
 
 @dataclass
@@ -36,14 +39,39 @@ class SampleConfig:
 
     VOLATILE = ("batch_size", "device")
 
+    def __post_init__(self):
+        check_numbers(self, "sample", at_least_one=["n", "max_new_tokens", "batch_size"], nonnegative=["temperature"],
+                      finite=["top_p", "seed"])
+        if not 0 < self.top_p <= 1:
+            raise DataError("sample settings", None, "top_p", f"expected a share in (0, 1], got {self.top_p:g}")
+        if self.engine not in ("rlaif", "vllm"):
+            raise DataError("sample settings", None, "engine", f"expected rlaif or vllm, not {self.engine!r}")
+        if self.engine == "vllm":
+            if not _installed("vllm"):
+                raise DataError("sample settings", None, "engine", "vllm is not installed here (pip install vllm, "
+                                "on a machine with a GPU); or use engine: rlaif")
+            unused_settings(self, ["device"], "not used with engine: vllm, which places the model itself")
+        if self.temperature == 0:
+            if self.n > 1:
+                raise ConfigError(f"n: temperature 0 (greedy) gives the {self.n} responses to a prompt the same "
+                                  "text, and a pair of equal responses is never labeled; use a temperature > 0, "
+                                  "or n: 1")
+            unused_settings(self, ["top_p", "seed"], "no effect with temperature 0 (greedy)")
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (vLLM takes seconds)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
 
 def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
     """Sample (or resume sampling) candidates; returns the manifest's counts. `complete(conversations, generation)`
     replaces the model (tests use a scripted one)."""
-    if config.engine not in ("rlaif", "vllm"):
-        raise ConfigError(f"engine: expected rlaif or vllm, not {config.engine!r}")
-    if config.n < 1:
-        raise ConfigError(f"n: expected at least 1 response per prompt, got {config.n}")
     prompts = load_prompts(config.prompts)
     stage_dir = Path(config.out) / "sample"
     manifest = open_stage(stage_dir, "sample", asdict(config), volatile=SampleConfig.VOLATILE)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rlaif.constitution import Constitution, load_constitution, render
 from rlaif.label import format_conversation, quote
+from rlaif.models import check_numbers
 from rlaif.records import DataError, JsonlWriter, Message, Tally, iter_jsonl, open_stage
 
 SCORES = tuple(range(1, 11))
@@ -39,6 +40,9 @@ class ScoreConfig:
     device: str | None = None
 
     VOLATILE = ("batch_size", "device")
+
+    def __post_init__(self):
+        check_numbers(self, "score", at_least_one=["batch_size"])
 
 
 def expected_score(logprobs: dict[int, float], prefixes: dict[int, list[int]]) -> tuple[float, dict[int, float]]:

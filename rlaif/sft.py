@@ -45,10 +45,9 @@ class SFTConfig:
     VOLATILE = ("device",)
 
     def __post_init__(self):
-        check_numbers(self, "sft", {**dict.fromkeys(["learning_rate", "epochs", "batch_size", "grad_accum",
-                                                     "max_length", "save_steps", "lora_r", "lora_alpha"],
-                                                    {"positive": True}),
-                                    "max_steps": {}, "lora_dropout": {"minimum": 0.0, "maximum": 1.0}})
+        check_numbers(self, "sft", positive=["learning_rate", "epochs", "batch_size", "grad_accum", "max_length",
+                                             "save_steps", "lora_r", "lora_alpha"],
+                      finite=["max_steps"], within={"lora_dropout": (0.0, 1.0)})
         lora_unused(self)
 
 

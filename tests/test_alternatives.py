@@ -74,7 +74,7 @@ def test_grpo_and_rloo_against_our_reward_model(tmp_path, tiny_model_dir, reward
     assert [r["step"] for r in rows] == [1, 2]
     assert all(isinstance(r["score"], float) and r["beta"] == 0.05 and r["response_length"] > 0 for r in rows)
     assert changed(tiny_model_dir, tmp_path / algorithm)
-    with pytest.raises(ConfigError, match="group_size"):
+    with pytest.raises(DataError, match="group_size: advantages are relative to the group"):
         run(GRPOConfig(prompts=config.prompts, reward_model=[str(reward_dir)], group_size=1))
 
 

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from rlaif.cli import cli
-from rlaif.records import DataError, JsonlWriter, iter_jsonl, load_prompts, read_jsonl, write_jsonl
+from rlaif.loaders import load_prompts
+from rlaif.records import DataError, JsonlWriter, iter_jsonl, read_jsonl, write_jsonl
 
 CASES = Path(__file__).parent / "cases"
 # Every character str.splitlines() breaks a line at (JSON escapes the ASCII ones; U+0085, U+2028 and U+2029 it may
@@ -176,8 +177,8 @@ PREF = {"id": "p1", "prompt": [{"role": "user", "content": SAY}], "chosen": [{"r
 def test_every_prompt_and_pair_loader_reads_bom_crlf_and_raw_separators(tmp_path):
     from rlaif.evaluate import load_human_pairs
     from rlaif.label import load_pairs
+    from rlaif.loaders import load_hh_preferences
     from rlaif.rankings import import_rankings, load_preferences
-    from rlaif.records import load_hh_preferences
     from rlaif.sft import to_prompt_completion
 
     prompts = {
@@ -218,7 +219,7 @@ def test_score_reads_candidates_with_bom_crlf_and_raw_separators(tmp_path):
                                                                    "responses": [HI, "No."]}))
     counts = run(ScoreConfig(candidates=str(candidates), out=str(tmp_path / "run")), scorer=FixedScore())
     assert counts["rows"] == 1
-    (line, row), = iter_jsonl(tmp_path / "run" / "score" / "scores.jsonl")
+    ((_, row),) = iter_jsonl(tmp_path / "run" / "score" / "scores.jsonl")
     assert row["responses"] == [HI, "No."] and row["scores"] == [7.0, 7.0]
 
 

@@ -56,10 +56,10 @@ def test_a_chinese_loop_is_flagged_retried_and_kept_out_of_sft_like_an_english_o
 # template-missing-variable
 
 BAD_TEMPLATE = CASES / "template-missing-variable" / "bad_template.yaml"
-REFUSED = ["templates.label: must use {response_b} (the labeler would never see reply (B)); required: {conversation} "
-           "{question} {response_a} {response_b}",
-           "templates.score: must use {response} (the scorer would never see the reply it scores); required: "
-           "{conversation} {principles} {response}"]
+REFUSED = [("templates.label: must use {response_b} (the labeler would never see reply (B)); required: {conversation} "
+            "{question} {response_a} {response_b}"),
+           ("templates.score: must use {response} (the scorer would never see the reply it scores); required: "
+            "{conversation} {principles} {response}")]
 
 
 def test_a_template_that_hides_a_reply_is_refused_with_file_line_and_field(monkeypatch):
@@ -181,7 +181,8 @@ def test_label_with_nothing_to_judge_stops_before_loading_a_model(tmp_path):
 
 def test_score_leaves_empty_replies_out_and_counts_them(tmp_path):
     class Scorer:
-        asked: list[str] = []
+        def __init__(self):
+            self.asked: list[str] = []
 
         def scores(self, prompts, responses):
             self.asked += responses

@@ -1,11 +1,14 @@
 """Cases for recipes (../shared/cases): bad human data stops `rlaif run` and `--dry-run` before any model stage and
-names the recipe setting that fixes it; human files with the same name get a directory each, and reruns keep them."""
+names the recipe setting that fixes it; human files with the same name get a directory each, and reruns keep them;
+every stage's settings are checked when the recipe is read (a bad value at its line, a setting that would do nothing
+under the others), not when the stage runs after hours of the ones before it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +140,107 @@ def test_a_custom_template_missing_a_variable_stops_the_dry_run(hh_case):
     assert result.exit_code == 1, result.output
     assert "mine.yaml:7:3: templates.label: must use {response_b}" in result.output
     assert not (hh_case / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fail late: each stage's settings checked when the recipe is read, not when the stage runs
+
+
+def _with_section(folder: Path, section: str) -> int:
+    """The case's recipe with `section` ("stage: {...}") as its last line, in place of that stage's own line;
+    returns the section's line number."""
+    recipe = folder / "recipe.yaml"
+    stage = section.partition(":")[0]
+    lines = [line for line in recipe.read_text().splitlines() if not line.startswith(f"{stage}:")] + [section]
+    recipe.write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+def _dry_run_refused(folder: Path, monkeypatch, *args: str) -> str:
+    """`rlaif run recipe.yaml --dry-run` (no stage may run): exit 1, nothing created; returns the output."""
+    def no_stage(step, progress):
+        raise AssertionError(f"{step.stage} ran")
+
+    monkeypatch.setattr(pipeline, "_execute", no_stage)
+    result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", *args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert not (folder / "out").exists()
+    return result.output
+
+
+def _principles(spec: str) -> int:
+    from rlaif.constitution import load_constitution
+
+    return len(load_constitution(spec).principles)
+
+
+@pytest.mark.parametrize("section, error", [
+    ("critique: {rounds: 0}", "critique.rounds: expected a finite number >= 1, got 0"),
+    ("critique: {temperature: -0.5}", "critique.temperature: expected a finite number >= 0, got -0.5"),
+    ("critique: {top_p: 1.5}", "critique.top_p: expected a share in (0, 1], got 1.5"),
+    ("critique: {max_new_tokens: 0}", "critique.max_new_tokens: expected a finite number >= 1, got 0"),
+    ("critique: {batch_size: 0}", "critique.batch_size: expected a finite number >= 1, got 0"),
+    ("critique: {kv_memory_gb: -1}", "critique.kv_memory_gb: expected a finite number >= 0, got -1"),
+    ("sample: {n: 1}", "sample.n: the labeler compares two responses to a prompt: use at least 2"),
+    ("sample: {n: 0}", "sample.n: expected a finite number >= 1, got 0"),
+    ("sample: {temperature: -1}", "sample.temperature: expected a finite number >= 0, got -1"),
+    ("sample: {top_p: 0}", "sample.top_p: expected a share in (0, 1], got 0"),
+    ("sample: {engine: vllm}", "sample.engine: vllm is not installed here"),
+    ("sample: {engine: hf}", "sample.engine: expected rlaif or vllm, not 'hf'"),
+    ("label: {principles_per_comparison: 0}", ("label.principles_per_comparison: expected a whole number >= 1 or all, "
+                                               "not 0; leave it unset to use the constitution's")),
+    ("label: {principles_per_comparison: MANY}", ("label.principles_per_comparison: asks for MANY principles per pair "
+                                                  "but the constitution default has COUNT; use all")),
+    ("label: {min_margin: 0.6}", "label.min_margin: expected a finite number between 0 and 0.5, got 0.6"),
+    ("label: {batch_size: 0}", "label.batch_size: expected a finite number >= 1, got 0"),
+    ("grpo: {group_size: 1}", "grpo.group_size: advantages are relative to the group; use at least 2, not 1"),
+    ("grpo: {learning_rate: 0}", "grpo.learning_rate: expected a finite number > 0, got 0"),
+    ("grpo: {temperature: 0}", "grpo.temperature: expected a finite number > 0, got 0"),
+    ("eval: {temperature: 0}", ("eval.temperature: the KL to the base model is measured on sampled replies: expected a "
+                                "temperature > 0, got 0")),
+    ("eval: {max_new_tokens: 0}", "eval.max_new_tokens: expected a finite number >= 1, got 0"),
+    ("eval: {batch_size: 0}", "eval.batch_size: expected a finite number >= 1, got 0"),
+])
+def test_a_bad_stage_setting_stops_the_dry_run_at_its_recipe_line(hh_case, monkeypatch, section, error):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # vLLM not importable, on any machine
+    count = _principles("default")
+    section, error = section.replace("MANY", str(count + 1)), error.replace("MANY", str(count + 1))
+    line = _with_section(hh_case, section)
+    output = _dry_run_refused(hh_case, monkeypatch)
+    assert f"error: recipe.yaml:{line}: {error.replace('COUNT', str(count))}" in output
+
+
+@pytest.mark.parametrize("section, error", [
+    ("critique: {temperature: 0, retry_flagged: false, top_p: 0.5, seed: 3}",
+     "critique: top_p, seed: no effect with temperature 0 (greedy) and no retries"),
+    ("sample: {temperature: 0}", "sample: n: temperature 0 (greedy) gives the 2 responses to a prompt the same text"),
+    ("label: {chain_of_thought: false, max_new_tokens: 64}",
+     "label: max_new_tokens: the rationale's length limit, used only with chain of thought"),
+    ("label: {max_new_tokens: 64}",  # chain of thought left to the constitution, which leaves it off
+     ("label: max_new_tokens: the rationale's length limit, used only with chain of thought, which the constitution "
+      "default leaves off")),
+])
+def test_a_setting_that_would_do_nothing_stops_the_dry_run(hh_case, monkeypatch, section, error):
+    _with_section(hh_case, section)
+    assert f"error: recipe.yaml: {error}" in _dry_run_refused(hh_case, monkeypatch)
+
+
+@pytest.mark.parametrize("section, settings", [
+    # a flagged reply's retry samples, with top_p and its own seed
+    ("critique: {temperature: 0, top_p: 0.5, seed: 3}", {"temperature": 0, "top_p": 0.5, "seed": 3}),
+    ("label: {chain_of_thought: true, max_new_tokens: 64, principles_per_comparison: all}",
+     {"chain_of_thought": True, "max_new_tokens": 64, "principles_per_comparison": "all"}),
+    ("label: {principles_per_comparison: '4'}", {"principles_per_comparison": 4}),
+    ("sample: {n: 3, temperature: 1.5, top_p: 1}", {"n": 3, "temperature": 1.5, "top_p": 1}),
+])
+def test_settings_that_take_effect_are_taken(hh_case, section, settings):
+    _with_section(hh_case, section)
+    step = next(s for s in plan(load_recipe(hh_case / "recipe.yaml")) if s.stage == section.partition(":")[0])
+    assert {name: getattr(step.config, name) for name in settings} == settings
+
+
+def test_a_bad_setting_given_with_set_is_named_as_the_override(hh_case, monkeypatch):
+    output = _dry_run_refused(hh_case, monkeypatch, "--set", "critique.rounds=0")
+    assert "error: --set: critique.rounds: expected a finite number >= 1, got 0" in output
+    output = _dry_run_refused(hh_case, monkeypatch, "--set", "label.principles_per_comparison=0")
+    assert "error: --set: label.principles_per_comparison: expected a whole number >= 1 or all" in output

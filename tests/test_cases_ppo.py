@@ -18,8 +18,10 @@ import torch
 from conftest import REPO, build_tiny_model
 
 from rlaif.ppo import losses as L
+from rlaif.ppo.build import build_models, build_reward
+from rlaif.ppo.config import PPOConfig
 from rlaif.ppo.rollout import CombinedReward, pack, response_logits
-from rlaif.ppo.trainer import PPOConfig, PPOTrainer, Rollout, build_models, build_reward, run
+from rlaif.ppo.trainer import PPOTrainer, Rollout, run
 from rlaif.records import ConfigError, read_jsonl
 
 TESTS = Path(__file__).resolve().parent
@@ -128,12 +130,12 @@ def test_evaluation_over_two_processes_with_uneven_and_empty_shards(tiny_model_d
     args = [str(tiny_model_dir), str(prompts)]
     one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.run([sys.executable, str(script), *args, str(one)], env=env, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, check=False)
     assert single.returncode == 0, single.stderr[-3000:]
     accelerate = Path(sys.executable).with_name("accelerate")
     launched = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
                                "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args,
-                               str(two)], env=env, capture_output=True, text=True, timeout=300)
+                               str(two)], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert launched.returncode == 0, launched.stderr[-3000:]
     for n in (1, 3, 5):
         [a], [b] = read_jsonl(one / f"eval-{n}.jsonl"), read_jsonl(two / f"eval-{n}.jsonl")
@@ -284,7 +286,7 @@ def test_micro_batch_size_leaves_the_gradient_unchanged(config, shared):
 
 def test_whitening_a_single_token_is_finite():
     result = subprocess.run([sys.executable, str(CASES / "ppo-whiten-single-token" / "check.py")], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert L.masked_whiten(torch.tensor([[0.37]]), torch.tensor([[1]])).tolist() == [[0.0]]
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from rlaif.cli import cli, stage_config
-from rlaif.records import DataError
+from rlaif.records import ConfigError, DataError
 
 
 @pytest.mark.parametrize("args, error", [
@@ -28,7 +28,7 @@ def test_flags_refuse_numbers_that_are_not_numbers(tmp_path, monkeypatch, args, 
 
 
 def test_config_files_refuse_numbers_that_are_not_numbers_with_their_line(tmp_path):
-    from rlaif.ppo.trainer import PPOConfig
+    from rlaif.ppo.config import PPOConfig
     from rlaif.reward import RewardConfig
 
     config = tmp_path / "ppo.yaml"
@@ -46,3 +46,100 @@ def test_config_files_refuse_numbers_that_are_not_numbers_with_their_line(tmp_pa
     config.write_text("steps: .nan\n")
     with pytest.raises(DataError, match=r"ppo.yaml:1: steps: expected a whole number, not nan"):
         stage_config(PPOConfig, str(config), {})
+
+
+@pytest.mark.parametrize("args, error", [
+    (["critique", "--prompts", "p.txt", "--rounds", "0"], "--rounds: expected a finite number >= 1, got 0"),
+    (["critique", "--prompts", "p.txt", "--top-p", "0"], "--top-p: expected a share in (0, 1], got 0"),
+    (["critique", "--prompts", "p.txt", "-t", "-1"], "--temperature: expected a finite number >= 0, got -1"),
+    (["critique", "--prompts", "p.txt", "--chunk-size", "0"], "--chunk-size: expected a finite number >= 1, got 0"),
+    (["sample", "--prompts", "p.txt", "--n", "0"], "--n: expected a finite number >= 1, got 0"),
+    (["sample", "--prompts", "p.txt", "--top-p", "1.5"], "--top-p: expected a share in (0, 1], got 1.5"),
+    (["sample", "--prompts", "p.txt", "--max-new-tokens", "0"],
+     "--max-new-tokens: expected a finite number >= 1, got 0"),
+    (["sample", "--prompts", "p.txt", "--engine", "vllm"], "--engine: vllm is not installed here"),
+    (["label", "--candidates", "c.jsonl", "-k", "0"], "--principles: expected a whole number >= 1 or all, not 0"),
+    (["label", "--candidates", "c.jsonl", "-k", "some"],
+     "--principles: expected a whole number >= 1 or all, not 'some'"),
+    (["label", "--candidates", "c.jsonl", "--min-margin", "0.7"],
+     "--min-margin: expected a finite number between 0 and 0.5, got 0.7"),
+    (["score", "--candidates", "c.jsonl", "--batch-size", "0"], "--batch-size: expected a finite number >= 1, got 0"),
+    (["grpo", "--prompts", "p.txt", "--group-size", "1"],
+     "--group-size: advantages are relative to the group; use at least 2, not 1"),
+    (["eval", "runs/x", "--temperature", "0"], ("--temperature: the KL to the base model is measured on sampled "
+                                                "replies: expected a temperature > 0, got 0")),
+    (["eval", "runs/x", "--max-new-tokens", "0"], "--max-new-tokens: expected a finite number >= 1, got 0"),
+    (["eval", "labeler", "--pairs", "x.jsonl", "--limit", "0"], "--limit: expected a finite number >= 1, got 0"),
+    (["eval", "labeler", "--pairs", "x.jsonl", "--injection-pairs", "-1"],
+     "--injection-pairs: expected a finite number >= 0, got -1"),
+])
+def test_flags_out_of_range_are_refused_before_the_stage_runs(tmp_path, monkeypatch, args, error):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # vLLM not importable, on any machine
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and f"error: command line: {error}" in result.output, result.output
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, error", [
+    (["critique", "--prompts", "p.txt", "-t", "0", "--no-retry", "--seed", "4"],
+     "seed: no effect with temperature 0 (greedy) and no retries"),
+    (["sample", "--prompts", "p.txt", "-t", "0"],
+     "n: temperature 0 (greedy) gives the 2 responses to a prompt the same text"),
+    (["sample", "--prompts", "p.txt", "-t", "0", "--n", "1", "--top-p", "0.5"],
+     "top_p: no effect with temperature 0 (greedy)"),
+    (["label", "--candidates", "c.jsonl", "--no-cot", "--max-new-tokens", "64"],
+     "max_new_tokens: the rationale's length limit, used only with chain of thought"),
+])
+def test_flags_that_would_do_nothing_are_refused(tmp_path, monkeypatch, args, error):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and f"error: {error}" in result.output, result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_stage_config_files_are_range_checked_at_their_line(tmp_path, monkeypatch):
+    import sys
+
+    from rlaif.critique import CritiqueConfig
+    from rlaif.evaluate import LabelerEvalConfig
+    from rlaif.label import LabelConfig
+    from rlaif.sample import SampleConfig
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    config = tmp_path / "stage.yaml"
+    config.write_text("prompts: p.txt\nrounds: 0\n")
+    with pytest.raises(DataError, match=r"stage.yaml:2: rounds: expected a finite number >= 1, got 0"):
+        stage_config(CritiqueConfig, str(config), {})
+    config.write_text("prompts: p.txt\n\nengine: vllm\n")
+    with pytest.raises(DataError, match=r"stage.yaml:3: engine: vllm is not installed here"):
+        stage_config(SampleConfig, str(config), {})
+    config.write_text("candidates: c.jsonl\nprinciples_per_comparison: 0\n")
+    with pytest.raises(DataError, match=r"stage.yaml:2: principles_per_comparison: expected a whole number >= 1"):
+        stage_config(LabelConfig, str(config), {})
+    # a flag overrides the file, and `-k 3` is the number 3
+    assert stage_config(LabelConfig, str(config), {"principles_per_comparison": "3"}).principles_per_comparison == 3
+    config.write_text("pairs: x.jsonl\nmax_new_tokens: 64\n")
+    with pytest.raises(ConfigError, match="max_new_tokens: the rationale's length limit, used only with chain of"):
+        stage_config(LabelerEvalConfig, str(config), {"chain_of_thought": False})
+
+
+def test_an_ensemble_larger_than_the_constitution_is_reported_as_the_ensemble_measured(tmp_path, tiny_model_dir):
+    import json
+
+    from rlaif.constitution import load_constitution
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"Question {i}?"}], "chosen": "A careful answer.",
+             "rejected": "No."} for i in range(2)]
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    principles = len(load_constitution("judge").principles)
+    result = CliRunner().invoke(cli, ["eval", "labeler", "--pairs", str(pairs), "-c", "judge", "--labeler",
+                                      str(tiny_model_dir), "--ensemble", str(principles + 2), "--no-cot",
+                                      "--injection-pairs", "0", "--out", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "labeler_report.json").read_text())
+    assert set(report["modes"]) == {"single order", "both orders", f"ensemble of {principles}"}
+    assert sum(m["pairs"] for m in report["per_principle"].values()) == 2 * principles

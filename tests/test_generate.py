@@ -62,7 +62,7 @@ def test_a_seeded_reply_is_the_same_alone_and_in_any_batch(tiny, top_p):
     batch size (what lets a resumed stage sample what the uninterrupted one would have)."""
     model, tokenizer = tiny
     seeds = [derive_seed(7, i) for i in range(len(CONVERSATIONS))]
-    kwargs = dict(max_new_tokens=16, temperature=1.0, top_p=top_p)
+    kwargs = {"max_new_tokens": 16, "temperature": 1.0, "top_p": top_p}
     batched = generate(model, tokenizer, CONVERSATIONS, GenerationConfig(**kwargs, seeds=seeds, batch_size=5))
     alone = [generate(model, tokenizer, [c], GenerationConfig(**kwargs, seeds=[s]))[0]
              for c, s in zip(CONVERSATIONS, seeds)]
@@ -131,7 +131,7 @@ FEW_SHOT = [
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_shared_prefix_cache_keeps_greedy_output_identical(tiny, batch_size):
     model, tokenizer = tiny
-    kwargs = dict(max_new_tokens=20, temperature=0, batch_size=batch_size)
+    kwargs = {"max_new_tokens": 20, "temperature": 0, "batch_size": batch_size}
     cached = generate(model, tokenizer, CONVERSATIONS, GenerationConfig(**kwargs), prefix=FEW_SHOT)
     uncached = generate(model, tokenizer, CONVERSATIONS, GenerationConfig(**kwargs, prefix_cache=False), prefix=FEW_SHOT)
     plain = [generate(model, tokenizer, [FEW_SHOT + c], GenerationConfig(max_new_tokens=20, temperature=0))[0]

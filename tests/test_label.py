@@ -422,19 +422,20 @@ def test_cli_score(tiny_model_dir, tmp_path):
 
 
 def test_sample_with_vllm_engine_seeds_each_request(tmp_path, monkeypatch, tiny_model_dir):
-    """The vLLM glue, against a stand-in module: K copies of a prompt get K seeds; without vLLM, a clear error."""
+    """The vLLM glue, against a stand-in module: K copies of a prompt get K seeds; without vLLM, a clear error when
+    the config is built."""
     import sys
     import types
 
-    from rlaif.records import ConfigError
+    from rlaif.records import DataError
     from rlaif.sample import SampleConfig, run
 
     (tmp_path / "prompts.txt").write_text("Hello?\nWhat is rain?\n")
-    config = SampleConfig(prompts=str(tmp_path / "prompts.txt"), out=str(tmp_path / "run"), model=str(tiny_model_dir),
-                          n=2, engine="vllm")
+    settings = {"prompts": str(tmp_path / "prompts.txt"), "out": str(tmp_path / "run"), "model": str(tiny_model_dir),
+                "n": 2, "engine": "vllm"}
     monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(ConfigError, match="vllm is not installed"):
-        run(config)
+    with pytest.raises(DataError, match="engine: vllm is not installed"):
+        SampleConfig(**settings)
 
     calls = []
 
@@ -453,7 +454,7 @@ def test_sample_with_vllm_engine_seeds_each_request(tmp_path, monkeypatch, tiny_
             self.__dict__.update(kwargs)
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
-    counts = run(config)
+    counts = run(SampleConfig(**settings))
     rows = list(read_jsonl(tmp_path / "run" / "sample" / "candidates.jsonl"))
     assert counts["responses"] == 4 and calls[0] == ("init", str(tiny_model_dir), 0)
     seeds = calls[1][1]

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from rlaif.cli import cli
+from rlaif.loaders import load_prompts
 from rlaif.pipeline import check_inputs, load_recipe, plan, run, unused_settings
-from rlaif.records import ConfigError, DataError, load_prompts, read_jsonl
+from rlaif.records import ConfigError, DataError, read_jsonl
 
 PROMPTS = ["How do I bake bread?", "Tell me about travel.", "What is science?", "Write a Python function."]
 
@@ -221,14 +222,14 @@ def test_settings_nothing_reads_are_reported(recipe_file, tmp_path):
         f"{unused}:16: dpo: not used: policy_trainer is ppo (these settings take effect with policy_trainer: dpo)"]
     assert unused_settings(load_recipe(unused, {"policy_trainer": "dpo"})) == [
         f"{unused}:15: ppo: not used: policy_trainer is dpo (these settings take effect with policy_trainer: ppo)",
-        f"{unused}:8: human: weights (and ai_weight) weigh the pairs for the reward model only (used by eval); DPO "
-        "trains the policy on each pair once, whatever its weight"]
+        (f"{unused}:8: human: weights (and ai_weight) weigh the pairs for the reward model only (used by eval); DPO "
+         "trains the policy on each pair once, whatever its weight")]
     assert unused_settings(load_recipe(recipe_file, {"human": [], "rankings.ties": "half"})) == [
         f"{recipe_file}: rankings: not used: the recipe names no human rankings (human: [FILE:WEIGHT])"]
     assert unused_settings(load_recipe(recipe_file, {"critique.prefs": True, "ppo.eval_every": 1, "eval_prompts": None,
                                                      "ppo.constitution": "harmless"})) == [
-        "--set: critique.prefs: prefs.jsonl is written, but no later step of the recipe reads it (the reward model "
-        "trains on the AI labels and the human files)",
+        ("--set: critique.prefs: prefs.jsonl is written, but no later step of the recipe reads it (the reward model "
+         "trains on the AI labels and the human files)"),
         "--set: ppo.eval_every: not used: the recipe names no eval_prompts",
         "--set: ppo.constitution: not used: it is the rubric of ppo.reward_score, which is not set"]
     result = CliRunner().invoke(cli, ["run", str(unused), "--dry-run"])

@@ -16,8 +16,9 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
+from rlaif.ppo.config import PPOConfig, check
 from rlaif.ppo.rollout import CombinedReward, pack, response_logits
-from rlaif.ppo.trainer import PPOConfig, PPOStopped, check, prompt_order, run
+from rlaif.ppo.trainer import PPOStopped, prompt_order, run
 from rlaif.records import ConfigError, DataError, read_jsonl, split_weight
 
 TESTS = Path(__file__).resolve().parent

@@ -10,15 +10,13 @@ import textwrap
 
 import pytest
 
+from rlaif.loaders import load_hh_preferences, load_prompts, parse_transcript
 from rlaif.records import (
     DataError,
     JsonlWriter,
     Manifest,
     Tally,
-    load_hh_preferences,
-    load_prompts,
     number,
-    parse_transcript,
     parse_yaml,
     read_jsonl,
     read_text,

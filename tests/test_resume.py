@@ -88,7 +88,7 @@ def kill_and_rerun(reference: list[str], killed: list[str], watched: str, log: P
     # One thread: two threads that wait for each other on a busy machine make a run's length erratic.
     arguments = json.dumps([reference, killed, watched, str(log), seed, KILLS])
     done = subprocess.run([sys.executable, "-c", DRIVER, arguments], capture_output=True, text=True, cwd=REPO,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
     assert done.returncode == 0, done.stderr + (log.read_text() if log.is_file() else "")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -134,9 +134,10 @@ def stage_argv(stage: str, out: Path, inputs: dict) -> tuple[list[str], Path, li
                 out / "critique", ["turns.jsonl", "revisions.jsonl", "sft.jsonl", "prefs.jsonl"],
                 ["resumed", "resumed_turns"])
     if stage.startswith("sample"):
-        sampling = ["-t", "1.0", "--top-p", "0.9", "--seed", "3"] if stage == "sample-seeded" else ["-t", "0"]
-        return (["sample", "--prompts", prompts, "-m", model, "--out", str(out), "--n", "2", "--max-new-tokens", "8",
-                 "--batch-size", "2", *sampling, *cpu], out / "sample", ["candidates.jsonl"], ["resumed"])
+        sampling = ["-t", "1.0", "--top-p", "0.9", "--seed", "3", "--n", "2", "--batch-size", "2"] \
+            if stage == "sample-seeded" else ["-t", "0", "--n", "1", "--batch-size", "1"]  # greedy: one response each
+        return (["sample", "--prompts", prompts, "-m", model, "--out", str(out), "--max-new-tokens", "8",
+                 *sampling, *cpu], out / "sample", ["candidates.jsonl"], ["resumed"])
     if stage == "label":
         return (["label", "--candidates", candidates, "--labeler", model, "--out", str(out), "--batch-size", "2", *cpu],
                 out / "label", ["preferences.jsonl"], ["resumed"])
@@ -192,8 +193,8 @@ def test_sampled_text_depends_on_neither_batch_nor_chunk(tiny, inputs, tmp_path)
                complete=lambda conversations, generation: generate(model, tokenizer, conversations, generation))
         critique(CritiqueConfig(prompts=prompts, out=str(out), rounds=1, max_new_tokens=6, temperature=1.0, seed=5,
                                 batch_size=batch_size, chunk_size=chunk_size),
-                 complete=lambda conversations, generation, prefix: generate(model, tokenizer, conversations,
-                                                                             generation, prefix=prefix, memory=memory))
+                 complete=lambda conversations, generation, prefix, memory=memory: generate(
+                     model, tokenizer, conversations, generation, prefix=prefix, memory=memory))
         files.append([(out / name).read_bytes() for name in ("sample/candidates.jsonl", "critique/revisions.jsonl")]
                      + [sorted((out / "critique" / "turns.jsonl").read_bytes().splitlines())])  # in chunk order
     assert files[0] == files[1]

@@ -26,8 +26,8 @@ def sft_data(tmp_path):
 
 
 def tiny_config(sft_data, out, model, **overrides):
-    settings = dict(data=str(sft_data), out=str(out), model=str(model), max_steps=6, batch_size=4, save_steps=3,
-                    learning_rate=1e-2, device="cpu")
+    settings = {"data": str(sft_data), "out": str(out), "model": str(model), "max_steps": 6, "batch_size": 4,
+                "save_steps": 3, "learning_rate": 1e-2, "device": "cpu"}
     return SFTConfig(**{**settings, **overrides})
 
 

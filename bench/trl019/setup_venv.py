@@ -60,7 +60,7 @@ def ensure_venv(root: Path) -> Path:
     # machine's local wheel dir). The machine-wide pip constraint (torch<=2.14.1) allows it,
     # so no PIP_CONSTRAINT override is needed.
     cmd = [str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)]
-    result = subprocess.run(cmd, env=env)
+    result = subprocess.run(cmd, env=env, check=False)
     if result.returncode != 0:
         raise RuntimeError(
             f"[trl019] pip install failed (exit {result.returncode}): {' '.join(cmd)}"

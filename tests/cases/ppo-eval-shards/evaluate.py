@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from rlaif.ppo.trainer import PPOConfig, PPOTrainer, _evaluate
-from rlaif.records import JsonlWriter, load_prompts
+from rlaif.loaders import load_prompts
+from rlaif.ppo.config import PPOConfig
+from rlaif.ppo.trainer import PPOTrainer, _evaluate
+from rlaif.records import JsonlWriter
 
 
 def main(model: str, prompts: str, out: str) -> None:

@@ -1,0 +1,122 @@
+"""The `rlaif` command line. Each command is a thin shell over one stage module; the help text is the manual.
+
+Here: the `rlaif` group, the user errors it turns into a message and exit 1, `stage_config` (dataclass defaults <
+recipe file < flags) and `main`. The commands, by what users do: project.py (init, constitution, generate),
+data.py (critique, sample, label, score, rankings), training.py (sft, reward, ppo, dpo, grpo) and runs.py (run,
+eval, report).
+"""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from rlaif.constitution import ConstitutionError, TemplateError
+    from rlaif.models import ModelError
+    from rlaif.records import ConfigError, DataError
+
+    return (ConstitutionError, TemplateError, ModelError, DataError, ConfigError)
+
+
+class _Group(click.Group):
+    """Turns the errors a user can fix into a clear message and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as e:
+            err.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rlaif")
+def cli() -> None:
+    """rlaif: align a language model to a written constitution.
+
+    \b
+    Start here:
+      rlaif run examples/quickstart/recipe.yaml   the whole loop, one round, then runs/quickstart/report.html
+      rlaif init my-project                   your own constitution, principles, prompts and recipe
+      rlaif constitution show default         list the principles the default constitution applies
+      rlaif generate -p "How do I boil an egg?"   talk to the embedded model
+
+    The embedded model is SmolLM2-135M-Instruct (runs on a laptop CPU). Any command that takes --model also
+    accepts a local Hugging Face directory, a .gguf file or a hub id. Run `rlaif COMMAND --help` for each
+    command's guide.
+    """
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stage configs: dataclass defaults < recipe file (--config) < flags given on the command line
+
+
+def stage_config(cls, config_file: str | None, flags: dict):
+    """Build a stage's dataclass config. Unknown recipe keys are errors naming the file, line and key; every value,
+    from the file or a flag, is checked against its field (pipeline.check_settings: a number must be finite) and by
+    the stage's own checks; errors name the file and line, or the flag."""
+    import dataclasses
+
+    from rlaif.pipeline import check_settings
+    from rlaif.records import DataError, parse_yaml, read_text
+
+    values: dict = {}
+    if config_file:
+        import yaml
+
+        path = click.format_filename(config_file)
+        text = read_text(config_file)
+        try:
+            recipe, node = parse_yaml(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise DataError(path, mark.line + 1 if mark else None, None, f"YAML syntax error: {e}") from None
+        if recipe is not None and not isinstance(recipe, dict):
+            raise DataError(path, 1, None, "expected a mapping of setting: value")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
+        for key, value in (recipe or {}).items():
+            if key not in fields:
+                raise DataError(path, lines.get(key), str(key), f"unknown setting; expected one of: {', '.join(sorted(fields))}")
+            values[key] = value
+        values = check_settings(cls, values, lambda key: (path, lines.get(key), key))
+    given = {k: v for k, v in flags.items() if v is not None}
+    values.update(check_settings(cls, given, lambda key: ("command line", None, _flag(key))))
+    try:
+        return cls(**values)
+    except DataError as e:  # the stage's own range check: name the flag or the file's line that gave the value
+        if e.field in given:
+            raise DataError("command line", None, _flag(e.field), e.message) from None
+        if e.field in values:
+            raise DataError(path, lines.get(e.field), e.field, e.message) from None
+        raise
+
+
+def _flag(name: str) -> str:
+    """The command-line spelling of a setting (`learning_rate` -> `--learning-rate`), for errors."""
+    context = click.get_current_context(silent=True)
+    for param in context.command.params if context else ():
+        if param.name == name and param.opts:
+            return max(param.opts, key=len)
+    return name
+
+
+recipe_option = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                             help="A YAML file of these settings (by their long names, with _); flags override it.")
+
+
+def main() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
+    cli()
+
+
+# Importing the command modules registers their commands on `cli` (they need the names above).
+from rlaif.cli import data, project, runs, training  # noqa: F401

@@ -1,0 +1,227 @@
+"""The data stages: `rlaif critique`, `sample`, `label`, `score` and `rankings import`; each writes JSONL rows."""
+
+from __future__ import annotations
+
+import os
+
+import click
+from rich.markup import escape
+
+from rlaif.cli import _Group, cli, out, recipe_option, stage_config
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif critique
+
+
+@cli.command()
+@click.option("--prompts", help="Prompt file: JSONL, CSV, plain text (one per line) or hh-rlhf transcripts.")
+@click.option("--out", help="Run directory; writes OUT/critique/. Rerun the same command to resume.  [default: runs/critique]")
+@click.option("-c", "--constitution", help="Constitution name or path.  [default: default]")
+@click.option("-m", "--model", help="Model spec.  [default: smollm2-135m-instruct]")
+@click.option("--rounds", type=int, help="Critique/revision rounds per prompt.  [default: the constitution's]")
+@click.option("--few-shot/--no-few-shot", default=None, help="Show the constitution's examples first.  [default: on]")
+@click.option("--max-new-tokens", type=int, help="Length limit of each reply.  [default: 200]")
+@click.option("-t", "--temperature", type=float, help="Sampling temperature, 0 for greedy.  [default: 0.7]")
+@click.option("--top-p", type=float, help="Nucleus sampling threshold.  [default: 0.95]")
+@click.option("--seed", type=int, help="Generation seed.  [default: 0]")
+@click.option("--retry/--no-retry", "retry_flagged", default=None,
+              help="Regenerate empty, looping or unchanged replies once.  [default: on]")
+@click.option("--sft-every-revision", is_flag=True, default=None, help="One SFT example per revision, not only the final.")
+@click.option("--sft-include-flagged", is_flag=True, default=None, help="Keep prompts whose final revision is flagged.")
+@click.option("--prefs", is_flag=True, default=None, help="Also write prefs.jsonl: final revision over first answer.")
+@click.option("--batch-size", type=int, help="Conversations per forward pass.  [default: 16]")
+@click.option("--chunk-size", type=int, help="Prompts taken through the rounds together, their keys and values kept "
+              "from turn to turn (every finished turn is saved: a rerun resumes at the next).  [default: 64]")
+@click.option("--kv-memory-gb", type=float,
+              help="Keys/values kept between turns so history is not recomputed; 0 turns it off.  [default: 2]")
+@click.option("--device", help="cpu, cuda, cuda:1, ...  [default: a GPU if there is one]")
+@recipe_option
+def critique(config_file, **flags) -> None:
+    """Critique and revise answers under the constitution's principles; write SFT data.
+
+    For each prompt the model answers, then for each round critiques its latest answer under a principle drawn
+    from the constitution and revises it. Writes OUT/critique/revisions.jsonl (every trace), sft.jsonl (TRL
+    conversational format, the final revisions) and, with --prefs, prefs.jsonl; turns.jsonl keeps every finished
+    turn, so a killed run resumes each conversation where it stopped. Replies that come back empty,
+    looping, cut off or unchanged are flagged (all but the cut-off ones retried once); flagged rows are kept in
+    revisions.jsonl.
+
+    \b
+    Examples:
+      rlaif critique --prompts examples/prompts/red-team.jsonl --out runs/x
+      rlaif critique --prompts prompts.csv -c harmless --rounds 2 -t 0 --out runs/y --prefs
+    """
+    from rlaif import critique as stage
+
+    config = stage_config(stage.CritiqueConfig, config_file, flags)
+    if not config.prompts:
+        raise click.UsageError("--prompts is required (or `prompts:` in --config)")
+    counts = stage.run(config, progress=True)
+    directory = f"{config.out}/critique"
+    if os.path.isfile(f"{directory}/revisions.jsonl"):
+        _show_trace(next(stage.read_jsonl(f"{directory}/revisions.jsonl"), None))
+    out.print(f"[green]✓[/green] {counts['rows']} prompts → {escape(directory)}/revisions.jsonl; "
+              f"{counts['sft_rows']} SFT rows, {counts['flagged_rows']} flagged", soft_wrap=True)
+
+
+def _show_trace(row: dict | None) -> None:
+    """Print one critique trace, so the first look at a run needs no jq."""
+    if row is None:
+        return
+    from rich.panel import Panel
+
+    parts = [f"[bold]Prompt[/bold]: {escape(row['prompt'][-1]['content'])}", f"[bold]Answer[/bold]: {escape(row['initial'])}"]
+    for r in row["rounds"]:
+        parts += [f"[bold]Critique[/bold] under [cyan]{r['principle']}[/cyan]: {escape(r['critique'])}",
+                  f"[bold]Revision[/bold]: {escape(r['revision'])}"]
+    flags = f" [yellow]flags: {', '.join(row['flags'])}[/yellow]" if row["flags"] else ""
+    out.print(Panel("\n\n".join(parts), title=f"{escape(row['id'])}{flags}", title_align="left"))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif sample / label / score
+
+
+@cli.command()
+@click.option("--prompts", type=click.Path(), help="Prompt file: JSONL, CSV, text or hh-rlhf transcripts.")
+@click.option("--out", help="Run directory; writes OUT/sample/candidates.jsonl.  [default: runs/sample]")
+@click.option("-m", "--model", help="The policy to sample from.  [default: smollm2-135m-instruct]")
+@click.option("-n", "--n", type=int, help="Responses per prompt.  [default: 2]")
+@click.option("--max-new-tokens", type=int, help="Length limit of each response.  [default: 200]")
+@click.option("-t", "--temperature", type=float, help="Sampling temperature.  [default: 0.9]")
+@click.option("--top-p", type=float, help="Nucleus sampling threshold.  [default: 0.95]")
+@click.option("--seed", type=int, help="[default: 0]")
+@click.option("--batch-size", type=int, help="Sequences per forward pass; each batch's rows are written as it "
+              "finishes (a rerun resumes after the last).  [default: 16]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@click.option("--engine", type=click.Choice(["rlaif", "vllm"]), help="vllm: sample with vLLM where installed.  "
+              "[default: rlaif]")
+@recipe_option
+def sample(config_file, **flags) -> None:
+    """Sample K responses per prompt from a policy: the candidates `rlaif label` compares.
+
+    \b
+    Examples:
+      rlaif sample --prompts examples/prompts/red-team.jsonl --n 2 --out runs/x
+      rlaif sample -m runs/x/sft --prompts prompts.jsonl --n 4 -t 1.0 --out runs/x
+    """
+    from rlaif import sample as stage
+
+    config = stage_config(stage.SampleConfig, config_file, flags)
+    if not config.prompts:
+        raise click.UsageError("--prompts is required (or `prompts:` in --config)")
+    counts = stage.run(config, progress=True)
+    out.print(f"[green]✓[/green] {counts['prompts']} prompts x {config.n} → "
+              f"{escape(config.out)}/sample/candidates.jsonl", soft_wrap=True)
+
+
+@cli.command()
+@click.option("--candidates", type=click.Path(),
+              help="candidates.jsonl (rlaif sample), or preference rows (prompt, chosen, rejected) to relabel.")
+@click.option("--out", help="Run directory; writes OUT/label/preferences.jsonl.  [default: runs/label]")
+@click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
+@click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
+@click.option("-k", "--principles", "principles_per_comparison",
+              help="Principles averaged per pair: a number or 'all'.  [default: the constitution's label setting]")
+@click.option("--both-orders/--one-order", default=None,
+              help="Score (A, B) and (B, A) and average.  [default: the constitution's setting]")
+@click.option("--cot/--no-cot", "chain_of_thought", default=None,
+              help="Write a rationale before scoring; probabilities clamped.  [default: the constitution's setting]")
+@click.option("--few-shot/--no-few-shot", default=None, help="Show the constitution's label examples first.  [default: on]")
+@click.option("--max-new-tokens", type=int, help="Rationale length limit (--cot).  [default: 128]")
+@click.option("--min-margin", type=float, help="Flag labels with p_chosen < 0.5 + this as low_confidence.  [default: 0.05]")
+@click.option("--drop-flagged", is_flag=True, default=None,
+              help="Write low-confidence and inconsistent pairs to dropped.jsonl instead.")
+@click.option("--batch-size", type=int, help="Pairs per batch, written as it finishes.  [default: 8]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def label(config_file, **flags) -> None:
+    """Label pairs of responses with AI feedback: soft preferences under the constitution's principles.
+
+    Every pair of a prompt's responses is shown to the labeler as a multiple-choice question under sampled
+    principles; the label is the probability of option (A) against (B), scored in both orders and averaged.
+    Writes OUT/label/preferences.jsonl (TRL's preference format plus p_chosen, per-order and per-principle
+    probabilities, and flags for inconsistent or low-confidence labels).
+
+    \b
+    Examples:
+      rlaif label --candidates runs/x/sample/candidates.jsonl --out runs/x
+      rlaif label --candidates runs/x/sample/candidates.jsonl -k 4 --cot --out runs/x-cot
+    """
+    from rlaif import label as stage
+
+    config = stage_config(stage.LabelConfig, config_file, flags)
+    if not config.candidates:
+        raise click.UsageError("--candidates is required (or `candidates:` in --config)")
+    counts = stage.run(config, progress=True)
+    out.print(f"[green]✓[/green] {counts['labeled']} pairs labeled → {escape(config.out)}/label/preferences.jsonl; "
+              f"{counts['inconsistent']} inconsistent, {counts['low_confidence']} low confidence, "
+              f"{counts['dropped']} dropped ({escape(counts['summary'])})", soft_wrap=True)
+
+
+@cli.command()
+@click.option("--candidates", type=click.Path(), help="candidates.jsonl (rlaif sample): every response is scored.")
+@click.option("--out", help="Run directory; writes OUT/score/scores.jsonl.  [default: runs/score]")
+@click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
+@click.option("--labeler", help="The scoring model.  [default: smollm2-135m-instruct]")
+@click.option("--batch-size", type=int, help="Rows per batch.  [default: 8]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def score(config_file, **flags) -> None:
+    """Direct RLAIF: rate each response from 1 to 10 under the constitution.
+
+    The score is the expected value over the labeler's probabilities of "1" to "10" (no text is generated), and
+    the reward is that score mapped to [-1, 1]. The same scorer is a reward function for PPO.
+
+    \b
+    Example:
+      rlaif score --candidates runs/x/sample/candidates.jsonl --out runs/x
+    """
+    from rlaif import score as stage
+
+    config = stage_config(stage.ScoreConfig, config_file, flags)
+    if not config.candidates:
+        raise click.UsageError("--candidates is required (or `candidates:` in --config)")
+    counts = stage.run(config, progress=True)
+    out.print(f"[green]✓[/green] {counts['responses']} responses scored → {escape(config.out)}/score/scores.jsonl "
+              f"({escape(counts['summary'])})", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif rankings import
+
+
+@cli.group(cls=_Group)
+def rankings() -> None:
+    """Bring human rankings in as preference pairs (docs/data-contract.md)."""
+
+
+@rankings.command(name="import")
+@click.argument("rankings_file", metavar="FILE", type=click.Path())
+@click.option("--out", "out_path", required=True, help="Where the preference rows go (JSONL, written whole).")
+@click.option("--ties", type=click.Choice(["skip", "half", "error"]), default="skip", show_default=True,
+              help="Tied responses: no pair, a pair labelled 0.5, or an error.")
+@click.option("--annotator", help="Annotator id for rows that name none.")
+@click.option("--skip-empty", is_flag=True, help="Leave out pairs with an empty response instead of stopping.")
+def rankings_import(rankings_file, out_path: str, ties: str, annotator: str | None, skip_empty: bool) -> None:
+    """Turn rankings of K responses into every pair they imply, labeled source=human.
+
+    \b
+    FILE is JSONL or CSV, one of:
+      {"prompt": ..., "responses": [...], "ranks": [2, 1, 3]}     1 = best; or "scores" (higher is better)
+      {"prompt": ..., "chosen": ..., "rejected": ...}             pairs
+      {"chosen": "\\n\\nHuman: ...", "rejected": "..."}             hh-rlhf transcripts
+      CSV: prompt,response,rank (or score), one line per response; or prompt,chosen,rejected
+    optionally with "id" and "annotator". Every row is checked before anything is written.
+
+    \b
+    Example:
+      rlaif rankings import team_rankings.jsonl --out runs/x/human.jsonl
+    """
+    from rlaif import rankings as stage
+
+    counts = stage.run(stage.ImportConfig(rankings=rankings_file, out=out_path, ties=ties, annotator=annotator,
+                                          skip_empty=skip_empty))
+    extra = f", {counts['ties']} ties labelled 0.5" if counts["ties"] else ""
+    out.print(f"[green]✓[/green] {counts['pairs']} pairs{extra} → {escape(out_path)} ({escape(counts['summary'])})",
+              soft_wrap=True)

@@ -1,0 +1,196 @@
+"""Starting out: `rlaif init`, `rlaif constitution check|show|diff` and `rlaif generate`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from rlaif.cli import _Group, cli, err, out, stage_config
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif init
+
+
+@cli.command()
+@click.argument("directory", metavar="DIR", type=click.Path())
+@click.option("--name", help="The run's name (runs/NAME).  [default: the directory's name]")
+def init(directory: str, name: str | None) -> None:
+    """Start a project: an editable constitution, principles, prompts and a recipe, in a new directory.
+
+    DIR gets the quickstart: recipe.yaml (one round of the whole loop on the embedded model), constitution.yaml
+    (the default constitution) with its principle library copied into principles/, and the example red-team and
+    helpful prompts (prompts.jsonl) and held-out prompts (eval.jsonl). Edit any of them, then run the recipe.
+
+    \b
+    Example:
+      rlaif init my-project
+      rlaif run my-project/recipe.yaml          # then open runs/my-project/report.html
+    """
+    from rlaif.workspace import init as make
+
+    written = make(directory, name)
+    for path in written:
+        out.print(f"  {escape(str(path))}", soft_wrap=True)
+    out.print(f"[green]✓[/green] next: rlaif run {escape(os.path.join(directory, 'recipe.yaml'))}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif constitution ...
+
+
+@cli.group(cls=_Group)
+def constitution() -> None:
+    """Check and inspect constitutions and principle files.
+
+    A constitution is a YAML file naming the principles to apply (from the library in principles/), few-shot
+    examples, and the settings of the critique loop and the AI labeler. Refer to one by shipped name (default,
+    harmless) or by path. The format is documented in docs/constitution.md.
+    """
+
+
+@constitution.command("check")
+@click.argument("specs", nargs=-1, metavar="[NAME|PATH]...")
+def constitution_check(specs: tuple[str, ...]) -> None:
+    """Validate constitutions or principle files; exit 1 if any has a problem.
+
+    Every problem is reported, each with file:line:column, the field and what was expected. With no
+    argument, checks every shipped constitution.
+
+    \b
+    Examples:
+      rlaif constitution check                     # all shipped constitutions
+      rlaif constitution check default my.yaml     # a shipped one and your own
+      rlaif constitution check principles/harmless.yaml
+    """
+    from collections import Counter
+
+    from rlaif.constitution import ConstitutionError, load_constitution, shipped_names
+
+    failed = 0
+    for spec in specs or shipped_names():
+        try:
+            c = load_constitution(spec)
+        except ConstitutionError as e:
+            failed += 1
+            err.print(f"[red]✗[/red] {escape(spec)}: {len(e.problems)} problem(s)")
+            for problem in e.problems:
+                err.print(f"  {problem}", markup=False, soft_wrap=True)
+            continue
+        families = ", ".join(f"{f} {n}" for f, n in Counter(p.family for p in c.principles).items())
+        examples = (f", {len(c.critique_examples)} critique and {len(c.label_examples)} label examples"
+                    if c.critique_examples or c.label_examples else "")
+        out.print(f"[green]✓[/green] {escape(spec)}: {len(c.principles)} principles ({families}){examples}",
+                  soft_wrap=True)
+    sys.exit(1 if failed else 0)
+
+
+@constitution.command("show")
+@click.argument("spec", default="default", metavar="[NAME|PATH]")
+@click.option("--full", is_flag=True, help="Print each principle's full texts instead of a table.")
+def constitution_show(spec: str, full: bool) -> None:
+    """Show the principles a constitution resolves to, after includes, pick/omit and overrides.
+
+    \b
+    Examples:
+      rlaif constitution show                  # the default constitution
+      rlaif constitution show harmless --full  # every request and question in full
+    """
+    from rlaif.constitution import load_constitution
+
+    c = load_constitution(spec)
+    out.print(f"[bold]{escape(c.name)}[/bold] {escape(c.version)}  [dim]{escape(str(c.path))}[/dim]")
+    out.print(c.description.strip(), markup=False)
+    if full:
+        for p in c.principles:
+            out.print(f"\n[bold]{p.id}[/bold]  [dim]{p.family} · weight {p.weight:g} · {escape(p.source)}[/dim]")
+            out.print(f"  critique:   {p.critique_request}", markup=False)
+            out.print(f"  revision:   {p.revision_request}", markup=False)
+            out.print(f"  comparison: {p.comparison_question}", markup=False)
+        return
+    table = Table(show_lines=False)
+    for column in ("id", "family", "weight", "comparison question"):
+        table.add_column(column, overflow="fold")
+    for p in c.principles:
+        table.add_row(p.id, p.family, f"{p.weight:g}", Text(p.comparison_question))
+    out.print(table)
+    s, lab = c.critique, c.label
+    out.print(f"critique: {s.rounds} rounds, {s.sampling} sampling, seed {s.seed}")
+    out.print(f"label: {lab.principles_per_comparison} principle(s) per comparison, both orders {lab.both_orders}, "
+              f"chain of thought {lab.chain_of_thought}, clamp {list(lab.clamp)}")
+
+
+@constitution.command("diff")
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@click.option("--candidates", required=True, type=click.Path(),
+              help="Pairs to relabel: candidates.jsonl from `rlaif sample`, or preference rows.")
+@click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
+@click.option("--limit", type=int,
+              help="Pairs read (the first N); empty or identical replies are left out.  [default: 64]")
+@click.option("--out", help="The JSON report.  [default: runs/constitution-diff.json]")
+@click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+def constitution_diff(a: str, b: str, **flags) -> None:
+    """What editing a constitution changes: relabel pairs under A and B, and see which labels flip and why.
+
+    The same labeler labels the same pairs, both orders, under each constitution. Printed: the principles
+    added, removed and edited from A to B; how many labels flip; for each principle drawn under B, its pairs and
+    flips (edited or added principles that flip many labels are what the edit changed); the flipped pairs.
+    A pair keeps its principle under both when that principle and the label settings are unchanged.
+
+    \b
+    Example:
+      cp constitution/default.yaml mine.yaml     # edit a principle in mine.yaml, then:
+      rlaif constitution diff default mine.yaml --candidates runs/quickstart/round-1/sample/candidates.jsonl
+    """
+    from rlaif import diff
+
+    config = stage_config(diff.DiffConfig, None, {**flags, "a": a, "b": b})
+    report = diff.run(config, progress=True)
+    diff.print_report(report, out)
+    out.print(f"[green]✓[/green] report → {escape(config.out)}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif generate
+
+
+@cli.command()
+@click.option("-m", "--model", default="smollm2-135m-instruct", show_default=True,
+              help="Embedded model name, local directory, .gguf file or hub id.")
+@click.option("-p", "--prompt", "prompts", multiple=True, required=True,
+              help="A user message. Repeat to generate several replies in one batch.")
+@click.option("-s", "--system", default=None, help="An optional system message before each prompt.")
+@click.option("--max-new-tokens", default=256, show_default=True, help="Reply length limit in tokens.")
+@click.option("-t", "--temperature", default=0.0, show_default=True, help="0 for greedy decoding.")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")
+@click.option("--seed", default=None, type=int, help="Seed for sampling (temperature > 0).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU if there is one).")
+def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, device) -> None:
+    """Generate replies from a model: a quick way to see what it says.
+
+    \b
+    Examples:
+      rlaif generate -p "Give me three tips for sleeping better."
+      rlaif generate -m runs/x/sft -p "Hi" -p "How do I pick a lock?" -t 0.7 --seed 1
+    """
+    from rlaif.generate import GenerationConfig
+    from rlaif.generate import generate as run
+    from rlaif.models import load_model
+
+    config = stage_config(GenerationConfig, None, {"max_new_tokens": max_new_tokens, "temperature": temperature,
+                                                   "top_p": top_p, "seed": seed})
+    lm, tokenizer = load_model(model, device=device)
+    head = [{"role": "system", "content": system}] if system else []
+    conversations = [head + [{"role": "user", "content": p}] for p in prompts]
+    for prompt, reply in zip(prompts, run(lm, tokenizer, conversations, config, progress=len(prompts) > 1)):
+        if len(prompts) > 1:
+            out.print(f"[bold]> {escape(prompt)}[/bold]")
+        out.print(reply.text, markup=False)
+        if reply.finish_reason == "length":
+            err.print(f"[dim](stopped at --max-new-tokens {max_new_tokens})[/dim]")

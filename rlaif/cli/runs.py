@@ -1,0 +1,210 @@
+"""Whole runs: `rlaif run` (a recipe: every stage, in rounds), `rlaif eval` and `rlaif report`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from rlaif.cli import _Group, cli, err, out, recipe_option, stage_config
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif run
+
+
+def _parse_set(values: tuple[str, ...]) -> dict:
+    import yaml
+
+    overrides = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. ppo.steps=20", param_hint="--set")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@cli.command(name="run")
+@click.argument("recipe_file", metavar="RECIPE", type=click.Path())
+@click.option("--dry-run", is_flag=True,
+              help="Read and check every input, print the plan (what runs, resumes, is kept or redone) and stop.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field: rounds=2, ppo.steps=20, label.both_orders=false; repeatable.")
+@click.option("--rounds", type=click.IntRange(min=1),
+              help="Rounds of sample -> label -> reward -> ppo (overrides the recipe).")
+def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], rounds: int | None) -> None:
+    """Run a recipe: every stage of the loop, in rounds, resumable.
+
+    (rankings import) -> critique -> sft -> sample -> label -> reward -> ppo, then for each further round:
+    sample from the last policy -> label the new pairs -> a reward model on every label so far -> PPO from the
+    last policy; after the last round, eval compares every policy on held-out prompts and OUT/report.html is
+    written. Before anything runs, every setting is checked and every file the recipe names is read (prompts,
+    human rankings with the recipe's `rankings` settings, constitutions): a problem stops it at once, naming the
+    file, line and the setting that fixes it. Settings nothing reads are reported as warnings.
+    Rerun the same command after a crash: finished stages are kept, a half-finished one resumes.
+    Change a stage's settings (in the recipe or with --set) and that stage runs again, with every stage after it.
+
+    \b
+    Examples:
+      rlaif run examples/quickstart/recipe.yaml --dry-run
+      rlaif run examples/quickstart/recipe.yaml
+      rlaif run my-project/recipe.yaml --rounds 2 --set ppo.steps=50
+    """
+    from rlaif import pipeline
+
+    overrides = _parse_set(settings)
+    if rounds is not None:
+        overrides["rounds"] = rounds
+    recipe = pipeline.load_recipe(recipe_file, overrides)
+    for note in pipeline.unused_settings(recipe):
+        err.print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
+    if dry_run:
+        steps = pipeline.plan(recipe)
+        for line in pipeline.check_inputs(recipe, steps):
+            out.print(escape(line), soft_wrap=True)
+        for step in steps:
+            out.print(escape(step.describe()), soft_wrap=True)
+        todo = sum(step.state != "done" for step in steps)
+        out.print(f"{todo} of {len(steps)} steps to run")
+        return
+
+    def announce(step) -> None:
+        out.print(f"[bold]round {step.round} · {step.stage}[/bold] [dim]{step.state} → {escape(str(step.directory))}"
+                  "[/dim]", soft_wrap=True)
+
+    from rlaif.ppo.trainer import PPOStopped
+
+    try:
+        steps = pipeline.run(recipe, on_step=announce)
+    except PPOStopped as e:
+        err.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", soft_wrap=True)
+        sys.exit(2)
+    run_dir = steps[-1].directory.parent
+    out.print(f"[green]✓[/green] {len(steps)} steps done; report → {escape(str(run_dir / 'report.html'))}",
+              soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif eval
+
+
+class _DefaultGroup(_Group):
+    """A group whose first argument, when it is not one of its commands, goes to its `policies` command."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["policies", *args]
+        return super().resolve_command(ctx, args)
+
+
+@cli.group(name="eval", cls=_DefaultGroup)
+def eval_group() -> None:
+    """Evaluate a run's policies (`rlaif eval RUN`) or the AI labeler (`rlaif eval labeler`)."""
+
+
+@eval_group.command(name="policies")
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--prompts", help="Held-out prompts.  [default: the eval_prompts PPO used, else its prompts]")
+@click.option("--out", help="Where responses, judgements and eval.json go.  [default: RUN/eval]")
+@click.option("--judge", help="Constitution of the AI judge's questions.  [default: judge, unused in training]")
+@click.option("--labeler", help="The judge's model.  [default: the run's labeler]")
+@click.option("--reward-model", help="Reward model directory.  [default: the last round's]")
+@click.option("--max-new-tokens", type=int, help="Reply length.  [default: PPO's]")
+@click.option("--temperature", type=float, help="Sampling temperature, > 0.  [default: PPO's]")
+@click.option("--seed", type=int, help="Sampling seed.  [default: 0]")
+@click.option("--batch-size", type=int, help="Replies per forward pass.  [default: 8]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def eval_policies(run_dir, config_file, **flags) -> None:
+    """Compare a run's base, SFT and per-round policies on held-out prompts.
+
+    Each policy answers every prompt once. Reported for all prompts, and for red-team prompts (tagged
+    `red-team`) apart from the rest, so that over-refusal is visible: the reward model's score, win rates over
+    the base and SFT models by the reward model and by the AI labeler under the `judge` constitution (questions
+    no training stage used), KL to the base model, reply length and refusal rate. Rerun to resume.
+
+    \b
+    Examples:
+      rlaif eval runs/quickstart
+      rlaif eval runs/quickstart --prompts my-held-out.jsonl --out runs/quickstart/eval-mine
+    """
+    from rlaif import evaluate
+
+    config = stage_config(evaluate.EvalConfig, config_file, {**flags, "run": run_dir})
+    summary = evaluate.evaluate_policies(config, progress=True)
+    print_policy_eval(summary)
+    out.print(f"[green]✓[/green] → {escape(config.out or os.path.join(run_dir, 'eval'))}/eval.json "
+              f"({escape(summary['judging']['summary'])})", soft_wrap=True)
+
+
+def print_policy_eval(summary: dict) -> None:
+    from rlaif.evaluate import SUMMARY_COLUMNS as columns
+
+    for group, results in summary["results"].items():
+        n = next(iter(results.values()))["prompts"]
+        table = Table(title=f"{group} prompts ({n})")
+        table.add_column("policy")
+        for _, title in columns:
+            table.add_column(title, justify="right")
+        for name, entry in results.items():
+            table.add_row(name, *(f"{entry[key]:.3g}" if key in entry else "-" for key, _ in columns))
+        out.print(table)
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--out", "out_path", type=click.Path(), help="The HTML file.  [default: RUN/report.html]")
+def report(run_dir: str, out_path: str | None) -> None:
+    """Write a run's report: one self-contained HTML file.
+
+    Win rates per round, PPO curves (reward, KL, beta, entropy, length), reward-model calibration, labeler
+    consistency per principle, and the same prompts answered by the base, SFT and final policy. It reads only
+    files the stages wrote, so it takes seconds; `rlaif run` writes it at the end of every run.
+
+    \b
+    Example:
+      rlaif report runs/quickstart && open runs/quickstart/report.html
+    """
+    from rlaif.report import render
+
+    path = render(run_dir, out_path)
+    out.print(f"[green]✓[/green] report → {escape(str(path))}", soft_wrap=True)
+
+
+@eval_group.command(name="labeler")
+@click.option("--pairs", type=click.Path(),
+              help="Human-labelled pairs: hh-rlhf transcripts (chosen/rejected) or prompt/chosen/rejected rows.")
+@click.option("--out", help="Writes OUT/labeler_report.json.  [default: runs/eval]")
+@click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
+@click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
+@click.option("--limit", type=int,
+              help="Pairs read (the first N); empty or identical replies are left out.  [default: 100]")
+@click.option("--ensemble", type=int, help="Principles per pair in the ensemble mode.  [default: 4]")
+@click.option("--cot/--no-cot", "chain_of_thought", default=None, help="Also evaluate chain of thought.  [default: on]")
+@click.option("--injection-pairs", type=int, help="Pairs per injection attack; 0 skips them.  [default: 8]")
+@click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
+@click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@recipe_option
+def eval_labeler(config_file, **flags) -> None:
+    """The labeler's report card on pairs people have labeled.
+
+    Agreement with the human choice, position consistency and calibration (ECE) for each labeling mode side by
+    side (single order, both orders, an ensemble of principles, chain of thought), agreement per principle, and
+    how often prompt-injection attacks written into a response flip the label.
+
+    \b
+    Example:
+      rlaif eval labeler --pairs ../shared/data/hh-harmless-dev.jsonl --limit 100 --out runs/eval
+    """
+    from rlaif import evaluate
+
+    config = stage_config(evaluate.LabelerEvalConfig, config_file, flags)
+    if not config.pairs:
+        raise click.UsageError("--pairs is required (or `pairs:` in --config)")
+    report = evaluate.evaluate_labeler(config, progress=True)
+    evaluate.print_labeler_report(report, out)
+    out.print(f"[green]✓[/green] report → {escape(config.out)}/labeler_report.json ({escape(report['summary'])})",
+              soft_wrap=True)

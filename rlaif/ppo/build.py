@@ -1,0 +1,150 @@
+"""The models and rewards PPO trains with, built from its config: the policy, the frozen reference (or the LoRA
+adapter switched off), the value model on the PPO reward's scale (or a head on the policy's trunk), and the combined
+reward. The trainer (rlaif/ppo/trainer.py) calls `build_models` and `build_reward`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from rlaif.ppo.config import PPOConfig
+from rlaif.ppo.rollout import CombinedReward, ValueHead, ValueModel, import_function
+from rlaif.records import ConfigError, read_text, split_weight
+
+
+def build_reward(config: PPOConfig, device) -> CombinedReward:
+    from rlaif.reward import RewardModel
+
+    parts = []
+    for spec in config.reward_model:
+        path, weight = split_weight(spec)
+        model = RewardModel.load(path, device=str(device), dtype="float32" if device.type == "cpu" else "auto")
+        reward_normalisation(path, model.stats, config.normalize_reward)  # refuses a std that would divide by 0
+        normalize = config.normalize_reward and model.stats is not None
+        parts.append((f"rm:{Path(path).name}", lambda p, r, m=model, n=normalize: m.score(p, r, normalize=n), weight))
+    for spec in config.reward_fn:
+        target, weight = split_weight(spec)
+        parts.append((target, import_function(target), weight))
+    if config.reward_score:
+        from rlaif.constitution import load_constitution
+        from rlaif.models import load_model
+        from rlaif.score import DirectScore
+
+        labeler, weight = split_weight(config.reward_score)
+        model, tokenizer = load_model(labeler, device=str(device))
+        parts.append((f"score:{labeler}", DirectScore(model, tokenizer, load_constitution(config.constitution)), weight))
+    return CombinedReward(parts)
+
+
+def reward_normalisation(path: str, stats: dict | None, normalize: bool) -> tuple[float, float]:
+    """(mean, std) that a reward model's raw score r is mapped by, (r - mean) / std: its reward_stats.json when
+    `normalize` and it has one, else (0, 1). A std that is not a positive number would divide by zero: an error."""
+    if not (normalize and stats):
+        return 0.0, 1.0
+    mean, std = float(stats["mean"]), float(stats["std"])
+    if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
+        raise ConfigError(f"reward model {path}: reward_stats.json has mean {mean}, std {std}; normalising by it would "
+                          "divide by zero. Retrain the reward model or set normalize_reward: false")
+    return mean, std
+
+
+def build_models(config: PPOConfig, device):
+    """(policy, reference or None, value model or head, tokenizer). With LoRA the reference is the policy, adapter
+    off. Trainable weights are float32 whatever the device (mixed precision is accelerate's autocast; the reference
+    stays float32 too, so it computes exactly what the policy computes under the same autocast). Policy and value
+    are returned in training mode with every dropout off: transformers checkpoints a layer only in training mode, and
+    the ratio pi/pi_old must be 1 before any update."""
+    from rlaif.models import load_model
+
+    policy, tokenizer = load_model(config.policy, device=str(device), dtype="float32")
+    classifier, bias = (None, 0.0) if config.shared_value_head else _value_classifier(config, device, tokenizer)
+    reference, adapter = None, None
+    if config.lora:
+        policy = _lora(config, policy, "CAUSAL_LM")
+        if classifier is not None:
+            adapter = _lora(config, classifier, "SEQ_CLS")
+            classifier = adapter.base_model.model
+    else:
+        reference, _ = load_model(config.policy, device=str(device), dtype="float32")
+        reference.requires_grad_(False)
+    for model in (policy, classifier) if config.gradient_checkpointing else ():
+        if model is not None:
+            _checkpoint(model, config.lora)
+    value = ValueHead(policy.config.get_text_config().hidden_size) if classifier is None \
+        else ValueModel(classifier, bias, adapter)
+    value = value.to(device)
+    for model in (policy, value):
+        disable_dropout(model)
+        model.train()
+    return policy, reference, value, tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout probability in `model` to 0: nn.Dropout modules (as TRL's disable_dropout_in_model), LoRA's among
+    them, and the float rates attention implementations read from their module (Llama's `attention_dropout`)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+
+
+def _checkpoint(model, lora: bool) -> None:
+    """Gradient checkpointing on every decoder layer. With LoRA the frozen embeddings' output must require grad, or a
+    reentrant checkpoint would cut the adapters inside it off from the loss (transformers' default is non-reentrant;
+    a model or version that uses the reentrant one still trains)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    if lora:
+        model.enable_input_require_grads()
+
+
+def _value_classifier(config: PPOConfig, device, tokenizer):
+    """The value model's sequence classifier and the bias of its head, on the scale of the PPO reward:
+    - `value_model`: as saved (a PPO run's value/ directory keeps its bias as `value_bias` in its config);
+    - else the first reward model, with that reward's normalisation and weight w folded into its head: its part of
+      the PPO reward is w (s(h) - mean) / std for the head s at the final hidden state h, so the head becomes
+      (w / std) s with bias -w mean / std, and the value of a finished response starts at that part (as
+      lm-human-preferences' reward gain and bias put the normalisation inside the reward model);
+    - else (no reward model, or one that reads another tokenizer) the policy with a zero head: values start at 0,
+      not on another scale or at noise."""
+    from rlaif.reward import load_backbone
+
+    def load(spec: str):
+        classifier, value_tokenizer = load_backbone(spec, str(device), dtype="float32")
+        trained = any(a.endswith("ForSequenceClassification") for a in classifier.config.architectures or [])
+        return classifier, value_tokenizer.get_vocab() == tokenizer.get_vocab(), trained
+
+    if config.value_model:
+        classifier, same_tokens, trained = load(config.value_model)
+        if not same_tokens:
+            raise ConfigError(f"value_model: {config.value_model} has another tokenizer than the policy; the value "
+                              "model reads the policy's tokens")
+        if trained:
+            return classifier, float(getattr(classifier.config, "value_bias", 0.0))
+    else:
+        classifier, same_tokens, trained = load(split_weight(config.reward_model[0])[0]) if config.reward_model \
+            else load(config.policy)
+        if config.reward_model and same_tokens and trained:
+            path, weight = split_weight(config.reward_model[0])
+            stats_file = Path(path) / "reward_stats.json"
+            stats = json.loads(read_text(stats_file)) if stats_file.is_file() else None
+            mean, std = reward_normalisation(path, stats, config.normalize_reward)
+            with torch.no_grad():
+                classifier.score.weight.mul_(weight / std)
+            return classifier, -weight * mean / std
+        if not same_tokens:
+            classifier, _ = load_backbone(config.policy, str(device), dtype="float32")  # the reward model can't be used
+    torch.nn.init.zeros_(classifier.score.weight)  # a new head, or one on another scale: values start at 0
+    return classifier, 0.0
+
+
+def _lora(config: PPOConfig, model, task_type: str):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(task_type=task_type, r=config.lora_r, lora_alpha=config.lora_alpha,
+                                            lora_dropout=config.lora_dropout, target_modules="all-linear"))

@@ -1,0 +1,109 @@
+"""The PPO stage's settings (`rlaif ppo` flags, a recipe's `ppo:` section), their checks and the values derived from
+them. No torch here: a recipe's settings are checked without loading it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rlaif.records import ConfigError
+
+
+@dataclass
+class PPOConfig:
+    prompts: str = ""  # training prompts: JSONL, CSV, text or hh-rlhf transcripts (see docs/data-contract.md)
+    out: str = "runs/ppo"  # the trained policy, logs and checkpoints go here
+    policy: str = "smollm2-135m-instruct"  # the model to train (any model spec; usually a run's sft/ directory)
+    reward_model: list[str] = field(default_factory=list)  # reward model directories (rlaif reward), "DIR[:WEIGHT]"
+    reward_fn: list[str] = field(default_factory=list)  # Python rewards "module:function[:WEIGHT]", f(prompts, responses)
+    reward_score: str | None = None  # a labeler whose direct 1-10 score (rlaif score) is a reward, "MODEL[:WEIGHT]"
+    constitution: str = "default"  # the rubric of reward_score
+    normalize_reward: bool = True  # (r - mean) / std with each reward model's reward_stats.json
+    value_model: str | None = None  # initial value model, as saved (e.g. a PPO run's value/); default: the first reward
+    # model with its normalisation and weight folded into the head (same scale as the reward), else the policy + a
+    # zero head
+    shared_value_head: bool = False  # value = a head on the policy's own trunk: one forward/backward per minibatch, not two
+    eval_prompts: str | None = None  # held-out prompts, scored before training, every eval_every steps and at the end
+    eval_every: int = 0  # 0: only before and after training
+    steps: int = 100  # PPO updates (rollout + epochs); raise it and rerun to train on (a linear lr_schedule then
+    # decays over the new total from where it was, so the extended run differs from one started with that total)
+    batch_size: int = 8  # prompts (one response each) per rollout, per process
+    minibatches: int = 1  # minibatches per PPO epoch, one optimizer step each
+    micro_batch_size: int | None = None  # rows per forward/backward, gradients accumulated (weighted by tokens, so the
+    # result does not depend on it); default: the minibatch
+    ppo_epochs: int = 4  # passes over each rollout
+    max_new_tokens: int = 64  # response length limit
+    temperature: float = 0.7  # sampling temperature; log-probabilities are those of the tempered policy
+    top_p: float = 1.0  # below 1 the sampler is not the policy being optimised: keep 1 unless you know why
+    missing_eos_penalty: float | None = None  # subtracted from the score of responses cut off before EOS
+    learning_rate: float | None = None  # policy; derived when unset: 1e-4 with LoRA, 1e-5 without
+    value_learning_rate: float | None = None  # value model; default: learning_rate
+    lr_schedule: str = "linear"  # linear (decay to 0 at `steps`) or constant
+    max_grad_norm: float = 1.0  # gradient clipping, per model
+    kl_coef: float = 0.05  # beta: weight of the per-token KL penalty (its initial value when adaptive)
+    kl_target: float | None = 6.0  # adaptive beta (Ziegler et al. 2019): target KL per response, nats; None: fixed
+    kl_horizon: int = 10000  # adaptive beta: responses over which the error is corrected
+    kl_estimator: str = "k1"  # per-token KL estimate in the penalty: k1, k2 or k3 (Schulman 2020)
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    clip_range: float = 0.2  # policy ratio clip
+    clip_range_value: float = 0.2  # value clip around the rollout's values
+    vf_coef: float = 0.1  # weight of the value loss
+    entropy_coef: float = 0.0  # entropy bonus
+    whiten_advantages: bool = True
+    lora: bool = False  # train LoRA adapters on policy and value; the reference is the policy with its adapter off
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0  # must stay 0: PPO turns every dropout off (the first ratio to the sampler must be 1)
+    gradient_checkpointing: bool = False  # less activation memory for more compute (every decoder layer)
+    max_kl: float = 50.0  # guard: stop when the mean KL per response passes this
+    max_ratio: float = 5.0  # guard: stop when a minibatch's mean probability ratio passes this
+    save_steps: int = 10  # checkpoint every N steps (and at the end)
+    save_total_limit: int = 2  # checkpoints kept
+    sample_every: int = 10  # write the rollout's responses to samples.jsonl every N steps
+    log_with: str | None = None  # also log to an accelerate tracker: tensorboard, wandb, ...
+    seed: int = 0
+    device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one (one per process under accelerate)
+
+    VOLATILE = ("steps", "micro_batch_size", "save_steps", "save_total_limit", "sample_every", "eval_every",
+                "log_with", "device")
+
+
+def check(config: PPOConfig, reward_given: bool = False) -> None:
+    problems = []
+    if config.temperature <= 0:
+        problems.append("temperature: PPO samples from the policy; use a temperature > 0")
+    if config.batch_size < 1 or config.minibatches < 1 or config.batch_size % config.minibatches:
+        problems.append(f"minibatches: {config.minibatches} does not divide batch_size {config.batch_size}")
+    if config.micro_batch_size is not None and config.micro_batch_size < 1:
+        problems.append(f"micro_batch_size: expected at least 1 row (or unset), not {config.micro_batch_size}")
+    if config.max_new_tokens < 1 or config.ppo_epochs < 1:
+        problems.append("max_new_tokens and ppo_epochs: expected at least 1 (a response of no token has nothing to "
+                        "learn from)")
+    if (config.kl_target or 0) < 0 or config.kl_horizon < 1:
+        problems.append("kl_target, kl_horizon: expected a target KL >= 0 (null for a fixed beta) and a horizon >= 1")
+    if config.lora_dropout:
+        problems.append("lora_dropout: PPO turns every dropout off, so that the policy being trained computes what the "
+                        "policy that sampled did (a ratio of 1 before the first update); leave it at 0")
+    if config.lr_schedule not in ("linear", "constant"):
+        problems.append(f"lr_schedule: expected linear or constant, not {config.lr_schedule!r}")
+    if config.kl_estimator not in ("k1", "k2", "k3"):
+        problems.append(f"kl_estimator: expected k1, k2 or k3, not {config.kl_estimator!r}")
+    if config.shared_value_head and config.value_model:
+        problems.append("value_model: a shared value head sits on the policy; there is no value model to load")
+    if not (reward_given or config.reward_model or config.reward_fn or config.reward_score):
+        problems.append("reward: give a reward model (reward_model), a labeler (reward_score) or a Python function "
+                        "(reward_fn)")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def default_lr(config: PPOConfig) -> float:
+    if config.learning_rate is not None:
+        return config.learning_rate
+    return 1e-4 if config.lora else 1e-5
+
+
+def schedule(config: PPOConfig):
+    if config.lr_schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: max(0.0, 1.0 - step / max(config.steps, 1))
