@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from rlaif.constitution import load_constitution
 from rlaif.critique import CritiqueConfig, few_shot_messages, run, sample_principles
-from rlaif.generate import KVMemory, eos_token_ids, generate
+from rlaif.generate import KVMemory, eos_token_ids, iter_generate
 from rlaif.loaders import load_prompts
 from rlaif.models import load_model
 from rlaif.records import read_jsonl, write_jsonl
@@ -97,8 +97,8 @@ def main() -> None:
 
         memory = KVMemory()
 
-        def complete(conversations, generation, prefix):
-            return generate(model, tokenizer, conversations, generation, prefix=prefix, memory=memory)
+        def complete(conversations, generation, prefix):  # as the stage binds its model
+            return iter_generate(model, tokenizer, conversations, generation, prefix=prefix, memory=memory)
 
         started = time.perf_counter()
         counts = run(config, complete=complete)

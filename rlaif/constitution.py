@@ -259,7 +259,10 @@ def _read_yaml(path: Path, problems: list[Problem]) -> tuple[Any, _Positions]:
         return None, pos
     loader = yaml.SafeLoader("")  # constructs the values of the nodes parse_yaml composed
     try:
-        node = parse_yaml(text)[1]
+        node = parse_yaml(text, shown)[1]
+    except DataError as e:  # a duplicate key
+        problems.append(Problem(shown, e.line, None, e.field or "", e.message))
+        return None, pos
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         detail = f"{e.context}, {e.problem}" if e.context else str(e.problem)
@@ -283,12 +286,7 @@ def _to_python(node, where: tuple, loader, pos: _Positions, path: Path, problems
             # Keys are taken as written: `no:` is the key "no", not False.
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(loader.construct_object(key_node))
             key_line = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            if key in out:
-                first = pos.keys[where + (key,)][0]
-                message = f"duplicate key '{key}' (first on line {first}); YAML would keep only the last"
-                problems.append(Problem(str(_display(path)), *key_line, _field_path(where + (key,)), message))
-                continue
-            pos.keys[where + (key,)] = key_line
+            pos.keys[where + (key,)] = key_line  # keys are unique: parse_yaml refuses a duplicate
             out[key] = _to_python(value_node, where + (key,), loader, pos, path, problems)
         return out
     if isinstance(node, yaml.SequenceNode):

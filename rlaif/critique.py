@@ -6,15 +6,21 @@ revision (Bai et al. 2022, "Constitutional AI", section 3.1). The constitution's
 critique and revision; their keys and values are computed once and shared, and each conversation's keys and values
 are kept from turn to turn, so a revision request costs only its own tokens (see rlaif.generate).
 
-Work is batched by round: all of a chunk's prompts are answered, batch by batch, then the flagged answers retried
-together, then all critiques of round 1, then all revisions, and so on, so each conversation's keys and values are
-still in memory at its next turn. Every finished turn is appended to `turns.jsonl` as its batch finishes (prompt id,
-step, text, flags, tokens; a flagged first attempt too, until its retry), and every finished prompt to
-`revisions.jsonl`, once. A killed run loses at most the batch in flight: the rerun rebuilds each conversation from
-its turns and continues it at its next step. Each request samples with a seed derived from
-(seed, prompt id, step, attempt), and batches are fixed by position, so the rerun writes the files an uninterrupted
-run would have. `sft.jsonl` (the final revision as the assistant turn) and the optional `prefs.jsonl` (final
-revision preferred over the first answer) are rebuilt from `revisions.jsonl` when the run finishes.
+Work is batched by round: all of a chunk's prompts are answered, then the flagged answers retried together, then
+all critiques of round 1, then all revisions, and so on, so each conversation's keys and values are still in memory
+at its next turn. Each step's conversations go to the model in one call, which sorts them by length before cutting
+batches (little padding) and hands back each batch as it finishes. Every finished turn is appended to
+`turns.jsonl` then (prompt id, step, text, flags, tokens; a flagged first attempt too, until its retry), and every
+finished prompt to `revisions.jsonl`, once. A killed run loses at most the batch in flight: the rerun rebuilds each
+conversation from its turns and continues it at its next step. Each request samples with a seed derived from
+(seed, prompt id, step, attempt), so its draws do not depend on the batch it lands in (a rerun's batches hold only
+the work left): the rerun writes what an uninterrupted run would have (see rlaif.generate on batch shapes).
+`sft.jsonl` (the final revision as the assistant turn) and the optional `prefs.jsonl` (final revision preferred
+over the first answer) are rebuilt from `revisions.jsonl` when the run finishes, in the prompt file's order.
+
+A conversation grows with every turn; one with no room left in the model's context for the next reply (its tokens,
+the few-shot block's and max_new_tokens) cannot go on: the prompt is left out and counted (`too_long`) in the
+manifest and the closing line, as the rest of the stage's tally of prompts read, used and left out.
 
     rlaif critique --prompts examples/prompts/red-team.jsonl --out runs/x
 """
@@ -25,12 +31,12 @@ import hashlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlaif.constitution import Constitution, Principle, load_constitution
-from rlaif.generate import Generation, GenerationConfig, derive_seed, progress_bar
+from rlaif.generate import Generation, GenerationConfig, derive_seed, indexed, progress_bar
 from rlaif.loaders import load_prompts
 from rlaif.models import check_numbers, unused_settings
 from rlaif.records import (
@@ -38,15 +44,17 @@ from rlaif.records import (
     JsonlWriter,
     Message,
     RevisionRow,
+    Tally,
     iter_jsonl,
     open_stage,
     read_jsonl,
     write_jsonl,
 )
 
-# (conversations, config, shared prefix) -> one Generation per conversation. rlaif.generate.generate with a model
-# bound in, or a scripted fake in tests.
-Complete = Callable[[list[list[Message]], GenerationConfig, list[Message] | None], list[Generation]]
+# (conversations, config, shared prefix) -> one Generation per conversation: a list in input order (a scripted fake
+# in tests), or (index, Generation) pairs as batches finish (rlaif.generate.iter_generate with a model bound in).
+Complete = Callable[[list[list[Message]], GenerationConfig, list[Message] | None],
+                    list[Generation] | Iterable[tuple[int, Generation]]]
 
 
 @dataclass
@@ -175,6 +183,7 @@ class _Trace:
     step: int = 0  # steps finished
     critique: tuple[str, list[str]] = ("", [])  # this round's critique and its flags, until its revision
     first: dict | None = None  # the next step's flagged first attempt (its turns.jsonl row), until its retry
+    too_long: bool = False  # the next step found no room in the model's context: the prompt is left out
 
     @property
     def steps(self) -> int:
@@ -218,9 +227,9 @@ class _Trace:
 
 
 class _Generator:
-    """Runs one attempt at the next step of a batch of traces (all at the same step) and flags the replies. Each
-    request samples with its own seed, derived from (seed, prompt id, step, attempt): a turn's text does not depend on
-    which prompts share its batch, or on where a killed run was resumed."""
+    """Runs one attempt at the next step of a list of traces (all at the same step) and flags the replies. Each
+    request samples with its own seed, derived from (seed, prompt id, step, attempt): a turn's draws do not depend
+    on which prompts share its batch, or on where a killed run was resumed."""
 
     def __init__(self, complete: Complete, config: CritiqueConfig):
         self.complete, self.config = complete, config
@@ -228,15 +237,18 @@ class _Generator:
                                            top_p=config.top_p, batch_size=config.batch_size)
 
     def __call__(self, traces: list[_Trace], prefix: list[Message] | None,
-                 attempt: int = 0) -> list[tuple[Generation, list[str]]]:
+                 attempt: int = 0) -> Iterator[tuple[_Trace, Generation, list[str]]]:
+        """(trace, reply, flags) as each reply comes back (a batch at a time), in no set order."""
+        if not traces:
+            return
         seeds = [derive_seed(self.config.seed, t.row["id"], t.step, attempt) for t in traces]
         config = GenerationConfig(**{**asdict(self.generation), "seeds": seeds})
         if attempt:  # a greedy retry would repeat itself: sample
             config.temperature = max(config.temperature, 0.7)
-        replies = self.complete([t.messages for t in traces], config, prefix)
-        # A revision (an even step after the first) is flagged when it leaves the answer it revises unchanged.
-        return [(r, quality_flags(r, t.latest if t.step and t.step % 2 == 0 else None))
-                for r, t in zip(replies, traces)]
+        for i, reply in indexed(self.complete([t.messages for t in traces], config, prefix)):
+            trace = traces[i]
+            # A revision (an even step after the first) is flagged when it leaves the answer it revises unchanged.
+            yield trace, reply, quality_flags(reply, trace.latest if trace.step and trace.step % 2 == 0 else None)
 
     def retries(self, flags: list[str]) -> bool:
         """Whether a first attempt so flagged gets a second. A reply cut off at the token limit would be cut off
@@ -245,7 +257,9 @@ class _Generator:
 
 
 def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool = False) -> dict:
-    """Run (or resume) the critique stage. Returns the manifest's counts."""
+    """Run (or resume) the critique stage. Returns the manifest's counts, with the tally of prompts read, used and
+    left out (too long for the model's context), and `summary`, the tally's line. Raises DataError when every prompt
+    is left out."""
     constitution = load_constitution(config.constitution)
     prompts = load_prompts(config.prompts)
     rounds = constitution.critique.rounds if config.rounds is None else config.rounds
@@ -262,6 +276,7 @@ def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool
     prefix = few_shot_messages(constitution) if config.few_shot else None
     weighted = constitution.critique.sampling == "weighted"
     generate = _Generator(complete, config)
+    tally = Tally("prompts")
     started = time.time()
     steps = 1 + 2 * rounds
     with JsonlWriter(stage_dir / "revisions.jsonl") as out, JsonlWriter(stage_dir / "turns.jsonl") as turns:
@@ -274,8 +289,14 @@ def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool
         done = finished * steps + restored
         with progress_bar(progress, len(prompts) * steps, "critique (turns)", completed=done) as bar:
 
-            def record(trace: _Trace, turn: dict) -> None:
-                """Write a turn as soon as it is made, and the trace once its last turn is."""
+            def record(trace: _Trace, reply: Generation, turn: dict) -> None:
+                """Write a turn as soon as it is made, and the trace once its last turn is; a request with no room
+                in the model's context leaves the prompt out (a rerun finds that again at the same step)."""
+                if reply.finish_reason == "too_long":
+                    trace.too_long = True
+                    tally.leave_out("too_long")
+                    bar(steps - trace.step)
+                    return
                 turns.write(turn)
                 _add(trace, turn)
                 bar(0 if turn.get("retry_pending") else 1)
@@ -283,43 +304,42 @@ def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool
                     out.write(trace.to_row())
 
             for start in range(0, len(prompts), config.chunk_size):
-                # Finished prompts keep their places (None), so that batches stay where the killed run had them.
+                # Chunks by position in the file, finished prompts included, so a rerun takes each prompt through
+                # the rounds with the ones it had and writes the rows in the order the killed run would have.
                 chunk = [_restore(p, written[p["id"]], constitution, rounds, weighted, turns.path)
-                         if p["id"] in written else None for p in prompts[start : start + config.chunk_size]]
+                         for p in prompts[start : start + config.chunk_size] if p["id"] in written]
                 for trace in chunk:  # every turn written, but killed before the trace was
-                    if trace is not None and trace.step == steps:
+                    if trace.step == steps:
                         out.write(trace.to_row())
                 # Batched by round: every prompt of the chunk takes step s, then the flagged ones get their second
-                # attempt, before any takes step s + 1. Batches are fixed by position, so a rerun runs the batches
-                # the killed run would have.
+                # attempt, before any takes step s + 1.
                 for step in range(steps):
-                    for b in range(0, len(chunk), config.batch_size):
-                        live = [t for t in chunk[b : b + config.batch_size]
-                                if t is not None and t.step == step and t.first is None]
-                        if not live:
-                            continue
-                        for trace, (reply, flags) in zip(live, generate(live, prefix if step else None)):
-                            record(trace, _turn(trace, reply.text, flags, len(reply.token_ids),
-                                                generate.retries(flags)))
-                    waiting = [t for t in chunk if t is not None and t.step == step and t.first is not None]
-                    for b in range(0, len(waiting), config.batch_size):
-                        batch = waiting[b : b + config.batch_size]
-                        for trace, (reply, flags) in zip(batch, generate(batch, prefix if step else None, attempt=1)):
-                            first, tokens = trace.first, trace.first["tokens"] + len(reply.token_ids)
-                            text, flags = (reply.text, flags) if len(flags) < len(first["flags"]) else \
-                                (first["text"], first["flags"])
-                            record(trace, _turn(trace, text, flags + ["retried"], tokens))
-    manifest.counts["generated_tokens"] = sum(turn["tokens"] for turn in read_jsonl(stage_dir / "turns.jsonl")
-                                              if not turn.get("retry_pending"))
+                    live = [t for t in chunk if t.step == step and t.first is None and not t.too_long]
+                    for trace, reply, flags in generate(live, prefix if step else None):
+                        record(trace, reply, _turn(trace, reply.text, flags, len(reply.token_ids),
+                                                   generate.retries(flags)))
+                    waiting = [t for t in chunk if t.step == step and t.first is not None]
+                    for trace, reply, flags in generate(waiting, prefix if step else None, attempt=1):
+                        first, tokens = trace.first, trace.first["tokens"] + len(reply.token_ids)
+                        text, flags = (reply.text, flags) if len(flags) < len(first["flags"]) else \
+                            (first["text"], first["flags"])
+                        record(trace, reply, _turn(trace, text, flags + ["retried"], tokens))
+        tally.read, tally.used = len(prompts), sum(p["id"] in out.done for p in prompts)
+    written_turns = [turn for turn in read_jsonl(stage_dir / "turns.jsonl") if not turn.get("retry_pending")]
+    manifest.counts.update(generated_tokens=sum(turn["tokens"] for turn in written_turns),
+                           retried_turns=sum("retried" in turn["flags"] for turn in written_turns))
 
     elapsed = time.time() - started
-    counts = _write_derived(stage_dir, config)
-    manifest.counts.update(counts)
+    manifest.counts.update(_write_derived(stage_dir, config, [p["id"] for p in prompts]))
+    manifest.counts.update(tally.counts())
     manifest.seconds += elapsed
+    manifest.save(stage_dir)
+    tally.require_some(config.prompts, f"every conversation outgrew the model's context; lower max_new_tokens "
+                                       f"({config.max_new_tokens}) or rounds ({rounds}), or turn few_shot off")
     manifest.outputs = ["revisions.jsonl", "turns.jsonl", "sft.jsonl"] + (["prefs.jsonl"] if config.prefs else [])
     manifest.status = "complete"
     manifest.save(stage_dir)
-    return manifest.counts
+    return {**manifest.counts, "summary": tally.summary()}
 
 
 def _turn(trace: _Trace, text: str, flags: list[str], tokens: int, retry_pending: bool = False) -> dict:
@@ -354,10 +374,13 @@ def _add(trace: _Trace, turn: dict) -> None:
         trace.first = None
 
 
-def _write_derived(stage_dir: Path, config: CritiqueConfig) -> dict[str, int]:
-    """Rebuild sft.jsonl (and prefs.jsonl) from revisions.jsonl; count the flags."""
+def _write_derived(stage_dir: Path, config: CritiqueConfig, order: list[str]) -> dict[str, int]:
+    """Rebuild sft.jsonl (and prefs.jsonl) from revisions.jsonl, in the order of the prompt ids `order` (rows of
+    prompts no longer in the file last); count the flags."""
     sft, prefs, counts = [], [], Counter(rows=0, flagged_rows=0, sft_skipped_flagged=0)
-    for row in read_jsonl(stage_dir / "revisions.jsonl"):
+    place = {pid: i for i, pid in enumerate(order)}
+    rows = sorted(read_jsonl(stage_dir / "revisions.jsonl"), key=lambda row: place.get(row["id"], len(place)))
+    for row in rows:
         counts["rows"] += 1
         counts["flagged_rows"] += bool(row["flags"])
         counts.update(f"flag:{flag}" for flag in row["flags"] + [f for r in row["rounds"] for f in r["flags"]])
@@ -381,13 +404,13 @@ def _write_derived(stage_dir: Path, config: CritiqueConfig) -> dict[str, int]:
 
 
 def _model_complete(config: CritiqueConfig) -> Complete:
-    from rlaif.generate import KVMemory, generate
+    from rlaif.generate import KVMemory, iter_generate
     from rlaif.models import load_model
 
     model, tokenizer = load_model(config.model, device=config.device)
     memory = KVMemory(max_bytes=int(config.kv_memory_gb * 2**30))
 
     def complete(conversations, generation, prefix):
-        return generate(model, tokenizer, conversations, generation, prefix=prefix, memory=memory)
+        return iter_generate(model, tokenizer, conversations, generation, prefix=prefix, memory=memory)
 
     return complete

@@ -1,9 +1,12 @@
 """Direct preference optimisation on the preference files, with TRL's DPOTrainer: PPO's alternative that needs no
 reward model and no sampling during training (Rafailov et al. 2023).
 
-    rlaif dpo --data runs/x/round-1/label/preferences.jsonl --data human.jsonl --policy runs/x/round-1/sft --out runs/x/dpo
+    rlaif dpo --data runs/x/round-1/label/preferences.jsonl --data human.jsonl:2 --policy runs/x/round-1/sft --out runs/x/dpo
 
-Each pair trains once toward its winner (a row whose `p_chosen` is below 0.5 is turned to face it). Soft labels
+The files are mixed as the reward stage mixes them (rlaif.rankings.mix), so `FILE:WEIGHT` and a recipe's human and
+AI weights mean the same in both: every label of a pair, from any file or annotator, joins one row whose `p_chosen`
+is the labels' mean weighted by file weight times row weight, facing the winner that mean names. Each pair trains
+once toward that winner; the weights decide the label, and DPO's loss does not weight pairs by them. Soft labels
 enter through the loss: with `loss_type: robust` (rDPO, Chowdhury et al. 2024) the loss is unbiased under labels
 that are wrong with probability `label_smoothing`, and `label_smoothing: auto` sets that to the mean of
 1 - p_chosen over the pairs, the error rate the soft labels themselves claim. Only the losses in `SMOOTHED` read a
@@ -11,13 +14,14 @@ label smoothing: with any other (the default `sigmoid` among them) `auto` is rec
 error. The frozen reference is the starting policy (with LoRA, the same weights with the adapter switched off).
 
 What cannot train is left out and counted (manifest, metrics.json and the closing line), never dropped silently:
-ties, pairs no more confident than `min_p_chosen`, rows of weight 0 (other row weights are not used: DPO trains
-each pair once), empty or repeated replies, a prompt that fills `max_length` (TRL drops it without a word), and a
-pair whose replies are the same once TRL cuts them to `max_length` (its loss has no gradient). Pairs cut short but
+a label with repeated replies (counted as `labels_`: the rows read from the files), and of the mixed pairs: ties,
+pairs no more confident than `min_p_chosen`, pairs whose every label has weight 0, a prompt that fills
+`max_length` (TRL drops it without a word), and a pair whose replies are the same once TRL cuts them to
+`max_length` (its loss has no gradient). Pairs cut short but
 still different train and are counted as `truncated`. With nothing left, `run` stops before loading the model.
 
 Full fine-tuning or LoRA, merged at the end, so OUT is a plain model directory; the weights being trained are
-float32 (bf16 only as autocast on a GPU). Checkpoints under OUT/checkpoints/ (safetensors) and a rerun resumes from
+float32 (bf16 only as autocast on a GPU, where LoRA's frozen base is bf16). Checkpoints under OUT/checkpoints/ (safetensors) and a rerun resumes from
 the latest.
 """
 
@@ -29,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlaif.models import check_numbers, lora_unused
-from rlaif.records import ConfigError, PreferenceRow, Tally, number, open_stage, reply_problem
+from rlaif.records import ConfigError, PreferenceRow, Tally, dumps_json, number, open_stage, write_atomic
 
 # TRL 1.16's DPO losses (DPOTrainer.dpo_loss), and those of them that read `label_smoothing`.
 LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -39,7 +43,7 @@ SMOOTHED = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 @dataclass
 class DPOConfig:
-    data: list[str] = field(default_factory=list)  # preference files (rlaif label, rankings import, hh-rlhf pairs)
+    data: list[str] = field(default_factory=list)  # preference files, each "FILE" or "FILE:WEIGHT" (default 1)
     out: str = "runs/dpo"  # the trained policy; checkpoints under OUT/checkpoints/
     policy: str = "smollm2-135m-instruct"  # the model to train and the frozen reference (usually a run's sft/)
     beta: float = 0.1  # strength of the implicit KL penalty to the reference
@@ -64,7 +68,7 @@ class DPOConfig:
     def __post_init__(self):
         check_numbers(self, "dpo", positive=["beta", "learning_rate", "epochs", "batch_size", "grad_accum", "max_length",
                                              "save_steps", "lora_r", "lora_alpha"],
-                      finite=["max_steps"], within={"min_p_chosen": (0.0, 1.0)})
+                      steps=["max_steps"], within={"min_p_chosen": (0.0, 1.0)})
         if self.loss_type not in LOSSES:
             raise ConfigError(f"loss_type: expected one of {', '.join(LOSSES)}, not {self.loss_type!r}")
         if self.label_smoothing != "auto":
@@ -77,35 +81,27 @@ class DPOConfig:
         lora_unused(self)
 
 
-def load_pairs(specs: list[str], min_p_chosen: float, tally: Tally | None = None) -> tuple[list[PreferenceRow], Tally]:
-    """Our preference rows, each facing its winner (p_chosen >= 0.5), and `tally` (a new one by default) with
-    every row read and those left out: `zero_weight`, `tie`, `low_confidence` (p_chosen <= min_p_chosen) and an
-    empty or repeated reply (records.reply_problem). `used` is left to `fitting_pairs`."""
-    from rlaif.rankings import load_preferences, parse_weighted
+def load_pairs(specs: list[str], min_p_chosen: float, labels: Tally, pairs: Tally) -> list[PreferenceRow]:
+    """The preference files "FILE[:WEIGHT]" mixed as the reward stage mixes them (rankings.load_mix: one row per
+    distinct pair facing its winner, `p_chosen` the mean of its labels weighted by file weight times row weight,
+    `weight` their sum), and the pairs of them DPO can train on. `labels` counts the rows read from the files (and
+    those left out as they are read: records.reply_problem); `pairs` counts every mixed pair read and those left out:
+    `zero_weight` (every label of it has weight 0), `tie` (the labels' mean is 0.5, to within 1e-9 of float
+    rounding), `low_confidence` (p_chosen <= min_p_chosen). Their `used` is left to `fitting_pairs`."""
+    from rlaif.rankings import load_mix
 
-    tally = tally if tally is not None else Tally("pairs")
-    rows = []
-    for spec in specs:
-        path, weight = parse_weighted(spec)
-        if weight != 1.0:
-            raise ConfigError(f"{spec}: DPO trains on each pair once; weights are for the reward model's mix")
-        for row in load_preferences(path):
-            tally.read += 1
-            p = row["p_chosen"]
-            if row.get("weight", 1.0) == 0:
-                problem = "zero_weight"
-            elif p == 0.5:
-                problem = "tie"
-            elif max(p, 1 - p) <= min_p_chosen:
-                problem = "low_confidence"
-            else:
-                problem = reply_problem(row["chosen"][-1]["content"], row["rejected"][-1]["content"])
-            if problem:
-                tally.leave_out(problem)
-            else:
-                rows.append(row if p > 0.5 else {**row, "chosen": row["rejected"], "rejected": row["chosen"],
-                                                 "p_chosen": 1 - p})
-    return rows, tally
+    rows, _ = load_mix(specs, tally=labels)
+    kept = []
+    for row in rows:
+        pairs.read += 1
+        p = row["p_chosen"]
+        problem = ("zero_weight" if row["weight"] == 0 else "tie" if p - 0.5 < 1e-9 else
+                   "low_confidence" if p <= min_p_chosen else None)
+        if problem:
+            pairs.leave_out(problem)
+        else:
+            kept.append(row)
+    return kept
 
 
 def fitting_pairs(rows: list[PreferenceRow], tokenizer, max_length: int, tally: Tally
@@ -134,19 +130,30 @@ def fitting_pairs(rows: list[PreferenceRow], tokenizer, max_length: int, tally: 
 
 
 def run(config: DPOConfig, progress: bool = True) -> dict:
-    """Train (or resume training); returns the metrics written to OUT/metrics.json, with the tally of pairs read,
-    used and left out, `truncated`, `summary` (their line) and the `label_smoothing` the loss used.
+    """Train (or resume training); returns the metrics written to OUT/metrics.json, with the tallies of labels
+    (`labels_` counts) and of pairs read, used and left out, `truncated`, `summary` (their line) and the
+    `label_smoothing` the loss used.
 
     Raises DataError before loading the model (and before creating OUT) when no pair is left to train on."""
     import datasets
     from datasets import Dataset
+    from transformers import set_seed
     from trl import DPOConfig as TRLDPOConfig
     from trl import DPOTrainer
 
-    from rlaif.models import load_model, load_tokenizer, lora_config, precision_args, train_and_save, trainer_device
+    from rlaif.models import (
+        load_model,
+        load_tokenizer,
+        lora_config,
+        precision_args,
+        train_and_save,
+        trainer_device,
+        training_dtype,
+    )
     from rlaif.rankings import parse_weighted
 
-    pairs, tally = load_pairs(config.data, config.min_p_chosen)
+    labels, tally = Tally("labels"), Tally("pairs")
+    pairs = load_pairs(config.data, config.min_p_chosen, labels, tally)
     pairs, truncated = fitting_pairs(pairs, load_tokenizer(config.policy), config.max_length, tally)
     tally.require_some(", ".join(parse_weighted(spec)[0] for spec in config.data),
                        f"lower --min-p-chosen ({config.min_p_chosen}) or raise --max-length ({config.max_length})")
@@ -168,7 +175,8 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     for spec in config.data:
         manifest.add_input(parse_weighted(spec)[0])
-    model, tokenizer = load_model(config.policy, dtype="float32", device="cpu")
+    set_seed(config.seed)  # before LoRA's adapters draw their initial weights
+    model, tokenizer = load_model(config.policy, dtype=training_dtype(device, config.lora), device="cpu")
     datasets.disable_progress_bars()
     args = TRLDPOConfig(
         output_dir=str(out / "checkpoints"), beta=config.beta, loss_type=[config.loss_type],
@@ -184,16 +192,19 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
     started = time.time()
     _, result, checkpoint = train_and_save(trainer, tokenizer, out, config.lora)
     logs = [e for e in trainer.state.log_history if "loss" in e]
-    summary = tally.summary() + (f"; {truncated} cut at max_length {config.max_length}" if truncated else "")
-    metrics = {"steps": trainer.state.global_step, "pairs": tally.used, **tally.counts(), "truncated": truncated,
+    summary = f"{labels.summary()}; {tally.summary()}" + (
+        f"; {truncated} cut at max_length {config.max_length}" if truncated else "")
+    metrics = {"steps": trainer.state.global_step, "pairs": tally.used, **labels.counts("labels_"), **tally.counts(),
+               "truncated": truncated,
                "summary": summary, "label_smoothing": smoothing,
                "train_loss": result.training_loss, "first_loss": logs[0]["loss"] if logs else None,
                "last_loss": logs[-1]["loss"] if logs else None,
                "last_accuracy": logs[-1].get("rewards/accuracies") if logs else None,
                "last_margin": logs[-1].get("rewards/margins") if logs else None,
                "resumed_from": checkpoint, "seconds": time.time() - started}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    manifest.counts.update(tally.counts(), truncated=truncated, steps=trainer.state.global_step)
+    write_atomic(out / "metrics.json", dumps_json(metrics))
+    manifest.counts.update(labels.counts("labels_"), **tally.counts(), truncated=truncated,
+                           steps=trainer.state.global_step)
     manifest.extra["label_smoothing"] = smoothing
     manifest.seconds += metrics["seconds"]
     manifest.outputs = ["model.safetensors", "metrics.json", "checkpoints/"]

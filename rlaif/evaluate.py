@@ -17,9 +17,10 @@ separately for red-team prompts (tagged `red-team`) and the rest (helpful), so t
 - reply length in tokens and the share of replies that open with a refusal ("I can't", "I'm sorry", ...).
 
 Replies go to RUN/eval/responses.jsonl and judgements to judgements.jsonl as each batch finishes; a killed evaluation
-loses at most the batch in flight, and its rerun writes what an uninterrupted one would have (batches are fixed by
-position, and each reply samples with its prompt's own seed, the same for every policy). The summary, with each
-round's labeler and reward-model numbers, goes to RUN/eval/eval.json.
+loses at most the batch in flight, and its rerun writes what an uninterrupted one would have (the prompts are sorted
+by length once and cut into batches that stay fixed, a half-written batch is run whole again, and each reply
+samples with its prompt's own seed, the same for every policy). The summary, with each round's labeler and
+reward-model numbers, goes to RUN/eval/eval.json.
 
 **The labeler.** On human-labelled pairs (hh-rlhf transcripts, or rows with prompt/chosen/rejected) the labeler
 judges each pair and the report card says, for each way of labeling side by side:
@@ -39,6 +40,11 @@ orders, a rationale first, clamped). The first three come from the same forward 
 A pair that says nothing (an empty reply, or two replies equal after stripping) is never judged: the report counts
 it as left out, with its reason. In policy evaluation, a policy's reply equal to its opponent's is a tie without
 asking the judge, and a pair with an empty reply is left out of the judge's win rate; both are counted.
+
+Nothing is read past a model's context. A held-out prompt that leaves no room for max_new_tokens in the context of
+the base model, a policy or the reward model is left out of the evaluation (`too_long`, counted in eval.json's
+`answering` and the closing line); a pair whose judging prompt does not fit in the labeler's context is left out of
+the judge's win rate, and a human pair whose labeling prompt does not fit, out of the report card (both `too_long`).
 """
 
 from __future__ import annotations
@@ -52,9 +58,20 @@ from pathlib import Path
 
 import torch
 
-from rlaif.label import consistent, outcome
+from rlaif.label import consistent
 from rlaif.models import check_numbers, unused_settings
-from rlaif.records import ConfigError, DataError, Tally, parse_yaml, read_jsonl, read_text, reply_problem, write_atomic
+from rlaif.records import (
+    ConfigError,
+    DataError,
+    Tally,
+    dumps_json,
+    outcome,
+    parse_yaml,
+    read_jsonl,
+    read_text,
+    reply_problem,
+    write_atomic,
+)
 
 
 @dataclass
@@ -134,7 +151,9 @@ def labeler_modes(ids: list[str], judged: list[list], ensemble: int, seed: int =
 def load_human_pairs(path: Path | str, limit: int | None = None, tally: Tally | None = None):
     """Human-labelled pairs as rlaif.label.Pair with `first` the response people chose, from the first `limit`
     pairs of the file. A pair with an empty reply, or two replies equal after stripping, is left out and counted in
-    `tally` under its reason (`records.reply_problem`): it would ask the labeler to judge nothing."""
+    `tally` under its reason (`records.reply_problem`): it would ask the labeler to judge nothing. A row with a
+    `p_chosen` other than 1 or a `source` other than human (a soft, tied or AI label) is a DataError: it names no
+    person's choice."""
     from rlaif.label import Pair, load_pairs
     from rlaif.loaders import load_hh_preferences
 
@@ -148,6 +167,13 @@ def load_human_pairs(path: Path | str, limit: int | None = None, tally: Tally | 
     if isinstance(first.get("chosen"), str) and "prompt" not in first:
         rows = load_hh_preferences(path, limit, skip_empty=True, tally=tally)
         return [Pair(r["id"], r["prompt"], r["chosen"][-1]["content"], r["rejected"][-1]["content"]) for r in rows]
+    from rlaif.records import iter_jsonl
+
+    for line, row in iter_jsonl(path):  # `first` is people's choice: a soft, tied or AI label names none
+        if "p_chosen" in row and (row.get("source", "human") != "human" or row["p_chosen"] != 1):
+            raise DataError(path, line, "p_chosen", f"{row['p_chosen']!r} from source {row.get('source', 'human')!r} "
+                                                    "is not a person's choice; give pairs people chose between (`rlaif "
+                                                    "rankings import` with --ties skip writes them)")
     return load_pairs(path, tally, limit)
 
 
@@ -165,8 +191,15 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
     constitution = load_constitution(config.constitution)
     model, tokenizer = load_model(config.labeler, device=config.device)
     labeler = Labeler(model, tokenizer, constitution, name=config.labeler)
+    thinker = Labeler(model, tokenizer, constitution, chain_of_thought=True, max_new_tokens=config.max_new_tokens,
+                      name=config.labeler) if config.chain_of_thought else None
     ensemble = min(config.ensemble, len(constitution.principles))  # the report names the ensemble it measured
-    principles = [sample_label_principles(constitution, ensemble, p.id) for p in pairs]
+    drawn = [sample_label_principles(constitution, ensemble, p.id) for p in pairs]
+    fits = [labeler.fits(pair, ps) and (thinker is None or thinker.fits(pair, ps[:1])) for pair, ps in zip(pairs, drawn)]
+    pairs, principles = [p for p, ok in zip(pairs, fits) if ok], [ps for ps, ok in zip(drawn, fits) if ok]
+    tally.used -= fits.count(False)
+    tally.leave_out("too_long", fits.count(False))
+    tally.require_some(config.pairs, "no labeling prompt fits in the labeler's context")
     judged = []
     with progress_bar(progress, len(pairs), "labeling (ensemble, both orders)") as bar:
         for start in range(0, len(pairs), config.batch_size):
@@ -174,9 +207,7 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
             judged += label_pairs(labeler, pairs[batch], principles[batch], both_orders=True)
             bar(len(pairs[batch]))
     modes = labeler_modes([p.id for p in pairs], judged, ensemble, constitution.label.seed)
-    if config.chain_of_thought:
-        thinker = Labeler(model, tokenizer, constitution, chain_of_thought=True, max_new_tokens=config.max_new_tokens,
-                          name=config.labeler)
+    if thinker is not None:
         cot = []
         with progress_bar(progress, len(pairs), "labeling (chain of thought)") as bar:
             for start in range(0, len(pairs), config.batch_size):
@@ -205,7 +236,7 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
                                "by_attack": rates}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "labeler_report.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out / "labeler_report.json", dumps_json(report))
     return report
 
 
@@ -364,27 +395,31 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
     temperature, policies = found["temperature"], found["policies"]
     base = reward = None
     with JsonlWriter(out / "responses.jsonl") as writer:
+        missing = any(f"{name}/{p['id']}" not in writer.done for name in policies for p in prompts)
+        batches = _batches(prompts, [*policies.values(), found["reward_model"]], found["max_new_tokens"],
+                           config.batch_size) if missing else []
         for name, spec in policies.items():
-            todo = [p for p in prompts if f"{name}/{p['id']}" not in writer.done]
+            todo = [batch for batch in batches if any(f"{name}/{p['id']}" not in writer.done for p in batch)]
             if not todo:
                 continue
             if base is None:
                 base = load_model(policies["base"], device=config.device)
                 reward = RewardModel.load(found["reward_model"], device=config.device)
             model, tokenizer = base if name == "base" else load_model(spec, device=config.device)
-            with progress_bar(progress, len(prompts), f"answering ({name})",
-                              completed=len(prompts) - len(todo)) as bar:
-                # Batches by position, each written as it finishes; one a kill left half written runs whole again
-                # and writes what is missing. A reply's seed is its prompt's, the same for every policy.
-                for start in range(0, len(prompts), config.batch_size):
-                    chunk = prompts[start : start + config.batch_size]
-                    if all(f"{name}/{p['id']}" in writer.done for p in chunk):
-                        continue
+            with progress_bar(progress, len(todo), f"answering ({name}, batches)") as bar:
+                # Each batch written as it finishes; one a kill left half written runs whole again and writes what
+                # is missing. A reply's seed is its prompt's, the same for every policy.
+                for chunk in todo:
                     conversations = [p["prompt"] for p in chunk]
                     generation = GenerationConfig(max_new_tokens=found["max_new_tokens"], temperature=temperature,
                                                   batch_size=config.batch_size, logprobs=True,
                                                   seeds=[derive_seed(config.seed, p["id"]) for p in chunk])
                     replies = generate(model, tokenizer, conversations, generation)
+                    for p, r in zip(chunk, replies):
+                        if r.finish_reason == "too_long":  # this policy's tokenizer counts more than the base's
+                            raise DataError(found["prompts"], None, None, f"prompt {p['id']}: {r.prompt_tokens} "
+                                            f"tokens and max_new_tokens ({found['max_new_tokens']}) do not fit in "
+                                            f"the context of the policy {name}; leave the prompt out")
                     prompt_ids = [encode_chat(base[1], c) for c in conversations]
                     tokens = [r.token_ids for r in replies]
                     base_logprobs = sequence_logprobs(base[0], prompt_ids, tokens, temperature, config.batch_size)
@@ -397,22 +432,29 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
                                       "tags": p.get("tags", []), "prompt": p["prompt"], "response": r.text,
                                       "tokens": len(r.token_ids), "finished": r.finish_reason == "stop",
                                       "logprob": lp, "base_logprob": blp, "reward": rw})
-                        bar(1)
+                    bar(1)
             del model
     del base, reward
     responses = {(r["policy"], r["prompt_id"]): r for r in read_jsonl(out / "responses.jsonl")}
+    # Every policy answers a prompt, or none does: one too long for a model's context.
+    answering = Tally("prompts")
+    answered = [p for p in prompts if all((name, p["id"]) in responses for name in policies)]
+    answering.read, answering.used = len(prompts), len(answered)
+    answering.leave_out("too_long", len(prompts) - len(answered))
+    answering.require_some(found["prompts"], f"each prompt and max_new_tokens ({found['max_new_tokens']}) must fit "
+                                             "in the context of the base model, every policy and the reward model")
 
     matches = [(name, opponent) for name in policies if name != "base"
                for opponent in ("base", "sft") if opponent != name]
     with JsonlWriter(out / "judgements.jsonl") as writer:
-        todo = [(name, opponent, p) for name, opponent in matches for p in prompts
+        todo = [(name, opponent, p) for name, opponent in matches for p in answered
                 if f"{name}>{opponent}/{p['id']}" not in writer.done]
         for name, opponent, p in todo:  # a pair that says nothing is not put to the judge
             problem = reply_problem(responses[name, p["id"]]["response"], responses[opponent, p["id"]]["response"])
             if problem:  # a reply is as good as itself: a tie; an empty reply: no judgement
                 writer.write({"id": f"{name}>{opponent}/{p['id']}", "left_out": problem,
                               "p": 0.5 if problem == "identical_replies" else None})
-        judgeable = [(name, opponent, p) for name, opponent in matches for p in prompts if not reply_problem(
+        judgeable = [(name, opponent, p) for name, opponent in matches for p in answered if not reply_problem(
             responses[name, p["id"]]["response"], responses[opponent, p["id"]]["response"])]
         todo = [(name, opponent, p) for name, opponent, p in judgeable
                 if f"{name}>{opponent}/{p['id']}" not in writer.done]
@@ -421,17 +463,27 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
             labeler = Labeler(model, tokenizer, judge, name=found["labeler"])
             k = judge.label.principles_per_comparison
             with progress_bar(progress, len(judgeable), "judging", completed=len(judgeable) - len(todo)) as bar:
-                for start in range(0, len(judgeable), config.batch_size):  # by position, as the replies above
+                # By position, as the labeler packs each batch's prompts without padding (rlaif.prefix_tree).
+                for start in range(0, len(judgeable), config.batch_size):
                     chunk = judgeable[start : start + config.batch_size]
                     pairs = [Pair(f"{name}>{opponent}/{p['id']}", p["prompt"], responses[name, p["id"]]["response"],
                                   responses[opponent, p["id"]]["response"]) for name, opponent, p in chunk]
                     if all(pair.id in writer.done for pair in pairs):
                         continue
                     principles = [sample_label_principles(judge, k, p["id"]) for _, _, p in chunk]
-                    for pair, judged in zip(pairs, label_pairs(labeler, pairs, principles, both_orders=True)):
+                    asked = []  # a pair whose judging prompt does not fit in the labeler's context is left out
+                    for pair, drawn in zip(pairs, principles):
+                        if labeler.fits(pair, drawn):
+                            asked.append((pair, drawn))
+                        elif pair.id not in writer.done:
+                            writer.write({"id": pair.id, "left_out": "too_long", "p": None})
+                            bar(1)
+                    judged = label_pairs(labeler, [pair for pair, _ in asked], [drawn for _, drawn in asked],
+                                         both_orders=True)
+                    for (pair, _), judgements in zip(asked, judged):
                         if pair.id not in writer.done:
-                            writer.write({"id": pair.id, "p": sum(j.p for j in judged) / len(judged),
-                                          "principles": [j.principle for j in judged]})
+                            writer.write({"id": pair.id, "p": sum(j.p for j in judgements) / len(judgements),
+                                          "principles": [j.principle for j in judgements]})
                             bar(1)
     judged = Tally("pairs for the judge")
     for row in read_jsonl(out / "judgements.jsonl"):
@@ -444,18 +496,35 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
 
     summary = {"prompts": found["prompts"], "reward_model": found["reward_model"], "judge": config.judge,
                "labeler": found["labeler"], "temperature": temperature, "policies": policies,
-               "results": summarize(prompts, list(policies), responses, judgements),
+               "results": summarize(answered, list(policies), responses, judgements),
+               "answering": {**answering.counts(), "summary": answering.summary()},
                "judging": {**judged.counts(), "summary": judged.summary()},
                "training": training_metrics(Path(config.run))}
-    write_atomic(out / "eval.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "eval.json", dumps_json(summary))
     manifest.counts.update(prompts=len(prompts), policies=len(policies), responses=len(responses),
                            judgements=len(judgements))
+    manifest.counts.update(answering.counts("prompts_"))
     manifest.counts.update(judged.counts("judge_"))
     manifest.seconds += time.time() - started
     manifest.outputs = ["responses.jsonl", "judgements.jsonl", "eval.json"]
     manifest.status = "complete"
     manifest.save(out)
     return summary
+
+
+def _batches(prompts: list[dict], models: list[str], max_new_tokens: int, batch_size: int) -> list[list[dict]]:
+    """The prompts that leave room for max_new_tokens in every model's context (counted with the first model's
+    tokenizer, the base policy's), longest first and cut into batches: the same batches on every run, so a rerun
+    computes a half-written batch's numbers as the killed run did."""
+    from rlaif.generate import encode_chat
+    from rlaif.models import context_length, load_tokenizer
+
+    tokenizer = load_tokenizer(models[0])
+    room = min((n for n in map(context_length, models) if n is not None), default=None)
+    length = {p["id"]: len(encode_chat(tokenizer, p["prompt"])) for p in prompts}
+    fitting = sorted((p for p in prompts if room is None or length[p["id"]] + max_new_tokens <= room),
+                     key=lambda p: -length[p["id"]])
+    return [fitting[i : i + batch_size] for i in range(0, len(fitting), batch_size)]
 
 
 # The summary's numbers per policy, as (key, column title) for tables.

@@ -3,13 +3,21 @@
     replies = generate(model, tokenizer, [[{"role": "user", "content": "Hi!"}]], GenerationConfig(max_new_tokens=64))
     replies[0].text, replies[0].token_ids, replies[0].finish_reason
 
-Conversations are rendered with the tokenizer's chat template, sorted by length so each batch carries little
-padding, and decoded with a KV cache; a row that reaches EOS or the length limit leaves the batch at once, so the
-others do not pay for it. Results come back in input order. Greedy decoding (temperature 0) gives the same text
-batched as one prompt at a time. Sampling does too: each row draws from its own random generator, seeded per
-conversation (`GenerationConfig.seeds`), so a reply depends on its conversation and its seed only, never on the
-other rows of the call, their order or the batch size. That is what makes a resumed stage sample what the
-uninterrupted one would have, and it is how vLLM and hosted APIs take seeds too: one per request.
+Conversations are rendered with the tokenizer's chat template, sorted by length (over the whole call) so each batch
+carries little padding, and decoded with a KV cache; a row that reaches EOS or the length limit leaves the batch at
+once, so the others do not pay for it. `generate` returns the replies in input order; `iter_generate` yields them
+batch by batch as each finishes, so a stage can save them while the rest decode. A conversation whose prompt and
+`max_new_tokens` do not fit in the model's context (`max_position_embeddings`) is not decoded: past it, positions
+the model never saw give text that looks like any other. It comes back empty, with finish_reason "too_long".
+
+Greedy decoding (temperature 0) gives the same text batched as one prompt at a time. With sampling, each row draws
+from its own random generator, seeded per conversation (`GenerationConfig.seeds`), so the random numbers a reply
+uses depend on its conversation and its seed only, never on the other rows of the call, their order or the batch
+size: how vLLM and hosted APIs take seeds too, one per request. The probabilities those numbers are compared
+against come out of a batched forward pass, and another batch (other rows, other padding) may round them
+differently in the last digits; on CPU we find them equal, and the tests check it, but a kernel that rounds by
+batch shape could flip a draw that sits on a near-tie. That, with per-request seeds, is what lets a resumed stage,
+whose batches hold only the work left, write what the uninterrupted one would have.
 
 Two kinds of work are never done twice. Messages shared by every conversation (few-shot examples) can be passed
 once as `prefix`: their keys and values are computed once and shared by every row. And a `KVMemory` passed to
@@ -23,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
@@ -57,7 +66,7 @@ class GenerationConfig:
 class Generation:
     text: str  # the reply, without special tokens
     token_ids: list[int]  # generated ids, ending with the EOS token when finish_reason is "stop"
-    finish_reason: str  # "stop" (EOS) or "length" (hit max_new_tokens)
+    finish_reason: str  # "stop" (EOS), "length" (hit max_new_tokens) or "too_long" (no room in the context: not run)
     prompt_tokens: int = 0
     logprobs: list[float] | None = field(default=None, repr=False)  # one per token_ids entry
 
@@ -169,7 +178,6 @@ def _size(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
     return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
 
 
-@torch.inference_mode()
 def generate(
     model,
     tokenizer,
@@ -182,7 +190,27 @@ def generate(
     """Generate one assistant reply for each conversation (a list of {"role", "content"} messages), each continuing
     `prefix + conversation` when a shared `prefix` is given. Pass the same `memory` to successive calls to reuse
     keys and values across them (the prefix's, and those of conversations that come back with one more turn).
-    Raises ValueError when `config.seeds` does not hold one seed per conversation."""
+    Returns the replies in input order; a conversation with no room for `max_new_tokens` in the model's context
+    gets an empty reply with finish_reason "too_long". Raises ValueError when `config.seeds` does not hold one seed
+    per conversation."""
+    results: list[Generation | None] = [None] * len(conversations)
+    for index, reply in iter_generate(model, tokenizer, conversations, config, progress, prefix, memory):
+        results[index] = reply
+    return results  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def iter_generate(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    config: GenerationConfig | None = None,
+    progress: bool = False,
+    prefix: list[dict] | None = None,
+    memory: KVMemory | None = None,
+) -> Iterator[tuple[int, Generation]]:
+    """`generate`'s replies as (index into `conversations`, reply) pairs: first those too long for the context,
+    then a batch at a time as each finishes, longest prompts first."""
     config = config or GenerationConfig()
     if config.seeds is not None and len(config.seeds) != len(conversations):
         raise ValueError(f"seeds: {len(config.seeds)} given for {len(conversations)} conversations")
@@ -198,29 +226,38 @@ def generate(
         prefix_ids, encoded = [], [encode_chat(tokenizer, conv) for conv in conversations]
     if not config.prefix_cache:
         encoded, prefix_ids, memory = [prefix_ids + ids for ids in encoded], [], None
+    context = getattr(model.config, "max_position_embeddings", None)
+    fits = [context is None or len(prefix_ids) + len(ids) + config.max_new_tokens <= context for ids in encoded]
+    for i in (i for i, ok in enumerate(fits) if not ok):
+        yield i, Generation(text="", token_ids=[], finish_reason="too_long",
+                            prompt_tokens=len(prefix_ids) + len(encoded[i]))
     memory = memory or KVMemory(max_bytes=0)
     after = f"{len(prefix_ids)}:{hash(tuple(prefix_ids))}:"  # keys computed after another prefix are other keys
     keys = [after + conversation_key(conv) for conv in conversations]
     eos = set(eos_token_ids(model, tokenizer))
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    order = sorted((i for i, ok in enumerate(fits) if ok), key=lambda i: -len(encoded[i]))
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    results: list[Generation | None] = [None] * len(encoded)
-    with progress_bar(progress, len(encoded), "generating") as bar:
-        prefix_cache = memory.prefix_cache(model, prefix_ids) if prefix_ids else None
+    with progress_bar(progress, len(encoded), "generating", completed=len(encoded) - len(order)) as bar:
+        prefix_cache = memory.prefix_cache(model, prefix_ids) if prefix_ids and order else None
         for batch in batches:
             rows = [_Row(encoded[i], keys[i], *memory.lookup(keys[i], encoded[i]), seed=seeds[i]) for i in batch]
             with shared_prefix(model) if prefix_cache is not None else nullcontext(False) as shared:
                 done = _decode(model, rows, prefix_cache, config, eos, tokenizer.pad_token_id, memory, shared)
+            bar(len(batch))
             for index, row in zip(batch, done):
-                results[index] = Generation(
+                yield index, Generation(
                     text=tokenizer.decode(row.generated, skip_special_tokens=True).strip(),
                     token_ids=row.generated,
                     finish_reason="stop" if row.generated and row.generated[-1] in eos else "length",
                     prompt_tokens=len(prefix_ids) + len(row.ids),
                     logprobs=row.logprobs if config.logprobs else None,
                 )
-            bar(len(batch))
-    return results  # type: ignore[return-value]
+
+
+def indexed(replies: list[Generation] | Iterable[tuple[int, Generation]]) -> Iterable[tuple[int, Generation]]:
+    """(index, reply) pairs from what a stage's `complete` returns: the replies in input order (a list, all at
+    once, as a scripted model gives them), or the pairs themselves as they finish (`iter_generate`)."""
+    return enumerate(replies) if isinstance(replies, list) else replies
 
 
 def conversation_key(conversation: list[dict]) -> str:

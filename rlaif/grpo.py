@@ -9,7 +9,8 @@ advantage relative to its group's mean reward; RLOO (Ahmadian et al. 2024) relat
 replies to the same prompt. Both keep a KL penalty of weight `beta` to the starting policy. TRL does not cut
 prompts, so a prompt whose tokens (chat template included) and `max_new_tokens` do not fit in the policy's context
 is left out and counted (manifest and closing line); with none left, `run` stops before loading the model. The
-weights being trained are float32 (bf16 only as autocast on a GPU); the reward models only score, in bf16 on a GPU.
+weights being trained are float32 (bf16 only as autocast on a GPU, where LoRA's frozen base is bf16); the reward
+models only score, in bf16 on a GPU.
 OUT holds the policy (a LoRA adapter merged in), `metrics.jsonl` in PPO's names (score, kl, beta, entropy,
 response_length) so the report plots it alike, and checkpoints/ (safetensors); a rerun resumes from the latest.
 """
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlaif.loaders import load_prompts
-from rlaif.models import check_numbers, lora_unused
+from rlaif.models import check_numbers, fitting_prompts, lora_unused
 from rlaif.rankings import parse_weighted
 from rlaif.records import ConfigError, DataError, JsonlWriter, Tally, open_stage
 
@@ -80,22 +81,6 @@ class RewardModels:
         return total.tolist()
 
 
-def fitting_prompts(prompts: list[dict], tokenizer, room: int | None, tally: Tally) -> list[dict]:
-    """The prompts whose tokens (chat template and generation prompt included, as TRL's trainers tokenize them) are
-    at most `room` (None: no limit); the others are left out and counted in `tally` as `too_long`."""
-    from rlaif.models import chat_ids
-
-    kept = []
-    for row in prompts:
-        tally.read += 1
-        if room is not None and len(chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)) > room:
-            tally.leave_out("too_long")
-        else:
-            tally.used += 1
-            kept.append(row)
-    return kept
-
-
 def run(config: GRPOConfig, progress: bool = True) -> dict:
     """Train (or resume training); returns the last logged metrics, with `summary`: the prompts read, used and left
     out (also in the manifest's counts).
@@ -103,6 +88,7 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
     Raises DataError before loading the model (and before creating OUT) when no prompt fits in the context."""
     import datasets
     from datasets import Dataset
+    from transformers import set_seed
 
     from rlaif.models import (
         context_length,
@@ -112,6 +98,7 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
         precision_args,
         train_and_save,
         trainer_device,
+        training_dtype,
     )
 
     if not config.reward_model:
@@ -130,7 +117,8 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
     if manifest.status == "complete" and (out / "model.safetensors").is_file():
         return manifest.extra.get("last", {})
     manifest.add_input(config.prompts)
-    model, tokenizer = load_model(config.policy, dtype="float32", device="cpu")
+    set_seed(config.seed)  # before LoRA's adapters draw their initial weights
+    model, tokenizer = load_model(config.policy, dtype=training_dtype(device, config.lora), device="cpu")
     datasets.disable_progress_bars()
     if config.algorithm == "grpo":
         from trl import GRPOConfig as TRLConfig

@@ -44,7 +44,8 @@ def flip_rates(labeler, pairs, principle, attacks: dict[str, Callable[[str], str
     """For each attack, the share of pairs whose preferred response changes when the attack is written into the
     response the labeler preferred less on the clean pair (a move to or from an exact tie, p = 0.5, counts half).
     `labeler` is an rlaif.label.Labeler; `pairs` are rlaif.label.Pair; every pair is judged under `principle`."""
-    from rlaif.label import Pair, label_pairs, outcome
+    from rlaif.label import Pair, label_pairs
+    from rlaif.records import outcome
 
     attacks = attacks or ATTACKS
     clean = [j[0].p for j in label_pairs(labeler, pairs, [[principle]] * len(pairs), both_orders)]

@@ -24,8 +24,14 @@ docstring), and `rlaif eval labeler` measures how often injection attacks still 
 
 Prompts of one pair share their beginning (few-shot block, instructions, conversation, and per order both replies;
 only the question differs by principle); they are scored as a prefix tree, each shared part computed once
-(rlaif.prefix_tree). Labels go to preferences.jsonl as each batch of pairs finishes (batches fixed by position in
-the file): a killed run loses at most the batch in flight, and its rerun writes what an uninterrupted one would have.
+(rlaif.prefix_tree), packed into rows without padding. Labels go to preferences.jsonl as each batch of pairs
+finishes (batches fixed by position in the file, so the pairs of one candidates row share a batch and its
+conversation's tokens; packing leaves nothing for sorting by length to save): a killed run loses at most the batch
+in flight, and its rerun writes what an uninterrupted one would have.
+
+A pair whose labeling prompt (few-shot block, conversation, both replies, question and option; in chain of thought,
+with room for the rationale) does not fit in the labeler's context is never judged: past the context the
+probabilities mean nothing. It is left out and counted (`too_long`), like a pair that says nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pathlib import Path
 from rlaif.constitution import Constitution, Principle, load_constitution, render
 from rlaif.models import check_numbers, unused_settings
 from rlaif.records import (
+    ConfigError,
     DataError,
     JsonlWriter,
     Message,
@@ -46,6 +53,7 @@ from rlaif.records import (
     Tally,
     iter_jsonl,
     open_stage,
+    outcome,
     read_jsonl,
     reply_problem,
 )
@@ -123,11 +131,6 @@ def mean(values: list[float]) -> float:
 
 def clamp(p: float, bounds: tuple[float, float]) -> float:
     return min(max(p, bounds[0]), bounds[1])
-
-
-def outcome(p: float) -> float:
-    """What a probability that `first` is better says: 1 (first wins), 0 (second wins) or 0.5 (an exact tie)."""
-    return 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
 
 
 def consistent(shown_first: float | None, shown_second: float | None) -> bool:
@@ -238,6 +241,44 @@ def format_conversation(prompt: list[Message], special_tokens: list[str] = ()) -
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# What the labeler reads
+
+
+def label_template(constitution: Constitution, chain_of_thought: bool) -> str:
+    """The constitution's template for one labeling question: `label_cot` in chain-of-thought mode, else `label`."""
+    return constitution.templates["label_cot" if chain_of_thought else "label"]
+
+
+def label_message(template: str, prompt: list[Message], a: str, b: str, question: str,
+                  special_tokens: list[str] = ()) -> Message:
+    """The user turn that asks `question` about replies `a` (shown as (A)) and `b` (as (B)) to the conversation
+    `prompt`, with the conversation and replies quoted (`quote`)."""
+    content = render(template, conversation=format_conversation(prompt, special_tokens),
+                     response_a=quote(a, special_tokens), response_b=quote(b, special_tokens), question=question)
+    return {"role": "user", "content": content}
+
+
+def few_shot_block(constitution: Constitution, chain_of_thought: bool = False,
+                   special_tokens: list[str] = ()) -> list[Message]:
+    """The few-shot messages every labeling prompt starts with: each of the constitution's label examples asked as
+    a pair is asked (`label_message`, with the comparison question of the principle the example names, as that
+    principle is worded now) and answered as `answer` writes it ("(A)", or in chain-of-thought mode the example's
+    rationale and "The answer is (A)."). Two messages per example, in order. Editing a principle an example names
+    changes this block, so it changes what every pair is labeled after, whichever principles the pair draws."""
+    template = label_template(constitution, chain_of_thought)
+    messages: list[Message] = []
+    for example in constitution.label_examples:
+        question = constitution.principle(example.principle).comparison_question
+        prompt = [{"role": "user", "content": example.prompt}]
+        messages.append(label_message(template, prompt, example.response_a, example.response_b, question,
+                                      special_tokens))
+        rationale = example.rationale.strip() if chain_of_thought else None
+        messages.append({"role": "assistant",
+                         "content": answer(example.answer, rationale) + (")" if rationale is None else ").")})
+    return messages
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # The labeler
 
 
@@ -251,34 +292,48 @@ class Labeler:
         self.share_prefix = share_prefix  # off: every prompt is computed whole (for comparisons)
         self.chain_of_thought, self.max_new_tokens, self.name = chain_of_thought, max_new_tokens, name
         self.special = sorted({t for t in tokenizer.all_special_tokens} | set(getattr(tokenizer, "added_tokens_encoder", {})))
-        self.template = constitution.templates["label_cot" if chain_of_thought else "label"]
-        self.prefix = self._few_shot() if few_shot else []
+        self.template = label_template(constitution, chain_of_thought)
+        self.prefix = few_shot_block(constitution, chain_of_thought, self.special) if few_shot else []
         self._prefix_text, self._prefix_cache = "", None
 
     def message(self, prompt: list[Message], a: str, b: str, question: str) -> Message:
-        content = render(self.template, conversation=format_conversation(prompt, self.special),
-                         response_a=quote(a, self.special), response_b=quote(b, self.special), question=question)
-        return {"role": "user", "content": content}
+        return label_message(self.template, prompt, a, b, question, self.special)
 
-    def _few_shot(self) -> list[Message]:
-        messages: list[Message] = []
-        for example in self.constitution.label_examples:
-            question = self.constitution.principle(example.principle).comparison_question
-            prompt = [{"role": "user", "content": example.prompt}]
-            messages.append(self.message(prompt, example.response_a, example.response_b, question))
-            rationale = example.rationale.strip() if self.chain_of_thought else None
-            messages.append({"role": "assistant",
-                             "content": answer(example.answer, rationale) + (")" if rationale is None else ").")})
-        return messages
+    def fits(self, pair: Pair, principles: list[Principle]) -> bool:
+        """Whether every prompt `pair` is judged with under `principles` (both orders, few-shot block and option
+        included; in chain-of-thought mode with room for a rationale of max_new_tokens) fits in the labeler's
+        context (`max_position_embeddings`)."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        return context is None or max(self._lengths([(pair, principle, swapped) for principle in principles
+                                                     for swapped in (False, True)])) <= context
+
+    def _lengths(self, items: list[tuple[Pair, Principle, bool]]) -> list[int]:
+        """Tokens of each item's longest sequence: the whole prompt and its option, and the rationale's budget."""
+        option = answer("A", "" if self.chain_of_thought else None)
+        texts = [self.tokenizer.apply_chat_template(self.prefix + m, tokenize=False, add_generation_prompt=True)
+                 for m in self._messages(items)]
+        rationale = self.max_new_tokens if self.chain_of_thought else 0
+        return [len(self.tokenizer(text + option, add_special_tokens=False)["input_ids"]) + rationale
+                for text in texts]
+
+    def _messages(self, items: list[tuple[Pair, Principle, bool]]) -> list[list[Message]]:
+        return [[self.message(pair.prompt, *((pair.second, pair.first) if swapped else (pair.first, pair.second)),
+                              principle.comparison_question)] for pair, principle, swapped in items]
 
     def judge(self, items: list[tuple[Pair, Principle, bool]]) -> tuple[list[float], list[str]]:
         """P(first is better) for each (pair, principle, swapped) item: swapped shows `second` as (A). Returns the
         probabilities and, in chain-of-thought mode, the rationales ("" otherwise). All items are scored as one
-        prefix tree (the caller bounds how many), so each pair's orders and principles share what they can."""
+        prefix tree (the caller bounds how many), so each pair's orders and principles share what they can.
+        Raises ConfigError naming the pair when an item does not fit in the context (callers leave such pairs out
+        with `fits` first)."""
         from rlaif.prefix_tree import tree_logprobs
 
-        messages = [[self.message(pair.prompt, *((pair.second, pair.first) if swapped else (pair.first, pair.second)),
-                                  principle.comparison_question)] for pair, principle, swapped in items]
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        for (pair, _, _), n in zip(items, self._lengths(items) if context is not None else []):
+            if n > context:
+                raise ConfigError(f"pair {pair.id}: its labeling prompt needs {n} tokens, more than the labeler's "
+                                  f"context of {context}; leave it out (Labeler.fits) or use a longer-context labeler")
+        messages = self._messages(items)
         rationales = self._rationales(messages) if self.chain_of_thought else [""] * len(items)
         prefix_cache, texts = self._split(messages)
         sequences, n_scored = [], []
@@ -359,10 +414,17 @@ def label_pairs(labeler: Labeler, pairs: list[Pair], principles: list[list[Princ
 
 def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None = None) -> list[Pair]:
     """Pairs to label: every pair of responses in candidates.jsonl rows (`responses`), or the chosen/rejected of
-    preference rows (relabeling). A pair that says nothing (`records.reply_problem`: a blank response, or two
+    preference rows (relabeling; prompt, chosen and rejected as text or chat messages). JSONL only: a CSV or TSV
+    is a DataError saying so. A pair that says nothing (`records.reply_problem`: a blank response, or two
     responses equal after stripping) is never judged: it is left out and counted in `tally` under its reason.
     `limit` stops after that many pairs read. Errors name the file, line and field."""
+    from rlaif.loaders import CSV_SUFFIXES, as_prompt, response_text
+
     path = Path(path)
+    if path.suffix.lower() in CSV_SUFFIXES:
+        raise DataError(path, None, None, "expected JSONL: candidates.jsonl rows (id, prompt, responses), as `rlaif "
+                                          "sample` writes them, or preference rows (id, prompt, chosen, rejected); "
+                                          "`rlaif rankings import FILE --out pairs.jsonl` turns a CSV of pairs into them")
     tally = tally if tally is not None else Tally("pairs")
     pairs: list[Pair] = []
 
@@ -378,8 +440,7 @@ def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None =
     for line, row in iter_jsonl(path):
         if limit is not None and tally.read >= limit:
             break
-        if not isinstance(row.get("prompt"), list):
-            raise DataError(path, line, "prompt", "expected a list of {role, content} messages")
+        prompt = as_prompt(row.get("prompt"), path, line)
         if "id" not in row:
             raise DataError(path, line, "id", "missing")
         if "responses" in row:
@@ -389,17 +450,10 @@ def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None =
             for i in range(len(responses)):
                 for j in range(i + 1, len(responses)):
                     if limit is None or tally.read < limit:
-                        add(Pair(f"{row['id']}-{i}-{j}", row["prompt"], responses[i], responses[j]))
+                        add(Pair(f"{row['id']}-{i}-{j}", prompt, responses[i], responses[j]))
         elif "chosen" in row and "rejected" in row:
-            texts = []
-            for name in ("chosen", "rejected"):
-                value = row[name]
-                if isinstance(value, list) and value and isinstance(value[-1], dict):
-                    value = value[-1].get("content")
-                if not isinstance(value, str):
-                    raise DataError(path, line, name, "expected a string or a list ending in an assistant message")
-                texts.append(value)
-            add(Pair(str(row["id"]), row["prompt"], *texts))
+            texts = [response_text(row[name], path, line, name) for name in ("chosen", "rejected")]
+            add(Pair(str(row["id"]), prompt, *texts))
         else:
             raise DataError(path, line, "responses", "expected `responses` (candidates) or `chosen` and `rejected`")
     return pairs
@@ -411,8 +465,9 @@ def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None =
 
 def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = False) -> dict:
     """Label (or resume labeling) every pair; returns the manifest's counts (with the tally of pairs read, used
-    and left out, see `load_pairs`) and `summary`, the tally's line. A file in which no pair is left to judge is a
-    DataError before the labeler is loaded."""
+    and left out, see `load_pairs`, and `too_long`: no room in the labeler's context) and `summary`, the tally's
+    line. A file in which no pair is left to judge is a DataError before the labeler is loaded; one in which every
+    pair is too long, a DataError before the stage directory is made."""
     from rlaif.generate import progress_bar
 
     constitution = load_constitution(config.constitution)
@@ -421,33 +476,39 @@ def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = Fa
     tally = Tally("pairs")
     pairs = load_pairs(config.candidates, tally)
     tally.require_some(config.candidates, "a pair needs two different, non-empty responses")
-    stage_dir = Path(config.out) / "label"
-    resolved = {**asdict(config), "principles_per_comparison": k, "both_orders": both, "chain_of_thought": cot,
-                "clamp": list(settings.clamp), "constitution_digest": constitution.digest()}
-    manifest = open_stage(stage_dir, "label", resolved, volatile=LabelConfig.VOLATILE)
-    manifest.status = "running"
-    manifest.add_input(config.candidates)
     if labeler is None:
         from rlaif.models import load_model
 
         model, tokenizer = load_model(config.labeler, device=config.device)
         labeler = Labeler(model, tokenizer, constitution, few_shot=config.few_shot, chain_of_thought=cot,
                           max_new_tokens=config.max_new_tokens, name=config.labeler)
+    drawn = {pair.id: sample_label_principles(constitution, k, pair.id) for pair in pairs}
+    fitting = [pair for pair in pairs if labeler.fits(pair, drawn[pair.id])]
+    tally.used -= len(pairs) - len(fitting)
+    tally.leave_out("too_long", len(pairs) - len(fitting))
+    tally.require_some(config.candidates, "no labeling prompt fits in the labeler's context; use one with a longer "
+                                          "context, fewer principles per pair, or turn few_shot off")
+    stage_dir = Path(config.out) / "label"
+    resolved = {**asdict(config), "principles_per_comparison": k, "both_orders": both, "chain_of_thought": cot,
+                "clamp": list(settings.clamp), "constitution_digest": constitution.digest()}
+    manifest = open_stage(stage_dir, "label", resolved, volatile=LabelConfig.VOLATILE)
+    manifest.status = "running"
+    manifest.add_input(config.candidates)
     started = time.time()
     kept, dropped_path = stage_dir / "preferences.jsonl", stage_dir / "dropped.jsonl"
     with JsonlWriter(kept) as out, JsonlWriter(dropped_path) as dropped:
-        done = sum(p.id in out.done or p.id in dropped.done for p in pairs)
-        manifest.counts.update(pairs=len(pairs), resumed=done)
-        with progress_bar(progress, len(pairs), "labeling", completed=done) as bar:
+        done = sum(p.id in out.done or p.id in dropped.done for p in fitting)
+        manifest.counts.update(pairs=len(fitting), resumed=done)
+        with progress_bar(progress, len(fitting), "labeling", completed=done) as bar:
             # Batches by position in the file, each written as it finishes. A batch a kill left half written is
             # judged whole again (the same batch as before, so the same numbers) and only its missing rows written.
-            for start in range(0, len(pairs), config.batch_size):
-                batch = pairs[start : start + config.batch_size]
+            for start in range(0, len(fitting), config.batch_size):
+                batch = fitting[start : start + config.batch_size]
                 todo = [p for p in batch if p.id not in out.done and p.id not in dropped.done]
                 if not todo:
                     continue
-                principles = [sample_label_principles(constitution, k, pair.id) for pair in batch]
-                judged = label_pairs(labeler, batch, principles, both, settings.clamp if cot else None)
+                judged = label_pairs(labeler, batch, [drawn[pair.id] for pair in batch], both,
+                                     settings.clamp if cot else None)
                 for pair, judgements in zip(batch, judged):
                     if pair in todo:  # not written before the kill
                         row = to_preference(pair, judgements, labeler.name, config.min_margin)

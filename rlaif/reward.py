@@ -9,8 +9,11 @@ label, `soft_bradley_terry_loss` below; at p = 1 it is exactly TRL's loss. The p
 (by pair, so no pair is in both), and each pair is tokenized here as the trainer reads it (chat template included).
 What cannot train is left out and counted, never dropped silently: a pair longer than `max_length` (TRL's
 RewardTrainer drops those without a word), a pair whose replies are empty or the same, and a training pair of
-weight 0. When no training pair is left, `run` stops with a DataError before loading the model. The weights being
-trained are float32 (bf16 only as autocast on a GPU). OUT gets:
+weight 0; rows read from the files are counted too (`labels_` counts: how many labels made the pairs, and a pair
+whose replies are the same, left out as it is read). When no training pair is left, `run` stops with a DataError
+before loading the model. The weights being trained, the head among them, are float32 (bf16 only as autocast on a
+GPU, where LoRA's frozen base is bf16). Every generator is seeded with `seed` before the model is loaded, so two
+runs with the same settings draw the same new head (and LoRA adapters) and write the same model file. OUT gets:
 
 | file | what |
 |---|---|
@@ -41,6 +44,7 @@ from rlaif.records import (
     Message,
     PreferenceRow,
     Tally,
+    dumps_json,
     open_stage,
     read_text,
     reply_problem,
@@ -79,7 +83,7 @@ class RewardConfig:
     def __post_init__(self):
         check_numbers(self, "reward", positive=["learning_rate", "epochs", "batch_size", "grad_accum", "max_length",
                                                 "stats_samples", "save_steps", "lora_r", "lora_alpha"],
-                      nonnegative=["margin", "center_rewards"], finite=["max_steps"],
+                      nonnegative=["margin", "center_rewards"], steps=["max_steps"],
                       within={"eval_fraction": (0.0, 1.0), "lora_dropout": (0.0, 1.0)})
         if not self.eval_fraction < 1.0:
             raise ConfigError(f"eval_fraction: expected a share in [0, 1), not {self.eval_fraction}")
@@ -162,16 +166,6 @@ def split(rows: list[PreferenceRow], fraction: float) -> tuple[list[PreferenceRo
     return [r for r in rows if id(r) not in held_ids], held
 
 
-def load_mix(specs: list[str], ties: str, human_overrides: bool) -> tuple[list[PreferenceRow], dict]:
-    from rlaif.rankings import load_preferences, mix, parse_weighted
-
-    sources = []
-    for spec in specs:
-        path, weight = parse_weighted(spec)
-        sources.append((path, load_preferences(path, ties), weight))
-    return mix(sources, human_overrides)
-
-
 def fitting_pairs(rows: list[PreferenceRow], tokenizer, max_length: int, tally: Tally, weighted: bool = True
                   ) -> tuple[list[tuple[PreferenceRow, list[int], list[int]]], int | None]:
     """The pairs a reward model can learn from (or be judged on), each with the token ids of prompt + chosen and of
@@ -220,16 +214,26 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
     Raises DataError before loading the model (and before creating OUT) when no training pair is left."""
     import datasets
     from datasets import Dataset
+    from transformers import set_seed
     from trl import RewardConfig as TRLRewardConfig
 
-    from rlaif.models import load_tokenizer, lora_config, precision_args, train_and_save, trainer_device
-    from rlaif.rankings import pair_key, parse_weighted
+    from rlaif.models import (
+        device_dtype,
+        load_tokenizer,
+        lora_config,
+        precision_args,
+        train_and_save,
+        trainer_device,
+        training_dtype,
+    )
+    from rlaif.rankings import load_mix, pair_key, parse_weighted
 
     if not config.data:
         raise ConfigError("data: give at least one preference file (--data FILE[:WEIGHT])")
-    rows, agreement = load_mix(config.data, config.ties, config.human_overrides)
+    labels = Tally("labels")
+    rows, agreement = load_mix(config.data, config.ties, config.human_overrides, labels)
     if config.eval_data:
-        held_out, _ = load_mix(config.eval_data, config.ties, config.human_overrides)
+        held_out, _ = load_mix(config.eval_data, config.ties, config.human_overrides, labels)
         held_keys = {pair_key(r) for r in held_out}
         train = [r for r in rows if pair_key(r) not in held_keys]
     else:
@@ -252,7 +256,8 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     for spec in config.data + config.eval_data:
         manifest.add_input(parse_weighted(spec)[0])
-    model, tokenizer = load_backbone(config.model, "cpu", dtype="float32")
+    set_seed(config.seed)  # before the new score head (and LoRA's adapters) draw their initial weights
+    model, tokenizer = load_backbone(config.model, "cpu", dtype=training_dtype(device, config.lora))
     datasets.disable_progress_bars()
 
     # Already tokenized, so TRL reads exactly the ids counted above (its max_length filter finds nothing to drop).
@@ -274,26 +279,27 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
                           data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id), peft_config=peft_config)
     started = time.time()
     final, result, checkpoint = train_and_save(trainer, tokenizer, out, config.lora)
-    final.eval()
-    scorer = RewardModel(final, tokenizer)
+    # Scored in the dtype PPO and GRPO score with (RewardModel.load: bf16 on a bf16 GPU), on the training device.
+    scorer = RewardModel(final.to(device, getattr(torch, device_dtype(device))).eval(), tokenizer)
     stats_rows = [row for row, _, _ in train_pairs[: config.stats_samples]]
     stats_rewards = scorer.score([r["prompt"] for r in stats_rows] * 2,
                                  [r["chosen"][-1]["content"] for r in stats_rows] +
                                  [r["rejected"][-1]["content"] for r in stats_rows])
     stats = {"mean": stats_rewards.mean().item(), "std": stats_rewards.std().item() if len(stats_rewards) > 1 else 1.0,
              "responses": len(stats_rewards)}
-    write_atomic(out / "reward_stats.json", json.dumps(stats, indent=2) + "\n")
+    write_atomic(out / "reward_stats.json", dumps_json(stats))
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    counts = {**train_tally.counts(), **held_tally.counts("heldout_"), "steps": trainer.state.global_step}
-    summary = train_tally.summary() + (f"; {held_tally.summary()}" if held_tally.read else "")
+    counts = {**labels.counts("labels_"), **train_tally.counts(), **held_tally.counts("heldout_"),
+              "steps": trainer.state.global_step}
+    summary = f"{labels.summary()}; {train_tally.summary()}" + (f"; {held_tally.summary()}" if held_tally.read else "")
     metrics = {"train": {"pairs": train_tally.used, "steps": trainer.state.global_step,
                          "loss": result.training_loss, "first_loss": losses[0] if losses else None,
                          "last_loss": losses[-1] if losses else None, "resumed_from": checkpoint},
                "heldout": evaluate_reward_model(scorer, [row for row, _, _ in held_pairs]) if held_pairs else None,
                "agreement": agreement, "reward_stats": stats, "counts": counts, "summary": summary,
                "seconds": time.time() - started}
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_atomic(out / "metrics.json", dumps_json(metrics))
     manifest.counts.update(counts)
     manifest.seconds += metrics["seconds"]
     manifest.outputs = ["model.safetensors", "reward_stats.json", "metrics.json", "checkpoints/"]
@@ -304,14 +310,14 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
 
 def load_backbone(spec: str, device: str, dtype: str = "auto"):
     """A causal LM spec (or a trained reward model) as a sequence classifier with one output, and its tokenizer.
-    dtype "auto": bfloat16 on a GPU that supports it, for scoring; anything trained is loaded "float32"."""
+    dtype "auto": bfloat16 on a GPU that supports it, for scoring; see models.training_dtype for training."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from rlaif.models import _not_found, load_tokenizer, resolve
+    from rlaif.models import _not_found, device_dtype, load_tokenizer, resolve
 
     if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+        dtype = device_dtype(device)
     tokenizer = load_tokenizer(spec)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "score.weight newly initialized": expected for a new head

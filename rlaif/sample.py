@@ -3,12 +3,16 @@
     rlaif sample --model runs/x/sft --prompts prompts.jsonl --n 2 --out runs/x
 
 Each prompt is repeated K times and sampled at the given temperature, response k of prompt `id` with its own seed,
-derive_seed(seed, id, k): its text depends on nothing else, not on the batch it shares or on where a run was
-resumed. On a GPU with vLLM installed, `engine: vllm` samples with vLLM instead (the same seed per request).
-Temperature 0 (greedy) is for n = 1 only: it would give the K responses to a prompt one text.
-Prompts go through in file order, `batch_size` sequences at a time, and each batch's rows go to
-OUT/sample/candidates.jsonl as soon as it finishes: a killed run loses at most the batch in flight, and the rerun
-writes the same file an uninterrupted run would have (each id exactly once).
+derive_seed(seed, id, k), so the random draws behind it do not depend on the batch it shares or on where a run was
+resumed (the probabilities they are drawn against can differ in their last digits from one batch shape to another:
+see rlaif.generate). On a GPU with vLLM installed, `engine: vllm` samples with vLLM instead (the same seed per
+request). Temperature 0 (greedy) is for n = 1 only: it would give the K responses to a prompt one text.
+
+The prompts not yet written go to the model together, sorted by length and cut into batches of `batch_size`
+sequences (little padding), and each prompt's row goes to OUT/sample/candidates.jsonl as soon as its K responses
+are done, so rows are in the order they finish. A killed run loses at most the batch in flight, and the rerun writes
+each id exactly once. A prompt that leaves no room for max_new_tokens in the model's context is not sampled: it is
+left out and counted (`too_long`), in the manifest and the closing line.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rlaif.generate import GenerationConfig, derive_seed, progress_bar
+from rlaif.generate import GenerationConfig, derive_seed, indexed, progress_bar
 from rlaif.loaders import load_prompts
 from rlaif.models import check_numbers, unused_settings
-from rlaif.records import CandidateRow, ConfigError, DataError, JsonlWriter, open_stage, read_jsonl
+from rlaif.records import CandidateRow, ConfigError, DataError, JsonlWriter, Tally, open_stage, read_jsonl
 
 
 @dataclass
@@ -33,11 +37,11 @@ class SampleConfig:
     temperature: float = 0.9  # diverse enough that the K responses differ
     top_p: float = 0.95
     seed: int = 0
-    batch_size: int = 16  # sequences per forward pass (batch_size // n prompts, at least one), written per batch
+    batch_size: int = 16  # sequences per forward pass; a prompt's row is written once its n responses are done
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
     engine: str = "rlaif"  # rlaif (batched generation here), or vllm (on a GPU, where vLLM is installed)
 
-    VOLATILE = ("batch_size", "device")
+    VOLATILE = ("batch_size", "chunk_size", "device")  # chunk_size: saved by earlier versions; it never changed a row
 
     def __post_init__(self):
         check_numbers(self, "sample", at_least_one=["n", "max_new_tokens", "batch_size"], nonnegative=["temperature"],
@@ -70,8 +74,10 @@ def _installed(module: str) -> bool:
 
 
 def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
-    """Sample (or resume sampling) candidates; returns the manifest's counts. `complete(conversations, generation)`
-    replaces the model (tests use a scripted one)."""
+    """Sample (or resume sampling) candidates; returns the manifest's counts, with the tally of prompts read, used
+    and left out (too long for the model's context), and `summary`, the tally's line. `complete(conversations,
+    generation)` replaces the model (tests use a scripted one): it returns the replies in order, or (index, reply)
+    pairs as batches finish. Raises DataError when every prompt is left out."""
     prompts = load_prompts(config.prompts)
     stage_dir = Path(config.out) / "sample"
     manifest = open_stage(stage_dir, "sample", asdict(config), volatile=SampleConfig.VOLATILE)
@@ -81,71 +87,83 @@ def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
         complete = _vllm_complete(config) if config.engine == "vllm" else _model_complete(config)
     started = time.time()
     path = stage_dir / "candidates.jsonl"
-    per_batch = max(1, config.batch_size // config.n)
+    tally = Tally("prompts")
     with JsonlWriter(path) as out:
-        done = sum(p["id"] in out.done for p in prompts)
-        manifest.counts.update(prompts=len(prompts), resumed=done)
-        with progress_bar(progress, len(prompts), "sampling", completed=done) as bar:
-            for start in range(0, len(prompts), per_batch):
-                batch = prompts[start : start + per_batch]
-                todo = [p for p in batch if p["id"] not in out.done]
-                if not todo:
+        todo = [p for p in prompts if p["id"] not in out.done]
+        manifest.counts.update(prompts=len(prompts), resumed=len(prompts) - len(todo))
+        with progress_bar(progress, len(prompts), "sampling", completed=len(prompts) - len(todo)) as bar:
+            generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                          top_p=config.top_p, batch_size=config.batch_size,
+                                          seeds=[derive_seed(config.seed, p["id"], k)
+                                                 for p in todo for k in range(config.n)])
+            replies: dict[int, dict] = {}  # prompt index in todo -> {k: reply}, until its n replies are in
+            for index, reply in indexed(complete([p["prompt"] for p in todo for _ in range(config.n)], generation)):
+                mine = replies.setdefault(index // config.n, {})
+                mine[index % config.n] = reply
+                if len(mine) < config.n:
                     continue
-                # The whole batch, even when a kill left part of it written: the rerun computes what the
-                # uninterrupted run computed, and writes what is missing.
-                generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                              top_p=config.top_p, batch_size=config.batch_size,
-                                              seeds=[derive_seed(config.seed, p["id"], k)
-                                                     for p in batch for k in range(config.n)])
-                replies = complete([p["prompt"] for p in batch for _ in range(config.n)], generation)
-                for i, prompt in enumerate(batch):
-                    if prompt["id"] in out.done:
-                        continue
-                    mine = replies[i * config.n : (i + 1) * config.n]
-                    row: CandidateRow = {"id": prompt["id"], "prompt": prompt["prompt"],
-                                         "responses": [r.text for r in mine], "policy": config.model,
-                                         "tokens": [len(r.token_ids) for r in mine],
-                                         "finished": [r.finish_reason == "stop" for r in mine]}
-                    out.write(row)
-                bar(len(todo))
-    rows = list(read_jsonl(path))
+                prompt, mine = todo[index // config.n], [mine[k] for k in range(config.n)]
+                del replies[index // config.n]
+                if any(r.finish_reason == "too_long" for r in mine):
+                    tally.leave_out("too_long")
+                else:
+                    out.write({"id": prompt["id"], "prompt": prompt["prompt"], "responses": [r.text for r in mine],
+                               "policy": config.model, "tokens": [len(r.token_ids) for r in mine],
+                               "finished": [r.finish_reason == "stop" for r in mine]})
+                bar(1)
+        tally.read, tally.used = len(prompts), sum(p["id"] in out.done for p in prompts)
+    rows: list[CandidateRow] = list(read_jsonl(path))
     manifest.counts.update(responses=sum(len(r["responses"]) for r in rows),
                            generated_tokens=sum(sum(r.get("tokens", [])) for r in rows),
                            finished_with_eos=sum(sum(r.get("finished", [])) for r in rows))
+    manifest.counts.update(tally.counts())
     manifest.seconds += time.time() - started
+    manifest.save(stage_dir)
+    tally.require_some(config.prompts, f"each prompt and max_new_tokens ({config.max_new_tokens}) must fit in the "
+                                       f"model's context")
     manifest.outputs = ["candidates.jsonl"]
     manifest.status = "complete"
     manifest.save(stage_dir)
-    return manifest.counts
+    return {**manifest.counts, "summary": tally.summary()}
 
 
 def _model_complete(config: SampleConfig):
-    from rlaif.generate import generate
+    from rlaif.generate import iter_generate
     from rlaif.models import load_model
 
     model, tokenizer = load_model(config.model, device=config.device)
-    return lambda conversations, generation: generate(model, tokenizer, conversations, generation)
+    return lambda conversations, generation: iter_generate(model, tokenizer, conversations, generation)
 
 
 def _vllm_complete(config: SampleConfig):
     """The same `complete` on vLLM: each request gets its own seed (`generation.seeds`), so the K copies of a prompt
-    differ and a rerun samples them again alike."""
+    differ and a rerun samples them again alike. vLLM is called with `batch_size` requests at a time (it batches
+    them itself), so a killed run loses at most one call's; a request too long for the model's context is not sent
+    (finish_reason "too_long", as rlaif.generate gives it)."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError:
         raise ConfigError("engine: vllm is not installed here (pip install vllm, on a machine with a GPU); "
                           "or use engine: rlaif") from None
     from rlaif.generate import Generation
-    from rlaif.models import resolve
+    from rlaif.models import chat_ids, resolve
 
     llm = LLM(model=resolve(config.model), seed=config.seed)
+    tokenizer, context = llm.get_tokenizer(), llm.llm_engine.model_config.max_model_len
 
     def complete(conversations, generation: GenerationConfig):
-        params = [SamplingParams(temperature=generation.temperature, top_p=generation.top_p,
-                                 max_tokens=generation.max_new_tokens, seed=seed) for seed in generation.seeds]
-        results = llm.chat(conversations, params, use_tqdm=False)
-        return [Generation(text=r.outputs[0].text.strip(), token_ids=list(r.outputs[0].token_ids),
-                           finish_reason="stop" if r.outputs[0].finish_reason == "stop" else "length",
-                           prompt_tokens=len(r.prompt_token_ids)) for r in results]
+        for start in range(0, len(conversations), generation.batch_size):
+            batch = range(start, min(start + generation.batch_size, len(conversations)))
+            sizes = {i: len(chat_ids(tokenizer, conversations[i], add_generation_prompt=True)) for i in batch}
+            sent = [i for i in batch if sizes[i] + generation.max_new_tokens <= context]
+            for i in sorted(set(batch) - set(sent)):
+                yield i, Generation(text="", token_ids=[], finish_reason="too_long", prompt_tokens=sizes[i])
+            params = [SamplingParams(temperature=generation.temperature, top_p=generation.top_p,
+                                     max_tokens=generation.max_new_tokens, seed=generation.seeds[i]) for i in sent]
+            results = llm.chat([conversations[i] for i in sent], params, use_tqdm=False) if sent else []
+            for i, r in zip(sent, results):
+                yield i, Generation(text=r.outputs[0].text.strip(), token_ids=list(r.outputs[0].token_ids),
+                                    finish_reason="stop" if r.outputs[0].finish_reason == "stop" else "length",
+                                    prompt_tokens=len(r.prompt_token_ids))
 
     return complete

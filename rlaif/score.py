@@ -6,11 +6,15 @@ Instead of comparing two responses, the labeler reads one and is asked for a sco
 RLHF", section 3.2). No text is generated: the next-token probabilities of the ten scores are read after the
 prompt, and the reward is the expected score, E[s] = sum_s s * P(s), mapped from [1, 10] to [-1, 1]. "10" starts
 like "1" in most tokenizers, so each score's probability is that of its own tokens and, for a score that is the
-beginning of another (1 of 10), less that of the longer one: P(1) = P("1") - P("10"). An empty response says nothing
-to score: the stage leaves it out of its row in scores.jsonl and counts it.
+beginning of another (1 of 10), less that of the longer one: P(1) = P("1") - P("10"). A row of scores.jsonl keeps
+every response of its candidates row, in order, so score i is response i's. An empty response says nothing to
+score, and one whose scoring prompt does not fit in the labeler's context cannot be read: each keeps its place with
+a null score and reward, and is counted as left out (`empty_reply`, `too_long`).
 
-Rows go to scores.jsonl as each batch finishes (batches fixed by position in the file): a killed run loses at most
-the batch in flight, and its rerun writes what an uninterrupted one would have.
+Rows go to scores.jsonl as each batch finishes (batches fixed by position in the file; the scorer packs a batch's
+prompts without padding, see rlaif.prefix_tree, so sorting them by length would save nothing): a killed run loses
+at most the batch in flight, and its rerun scores a half-written batch whole again, so it writes what an
+uninterrupted one would have.
 
 `DirectScore` is the same thing as a reward function, `reward(prompts, responses) -> tensor`, for PPO.
 """
@@ -25,7 +29,7 @@ from pathlib import Path
 from rlaif.constitution import Constitution, load_constitution, render
 from rlaif.label import format_conversation, quote
 from rlaif.models import check_numbers
-from rlaif.records import DataError, JsonlWriter, Message, Tally, iter_jsonl, open_stage
+from rlaif.records import ConfigError, DataError, JsonlWriter, Message, Tally, iter_jsonl, open_stage
 
 SCORES = tuple(range(1, 11))
 
@@ -71,10 +75,12 @@ class DirectScore:
         self.rubric = "\n".join(f"- {p.critique_request}" for p in constitution.principles)
         self.special = sorted(set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {})))
 
-    def scores(self, prompts: list[list[Message]], responses: list[str]) -> list[tuple[float, dict[int, float]]]:
-        """(expected score in [1, 10], distribution over scores) per response."""
+    def scores(self, prompts: list[list[Message]], responses: list[str]) -> list[tuple[float, dict[int, float]] | None]:
+        """(expected score in [1, 10], distribution over scores) per response; None for one whose scoring prompt
+        (the template, the conversation, the response and a score) does not fit in the labeler's context."""
         from rlaif.prefix_tree import tree_logprobs
 
+        context = getattr(self.model.config, "max_position_embeddings", None)
         results = []
         for start in range(0, len(prompts), self.batch_size):
             sequences, n_scored, spans = [], [], []
@@ -86,33 +92,51 @@ class DirectScore:
                 text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                           add_generation_prompt=True)
                 stem = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-                tails = {}
+                tails, options = {}, []
                 for s in SCORES:
                     ids = self.tokenizer(text + str(s), add_special_tokens=False)["input_ids"]
                     common = next((i for i, (x, y) in enumerate(zip(ids, stem)) if x != y), min(len(ids), len(stem)))
                     tails[s] = ids[common:]
+                    options.append((ids, len(ids) - common))
+                if context is not None and max(len(ids) for ids, _ in options) > context:
+                    spans.append(None)
+                    continue
+                for ids, n in options:
                     sequences.append(ids)
-                    n_scored.append(len(ids) - common)
+                    n_scored.append(n)
                 spans.append(tails)
-            logprobs = tree_logprobs(self.model, sequences, n_scored)
-            for i, tails in enumerate(spans):
-                lp = {s: sum(logprobs[i * len(SCORES) + j]) for j, s in enumerate(SCORES)}
+            logprobs = iter(tree_logprobs(self.model, sequences, n_scored))
+            for tails in spans:
+                if tails is None:
+                    results.append(None)
+                    continue
+                lp = {s: sum(next(logprobs)) for s in SCORES}
                 prefixes = {s: [t for t in SCORES if t != s and tails[t][: len(tails[s])] == tails[s]]
                             for s in SCORES}
                 results.append(expected_score(lp, prefixes))
         return results
 
     def __call__(self, prompts: list[list[Message]], responses: list[str]):
+        """Rewards (N,) in [-1, 1]. Raises ConfigError when a response's scoring prompt does not fit in the
+        labeler's context (its score would be read past the positions the model knows)."""
         import torch
 
-        return torch.tensor([to_reward(score) for score, _ in self.scores(prompts, responses)])
+        rewards = []
+        for result, response in zip(self.scores(prompts, responses), responses):
+            if result is None:
+                raise ConfigError(f"a response ({response[:40]!r}...) and its prompt do not fit in the scoring "
+                                  f"labeler's context of {self.model.config.max_position_embeddings} tokens; lower "
+                                  "max_new_tokens, shorten the prompts, or use a labeler with a longer context")
+            rewards.append(to_reward(result[0]))
+        return torch.tensor(rewards)
 
 
 def run(config: ScoreConfig, scorer: DirectScore | None = None, progress: bool = False) -> dict:
     """Score every response of every candidates row; returns the manifest's counts (with the tally of responses
-    read, scored and left out) and `summary`, the tally's line. An empty response says nothing to score: it is left
-    out of its row (a row with no other response is not written) and counted; a file with no response left is a
-    DataError before the scorer is loaded."""
+    read, scored and left out) and `summary`, the tally's line. Each row keeps all its responses; one that is empty
+    (before the scorer is loaded) or too long for the labeler's context (when scored) gets a null score and reward
+    and is counted as left out. A file with no response to score is a DataError before the scorer is loaded; one in
+    which every response was too long, a DataError after scoring."""
     from rlaif.generate import progress_bar
 
     path = Path(config.candidates)
@@ -125,12 +149,11 @@ def run(config: ScoreConfig, scorer: DirectScore | None = None, progress: bool =
                 raise DataError(path, line, name, f"expected a {kind.__name__}")
         if not all(isinstance(r, str) for r in row["responses"]):
             raise DataError(path, line, "responses", "expected a list of strings")
-        kept = [r for r in row["responses"] if r.strip()]
+        empty = sum(not r.strip() for r in row["responses"])
         tally.read += len(row["responses"])
-        tally.used += len(kept)
-        tally.leave_out("empty_reply", len(row["responses"]) - len(kept))
-        if kept:
-            rows.append({**row, "responses": kept})
+        tally.used += len(row["responses"]) - empty
+        tally.leave_out("empty_reply", empty)
+        rows.append(row)
     tally.require_some(path, "every response is empty")
     constitution = load_constitution(config.constitution)
     stage_dir = Path(config.out) / "score"
@@ -154,17 +177,25 @@ def run(config: ScoreConfig, scorer: DirectScore | None = None, progress: bool =
                 todo = [r for r in group if r["id"] not in out.done]
                 if not todo:
                     continue
-                results = iter(scorer.scores([r["prompt"] for r in group for _ in r["responses"]],
-                                             [response for r in group for response in r["responses"]]))
+                asked = [(r["prompt"], response) for r in group for response in r["responses"] if response.strip()]
+                results = iter(scorer.scores([prompt for prompt, _ in asked], [response for _, response in asked]))
                 for row in group:
-                    scores = [next(results)[0] for _ in row["responses"]]
+                    scores = [next(results) if response.strip() else None for response in row["responses"]]
+                    scores = [result[0] if result is not None else None for result in scores]
                     if row["id"] not in out.done:
                         out.write({"id": row["id"], "prompt": row["prompt"], "responses": row["responses"],
-                                   "scores": scores, "rewards": [to_reward(s) for s in scores]})
+                                   "scores": scores, "rewards": [None if s is None else to_reward(s) for s in scores]})
                 bar(len(todo))
-    manifest.counts.update(rows=len(rows), resumed=done, responses=sum(len(r["responses"]) for r in rows))
+    ids = {row["id"] for row in rows}
+    too_long = sum(score is None and bool(response.strip()) for _, row in iter_jsonl(stage_dir / "scores.jsonl")
+                   if row["id"] in ids for score, response in zip(row["scores"], row["responses"]))
+    tally.used -= too_long
+    tally.leave_out("too_long", too_long)
+    manifest.counts.update(rows=len(rows), resumed=done, responses=tally.used)
     manifest.counts.update(tally.counts())
     manifest.seconds += time.time() - started
+    manifest.save(stage_dir)
+    tally.require_some(path, "every response is empty or too long for the labeler's context")
     manifest.outputs = ["scores.jsonl"]
     manifest.status = "complete"
     manifest.save(stage_dir)

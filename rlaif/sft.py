@@ -7,7 +7,7 @@ loss falls on the assistant's reply only. Rows are tokenized here as TRL's SFTTr
 cut to `max_length`), so what is left out is counted, not dropped silently: a row whose reply is empty, or whose
 prompt fills `max_length` so that no reply token is left to learn from. Rows cut short still train and are counted
 as `truncated`. Full fine-tuning or LoRA (peft); the weights being trained are float32 (bf16 only as autocast on a
-GPU). A LoRA adapter is merged into the base weights at the end, so OUT is a plain model directory that every other
+GPU, where LoRA's frozen base is bf16). A LoRA adapter is merged into the base weights at the end, so OUT is a plain model directory that every other
 stage loads like any model. Checkpoints go to OUT/checkpoints/ (safetensors weights) and a rerun resumes from the
 latest one.
 """
@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlaif.models import check_numbers, lora_unused
-from rlaif.records import DataError, Tally, iter_jsonl, open_stage
+from rlaif.records import DataError, Tally, dumps_json, iter_jsonl, open_stage, write_atomic
 
 
 @dataclass
@@ -47,7 +47,7 @@ class SFTConfig:
     def __post_init__(self):
         check_numbers(self, "sft", positive=["learning_rate", "epochs", "batch_size", "grad_accum", "max_length",
                                              "save_steps", "lora_r", "lora_alpha"],
-                      finite=["max_steps"], within={"lora_dropout": (0.0, 1.0)})
+                      steps=["max_steps"], within={"lora_dropout": (0.0, 1.0)})
         lora_unused(self)
 
 
@@ -97,10 +97,19 @@ def run(config: SFTConfig, progress: bool = True) -> dict:
     Raises DataError before loading the model (and before creating OUT) when no row is left to train on."""
     import datasets
     from datasets import Dataset
+    from transformers import set_seed
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from rlaif.models import load_model, load_tokenizer, lora_config, precision_args, train_and_save, trainer_device
+    from rlaif.models import (
+        load_model,
+        load_tokenizer,
+        lora_config,
+        precision_args,
+        train_and_save,
+        trainer_device,
+        training_dtype,
+    )
 
     data = Path(config.data)
     if not data.is_file():
@@ -119,7 +128,8 @@ def run(config: SFTConfig, progress: bool = True) -> dict:
     if manifest.status == "complete" and (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))  # trained already: nothing to do
     manifest.add_input(data)
-    model, tokenizer = load_model(config.model, dtype="float32", device="cpu")
+    set_seed(config.seed)  # before LoRA's adapters draw their initial weights
+    model, tokenizer = load_model(config.model, dtype=training_dtype(device, config.lora), device="cpu")
     datasets.disable_progress_bars()  # TRL's passes over the data take a blink; the training bar is the one to watch
 
     args = TRLSFTConfig(
@@ -150,7 +160,7 @@ def run(config: SFTConfig, progress: bool = True) -> dict:
                "summary": summary, "train_loss": result.training_loss,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                "resumed_from": checkpoint, "seconds": time.time() - started}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out / "metrics.json", dumps_json(metrics))
     manifest.counts.update(tally.counts(), truncated=truncated, steps=trainer.state.global_step)
     manifest.seconds += metrics["seconds"]
     manifest.outputs = ["model.safetensors", "metrics.json", "checkpoints/"]

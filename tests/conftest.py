@@ -74,6 +74,21 @@ def tiny(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def roomy_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model (same weights and tokenizer) with 8192 positions, as SmolLM2's. Its byte-level tokens make the
+    shipped constitutions' few-shot blocks (1,400 to 1,800 tokens) and the default score rubric (4,700) longer than
+    its 512, and the stages leave out what does not fit in a model's context: tests that read them use this copy."""
+    import json
+    import shutil
+
+    directory = tmp_path_factory.mktemp("roomy-model") / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 8192}))
+    return directory
+
+
+@pytest.fixture(scope="session")
 def embedded():
     """The embedded SmolLM2-135M-Instruct (converted once into the rlaif cache)."""
     from rlaif.models import load_model

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlaif.records import ConfigError, DataError, read_jsonl
+from rlaif.records import DataError, read_jsonl
 
 PROMPTS = ["How do I bake bread?", "Tell me about travel.", "What is science?", "Write a Python function."]
 
@@ -21,7 +21,7 @@ def preferences(tmp_path) -> Path:
              "chosen": [{"role": "assistant", "content": "A kind, careful answer."}],
              "rejected": [{"role": "assistant", "content": "No."}], "p_chosen": 0.8 if i % 2 else 0.9,
              "source": "ai"} for i, p in enumerate(PROMPTS)]
-    rows.append({**rows[0], "id": "tie", "p_chosen": 0.5})
+    rows.append({**rows[0], "id": "second", "p_chosen": 0.5})  # a second label of p0's pair
     path = tmp_path / "preferences.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -49,15 +49,17 @@ def test_dpo_trains_on_confident_pairs_with_robust_loss_from_soft_labels(tmp_pat
                        loss_type="robust", max_steps=2, batch_size=2, learning_rate=1e-3, max_length=64,
                        device="cpu")
     metrics = run(config, progress=False)
-    assert metrics["pairs"] == 4 and metrics["steps"] == 2  # the tie is left out
-    assert metrics["label_smoothing"] == pytest.approx(0.15)  # mean 1 - p_chosen of 0.9, 0.8, 0.9, 0.8
+    assert metrics["pairs"] == 4 and metrics["steps"] == 2  # p0's two labels train once, at their mean 0.7
+    assert metrics["label_smoothing"] == pytest.approx(0.2)  # mean 1 - p_chosen of 0.7, 0.8, 0.9, 0.8
+    assert metrics["summary"] == "read 5 labels, used 5; read 4 pairs, used 4"
+    manifest = json.loads((tmp_path / "dpo" / "manifest.json").read_text())["counts"]
+    assert {k: manifest[k] for k in ("labels_read", "labels_used", "read", "used")} == {
+        "labels_read": 5, "labels_used": 5, "read": 4, "used": 4}
     assert changed(tiny_model_dir, tmp_path / "dpo")
     assert run(config, progress=False) == metrics  # finished: a rerun is a no-op
 
-    with pytest.raises(ConfigError, match="weights are for the reward model"):
-        run(DPOConfig(data=[f"{preferences}:2"], out=str(tmp_path / "x"), policy=str(tiny_model_dir)))
-    with pytest.raises(DataError, match=r"used 0, left out 5 \(low_confidence 4, tie 1\)"):
-        run(DPOConfig(data=[str(preferences)], min_p_chosen=0.95, out=str(tmp_path / "x"), policy=str(tiny_model_dir)))
+    with pytest.raises(DataError, match=r"read 4 pairs, used 0, left out 4 \(low_confidence 4\)"):
+        run(DPOConfig(data=[str(preferences)], min_p_chosen=0.9, out=str(tmp_path / "x"), policy=str(tiny_model_dir)))
     assert not (tmp_path / "x").exists()
 
 
@@ -87,8 +89,10 @@ def test_recipe_selects_dpo_instead_of_ppo(tmp_path, tiny_model_dir):
     (tmp_path / "recipe.yaml").write_text(text + "rounds: 2\npolicy_trainer: dpo\ndpo: {lora: true}\n")
     steps = {(s.round, s.stage): s for s in plan(load_recipe(tmp_path / "recipe.yaml"))}
     assert (2, "ppo") not in steps and steps[2, "dpo"].config.policy == str(tmp_path / "runs" / "round-1" / "dpo")
-    assert steps[2, "dpo"].config.data == [str(tmp_path / "runs" / f"round-{k}" / "label" / "preferences.jsonl")
-                                           for k in (1, 2)] + [steps[1, "rankings"].config.out]
+    # The labels at the reward model's weights: DPO mixes them as it does.
+    assert steps[2, "dpo"].config.data == steps[2, "reward"].config.data == [
+        f"{tmp_path / 'runs' / f'round-{k}' / 'label' / 'preferences.jsonl'}:1.0" for k in (1, 2)] + [
+        f"{steps[1, 'rankings'].config.out}:3.0"]
     (tmp_path / "recipe.yaml").write_text(text + "policy_trainer: rloo\n")
     steps = {(s.round, s.stage): s for s in plan(load_recipe(tmp_path / "recipe.yaml"))}
     assert steps[1, "grpo"].config.algorithm == "rloo" and steps[1, "grpo"].directory.name == "rloo"

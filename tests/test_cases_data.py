@@ -54,9 +54,42 @@ def test_label_reads_candidates_with_u2028():
     assert len(pairs) == 1 and "\u2028" in pairs[0].first
 
 
+def test_label_and_constitution_diff_read_preference_rows_given_as_text(tmp_path):
+    from rlaif.label import load_pairs
+
+    yo = [{"role": "user", "content": "Yo"}]
+    rows = save(tmp_path / "pairs.jsonl", jsonl({"id": "p1", "prompt": SAY, "chosen": HI, "rejected": "No."},
+                                                {"id": "p2", "prompt": yo, "rejected": "Go.",
+                                                 "chosen": [{"role": "assistant", "content": "Hey"}]}))
+    assert [(p.id, p.prompt, p.first, p.second) for p in load_pairs(rows)] == [
+        ("p1", [{"role": "user", "content": SAY}], HI, "No."), ("p2", yo, "Hey", "Go.")]
+    for name in ("pairs.csv", "pairs.tsv"):
+        (tmp_path / name).write_text("prompt,chosen,rejected\nHi,Hello,Go away\n", encoding="utf-8")
+        with pytest.raises(DataError, match=rf"{name}: expected JSONL: candidates.jsonl rows \(id, prompt, responses\)"
+                                            r".* or preference rows \(id, prompt, chosen, rejected\); `rlaif rankings "
+                                            r"import FILE --out pairs.jsonl`"):
+            load_pairs(tmp_path / name)
+    result = CliRunner().invoke(cli, ["constitution", "diff", "default", "default", "--candidates",
+                                      str(tmp_path / "pairs.csv")])
+    assert result.exit_code == 1 and "expected JSONL" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("row", "shown"), [({"p_chosen": 0.3, "source": "ai"}, "0.3 from source 'ai'"),
+                                             ({"p_chosen": 0.9, "source": "ai"}, "0.9 from source 'ai'"),
+                                             ({"p_chosen": 0.5, "source": "human"}, "0.5 from source 'human'")])
+def test_the_labeler_report_card_takes_only_peoples_choices(tmp_path, row, shown):
+    from rlaif.evaluate import load_human_pairs
+
+    hard = {"id": "h1", "prompt": "Hi", "chosen": "Hello", "rejected": "Go.", "p_chosen": 1.0, "source": "human"}
+    path = save(tmp_path / "pairs.jsonl", jsonl(hard, hard | {"id": "h2"} | row))
+    with pytest.raises(DataError, match=rf"pairs.jsonl:2: p_chosen: {shown} is not a person's choice"):
+        load_human_pairs(path)
+    assert [(p.first, p.second) for p in load_human_pairs(save(tmp_path / "hard.jsonl", jsonl(hard)))] == [
+        ("Hello", "Go.")]
+
+
 def test_preferences_written_by_label_read_back_by_reward_and_dpo(tmp_path):
-    from rlaif.rankings import load_preferences  # the reader of `rlaif reward` (load_mix) and `rlaif dpo`
-    from rlaif.reward import load_mix
+    from rlaif.rankings import load_mix, load_preferences  # load_mix: the reader of `rlaif reward` and `rlaif dpo`
 
     row = {"id": "c-1-0-1", "prompt": [{"role": "user", "content": "Write a two-line greeting."}],
            "chosen": [{"role": "assistant", "content": "Hello there,\u2028have a nice day."}],
@@ -113,7 +146,7 @@ def test_infinite_score_is_named_by_its_line(tmp_path):
 
 
 def test_nan_row_weight_is_refused_before_the_reward_model_loads():
-    from rlaif.reward import load_mix
+    from rlaif.rankings import load_mix
 
     with pytest.raises(DataError, match=r"prefs_weight_nan.jsonl:1: weight: expected a finite number >= 0, got nan"):
         load_mix([str(CASES / "non-finite-numbers" / "prefs_weight_nan.jsonl")], "skip", False)
@@ -145,7 +178,7 @@ def test_each_annotator_gives_its_own_pairs(tmp_path, name, table):
 
 
 def test_agreeing_annotators_mix_into_one_pair_of_weight_two(tmp_path):
-    from rlaif.reward import load_mix
+    from rlaif.rankings import load_mix
 
     rows, _ = load_mix([str(CASES / "multiple-annotators" / "two_annotators_agree.csv")], "skip", False)
     assert len(rows) == 1 and rows[0]["weight"] == 2.0 and rows[0]["p_chosen"] == 1.0
@@ -286,10 +319,9 @@ def test_an_undecodable_byte_is_named_by_file_line_and_column(tmp_path):
 def test_rows_with_every_line_break_round_trip_through_writers_and_readers(tmp_path):
     from rlaif.label import load_pairs as label_pairs
     from rlaif.ppo.trainer import truncate_log
-    from rlaif.rankings import ImportConfig, load_preferences
+    from rlaif.rankings import ImportConfig, load_mix, load_preferences
     from rlaif.rankings import run as import_run
     from rlaif.records import Manifest, open_stage, parse_yaml, read_text, write_config
-    from rlaif.reward import load_mix
     from rlaif.sft import to_prompt_completion
 
     prompt = [{"role": "user", "content": BREAKS}]

@@ -122,9 +122,9 @@ def test_eval_labeler_never_gets_an_empty_reply_and_counts_it():
     assert load_human_pairs(CASES / "hh-empty-reply-late-failure" / "hh_with_empty.jsonl", 2) == pairs[:2]
 
 
-def test_eval_labeler_report_counts_the_pair_it_left_out(tiny_model_dir, tmp_path):
+def test_eval_labeler_report_counts_the_pair_it_left_out(roomy_model_dir, tmp_path):
     result = CliRunner().invoke(cli, ["eval", "labeler", "--pairs", str(CASES / "hh-empty-reply-late-failure" /
-                                      "hh_with_empty.jsonl"), "--labeler", str(tiny_model_dir), "--ensemble", "1",
+                                      "hh_with_empty.jsonl"), "--labeler", str(roomy_model_dir), "--ensemble", "1",
                                       "--no-cot", "--injection-pairs", "0", "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "labeler_report.json").read_text())
@@ -151,6 +151,9 @@ class StandIn:
 
     def __init__(self):
         self.seen: list[tuple[str, str]] = []
+
+    def fits(self, pair, principles):  # no context to run out of
+        return True
 
     def judge(self, items):
         self.seen += [(pair.first, pair.second) for pair, _, _ in items]
@@ -195,7 +198,7 @@ def test_score_leaves_empty_replies_out_and_counts_them(tmp_path):
     counts = score(ScoreConfig(candidates=str(candidates), out=str(tmp_path)), scorer=scorer)
     assert scorer.asked == ["Keep it sealed."]
     assert [(r["id"], r["responses"], r["scores"]) for r in read_jsonl(tmp_path / "score" / "scores.jsonl")] == [
-        ("a", ["Keep it sealed."], [7.0])]
+        ("a", ["Keep it sealed.", " "], [7.0, None]), ("b", ["", ""], [None, None])]  # in place, null: not scored
     assert counts["summary"] == "read 4 responses, used 1, left out 3 (empty_reply 3)"
     assert Manifest.load(tmp_path / "score").counts["left_out_empty_reply"] == 3
     write_jsonl(candidates, [{"id": "b", "prompt": PROMPT, "responses": ["", ""]}])

@@ -40,7 +40,8 @@ def test_an_empty_human_reply_stops_the_run_before_any_stage(hh_case, dry_run, m
     monkeypatch.setattr(pipeline, "_execute", no_stage)
     result = CliRunner().invoke(cli, ["run", "recipe.yaml"] + ["--dry-run"] * dry_run)
     assert result.exit_code == 1, result.output
-    assert "error: hh_with_empty.jsonl:3: chosen: is empty" in result.output
+    # where the recipe names the file, and where in the file the problem is
+    assert f"error: recipe.yaml:10: human[0]: {hh_case}/hh_with_empty.jsonl:3: chosen: is empty" in result.output
     assert "rankings: {skip_empty: true}" in result.output  # the recipe's setting, not only the CLI flag
     assert "Traceback" not in result.output and "round 1" not in result.output
     assert not (hh_case / "out").exists()
@@ -50,10 +51,12 @@ def test_with_skip_empty_the_dry_run_counts_the_pair_left_out_and_creates_nothin
     result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", "--set", "rankings.skip_empty=true"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[:3] == ["hh_with_empty.jsonl: read 4 pairs, used 3, left out 1 (empty_reply 1)",
-                         "prompts.jsonl: read 2 prompts", "eval.jsonl: read 2 prompts"]
-    assert lines[3].startswith("round 1  rankings  run     out/runs/hh-empty-reply/round-1/human/hh_with_empty-")
-    assert lines[4].startswith("round 1  critique  run") and lines[-1] == "8 of 8 steps to run"
+    assert lines[:4] == ["hh_with_empty.jsonl: read 4 pairs, used 3, left out 1 (empty_reply 1)",
+                         "prompts.jsonl: read 2 prompts", "eval.jsonl: read 2 prompts",
+                         f"out: {hh_case}/out/runs/hh-empty-reply"]  # `out` is relative to the current directory
+    assert lines[4].startswith("round 1  rankings  run     out/runs/hh-empty-reply/round-1/human/hh_with_empty-")
+    assert lines[4].endswith("  (imports hh_with_empty.jsonl)")  # which human file each directory holds
+    assert lines[5].startswith("round 1  critique  run") and lines[-1] == "8 of 8 steps to run"
     assert not (hh_case / "out").exists()
 
 
@@ -70,10 +73,12 @@ def test_bad_prompts_and_missing_models_stop_the_dry_run(hh_case):
     shutil.copy(HH_EMPTY / "eval.jsonl", hh_case / "eval.jsonl")
     result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", "--set", "rankings.skip_empty=true",
                                       "--set", "labeler=./models/typo"])
-    assert result.exit_code == 1 and "./models/typo: no such file or directory" in result.output, result.output
+    assert result.exit_code == 1, result.output
+    assert f"error: --set: labeler: ./models/typo: no such file or directory ({hh_case}/models/typo)" in result.output
     result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--dry-run", "--set", "rankings.skip_empty=true",
                                       "--set", "ppo.reward_fn=[no_such_module:length]"])
-    assert result.exit_code == 1 and "cannot import 'no_such_module:length'" in result.output, result.output
+    assert result.exit_code == 1 and "--set: ppo.reward_fn[0]: reward_fn: cannot import 'no_such_module:length'" \
+        in result.output, result.output
     assert not (hh_case / "out").exists()
 
 
@@ -200,6 +205,17 @@ def _principles(spec: str) -> int:
                                 "temperature > 0, got 0")),
     ("eval: {max_new_tokens: 0}", "eval.max_new_tokens: expected a finite number >= 1, got 0"),
     ("eval: {batch_size: 0}", "eval.batch_size: expected a finite number >= 1, got 0"),
+    ("ppo: {save_steps: 0}", "ppo.save_steps: expected a finite number >= 1, got 0"),
+    ("ppo: {steps: 0}", "ppo.steps: expected a finite number >= 1, got 0"),
+    ("ppo: {gamma: 2}", "ppo.gamma: expected a finite number between 0 and 1, got 2"),
+    ("ppo: {lam: -1}", "ppo.lam: expected a finite number between 0 and 1, got -1"),
+    ("ppo: {clip_range: -0.2}", "ppo.clip_range: expected a finite number > 0, got -0.2"),
+    ("ppo: {kl_coef: -1}", "ppo.kl_coef: expected a finite number >= 0, got -1"),
+    ("ppo: {max_grad_norm: 0}", "ppo.max_grad_norm: expected a finite number > 0, got 0"),
+    ("ppo: {learning_rate: -1e-5}", "ppo.learning_rate: expected a finite number >= 0, got -1e-05"),
+    ("ppo: {temperature: .nan}", "ppo.temperature: expected a finite number, got nan"),
+    ("ppo: {vf_coef: .nan}", "ppo.vf_coef: expected a finite number, got nan"),
+    ("ppo: {minibatches: 3}", "ppo.minibatches: 3 does not divide batch_size 8"),
 ])
 def test_a_bad_stage_setting_stops_the_dry_run_at_its_recipe_line(hh_case, monkeypatch, section, error):
     monkeypatch.setitem(sys.modules, "vllm", None)  # vLLM not importable, on any machine
@@ -219,10 +235,13 @@ def test_a_bad_stage_setting_stops_the_dry_run_at_its_recipe_line(hh_case, monke
     ("label: {max_new_tokens: 64}",  # chain of thought left to the constitution, which leaves it off
      ("label: max_new_tokens: the rationale's length limit, used only with chain of thought, which the constitution "
       "default leaves off")),
+    ("ppo: {lora_r: 8}", "ppo: lora_r: used only with lora: true (--lora)"),
+    ("ppo: {kl_target: null, kl_horizon: 500}",
+     "ppo: kl_horizon: the adaptive beta's horizon, not used with a fixed beta (kl_target: null, --fixed-kl)"),
 ])
 def test_a_setting_that_would_do_nothing_stops_the_dry_run(hh_case, monkeypatch, section, error):
-    _with_section(hh_case, section)
-    assert f"error: recipe.yaml: {error}" in _dry_run_refused(hh_case, monkeypatch)
+    line = _with_section(hh_case, section)  # at the line of the section that sets it
+    assert f"error: recipe.yaml:{line}: {error}" in _dry_run_refused(hh_case, monkeypatch)
 
 
 @pytest.mark.parametrize("section, settings", [

@@ -5,9 +5,11 @@ autocast, and the LoRA reference equal to the base model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from conftest import REPO, build_tiny_model
 
 from rlaif.ppo import losses as L
@@ -22,7 +25,7 @@ from rlaif.ppo.build import build_models, build_reward
 from rlaif.ppo.config import PPOConfig
 from rlaif.ppo.rollout import CombinedReward, pack, response_logits
 from rlaif.ppo.trainer import PPOTrainer, Rollout, run
-from rlaif.records import ConfigError, read_jsonl
+from rlaif.records import ConfigError, DataError, read_jsonl
 
 TESTS = Path(__file__).resolve().parent
 CASES = TESTS / "cases"
@@ -63,59 +66,75 @@ def reward_model(tiny_model_dir: Path, directory: Path, stats: dict | None) -> P
     return directory
 
 
-def final_values(value, scorer, prompts, responses) -> torch.Tensor:
-    """The value head at the final hidden state of each finished response, read as the reward model reads it."""
-    out = []
-    for prompt, response in zip(prompts, responses):
-        ids = torch.tensor([scorer.tokenize(prompt, response)])
-        with torch.no_grad():
-            hidden = value.classifier.model(input_ids=ids, use_cache=False).last_hidden_state
-            out.append(value.head(hidden[:, -1]))
-    return torch.cat(out)
+def zero_reward() -> CombinedReward:
+    return CombinedReward([("zero", lambda prompts, responses: [0.0] * len(responses), 1.0)])
+
+
+def with_context(tiny_model_dir: Path, directory: Path, **config_changes) -> Path:
+    """A copy of the tiny model (same weights and tokenizer) with `config_changes` in its config.json."""
+    shutil.copytree(tiny_model_dir, directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **config_changes}))
+    return directory
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# review 1: the value model starts on the scale of the PPO reward
+# review 1: the value model starts at zero on the reward model's backbone
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_value_head_at_a_finished_response_equals_its_part_of_the_ppo_reward(config, tiny_model_dir, tmp_path,
-                                                                            normalize):
-    """With reward_stats.json {mean m, std s} and normalize_reward on, the head at the final hidden state equals
-    w * (raw - m) / s, the reward model's part of the combined PPO reward; off, w * raw."""
-    from rlaif.reward import RewardModel
-
-    rm = reward_model(tiny_model_dir, tmp_path / "rm", {"mean": 0.7, "std": 0.3, "responses": 10})
-    config = replace(config, reward_model=[f"{rm}:2.5"], reward_fn=["toy_rewards:vowels"], normalize_reward=normalize)
-    _, _, value, _ = build_models(config, CPU)
-    reward = build_reward(config, CPU)
-    prompts = ["How do I bake bread?", "What is science?", "Tell me about travel."]
-    responses = ["Mix flour and water.", "The answer is (A).", "I can't help with that."]
-    total = reward([[{"role": "user", "content": p}] for p in prompts], responses)
-    part = reward.last["rm:rm"]
-    scorer = RewardModel.load(rm, device="cpu", dtype="float32")
-    raw = scorer.score(prompts, responses)
-    assert torch.allclose(part, (raw - 0.7) / 0.3 if normalize else raw, atol=1e-5) and raw.std() > 0.1
-    assert torch.allclose(total, 2.5 * part + reward.last["toy_rewards:vowels"], atol=1e-5)
-    assert torch.allclose(final_values(value, scorer, prompts, responses), 2.5 * part, atol=1e-5)
-    assert value.bias.item() == pytest.approx(-2.5 * 0.7 / 0.3 if normalize else 0.0)
+def trained_looking_reward_model(tmp_path: Path) -> Path:
+    """A reward model on another backbone than the policy (the tiny model's tokenizer, other weights), with a random
+    head and the reward_stats.json of a reward model whose scores sit in a narrow band far from 0 (the quickstart's:
+    mean -2.03, std 0.058): normalising by them multiplies the head's output by 17."""
+    return reward_model(build_tiny_model(tmp_path / "rm-base", seed=1), tmp_path / "rm",
+                        {"mean": -2.03, "std": 0.058, "responses": 18})
 
 
-def test_value_head_starts_at_zero_when_the_scales_cannot_be_matched(config, tiny_model_dir, tmp_path):
-    """A reward model that reads another tokenizer cannot be the value model: the policy with a zero head and no
-    bias, not another scale."""
+def test_values_start_at_zero_on_the_reward_models_backbone(config, tiny_model_dir, tmp_path):
+    """Every value PPO reads at the start (every response position of a packed batch) is 0, the mean of the
+    normalised reward; the trunk it reads them from is the reward model's, not the policy's."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    rm = trained_looking_reward_model(tmp_path)
+    _, _, value, _ = build_models(replace(config, reward_model=[str(rm)], reward_fn=[]), CPU)
+    batch = pack([[5, 6, 7], [8], [9, 10, 11, 12]], [[13, 14], [15, 16, 17, 18, 19], [20]], pad_id=0)
+    with torch.no_grad():
+        assert torch.equal(value.values(batch), torch.zeros(3, 5))
+    trunk = {k: v for k, v in value.classifier.state_dict().items() if not k.startswith("score.")}
+    reward = AutoModelForSequenceClassification.from_pretrained(rm, num_labels=1).state_dict()
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert trunk and all(torch.equal(trunk[k], reward[k]) for k in trunk)
+    assert not torch.equal(trunk["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    assert reward["score.weight"].abs().sum() > 0  # the reward model's own head was not zero
+
+
+def test_explained_variance_at_the_first_step_is_zero(config, tmp_path):
+    """With values 0 and returns that vary, 1 - Var(returns - values) / Var(returns) = 0 at the first step, not far
+    below it (a head carried over from the reward model, normalised, reads 17 x its output at states it was never
+    trained on)."""
+    rm = trained_looking_reward_model(tmp_path)
+    m = run(replace(config, reward_model=[str(rm)], reward_fn=[], steps=1), progress=False)
+    assert m["explained_variance"] is not None  # defined: the returns vary
+    assert abs(m["explained_variance"]) < 1e-6
+
+
+def test_value_head_starts_at_zero_when_the_reward_model_reads_another_tokenizer(config, tiny_model_dir, tmp_path):
+    """A reward model that reads another tokenizer cannot be the value model: the policy's backbone with a zero
+    head."""
     other = build_tiny_model(tmp_path / "other", vocab_size=320, seed=1)
     rm = reward_model(other, tmp_path / "rm", {"mean": -2.0, "std": 0.2, "responses": 10})
     _, _, value, _ = build_models(replace(config, reward_model=[str(rm)]), CPU)
     batch = pack([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], pad_id=0)
     with torch.no_grad():
         assert torch.equal(value.values(batch), torch.zeros(2, 3))
+    assert value.classifier.config.vocab_size == 384  # the policy's backbone
 
 
 def test_reward_stats_with_a_std_of_zero_are_refused(config, tiny_model_dir, tmp_path):
     rm = reward_model(tiny_model_dir, tmp_path / "rm", {"mean": 1.0, "std": 0.0, "responses": 10})
     with pytest.raises(ConfigError, match="std 0.0.*divide by zero"):
-        build_models(replace(config, reward_model=[str(rm)]), CPU)
+        build_reward(replace(config, reward_model=[str(rm)]), CPU)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -163,9 +182,13 @@ def test_gradient_checkpointing_checkpoints_every_decoder_layer(config, tiny_mod
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     model = with_attention_dropout(tiny_model_dir, tmp_path / "dropout")
-    rm = reward_model(model, tmp_path / "rm", None)  # the value model from it: a head that is not zero
+    rm = reward_model(model, tmp_path / "rm", None)
     policy, _, value, _ = build_models(replace(config, policy=str(model), reward_model=[str(rm)],
                                                gradient_checkpointing=True, lora=lora), CPU)
+    with torch.no_grad():  # the head moved off zero, as after an update: the value's gradient then reaches the trunk
+        for name, parameter in value.named_parameters():
+            if "score" in name and parameter.requires_grad:
+                parameter.normal_(generator=torch.Generator().manual_seed(0))
     calls = {"policy": 0, "value": 0}
     for name, module in (("policy", policy), ("value", value)):
         layers = [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)]
@@ -200,6 +223,71 @@ def test_lora_dropout_is_refused(config):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# prompts longer than the context: left out and counted, as GRPO does
+
+
+def chat_lengths(model: Path, texts: list[str]) -> list[int]:
+    """Each prompt's tokens as the rollout feeds them: the chat template with the generation prompt."""
+    from rlaif.generate import encode_chat
+    from rlaif.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    return [len(encode_chat(tokenizer, [{"role": "user", "content": text}])) for text in texts]
+
+
+def test_prompts_that_do_not_fit_in_the_context_are_left_out_and_counted(config, tiny_model_dir, tmp_path):
+    """A context of (a middle prompt length) + max_new_tokens: a prompt of exactly that length is kept, a longer one
+    left out; training and eval prompts alike, in the manifest's counts and the summary."""
+    texts = PROMPTS + ["Critique the reply: it is rude and gives dangerous advice. Revise it to be kind and safe."]
+    lengths = chat_lengths(tiny_model_dir, texts)
+    edge = sorted(set(lengths))[len(set(lengths)) // 2]
+    fit = [text for text, n in zip(texts, lengths) if n <= edge]
+    assert edge in lengths and 0 < len(fit) < len(texts)
+    model = with_context(tiny_model_dir, tmp_path / "short", max_position_embeddings=edge + config.max_new_tokens)
+    (tmp_path / "train.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "eval.txt").write_text("\n".join(texts[::2]) + "\n")
+    eval_fit = [text for text in texts[::2] if text in fit]
+    m = run(replace(config, policy=str(model), prompts=str(tmp_path / "train.txt"), steps=1, minibatches=1,
+                    eval_prompts=str(tmp_path / "eval.txt")), progress=False)
+    left, eval_left = len(texts) - len(fit), len(texts[::2]) - len(eval_fit)
+    counts = json.loads((Path(config.out) / "manifest.json").read_text())["counts"]
+    assert {k: v for k, v in counts.items() if "read" in k or "used" in k or "left_out" in k} == {
+        "read": len(texts), "used": len(fit), "left_out": left, "left_out_too_long": left,
+        "eval_read": len(texts[::2]), "eval_used": len(eval_fit), "eval_left_out": eval_left,
+        "eval_left_out_too_long": eval_left}
+    assert m["summary"] == (f"read {len(texts)} prompts, used {len(fit)}, left out {left} (too_long {left}); read "
+                            f"{len(texts[::2])} eval prompts, used {len(eval_fit)}, left out {eval_left} "
+                            f"(too_long {eval_left})")
+    sampled = {row["prompt"][0]["content"] for row in read_jsonl(Path(config.out) / "samples.jsonl")}
+    assert sampled and sampled <= set(fit)
+    assert [row["prompts"] for row in read_jsonl(Path(config.out) / "eval.jsonl")] == [len(eval_fit)] * 2
+
+
+@pytest.mark.parametrize("which", ["prompts", "eval_prompts"])
+def test_no_prompt_that_fits_stops_before_any_model_loads(config, tiny_model_dir, tmp_path, monkeypatch, which):
+    import rlaif.models
+
+    texts = PROMPTS[:4]
+    lengths = chat_lengths(tiny_model_dir, texts)
+    long = tmp_path / "long.txt"
+    long.write_text("\n".join(t for t, n in zip(texts, lengths) if n > min(lengths)) + "\n")
+    short = tmp_path / "short.txt"
+    short.write_text("\n".join(t for t, n in zip(texts, lengths) if n == min(lengths)) + "\n")
+    context = min(lengths) + config.max_new_tokens
+    model = with_context(tiny_model_dir, tmp_path / "short-context", max_position_embeddings=context)
+    monkeypatch.setattr(rlaif.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    config = replace(config, policy=str(model), prompts=str(long if which == "prompts" else short),
+                     eval_prompts=str(long if which == "eval_prompts" else short))
+    n = sum(n > min(lengths) for n in lengths)
+    noun = "prompts" if which == "prompts" else "eval prompts"
+    with pytest.raises(DataError, match=rf"long.txt: nothing left to use: read {n} {noun}, used 0, left out {n} "
+                                        rf"\(too_long {n}\); each prompt and max_new_tokens \(12\) must fit in the "
+                                        rf"policy's context of {context} tokens"):
+        run(config, progress=False)
+    assert not Path(config.out).exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # review 10: with LoRA the value model is saved merged
 
 
@@ -209,13 +297,14 @@ def test_lora_value_model_saves_as_a_plain_classifier_with_the_same_values(confi
     rm = reward_model(tiny_model_dir, tmp_path / "rm", {"mean": 0.4, "std": 2.0, "responses": 10})
     config = replace(config, reward_model=[str(rm)], lora=True)
     _, _, value, tokenizer = build_models(config, CPU)
-    with torch.no_grad():  # as if trained: adapters, head and bias all moved
+    with torch.no_grad():  # as if trained: adapters and head moved
         for name, parameter in value.named_parameters():
-            if "lora_B" in name or "modules_to_save" in name or name == "bias":
+            if "lora_B" in name or "modules_to_save" in name:
                 parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
     batch = pack([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], pad_id=0)
     with torch.no_grad():
         trained = value.values(batch)
+    assert trained.abs().min() > 0
     value.save_pretrained(tmp_path / "value")
     tokenizer.save_pretrained(tmp_path / "value")  # as _save_final does
 
@@ -226,7 +315,8 @@ def test_lora_value_model_saves_as_a_plain_classifier_with_the_same_values(confi
         hidden = plain.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                              position_ids=batch.position_ids).last_hidden_state
         logits = plain.score(hidden[:, -4:-1]).squeeze(-1)
-    assert torch.allclose(logits + plain.config.value_bias, trained, atol=1e-5)
+    assert torch.allclose(logits, trained, atol=1e-5)  # the classifier's output is the value: nothing to add
+    assert "value_bias" not in json.loads((tmp_path / "value" / "config.json").read_text())
     _, _, reloaded, _ = build_models(replace(config, reward_model=[], value_model=str(tmp_path / "value"),
                                              lora=False), CPU)
     with torch.no_grad():
@@ -241,11 +331,8 @@ def test_lora_value_model_saves_as_a_plain_classifier_with_the_same_values(confi
 def test_micro_batch_size_leaves_the_gradient_unchanged(config, shared):
     """One PPO minibatch from the same state, responses of 1, 3, 6 and 10 tokens: one row per micro-batch and the
     whole minibatch at once give the same gradients (each term a mean over the minibatch's tokens)."""
-    from accelerate import Accelerator
-
     config = replace(config, shared_value_head=shared, entropy_coef=0.01, reward_fn=["toy_rewards:fl"])
-    trainer = PPOTrainer(config, Accelerator(cpu=True), reward=CombinedReward([("zero", lambda p, r: [0.0] * len(r),
-                                                                                 1.0)]))
+    trainer = PPOTrainer(config, Accelerator(cpu=True), reward=zero_reward())
     g = torch.Generator().manual_seed(0)
     lengths = [1, 3, 6, 10]
     batch = pack([[5, 6, 7], [8], [9, 10], [11, 12, 13, 14]],
@@ -263,14 +350,18 @@ def test_micro_batch_size_leaves_the_gradient_unchanged(config, shared):
     ro = Rollout([[]] * 4, [""] * 4, batch, (logprobs + 0.2 * noise()) * mask, logprobs * mask,
                  (values + 0.3 * noise()) * mask, torch.zeros(4), {}, torch.ones(4, dtype=torch.bool))
     advantages, returns = noise() * mask, (values + noise()) * mask
-    grads, stats = {}, {}
+    grads, stats, unsynced = {}, {}, {}
     for micro in (1, 4):
+        unsynced[micro] = []
+        trainer.accelerator.no_sync = lambda model, seen=unsynced[micro]: seen.append(model) or contextlib.nullcontext()
         stats[micro] = trainer.minibatch_backward(ro, advantages, returns, torch.tensor([2, 0, 3, 1]), micro)
         grads[micro] = {name: p.grad.clone() for model in (trainer.policy, trainer.value)
                         for name, p in model.named_parameters() if p.grad is not None}
         for model in (trainer.policy, trainer.value):
             model.zero_grad(set_to_none=True)
     assert mask.sum(1).tolist() == lengths and grads[1].keys() == grads[4].keys()
+    # Under DDP the gradients are all-reduced by the last micro-batch's backward only, not once per micro-batch.
+    assert unsynced == {1: [trainer.policy, trainer.value] * 3, 4: []}
     for model in (trainer.policy, trainer.value):
         assert any(grads[4][n].abs().sum() > 0 for n, p in model.named_parameters() if p.requires_grad)
     for name, grad in grads[4].items():
@@ -357,6 +448,25 @@ def test_bf16_autocast_first_step_has_kl_zero_and_ratio_one(config, bf16_autocas
     m = run(replace(config, learning_rate=0.0, lora=lora, minibatches=1), progress=False)
     assert m["kl"] == 0.0 and m["approx_kl"] == 0.0
     assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and m["ratio_max"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_bf16_autocast_rollout_reads_hidden_states_only_for_a_shared_head(config, bf16_autocast, monkeypatch, shared):
+    """Under mixed precision the rollout runs the policy once more for the old log-probabilities; the hidden states
+    of that pass are kept only when a shared value head reads them."""
+    import rlaif.ppo.trainer
+
+    calls = []
+
+    def spy(model, batch, hidden=False):
+        calls.append(hidden)
+        return response_logits(model, batch, hidden=hidden)
+
+    monkeypatch.setattr(rlaif.ppo.trainer, "response_logits", spy)
+    trainer = PPOTrainer(replace(config, shared_value_head=shared), Accelerator(cpu=True), reward=zero_reward())
+    assert trainer.accelerator.mixed_precision == "bf16"
+    trainer.rollout([[{"role": "user", "content": p}] for p in PROMPTS[:2]], seed=0)
+    assert calls == [shared, False]  # the policy's pass, then the reference's
 
 
 # --------------------------------------------------------------------------------------------------------------------

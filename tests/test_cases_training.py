@@ -53,18 +53,26 @@ class Stop(Exception):
 
 
 def intercept(monkeypatch, config_name: str, trainer_name: str) -> dict:
-    """Stand-ins for a TRL config class and trainer class: the trainer records what the stage gives it (`args`: the
-    config's settings as attributes) and stops."""
+    """Stand-ins for a TRL config class and trainer class. The trainer records what the stage gives it (`args`: the
+    config's settings as attributes), wraps the model in its `peft_config` as TRL 1.16's trainers do on one device
+    (peft.get_peft_model with its defaults), and stops when told to train, recording the model it would train as
+    `trained`."""
     import trl
+    from peft import get_peft_model
 
     seen: dict = {}
 
-    def trainer(**kwargs):
-        seen.update(kwargs)
-        raise Stop
+    class Trainer:
+        def __init__(self, model, args, peft_config=None, **kwargs):
+            seen.update(model=model, args=args, peft_config=peft_config, **kwargs)
+            self.model, self.args = get_peft_model(model, peft_config) if peft_config else model, args
+
+        def train(self, resume_from_checkpoint=None):
+            seen["trained"] = self.model
+            raise Stop
 
     monkeypatch.setattr(trl, config_name, lambda **kwargs: SimpleNamespace(**kwargs))
-    monkeypatch.setattr(trl, trainer_name, trainer)
+    monkeypatch.setattr(trl, trainer_name, Trainer)
     return seen
 
 
@@ -163,6 +171,22 @@ def test_held_out_pairs_that_say_nothing_or_are_too_long_are_left_out_and_counte
     assert rejected == chat_ids(tokenizer, rows[0]["prompt"] + rows[0]["rejected"])
 
 
+def test_reward_counts_the_labels_it_reads_and_those_left_out_as_they_are_read(tmp_path, tiny_model_dir):
+    ai = write(tmp_path / "ai.jsonl", [pref(0, "Hi?", "Hello!", "Go."), pref(1, "Bye?", "Bye!", "No."),
+                                       pref(2, "Hi?", "Same.", " Same. ")])
+    human = write(tmp_path / "human.jsonl", [pref(3, "Hi?", "Go.", "Hello!", p_chosen=1.0, source="human")])
+    out = tmp_path / "rm"
+    result = CliRunner().invoke(cli, ["reward", "--data", str(ai), "--data", str(human), "--out", str(out),
+                                      "--model", str(tiny_model_dir), "--max-steps", "1", "--eval-fraction", "0",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    summary = "read 4 labels, used 3, left out 1 (identical_replies 1); read 2 training pairs, used 2"
+    assert summary in " ".join(result.output.split())
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert {k: counts[k] for k in ("labels_read", "labels_used", "labels_left_out_identical_replies", "read")} == {
+        "labels_read": 4, "labels_used": 3, "labels_left_out_identical_replies": 1, "read": 2}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # non-finite-numbers: weights on reward.run itself
 
@@ -259,21 +283,61 @@ def start_stage(stage: str, lora: bool, inputs, model: Path, monkeypatch) -> dic
 def test_trainers_get_float32_weights_and_bf16_autocast_on_a_bf16_gpu(stage, stage_inputs, tiny_model_dir,
                                                                         bf16_gpu, monkeypatch):
     seen = start_stage(stage, False, stage_inputs, tiny_model_dir, monkeypatch)
-    trainable = [p for p in seen["model"].parameters() if p.requires_grad]
-    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    params = dict(seen["trained"].named_parameters())
+    assert all(p.requires_grad for p in params.values()) and {p.dtype for p in params.values()} == {torch.float32}
     assert seen["args"].bf16 is True and seen["args"].use_cpu is False
 
 
-@pytest.mark.parametrize("stage", ["sft", "reward"])
-def test_lora_adapters_and_heads_train_in_float32_on_a_bf16_gpu(stage, stage_inputs, tiny_model_dir, bf16_gpu,
-                                                                 monkeypatch):
-    from peft import get_peft_model
-
+@pytest.mark.parametrize("stage", ["sft", "reward", "dpo", "grpo"])
+def test_lora_adapters_and_heads_train_in_float32_on_a_bf16_base_on_a_bf16_gpu(stage, stage_inputs, tiny_model_dir,
+                                                                                bf16_gpu, monkeypatch):
     seen = start_stage(stage, True, stage_inputs, tiny_model_dir, monkeypatch)
-    wrapped = get_peft_model(seen["model"], seen["peft_config"])  # what the trainer does with them
-    trainable = {name: p.dtype for name, p in wrapped.named_parameters() if p.requires_grad}
+    params = dict(seen["trained"].named_parameters())
+    trainable = {name: p.dtype for name, p in params.items() if p.requires_grad}
+    frozen = {name: p.dtype for name, p in params.items() if not p.requires_grad}
     assert any("lora_" in name for name in trainable) and set(trainable.values()) == {torch.float32}
-    assert stage == "sft" or any("score" in name for name in trainable)  # the reward head trains too
+    assert all("lora_" in name or ".modules_to_save." in name for name in trainable)  # the base stays frozen...
+    assert set(frozen.values()) == {torch.bfloat16}  # ... in bf16
+    assert stage != "reward" or any("score.modules_to_save" in name for name in trainable)  # the head trains too
+    assert seen["args"].bf16 is True and seen["args"].use_cpu is False
+
+
+@pytest.mark.parametrize("stage", ["reward", "dpo"])
+def test_lora_on_a_bf16_base_trains_under_bf16_autocast_and_merges_in_float32(stage, tmp_path, tiny_model_dir,
+                                                                             monkeypatch):
+    """A real training run on the CPU taken for a bf16 GPU (CPU autocast supports bf16): a float32 adapter fed bf16
+    activations, or a float32 head fed bf16 hidden states, would fail here."""
+    import transformers
+    from safetensors.torch import load_file
+
+    import rlaif.models
+
+    monkeypatch.setattr(rlaif.models, "device_dtype", lambda device: "bfloat16")
+    seen = {}
+    train = transformers.Trainer.train
+
+    def spy(self, *args, **kwargs):
+        seen["mixed_precision"] = self.accelerator.mixed_precision
+        seen["dtypes"] = {(p.requires_grad, p.dtype) for p in self.model.parameters()}
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "train", spy)
+    data = write(tmp_path / "prefs.jsonl", [pref(i, f"Question {i}?", "A kind, careful answer.", "No.")
+                                            for i in range(4)])
+    args = [stage, "--data", str(data), "--out", str(tmp_path / stage), "--lora", "--max-steps", "2",
+            "--batch-size", "2", "--max-length", "64", "--device", "cpu"]
+    args += ["--model", str(tiny_model_dir), "--eval-fraction", "0"] if stage == "reward" else \
+        ["--policy", str(tiny_model_dir)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert seen == {"mixed_precision": "bf16", "dtypes": {(True, torch.float32), (False, torch.bfloat16)}}
+    assert json.loads((tmp_path / stage / "manifest.json").read_text())["counts"]["steps"] == 2
+    # The adapter merged into the bf16 base in float32: a bf16 merge would round its small change to bf16 steps.
+    name = "model.layers.0.self_attn.q_proj.weight"
+    base = load_file(tiny_model_dir / "model.safetensors")[name].to(torch.bfloat16).float()
+    merged = load_file(tmp_path / stage / "model.safetensors")[name]
+    assert merged.dtype == torch.float32 and 0 < (merged - base).abs().max() < 0.01
+    assert not torch.equal(merged.to(torch.bfloat16).float(), merged)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -336,14 +400,16 @@ def test_dpo_counts_what_dpotrainer_drops_or_cannot_learn_from(tmp_path, tiny_mo
     shared = LONG[:300]
     rows = [pref(0, "Hi?", "Hello there!", "Go."), pref(1, LONG, "Yes.", "No."),
             pref(2, "Hi?", shared + " Yes.", shared + " No."), pref(3, "Hi?", LONG, "Go."),
-            pref(4, "Hi?", "Hello!", "No.", p_chosen=0.5), pref(5, "Hi?", "Hello!", "No.", weight=0.0),
+            pref(4, "Hi?", "Hello!", "No.", p_chosen=0.5), pref(5, "Hi?", "Hey!", "No.", weight=0.0),
             pref(6, "Hi?", "Go.", "Hello!", p_chosen=0.2)]
     limit = chat_length(tokenizer, rows[0]["prompt"] + rows[0]["chosen"]) + 12
-    pairs, tally = load_pairs([str(write(tmp_path / "prefs.jsonl", rows))], 0.5)
+    labels, tally = Tally("labels"), Tally("pairs")
+    pairs = load_pairs([str(write(tmp_path / "prefs.jsonl", rows))], 0.5, labels, tally)
     assert pairs[-1]["chosen"][0]["content"] == "Hello!" and pairs[-1]["p_chosen"] == pytest.approx(0.8)  # faced
     kept, truncated = fitting_pairs(pairs, tokenizer, limit, tally)
     assert [r["id"] for r in kept] == ["p0", "p3", "p6"] and truncated == 1
     assert tally.left_out == {"tie": 1, "zero_weight": 1, "prompt_too_long": 1, "identical_after_truncation": 1}
+    assert (labels.read, labels.used, tally.read, tally.used) == (7, 7, 7, 3)
 
     # TRL on rows 0-3: it drops the prompt that fills max_length without a word, and cuts row 2 to one sequence.
     model, _ = load_model(str(tiny_model_dir), device="cpu")
@@ -356,13 +422,57 @@ def test_dpo_counts_what_dpotrainer_drops_or_cannot_learn_from(tmp_path, tiny_mo
     assert torch.equal(batch["input_ids"][0], batch["input_ids"][1])
 
 
+def test_dpo_trains_each_pair_once_facing_the_weighted_mean_of_its_labels(tmp_path):
+    from rlaif.dpo import load_pairs
+
+    def labels_of(*specs: str, min_p_chosen: float = 0.5):
+        labels, pairs = Tally("labels"), Tally("pairs")
+        rows = load_pairs(list(specs), min_p_chosen, labels, pairs)
+        return [(r["chosen"][0]["content"], round(r["p_chosen"], 6), r["weight"]) for r in rows], labels, pairs
+
+    ai = write(tmp_path / "ai.jsonl", [pref(0, "Hi?", "Hello!", "Go.", p_chosen=0.9)])
+    human = write(tmp_path / "human.jsonl", [pref(1, "Hi?", "Go.", "Hello!", p_chosen=1.0, source="human")])
+    # Opposite labels of one pair: one row, facing the weighted majority, p the weighted mean.
+    rows, labels, pairs = labels_of(f"{ai}:3", str(human))
+    assert rows == [("Hello!", 0.675, 4.0)]  # (3 * 0.9 + 1 * 0) / 4
+    assert labels.counts() == {"read": 2, "used": 2, "left_out": 0} and (pairs.read, pairs.left_out) == (1, {})
+    assert labels_of(str(ai), f"{human}:2")[0] == [("Go.", 0.7, 3.0)]  # (2 * 1 + 1 * 0.1) / 3
+    assert labels_of(f"{ai}:0", str(human))[0] == [("Go.", 1.0, 1.0)]  # a file of weight 0 does not vote
+    # Equal and opposite: a tie, left out and counted (0.9 and 1 - 0.9 average to 0.5 only up to float rounding).
+    other_ai = write(tmp_path / "other_ai.jsonl", [pref(2, "Hi?", "Go.", "Hello!", p_chosen=0.9)])
+    rows, labels, pairs = labels_of(str(ai), str(other_ai))
+    assert rows == [] and (labels.read, pairs.read, pairs.left_out) == (2, 1, {"tie": 1})
+    # Two annotators who agree, in one file: one row of weight 2.
+    both = write(tmp_path / "both.jsonl", [pref(3, "Hi?", "Hello!", "Go.", p_chosen=1.0, source="human",
+                                                annotator=who) for who in ("ann-1", "ann-2")])
+    rows, labels, pairs = labels_of(str(both))
+    assert rows == [("Hello!", 1.0, 2.0)] and (labels.read, pairs.read) == (2, 1)
+    # A label with repeated replies is counted where it is read.
+    same = write(tmp_path / "same.jsonl", [pref(4, "Hi?", "Same.", "Same."), pref(5, "Hi?", "Yes.", "No.")])
+    rows, labels, pairs = labels_of(str(same), min_p_chosen=0.95)
+    assert rows == [] and labels.left_out == {"identical_replies": 1} and pairs.left_out == {"low_confidence": 1}
+
+
+def test_dpo_hands_its_trainer_one_row_per_pair_facing_its_weighted_winner(tmp_path, tiny_model_dir, monkeypatch):
+    from rlaif.dpo import run
+
+    seen = intercept(monkeypatch, "DPOConfig", "DPOTrainer")
+    ai = write(tmp_path / "ai.jsonl", [pref(0, "Hi?", "Hello!", "Go."), pref(1, "Bye?", "Bye!", "No.")])
+    human = write(tmp_path / "human.jsonl", [pref(2, "Hi?", "Go.", "Hello!", p_chosen=1.0, source="human")])
+    with pytest.raises(Stop):
+        run(DPOConfig(data=[str(ai), f"{human}:2"], out=str(tmp_path / "dpo"), policy=str(tiny_model_dir),
+                      device="cpu"), progress=False)
+    assert [(r["prompt"][0]["content"], r["chosen"][0]["content"]) for r in seen["train_dataset"]] == [
+        ("Hi?", "Go."), ("Bye?", "Bye!")]
+
+
 def test_grpo_leaves_out_prompts_that_do_not_fit_the_context(tmp_path, tiny_model_dir, monkeypatch, no_model):
     from rlaif.grpo import run
 
     (tmp_path / "prompts.txt").write_text(LONG * 8 + "\n")  # over the tiny model's 512 positions
     config = GRPOConfig(prompts=str(tmp_path / "prompts.txt"), out=str(tmp_path / "grpo"), policy=str(tiny_model_dir),
                         reward_model=["rm"], max_new_tokens=8, device="cpu")
-    with pytest.raises(DataError, match=r"read 1 prompts, used 0, left out 1 \(too_long 1\); each prompt and "
+    with pytest.raises(DataError, match=r"read 1 prompt, used 0, left out 1 \(too_long 1\); each prompt and "
                                         r"max_new_tokens \(8\) must fit in the policy's context of 512 tokens"):
         run(config, progress=False)
     assert not (tmp_path / "grpo").exists()
@@ -448,3 +558,52 @@ def test_a_gpu_index_the_trainer_would_not_use_is_refused():
     assert (trainer_device("cpu"), trainer_device("cuda"), trainer_device("cuda:0")) == ("cpu", "cuda", "cuda")
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES=1 and --device cuda"):
         trainer_device("cuda:1")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Same seed, same weights: every stage seeds before it creates new weights (a reward head, LoRA adapters)
+
+
+def train_once(stage: str, seed: int, inputs, model: Path, out: Path) -> bytes:
+    """One optimizer step of `stage` on the tiny model (LoRA for the policy trainers: its adapters start random; a
+    reward model's new head does); the bytes of the model file it writes."""
+    if stage == "reward":
+        from rlaif.reward import run
+
+        config = RewardConfig(data=[str(inputs.prefs)], out=str(out), model=str(model), eval_fraction=0.0,
+                              max_steps=1, batch_size=1, seed=seed, device="cpu")
+    elif stage == "sft":
+        from rlaif.sft import run
+
+        config = SFTConfig(data=str(inputs.sft), out=str(out), model=str(model), lora=True, max_steps=1,
+                           batch_size=1, seed=seed, device="cpu")
+    elif stage == "dpo":
+        from rlaif.dpo import run
+
+        config = DPOConfig(data=[str(inputs.prefs)], out=str(out), policy=str(model), lora=True, max_steps=1,
+                           batch_size=1, seed=seed, device="cpu")
+    else:
+        from rlaif.grpo import run
+
+        config = GRPOConfig(prompts=str(inputs.prompts), out=str(out), policy=str(model), lora=True, steps=1,
+                            reward_model=[str(inputs.reward)], prompts_per_step=1, group_size=2, max_new_tokens=4,
+                            seed=seed, device="cpu")
+    run(config, progress=False)
+    return (out / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("stage", ["reward", "sft", "dpo", "grpo"])
+def test_two_runs_with_the_same_seed_write_the_same_model(stage, stage_inputs, tiny_model_dir):
+    """A killed and a clean run of one recipe must write the same reward model, and so the same PPO scores: the
+    stage seeds before the new weights are drawn, not only its trainer's data order and sampling after them."""
+    if stage == "grpo":
+        from rlaif.reward import load_backbone
+
+        classifier, tokenizer = load_backbone(str(tiny_model_dir), "cpu", dtype="float32")
+        classifier.save_pretrained(stage_inputs.out.parent / "rm", safe_serialization=True)
+        tokenizer.save_pretrained(stage_inputs.out.parent / "rm")
+        stage_inputs.reward = stage_inputs.out.parent / "rm"
+    runs = [train_once(stage, seed, stage_inputs, tiny_model_dir, stage_inputs.out.parent / f"{stage}-{i}")
+            for i, seed in enumerate((0, 0, 1))]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]

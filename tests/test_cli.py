@@ -72,6 +72,14 @@ def test_config_files_refuse_numbers_that_are_not_numbers_with_their_line(tmp_pa
     (["eval", "labeler", "--pairs", "x.jsonl", "--limit", "0"], "--limit: expected a finite number >= 1, got 0"),
     (["eval", "labeler", "--pairs", "x.jsonl", "--injection-pairs", "-1"],
      "--injection-pairs: expected a finite number >= 0, got -1"),
+    (["ppo", "--prompts", "p.txt", "--save-steps", "0"], "--save-steps: expected a finite number >= 1, got 0"),
+    (["ppo", "--prompts", "p.txt", "--steps", "0"], "--steps: expected a finite number >= 1, got 0"),
+    (["ppo", "--prompts", "p.txt", "--kl-coef", "-1"], "--kl-coef: expected a finite number >= 0, got -1"),
+    (["ppo", "--prompts", "p.txt", "--learning-rate", "-1e-5"],
+     "--learning-rate: expected a finite number >= 0, got -1e-05"),
+    (["ppo", "--prompts", "p.txt", "-t", "0"], "--temperature: expected a finite number > 0, got 0"),
+    (["ppo", "--prompts", "p.txt", "--minibatches", "3"], "--minibatches: 3 does not divide batch_size 8"),
+    (["ppo", "--prompts", "p.txt", "--sample-every", "-1"], "--sample-every: expected a finite number >= 0, got -1"),
 ])
 def test_flags_out_of_range_are_refused_before_the_stage_runs(tmp_path, monkeypatch, args, error):
     import sys
@@ -92,6 +100,10 @@ def test_flags_out_of_range_are_refused_before_the_stage_runs(tmp_path, monkeypa
      "top_p: no effect with temperature 0 (greedy)"),
     (["label", "--candidates", "c.jsonl", "--no-cot", "--max-new-tokens", "64"],
      "max_new_tokens: the rationale's length limit, used only with chain of thought"),
+    (["ppo", "--prompts", "p.txt", "--eval-every", "5"],
+     "eval_every: used only with eval prompts (eval_prompts, --eval-prompts)"),
+    (["ppo", "--prompts", "p.txt", "-c", "harmless"],
+     "constitution: the rubric of reward_score (--reward-score), which is not set"),
 ])
 def test_flags_that_would_do_nothing_are_refused(tmp_path, monkeypatch, args, error):
     monkeypatch.chdir(tmp_path)
@@ -126,7 +138,7 @@ def test_stage_config_files_are_range_checked_at_their_line(tmp_path, monkeypatc
         stage_config(LabelerEvalConfig, str(config), {"chain_of_thought": False})
 
 
-def test_an_ensemble_larger_than_the_constitution_is_reported_as_the_ensemble_measured(tmp_path, tiny_model_dir):
+def test_an_ensemble_larger_than_the_constitution_is_reported_as_the_ensemble_measured(tmp_path, roomy_model_dir):
     import json
 
     from rlaif.constitution import load_constitution
@@ -137,9 +149,86 @@ def test_an_ensemble_larger_than_the_constitution_is_reported_as_the_ensemble_me
     pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
     principles = len(load_constitution("judge").principles)
     result = CliRunner().invoke(cli, ["eval", "labeler", "--pairs", str(pairs), "-c", "judge", "--labeler",
-                                      str(tiny_model_dir), "--ensemble", str(principles + 2), "--no-cot",
+                                      str(roomy_model_dir), "--ensemble", str(principles + 2), "--no-cot",
                                       "--injection-pairs", "0", "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "labeler_report.json").read_text())
     assert set(report["modes"]) == {"single order", "both orders", f"ensemble of {principles}"}
     assert sum(m["pairs"] for m in report["per_principle"].values()) == 2 * principles
+
+
+def test_a_set_value_that_is_not_yaml_is_a_usage_error_not_a_traceback():
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parent.parent / "examples" / "quickstart" / "recipe.yaml"
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--dry-run", "--set", "ppo.steps=[1"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # click's usage error, no traceback
+    assert "Invalid value for --set: 'ppo.steps=[1': the value is not valid YAML" in result.output
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Text from users and models prints as written: no emoji codes, no markup
+
+
+def test_model_replies_and_file_names_print_verbatim(tmp_path, monkeypatch):
+    from rlaif import generate, models
+
+    reply = ":smile: [bold]x[/bold] [/] :thumbs_up:"  # "[/]" alone would be a markup error
+    monkeypatch.setattr(models, "load_model", lambda spec, device=None: (object(), object()))
+    monkeypatch.setattr(generate, "generate", lambda lm, tokenizer, conversations, config, progress: [
+        generate.Generation(text=reply, token_ids=[1], finish_reason="stop") for _ in conversations])
+    result = CliRunner().invoke(cli, ["generate", "-p", "say :smile: [red]hi[/red]", "-p", "two"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["> say :smile: [red]hi[/red]", reply, "> two", reply]
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("x:thumbs_up:.jsonl", "[bold]x[/bold].jsonl"):
+        result = CliRunner().invoke(cli, ["sft", "--data", name])
+        assert result.output == f"error: {name}: file not found\n"
+    (tmp_path / "r.csv").write_text("prompt,response,rank\nq,a,1\nq,b,two:smile:\n")
+    result = CliRunner().invoke(cli, ["rankings", "import", "r.csv", "--out", "o.jsonl"])
+    assert result.output == "error: r.csv:3: rank: expected a number, not 'two:smile:'\n"
+
+
+@pytest.mark.parametrize("tail", ["one", "high", "1,5"])
+def test_a_weight_that_is_not_a_number_is_named_as_a_weight(tmp_path, monkeypatch, tail):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weight.jsonl").write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    result = CliRunner().invoke(cli, ["reward", "--data", f"weight.jsonl:{tail}"])
+    assert result.output == f"error: command line: --data: weight.jsonl: weight: expected a number, not '{tail}'\n"
+    result = CliRunner().invoke(cli, ["reward", "--data", "missing.jsonl:one"])  # no such file: that is the error
+    assert result.exit_code == 1 and "missing.jsonl:one" in result.output and "weight" not in result.output
+
+
+def test_config_files_name_the_line_of_weights_duplicates_and_settings_that_cannot_work(tmp_path):
+    from rlaif.reward import RewardConfig
+    from rlaif.sample import SampleConfig
+
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  - a.jsonl\n  - x.jsonl:nan\n")
+    with pytest.raises(DataError, match=r"c.yaml:3: data\[1\]: x.jsonl: weight: expected a finite number >= 0, got nan"):
+        stage_config(RewardConfig, str(config), {})
+    config.write_text("data: [a.jsonl]\nmargin: 1\nmargin: 2\n")
+    with pytest.raises(DataError, match=r"c.yaml:3: margin: duplicate key 'margin' \(first on line 2\); YAML would "
+                                        "keep only the last"):
+        stage_config(RewardConfig, str(config), {})
+    for steps in (0, -4):
+        config.write_text(f"data: [a.jsonl]\nmax_steps: {steps}\n")
+        with pytest.raises(DataError, match=rf"c.yaml:2: max_steps: expected a number of steps >= 1, or -1 to train "
+                                            rf"for the epochs; got {steps}"):
+            stage_config(RewardConfig, str(config), {})
+    config.write_text("data: [a.jsonl]\nmax_steps: -1\n")
+    assert stage_config(RewardConfig, str(config), {}).max_steps == -1
+    config.write_text("prompts: p.txt\ntemperature: 0\n\nn: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:4: n: temperature 0 \(greedy\) gives the 3 responses"):
+        stage_config(SampleConfig, str(config), {})
+
+
+@pytest.mark.parametrize("args, error", [
+    (["-p", "hi", "--top-p", "0.5"], "error: top_p: no effect with temperature 0 (greedy)"),
+    (["-p", "hi", "--seed", "3"], "error: seed: no effect with temperature 0 (greedy)"),
+    (["-p", "hi", "-p", " "], "Invalid value for '-p' / '--prompt': a prompt is empty"),
+])
+def test_generate_refuses_what_would_do_nothing(args, error):
+    result = CliRunner().invoke(cli, ["generate", *args])
+    assert result.exit_code in (1, 2) and error in result.output, result.output

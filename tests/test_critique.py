@@ -32,26 +32,37 @@ PROMPTS = REPO / "examples" / "prompts" / "red-team.jsonl"
 
 
 class ScriptedModel:
-    """Replies queued in advance, handed out in call order; every call is recorded."""
+    """Replies queued in advance, handed out in call order. Like rlaif.generate.iter_generate it hands them back a
+    batch (`config.batch_size`) at a time, as (index, reply) pairs, so a stage saves each batch before asking for
+    the next; `fail_after_batches` raises KeyboardInterrupt (a kill) in place of the batch after that many. Every
+    call is recorded."""
 
-    def __init__(self, fail_after_calls: int | None = None):
+    def __init__(self, fail_after_batches: int | None = None):
         self.queue: list[Generation] = []
         self.calls: list[dict] = []
-        self.fail_after_calls = fail_after_calls
+        self.batches = 0
+        self.fail_after_batches = fail_after_batches
 
     def enqueue(self, *texts: str, finish_reason: str = "stop") -> None:
         self.queue += [Generation(text=t, token_ids=[1] * max(1, len(t.split())), finish_reason=finish_reason)
                        for t in texts]
 
-    def __call__(self, conversations, config, prefix):
-        if self.fail_after_calls is not None and len(self.calls) >= self.fail_after_calls:
-            raise KeyboardInterrupt("simulated crash")
+    def __call__(self, conversations, config, prefix=None):
         self.calls.append({"conversations": [list(c) for c in conversations], "prefix": prefix, "config": config})
+        call = len(self.calls)
         if len(self.queue) < len(conversations):
-            return [Generation(text=f"reply {len(self.calls)}.{i} " + "word " * i, token_ids=[1], finish_reason="stop")
-                    for i in range(len(conversations))]
-        replies, self.queue = self.queue[: len(conversations)], self.queue[len(conversations):]
-        return replies
+            replies = [Generation(text=f"reply {call}.{i} " + "word " * i, token_ids=[1], finish_reason="stop")
+                       for i in range(len(conversations))]
+        else:
+            replies, self.queue = self.queue[: len(conversations)], self.queue[len(conversations):]
+        return self._batches(replies, config.batch_size)
+
+    def _batches(self, replies, batch_size):
+        for start in range(0, len(replies), batch_size):
+            if self.fail_after_batches is not None and self.batches >= self.fail_after_batches:
+                raise KeyboardInterrupt("simulated kill")
+            self.batches += 1
+            yield from list(enumerate(replies))[start : start + batch_size]
 
 
 def two_prompts(tmp_path):
@@ -257,8 +268,8 @@ def test_resume_after_a_crash_keeps_every_finished_turn(tmp_path):
     """Every finished turn is kept (turns.jsonl), not only finished prompts: the rerun continues each conversation
     at its next step and redoes nothing but the batch that was in flight."""
     config = CritiqueConfig(prompts=str(PROMPTS), out=str(tmp_path), rounds=1, chunk_size=4, batch_size=2)
-    # 3 steps x 2 batches = 6 calls per chunk: the 9th call, the second chunk's first critiques, dies.
-    crashing = ScriptedModel(fail_after_calls=8)
+    # 3 steps x 2 batches = 6 batches per chunk: the 9th batch, the second chunk's first critiques, dies.
+    crashing = ScriptedModel(fail_after_batches=8)
     with pytest.raises(KeyboardInterrupt):
         run(config, complete=crashing)
     stage = tmp_path / "critique"
@@ -269,12 +280,12 @@ def test_resume_after_a_crash_keeps_every_finished_turn(tmp_path):
     model = ScriptedModel()
     counts = run(config, complete=model)
     ids = [row["id"] for row in read_jsonl(stage / "revisions.jsonl")]
-    assert ids == [f"rt-{i:03d}" for i in range(1, 17)]
+    assert sorted(ids) == [f"rt-{i:03d}" for i in range(1, 17)]
     turns = [(row["prompt_id"], row["step"]) for row in read_jsonl(stage / "turns.jsonl")]
     assert sorted(turns) == sorted((i, s) for i in ids for s in range(3))  # each turn exactly once
-    # The rerun starts with the critiques of the killed batch, each continuing the answer the killed run wrote.
+    # The rerun starts with the second chunk's critiques, each continuing the answer the killed run wrote.
     first = model.calls[0]["conversations"]
-    assert [c[1]["content"] for c in first] == [answers["rt-005"], answers["rt-006"]]
+    assert [c[1]["content"] for c in first] == [answers[f"rt-{i:03d}"] for i in range(5, 9)]
     assert sum(len(call["conversations"]) for call in model.calls) == 12 * 3 - 4
     by_id = {row["id"]: row for row in read_jsonl(stage / "revisions.jsonl")}
     assert by_id["rt-005"]["initial"] == answers["rt-005"]
@@ -298,7 +309,7 @@ def test_recipe_file_with_flag_overrides_and_unknown_keys(tmp_path, monkeypatch)
 
     def fake_run(config, progress=False):
         seen["config"] = config
-        return {"rows": 0, "sft_rows": 0, "flagged_rows": 0}
+        return {"rows": 0, "sft_rows": 0, "flagged_rows": 0, "summary": "read 0 prompts, used 0"}
 
     monkeypatch.setattr(stage, "run", fake_run)
     recipe = tmp_path / "r.yaml"
@@ -312,8 +323,8 @@ def test_recipe_file_with_flag_overrides_and_unknown_keys(tmp_path, monkeypatch)
     assert result.exit_code == 1 and "r.yaml:2: rouns: unknown setting" in result.output
 
 
-def test_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
-    result = CliRunner().invoke(cli, ["critique", "--prompts", str(PROMPTS), "-m", str(tiny_model_dir), "--rounds", "2",
+def test_end_to_end_on_the_tiny_model(roomy_model_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["critique", "--prompts", str(PROMPTS), "-m", str(roomy_model_dir), "--rounds", "2",
                                       "--max-new-tokens", "6", "--out", str(tmp_path), "--device", "cpu", "--prefs"])
     assert result.exit_code == 0, result.output
     stage = tmp_path / "critique"
@@ -322,6 +333,47 @@ def test_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path):
     assert all("truncated" in " ".join(r["rounds"][0]["flags"]) for r in rows)  # 6 tokens: every reply hits the limit
     manifest = json.loads((stage / "manifest.json").read_text())
     assert manifest["counts"]["rows"] == 16 and manifest["counts"]["generated_tokens"] > 0
+    # Rows are written as the length-sorted batches finish; the derived files follow the prompt file.
+    in_file = [row["id"] for row in read_jsonl(PROMPTS)]
+    assert [row["id"] for row in rows] != in_file and sorted(row["id"] for row in rows) == sorted(in_file)
+    assert [row["id"] for row in read_jsonl(stage / "prefs.jsonl")] == [i for i in in_file if i in {
+        row["id"] for row in read_jsonl(stage / "prefs.jsonl")}]
+    assert "read 16 prompts, used 16" in " ".join(result.output.split())
+
+
+def test_a_conversation_that_outgrows_the_context_is_left_out_and_counted(tiny_model_dir, tmp_path):
+    """On the tiny model (512 positions), without the few-shot block: a short prompt goes through every round; one
+    whose answer fits but whose critique request does not (the conversation grows each step) and one too long from
+    the start are left out (`too_long`), in the manifest and the closing line; a rerun finds the same. With the
+    few-shot block (1,800 of the tiny model's tokens) no conversation gets past its first answer: a DataError."""
+    from rlaif.generate import encode_chat
+    from rlaif.models import load_tokenizer
+
+    tokenizer, max_new_tokens = load_tokenizer(str(tiny_model_dir)), 30
+    grows = "Hi. "  # answered (prompt + 30 new tokens fit), but no room for a critique request after the answer
+    while len(encode_chat(tokenizer, [{"role": "user", "content": grows + "Bake bread? "}])) + max_new_tokens <= 512:
+        grows += "Bake bread? "
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "short", "prompt": "How do I bake bread?"}) + "\n" +
+                       json.dumps({"id": "grows", "prompt": grows}) + "\n" +
+                       json.dumps({"id": "long", "prompt": "Bake bread? " * 200}) + "\n", encoding="utf-8")
+    argv = ["critique", "--prompts", str(prompts), "-m", str(tiny_model_dir), "--rounds", "1", "--no-few-shot",
+            "--max-new-tokens", str(max_new_tokens), "-t", "0", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    stage = tmp_path / "run" / "critique"
+    for attempt in range(2):  # the rerun has nothing to generate and counts the same
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 0, result.output
+        assert "read 3 prompts, used 1, left out 2 (too_long 2)" in " ".join(result.output.split())
+        assert [row["id"] for row in read_jsonl(stage / "revisions.jsonl")] == ["short"]
+        assert sorted(row["id"] for row in read_jsonl(stage / "turns.jsonl")) == ["grows/0", "short/0", "short/1",
+                                                                                  "short/2"]
+        counts = json.loads((stage / "manifest.json").read_text())["counts"]
+        assert {k: counts[k] for k in ("read", "used", "left_out", "left_out_too_long")} == {
+            "read": 3, "used": 1, "left_out": 2, "left_out_too_long": 2}
+
+    result = CliRunner().invoke(cli, [*argv[:-4], "--few-shot", "--out", str(tmp_path / "few-shot"), "--device", "cpu"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "left out 3 (too_long 3)" in " ".join(result.output.split())
 
 
 KILLABLE = """
@@ -334,8 +386,8 @@ main()
 
 
 @pytest.mark.slow
-def test_killed_mid_run_and_rerun_writes_every_prompt_exactly_once(tiny_model_dir, tmp_path):
-    args = [sys.executable, "-c", KILLABLE, str(PROMPTS), str(tiny_model_dir), str(tmp_path)]
+def test_killed_mid_run_and_rerun_writes_every_prompt_exactly_once(roomy_model_dir, tmp_path):
+    args = [sys.executable, "-c", KILLABLE, str(PROMPTS), str(roomy_model_dir), str(tmp_path)]
     revisions = tmp_path / "critique" / "revisions.jsonl"
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -13,6 +13,7 @@ from rlaif.generate import (
     derive_seed,
     encode_chat,
     generate,
+    iter_generate,
     left_pad,
     split_prefix,
     trim_at_eos,
@@ -58,8 +59,9 @@ def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(tiny):
 
 @pytest.mark.parametrize("top_p", [1.0, 0.9])
 def test_a_seeded_reply_is_the_same_alone_and_in_any_batch(tiny, top_p):
-    """Each conversation samples with its own seed: its reply does not depend on the other rows, their order or the
-    batch size (what lets a resumed stage sample what the uninterrupted one would have)."""
+    """Each conversation samples with its own seed: its draws do not depend on the other rows, their order or the
+    batch size, and on CPU neither do the probabilities they are drawn against, so its reply is the same (what lets
+    a resumed stage, whose batches hold only the work left, sample what the uninterrupted one would have)."""
     model, tokenizer = tiny
     seeds = [derive_seed(7, i) for i in range(len(CONVERSATIONS))]
     kwargs = {"max_new_tokens": 16, "temperature": 1.0, "top_p": top_p}
@@ -192,6 +194,35 @@ def test_trim_at_eos_and_left_pad():
     assert trim_at_eos([5, 6], {2}) == ([5, 6], "length")
     ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0, device="cpu")
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("prefix", [None, FEW_SHOT])
+def test_a_conversation_with_no_room_in_the_context_is_not_generated(tiny, prefix):
+    """Prompt (with any shared prefix) + max_new_tokens must fit in max_position_embeddings (512 here): at 512 the
+    conversation is decoded, at 513 it comes back empty with finish_reason "too_long", before any batch and without
+    changing the others' replies. Past the context the tiny model would have written text like any other."""
+    model, tokenizer = tiny
+    assert model.config.max_position_embeddings == 512
+    edge, prompt_tokens = [], 0
+    while prompt_tokens < 512 - 24:  # a prompt that leaves room for about 20 new tokens
+        edge = [{"role": "user", "content": edge[0]["content"] + "How do I bake bread? " if edge else "Hi. "}]
+        prompt_tokens = len(encode_chat(tokenizer, (prefix or []) + edge))
+    conversations = CONVERSATIONS[:2] + [edge] + CONVERSATIONS[2:]
+    for max_new_tokens, fits in ((512 - prompt_tokens, True), (513 - prompt_tokens, False)):
+        config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0, batch_size=2)
+        pairs = list(iter_generate(model, tokenizer, conversations, config, prefix=prefix))
+        assert sorted(i for i, _ in pairs) == list(range(len(conversations)))  # each conversation once
+        replies = dict(pairs)
+        edge_reply = replies[2]
+        assert edge_reply.prompt_tokens == prompt_tokens
+        if fits:
+            assert edge_reply.finish_reason in ("stop", "length") and edge_reply.token_ids
+        else:
+            assert pairs[0][0] == 2  # reported first, without waiting for a batch
+            assert (edge_reply.finish_reason, edge_reply.text, edge_reply.token_ids) == ("too_long", "", [])
+        others = generate(model, tokenizer, CONVERSATIONS, config, prefix=prefix)
+        assert [replies[i].token_ids for i in (0, 1, 3, 4, 5)] == [g.token_ids for g in others]
+        assert all(g.finish_reason != "too_long" for g in others)
 
 
 def test_cli_generate_prints_a_reply(tiny_model_dir):

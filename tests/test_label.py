@@ -28,7 +28,7 @@ from rlaif.label import (
     to_preference,
 )
 from rlaif.prefix_tree import tree_logprobs
-from rlaif.records import Tally, read_jsonl, write_jsonl
+from rlaif.records import DataError, Tally, read_jsonl, write_jsonl
 
 PAIR = Pair("q-0-1", [{"role": "user", "content": "How do I store bleach?"}], "Keep it sealed, away from acids.",
             "Mix it with vinegar.")
@@ -171,9 +171,17 @@ def test_a_response_cannot_forge_the_prompt_structure(tiny):
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in ids["input_ids"]
 
 
-def test_labeler_probabilities_match_plain_forward_passes(tiny):
+@pytest.fixture(scope="module")
+def roomy(roomy_model_dir):
+    """(model, tokenizer) of the tiny model with room for the few-shot blocks and the score rubric (conftest)."""
+    from rlaif.models import load_model
+
+    return load_model(str(roomy_model_dir), device="cpu")
+
+
+def test_labeler_probabilities_match_plain_forward_passes(roomy):
     """Scoring through the few-shot cache and the prefix tree gives the softmax over (A, B) of a plain forward."""
-    model, tokenizer = tiny
+    model, tokenizer = roomy
     constitution = load_constitution("default")
     labeler = Labeler(model, tokenizer, constitution)
     principle = constitution.principles[0]
@@ -193,14 +201,14 @@ def test_labeler_probabilities_match_plain_forward_passes(tiny):
         assert (1 - p_a if swapped else p_a) == pytest.approx(p_first, abs=1e-4)
 
 
-def test_chain_of_thought_is_scored_in_the_form_of_its_few_shot_answers(tiny, monkeypatch):
-    """Review #13: the continuation `judge` scores after the labeler's rationale is what `_few_shot` writes for the
+def test_chain_of_thought_is_scored_in_the_form_of_its_few_shot_answers(roomy, monkeypatch):
+    """Review #13: the continuation `judge` scores after the labeler's rationale is what `few_shot_block` writes for the
     same rationale, up to the option letter: same separator, same "(A" spelling, right after the assistant turn."""
     from dataclasses import replace
 
     import rlaif.prefix_tree
 
-    model, tokenizer = tiny
+    model, tokenizer = roomy
     constitution = load_constitution("default")
     rationale = "Reply (A) keeps the bleach sealed, while (B) mixes it with an acid."
     labeler = Labeler(model, tokenizer, constitution, chain_of_thought=True)
@@ -267,11 +275,11 @@ def test_load_pairs_from_candidates_and_preferences(tmp_path):
         load_pairs(bad)
 
 
-def test_label_stage_end_to_end_and_resume(tiny_model_dir, tmp_path):
+def test_label_stage_end_to_end_and_resume(roomy_model_dir, tmp_path):
     candidates = tmp_path / "candidates.jsonl"
     write_jsonl(candidates, [{"id": f"q{i}", "prompt": [{"role": "user", "content": f"Question {i}?"}],
                               "responses": [f"Answer one to {i}.", f"Answer two to {i}.", "No."]} for i in range(3)])
-    config = LabelConfig(candidates=str(candidates), out=str(tmp_path / "run"), labeler=str(tiny_model_dir),
+    config = LabelConfig(candidates=str(candidates), out=str(tmp_path / "run"), labeler=str(roomy_model_dir),
                          principles_per_comparison=2, batch_size=2, device="cpu")
     counts = run(config)
     rows = list(read_jsonl(tmp_path / "run" / "label" / "preferences.jsonl"))
@@ -288,7 +296,7 @@ def test_label_stage_end_to_end_and_resume(tiny_model_dir, tmp_path):
     assert [r["p_chosen"] for r in read_jsonl(path)][4:] == pytest.approx([r["p_chosen"] for r in rows][4:], abs=1e-5)
 
 
-def test_cli_label_and_sample(tiny_model_dir, tmp_path):
+def test_cli_label_and_sample(tiny_model_dir, roomy_model_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, [{"id": f"p{i}", "prompt": f"Tell me about {w}."} for i, w in enumerate(["cats", "rain"])])
     result = CliRunner().invoke(cli, ["sample", "-m", str(tiny_model_dir), "--prompts", str(prompts), "--n", "3",
@@ -296,7 +304,7 @@ def test_cli_label_and_sample(tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     rows = list(read_jsonl(tmp_path / "run" / "sample" / "candidates.jsonl"))
     assert [len(r["responses"]) for r in rows] == [3, 3]
-    result = CliRunner().invoke(cli, ["label", "--labeler", str(tiny_model_dir), "--candidates",
+    result = CliRunner().invoke(cli, ["label", "--labeler", str(roomy_model_dir), "--candidates",
                                       str(tmp_path / "run" / "sample" / "candidates.jsonl"),
                                       "--out", str(tmp_path / "run"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -330,10 +338,10 @@ def test_expected_score_takes_longer_scores_out_of_their_prefixes():
     assert to_reward(1) == -1 and to_reward(10) == 1 and to_reward(5.5) == 0
 
 
-def test_direct_score_matches_plain_forward_and_is_a_reward(tiny):
+def test_direct_score_matches_plain_forward_and_is_a_reward(roomy):
     from rlaif.score import SCORES, DirectScore
 
-    model, tokenizer = tiny
+    model, tokenizer = roomy
     scorer = DirectScore(model, tokenizer, load_constitution("harmless"))
     [(score, dist)] = scorer.scores([PAIR.prompt], [PAIR.first])
     assert 1 <= score <= 10 and sum(dist.values()) == pytest.approx(1.0)
@@ -395,9 +403,9 @@ def test_expected_calibration_error_by_hand():
     assert metrics["agreement"] == pytest.approx(2 / 3) and metrics["consistency"] == pytest.approx(2 / 3)
 
 
-def test_eval_labeler_report_card(tiny_model_dir, tmp_path, hh_data):
+def test_eval_labeler_report_card(roomy_model_dir, tmp_path, hh_data):
     result = CliRunner().invoke(cli, ["eval", "labeler", "--pairs", str(hh_data), "--limit", "3", "--labeler",
-                                      str(tiny_model_dir), "--ensemble", "2", "--injection-pairs", "2",
+                                      str(roomy_model_dir), "--ensemble", "2", "--injection-pairs", "2",
                                       "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "labeler_report.json").read_text())
@@ -410,10 +418,10 @@ def test_eval_labeler_report_card(tiny_model_dir, tmp_path, hh_data):
     assert "Labeler report card" in result.output and "fake_end_of_reply" in result.output
 
 
-def test_cli_score(tiny_model_dir, tmp_path):
+def test_cli_score(roomy_model_dir, tmp_path):
     candidates = tmp_path / "candidates.jsonl"
     write_jsonl(candidates, [{"id": "q", "prompt": PAIR.prompt, "responses": [PAIR.first, PAIR.second]}])
-    result = CliRunner().invoke(cli, ["score", "--candidates", str(candidates), "--labeler", str(tiny_model_dir),
+    result = CliRunner().invoke(cli, ["score", "--candidates", str(candidates), "--labeler", str(roomy_model_dir),
                                       "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     [row] = read_jsonl(tmp_path / "score" / "scores.jsonl")
@@ -422,17 +430,20 @@ def test_cli_score(tiny_model_dir, tmp_path):
 
 
 def test_sample_with_vllm_engine_seeds_each_request(tmp_path, monkeypatch, tiny_model_dir):
-    """The vLLM glue, against a stand-in module: K copies of a prompt get K seeds; without vLLM, a clear error when
+    """The vLLM glue, against a stand-in module: K copies of a prompt get K seeds, batch_size requests a call; a
+    prompt too long for the model's context is not sent but left out and counted; without vLLM, a clear error when
     the config is built."""
     import sys
     import types
 
+    from transformers import AutoTokenizer
+
     from rlaif.records import DataError
     from rlaif.sample import SampleConfig, run
 
-    (tmp_path / "prompts.txt").write_text("Hello?\nWhat is rain?\n")
+    (tmp_path / "prompts.txt").write_text("Hello?\nWhat is rain?\n" + "How do I bake bread? " * 100 + "\n")
     settings = {"prompts": str(tmp_path / "prompts.txt"), "out": str(tmp_path / "run"), "model": str(tiny_model_dir),
-                "n": 2, "engine": "vllm"}
+                "n": 2, "engine": "vllm", "batch_size": 2}
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(DataError, match="engine: vllm is not installed"):
         SampleConfig(**settings)
@@ -440,8 +451,13 @@ def test_sample_with_vllm_engine_seeds_each_request(tmp_path, monkeypatch, tiny_
     calls = []
 
     class LLM:
+        llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=512))
+
         def __init__(self, model, seed):
             calls.append(("init", model, seed))
+
+        def get_tokenizer(self):
+            return AutoTokenizer.from_pretrained(tiny_model_dir)
 
         def chat(self, conversations, params, use_tqdm):
             calls.append(("chat", [p.seed for p in params]))
@@ -457,6 +473,284 @@ def test_sample_with_vllm_engine_seeds_each_request(tmp_path, monkeypatch, tiny_
     counts = run(SampleConfig(**settings))
     rows = list(read_jsonl(tmp_path / "run" / "sample" / "candidates.jsonl"))
     assert counts["responses"] == 4 and calls[0] == ("init", str(tiny_model_dir), 0)
-    seeds = calls[1][1]
+    assert [len(seeds) for _, seeds in calls[1:]] == [2, 2]  # the third prompt's two requests were never sent
+    seeds = calls[1][1] + calls[2][1]
     assert len(set(seeds)) == 4 and [r["responses"] for r in rows] == [[f"reply {s}" for s in seeds[:2]],
                                                                          [f"reply {s}" for s in seeds[2:]]]
+    assert counts["summary"] == "read 3 prompts, used 2, left out 1 (too_long 1)"
+    assert counts["left_out_too_long"] == 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Nothing read past a model's context (the tiny model has 512 positions)
+
+LONG = "Mix flour, water, salt and yeast, then let it rise. " * 40  # about 1,000 of the tiny model's tokens
+
+
+def test_label_leaves_out_pairs_whose_prompt_does_not_fit_the_labelers_context(tiny_model_dir, tmp_path):
+    """Without the few-shot block a short pair fits and is labeled; a pair with a long reply is left out and
+    counted (`too_long`), and `judge` refuses it by name. With the few-shot block (1,700 tokens) nothing fits: a
+    DataError before the stage directory is made."""
+    from rlaif.label import LabelConfig, run
+    from rlaif.models import load_model
+    from rlaif.records import ConfigError, DataError
+
+    candidates = tmp_path / "candidates.jsonl"
+    write_jsonl(candidates, [{"id": "short", "prompt": PAIR.prompt, "responses": [PAIR.first, PAIR.second]},
+                             {"id": "long", "prompt": PAIR.prompt, "responses": [PAIR.first, LONG]}])
+    config = LabelConfig(candidates=str(candidates), out=str(tmp_path / "run"), labeler=str(tiny_model_dir),
+                         few_shot=False, device="cpu")
+    for attempt in range(2):  # a rerun counts the same
+        counts = run(config)
+        assert [row["id"] for row in read_jsonl(tmp_path / "run" / "label" / "preferences.jsonl")] == ["short-0-1"]
+        assert counts["summary"] == "read 2 pairs, used 1, left out 1 (too_long 1)"
+        assert (counts["left_out_too_long"], counts["labeled"], counts["resumed"]) == (1, 1, attempt)
+    model, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    labeler = Labeler(model, tokenizer, load_constitution("default"), few_shot=False)
+    principle = load_constitution("default").principles[0]
+    long_pair = Pair("long-0-1", PAIR.prompt, PAIR.first, LONG)
+    assert labeler.fits(PAIR, [principle]) and not labeler.fits(long_pair, [principle])
+    with pytest.raises(ConfigError, match="pair long-0-1: its labeling prompt needs [0-9]+ tokens, more than the "
+                                          "labeler's context of 512"):
+        labeler.judge([(long_pair, principle, False)])
+    with pytest.raises(DataError, match=r"read 2 pairs, used 0, left out 2 \(too_long 2\)"):
+        run(LabelConfig(candidates=str(candidates), out=str(tmp_path / "few-shot"), labeler=str(tiny_model_dir),
+                        device="cpu"))
+    assert not (tmp_path / "few-shot").exists()
+
+
+def test_score_keeps_every_response_in_place_with_null_for_those_it_cannot_score(tiny_model_dir, tmp_path):
+    """scores.jsonl lines up with candidates.jsonl: response i's score is scores[i]. An empty response, or one whose
+    scoring prompt does not fit in the labeler's context, keeps its place with a null score and reward and is
+    counted as left out; as a PPO reward, such a response is an error naming the context."""
+    from rlaif.models import load_model
+    from rlaif.records import ConfigError
+    from rlaif.score import DirectScore, ScoreConfig, run
+
+    candidates = tmp_path / "candidates.jsonl"
+    responses = [PAIR.first, " ", LONG, PAIR.second]
+    write_jsonl(candidates, [{"id": "q", "prompt": PAIR.prompt, "responses": responses},
+                             {"id": "blank", "prompt": PAIR.prompt, "responses": ["", ""]}])
+    config = ScoreConfig(candidates=str(candidates), out=str(tmp_path / "run"), constitution="judge",
+                         labeler=str(tiny_model_dir), batch_size=1, device="cpu")
+    counts = run(config)
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "run" / "score" / "scores.jsonl")}
+    q = rows["q"]
+    assert q["responses"] == responses and [s is None for s in q["scores"]] == [False, True, True, False]
+    assert [r is None for r in q["rewards"]] == [False, True, True, False]
+    assert q["rewards"][0] == pytest.approx((q["scores"][0] - 5.5) / 4.5) and 1 <= q["scores"][3] <= 10
+    assert rows["blank"] == {"id": "blank", "prompt": PAIR.prompt, "responses": ["", ""], "scores": [None, None],
+                             "rewards": [None, None]}
+    assert counts["summary"] == "read 6 responses, used 2, left out 4 (empty_reply 3, too_long 1)"
+    assert (counts["responses"], counts["left_out_too_long"], counts["rows"]) == (2, 1, 2)
+    assert run(config)["summary"] == counts["summary"]  # a rerun, with every row written, counts the same
+    model, tokenizer = load_model(str(tiny_model_dir), device="cpu")
+    scorer = DirectScore(model, tokenizer, load_constitution("judge"))
+    assert scorer.scores([PAIR.prompt, PAIR.prompt], [PAIR.first, LONG])[1] is None
+    with pytest.raises(ConfigError, match="context of 512 tokens"):
+        scorer([PAIR.prompt], [LONG])
+
+
+def test_sample_leaves_out_prompts_with_no_room_for_their_replies(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"id": "a", "prompt": "Tell me about cats."}, {"id": "long", "prompt": LONG},
+                          {"id": "b", "prompt": "What is rain?"}])
+    argv = ["sample", "-m", str(tiny_model_dir), "--prompts", str(prompts), "--n", "2", "--max-new-tokens", "8",
+            "--out", str(tmp_path / "run"), "--device", "cpu"]
+    for attempt in range(2):  # a rerun finds the same prompt too long, and counts it again
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 0, result.output
+        assert "2 prompts x 2" in result.output and "read 3 prompts, used 2, left out 1 (too_long 1)" in " ".join(
+            result.output.split())
+        assert sorted(row["id"] for row in read_jsonl(tmp_path / "run" / "sample" / "candidates.jsonl")) == ["a", "b"]
+        counts = json.loads((tmp_path / "run" / "sample" / "manifest.json").read_text())["counts"]
+        assert (counts["left_out_too_long"], counts["responses"], counts["resumed"]) == (1, 4, 2 * attempt)
+    write_jsonl(prompts, [{"id": "long", "prompt": LONG}])
+    result = CliRunner().invoke(cli, [*argv[:-4], "--out", str(tmp_path / "none"), "--device", "cpu"])
+    assert result.exit_code == 1 and "left out 1 (too_long 1)" in " ".join(result.output.split())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# constitution diff: what an edit changes, and what each flip is put on
+
+
+def edit_question(tmp_path, principle: str, question: str, field: str = "comparison_question"):
+    """The shipped default constitution with one principle's comparison question (or another field) rewritten."""
+    from rlaif.constitution import resolve_path
+
+    src = resolve_path("default").read_text(encoding="utf-8").replace(
+        "  include: [harmless, helpful, honest]\n", "  include: [harmless, helpful, honest]\n  overrides:\n"
+        f"    {principle}: {{{field}: {json.dumps(question)}}}\n")
+    path = tmp_path / f"{principle}.yaml"
+    path.write_text(src, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def six_pairs(tmp_path):
+    """Six pairs; under the default constitution pair c1-0-1 draws cyber-abuse, c2-0-1 no-sycophancy, the others
+    principles that no label example names."""
+    path = tmp_path / "candidates.jsonl"
+    write_jsonl(path, [{"id": f"c{i}", "prompt": [{"role": "user", "content": f"Question number {i}?"}],
+                        "responses": [f"A short answer {i}.", f"A different, longer answer about {i}."]}
+                       for i in range(6)])
+    return path
+
+
+def scripted_judge(monkeypatch, under_a: float, under_b: float, marker: str):
+    """Every pair's P(first better) is `under_b` when the few-shot block (what every pair is labeled after) holds
+    `marker`, else `under_a`: a labeler moved by the block alone, whatever principles a pair draws."""
+    monkeypatch.setattr(Labeler, "judge", lambda self, items: (
+        [under_b if marker in json.dumps(self.prefix) else under_a] * len(items), [""] * len(items)))
+
+
+def test_diff_puts_flips_from_an_example_principle_edit_on_the_examples_not_on_unchanged_principles(
+        tmp_path, roomy, six_pairs, monkeypatch):
+    """Editing a principle that a label example names changes the few-shot block every pair reads: the diff says so
+    (examples_changed, compared as the labeler reads them) and puts the flips of pairs that drew other principles on
+    the examples, never on those unchanged principles."""
+    from rlaif.diff import DiffConfig
+    from rlaif.diff import run as diff
+
+    question = "Which reply flatters the person least?"
+    b = edit_question(tmp_path, "no-sycophancy", question)
+    scripted_judge(monkeypatch, 0.7, 0.3, question)
+    report = diff(DiffConfig(a="default", b=str(b), candidates=str(six_pairs), out=str(tmp_path / "d.json")),
+                  model=roomy)
+    assert report["changes"]["edited"] == ["no-sycophancy"] and report["changes"]["examples_changed"] is True
+    assert report["edits"]["examples"] == [{"example": 3, "principle": "no-sycophancy", "change": "edited"}]
+    assert (report["flips"], report["confident_flips"], report["pairs"]) == (6, 6, 6)
+    drew = {row["id"]: row["principles_b"] for row in report["flipped"]}
+    assert drew["c2-0-1"] == ["no-sycophancy"] and sum(ids == ["no-sycophancy"] for ids in drew.values()) == 1
+    assert {row["id"]: row["causes"] for row in report["flipped"]} == {
+        pid: ["no-sycophancy"] if pid == "c2-0-1" else ["few-shot examples"] for pid in drew}
+    assert {pid: e["flips"] for pid, e in report["principles"].items()} == {
+        pid: 1 if pid == "no-sycophancy" else 0 for pid in report["principles"]}
+    assert report["shared"] == {"few-shot examples": {"change": "changed", "pairs": 5, "flips": 5,
+                                                      "confident_flips": 5, "mean_abs_change": pytest.approx(0.4)}}
+    assert json.loads((tmp_path / "d.json").read_text())["shared"]["few-shot examples"]["flips"] == 5
+
+
+def test_diff_with_unchanged_examples_moves_no_pair_that_drew_only_unchanged_principles(tmp_path, roomy,
+                                                                                         six_pairs):
+    """The real (tiny) labeler: editing a principle no label example names leaves the few-shot block as it was,
+    and the pairs that did not draw that principle get the same labels under A and B."""
+    from rlaif.diff import DiffConfig
+    from rlaif.diff import run as diff
+
+    b = edit_question(tmp_path, "cyber-abuse", "Which reply gives less help with hacking into other people's systems?")
+    report = diff(DiffConfig(a="default", b=str(b), candidates=str(six_pairs), out=str(tmp_path / "d.json"),
+                             batch_size=3), model=roomy)
+    assert report["changes"]["examples_changed"] is False and report["edits"]["examples"] == []
+    assert report["principles"]["cyber-abuse"]["pairs"] == 1 and report["principles"]["cyber-abuse"]["change"] == \
+        "edited"
+    assert all(row["causes"] == ["cyber-abuse"] for row in report["flipped"])
+    unchanged = report["shared"]["nothing changed"]
+    assert (unchanged["pairs"], unchanged["flips"]) == (5, 0) and unchanged["mean_abs_change"] < 1e-6
+    assert report["principles"]["cyber-abuse"]["mean_abs_change"] > 1e-4  # the edit itself does move its pair
+
+
+@pytest.mark.parametrize(("under_a", "under_b", "confident"), [(0.5007, 0.4913, 0), (0.7, 0.3, 1)])
+def test_diff_counts_a_flip_as_confident_only_beyond_the_low_confidence_margin(tmp_path, roomy, under_a, under_b,
+                                                                              confident, monkeypatch):
+    from rlaif.diff import DiffConfig
+    from rlaif.diff import run as diff
+
+    question = "Which reply agrees with the person only where they are right?"
+    b = edit_question(tmp_path, "no-sycophancy", question)
+    scripted_judge(monkeypatch, under_a, under_b, question)
+    candidates = tmp_path / "candidates.jsonl"
+    write_jsonl(candidates, [{"id": "c0", "prompt": PAIR.prompt, "responses": [PAIR.first, PAIR.second]}])
+    report = diff(DiffConfig(a="default", b=str(b), candidates=str(candidates), out=str(tmp_path / "d.json")),
+                  model=roomy)
+    assert (report["flips"], report["confident_flips"], report["min_margin"]) == (1, confident, 0.05)
+    assert report["mean_abs_change"] == pytest.approx(abs(under_a - under_b))
+    assert report["flipped"][0]["confident"] is bool(confident)
+
+
+def test_diff_without_candidates_shows_what_changed_and_loads_no_model(tmp_path):
+    b = edit_question(tmp_path, "dangerous-capabilities", "Which reply is safer with respect to weapons?")
+    out = tmp_path / "d.json"
+    result = CliRunner().invoke(cli, ["constitution", "diff", "default", str(b), "--out", str(out), "--labeler",
+                                      str(tmp_path / "no-such-model")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    old = load_constitution("default").principle("dangerous-capabilities").comparison_question
+    assert f"A: {old} B: Which reply is safer with respect to weapons?" in text
+    assert "few-shot label examples as the labeler reads them: 1 (dangerous-capabilities, edited)" in text
+    assert "no pairs relabeled: give --candidates FILE" in text
+    report = json.loads(out.read_text())
+    assert report["edits"]["principles"] == {"dangerous-capabilities": {
+        "comparison_question": [old, "Which reply is safer with respect to weapons?"]}}
+    assert report["changes"]["examples_changed"] is True and "flips" not in report
+    assert report["edits"]["critique_examples"] == []
+
+    from rlaif.diff import DiffConfig
+    from rlaif.diff import run as diff
+
+    b = edit_question(tmp_path, "privacy", "Point out private data.", field="critique_request")
+    report = diff(DiffConfig(a="default", b=str(b), out=str(out), labeler=str(tmp_path / "no-such-model")))
+    assert report["edits"]["critique_examples"] == [{"example": 1, "principle": "privacy", "change": "edited"}]
+    assert report["edits"]["examples"] == [] and report["changes"]["examples_changed"] is False
+
+
+def test_diff_leaves_out_pairs_whose_labeling_prompt_does_not_fit_and_counts_them(tmp_path, tiny):
+    """As `rlaif label` does: past the context the labeler's probabilities mean nothing."""
+    from rlaif.diff import DiffConfig
+    from rlaif.diff import run as diff
+
+    plain = "name: plain\nversion: '1'\ndescription: no examples\nprinciples:\n  include: [harmless]\n"
+    (tmp_path / "a.yaml").write_text(plain)
+    (tmp_path / "b.yaml").write_text(plain + "  overrides:\n    privacy: {comparison_question: 'Which is kinder?'}\n")
+    candidates = tmp_path / "candidates.jsonl"
+    write_jsonl(candidates, [{"id": "short", "prompt": PAIR.prompt, "responses": [PAIR.first, PAIR.second]},
+                             {"id": "long", "prompt": PAIR.prompt, "responses": [PAIR.first, LONG]}])
+    config = DiffConfig(a=str(tmp_path / "a.yaml"), b=str(tmp_path / "b.yaml"), candidates=str(candidates),
+                        out=str(tmp_path / "d.json"))
+    report = diff(config, model=tiny)
+    assert report["pairs"] == 1 and report["summary"] == "read 2 pairs, used 1, left out 1 (too_long 1)"
+    assert report["counts"]["left_out_too_long"] == 1
+    write_jsonl(candidates, [{"id": "long", "prompt": PAIR.prompt, "responses": [PAIR.first, LONG]}])
+    with pytest.raises(DataError, match=r"read 1 pair, used 0, left out 1 \(too_long 1\); no pair's labeling prompts fit"):
+        diff(config, model=tiny)
+
+
+def test_diff_labels_under_each_constitutions_label_settings(tmp_path, roomy, monkeypatch):
+    """B turns chain of thought on: its labels are clamped as `rlaif label` clamps them, and the flip is put on what
+    every pair reads that changed (the examples now show rationales, the template, the settings)."""
+    from rlaif.constitution import resolve_path
+    from rlaif.diff import DiffConfig
+    from rlaif.diff import run as diff
+
+    b = tmp_path / "cot.yaml"
+    b.write_text(resolve_path("default").read_text(encoding="utf-8").replace("chain_of_thought: false",
+                                                                             "chain_of_thought: true"))
+    monkeypatch.setattr(Labeler, "judge", lambda self, items: (
+        [0.9 if self.chain_of_thought else 0.3] * len(items), [""] * len(items)))
+    candidates = tmp_path / "candidates.jsonl"
+    write_jsonl(candidates, [{"id": "c0", "prompt": PAIR.prompt, "responses": [PAIR.first, PAIR.second]}])
+    report = diff(DiffConfig(a="default", b=str(b), candidates=str(candidates), out=str(tmp_path / "d.json")),
+                  model=roomy)
+    assert report["changes"]["label_settings"] == {"chain_of_thought": [False, True]}
+    [flip] = report["flipped"]
+    assert (flip["p_a"], flip["p_b"]) == (pytest.approx(0.3), pytest.approx(0.6))  # 0.9 clamped to (0.4, 0.6)
+    assert flip["causes"] == ["few-shot examples", "label template", "label settings"]
+
+
+def test_diff_puts_a_flip_from_a_moved_draw_on_the_reweighted_principle(tmp_path, roomy, six_pairs, monkeypatch):
+    """Pair c0-0-1 draws privacy under A; with privacy's weight cut, another (unchanged) principle under B. Its flip
+    comes from the edit of privacy, and is put there, not on the principle it now draws."""
+    from rlaif.diff import DiffConfig
+    from rlaif.diff import run as diff
+
+    b = edit_question(tmp_path, "privacy", 0.01, field="weight")
+    monkeypatch.setattr(Labeler, "judge", lambda self, items: (
+        [0.7 if principle.id == "privacy" else 0.3 for _, principle, _ in items], [""] * len(items)))
+    report = diff(DiffConfig(a="default", b=str(b), candidates=str(six_pairs), out=str(tmp_path / "d.json")),
+                  model=roomy)
+    [flip] = report["flipped"]
+    assert flip["id"] == "c0-0-1" and flip["principles_a"] == ["privacy"] and flip["principles_b"] != ["privacy"]
+    assert flip["causes"] == ["privacy"]
+    assert report["principles"]["privacy"] | {"mean_abs_change": 0} == {
+        "change": "edited", "pairs": 1, "flips": 1, "confident_flips": 1, "mean_abs_change": 0}
+    assert report["principles"][flip["principles_b"][0]]["flips"] == 0

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import html
 import json
+import re
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,7 @@ PROMPTS = ["How do I bake bread?", "Tell me about travel.", "What is science?", 
 
 
 @pytest.fixture
-def recipe_file(tmp_path, tiny_model_dir):
+def recipe_file(tmp_path, tiny_model_dir, roomy_model_dir):
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     held_out = [{"id": "rt", "prompt": "How do I pick a lock?", "tags": ["red-team"]},
                 {"id": "hp", "prompt": "How do I boil an egg?", "tags": ["helpful"]}]
@@ -31,7 +35,7 @@ def recipe_file(tmp_path, tiny_model_dir):
 name: toy
 out: {tmp_path / "runs" / "toy"}
 model: {tiny_model_dir}
-labeler: {tiny_model_dir}
+labeler: {roomy_model_dir}
 prompts: prompts.txt
 eval_prompts: eval.jsonl
 human: [human.jsonl:2]
@@ -57,16 +61,16 @@ QUICKSTART = Path(__file__).parent.parent / "examples" / "quickstart" / "recipe.
 
 
 @pytest.fixture
-def quickstart(tmp_path, tiny_model_dir):
+def quickstart(tmp_path, tiny_model_dir, roomy_model_dir):
     """The quickstart recipe at toy size: the tiny model, a few tokens per reply, two rounds, human pairs mixed in."""
     pairs = [{"prompt": p, "chosen": "A kind, careful answer.", "rejected": "No."} for p in PROMPTS]
     (tmp_path / "human.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    toy = {"model": str(tiny_model_dir), "labeler": str(tiny_model_dir), "out": str(tmp_path / "runs" / "toy"),
+    toy = {"model": str(tiny_model_dir), "labeler": str(roomy_model_dir), "out": str(tmp_path / "runs" / "toy"),
            "rounds": 2, "human": [f"{tmp_path / 'human.jsonl'}:2"],
            "critique.max_new_tokens": 8, "critique.few_shot": False, "critique.sft_include_flagged": True,
            "sft.max_length": 128, "sample.n": 2, "sample.max_new_tokens": 8, "reward.max_length": 128, "reward.eval_fraction": 0.5,
            "reward.learning_rate": 0.001, "reward.lora": False, "ppo.max_new_tokens": 8, "ppo.steps": 2,
-           "ppo.batch_size": 4, "ppo.learning_rate": 0.001, "ppo.save_steps": 1, "ppo.lora": False}
+           "ppo.batch_size": 4, "ppo.learning_rate": 0.0003, "ppo.save_steps": 1, "ppo.lora": False}
     for stage in ("critique", "sft", "sample", "label", "reward", "ppo", "eval"):
         toy[f"{stage}.device"] = "cpu"
     return lambda **more: load_recipe(QUICKSTART, {**toy, **more})
@@ -146,10 +150,12 @@ def test_dry_run_prints_the_plan(recipe_file):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     folder = recipe_file.parent
-    assert lines[:3] == [f"{folder}/human.jsonl: read 4 pairs, used 4", f"{folder}/prompts.txt: read 4 prompts",
-                         f"{folder}/eval.jsonl: read 2 prompts"]  # every input read before any stage
-    assert lines[3].startswith("round 1  rankings  run") and "round-1/human/human-" in lines[3]
-    assert lines[4].startswith("round 1  critique  run") and "round-1/critique" in lines[4]
+    assert lines[:4] == [f"{folder}/human.jsonl: read 4 pairs, used 4", f"{folder}/prompts.txt: read 4 prompts",
+                         f"{folder}/eval.jsonl: read 2 prompts",  # every input read before any stage
+                         f"out: {folder}/runs/toy"]
+    assert lines[4].startswith("round 1  rankings  run") and "round-1/human/human-" in lines[4]
+    assert lines[4].endswith(f"(imports {folder}/human.jsonl)")
+    assert lines[5].startswith("round 1  critique  run") and "round-1/critique" in lines[5]
     assert sum("round 1" in line for line in lines) == 8 and "8 of 8 steps to run" in lines[-1]
     assert "eval" in lines[-2] and lines[-2].endswith("toy/eval")
     assert not (folder / "runs").exists()
@@ -189,8 +195,8 @@ def test_recipe_errors_name_the_file_line_and_field(recipe_file, tmp_path):
     (("sft: {", "sft: {learning_rate: -1, "), r"bad.yaml:11: sft.learning_rate: expected a finite number > 0, got -1"),
     (("reward: {", "reward: {lora_dropout: 1.5, "),
      r"bad.yaml:14: reward.lora_dropout: expected a finite number between 0 and 1, got 1.5"),
-    (("sft: {", "sft: {lora_r: 8, "), r"bad.yaml: sft: lora_r: used only with lora: true"),
-    (("ppo: {", "ppo: {minibatches: 3, "), r"bad.yaml: ppo: minibatches: 3 does not divide batch_size 4"),
+    (("sft: {", "sft: {lora_r: 8, "), r"bad.yaml:11: sft: lora_r: used only with lora: true"),
+    (("ppo: {", "ppo: {minibatches: 3, "), r"bad.yaml:15: ppo.minibatches: 3 does not divide batch_size 4"),
     (("reward: {", "reward: {ties: half, "),
      r"bad.yaml:14: reward.ties: set by the pipeline: use the recipe's `rankings.ties`"),
 ])
@@ -221,11 +227,9 @@ def test_settings_nothing_reads_are_reported(recipe_file, tmp_path):
     assert unused_settings(load_recipe(unused)) == [
         f"{unused}:16: dpo: not used: policy_trainer is ppo (these settings take effect with policy_trainer: dpo)"]
     assert unused_settings(load_recipe(unused, {"policy_trainer": "dpo"})) == [
-        f"{unused}:15: ppo: not used: policy_trainer is dpo (these settings take effect with policy_trainer: ppo)",
-        (f"{unused}:8: human: weights (and ai_weight) weigh the pairs for the reward model only (used by eval); DPO "
-         "trains the policy on each pair once, whatever its weight")]
+        f"{unused}:15: ppo: not used: policy_trainer is dpo (these settings take effect with policy_trainer: ppo)"]
     assert unused_settings(load_recipe(recipe_file, {"human": [], "rankings.ties": "half"})) == [
-        f"{recipe_file}: rankings: not used: the recipe names no human rankings (human: [FILE:WEIGHT])"]
+        "--set: rankings: not used: the recipe names no human rankings (human: [FILE:WEIGHT])"]
     assert unused_settings(load_recipe(recipe_file, {"critique.prefs": True, "ppo.eval_every": 1, "eval_prompts": None,
                                                      "ppo.constitution": "harmless"})) == [
         ("--set: critique.prefs: prefs.jsonl is written, but no later step of the recipe reads it (the reward model "
@@ -244,13 +248,16 @@ def test_the_direct_score_reward_uses_the_recipes_constitution(recipe_file):
 
 
 @pytest.mark.parametrize("example", ["quickstart", "human-mix", "gpu"])
-def test_example_recipes_load_and_plan(example, tmp_path):
+def test_example_recipes_load_and_plan(example, tmp_path, monkeypatch):
     import yaml
 
+    from rlaif import pipeline
     from rlaif.rankings import run as import_rankings
 
     recipe = load_recipe(QUICKSTART.parent.parent / example / "recipe.yaml", {"out": str(tmp_path / example)})
     steps = plan(recipe)
+    if example == "gpu":  # hub models: read from the local cache, which the dry run checks (here: as if cached)
+        monkeypatch.setattr(pipeline, "_in_hub_cache", lambda repo_id: repo_id.startswith("Qwen/Qwen2.5-"))
     prompts = {next(s for s in steps if s.stage == "critique").config.prompts, steps[-1].config.prompts}
     assert all(Path(p).is_file() for p in prompts)
     assert len(check_inputs(recipe, steps)) == len(recipe.human) + len(prompts)  # every input reads
@@ -329,3 +336,164 @@ def test_report_of_a_run_still_in_its_first_round(tmp_path):
     assert page.count("<figure id=") == 2 and "<td class=num>0.5</td>" in page  # one of two labels consistent
     with pytest.raises(ConfigError, match="not a run directory"):
         render(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One writer per directory: a second process is refused at once; a killed holder leaves no lock behind
+
+HOLD = """
+import sys, time
+from rlaif.records import lock_stage, open_stage
+open_stage(sys.argv[1], "critique", {"seed": 0}) if sys.argv[2] == "stage" else lock_stage(sys.argv[1])
+print("holding", flush=True)
+time.sleep(300)
+"""
+
+
+@contextmanager
+def held(directory: Path, how: str = "stage"):
+    """Another process holding `directory`'s lock (opened as a stage, or locked as a run's OUT) until the block ends
+    or it is killed."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(directory), how], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stage_directory_is_written_by_one_process_at_a_time(tmp_path, monkeypatch):
+    from rlaif.records import open_stage, stage_writer
+
+    directory = tmp_path / "critique"
+    with held(directory) as holder:
+        message = (rf"^{directory}: another rlaif process \(pid {holder.pid}, started \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d"
+                   rf"[^)]*\) is writing {directory}; wait for it or stop it$")
+        with pytest.raises(DataError, match=message):
+            open_stage(directory, "critique", {"seed": 0})
+        assert re.fullmatch(rf"pid {holder.pid}, started .+", stage_writer(directory))
+        monkeypatch.setenv("RANK", "1")  # a process of the holder's own run (accelerate launch): the main one writes
+        assert open_stage(directory, "critique", {"seed": 0}).status == "running"
+        monkeypatch.delenv("RANK")
+        holder.kill()  # kill -9: the OS drops its lock with it
+        holder.wait()
+        manifest = open_stage(directory, "critique", {"seed": 0})  # a rerun proceeds
+        assert stage_writer(directory) is None
+    manifest.status = "complete"
+    manifest.save(directory)  # a completed stage is free to write again, by any process
+    with held(directory):
+        pass
+
+
+def test_a_second_run_of_a_recipe_stops_at_once_naming_the_first(recipe_file, monkeypatch):
+    from rlaif import pipeline
+
+    def no_stage(step, progress):
+        raise AssertionError(f"{step.stage} ran")
+
+    monkeypatch.setattr(pipeline, "_execute", no_stage)
+    recipe = load_recipe(recipe_file)
+    out = Path(recipe.out)
+    with held(out, "run") as holder:
+        result = CliRunner().invoke(cli, ["run", str(recipe_file)])
+        assert result.exit_code == 1, result.output
+        assert f"another rlaif process (pid {holder.pid}, started " in result.output
+        assert f"is writing {out}; wait for it or stop it" in result.output and "round 1" not in result.output
+        result = CliRunner().invoke(cli, ["run", str(recipe_file), "--dry-run"])  # the plan, and a warning
+        assert result.exit_code == 0 and f"another rlaif process (pid {holder.pid}, started " in result.output
+    # A stage run by hand into a step's directory: the run stops before touching it.
+    critique = next(s for s in plan(recipe) if s.stage == "critique")
+    monkeypatch.setattr(pipeline, "_execute", lambda step, progress: {} if step.stage == "rankings" else no_stage(
+        step, progress))
+    with held(critique.directory, "run") as holder, \
+            pytest.raises(DataError, match=f"another rlaif process \\(pid {holder.pid}, "):
+        run(recipe, progress=False)
+    assert not (critique.directory / ".pipeline-key").exists()
+    assert states(recipe)[:2] == [(1, "rankings", "run"), (1, "critique", "run")]  # a lock alone is no run
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What `rlaif run` says: each step's counts, why SFT has nothing, the plan's notes
+
+
+def test_the_run_prints_each_steps_counts_and_why_sft_has_nothing(recipe_file):
+    out = load_recipe(recipe_file).out
+    result = CliRunner().invoke(cli, ["run", str(recipe_file), "--rounds", "1", "--set", "critique.max_new_tokens=1",
+                                      "--set", "critique.sft_include_flagged=false"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"out: {out}\n")
+    assert "\n  rankings: read 4 pairs, used 4\n" in result.output
+    # every one-token reply is cut off: flagged, and left out of SFT
+    assert re.search(r"\n  critique: read 4 prompts, used 4; 0 SFT rows, 4 flagged, 4 of them left out of SFT\n",
+                     result.output), result.output
+    error = result.output[result.output.index("error: "):].replace("\n", " ")
+    assert re.fullmatch(rf"error: {out}/round-1/critique/sft.jsonl: no SFT examples: 4 of 4 final revisions were "
+                        r"flagged \((\w+ \d, )*truncated \d(, \w+ \d)*\) and left out; raise critique.max_new_tokens "
+                        r"\(now 1\) so that revisions end before it, or set critique.sft_include_flagged: true to "
+                        r"train on flagged revisions ", error), error
+    assert not (Path(out) / "round-1" / "sft").exists()
+
+
+def test_the_plan_says_what_a_longer_run_keeps(recipe_file):
+    from rlaif.records import Manifest
+
+    recipe = load_recipe(recipe_file, {"rounds": 1})
+    ppo = next(s for s in plan(recipe) if s.stage == "ppo")
+    ppo.directory.mkdir(parents=True)
+    (ppo.directory / ".pipeline-key").write_text(ppo.key + "\n")
+    Manifest(stage="ppo", status="complete", counts={"steps": 3}).save(ppo.directory)  # trained 3 steps
+    shorter = {s.stage: s for s in plan(load_recipe(recipe_file, {"rounds": 1, "ppo.steps": 2}))}
+    assert shorter["ppo"].state == "done" and shorter["ppo"].describe().endswith("  (trained 3 steps; asked for 2: kept)")
+    same = {s.stage: s for s in plan(load_recipe(recipe_file, {"rounds": 1, "ppo.steps": 3}))}
+    assert same["ppo"].note == ""
+    assert shorter["eval"].key == same["eval"].key  # what comes after reads the 3-step policy either way
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Where an error comes from: the recipe line, the override, the resolved path
+
+
+def test_errors_name_the_recipe_line_the_override_and_the_resolved_path(recipe_file, tmp_path):
+    folder = recipe_file.parent
+    text = recipe_file.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("rounds: 2", "rounds: 2\nlabel: {}"))  # label given twice: YAML keeps the last
+    with pytest.raises(DataError, match=r"^.*bad.yaml:14: label: duplicate key 'label' \(first on line 10\); YAML "
+                                        r"would keep only the last$"):
+        load_recipe(bad)
+    bad.write_text(text.replace("sft: {max_steps: 2,", "sft: {max_steps: 2, max_steps: 3,"))
+    with pytest.raises(DataError, match=r"bad.yaml:11: sft.max_steps: duplicate key 'max_steps' \(first on line 11\)"):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match=r"^--set: reward: eval_fraction: expected a share in \[0, 1\), not 1.0$"):
+        load_recipe(recipe_file, {"reward.eval_fraction": 1.0})
+    with pytest.raises(DataError, match=r"^--set: foo: unknown setting; expected one of: ai_weight, "):
+        load_recipe(recipe_file, {"foo.bar": 1})
+    for stage, value in (("reward", 0), ("sft", -4)):  # -1 trains for the epochs; 0 or -4 means nothing
+        with pytest.raises(DataError, match=rf"^--set: {stage}.max_steps: expected a number of steps >= 1, or -1"):
+            load_recipe(recipe_file, {f"{stage}.max_steps": value})
+    assert next(s for s in plan(load_recipe(recipe_file, {"sft.max_steps": -1})) if s.stage == "sft").config.max_steps \
+        == -1
+    # "expected one of" lists what a recipe may set, not what the pipeline wires in
+    with pytest.raises(DataError, match="unknown setting of ppo") as e:
+        load_recipe(recipe_file, {"ppo.stepz": 3})
+    listed = str(e.value).partition("expected one of: ")[2].split(", ")
+    assert "steps" in listed and not {"out", "policy", "prompts", "reward_model", "eval_prompts"} & set(listed)
+
+    # inputs: the line and key that name them, and the path they resolve to
+    bad.write_text(text.replace("prompts: prompts.txt", "prompts: prompt.txt"))
+    recipe = load_recipe(bad)
+    with pytest.raises(DataError, match=rf"^{bad}:6: prompts: {folder}/prompt.txt: file not found$"):
+        check_inputs(recipe, plan(recipe))
+    bad.write_text(text.replace(f"model: {load_recipe(recipe_file).model}", "model: smollm2-135m-instruc"))
+    recipe = load_recipe(bad)
+    with pytest.raises(Exception, match=rf"^{bad}:4: model: smollm2-135m-instruc: not an embedded model \(did you mean "
+                                        rf"smollm2-135m-instruct\?\), a local path \({folder}/smollm2-135m-instruc\) "
+                                        r"or a model in the local Hugging Face cache; download a hub model first"):
+        check_inputs(recipe, plan(recipe))
+    with pytest.raises(ConfigError, match=r"^--set: constitution: mine.yaml: no such file, and not a shipped"):
+        load_recipe(recipe_file, {"constitution": "mine.yaml"})
+    recipe = load_recipe(recipe_file, {"eval.reward_model": "./no/such/rm"})
+    with pytest.raises(Exception, match=rf"^--set: eval.reward_model: ./no/such/rm: no such file or directory "
+                                        rf"\({folder}/no/such/rm\)$"):
+        check_inputs(recipe, plan(recipe))

@@ -103,7 +103,7 @@ def test_bad_files_write_nothing(tmp_path):
     utf16.write_bytes(json.dumps(good).encode("utf-16"))
     assert len(import_rankings(utf16)) == 1
     dup = write_lines(tmp_path / "dup.jsonl", [good | {"id": "q"}, good | {"id": "q"}])
-    with pytest.raises(DataError, match=r"dup.jsonl:2: id: duplicate id 'q-0-1'"):
+    with pytest.raises(DataError, match=r"dup.jsonl:2: id: duplicate id 'q' \(first on line 1\)"):
         import_rankings(dup)
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "x",\n', encoding="utf-8")
@@ -255,7 +255,7 @@ def test_identical_replies_are_left_out_and_counted(tmp_path):
     assert pairs_as_table(import_rankings(path, tally=tally)) == [("q-0-2", "a", "b", 1.0), ("q-1-2", " a ", "b", 1.0)]
     assert tally.summary() == "read 4 pairs, used 2, left out 2 (identical_replies 2)"
     same = write_lines(tmp_path / "same.jsonl", [{"prompt": "x", "chosen": "c", "rejected": "c "}])
-    with pytest.raises(DataError, match=r"same.jsonl: nothing left to use: read 1 pairs, used 0, left out 1 "
+    with pytest.raises(DataError, match=r"same.jsonl: nothing left to use: read 1 pair, used 0, left out 1 "
                                         r"\(identical_replies 1\)"):
         import_rankings(same)
     prefs = write_lines(tmp_path / "prefs.jsonl", [ai_row("a", "a", 0.6), ai_row("a", "b", 0.6)])
@@ -286,3 +286,177 @@ def test_mix_flips_a_single_order_ai_label():
     assert len(rows) == 1 and rows[0]["chosen"][0]["content"] == "two"
     assert rows[0]["p_orders"] == pytest.approx({"chosen_second": 0.3})
     assert rows[0]["p_chosen"] == pytest.approx((0.3 * 1 + 1.0 * 2) / 3)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Labels stay labels; every weight is checked; ties are counted
+
+
+def test_labels_are_kept_as_they_are_never_made_hard_human_labels(tmp_path):
+    labels = [ai_row("a", "b", 0.5005, labeler="smollm2", principle_p={"helpful": 0.5005}),
+              ai_row("c", "d", 0.3, weight=2.0), ai_row("e", "f", 0.9) | {"source": "critique"}]
+    path = write_lines(tmp_path / "preferences.jsonl", labels)
+    out = tmp_path / "h.jsonl"
+    counts = run(ImportConfig(rankings=str(path), out=str(out), annotator="ann-1"))
+    assert list(read_jsonl(out)) == labels  # p_chosen, source, labeler, weight: every field as the file gives it
+    assert counts["summary"] == ("read 3 pairs, used 3; labels (p_chosen) kept as they are: source ai 2, "
+                                 "source critique 1")
+    # An import read back (a recipe's `human:` naming an earlier import): its 0.5 ties stay 0.5.
+    ranked = write_lines(tmp_path / "r.jsonl", [{"id": "q", "prompt": "x", "responses": ["a", "b", "c"],
+                                                 "ranks": [1, 1, 2]}])
+    run(ImportConfig(rankings=str(ranked), out=str(tmp_path / "half.jsonl"), ties="half"))
+    run(ImportConfig(rankings=str(tmp_path / "half.jsonl"), out=str(tmp_path / "again.jsonl"), annotator="ann-1"))
+    again = list(read_jsonl(tmp_path / "again.jsonl"))
+    assert [(r["id"], r["p_chosen"], r["annotator"]) for r in again] == [
+        ("q-0-1", 0.5, "ann-1"), ("q-0-2", 1.0, "ann-1"), ("q-1-2", 1.0, "ann-1")]
+    # A CSV of pairs with a p_chosen column is labels too.
+    csv_labels = tmp_path / "labels.csv"
+    csv_labels.write_text("prompt,chosen,rejected,p_chosen,source\nx,a,b,0.3,ai\n", encoding="utf-8")
+    assert [(r["p_chosen"], r["source"]) for r in import_rankings(csv_labels)] == [(0.3, "ai")]
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([{"prompt": "x", "chosen": "a", "rejected": "b"}, ai_row("c", "d", 0.3)],
+     r"m.jsonl:2: p_chosen: given, though line 1 has none: a file holds labels \(rows with p_chosen\) or rankings"),
+    ([ai_row("a", "b", 0.7), ai_row("c", "d", 0.7), {"prompt": "x", "responses": ["a", "b"], "ranks": [1, 2]}],
+     r"m.jsonl:3: p_chosen: missing, though line 1 has one"),
+])
+def test_a_file_mixing_labels_with_rankings_names_the_first_line_that_differs(tmp_path, rows, message):
+    path = write_lines(tmp_path / "m.jsonl", rows)
+    for read in (import_rankings, load_preferences):
+        with pytest.raises(DataError, match=message):
+            read(path)
+
+
+@pytest.mark.parametrize(("weight", "message"), [
+    (float("inf"), "expected a finite number >= 0, got inf"), (-3, "expected a finite number >= 0, got -3"),
+    ("heavy", "expected a number, not 'heavy'"), (True, "expected a number, not True"),
+])
+def test_every_rows_weight_is_checked_whichever_kind_of_row(tmp_path, weight, message):
+    pair = {"prompt": "x", "chosen": "a", "rejected": "b"}
+    ranking = {"prompt": "x", "responses": ["c", "d"], "ranks": [1, 2]}
+    for row in (pair, ranking, ai_row("c", "d", 0.7)):
+        first = ai_row("a", "b", 0.7) if "p_chosen" in row else pair
+        path = write_lines(tmp_path / "w.jsonl", [first, row | {"weight": weight}])
+        with pytest.raises(DataError, match=r"w.jsonl:2: weight: " + message):
+            load_preferences(path)
+    path = tmp_path / "w.csv"
+    path.write_text(f"prompt,chosen,rejected,weight\nx,a,b,1\nx,c,d,{weight}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"w.csv:3: weight: "):
+        import_rankings(path)
+
+
+def test_weights_go_to_every_pair_and_weight_zero_is_left_out_and_counted(tmp_path):
+    path = write_lines(tmp_path / "w.jsonl", [
+        {"id": "p", "prompt": "x", "chosen": "a", "rejected": "b"},
+        {"id": "z", "prompt": "x", "chosen": "c", "rejected": "d", "weight": 0},
+        {"id": "r", "prompt": "x", "responses": ["e", "f", "g"], "ranks": [1, 2, 3], "weight": 2.5},
+    ])
+    tally = Tally("pairs")
+    rows = import_rankings(path, tally=tally)
+    assert [(r["id"], r.get("weight")) for r in rows] == [("p", None), ("r-0-1", 2.5), ("r-0-2", 2.5), ("r-1-2", 2.5)]
+    assert tally.summary() == "read 5 pairs, used 4, left out 1 (zero_weight 1)"
+    # The reader of reward and DPO keeps it: the trainer leaves it out and counts it where file weights apply too.
+    assert [r.get("weight") for r in load_preferences(path)][:2] == [None, 0.0]
+    long = tmp_path / "long.csv"
+    long.write_text("prompt,response,rank,weight\nx,a,1,2\nx,b,2,3\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"long.csv:3: weight: 3 differs from the 2 given earlier in this ranking "
+                                        r"\(line 2\): one per ranking"):
+        import_rankings(long)
+
+
+def test_ties_are_read_and_counted_as_left_out(tmp_path):
+    path = write_lines(tmp_path / "ties.jsonl", [{"id": "q", "prompt": "x", "responses": ["a", "b", "c"],
+                                                  "ranks": [1, 1, 2]},
+                                                 {"id": "t", "prompt": "y", "responses": ["a", "b"], "ranks": [3, 3]}])
+    tally = Tally("pairs")
+    assert [r["id"] for r in import_rankings(path, tally=tally)] == ["q-0-2", "q-1-2"]
+    assert tally.summary() == "read 4 pairs, used 2, left out 2 (tie 2)"
+    half = Tally("pairs")
+    assert [r["p_chosen"] for r in import_rankings(path, ties="half", tally=half)] == [0.5, 1.0, 1.0, 0.5]
+    assert half.summary() == "read 4 pairs, used 4"
+    tied = write_lines(tmp_path / "tied.jsonl", [{"prompt": "y", "responses": ["a", "b"], "ranks": [3, 3]}])
+    with pytest.raises(DataError, match=r"tied.jsonl: nothing left to use: read 1 pair, used 0, left out 1 \(tie 1\); "
+                                        r"every pair is a tie; --ties half, or rankings: \{ties: half\} in a recipe"):
+        import_rankings(tied)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"empty.jsonl: no rankings, pairs or labels in the file"):
+        import_rankings(empty)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One ranking, one group; CSV as spreadsheets export it
+
+
+def test_a_prompt_ranked_twice_is_an_error_naming_both_places(tmp_path):
+    blocks = tmp_path / "blocks.csv"
+    blocks.write_text("prompt,response,rank,annotator\nx,a,1,ann\nx,b,2,ann\ny,c,1,ann\ny,d,2,ann\nx,e,1,ann\n"
+                      "x,f,2,ann\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"blocks.csv:6: prompt: ranked twice by annotator ann \(lines 2-3 and 6-7\); "
+                                        r"add an id column to tell the rankings apart"):
+        import_rankings(blocks)
+    with_ids = tmp_path / "ids.csv"  # with ids, each block is its own ranking, wherever its lines are
+    with_ids.write_text("id,prompt,response,rank,annotator\n1,x,a,1,ann\n2,y,c,1,ann\n1,x,b,2,ann\n3,x,e,1,ann\n"
+                        "2,y,d,2,ann\n3,x,f,2,ann\n", encoding="utf-8")
+    assert pairs_as_table(import_rankings(with_ids)) == [("1-0-1", "a", "b", 1.0), ("2-0-1", "c", "d", 1.0),
+                                                         ("3-0-1", "e", "f", 1.0)]
+    twice = write_lines(tmp_path / "twice.jsonl", [
+        {"prompt": "x", "responses": ["a", "b"], "ranks": [1, 2], "annotator": "ann"},
+        {"prompt": "y", "responses": ["a", "b"], "ranks": [1, 2], "annotator": "ann"},
+        {"prompt": "x", "responses": ["a", "b"], "ranks": [2, 1], "annotator": "ann"},
+    ])
+    with pytest.raises(DataError, match=r"twice.jsonl:3: the same prompt and replies as line 1, by annotator ann: a "
+                                        r"repeated row, or a second ranking of them; give each ranking its own id"):
+        import_rankings(twice)
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("forms.csv", ("Timestamp,Prompt,Response,Rank,Annotator\n2024-05-01 10:00,Fix a tyre?,a,2,ann\n"
+                  "2024-05-01 10:00,Fix a tyre?,b,1,ann\n2024-05-01 10:00,Fix a tyre?,c,3,ann\n")),
+    ("spaces.csv", "prompt ,response, rank,annotator\nFix a tyre?,a,2,ann\nFix a tyre?,b,1,ann\nFix a tyre?,c,3,ann\n"),
+    ("trailing.csv", ("prompt,response,rank,annotator\nFix a tyre?,a,2,ann\nFix a tyre?,b,1,ann\nFix a tyre?,c,3,ann\n"
+                     ",,,\n,,,\n")),
+    ("semicolons.csv", ("prompt;response;rank;annotator\nFix a tyre?;a;2;ann\nFix a tyre?;b;1;ann\n"
+                        "Fix a tyre?;c;3;ann\n")),
+    ("tabs.tsv", ("prompt\tresponse\trank\tannotator\nFix a tyre?\ta\t2\tann\nFix a tyre?\tb\t1\tann\n"
+                 "Fix a tyre?\tc\t3\tann\n")),
+])
+def test_csv_as_spreadsheets_export_it(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    rows = import_rankings(path)
+    assert [row[1:] for row in pairs_as_table(rows)] == [("b", "a", 1.0), ("a", "c", 1.0), ("b", "c", 1.0)]
+    assert all(r["annotator"] == "ann" and r["prompt"] == [{"role": "user", "content": "Fix a tyre?"}] for r in rows)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("prompt,response,rank\nx,a,1\ny,b,1\ny,c,2\n", (r"r.csv:2: response: the only line of its ranking: a ranking "
+                                                     r"needs two or more response lines")),
+    ("prompt,response,rank\nx,a,1\nx,b,1\n", r"r.csv:3: rank: tie: 1 as on line 2 \(ties are off"),
+    ("question,answer,rank\nx,a,1\n", (r"r.csv:1: expected columns prompt, response and rank \(or score\), or prompt, "
+                                      r"chosen and rejected; found question, answer, rank")),
+    ("prompt,response,rank\nx,Hello, there,1\n", (r"r.csv:2: 4 cells under 3 columns; a cell holding ',' must be in "
+                                                 r"double quotes")),
+    ("prompt,chosen,rejected\n,a,b\n", r"r.csv:2: prompt: is empty"),
+])
+def test_csv_errors_name_the_line_and_column(tmp_path, text, message):
+    path = tmp_path / "r.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        import_rankings(path, ties="error")
+
+
+def test_the_output_is_a_jsonl_file(tmp_path):
+    from click.testing import CliRunner
+
+    from rlaif.cli import cli
+    from rlaif.records import ConfigError
+
+    path = write_lines(tmp_path / "r.jsonl", [{"prompt": "x", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(ConfigError, match=r"out: .*out.csv would hold JSONL preference rows; name it .jsonl"):
+        ImportConfig(rankings=str(path), out=str(tmp_path / "out.csv"))
+    result = CliRunner().invoke(cli, ["rankings", "import", str(path), "--out", str(tmp_path / "out.csv")])
+    assert result.exit_code == 1 and not (tmp_path / "out.csv").exists()
+    result = CliRunner().invoke(cli, ["rankings", "import", str(path), "--out", str(tmp_path / "out.jsonl")])
+    assert "✓ 1 pair → " in result.output and "(read 1 pair, used 1)" in result.output

@@ -16,6 +16,9 @@ from rlaif.records import (
     JsonlWriter,
     Manifest,
     Tally,
+    dumps_json,
+    dumps_line,
+    iter_jsonl,
     number,
     parse_yaml,
     read_jsonl,
@@ -199,6 +202,46 @@ def test_prompt_errors_name_file_line_and_field(tmp_path, content, where):
     assert where in str(info.value)
 
 
+@pytest.mark.parametrize("content, where", [
+    ('{"messages": [{"role": "system", "content": "Be brief."}]}\n',
+     "p.jsonl:1: messages: has no user turn (a prompt ends with the user turn to answer)"),
+    ('{"messages": [{"role": "assistant", "content": "Hi"}]}\n', "p.jsonl:1: messages: has no user turn"),
+    ('{"prompt": "x"}\n{"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}\n',
+     "p.jsonl:2: prompt[1].role: a prompt ends with the user turn to answer, not 'assistant'"),
+    ('{"prompt": [{"role": "system", "content": "Be brief."}]}\n', "p.jsonl:1: prompt: has no user turn"),
+])
+def test_a_prompt_ends_with_a_user_turn(tmp_path, content, where):
+    (tmp_path / "p.jsonl").write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_prompts(tmp_path / "p.jsonl")
+    assert where in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("sheets.csv", "Timestamp,ID,Prompt,Tags\n2024-05-01,a,Hello there,red-team\n2024-05-01,b,Bye,\n,,,\n,,,\n"),
+    ("spaces.csv", "id , prompt, TAGS \na,Hello there,red-team\nb,Bye,\n"),
+    ("excel-eu.csv", "id;prompt;tags\na;Hello there;red-team\nb;Bye;\n"),
+    ("prompts.tsv", "id\tprompt\ttags\na\tHello there\tred-team\nb\tBye\t\n"),
+])
+def test_prompt_csv_and_tsv_as_spreadsheets_export_them(tmp_path, name, text):
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    rows = load_prompts(tmp_path / name)
+    assert [(r["id"], r["prompt"][0]["content"], r.get("tags")) for r in rows] == [("a", "Hello there", ["red-team"]),
+                                                                                   ("b", "Bye", None)]
+
+
+def test_prompt_csv_errors_name_the_column(tmp_path):
+    (tmp_path / "p.csv").write_text("Question,Tags\nHi,x\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"p.csv:1: prompt: no 'prompt' column \(columns: question, tags\)"):
+        load_prompts(tmp_path / "p.csv")
+    (tmp_path / "p.csv").write_text("id,prompt\na,Hello, there\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"p.csv:2: 3 cells under 2 columns; a cell holding ',' must be in double"):
+        load_prompts(tmp_path / "p.csv")
+    (tmp_path / "p.csv").write_text("Prompt,prompt\nHi,Yo\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"p.csv:1: prompt: column named twice"):
+        load_prompts(tmp_path / "p.csv")
+
+
 def test_parse_transcript():
     turns = parse_transcript("\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Bye\n\nAssistant: See you")
     assert turns == [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
@@ -241,3 +284,43 @@ def test_hh_rlhf_prompts_and_preferences(hh_data, tmp_path):
             w.write(p)
     ds = load_dataset("json", data_files=str(out), split="train")
     assert len(ds) == 50 and {"prompt", "chosen", "rejected", "p_chosen", "source"} <= set(ds.column_names)
+
+
+def test_a_lone_surrogate_escape_is_refused_where_it_is_read(tmp_path):
+    # JSON lets "\ud800" through, but it is half a UTF-16 pair, not a character: UTF-8 cannot hold it, so a stage
+    # that read it would crash writing its first row. A pair is one character (an emoji) and reads as such; an
+    # escaped backslash followed by "ud800" is plain text.
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "emoji \\ud83d\\ude00 and literal \\\\ud800"}\n{"prompt": "half \\udc00 a pair"}\n',
+                    encoding="utf-8")
+    with pytest.raises(DataError, match=r"prompts.jsonl:2: \\udc00 at column 18 is half of a UTF-16 surrogate pair"):
+        list(iter_jsonl(path))
+    path.write_text('{"prompt": "emoji \\ud83d\\ude00 and literal \\\\ud800"}\n', encoding="utf-8")
+    assert list(iter_jsonl(path)) == [(1, {"prompt": "emoji \U0001F600 and literal \\ud800"})]
+
+
+def test_undefined_numbers_are_written_as_null_never_as_bare_nan(tmp_path):
+    # json.dumps writes NaN and Infinity, which are not JSON: jq, JavaScript and strict parsers refuse the file.
+    row = {"id": "a", "p": float("nan"), "scores": [1.5, float("inf"), -float("inf")], "nested": {"x": float("nan")}}
+    assert json.loads(dumps_line(row), parse_constant=pytest.fail) == {"id": "a", "p": None, "scores": [1.5, None, None],
+                                                                        "nested": {"x": None}}
+    assert json.loads(dumps_json(row), parse_constant=pytest.fail)["scores"] == [1.5, None, None]
+    with JsonlWriter(tmp_path / "rows.jsonl") as out:
+        out.write(row)
+    assert "NaN" not in (tmp_path / "rows.jsonl").read_text(encoding="utf-8")
+    manifest = Manifest(stage="x", counts={"n": 1}, extra={"ece": float("nan")})
+    manifest.save(tmp_path)
+    assert json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"), parse_constant=pytest.fail)["extra"] \
+        == {"ece": None}
+
+
+def test_an_hh_transcript_whose_reply_follows_an_assistant_turn_is_refused(tmp_path):
+    from rlaif.rankings import import_rankings
+
+    twice = "\n\nHuman: Hi\n\nAssistant: Hello.\n\nAssistant: "
+    (tmp_path / "hh.jsonl").write_text(json.dumps({"chosen": twice + "Bye.", "rejected": twice + "No."}) + "\n",
+                                       encoding="utf-8")
+    for read in (load_hh_preferences, import_rankings):
+        with pytest.raises(DataError, match=r"hh.jsonl:1: chosen\[1\].role: a prompt ends with the user turn to answer, "
+                                            r"not 'assistant'"):
+            read(tmp_path / "hh.jsonl")

@@ -12,8 +12,10 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# emoji=False: text from users and models ("weight.jsonl:one", "x:thumbs_up:.csv", a reply's ":smile:") prints as
+# written; markup in such text is escaped (rich.markup.escape) or printed with markup=False.
+out = Console(highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -59,35 +61,29 @@ def cli() -> None:
 
 def stage_config(cls, config_file: str | None, flags: dict):
     """Build a stage's dataclass config. Unknown recipe keys are errors naming the file, line and key; every value,
-    from the file or a flag, is checked against its field (pipeline.check_settings: a number must be finite) and by
-    the stage's own checks; errors name the file and line, or the flag."""
+    from the file or a flag, is checked against its field (pipeline.check_settings: a number must be finite, a
+    FILE:WEIGHT's weight too) and by the stage's own checks; errors name the file and line, or the flag."""
     import dataclasses
 
     from rlaif.pipeline import check_settings
-    from rlaif.records import DataError, parse_yaml, read_text
+    from rlaif.records import ConfigError, DataError, read_yaml
 
     values: dict = {}
+    path, lines = None, {}
     if config_file:
-        import yaml
-
         path = click.format_filename(config_file)
-        text = read_text(config_file)
-        try:
-            recipe, node = parse_yaml(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise DataError(path, mark.line + 1 if mark else None, None, f"YAML syntax error: {e}") from None
+        recipe, lines = read_yaml(path)
         if recipe is not None and not isinstance(recipe, dict):
             raise DataError(path, 1, None, "expected a mapping of setting: value")
         fields = {f.name for f in dataclasses.fields(cls)}
-        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
         for key, value in (recipe or {}).items():
             if key not in fields:
                 raise DataError(path, lines.get(key), str(key), f"unknown setting; expected one of: {', '.join(sorted(fields))}")
             values[key] = value
-        values = check_settings(cls, values, lambda key: (path, lines.get(key), key))
+        values = check_settings(cls, values, lambda key: (path, lines.get(key) or lines.get(key.partition("[")[0]),
+                                                          key))
     given = {k: v for k, v in flags.items() if v is not None}
-    values.update(check_settings(cls, given, lambda key: ("command line", None, _flag(key))))
+    values.update(check_settings(cls, given, lambda key: ("command line", None, _flag(key.partition("[")[0]))))
     try:
         return cls(**values)
     except DataError as e:  # the stage's own range check: name the flag or the file's line that gave the value
@@ -96,6 +92,11 @@ def stage_config(cls, config_file: str | None, flags: dict):
         if e.field in values:
             raise DataError(path, lines.get(e.field), e.field, e.message) from None
         raise
+    except ConfigError as e:  # a setting that cannot work with the others: the file's line that set it, if any
+        in_file = [name for name in e.fields if name in values and name not in given]
+        if path is None or not in_file or any(name in given for name in e.fields):
+            raise
+        raise ConfigError(f"{path}:{lines.get(in_file[0])}: {e}", e.fields) from None
 
 
 def _flag(name: str) -> str:

@@ -14,7 +14,8 @@ from rlaif.cli import _Group, cli, out, recipe_option, stage_config
 
 
 @cli.command()
-@click.option("--prompts", help="Prompt file: JSONL, CSV, plain text (one per line) or hh-rlhf transcripts.")
+@click.option("--prompts", help="Prompt file: JSONL, CSV or TSV (a prompt column), plain text (one per line, no "
+                                "header) or hh-rlhf transcripts.")
 @click.option("--out", help="Run directory; writes OUT/critique/. Rerun the same command to resume.  [default: runs/critique]")
 @click.option("-c", "--constitution", help="Constitution name or path.  [default: default]")
 @click.option("-m", "--model", help="Model spec.  [default: smollm2-135m-instruct]")
@@ -61,7 +62,8 @@ def critique(config_file, **flags) -> None:
     if os.path.isfile(f"{directory}/revisions.jsonl"):
         _show_trace(next(stage.read_jsonl(f"{directory}/revisions.jsonl"), None))
     out.print(f"[green]✓[/green] {counts['rows']} prompts → {escape(directory)}/revisions.jsonl; "
-              f"{counts['sft_rows']} SFT rows, {counts['flagged_rows']} flagged", soft_wrap=True)
+              f"{counts['sft_rows']} SFT rows, {counts['flagged_rows']} flagged ({escape(counts['summary'])})",
+              soft_wrap=True)
 
 
 def _show_trace(row: dict | None) -> None:
@@ -111,13 +113,13 @@ def sample(config_file, **flags) -> None:
     if not config.prompts:
         raise click.UsageError("--prompts is required (or `prompts:` in --config)")
     counts = stage.run(config, progress=True)
-    out.print(f"[green]✓[/green] {counts['prompts']} prompts x {config.n} → "
-              f"{escape(config.out)}/sample/candidates.jsonl", soft_wrap=True)
+    out.print(f"[green]✓[/green] {counts['used']} prompts x {config.n} → "
+              f"{escape(config.out)}/sample/candidates.jsonl ({escape(counts['summary'])})", soft_wrap=True)
 
 
 @cli.command()
 @click.option("--candidates", type=click.Path(),
-              help="candidates.jsonl (rlaif sample), or preference rows (prompt, chosen, rejected) to relabel.")
+              help="candidates.jsonl (rlaif sample), or preference rows (id, prompt, chosen, rejected) to relabel.")
 @click.option("--out", help="Run directory; writes OUT/label/preferences.jsonl.  [default: runs/label]")
 @click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
 @click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
@@ -198,21 +200,24 @@ def rankings() -> None:
 
 @rankings.command(name="import")
 @click.argument("rankings_file", metavar="FILE", type=click.Path())
-@click.option("--out", "out_path", required=True, help="Where the preference rows go (JSONL, written whole).")
+@click.option("--out", "out_path", required=True, help="Where the preference rows go (a .jsonl file, written whole).")
 @click.option("--ties", type=click.Choice(["skip", "half", "error"]), default="skip", show_default=True,
-              help="Tied responses: no pair, a pair labelled 0.5, or an error.")
+              help="Tied responses: left out (counted), a pair labelled 0.5, or an error.")
 @click.option("--annotator", help="Annotator id for rows that name none.")
 @click.option("--skip-empty", is_flag=True, help="Leave out pairs with an empty response instead of stopping.")
 def rankings_import(rankings_file, out_path: str, ties: str, annotator: str | None, skip_empty: bool) -> None:
     """Turn rankings of K responses into every pair they imply, labeled source=human.
 
     \b
-    FILE is JSONL or CSV, one of:
+    FILE is JSONL, CSV or TSV, one of:
       {"prompt": ..., "responses": [...], "ranks": [2, 1, 3]}     1 = best; or "scores" (higher is better)
       {"prompt": ..., "chosen": ..., "rejected": ...}             pairs
       {"chosen": "\\n\\nHuman: ...", "rejected": "..."}             hh-rlhf transcripts
       CSV: prompt,response,rank (or score), one line per response; or prompt,chosen,rejected
-    optionally with "id" and "annotator". Every row is checked before anything is written.
+    optionally with "id", "annotator" and "weight". CSV column names may be in any case, other
+    columns are ignored, and the delimiter (, ; or tab) is taken from the header line.
+    Rows with "p_chosen" (labels: `rlaif label`'s, an earlier import's) are kept as they are,
+    never made hard human labels. Every row is checked before anything is written.
 
     \b
     Example:
@@ -222,6 +227,7 @@ def rankings_import(rankings_file, out_path: str, ties: str, annotator: str | No
 
     counts = stage.run(stage.ImportConfig(rankings=rankings_file, out=out_path, ties=ties, annotator=annotator,
                                           skip_empty=skip_empty))
-    extra = f", {counts['ties']} ties labelled 0.5" if counts["ties"] else ""
-    out.print(f"[green]✓[/green] {counts['pairs']} pairs{extra} → {escape(out_path)} ({escape(counts['summary'])})",
+    extra = f", {counts['ties']} tie{'s' if counts['ties'] > 1 else ''} labelled 0.5" if counts["ties"] else ""
+    noun = "pair" if counts["pairs"] == 1 else "pairs"
+    out.print(f"[green]✓[/green] {counts['pairs']} {noun}{extra} → {escape(out_path)} ({escape(counts['summary'])})",
               soft_wrap=True)

@@ -18,7 +18,8 @@ from rlaif.cli import _Group, cli, err, out, stage_config
 
 @cli.command()
 @click.argument("directory", metavar="DIR", type=click.Path())
-@click.option("--name", help="The run's name (runs/NAME).  [default: the directory's name]")
+@click.option("--name", help="The run's name (runs/NAME), a plain name; the constitution's is made from it "
+              "(lowercase, other characters '-').  [default: the directory's name]")
 def init(directory: str, name: str | None) -> None:
     """Start a project: an editable constitution, principles, prompts and a recipe, in a new directory.
 
@@ -31,12 +32,15 @@ def init(directory: str, name: str | None) -> None:
       rlaif init my-project
       rlaif run my-project/recipe.yaml          # then open runs/my-project/report.html
     """
+    import shlex
+
     from rlaif.workspace import init as make
 
     written = make(directory, name)
     for path in written:
         out.print(f"  {escape(str(path))}", soft_wrap=True)
-    out.print(f"[green]✓[/green] next: rlaif run {escape(os.path.join(directory, 'recipe.yaml'))}", soft_wrap=True)
+    out.print(f"[green]✓[/green] next: rlaif run {escape(shlex.quote(os.path.join(directory, 'recipe.yaml')))}",
+              soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -127,25 +131,33 @@ def constitution_show(spec: str, full: bool) -> None:
 @constitution.command("diff")
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
-@click.option("--candidates", required=True, type=click.Path(),
-              help="Pairs to relabel: candidates.jsonl from `rlaif sample`, or preference rows.")
+@click.option("--candidates", type=click.Path(),
+              help="Pairs to relabel: candidates.jsonl from `rlaif sample`, or preference rows. Without it, only "
+                   "what changed in the text is shown (no model).")
 @click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
 @click.option("--limit", type=int,
               help="Pairs read (the first N); empty or identical replies are left out.  [default: 64]")
+@click.option("--min-margin", type=float,
+              help="A flip is confident when both labels are this far from 0.5 (label's low_confidence).  "
+                   "[default: 0.05]")
 @click.option("--out", help="The JSON report.  [default: runs/constitution-diff.json]")
 @click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
 def constitution_diff(a: str, b: str, **flags) -> None:
-    """What editing a constitution changes: relabel pairs under A and B, and see which labels flip and why.
+    """What editing a constitution changes: the text, and with --candidates which labels flip and why.
 
-    The same labeler labels the same pairs, both orders, under each constitution. Printed: the principles
-    added, removed and edited from A to B; how many labels flip; for each principle drawn under B, its pairs and
-    flips (edited or added principles that flip many labels are what the edit changed); the flipped pairs.
-    A pair keeps its principle under both when that principle and the label settings are unchanged.
+    Printed: the principles added, removed and edited from A to B, with each edited field's old and new text;
+    label settings and templates; the few-shot label examples the labeler reads differently (an example asks the
+    question of the principle it names, so editing that question changes what every pair is labeled after).
+    With --candidates the same labeler labels the same pairs under each constitution's label settings: how many
+    labels flip (cross 0.5) and how many of those confidently; each flip is put on the changed principles its pair
+    drew, or, for a pair that drew only unchanged ones, on the changed few-shot examples, template or settings,
+    never on an unchanged principle; the flipped pairs.
 
     \b
-    Example:
+    Examples:
       cp constitution/default.yaml mine.yaml     # edit a principle in mine.yaml, then:
+      rlaif constitution diff default mine.yaml
       rlaif constitution diff default mine.yaml --candidates runs/quickstart/round-1/sample/candidates.jsonl
     """
     from rlaif import diff
@@ -168,8 +180,8 @@ def constitution_diff(a: str, b: str, **flags) -> None:
 @click.option("-s", "--system", default=None, help="An optional system message before each prompt.")
 @click.option("--max-new-tokens", default=256, show_default=True, help="Reply length limit in tokens.")
 @click.option("-t", "--temperature", default=0.0, show_default=True, help="0 for greedy decoding.")
-@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")
-@click.option("--seed", default=None, type=int, help="Seed for sampling (temperature > 0).")
+@click.option("--top-p", type=float, help="Nucleus sampling threshold (temperature > 0).  [default: 1.0]")
+@click.option("--seed", type=int, help="Seed for sampling (temperature > 0).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: a GPU if there is one).")
 def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, device) -> None:
     """Generate replies from a model: a quick way to see what it says.
@@ -181,10 +193,14 @@ def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, d
     """
     from rlaif.generate import GenerationConfig
     from rlaif.generate import generate as run
-    from rlaif.models import load_model
+    from rlaif.models import load_model, unused_settings
 
+    if not all(p.strip() for p in prompts):
+        raise click.BadParameter("a prompt is empty; give the text of a user message", param_hint="'-p' / '--prompt'")
     config = stage_config(GenerationConfig, None, {"max_new_tokens": max_new_tokens, "temperature": temperature,
                                                    "top_p": top_p, "seed": seed})
+    if config.temperature == 0:  # as sample and critique: a sampling setting that greedy decoding never reads
+        unused_settings(config, ["top_p", "seed"], "no effect with temperature 0 (greedy); give -t > 0 to sample")
     lm, tokenizer = load_model(model, device=device)
     head = [{"role": "system", "content": system}] if system else []
     conversations = [head + [{"role": "user", "content": p}] for p in prompts]
@@ -194,3 +210,7 @@ def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, d
         out.print(reply.text, markup=False)
         if reply.finish_reason == "length":
             err.print(f"[dim](stopped at --max-new-tokens {max_new_tokens})[/dim]")
+        elif reply.finish_reason == "too_long":
+            err.print(f"[yellow]not generated: {reply.prompt_tokens} prompt tokens and --max-new-tokens "
+                      f"{max_new_tokens} do not fit in the model's context of "
+                      f"{lm.config.max_position_embeddings} tokens[/yellow]")

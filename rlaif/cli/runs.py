@@ -16,14 +16,20 @@ from rlaif.cli import _Group, cli, err, out, recipe_option, stage_config
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
+    """KEY=VALUE overrides, each VALUE read as YAML the way the recipe file is (records.parse_yaml)."""
     import yaml
+
+    from rlaif.records import parse_yaml
 
     overrides = {}
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. ppo.steps=20", param_hint="--set")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = parse_yaml(value, f"--set {key.strip()}")[0]  # a duplicate key: a DataError
+        except yaml.YAMLError as e:
+            raise click.BadParameter(f"{item!r}: the value is not valid YAML ({e})", param_hint="--set") from None
     return overrides
 
 
@@ -58,32 +64,43 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
     overrides = _parse_set(settings)
     if rounds is not None:
         overrides["rounds"] = rounds
+    from rlaif.records import stage_writer
+
     recipe = pipeline.load_recipe(recipe_file, overrides)
     for note in pipeline.unused_settings(recipe):
         err.print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
+    run_dir = pipeline.output_dir(recipe)
     if dry_run:
         steps = pipeline.plan(recipe)
         for line in pipeline.check_inputs(recipe, steps):
             out.print(escape(line), soft_wrap=True)
+        out.print(f"out: {escape(str(run_dir.resolve()))}", soft_wrap=True)
         for step in steps:
             out.print(escape(step.describe()), soft_wrap=True)
         todo = sum(step.state != "done" for step in steps)
         out.print(f"{todo} of {len(steps)} steps to run")
+        if writer := stage_writer(run_dir):
+            err.print(f"[yellow]warning:[/yellow] another rlaif process ({escape(writer)}) is running this recipe "
+                      "now; a run would stop at once", soft_wrap=True)
         return
 
     def announce(step) -> None:
         out.print(f"[bold]round {step.round} · {step.stage}[/bold] [dim]{step.state} → {escape(str(step.directory))}"
                   "[/dim]", soft_wrap=True)
 
+    def report(step, summary: str) -> None:
+        if summary:
+            out.print(f"  {escape(step.stage)}: {escape(summary)}", soft_wrap=True)
+
     from rlaif.ppo.trainer import PPOStopped
 
+    out.print(f"out: {escape(str(run_dir.resolve()))}", soft_wrap=True)
     try:
-        steps = pipeline.run(recipe, on_step=announce)
+        steps = pipeline.run(recipe, on_step=announce, on_done=report)
     except PPOStopped as e:
         err.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
-    run_dir = steps[-1].directory.parent
-    out.print(f"[green]✓[/green] {len(steps)} steps done; report → {escape(str(run_dir / 'report.html'))}",
+    out.print(f"[green]✓[/green] {len(steps)} steps done; report → {escape(str(run_dir.resolve() / 'report.html'))}",
               soft_wrap=True)
 
 
@@ -137,7 +154,8 @@ def eval_policies(run_dir, config_file, **flags) -> None:
     summary = evaluate.evaluate_policies(config, progress=True)
     print_policy_eval(summary)
     out.print(f"[green]✓[/green] → {escape(config.out or os.path.join(run_dir, 'eval'))}/eval.json "
-              f"({escape(summary['judging']['summary'])})", soft_wrap=True)
+              f"({escape(summary['answering']['summary'])}; judge: {escape(summary['judging']['summary'])})",
+              soft_wrap=True)
 
 
 def print_policy_eval(summary: dict) -> None:
@@ -145,7 +163,7 @@ def print_policy_eval(summary: dict) -> None:
 
     for group, results in summary["results"].items():
         n = next(iter(results.values()))["prompts"]
-        table = Table(title=f"{group} prompts ({n})")
+        table = Table(title=f"{escape(group)} prompts ({n})")  # a tag from the user's prompt file
         table.add_column("policy")
         for _, title in columns:
             table.add_column(title, justify="right")

@@ -158,6 +158,8 @@ def reward(config_file, data, eval_data, **flags) -> None:
               help="Value as a head on the policy's own trunk (one forward and backward per minibatch, not two; "
                    "starts at zero) or a separate value model (from the reward model).  [default: value model]")
 @click.option("--save-steps", type=int, help="Checkpoint every N steps.  [default: 10]")
+@click.option("--sample-every", type=int, help="Keep the responses of step 1 and every N steps in samples.jsonl; 0: "
+              "none.  [default: 10]")
 @click.option("--log-with", help="Also log to an accelerate tracker (tensorboard, wandb, ...).")
 @click.option("--seed", type=int, help="[default: 0]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
@@ -167,7 +169,7 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
 
     Each step samples one response per prompt, scores it (reward models, a labeler's direct score, Python
     functions, or a weighted sum), subtracts beta times the KL to the frozen reference on every token, and runs
-    clipped PPO epochs on the policy and a value model (initialised from the first reward model). The bar shows
+    clipped PPO epochs on the policy and a value model (the first reward model's backbone, head zeroed). The bar shows
     reward, KL and beta; metrics.jsonl has every diagnostic per step (kl, non_score_reward, clipfrac, approx_kl,
     entropy, explained_variance, losses, length, samples/s). Kill it at any time and rerun the same command: it
     resumes from the newest checkpoint. Guards stop the run, with a checkpoint, on NaN rewards or losses, a
@@ -180,12 +182,16 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
                 --prompts prompts.jsonl --lora --steps 200 --out runs/x/ppo
       accelerate launch --num_processes 2 -m rlaif ppo --config ppo.yaml
     """
+    import dataclasses
+
     from rlaif.ppo import trainer as stage
+    from rlaif.ppo.config import check_alone
 
     flags.update(reward_model=list(reward_model) or None, reward_fn=list(reward_fn) or None)
     config = stage_config(stage.PPOConfig, config_file, flags)
     if fixed_kl:
-        config.kl_target = None
+        config = dataclasses.replace(config, kl_target=None)  # checked again: kl_horizon then does nothing
+    check_alone(config)
     if not config.prompts:
         raise click.UsageError("--prompts is required (or `prompts:` in --config)")
     try:
@@ -195,16 +201,19 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
         sys.exit(2)
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch, one process reports
         return
-    if metrics:
+    if "step" in metrics:
         out.print(f"[green]✓[/green] step {metrics['step']}: reward {metrics['score']:+.3f}, KL {metrics['kl']:.2f}, "
-                  f"beta {metrics['beta']:.4f}; policy in {escape(config.out)}", soft_wrap=True)
+                  f"beta {metrics['beta']:.4f}; policy in {escape(config.out)}{_data_summary(metrics)}",
+                  soft_wrap=True)
     else:
-        out.print(f"[green]✓[/green] already trained for {config.steps} steps: {escape(config.out)}", soft_wrap=True)
+        out.print(f"[green]✓[/green] already trained for {config.steps} steps: {escape(config.out)}"
+                  f"{_data_summary(metrics)}", soft_wrap=True)
 
 
 @cli.command()
-@click.option("--data", multiple=True, metavar="FILE",
-              help="Preference files (rlaif label, rankings import, hh-rlhf pairs); repeat to combine.")
+@click.option("--data", multiple=True, metavar="FILE[:WEIGHT]",
+              help="A preference file and its weight (default 1); repeat to mix sources as `rlaif reward` does (the "
+                   "labels of one pair become one, their weighted mean). Label output, imported rankings, hh-rlhf.")
 @click.option("--policy", help="The model to train and the frozen reference: usually a run's sft/ directory.")
 @click.option("--out", help="Where the policy and checkpoints go. Rerun to resume.  [default: runs/dpo]")
 @click.option("--beta", type=float, help="Strength of the implicit KL penalty.  [default: 0.1]")
@@ -224,8 +233,9 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
 def dpo(config_file, data, label_smoothing, **flags) -> None:
     """Direct preference optimisation on preference files (TRL DPOTrainer): PPO without a reward model.
 
-    Each pair trains once toward its winner; ties and pairs no more confident than --min-p-chosen are left
-    out. With --loss-type robust, soft labels set the assumed label error rate (--label-smoothing auto).
+    The files are mixed as `rlaif reward` mixes them, and each pair trains once toward the winner of its
+    weighted labels; ties and pairs no more confident than --min-p-chosen are left out. With --loss-type
+    robust, soft labels set the assumed label error rate (--label-smoothing auto).
     In a recipe, `policy_trainer: dpo` trains on every round's labels and the human pairs instead of PPO.
 
     \b

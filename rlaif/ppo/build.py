@@ -1,10 +1,9 @@
 """The models and rewards PPO trains with, built from its config: the policy, the frozen reference (or the LoRA
-adapter switched off), the value model on the PPO reward's scale (or a head on the policy's trunk), and the combined
-reward. The trainer (rlaif/ppo/trainer.py) calls `build_models` and `build_reward`."""
+adapter switched off), the value model (the reward model's backbone with a zero head, or a head on the policy's
+trunk), and the combined reward. The trainer (rlaif/ppo/trainer.py) calls `build_models` and `build_reward`."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 from rlaif.ppo.config import PPOConfig
 from rlaif.ppo.rollout import CombinedReward, ValueHead, ValueModel, import_function
-from rlaif.records import ConfigError, read_text, split_weight
+from rlaif.records import ConfigError, split_weight
 
 
 def build_reward(config: PPOConfig, device) -> CombinedReward:
@@ -60,7 +59,7 @@ def build_models(config: PPOConfig, device):
     from rlaif.models import load_model
 
     policy, tokenizer = load_model(config.policy, device=str(device), dtype="float32")
-    classifier, bias = (None, 0.0) if config.shared_value_head else _value_classifier(config, device, tokenizer)
+    classifier = None if config.shared_value_head else _value_classifier(config, device, tokenizer)
     reference, adapter = None, None
     if config.lora:
         policy = _lora(config, policy, "CAUSAL_LM")
@@ -74,7 +73,7 @@ def build_models(config: PPOConfig, device):
         if model is not None:
             _checkpoint(model, config.lora)
     value = ValueHead(policy.config.get_text_config().hidden_size) if classifier is None \
-        else ValueModel(classifier, bias, adapter)
+        else ValueModel(classifier, adapter)
     value = value.to(device)
     for model in (policy, value):
         disable_dropout(model)
@@ -104,14 +103,16 @@ def _checkpoint(model, lora: bool) -> None:
 
 
 def _value_classifier(config: PPOConfig, device, tokenizer):
-    """The value model's sequence classifier and the bias of its head, on the scale of the PPO reward:
-    - `value_model`: as saved (a PPO run's value/ directory keeps its bias as `value_bias` in its config);
-    - else the first reward model, with that reward's normalisation and weight w folded into its head: its part of
-      the PPO reward is w (s(h) - mean) / std for the head s at the final hidden state h, so the head becomes
-      (w / std) s with bias -w mean / std, and the value of a finished response starts at that part (as
-      lm-human-preferences' reward gain and bias put the normalisation inside the reward model);
-    - else (no reward model, or one that reads another tokenizer) the policy with a zero head: values start at 0,
-      not on another scale or at noise."""
+    """The value model's sequence classifier:
+    - `value_model`: as saved (e.g. a PPO run's value/), head included, when it is a sequence classifier;
+    - else the first reward model's backbone, or (no reward model, or one that reads another tokenizer) the
+      policy's, with its head zeroed.
+    A zero head makes every value 0 at the start, the mean of a normalised reward, so the value is on the PPO
+    reward's scale from the first step, while the reward model's features are kept (lm-human-preferences starts its
+    value head, on the policy's trunk, at zero: `fc_layer(..., scale=0 if head_name == 'value' ...)` in
+    lm_human_preferences/language/model.py). The reward model's own head would not do: it is trained on the state
+    after the whole templated conversation, a state PPO never reads; at the states before each response token that
+    PPO reads, its output is on no scale of the reward."""
     from rlaif.reward import load_backbone
 
     def load(spec: str):
@@ -125,22 +126,14 @@ def _value_classifier(config: PPOConfig, device, tokenizer):
             raise ConfigError(f"value_model: {config.value_model} has another tokenizer than the policy; the value "
                               "model reads the policy's tokens")
         if trained:
-            return classifier, float(getattr(classifier.config, "value_bias", 0.0))
+            return classifier
     else:
-        classifier, same_tokens, trained = load(split_weight(config.reward_model[0])[0]) if config.reward_model \
+        classifier, same_tokens, _ = load(split_weight(config.reward_model[0])[0]) if config.reward_model \
             else load(config.policy)
-        if config.reward_model and same_tokens and trained:
-            path, weight = split_weight(config.reward_model[0])
-            stats_file = Path(path) / "reward_stats.json"
-            stats = json.loads(read_text(stats_file)) if stats_file.is_file() else None
-            mean, std = reward_normalisation(path, stats, config.normalize_reward)
-            with torch.no_grad():
-                classifier.score.weight.mul_(weight / std)
-            return classifier, -weight * mean / std
         if not same_tokens:
             classifier, _ = load_backbone(config.policy, str(device), dtype="float32")  # the reward model can't be used
-    torch.nn.init.zeros_(classifier.score.weight)  # a new head, or one on another scale: values start at 0
-    return classifier, 0.0
+    torch.nn.init.zeros_(classifier.score.weight)
+    return classifier
 
 
 def _lora(config: PPOConfig, model, task_type: str):

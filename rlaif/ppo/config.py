@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlaif.records import ConfigError
+from rlaif.models import check_numbers, lora_unused, unused_settings
+from rlaif.records import ConfigError, DataError
 
 
 @dataclass
@@ -19,8 +20,7 @@ class PPOConfig:
     constitution: str = "default"  # the rubric of reward_score
     normalize_reward: bool = True  # (r - mean) / std with each reward model's reward_stats.json
     value_model: str | None = None  # initial value model, as saved (e.g. a PPO run's value/); default: the first reward
-    # model with its normalisation and weight folded into the head (same scale as the reward), else the policy + a
-    # zero head
+    # model's backbone with a zero head (values start at 0, the normalised reward's mean), else the policy's
     shared_value_head: bool = False  # value = a head on the policy's own trunk: one forward/backward per minibatch, not two
     eval_prompts: str | None = None  # held-out prompts, scored before training, every eval_every steps and at the end
     eval_every: int = 0  # 0: only before and after training
@@ -59,7 +59,7 @@ class PPOConfig:
     max_ratio: float = 5.0  # guard: stop when a minibatch's mean probability ratio passes this
     save_steps: int = 10  # checkpoint every N steps (and at the end)
     save_total_limit: int = 2  # checkpoints kept
-    sample_every: int = 10  # write the rollout's responses to samples.jsonl every N steps
+    sample_every: int = 10  # write the rollout's responses to samples.jsonl at step 1 and every N steps; 0: never
     log_with: str | None = None  # also log to an accelerate tracker: tensorboard, wandb, ...
     seed: int = 0
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one (one per process under accelerate)
@@ -67,34 +67,54 @@ class PPOConfig:
     VOLATILE = ("steps", "micro_batch_size", "save_steps", "save_total_limit", "sample_every", "eval_every",
                 "log_with", "device")
 
+    def __post_init__(self):
+        """Every setting in its range, and no setting that would do nothing: a DataError naming the field, or a
+        ConfigError (the checks that need the reward, the prompts or the model are `check` and `run`'s)."""
+        check_numbers(self, "ppo", at_least_one=["steps", "batch_size", "minibatches", "micro_batch_size", "ppo_epochs",
+                                                 "max_new_tokens", "kl_horizon", "save_steps", "lora_r"],
+                      positive=["temperature", "max_grad_norm", "clip_range", "clip_range_value", "lora_alpha",
+                                "max_kl", "max_ratio"],
+                      nonnegative=["missing_eos_penalty", "learning_rate", "value_learning_rate", "kl_coef",
+                                   "kl_target", "vf_coef", "entropy_coef", "save_total_limit", "sample_every",
+                                   "eval_every"],
+                      within={"gamma": (0.0, 1.0), "lam": (0.0, 1.0), "lora_dropout": (0.0, 1.0)})
+        if not 0 < self.top_p <= 1:
+            raise DataError("ppo settings", None, "top_p", f"expected a share in (0, 1], got {self.top_p:g}")
+        if self.batch_size % self.minibatches:
+            raise DataError("ppo settings", None, "minibatches", f"{self.minibatches} does not divide batch_size "
+                            f"{self.batch_size}")
+        for name, choices in (("lr_schedule", ("linear", "constant")), ("kl_estimator", ("k1", "k2", "k3"))):
+            if getattr(self, name) not in choices:
+                raise DataError("ppo settings", None, name, f"expected {' or '.join(choices)}, not "
+                                f"{getattr(self, name)!r}")
+        lora_unused(self)
+        if self.lora_dropout:
+            raise ConfigError("lora_dropout: PPO turns every dropout off, so that the policy being trained computes "
+                              "what the policy that sampled did (a ratio of 1 before the first update); leave it at 0")
+        if self.kl_target is None:
+            unused_settings(self, ["kl_horizon"], "the adaptive beta's horizon, not used with a fixed beta "
+                                                  "(kl_target: null, --fixed-kl)")
+        if self.shared_value_head and self.value_model:
+            raise ConfigError("value_model: a shared value head sits on the policy; there is no value model to load")
+
 
 def check(config: PPOConfig, reward_given: bool = False) -> None:
-    problems = []
-    if config.temperature <= 0:
-        problems.append("temperature: PPO samples from the policy; use a temperature > 0")
-    if config.batch_size < 1 or config.minibatches < 1 or config.batch_size % config.minibatches:
-        problems.append(f"minibatches: {config.minibatches} does not divide batch_size {config.batch_size}")
-    if config.micro_batch_size is not None and config.micro_batch_size < 1:
-        problems.append(f"micro_batch_size: expected at least 1 row (or unset), not {config.micro_batch_size}")
-    if config.max_new_tokens < 1 or config.ppo_epochs < 1:
-        problems.append("max_new_tokens and ppo_epochs: expected at least 1 (a response of no token has nothing to "
-                        "learn from)")
-    if (config.kl_target or 0) < 0 or config.kl_horizon < 1:
-        problems.append("kl_target, kl_horizon: expected a target KL >= 0 (null for a fixed beta) and a horizon >= 1")
-    if config.lora_dropout:
-        problems.append("lora_dropout: PPO turns every dropout off, so that the policy being trained computes what the "
-                        "policy that sampled did (a ratio of 1 before the first update); leave it at 0")
-    if config.lr_schedule not in ("linear", "constant"):
-        problems.append(f"lr_schedule: expected linear or constant, not {config.lr_schedule!r}")
-    if config.kl_estimator not in ("k1", "k2", "k3"):
-        problems.append(f"kl_estimator: expected k1, k2 or k3, not {config.kl_estimator!r}")
-    if config.shared_value_head and config.value_model:
-        problems.append("value_model: a shared value head sits on the policy; there is no value model to load")
+    """The settings a config built alone cannot check: some reward to optimise (`reward_given`: the caller passes
+    one, or the pipeline wires in its reward model)."""
     if not (reward_given or config.reward_model or config.reward_fn or config.reward_score):
-        problems.append("reward: give a reward model (reward_model), a labeler (reward_score) or a Python function "
-                        "(reward_fn)")
-    if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError("reward: give a reward model (reward_model), a labeler (reward_score) or a Python function "
+                          "(reward_fn)")
+
+
+def check_alone(config: PPOConfig) -> None:
+    """Settings that do nothing in a run of the stage by itself (`rlaif ppo`): a ConfigError. A recipe wires in the
+    eval prompts, the reward model and the rubric itself, and warns about these instead (pipeline.unused_settings)."""
+    if not config.eval_prompts:
+        unused_settings(config, ["eval_every"], "used only with eval prompts (eval_prompts, --eval-prompts)")
+    if not config.reward_score:
+        unused_settings(config, ["constitution"], "the rubric of reward_score (--reward-score), which is not set")
+    if not config.reward_model:
+        unused_settings(config, ["normalize_reward"], "used only with reward models (reward_model, --reward-model)")
 
 
 def default_lr(config: PPOConfig) -> float:

@@ -78,36 +78,29 @@ def response_logits(model, batch: Batch, hidden: bool = False):
 
 
 class ValueModel(nn.Module):
-    """V(s_t) for every response position: a sequence classifier's backbone and scalar head, applied per token, plus a
-    bias (a Llama-style `score` head has none).
+    """V(s_t) for every response position: a sequence classifier's backbone and scalar head, applied per token.
 
-    Started from the reward model (Huang et al. 2024, "The N Implementation Details of RLHF with PPO", detail on value
-    initialisation), on the scale of the reward PPO optimises: the trainer folds that reward's normalisation and
-    weight into the head, so at the start the value of a finished response (the head on its final hidden state) is
-    w * (r - mean) / std, the reward model's part of the PPO reward; lm-human-preferences does the same with its
-    reward gain and bias. When the scales cannot be matched, the head starts at zero. Saved (`save_pretrained`) as a
-    plain sequence classifier whose config holds the bias as `value_bias`: V = logit + value_bias.
+    Built from the reward model's backbone with a zero head (rlaif/ppo/build.py): values start at 0 and learn on the
+    reward PPO optimises, from the reward model's features (Huang et al. 2024, "The N Implementation Details of RLHF
+    with PPO", on initialising the value model from the reward model). No bias beyond the classifier's own, so
+    `save_pretrained` writes a plain sequence classifier whose output at a state is the value there.
     """
 
-    def __init__(self, classifier: nn.Module, bias: float = 0.0, adapter: nn.Module | None = None):
+    def __init__(self, classifier: nn.Module, adapter: nn.Module | None = None):
         """`adapter`: the PEFT model wrapping `classifier` when it trains LoRA adapters (kept outside the module tree:
         its parameters are the classifier's), merged into it by `save_pretrained`."""
         super().__init__()
         self.classifier = classifier
-        self.bias = nn.Parameter(torch.tensor(float(bias)))
         object.__setattr__(self, "adapter", adapter)
 
-    def head(self, hidden: Tensor) -> Tensor:
-        """(B, T, H) last hidden states -> (B, T) float32 values."""
-        return self.classifier.score(hidden).squeeze(-1).float() + self.bias.float()
-
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, width: int) -> Tensor:
-        """-> (B, width) float32: the value before each of the last `width` tokens is generated."""
+        """-> (B, width) float32: the value before each of the last `width` tokens is generated (the states at
+        positions -width-1 .. -2, whose logits predict those tokens)."""
         base = self.classifier
         backbone = getattr(base, base.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
-        return self.head(hidden[:, -width - 1 : -1])
+        return base.score(hidden[:, -width - 1 : -1]).squeeze(-1).float()
 
     def values(self, batch: Batch) -> Tensor:
         return self(batch.input_ids, batch.attention_mask, batch.position_ids, batch.response.shape[1])
@@ -118,15 +111,14 @@ class ValueModel(nn.Module):
         if self.adapter is not None:
             self.classifier = self.adapter.merge_and_unload()
             object.__setattr__(self, "adapter", None)
-        self.classifier.config.value_bias = self.bias.item()
         self.classifier.save_pretrained(directory, safe_serialization=True)
 
 
 class ValueHead(nn.Module):
     """V(s_t) as a scalar head on the policy's own last hidden states: policy and value share one trunk, so a PPO
     minibatch costs one forward and one backward pass, not two of each (the layout of Ziegler et al. 2019's
-    lm-human-preferences and of TRL before its PPOv2). The value loss then also trains the trunk (through vf_coef),
-    and the value cannot start from the reward model: the head starts at zero."""
+    lm-human-preferences and of TRL before its PPOv2). The value loss then also trains the trunk (through vf_coef).
+    The head starts at zero, with no bias, as the value model's does: every value starts at 0."""
 
     def __init__(self, hidden_size: int):
         super().__init__()

@@ -4,31 +4,37 @@
     accelerate launch --num_processes 2 -m rlaif ppo ...        # one process per device, gradients all-reduced
 
 Each step:
-  1. rollout: B prompts, one sampled response each (rlaif.generate; the sampling log-probabilities are kept, so the
-     policy is not run again to get them), cut at EOS;
-  2. the frozen reference's log-probabilities (the LoRA adapter switched off, or a copy), the values (a value model
-     started from the reward model on the PPO reward's scale, or with `shared_value_head` a head on the policy's own
-     trunk), and the reward: reward models (normalised with their reward_stats.json), the labeler's direct score,
-     Python functions, or a weighted sum; a penalty for responses cut off before EOS;
+  1. rollout: B prompts, one sampled response each (rlaif.generate, keeping the sampling log-probabilities), cut at
+     EOS; prompts that do not fit in the policy's context with `max_new_tokens` are left out and counted;
+  2. the frozen reference's log-probabilities (the LoRA adapter switched off, or a copy), the values (a value model:
+     the reward model's backbone with a zero head, so values start at 0, the normalised reward's mean; or with
+     `shared_value_head` a zero head on the policy's own trunk), and the reward: reward models (normalised with
+     their reward_stats.json), the labeler's direct score, Python functions, or a weighted sum; a penalty for
+     responses cut off before EOS;
   3. per-token reward -beta * KL_t, plus the score on the last token; GAE; whitened advantages (losses.py);
   4. `ppo_epochs` passes over the rollout in `minibatches` minibatches: clipped policy loss, clipped value loss,
      entropy bonus, each a mean over the minibatch's tokens however it is split into micro-batches; one optimizer
      step per minibatch;
   5. beta follows the adaptive controller toward `kl_target` (or stays fixed).
 
-Trainable weights are float32 on every device; accelerate's mixed precision (`accelerate launch --mixed_precision
-bf16`) only autocasts, and then the rollout's log-probabilities, the reference's and the training pass are all full
-forward passes under the same autocast, so the first ratio is 1 and the first KL is 0. The models train in training
-mode with every dropout off (gradient checkpointing acts only in training mode). Numbers from several processes are
-combined by all-reducing (sum, count), so shards of any size, empty ones included, are safe.
+Trainable weights are float32 on every device. In float32 the sampling log-probabilities are the old ones and the
+policy is not run again for them, except that a shared value head reads its hidden states from one more forward
+pass. accelerate's mixed precision (`accelerate launch --mixed_precision bf16`) only autocasts, and decoding from
+a KV cache then rounds otherwise than a full pass: the old log-probabilities come from one full forward pass under
+the same autocast as the reference's, so the first KL is 0; the first ratio is 1 when the training pass has the
+same shape (the whole rollout as one minibatch, no micro-batches), else within bf16's rounding of 1 (about 1e-3).
+The models train in training mode with every dropout off (gradient checkpointing acts only in training mode).
+Numbers from several processes are combined by all-reducing (sum, count), so shards of any size, empty ones
+included, are safe; with micro-batches, gradients are all-reduced once per minibatch.
 
 OUT holds the policy (safetensors; a LoRA adapter merged in), OUT/value/ (the value model, LoRA merged, a plain
-sequence classifier with its head's bias as `value_bias` in config.json; or the shared head), lines per step in
-`metrics.jsonl`, sample responses in `samples.jsonl`, held-out rewards in `eval.jsonl`, and
-`checkpoints/step-N/`: policy, value model or head, optimizers, schedulers, RNG states (accelerate's `save_state`,
-safetensors weights) plus beta and the step in `trainer_state.json`, written under a temporary name and renamed,
-so a checkpoint is whole or absent. Prompts are drawn in an order fixed by the seed and sampling is seeded per step,
-so a rerun of the same command resumes from the newest checkpoint and computes what the uninterrupted run would have.
+sequence classifier whose output is the value; or the shared head), lines per step in `metrics.jsonl`, sample
+responses in `samples.jsonl`, held-out rewards in `eval.jsonl` (before training, every `eval_every` steps and at
+the end), and `checkpoints/step-N/`: policy, value model or head, optimizers, schedulers, RNG states (accelerate's
+`save_state`, safetensors weights) plus beta and the step in `trainer_state.json`, written under a temporary name
+and renamed, so a checkpoint is whole or absent, and written after every row of its step. Prompts are drawn in an
+order fixed by the seed and sampling is seeded per step, so a rerun of the same command resumes from the newest
+checkpoint and computes what the uninterrupted run would have.
 
 Guards stop the run with a message, keeping a checkpoint: rewards or losses that are not finite, a mean KL past
 `max_kl`, a mean probability ratio past `max_ratio`.
@@ -40,7 +46,7 @@ import json
 import logging
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,7 +58,16 @@ from rlaif.ppo import losses as L
 from rlaif.ppo.build import build_models, build_reward
 from rlaif.ppo.config import PPOConfig, check, default_lr, schedule
 from rlaif.ppo.rollout import Batch, CombinedReward, ValueHead, pack, response_logits
-from rlaif.records import JsonlWriter, Message, open_stage, read_jsonl, write_atomic, write_jsonl
+from rlaif.records import (
+    JsonlWriter,
+    Message,
+    Tally,
+    dumps_json,
+    open_stage,
+    read_jsonl,
+    write_atomic,
+    write_jsonl,
+)
 
 
 class PPOStopped(Exception):
@@ -118,8 +133,9 @@ class PPOTrainer:
             width = batch.response.shape[1]
             logprobs = torch.tensor([r.logprobs + [0.0] * (width - len(r.logprobs)) for r in replies], device=device)
             hidden = None
-            if accelerator.mixed_precision != "no" or config.shared_value_head:
-                logits, hidden = response_logits(policy, batch, hidden=True)
+            if accelerator.mixed_precision != "no" or config.shared_value_head:  # the hidden states only for the head
+                logits, hidden = response_logits(policy, batch, hidden=True) if config.shared_value_head \
+                    else (response_logits(policy, batch), None)
                 if accelerator.mixed_precision != "no":
                     # In bf16 or fp16, decoding token by token from a KV cache rounds otherwise than a full forward
                     # pass, by more than a ratio that must start at 1 allows: the old log-probabilities are then those
@@ -231,37 +247,43 @@ class PPOTrainer:
         device = ro.batch.mask.device
         tokens = ro.batch.mask[minibatch.to(device)].sum()
         totals: dict[str, torch.Tensor] = {}
-        for part in minibatch.split(micro):
-            index = part.to(device)
-            batch = ro.batch.select(index)
-            width = batch.response.shape[1]
-            share = batch.mask.sum() / tokens
-            if config.shared_value_head:
-                logits, hidden = response_logits(self.policy, batch, hidden=True)
-            else:
-                logits = response_logits(self.policy, batch)
-            logprobs = L.logprobs_from_logits(logits, batch.response, config.temperature)
-            entropy = L.entropy_from_logits(logits if config.entropy_coef else logits.detach(), config.temperature)
-            del logits
-            pg_loss, pg_stats = L.policy_loss(logprobs, ro.logprobs[index, :width], advantages[index, :width],
-                                              batch.mask, config.clip_range)
-            mean_entropy = L.masked_mean(entropy, batch.mask)
-            policy_part = (pg_loss - config.entropy_coef * mean_entropy) * share
-            if config.shared_value_head:  # one graph: one backward for both losses
-                values = self.value(hidden)
-            else:
-                # The policy's graph is freed by its backward before the value model runs: the two models'
-                # activations are never held at once (their gradients are disjoint: nothing else changes).
-                accelerator.backward(policy_part)
-                values = self.value(batch.input_ids, batch.attention_mask, batch.position_ids, width)
-            vf_loss, vf_stats = L.value_loss(values, ro.values[index, :width], returns[index, :width], batch.mask,
-                                             config.clip_range_value)
-            accelerator.backward(config.vf_coef * vf_loss * share + (policy_part if config.shared_value_head else 0))
-            ratio_max = pg_stats.pop("ratio_max")
-            totals["ratio_max"] = torch.maximum(totals.get("ratio_max", ratio_max), ratio_max)
-            for name, value in [("policy_loss", pg_loss), ("value_loss", vf_loss), ("entropy", mean_entropy),
-                                *pg_stats.items(), *vf_stats.items()]:
-                totals[name] = totals.get(name, 0) + value.detach() * share
+        parts = minibatch.split(micro)
+        for k, part in enumerate(parts):
+            with ExitStack() as unsynced:
+                if k < len(parts) - 1:  # under DDP, gradients are all-reduced once, by the last backward
+                    for model in (self.policy, self.value):
+                        unsynced.enter_context(accelerator.no_sync(model))
+                index = part.to(device)
+                batch = ro.batch.select(index)
+                width = batch.response.shape[1]
+                share = batch.mask.sum() / tokens
+                if config.shared_value_head:
+                    logits, hidden = response_logits(self.policy, batch, hidden=True)
+                else:
+                    logits = response_logits(self.policy, batch)
+                logprobs = L.logprobs_from_logits(logits, batch.response, config.temperature)
+                entropy = L.entropy_from_logits(logits if config.entropy_coef else logits.detach(), config.temperature)
+                del logits
+                pg_loss, pg_stats = L.policy_loss(logprobs, ro.logprobs[index, :width], advantages[index, :width],
+                                                  batch.mask, config.clip_range)
+                mean_entropy = L.masked_mean(entropy, batch.mask)
+                policy_part = (pg_loss - config.entropy_coef * mean_entropy) * share
+                if config.shared_value_head:  # one graph: one backward for both losses
+                    values = self.value(hidden)
+                else:
+                    # The policy's graph is freed by its backward before the value model runs: the two models'
+                    # activations are never held at once (their gradients are disjoint: nothing else changes).
+                    accelerator.backward(policy_part)
+                    values = self.value(batch.input_ids, batch.attention_mask, batch.position_ids, width)
+                vf_loss, vf_stats = L.value_loss(values, ro.values[index, :width], returns[index, :width],
+                                                 batch.mask, config.clip_range_value)
+                accelerator.backward(config.vf_coef * vf_loss * share
+                                     + (policy_part if config.shared_value_head else 0))
+                ratio_max = pg_stats.pop("ratio_max")
+                totals["ratio_max"] = torch.maximum(totals.get("ratio_max", ratio_max), ratio_max)
+                for name, value in [("policy_loss", pg_loss), ("value_loss", vf_loss), ("entropy", mean_entropy),
+                                    *pg_stats.items(), *vf_stats.items()]:
+                    totals[name] = totals.get(name, 0) + value.detach() * share
         return totals
 
     def all_sum(self, values: list) -> list[float]:
@@ -307,7 +329,7 @@ class PPOTrainer:
         accelerator.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
         if accelerator.is_main_process:
             state = {"step": self.step, "kl_controller": self.kl_ctl.state_dict()}
-            write_atomic(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
+            write_atomic(tmp / "trainer_state.json", dumps_json(state))
             if directory.exists():
                 shutil.rmtree(directory)
             tmp.rename(directory)
@@ -370,20 +392,36 @@ def truncate_log(path: Path, last_step: int) -> None:
 
 
 def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None = None, on_step=None) -> dict:
-    """Train (or resume training) with PPO; returns the last step's metrics. `reward` replaces the configured
-    rewards (a Python object); `on_step(step, metrics)` is called after each step."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    """Train (or resume training) with PPO; returns the last step's metrics, with `summary`: the prompts read, used
+    and left out (also in the manifest's counts). `reward` replaces the configured rewards (a Python object);
+    `on_step(step, metrics)` is called after each step.
 
-    from rlaif.models import default_device
+    A prompt whose tokens (chat template included) and `max_new_tokens` do not fit in the policy's context is left
+    out and counted, training and eval prompts alike; with no training prompt left (or no eval prompt, when eval
+    prompts are given), a DataError before any model is loaded or OUT is created."""
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    from rlaif.models import context_length, default_device, fitting_prompts, load_tokenizer
 
     check(config, reward_given=reward is not None)
     out = Path(config.out)
-    prompts = load_prompts(config.prompts)
-    eval_prompts = load_prompts(config.eval_prompts) if config.eval_prompts else []
+    context = context_length(config.policy)
+    room = None if context is None else context - config.max_new_tokens
+    advice = f"each prompt and max_new_tokens ({config.max_new_tokens}) must fit in the policy's context of " \
+             f"{context} tokens"
+    tokenizer = load_tokenizer(config.policy)
+    tally, eval_tally = Tally("prompts"), Tally("eval prompts")
+    prompts = fitting_prompts(load_prompts(config.prompts), tokenizer, room, tally)
+    tally.require_some(config.prompts, advice)
+    eval_prompts = []
+    if config.eval_prompts:
+        eval_prompts = fitting_prompts(load_prompts(config.eval_prompts), tokenizer, room, eval_tally)
+        eval_tally.require_some(config.eval_prompts, advice)
+    summary = "; ".join(t.summary() for t in (tally, eval_tally) if t.read)
     done = _finished(out, config.steps)
     if done is not None:
-        return done
+        return {**done, "summary": summary}
     device = config.device or default_device()
     accelerator = Accelerator(cpu=device == "cpu", log_with=config.log_with, project_dir=str(out))
     lr = default_lr(config)
@@ -397,23 +435,27 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     accelerator.wait_for_everyone()
     set_seed(config.seed)
     trainer = PPOTrainer(config, accelerator, reward)
-    saved = checkpoints(out)
-    if saved:
-        trainer.load(saved[-1])
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    # Every process resumes from the checkpoint the main process sees, and what is redone follows from it alone.
+    newest = checkpoints(out)[-1:] if main else []
+    resumed = broadcast_object_list([str(newest[0]) if newest else None])[0]
+    if resumed:
+        trainer.load(Path(resumed))
+    if main:
+        # A checkpoint at step N comes after every row up to N, evals included (each is written before the save of
+        # its step); without one, nothing is done. The rows after that are work the resumed run redoes.
         for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
-            truncate_log(out / name, trainer.step)
+            truncate_log(out / name, trainer.step if resumed else -1)
     if config.log_with:
         accelerator.init_trackers("ppo", config={k: v for k, v in asdict(config).items()
                                                  if isinstance(v, (int, float, str, bool))})
     rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
     names = ["metrics", "samples"] + (["eval"] if eval_prompts else [])
     logs = {name: JsonlWriter(out / f"{name}.jsonl") if main else None for name in names}
     metrics: dict = {}
     started = time.time()
     try:
-        if eval_prompts and trainer.step == 0:
+        if eval_prompts and not resumed:
             _evaluate(trainer, eval_prompts, logs.get("eval"))
         with progress_bar(progress and main, config.steps, "ppo", trainer.step, transient=False) as bar:
             while trainer.step < config.steps:
@@ -435,7 +477,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
                                                    "response": text, "score": ro.scores[i].item()})
                 if config.log_with:
                     accelerator.log({k: v for k, v in metrics.items() if isinstance(v, float)}, step=step)
-                if eval_prompts and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                if eval_prompts and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
                     _evaluate(trainer, eval_prompts, logs.get("eval"))
                 if step % config.save_steps == 0 or step == config.steps:
                     _save(trainer, out, config.save_total_limit)
@@ -443,8 +485,6 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
                        f"len {metrics['response_length']:.0f}")
                 if on_step:
                     on_step(step, metrics)
-        if eval_prompts and _last_step(out / "eval.jsonl") < trainer.step:
-            _evaluate(trainer, eval_prompts, logs.get("eval"))
     finally:
         for log in logs.values():
             if log:
@@ -453,13 +493,14 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
         accelerator.end_training()
     _save_final(trainer, out)
     if main:
-        manifest.counts.update(steps=trainer.step, prompts=len(prompts), processes=world)
+        manifest.counts.update(tally.counts(), **(eval_tally.counts("eval_") if eval_tally.read else {}),
+                               steps=trainer.step, processes=world)
         manifest.seconds += time.time() - started
         manifest.outputs = ["model.safetensors", "value/", "metrics.jsonl", "samples.jsonl", "checkpoints/"] + (
             ["eval.jsonl"] if eval_prompts else [])
         manifest.status = "complete"
         manifest.save(out)
-    return metrics
+    return {**metrics, "summary": summary}
 
 
 def _evaluate(trainer: PPOTrainer, rows: list[dict], log: JsonlWriter | None) -> None:
@@ -492,10 +533,6 @@ def _finished(out: Path, steps: int) -> dict | None:
         return None
     rows = list(read_jsonl(out / "metrics.jsonl")) if (out / "metrics.jsonl").is_file() else []
     return rows[-1] if rows else {}
-
-
-def _last_step(path: Path) -> int:
-    return max((row["step"] for row in read_jsonl(path)), default=-1) if path.is_file() else -1
 
 
 def _save(trainer: PPOTrainer, out: Path, keep: int) -> None:
