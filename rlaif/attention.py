@@ -12,7 +12,7 @@ which is softmax attention over the concatenated keys, computed without building
 into the query rows of the prefix matmul, so the prefix is read once per step, not once per row and head.
 
     with shared_prefix(model) as attend:          # None when the model's attention is not plain softmax attention
-        model(ids, attention_mask=mask_4d, position_ids=..., past_key_values=own_cache, shared_prefix=prefix_cache)
+        model(ids, attention_mask=mask_4d, position_ids=..., cache=own_cache, shared_prefix=prefix_cache)
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from rlaif.attention import shared_prefix
+from rlaif.models import CACHE, forward_cached
 
 
 @dataclass
@@ -147,7 +148,7 @@ class KVMemory:
     def prefix_cache(self, model, prefix_ids: list[int]):
         if self.prefix is None or self.prefix_ids != prefix_ids:
             device = next(model.parameters()).device
-            self.prefix = model(torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
+            self.prefix = forward_cached(model, input_ids=torch.tensor([prefix_ids], device=device))[1]
             self.prefix_ids = prefix_ids
         return self.prefix
 
@@ -318,8 +319,8 @@ def _decode(model, rows: list[_Row], prefix_cache, config: GenerationConfig, eos
 
     def forward(ids, mask, positions, **kwargs):
         attention = additive_mask(mask, ids.shape[1], dtype) if shared else mask
-        return model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=past,
-                     use_cache=True, **extra, **kwargs).logits[:, -1]
+        return model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                     **{CACHE: past}, **extra, **kwargs).logits[:, -1]
 
     logits = forward(input_ids, mask, positions, logits_to_keep=1)
     alive = list(range(len(rows)))

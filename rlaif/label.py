@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlaif.constitution import Constitution, Principle, load_constitution, render
-from rlaif.models import check_numbers, unused_settings
+from rlaif.models import check_numbers, forward_cached, unused_settings
 from rlaif.records import (
     ConfigError,
     DataError,
@@ -370,7 +370,7 @@ class Labeler:
             ids = self.tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
             device = next(self.model.parameters()).device
             with torch.inference_mode():
-                self._prefix_cache = self.model(torch.tensor([ids], device=device), use_cache=True).past_key_values
+                self._prefix_cache = forward_cached(self.model, input_ids=torch.tensor([ids], device=device))[1]
             self._prefix_text = prefix_text
         return self._prefix_cache, [t[len(prefix_text):] for t in full]
 
@@ -418,7 +418,7 @@ def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None =
     is a DataError saying so. A pair that says nothing (`records.reply_problem`: a blank response, or two
     responses equal after stripping) is never judged: it is left out and counted in `tally` under its reason.
     `limit` stops after that many pairs read. Errors name the file, line and field."""
-    from rlaif.loaders import CSV_SUFFIXES, as_prompt, response_text
+    from rlaif.loaders import CSV_SUFFIXES, as_prompt, response_text, unique_id
 
     path = Path(path)
     if path.suffix.lower() in CSV_SUFFIXES:
@@ -427,6 +427,7 @@ def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None =
                                           "`rlaif rankings import FILE --out pairs.jsonl` turns a CSV of pairs into them")
     tally = tally if tally is not None else Tally("pairs")
     pairs: list[Pair] = []
+    seen: dict[str, int] = {}
 
     def add(pair: Pair) -> None:
         tally.read += 1
@@ -443,6 +444,7 @@ def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None =
         prompt = as_prompt(row.get("prompt"), path, line)
         if "id" not in row:
             raise DataError(path, line, "id", "missing")
+        unique_id(seen, str(row["id"]), path, line)
         if "responses" in row:
             responses = row["responses"]
             if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):

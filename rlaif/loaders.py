@@ -182,21 +182,26 @@ def _prompt_row(obj: dict, messages: list[Message], path: Path, line: int, sourc
     return row
 
 
+def unique_id(seen: dict[str, int], row_id: str, path: Path | str, line: int) -> None:
+    """Record that `row_id` is on `line` of `path`; a DataError if an earlier line had it (`seen`: id -> line).
+    Stages write their rows by id, once each: two input rows of one id would be one output row."""
+    if row_id in seen:
+        raise DataError(path, line, "id", f"duplicate id {row_id!r} (first on line {seen[row_id]})")
+    seen[row_id] = line
+
+
 def _unique_ids(rows: list, path: Path, make_id) -> list:
     """Give id-less rows a content id (repeats get -2, -3, ...) and reject duplicate explicit ids."""
     seen: dict[str, int] = {}
     for row in rows:
         line = row.pop("_line")
-        if row["id"]:
-            if row["id"] in seen:
-                raise DataError(path, line, "id", f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
-        else:
+        if not row["id"]:
             base = make_id(row)
             row["id"], n = base, 1
             while row["id"] in seen:
                 n += 1
                 row["id"] = f"{base}-{n}"
-        seen[row["id"]] = line
+        unique_id(seen, row["id"], path, line)
     return rows
 
 

@@ -39,6 +39,23 @@ class ModelError(Exception):
     """A model spec that cannot be resolved; the message says what to do."""
 
 
+def _transformers_at_least(version: str) -> bool:
+    from packaging.version import Version
+
+    return Version(metadata.version("transformers")) >= Version(version)
+
+
+# A forward pass's KV cache: transformers 5.24 renamed `past_key_values` to `cache` (argument and output) and warns
+# on the old name; rlaif passes and reads it under the name the installed version uses.
+CACHE = "cache" if _transformers_at_least("5.24") else "past_key_values"
+
+
+def forward_cached(model, past=None, **inputs):
+    """`model(**inputs)` with KV cache `past` (None: start one); returns (output, its cache)."""
+    out = model(**inputs, use_cache=True, **({CACHE: past} if past is not None else {}))
+    return out, getattr(out, CACHE)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("RLAIF_CACHE", "~/.cache/rlaif")).expanduser()
 

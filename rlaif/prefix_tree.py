@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlaif.models import CACHE, forward_cached
+
 
 @dataclass(eq=False)  # nodes compare (and hash) by identity
 class _Node:
@@ -142,7 +144,7 @@ def _extend(model, prefix_cache, tokens: list[int]):
     device = next(model.parameters()).device
     past = None if prefix_cache is None else DynamicCache(
         [(layer.keys, layer.values) for layer in prefix_cache.layers], config=model.config)
-    return model(torch.tensor([tokens], device=device), past_key_values=past, use_cache=True).past_key_values
+    return forward_cached(model, past, input_ids=torch.tensor([tokens], device=device))[1]
 
 
 def _forward(model, rows: list[list[_Node]], top: _Node, prefix_cache, shared: bool) -> None:
@@ -199,7 +201,7 @@ def _forward(model, rows: list[list[_Node]], top: _Node, prefix_cache, shared: b
     handle = model.get_output_embeddings().register_forward_pre_hook(gather)
     try:
         out = model(input_ids=input_ids.to(device), position_ids=positions.to(device), attention_mask=mask.to(device),
-                    past_key_values=past, use_cache=past is not None, logits_to_keep=0,
+                    use_cache=past is not None, logits_to_keep=0, **({CACHE: past} if past is not None else {}),
                     **({"shared_prefix": prefix_cache} if shared else {}))
     finally:
         handle.remove()

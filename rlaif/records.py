@@ -700,7 +700,8 @@ def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volati
     writes it, a DataError.
 
     A directory made with other settings cannot be resumed: its rows would mix two configurations. Fields named in
-    `volatile` (batch size, device, ...) change how the work runs but not what it produces, so they may differ.
+    `volatile` (batch size, device, ...) change how the work runs but not what it produces, so they may differ. A
+    directory holding no output yet (a run that stopped on an error before its first row) takes the new settings.
     Returns the manifest with the resolved config saved next to it: marked running, or still "complete" when the
     stage has finished before (the caller may then skip its work).
     """
@@ -708,7 +709,9 @@ def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volati
     directory.mkdir(parents=True, exist_ok=True)
     lock_stage(directory)
     saved_path = directory / "config.yaml"
-    if saved_path.is_file():
+    bookkeeping = {"config.yaml", "manifest.json", ".lock", ".lock.json"}
+    output = [p for p in directory.iterdir() if p.name not in bookkeeping and (p.is_dir() or p.stat().st_size)]
+    if saved_path.is_file() and output:
         saved = parse_yaml(read_text(saved_path))[0] or {}
         for key in sorted(set(saved) | set(config)):
             if key not in volatile and saved.get(key) != config.get(key):

@@ -138,15 +138,17 @@ def run(config: ScoreConfig, scorer: DirectScore | None = None, progress: bool =
     and is counted as left out. A file with no response to score is a DataError before the scorer is loaded; one in
     which every response was too long, a DataError after scoring."""
     from rlaif.generate import progress_bar
+    from rlaif.loaders import unique_id
 
     path = Path(config.candidates)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
-    rows, tally = [], Tally("responses")
+    rows, tally, seen = [], Tally("responses"), {}
     for line, row in iter_jsonl(path):
         for name, kind in (("id", str), ("prompt", list), ("responses", list)):
             if not isinstance(row.get(name), kind):
                 raise DataError(path, line, name, f"expected a {kind.__name__}")
+        unique_id(seen, row["id"], path, line)
         if not all(isinstance(r, str) for r in row["responses"]):
             raise DataError(path, line, "responses", "expected a list of strings")
         empty = sum(not r.strip() for r in row["responses"])

@@ -368,3 +368,18 @@ def test_rows_with_every_line_break_round_trip_through_writers_and_readers(tmp_p
     assert isinstance(open_stage(stage, "sample", config), Manifest)
     write_config(stage, config)
     assert len(read_text(stage / "config.yaml").splitlines()) == 2
+
+
+def test_label_and_score_refuse_two_rows_of_one_id_by_line(tmp_path):
+    """Stages write their rows by id, once each: a repeated id would stop a run halfway (or lose a row), so it is
+    refused when the file is read, before any model."""
+    from rlaif.label import load_pairs
+    from rlaif.score import ScoreConfig, run
+
+    row = {"id": "c1", "prompt": PREF["prompt"], "responses": ["Yes.", "No."]}
+    candidates = save(tmp_path / "candidates.jsonl", jsonl(row) + jsonl({**row, "responses": ["A.", "B."]}))
+    with pytest.raises(DataError, match=r"candidates.jsonl:2: id: duplicate id 'c1' \(first on line 1\)"):
+        load_pairs(candidates)
+    with pytest.raises(DataError, match=r"candidates.jsonl:2: id: duplicate id 'c1' \(first on line 1\)"):
+        run(ScoreConfig(candidates=str(candidates), out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()

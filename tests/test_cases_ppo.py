@@ -439,6 +439,21 @@ def bf16_autocast(monkeypatch):
     AcceleratorState._reset_state(True)
 
 
+def test_fp16_mixed_precision_is_refused_before_the_run_starts(config, monkeypatch):
+    """fp16's loss scaler, shared by the policy's and the value's optimizers, would unscale twice per minibatch."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # as `accelerate launch --mixed_precision fp16` sets it
+    AcceleratorState._reset_state(True)
+    try:
+        with pytest.raises(ConfigError, match="fp16 mixed precision is not supported.*--mixed_precision bf16"):
+            run(config, progress=False)
+    finally:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+        AcceleratorState._reset_state(True)
+    assert not Path(config.out).exists()
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_bf16_autocast_first_step_has_kl_zero_and_ratio_one(config, bf16_autocast, lora):
     """With learning rate 0 the policy is the reference: under bf16 autocast their log-probabilities come from the

@@ -203,6 +203,24 @@ def test_config_errors(config):
         run(replace(config, reward_fn=[]), progress=False)
     with pytest.raises(ConfigError, match="cannot import"):
         run(replace(config, reward_fn=["toy_rewards:missing"]), progress=False)
+    with pytest.raises(ConfigError, match="trainer uses the first visible GPU; select it with CUDA_VISIBLE_DEVICES=1"):
+        run(replace(config, device="cuda:1"), progress=False)
+    assert not Path(config.out).exists()  # every error before the stage directory is made
+
+
+def test_a_reward_model_is_not_a_value_model_and_its_scores_are_normalised_or_refused(tmp_path):
+    from rlaif.ppo.build import reward_normalisation
+
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "rm" / "reward_stats.json").write_text('{"mean": 1.0, "std": 2.0}')
+    with pytest.raises(ConfigError, match="is a reward model .*Leave value_model out"):
+        PPOConfig(prompts="p.txt", value_model=str(tmp_path / "rm"))
+    assert reward_normalisation("rm", {"mean": 1.0, "std": 2.0}, True) == (1.0, 2.0)
+    assert reward_normalisation("rm", None, False) == (0.0, 1.0)
+    with pytest.raises(ConfigError, match="rm: no reward_stats.json .*normalize_reward: false"):
+        reward_normalisation("rm", None, True)
+    with pytest.raises(ConfigError, match="would divide by zero"):
+        reward_normalisation("rm", {"mean": 0.0, "std": 0.0}, True)
 
 
 def test_reward_model_with_another_tokenizer_weighted_sum_and_eos_penalty(config, tmp_path, prompts):
@@ -214,7 +232,7 @@ def test_reward_model_with_another_tokenizer_weighted_sum_and_eos_penalty(config
     classifier, tokenizer = load_backbone(str(other), "cpu")
     classifier.save_pretrained(tmp_path / "rm", safe_serialization=True)
     tokenizer.save_pretrained(tmp_path / "rm")
-    m = run(replace(config, steps=1, reward_model=[f"{tmp_path / 'rm'}:0.5"], missing_eos_penalty=1.0,
+    m = run(replace(config, steps=1, reward_model=[f"{tmp_path / 'rm'}:0.5"], normalize_reward=False, missing_eos_penalty=1.0,
                     eval_prompts=str(prompts)), progress=False)
     rm, fn = m["score/rm:rm"], m["score/toy_rewards:fl"]
     assert m["score"] == pytest.approx(0.5 * rm + fn - (1 - m["eos_rate"]), abs=1e-5)
@@ -298,5 +316,8 @@ def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts,
     assert {p.name for p in (out / "checkpoints" / "step-2").glob("random_states_*")} == {
         "random_states_0.pkl", "random_states_1.pkl"}
     assert [r["step"] for r in metrics(str(out))] == [1, 2]
+    # the linear schedule counts PPO steps, not processes: halfway after step 1 of 2 (accelerate would step a
+    # prepared scheduler once per process, 0 already)
+    assert [r["lr"] for r in metrics(str(out))] == pytest.approx([0.5e-5, 0.0])
     evals = list(read_jsonl(out / "eval.jsonl"))
     assert [e["step"] for e in evals] == [0, 2] and all(e["prompts"] == 3 for e in evals)

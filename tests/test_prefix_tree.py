@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from rlaif.models import forward_cached
 from rlaif.prefix_tree import _insert, _Node, _places, tree_logprobs
 
 
@@ -61,7 +62,7 @@ def test_prefix_cache_and_duplicate_sequences(tiny, monkeypatch, in_place):
         monkeypatch.setattr("rlaif.attention.SUPPORTED", set())
     prefix = list(range(20, 35))
     with torch.inference_mode():
-        cache = model(torch.tensor([prefix]), use_cache=True).past_key_values
+        cache = forward_cached(model, input_ids=torch.tensor([prefix]))[1]
     sequences = [[50, 51, 52], [50, 51, 52], [50, 60]]
     got = tree_logprobs(model, sequences, [2, 1, 1], prefix_cache=cache)
     assert got[0][1] == pytest.approx(got[1][0], abs=1e-6)

@@ -20,6 +20,7 @@ from rlaif.records import (
     dumps_line,
     iter_jsonl,
     number,
+    open_stage,
     parse_yaml,
     read_jsonl,
     read_text,
@@ -324,3 +325,18 @@ def test_an_hh_transcript_whose_reply_follows_an_assistant_turn_is_refused(tmp_p
         with pytest.raises(DataError, match=r"hh.jsonl:1: chosen\[1\].role: a prompt ends with the user turn to answer, "
                                             r"not 'assistant'"):
             read(tmp_path / "hh.jsonl")
+
+
+def test_a_stage_directory_takes_new_settings_until_its_first_output(tmp_path):
+    """A run that stopped on an error before any row (a typo in a reward function, a missing file) leaves only its
+    settings: the corrected command starts over. Once a row is written, other settings are refused."""
+    stage = tmp_path / "label"
+    open_stage(stage, "label", {"reward_fn": "toy:missing", "batch_size": 4})
+    open_stage(stage, "label", {"reward_fn": "toy:fixed", "batch_size": 4})
+    (stage / "preferences.jsonl").write_text("")  # an empty file is no output either
+    open_stage(stage, "label", {"reward_fn": "toy:fixed", "batch_size": 8})
+    with JsonlWriter(stage / "preferences.jsonl") as writer:
+        writer.write({"id": "a"})
+    open_stage(stage, "label", {"reward_fn": "toy:fixed", "batch_size": 2}, volatile=["batch_size"])
+    with pytest.raises(DataError, match="reward_fn: this label run was made with 'toy:fixed', now 'toy:other'"):
+        open_stage(stage, "label", {"reward_fn": "toy:other", "batch_size": 2})

@@ -21,9 +21,9 @@ def build_reward(config: PPOConfig, device) -> CombinedReward:
     for spec in config.reward_model:
         path, weight = split_weight(spec)
         model = RewardModel.load(path, device=str(device), dtype="float32" if device.type == "cpu" else "auto")
-        reward_normalisation(path, model.stats, config.normalize_reward)  # refuses a std that would divide by 0
-        normalize = config.normalize_reward and model.stats is not None
-        parts.append((f"rm:{Path(path).name}", lambda p, r, m=model, n=normalize: m.score(p, r, normalize=n), weight))
+        reward_normalisation(path, model.stats, config.normalize_reward)  # refuses missing or degenerate stats
+        parts.append((f"rm:{Path(path).name}", lambda p, r, m=model: m.score(p, r, normalize=config.normalize_reward),
+                      weight))
     for spec in config.reward_fn:
         target, weight = split_weight(spec)
         parts.append((target, import_function(target), weight))
@@ -40,9 +40,13 @@ def build_reward(config: PPOConfig, device) -> CombinedReward:
 
 def reward_normalisation(path: str, stats: dict | None, normalize: bool) -> tuple[float, float]:
     """(mean, std) that a reward model's raw score r is mapped by, (r - mean) / std: its reward_stats.json when
-    `normalize` and it has one, else (0, 1). A std that is not a positive number would divide by zero: an error."""
-    if not (normalize and stats):
+    `normalize`, else (0, 1). With `normalize`, no reward_stats.json, or a std that is not a positive number (it
+    would divide by zero), is an error: raw scores would reach PPO on another scale than the value's."""
+    if not normalize:
         return 0.0, 1.0
+    if not stats:
+        raise ConfigError(f"reward model {path}: no reward_stats.json to normalise its scores by (rlaif reward writes "
+                          "one); set normalize_reward: false to use its raw scores")
     mean, std = float(stats["mean"]), float(stats["std"])
     if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
         raise ConfigError(f"reward model {path}: reward_stats.json has mean {mean}, std {std}; normalising by it would "

@@ -4,6 +4,7 @@ them. No torch here: a recipe's settings are checked without loading it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rlaif.models import check_numbers, lora_unused, unused_settings
 from rlaif.records import ConfigError, DataError
@@ -96,6 +97,11 @@ class PPOConfig:
                                                   "(kl_target: null, --fixed-kl)")
         if self.shared_value_head and self.value_model:
             raise ConfigError("value_model: a shared value head sits on the policy; there is no value model to load")
+        if self.value_model and (Path(self.value_model) / "reward_stats.json").is_file():
+            raise ConfigError(f"value_model: {self.value_model} is a reward model (it has reward_stats.json): its head "
+                              "scores a whole conversation on the reward model's scale, not the value of each state "
+                              "PPO reads. Leave value_model out: the value model then starts as the first reward "
+                              "model's backbone with a zero head")
 
 
 def check(config: PPOConfig, reward_given: bool = False) -> None:

@@ -59,6 +59,7 @@ from rlaif.ppo.build import build_models, build_reward
 from rlaif.ppo.config import PPOConfig, check, default_lr, schedule
 from rlaif.ppo.rollout import Batch, CombinedReward, ValueHead, pack, response_logits
 from rlaif.records import (
+    ConfigError,
     JsonlWriter,
     Message,
     Tally,
@@ -402,7 +403,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
 
-    from rlaif.models import context_length, default_device, fitting_prompts, load_tokenizer
+    from rlaif.models import context_length, fitting_prompts, load_tokenizer, trainer_device
 
     check(config, reward_given=reward is not None)
     out = Path(config.out)
@@ -422,8 +423,15 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     done = _finished(out, config.steps)
     if done is not None:
         return {**done, "summary": summary}
-    device = config.device or default_device()
-    accelerator = Accelerator(cpu=device == "cpu", log_with=config.log_with, project_dir=str(out))
+    device = trainer_device(config.device)  # accelerate places each process on its own GPU: cuda:N is refused
+    # The schedules count PPO steps: one scheduler step per PPO step, however many processes (accelerate would step
+    # a prepared scheduler once per process otherwise, running it num_processes times too fast).
+    accelerator = Accelerator(cpu=device == "cpu", log_with=config.log_with, project_dir=str(out),
+                              step_scheduler_with_optimizer=False)
+    if accelerator.mixed_precision == "fp16":
+        raise ConfigError("ppo: fp16 mixed precision is not supported (its loss scaler is shared by the policy's and "
+                          "the value's optimizers); use accelerate launch --mixed_precision bf16, or no")
+    reward = reward or build_reward(config, accelerator.device)  # a reward that cannot load fails before OUT is made
     lr = default_lr(config)
     manifest = None
     if accelerator.is_main_process:
