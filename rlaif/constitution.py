@@ -415,6 +415,7 @@ class _Composer:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.principles: dict[str, Principle] = {}
+        self.malformed: set[str] = set()  # ids of principles reported as malformed: not "unknown" where named
         self.loaded: set[Path] = set()
 
     def problem(self, path: Path, pos: _Positions, where: tuple, message: str, key: bool = False) -> None:
@@ -462,6 +463,8 @@ class _Composer:
 
     def add_principle(self, item: Any, family: str, path: Path, pos: _Positions, where: tuple) -> None:
         if not _is_valid(item, "principles#/$defs/principle"):
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                self.malformed.add(item["id"])
             return  # the schema problems already say what is wrong
         pid = item["id"]
         if pid in self.principles:
@@ -528,7 +531,7 @@ def load_constitution(spec: str | Path) -> Constitution:
         ids = spec_p.get(key, [])
         ids = ids if isinstance(ids, list) else []
         for i, pid in enumerate(ids):
-            if isinstance(pid, str) and pid not in known:
+            if isinstance(pid, str) and pid not in known and pid not in composer.malformed:
                 composer.problem(shown, pos, ("principles", key, i), _unknown_id(pid, known))
         return [pid for pid in ids if isinstance(pid, str)]
 
@@ -542,7 +545,8 @@ def load_constitution(spec: str | Path) -> Constitution:
     overrides = spec_p.get("overrides", {}) if isinstance(spec_p.get("overrides"), dict) else {}
     for pid, changes in overrides.items():
         if pid not in known:
-            composer.problem(shown, pos, ("principles", "overrides", pid), _unknown_id(pid, known), key=True)
+            if pid not in composer.malformed:
+                composer.problem(shown, pos, ("principles", "overrides", pid), _unknown_id(pid, known), key=True)
         elif _is_valid(changes, "principles#/$defs/principle_override"):
             if "tags" in changes:
                 changes = {**changes, "tags": tuple(changes["tags"])}
@@ -557,7 +561,7 @@ def load_constitution(spec: str | Path) -> Constitution:
     for kind in ("critique", "label"):
         for i, example in enumerate(examples.get(kind, []) if isinstance(examples.get(kind), list) else []):
             pid = example.get("principle") if isinstance(example, dict) else None
-            if isinstance(pid, str) and pid not in known:
+            if isinstance(pid, str) and pid not in known and pid not in composer.malformed:
                 composer.problem(shown, pos, ("examples", kind, i, "principle"), _unknown_id(pid, known))
 
     templates = dict(DEFAULT_TEMPLATES)

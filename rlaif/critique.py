@@ -87,7 +87,8 @@ class CritiqueConfig:
         if not 0 < self.top_p <= 1:
             raise DataError("critique settings", None, "top_p", f"expected a share in (0, 1], got {self.top_p:g}")
         if self.temperature == 0 and not self.retry_flagged:  # a retry samples, with top_p and its own seed
-            unused_settings(self, ["top_p", "seed"], "no effect with temperature 0 (greedy) and no retries")
+            unused_settings(self, ["top_p", "seed"], "no effect with temperature 0 (greedy) and no retries",
+                            ("temperature",))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -155,8 +155,11 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
     labels, tally = Tally("labels"), Tally("pairs")
     pairs = load_pairs(config.data, config.min_p_chosen, labels, tally)
     pairs, truncated = fitting_pairs(pairs, load_tokenizer(config.policy), config.max_length, tally)
-    tally.require_some(", ".join(parse_weighted(spec)[0] for spec in config.data),
-                       f"lower --min-p-chosen ({config.min_p_chosen}) or raise --max-length ({config.max_length})")
+    longer = f"raise --max-length ({config.max_length})"
+    tally.require_some(", ".join(parse_weighted(spec)[0] for spec in config.data), {
+        "zero_weight": "give a file a weight above 0 (--data FILE:WEIGHT, or a row's weight)",
+        "low_confidence": f"lower --min-p-chosen ({config.min_p_chosen})",
+        "prompt_too_long": longer, "identical_after_truncation": longer})
     if config.loss_type not in SMOOTHED:
         smoothing = 0.0
     elif config.label_smoothing == "auto":

@@ -416,8 +416,9 @@ def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None =
     """Pairs to label: every pair of responses in candidates.jsonl rows (`responses`), or the chosen/rejected of
     preference rows (relabeling; prompt, chosen and rejected as text or chat messages). JSONL only: a CSV or TSV
     is a DataError saying so. A pair that says nothing (`records.reply_problem`: a blank response, or two
-    responses equal after stripping) is never judged: it is left out and counted in `tally` under its reason.
-    `limit` stops after that many pairs read. Errors name the file, line and field."""
+    responses equal after stripping) is never judged: it is left out and counted in `tally` under its reason, and
+    so is a candidates row with fewer than two responses, which holds no pair (one read, left out as `one_response`
+    or `no_responses`). `limit` stops after that many pairs read. Errors name the file, line and field."""
     from rlaif.loaders import CSV_SUFFIXES, as_prompt, response_text, unique_id
 
     path = Path(path)
@@ -449,6 +450,9 @@ def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None =
             responses = row["responses"]
             if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
                 raise DataError(path, line, "responses", "expected a list of strings")
+            if len(responses) < 2:  # nothing to compare: counted, so the row does not vanish from the totals
+                tally.read += 1
+                tally.leave_out("one_response" if responses else "no_responses")
             for i in range(len(responses)):
                 for j in range(i + 1, len(responses)):
                     if limit is None or tally.read < limit:

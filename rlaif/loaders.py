@@ -102,8 +102,10 @@ def read_csv(path: Path | str) -> tuple[list[str], list[tuple[int, dict[str, str
     """A CSV or TSV file as (column names, [(line, {column: cell})]), as spreadsheets export it: column names
     lowercased and stripped (`Prompt `, `prompt` are one column; others, like `Timestamp`, are the caller's to
     ignore); the delimiter a tab for .tsv, else taken from the header line (comma, semicolon or tab); rows whose
-    cells are all empty skipped (Excel and Sheets add `,,` rows). `line` is where a row starts. A row with more
-    non-empty cells than columns is a DataError (a comma inside an unquoted cell), as is a column named twice."""
+    cells are all empty skipped (Excel and Sheets add `,,` rows); a row with fewer cells than columns has its
+    missing cells read as empty (spreadsheets drop trailing empty cells), so every row has every column and the
+    caller's field checks name the empty one. `line` is where a row starts. A row with more non-empty cells than
+    columns is a DataError (a comma inside an unquoted cell), as is a column named twice."""
     path = Path(path)
     text = read_text(path)
     delimiter = "\t"
@@ -127,6 +129,7 @@ def read_csv(path: Path | str) -> tuple[list[str], list[tuple[int, dict[str, str
             if any(cell.strip() for cell in cells[len(columns):]):
                 raise DataError(path, start, None, f"{len(cells)} cells under {len(columns)} columns; a cell holding "
                                                    f"{delimiter!r} must be in double quotes")
+            cells += [""] * (len(columns) - len(cells))  # trailing empty cells a spreadsheet left out
             rows.append((start, {name: cell for name, cell in zip(columns, cells) if name}))
     except csv.Error as e:
         raise DataError(path, reader.line_num, None, f"not valid CSV: {e}") from None

@@ -274,14 +274,15 @@ def check_numbers(config, stage: str, *, at_least_one=(), positive=(), nonnegati
                 number(getattr(config, name), f"{stage} settings", None, name, **bounds)
 
 
-def unused_settings(config, names: list[str], why: str) -> None:
-    """A ConfigError when any setting in `names` is changed from its default though it has no effect (`why`)."""
+def unused_settings(config, names: list[str], why: str, because: tuple[str, ...] = ()) -> None:
+    """A ConfigError when any setting in `names` is changed from its default though it has no effect (`why`) under
+    the settings `because` (the error's fields too, so that it points at whichever was given last)."""
     import dataclasses
 
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     changed = [name for name in names if getattr(config, name) != defaults[name]]
     if changed:
-        raise ConfigError(f"{', '.join(changed)}: {why}")
+        raise ConfigError(f"{', '.join(changed)}: {why}", [*changed, *because])
 
 
 def lora_unused(config) -> None:
@@ -335,12 +336,30 @@ def lora_config(r: int, alpha: int, dropout: float = 0.0, task_type: str = "CAUS
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type=task_type)
 
 
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest `checkpoint-N` a transformers Trainer finished writing in `output_dir`, or None. The Trainer
+    writes trainer_state.json last, so a kill during a save leaves a folder without it, or with it torn; such a
+    folder (which `transformers.trainer_utils.get_last_checkpoint` would pick, and `train` then fail on) is removed,
+    and the one before it is resumed."""
+    import json
+    import re
+
+    found = sorted((int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for _, folder in reversed(found):
+        try:
+            json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(folder)
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)  # torn by a kill: its step is trained again
+    return None
+
+
 def train_and_save(trainer, tokenizer, out: Path, lora: bool):
     """Train every weight that requires grad in float32, resuming from the newest checkpoint in the trainer's
     output_dir, then save the model (a LoRA adapter merged in float32) and the tokenizer to `out` as safetensors.
     Returns (model: with LoRA on the CPU in float32, else where it trained; train result; checkpoint resumed from)."""
     import torch
-    from transformers.trainer_utils import get_last_checkpoint
 
     # PEFT makes LoRA adapters float32 but leaves the heads it copies to train (`modules_to_save`, a reward
     # model's `score`) in the base's dtype.
@@ -348,7 +367,7 @@ def train_and_save(trainer, tokenizer, out: Path, lora: bool):
         if param.requires_grad:
             param.data = param.data.float()
     output_dir = Path(trainer.args.output_dir)
-    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    checkpoint = last_checkpoint(output_dir)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     # Merged into a bf16 base, an adapter's change smaller than half a bf16 step of a weight would be rounded away;
     # merged on the CPU, where a float32 base does not take back the GPU memory that LoRA's bf16 base saved.

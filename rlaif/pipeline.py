@@ -202,10 +202,11 @@ def _where(recipe: Recipe, key: str) -> tuple:
 
 
 def _at(recipe: Recipe, stage: str, fields: list[str]) -> str:
-    """"file:line" (or "--set") of the setting a stage's ConfigError is about: the first of `fields` the recipe's
-    section sets, else an override of that section, else the section itself."""
+    """"file:line" (or "--set") of the setting a stage's ConfigError is about: the first of `fields` an override
+    gave, else the first the recipe's section sets, else an override of that section, else the section itself."""
     section = getattr(recipe, stage)
-    given = [f for f in fields if f in section] or [k for k in section if _where(recipe, f"{stage}.{k}")[0] == "--set"]
+    overridden = [k for k in section if _where(recipe, f"{stage}.{k}")[0] == "--set"]
+    given = [f for f in fields if f in overridden] or [f for f in fields if f in section] or overridden
     file, line, _ = _where(recipe, f"{stage}.{given[0]}" if given else stage)
     return f"{file}:{line}" if line else str(file)
 
@@ -240,6 +241,12 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise DataError(path, None, "prompts", "missing: the prompt file for critique, sampling and PPO")
     number(recipe.rounds, *_where(recipe, "rounds"), minimum=1)
     number(recipe.ai_weight, *_where(recipe, "ai_weight"), minimum=0)
+    if not recipe.name or recipe.name in (".", "..") or any(c in recipe.name for c in "/\\"):
+        raise DataError(*_where(recipe, "name"), f"{recipe.name!r}: the run's name is a folder under runs/, so one "
+                        "name, without / or \\ (set out: to write the run elsewhere)")
+    if recipe.out is not None and (not recipe.out or Path(recipe.out).is_file()):
+        raise DataError(*_where(recipe, "out"), f"{recipe.out!r}: expected a directory for the rounds"
+                        f"{', not a file' if recipe.out else ''}")
     if recipe.policy_trainer not in POLICY_TRAINERS:
         raise DataError(*_where(recipe, "policy_trainer"),
                         f"expected one of {', '.join(POLICY_TRAINERS)}, not {recipe.policy_trainer!r}")
@@ -426,6 +433,10 @@ def plan(recipe: Recipe) -> list[Step]:
                                                              "list it once, with the weight it should have")
         target = directory / "preferences.jsonl"
         human.append((str(target), weight, add(1, "rankings", directory, {"rankings": path, "out": str(target)}, [])))
+    if recipe.ai_weight == 0 and not any(weight > 0 for _, weight, _ in human):
+        raise DataError(*_where(recipe, "ai_weight"), "0, and no human file with a weight above 0: the reward model "
+                        f"{'and DPO have' if recipe.policy_trainer == 'dpo' else 'has'} no label to train on; raise "
+                        "ai_weight or add human files (human: [FILE:WEIGHT])")
     critique = add(1, "critique", r1 / "critique", {"prompts": prompts, "out": str(r1),
                                                      "constitution": constitution, "model": model}, [])
     sft = add(1, "sft", r1 / "sft", {"data": str(r1 / "critique" / "sft.jsonl"), "out": str(r1 / "sft"),

@@ -25,10 +25,10 @@ only names `source: human` rows that name no one). A file holds labels, or ranki
 row that differs from line 1 is an error naming its line.
 
 **CSV and TSV** are read as spreadsheets export them (`loaders.read_csv`): column names in any case and spacing,
-other columns (a `Timestamp`) ignored, empty rows skipped, the delimiter (comma, semicolon or tab) taken from the
-header line, a tab for `.tsv`. The lines of one ranking share an `id`; without one, they are the lines of one prompt
-by one annotator, which must be together: a prompt an annotator ranks in two separate blocks is an error naming both
-(an `id` column tells two rankings apart).
+other columns (a `Timestamp`) ignored, empty rows skipped, missing trailing cells read as empty (so the column's own
+check names them), the delimiter (comma, semicolon or tab) taken from the header line, a tab for `.tsv`. The lines of
+one ranking share an `id`; without one, they are the lines of one prompt by one annotator, which must be together: a
+prompt an annotator ranks in two separate blocks is an error naming both (an `id` column tells two rankings apart).
 
 Every row is checked before anything is written, and the output is written whole and atomically: a bad file gives an
 error naming its file, line and field (a CSV column), and no output. Ranks, scores and weights must be finite numbers
@@ -37,8 +37,8 @@ weight 0 is left out and counted (`zero_weight`; `load_preferences` keeps it for
 whose two replies are the same text is left out and counted, as is (with `skip_empty`) a pair with an empty reply.
 Several annotators may rank the same prompt: each ranking gives its own pairs, with its `annotator`; a row without
 an `id` gets a content id that includes the annotator, and an explicit id shared by several annotators gets
-`-ANNOTATOR` appended to its pairs' ids. The same ranking twice (same prompt, replies and annotator, or the same id)
-is an error naming both lines.
+`-ANNOTATOR` appended to its pairs' ids. The same ranking twice (same prompt, replies in any order and annotator, or
+the same id) is an error naming both lines.
 
 **Mixing.** `mix` takes several preference files, each with a weight. The same pair (same prompt, same two responses,
 in either order) labelled by several sources becomes one row: its `p_chosen` the weighted mean of the labels (each
@@ -88,8 +88,18 @@ class ImportConfig:
     def __post_init__(self):
         if self.ties not in TIES:
             raise DataError("rankings settings", None, "ties", f"expected one of {', '.join(TIES)}, not {self.ties!r}")
-        if Path(self.out).suffix.lower() != ".jsonl":
+        out = Path(self.out)
+        if out.suffix.lower() != ".jsonl":
             raise ConfigError(f"out: {self.out} would hold JSONL preference rows; name it .jsonl")
+        if out.is_dir():
+            raise ConfigError(f"out: {self.out} is a directory; give the .jsonl file to write in it, e.g. "
+                              f"{out / 'human.jsonl'}")
+        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"out: {self.out} cannot be written: {blocker} is a file, not a directory")
+        if self.rankings and out.exists() and Path(self.rankings).exists() and out.samefile(self.rankings):
+            raise ConfigError(f"out: {self.out} is the file being imported; writing the pairs there would replace "
+                              "your rankings: give another .jsonl file")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -237,7 +247,7 @@ def _read(path: Path | str, ties: str, annotator: str | None, skip_empty: bool, 
         raise DataError(path, None, "ties", f"expected one of {', '.join(TIES)}, not {ties!r}")
     items = _csv_items(path, ties, annotator, skip_empty) if path.suffix.lower() in CSV_SUFFIXES else iter_jsonl(path)
     counted = Tally(tally.noun if tally is not None else "pairs")
-    kept: list[tuple[int, str | None, PreferenceRow]] = []  # (line, the row's own id or None, pair)
+    kept: list[tuple[int, str | None, PreferenceRow, str]] = []  # (line, own id or None, pair, what its row is about)
     first: tuple[int, bool] | None = None  # the first row's line, and whether it is a label
     for line, obj in items:
         labelled = "p_chosen" in obj
@@ -253,6 +263,11 @@ def _read(path: Path | str, ties: str, annotator: str | None, skip_empty: bool, 
                 pairs[0].setdefault("annotator", annotator)
         else:
             pairs = object_pairs(obj, path, line, ties, annotator, skip_empty)
+        # What the row is about, in any order of its replies: a row without an id that repeats an earlier one's
+        # prompt, replies and annotator ([x, y, z] ranked 1, 2, 3, then [z, y, x] ranked 3, 2, 1) is the same
+        # ranking twice, though its content id (and so its pairs' ids, kept stable) differs.
+        replies = sorted({side[0]["content"] for pair in pairs for side in (pair["chosen"], pair["rejected"])})
+        about = content_id([pairs[0]["prompt"], replies, pairs[0].get("annotator")], "row")
         for pair in pairs:
             counted.read += 1
             problem = reply_problem(pair["chosen"][0]["content"], pair["rejected"][0]["content"])
@@ -264,7 +279,7 @@ def _read(path: Path | str, ties: str, annotator: str | None, skip_empty: bool, 
                 counted.leave_out(problem)
             else:
                 counted.used += 1
-                kept.append((line, str(obj["id"]) if "id" in obj else None, pair))
+                kept.append((line, str(obj["id"]) if "id" in obj else None, pair, about))
     if first is None:
         raise DataError(path, None, None, "no rankings, pairs or labels in the file")
     if tally is not None:
@@ -274,25 +289,31 @@ def _read(path: Path | str, ties: str, annotator: str | None, skip_empty: bool, 
     every_tie = "every pair is a tie; " if set(counted.left_out) == {"tie"} else ""
     counted.require_some(path, every_tie + TIES_HINT if "tie" in counted.left_out else "")
     annotators: dict[str, set] = defaultdict(set)
-    for _, _, row in kept:
+    for _, _, row, _ in kept:
         annotators[row["id"]].add(row.get("annotator"))
-    seen: dict[str, int] = {}
-    for line, given, row in kept:
+    seen: dict[str, int] = {}  # pair id -> line
+    rows_seen: dict[str, int] = {}  # what a row without an id is about -> its line
+    for line, given, row, about in kept:
         if len(annotators[row["id"]]) > 1 and row.get("annotator"):  # one item, several people: an id each
             row["id"] = f"{row['id']}-{row['annotator']}"
-        if row["id"] in seen:
-            if given is not None:
-                raise DataError(path, line, "id", f"duplicate id {given!r} (first on line {seen[row['id']]})")
+        if given is not None and row["id"] in seen:
+            raise DataError(path, line, "id", f"duplicate id {given!r} (first on line {seen[row['id']]})")
+        earlier = rows_seen.setdefault(about, line) if given is None else line
+        if earlier == line:  # or a content id that an earlier row gave as its id
+            earlier = seen.get(row["id"], line)
+        if earlier != line:
             who = f", by annotator {row['annotator']}" if row.get("annotator") else ""
-            raise DataError(path, line, None, f"the same prompt and replies as line {seen[row['id']]}{who}: a repeated "
-                                              "row, or a second ranking of them; give each ranking its own id to keep "
-                                              "both, or remove the repeat")
+            raise DataError(path, line, None, f"the same prompt and replies as line {earlier}{who}: a repeated row, "
+                                              "or a second ranking of them (in any order); give each ranking its own "
+                                              "id to keep both, or remove the repeat")
         seen[row["id"]] = line
-    return [row for _, _, row in kept], first[1]
+    return [row for _, _, row, _ in kept], first[1]
 
 
 def _cell_number(text: str, path: Path, line: int, field: str, minimum: float | None = None) -> float:
-    """A CSV cell as a finite number (`nan`, `inf` and text are refused)."""
+    """A CSV cell as a finite number (`nan`, `inf`, text and an empty cell are refused)."""
+    if not text.strip():
+        raise DataError(path, line, field, "is empty: expected a number")
     try:
         value = float(text)
     except ValueError:
@@ -443,10 +464,20 @@ def parse_weighted(spec: str) -> tuple[str, float]:
     return split_weight(spec, minimum=0.0)
 
 
-def load_mix(specs: list[str], ties: str = "skip", human_overrides: bool = False, tally: Tally | None = None
-             ) -> tuple[list[PreferenceRow], dict]:
+def load_mix(specs: list[str], ties: str = "skip", human_overrides: bool = False, tally: Tally | None = None,
+             setting: str = "data") -> tuple[list[PreferenceRow], dict]:
     """The preference files "FILE[:WEIGHT]" (`load_preferences`, every row counted in `tally`: read, used, left out)
-    mixed into one row per distinct pair (`mix`); returns mix's (rows, agreement). The reader of reward and DPO."""
+    mixed into one row per distinct pair (`mix`); returns mix's (rows, agreement). The reader of reward and DPO.
+    A file listed twice (the same file by resolved path, whatever the spelling) is a ConfigError naming `setting`,
+    checked before any file is read: mixing would add its weights, so every pair of it would train twice over."""
+    files: dict[Path, str] = {}  # resolved path -> the spec that named it
+    for spec in specs:
+        resolved = Path(parse_weighted(spec)[0]).resolve()
+        if resolved in files:
+            twice = f"{spec} is listed twice" if files[resolved] == spec else \
+                f"{files[resolved]} and {spec} are the same file ({resolved})"
+            raise ConfigError(f"{setting}: {twice}; list it once, with one weight (FILE:WEIGHT)")
+        files[resolved] = spec
     sources = []
     for spec in specs:
         path, weight = parse_weighted(spec)

@@ -246,9 +246,12 @@ class Tally:
             text += f", left out {sum(self.left_out.values())} ({reasons})"
         return text
 
-    def require_some(self, path: Path | str, advice: str = "") -> None:
-        """A DataError when nothing is left to use: the whole tally, and what to change."""
+    def require_some(self, path: Path | str, advice: str | dict[str, str] = "") -> None:
+        """A DataError when nothing is left to use: the whole tally, and what to change (`advice`, or for each
+        reason rows were left out for, `advice[reason]`)."""
         if self.used == 0:
+            if isinstance(advice, dict):
+                advice = "; ".join(dict.fromkeys(advice[r] for r in self.left_out if r in advice))
             advice = f"; {advice}" if advice else ""
             raise DataError(path, None, None, f"nothing left to use: {self.summary()}{advice}")
 
@@ -323,11 +326,16 @@ def dumps_line(row: dict) -> str:
 
 def read_text(path: Path | str) -> str:
     """A user's text file (prompts, rankings, YAML, CSV): UTF-8 with or without a byte-order mark, or UTF-16 with
-    one. The mark is not returned. A byte that is not UTF-8 is an error naming the line and column."""
+    one. The mark is not returned. A byte that is not UTF-8 is an error naming the line and column; so is a NUL, which
+    text does not hold (UTF-16 without its mark reads as UTF-8 with a NUL after every ASCII character)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
     raw = path.read_bytes()
+    if b"\0" in raw and not raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        at = raw.index(b"\0")
+        raise DataError(path, raw.count(b"\n", 0, at) + 1, None, "a NUL byte: not UTF-8 text (UTF-16 without a "
+                        "byte-order mark?); save the file as UTF-8")
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
             return raw.decode("utf-16")
@@ -447,8 +455,9 @@ def iter_jsonl(path: Path | str, torn_tail_ok: bool = False) -> Iterator[tuple[i
 
     Lines are split on "\n" only ("\r\n" is fine): U+2028, U+2029 and U+0085 inside a string are text, not line
     breaks. A UTF-8 byte-order mark at the start is ignored (UTF-16 with a mark is read too); blank lines are
-    skipped. A line that is not a JSON object is a DataError naming the line (and column). With `torn_tail_ok`, a
-    last line cut short by a crash (no newline, not valid JSON) is ignored: for files rlaif itself appends to."""
+    skipped. A line that is not a JSON object is a DataError naming the line (and column), as is a key written twice
+    in one object, at any depth (JSON readers keep only the last value, silently). With `torn_tail_ok`, a last line
+    cut short by a crash (no newline, not valid JSON) is ignored: for files rlaif itself appends to."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, None, "file not found")
@@ -482,14 +491,32 @@ def _parse_line(path: Path, number: int, raw: bytes) -> dict:
     except UnicodeDecodeError as e:
         raise _not_utf8(path, number, raw, e.start) from None
     try:
-        row = json.loads(text)
+        row = json.loads(text, object_pairs_hook=_object_once)
     except json.JSONDecodeError as e:
         raise DataError(path, number, None, f"not valid JSON: {e.msg} (column {e.colno})") from None
+    except _DuplicateKey as e:
+        raise DataError(path, number, e.key, "key written twice in one object (a JSON reader keeps only the last "
+                                             "value, silently); remove one") from None
     if not isinstance(row, dict):
         raise DataError(path, number, None, f"expected a JSON object, got {type(row).__name__}")
     if "\\u" in text and _LONE_SURROGATE.search(text):
         _refuse_lone_surrogates(path, number, text, row)
     return row
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _object_once(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object from its (key, value) pairs, as `json.loads` builds it, but refusing a key given twice (which
+    `json.loads` resolves by keeping the last value)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        keys: set[str] = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in keys or keys.add(key)))
+    return obj
 
 
 # A \uD800-\uDFFF escape that is not half of a pair: JSON lets it through, but it is no character, and UTF-8 (so
@@ -700,12 +727,18 @@ def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volati
     writes it, a DataError.
 
     A directory made with other settings cannot be resumed: its rows would mix two configurations. Fields named in
-    `volatile` (batch size, device, ...) change how the work runs but not what it produces, so they may differ. A
+    `volatile` (batch size, device, ...) change how the work runs, not what it computes, so they may differ: their
+    results agree up to floating-point rounding (a padded batch or another device rounds otherwise, about 1e-7 of a
+    label in float32 on the CPU), while a resume with the same settings reproduces the uninterrupted run exactly. A
     directory holding no output yet (a run that stopped on an error before its first row) takes the new settings.
     Returns the manifest with the resolved config saved next to it: marked running, or still "complete" when the
     stage has finished before (the caller may then skip its work).
     """
     directory = Path(directory)
+    blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # `--out notes.txt`: a file where the run directory would go
+        raise DataError(blocker, None, None, f"is a file, not a directory, so the {stage} directory {directory} cannot "
+                                             "be made; give --out a directory")
     directory.mkdir(parents=True, exist_ok=True)
     lock_stage(directory)
     saved_path = directory / "config.yaml"

@@ -233,7 +233,7 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
     labels = Tally("labels")
     rows, agreement = load_mix(config.data, config.ties, config.human_overrides, labels)
     if config.eval_data:
-        held_out, _ = load_mix(config.eval_data, config.ties, config.human_overrides, labels)
+        held_out, _ = load_mix(config.eval_data, config.ties, config.human_overrides, labels, setting="eval_data")
         held_keys = {pair_key(r) for r in held_out}
         train = [r for r in rows if pair_key(r) not in held_keys]
     else:

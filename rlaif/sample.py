@@ -59,8 +59,8 @@ class SampleConfig:
             if self.n > 1:
                 raise ConfigError(f"n: temperature 0 (greedy) gives the {self.n} responses to a prompt the same "
                                   "text, and a pair of equal responses is never labeled; use a temperature > 0, "
-                                  "or n: 1")
-            unused_settings(self, ["top_p", "seed"], "no effect with temperature 0 (greedy)")
+                                  "or n: 1", ["n", "temperature"])
+            unused_settings(self, ["top_p", "seed"], "no effect with temperature 0 (greedy)", ("temperature",))
 
 
 def _installed(module: str) -> bool:

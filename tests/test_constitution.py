@@ -106,6 +106,16 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path, monkeypatch):
     assert [p.line for p in problems] == sorted(p.line for p in problems)  # reported in file order
 
 
+def test_a_malformed_principle_is_reported_once_not_again_where_it_is_named(tmp_path, monkeypatch):
+    lib = LIB.replace("    comparison_question: Which is more beta?", "    comparison_question: Which is more beta?\n"
+                                                                       "    weight: -2")
+    text = HEAD + "  pick: [alpha, beta]\n  overrides:\n    beta: {weight: 2}\nexamples:\n  label:\n" \
+        "    - {principle: beta, prompt: Hi, response_a: A, response_b: B, answer: A}\n"
+    monkeypatch.chdir(tmp_path)
+    problems = check(write(tmp_path, {"c.yaml": text, "lib.yaml": lib}))
+    assert [(p.file, p.field) for p in problems] == [("lib.yaml", "principles[1].weight")], problems
+
+
 def test_yaml_keys_are_taken_as_written(tmp_path, monkeypatch):
     # `on:` is a boolean in YAML 1.1; as a key it must still be reported by its written name.
     monkeypatch.chdir(tmp_path)

@@ -275,6 +275,28 @@ def test_load_pairs_from_candidates_and_preferences(tmp_path):
         load_pairs(bad)
 
 
+def test_a_candidates_row_with_fewer_than_two_responses_is_counted_as_left_out(tmp_path, monkeypatch):
+    candidates = tmp_path / "candidates.jsonl"
+    write_jsonl(candidates, [{"id": "q", "prompt": PAIR.prompt, "responses": ["a", "b"]},
+                             {"id": "r", "prompt": PAIR.prompt, "responses": ["a"]},
+                             {"id": "s", "prompt": PAIR.prompt, "responses": []}])
+    tally = Tally("pairs")
+    assert [p.id for p in load_pairs(candidates, tally)] == ["q-0-1"]
+    assert tally.counts() == {"read": 3, "used": 1, "left_out": 2, "left_out_no_responses": 1,
+                              "left_out_one_response": 1}
+    assert tally.summary() == "read 3 pairs, used 1, left out 2 (no_responses 1, one_response 1)"
+    write_jsonl(candidates, [{"id": "r", "prompt": PAIR.prompt, "responses": ["a"]}])
+    with pytest.raises(DataError, match=r"nothing left to use: read 1 pair, used 0, left out 1 \(one_response 1\)"):
+        run(LabelConfig(candidates=str(candidates), out=str(tmp_path / "run")))
+    # The closing line counts in the singular too.
+    import rlaif.label
+
+    monkeypatch.setattr(rlaif.label, "run", lambda config, progress: {
+        "labeled": 1, "inconsistent": 0, "low_confidence": 0, "dropped": 0, "summary": "read 1 pair, used 1"})
+    result = CliRunner().invoke(cli, ["label", "--candidates", str(candidates), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0 and "✓ 1 pair labeled → " in result.output, result.output
+
+
 def test_label_stage_end_to_end_and_resume(roomy_model_dir, tmp_path):
     candidates = tmp_path / "candidates.jsonl"
     write_jsonl(candidates, [{"id": f"q{i}", "prompt": [{"role": "user", "content": f"Question {i}?"}],

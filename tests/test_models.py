@@ -86,3 +86,22 @@ def test_any_gguf_file_converts_once_to_safetensors(tmp_path, monkeypatch):
     model, tokenizer = load_model(str(gguf), device="cpu")
     assert getattr(model, "hf_quantizer", None) is None  # trainable and saveable, unlike a straight GGUF load
     assert model.config.vocab_size == 49152 and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_a_checkpoint_torn_by_a_kill_is_removed_and_the_one_before_resumed(tmp_path):
+    """transformers writes trainer_state.json last: a kill during a save leaves a folder without it (or torn), which
+    transformers' get_last_checkpoint would pick and Trainer.train then fail on."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from rlaif.models import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for step, state in [(5, '{"global_step": 5}'), (10, None), (15, '{"global_st'), (9, '{"global_step": 9}')]:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert get_last_checkpoint(str(tmp_path)).endswith("checkpoint-15")  # what a resume used to take
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-9")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-5", "checkpoint-9"]

@@ -187,6 +187,9 @@ def test_recipe_errors_name_the_file_line_and_field(recipe_file, tmp_path):
      r"bad.yaml:8: human\[0\]: human.jsonl: weight: expected a finite number >= 0, got nan"),
     (("rounds: 2", "rounds: 2\nai_weight: -1"), r"bad.yaml:10: ai_weight: expected a finite number >= 0, got -1"),
     (("rounds: 2", "rounds: 1.5"), r"bad.yaml:9: rounds: expected a whole number, not 1.5"),
+    (("name: toy", "name: ../../etc"), r"bad.yaml:2: name: '../../etc': the run's name is a folder under runs/"),
+    (("name: toy", "name: ''"), r"bad.yaml:2: name: '': the run's name is a folder under runs/"),
+    (("out: ", "out: /etc/passwd\n#"), r"bad.yaml:3: out: '/etc/passwd': expected a directory for the rounds, not "),
     (("rounds: 2", "rounds: 0"), r"bad.yaml:9: rounds: expected a finite number >= 1, got 0"),
     (("human: [human.jsonl:2]", "human: human.jsonl:2"),
      r"bad.yaml:8: human: expected a list of text, not 'human.jsonl:2'"),
@@ -209,11 +212,26 @@ def test_recipe_numbers_are_finite_and_in_range(recipe_file, tmp_path, edit, err
     assert result.exit_code == 1 and "Traceback" not in result.output and not (tmp_path / "runs").exists()
 
 
+def test_a_recipe_whose_labels_all_weigh_0_stops_before_the_first_stage(recipe_file, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe_file.read_text().replace("rounds: 2", "rounds: 2\nai_weight: 0").replace(
+        "human: [human.jsonl:2]", "human: [human.jsonl:0]"))
+    result = CliRunner().invoke(cli, ["run", str(bad), "--dry-run"])
+    assert result.exit_code == 1 and "Traceback" not in result.output and not (tmp_path / "runs").exists()
+    assert "bad.yaml:10: ai_weight: 0, and no human file with a weight above 0: the reward model has no label" \
+        in " ".join(result.output.split())
+    bad.write_text(recipe_file.read_text().replace("rounds: 2", "rounds: 2\nai_weight: 0"))
+    assert CliRunner().invoke(cli, ["run", str(bad), "--dry-run"]).exit_code == 0  # the human pairs weigh 2
+
+
 def test_set_values_are_checked_and_named_as_overrides(recipe_file):
     with pytest.raises(DataError, match=r"^--set: ppo.learning_rate: expected a finite number, got nan$"):
         load_recipe(recipe_file, {"ppo.learning_rate": "nan"})  # the file's own ppo.learning_rate line is not blamed
     with pytest.raises(DataError, match=r"^--set: human\[0\]: human.jsonl: weight: expected a finite number >= 0"):
         load_recipe(recipe_file, {"human": ["human.jsonl:-inf"]})
+    # a setting the file gives (sample.n: 2) made wrong by an override: the override is named
+    with pytest.raises(ConfigError, match=r"^--set: sample: n: temperature 0 \(greedy\) gives the 2 responses"):
+        load_recipe(recipe_file, {"sample.temperature": 0})
     # YAML reads 1e-5 as text: a number all the same
     steps = plan(load_recipe(recipe_file, {"reward.learning_rate": "1e-5"}))
     assert next(s for s in steps if s.stage == "reward").config.learning_rate == 1e-5

@@ -250,6 +250,7 @@ def test_direct_score_reward_tensorboard_and_value_from_reward_model(config, tin
     classifier, tokenizer = load_backbone(str(tiny_model_dir), "cpu")
     classifier.save_pretrained(tmp_path / "rm", safe_serialization=True)
     tokenizer.save_pretrained(tmp_path / "rm")
+    (tmp_path / "rm" / "reward_stats.json").write_text('{"mean": 0.5, "std": 2.0, "responses": 4}')  # as rlaif reward
     labeler = tmp_path / "labeler"  # the tiny model with room for the rubric, which its byte-level tokens make long
     shutil.copytree(tiny_model_dir, labeler)
     settings = json.loads((labeler / "config.json").read_text())

@@ -217,7 +217,7 @@ def test_ranking_numbers_must_be_finite(tmp_path, row, message):
 @pytest.mark.parametrize(("cell", "message"), [
     ("nan", "expected a finite number, got nan"), ("inf", "expected a finite number, got inf"),
     ("-Infinity", "expected a finite number, got -inf"), ("n/a", "expected a number, not 'n/a'"),
-    ("", "expected a number, not ''"),
+    ("", "is empty: expected a number"),
 ])
 def test_csv_scores_must_be_finite(tmp_path, cell, message):
     path = tmp_path / "r.csv"
@@ -407,7 +407,7 @@ def test_a_prompt_ranked_twice_is_an_error_naming_both_places(tmp_path):
         {"prompt": "x", "responses": ["a", "b"], "ranks": [2, 1], "annotator": "ann"},
     ])
     with pytest.raises(DataError, match=r"twice.jsonl:3: the same prompt and replies as line 1, by annotator ann: a "
-                                        r"repeated row, or a second ranking of them; give each ranking its own id"):
+                                        r"repeated row, or a second ranking of them \(in any order\); give each ranking its own id"):
         import_rankings(twice)
 
 
@@ -460,3 +460,101 @@ def test_the_output_is_a_jsonl_file(tmp_path):
     assert result.exit_code == 1 and not (tmp_path / "out.csv").exists()
     result = CliRunner().invoke(cli, ["rankings", "import", str(path), "--out", str(tmp_path / "out.jsonl")])
     assert "✓ 1 pair → " in result.output and "(read 1 pair, used 1)" in result.output
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trial findings: cells a spreadsheet left out, one ranking in two orders, a file given twice, --out on the source
+
+
+def test_a_csv_row_missing_its_last_cells_names_the_empty_field(tmp_path):
+    from click.testing import CliRunner
+
+    from rlaif.cli import cli
+
+    long = tmp_path / "c10.csv"  # spreadsheets drop a row's trailing empty cells: "Hi,a" under three columns
+    long.write_text("prompt,response,rank\nHi,a\nHi,b,2\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"^.*c10.csv:2: rank: is empty: expected a number$"):
+        import_rankings(long)
+    result = CliRunner().invoke(cli, ["rankings", "import", str(long), "--out", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1 and "c10.csv:2: rank: is empty" in result.output and "Traceback" not in result.output
+    short = tmp_path / "c11.csv"
+    short.write_text("prompt,response,rank,annotator\nHi\nHi,b,2,ann\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"c11.csv:2: response: is empty"):
+        import_rankings(short)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("prompt,chosen,rejected,weight\nHi,Hello\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"pairs.csv:2: rejected: is empty"):
+        import_rankings(pairs)
+    pairs.write_text("prompt,chosen,rejected,weight\nHi,Hello,Go away\n", encoding="utf-8")  # no weight: weight 1
+    assert [("weight" in r, r["chosen"][0]["content"]) for r in import_rankings(pairs)] == [(False, "Hello")]
+
+
+def test_the_same_ranking_in_another_order_is_a_repeat(tmp_path):
+    from rlaif.loaders import content_id
+
+    ranking = {"prompt": "p", "responses": ["x", "y", "z"], "ranks": [1, 2, 3], "annotator": "ann"}
+    again = {"prompt": "p", "responses": ["z", "y", "x"], "ranks": [3, 2, 1], "annotator": "ann"}
+    path = write_lines(tmp_path / "r.jsonl", [ranking, again])
+    with pytest.raises(DataError, match=r"r.jsonl:2: the same prompt and replies as line 1, by annotator ann: a "
+                                        r"repeated row, or a second ranking of them \(in any order\)"):
+        import_rankings(path)
+    swapped = write_lines(tmp_path / "s.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "y"},
+                                                 {"prompt": "p", "chosen": "y", "rejected": "x"}])
+    with pytest.raises(DataError, match=r"s.jsonl:2: the same prompt and replies as line 1"):
+        import_rankings(swapped)
+    # Another annotator, or an id of its own, makes it another ranking; ids of rows that are not repeats stay as
+    # they were: the content id of the prompt, the replies in their order and the annotator.
+    other = write_lines(tmp_path / "o.jsonl", [ranking, again | {"annotator": "bob"}, again | {"id": "second"}])
+    rows = import_rankings(other)
+    first = content_id([[{"role": "user", "content": "p"}], ["x", "y", "z"], "ann"], "h")
+    assert [r["id"] for r in rows[:3]] == [f"{first}-0-1", f"{first}-0-2", f"{first}-1-2"]
+    assert len(rows) == 9 and len({r["id"] for r in rows}) == 9
+    assert {(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows} == {("x", "y"), ("x", "z"),
+                                                                                        ("y", "z")}
+
+
+def test_a_file_listed_twice_for_reward_or_dpo_is_refused(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from rlaif.cli import cli
+    from rlaif.rankings import load_mix
+    from rlaif.records import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    write_lines(tmp_path / "o1.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "y"}])
+    write_lines(tmp_path / "o2.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "z"}])
+    with pytest.raises(ConfigError, match=r"^data: o1.jsonl and ./o1.jsonl:2 are the same file \(.*o1.jsonl\); list it "
+                                          r"once, with one weight \(FILE:WEIGHT\)$"):
+        load_mix(["o1.jsonl", "o2.jsonl", "./o1.jsonl:2"])
+    with pytest.raises(ConfigError, match=r"^eval_data: o2.jsonl is listed twice; list it once"):
+        load_mix(["o2.jsonl", "o2.jsonl"], setting="eval_data")
+    rows, _ = load_mix(["o1.jsonl", "o2.jsonl:2"])
+    assert sorted(r["weight"] for r in rows) == [1.0, 2.0]
+    result = CliRunner().invoke(cli, ["reward", "--data", "o1.jsonl", "--data", "./o1.jsonl:2", "--out", "rm"])
+    assert result.exit_code == 1 and "error: data: o1.jsonl and ./o1.jsonl:2 are the same file" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "rm").exists()
+
+
+def test_out_must_not_be_a_directory_or_the_file_imported(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from rlaif.cli import cli
+    from rlaif.records import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    source = write_lines(tmp_path / "X.jsonl", [{"prompt": "p", "responses": ["x", "y"], "ranks": [1, 2]}])
+    before = source.read_bytes()
+    (tmp_path / "d.jsonl").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    for out, message in (("d.jsonl", r"out: d.jsonl is a directory; give the .jsonl file to write in it"),
+                         ("X.jsonl", r"out: X.jsonl is the file being imported; writing the pairs there would replace"),
+                         ("./X.jsonl", r"out: ./X.jsonl is the file being imported"),
+                         ("notes.txt/o.jsonl", r"out: notes.txt/o.jsonl cannot be written: notes.txt is a file")):
+        with pytest.raises(ConfigError, match=message):
+            ImportConfig(rankings="X.jsonl", out=out)
+        result = CliRunner().invoke(cli, ["rankings", "import", "X.jsonl", "--out", out])
+        assert result.exit_code == 1 and "error: out: " in result.output and "Traceback" not in result.output
+    (tmp_path / "link.jsonl").symlink_to(source)
+    with pytest.raises(ConfigError, match=r"out: link.jsonl is the file being imported"):
+        ImportConfig(rankings="X.jsonl", out="link.jsonl")
+    assert source.read_bytes() == before and list((tmp_path / "d.jsonl").iterdir()) == []

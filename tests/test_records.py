@@ -340,3 +340,44 @@ def test_a_stage_directory_takes_new_settings_until_its_first_output(tmp_path):
     open_stage(stage, "label", {"reward_fn": "toy:fixed", "batch_size": 2}, volatile=["batch_size"])
     with pytest.raises(DataError, match="reward_fn: this label run was made with 'toy:fixed', now 'toy:other'"):
         open_stage(stage, "label", {"reward_fn": "toy:other", "batch_size": 2})
+
+
+def test_utf16_without_its_mark_is_named_not_read_as_text(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_bytes("prompt\nhello\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"prompts.csv:1: a NUL byte: not UTF-8 text \(UTF-16 without a byte-order"):
+        read_text(path)
+    path.write_bytes("prompt\nhello\n".encode("utf-16"))  # with its mark: read
+    assert read_text(path) == "prompt\nhello\n"
+
+
+def test_a_key_written_twice_in_a_json_object_is_refused_at_any_depth(tmp_path):
+    path = tmp_path / "twice.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "x", "rejected": "z"}\n'
+                    '{"prompt": "a", "chosen": "x", "rejected": "z", "chosen": "y"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"twice.jsonl:2: chosen: key written twice in one object \(a JSON reader keeps "
+                                        r"only the last value, silently\); remove one"):
+        list(iter_jsonl(path))
+    path.write_text('{"prompt": [{"role": "user", "content": "a", "content": "b"}]}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"twice.jsonl:1: content: key written twice"):
+        load_prompts(path)
+    path.write_text('{"a": {"b": 1}, "c": [{"b": 2}, {"b": 3}], "d": {"e": {"f": null}}}\n', encoding="utf-8")
+    assert list(iter_jsonl(path)) == [(1, {"a": {"b": 1}, "c": [{"b": 2}, {"b": 3}], "d": {"e": {"f": None}}})]
+
+
+def test_a_prompt_csv_row_missing_its_last_cells_names_the_empty_field(tmp_path):
+    path = tmp_path / "p1.csv"
+    path.write_text("id,prompt\np1\np2,hello\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"p1.csv:2: prompt: is empty"):
+        load_prompts(path)
+    path.write_text("id,prompt,tags\np1,hi\np2,hello,red-team\n", encoding="utf-8")  # no tags: none
+    assert [(r["id"], r.get("tags")) for r in load_prompts(path)] == [("p1", None), ("p2", ["red-team"])]
+
+
+def test_a_stage_directory_where_a_file_is_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for directory in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "label"):
+        with pytest.raises(DataError, match=r"notes.txt: is a file, not a directory, so the label directory .* cannot "
+                                            r"be made; give --out a directory"):
+            open_stage(directory, "label", {})
+    assert (tmp_path / "notes.txt").read_text() == "mine"

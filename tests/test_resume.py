@@ -121,6 +121,7 @@ def inputs(tiny_model_dir, roomy_model_dir, tmp_path_factory) -> dict:
     reward = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
     reward.save_pretrained(run / "round-1" / "reward")
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(run / "round-1" / "reward")
+    (run / "round-1" / "reward" / "reward_stats.json").write_text('{"mean": 0.0, "std": 1.0, "responses": 4}')
     for stage, config in (("sft", {"model": str(tiny_model_dir)}), ("reward", {})):
         (run / "round-1" / stage / "config.yaml").write_text(json.dumps(config))
         Manifest(stage=stage, status="complete").save(run / "round-1" / stage)

@@ -156,7 +156,8 @@ def label(config_file, **flags) -> None:
     if not config.candidates:
         raise click.UsageError("--candidates is required (or `candidates:` in --config)")
     counts = stage.run(config, progress=True)
-    out.print(f"[green]✓[/green] {counts['labeled']} pairs labeled → {escape(config.out)}/label/preferences.jsonl; "
+    noun = "pair" if counts["labeled"] == 1 else "pairs"
+    out.print(f"[green]✓[/green] {counts['labeled']} {noun} labeled → {escape(config.out)}/label/preferences.jsonl; "
               f"{counts['inconsistent']} inconsistent, {counts['low_confidence']} low confidence, "
               f"{counts['dropped']} dropped ({escape(counts['summary'])})", soft_wrap=True)
 
@@ -200,7 +201,8 @@ def rankings() -> None:
 
 @rankings.command(name="import")
 @click.argument("rankings_file", metavar="FILE", type=click.Path())
-@click.option("--out", "out_path", required=True, help="Where the preference rows go (a .jsonl file, written whole).")
+@click.option("--out", "out_path", required=True,
+              help="Where the preference rows go (a .jsonl file, written whole; not FILE itself).")
 @click.option("--ties", type=click.Choice(["skip", "half", "error"]), default="skip", show_default=True,
               help="Tied responses: left out (counted), a pair labelled 0.5, or an error.")
 @click.option("--annotator", help="Annotator id for rows that name none.")
