@@ -243,7 +243,7 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
 def print_labeler_report(report: dict, console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Labeler report card: {report['pairs']} human-labelled pairs")
+    table = Table(title=f"Labeler report card: {report['pairs']} human-labelled pair{'' if report['pairs'] == 1 else 's'}")
     for column in ("mode", "agreement", "consistency", "ECE", "mean confidence"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for name, m in report["modes"].items():
