@@ -757,3 +757,15 @@ def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volati
     write_config(directory, config)
     manifest.save(directory)
     return manifest
+
+
+_MOVED_TO_LOADERS = {"load_prompts", "load_hh_preferences", "content_id", "parse_transcript"}
+
+
+def __getattr__(name: str):
+    """The input loaders live in rlaif.loaders; `from rlaif.records import load_prompts` keeps working."""
+    if name in _MOVED_TO_LOADERS:
+        from rlaif import loaders
+
+        return getattr(loaders, name)
+    raise AttributeError(f"module 'rlaif.records' has no attribute {name!r}")

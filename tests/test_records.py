@@ -381,3 +381,13 @@ def test_a_stage_directory_where_a_file_is_is_refused(tmp_path):
                                             r"be made; give --out a directory"):
             open_stage(directory, "label", {})
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_loaders_that_moved_to_rlaif_loaders_still_import_from_records():
+    from rlaif import loaders
+    from rlaif.records import content_id, load_hh_preferences, load_prompts, parse_transcript
+
+    assert (load_prompts, load_hh_preferences, content_id, parse_transcript) == (
+        loaders.load_prompts, loaders.load_hh_preferences, loaders.content_id, loaders.parse_transcript)
+    with pytest.raises(ImportError):
+        from rlaif.records import no_such_name  # noqa: F401
