@@ -101,14 +101,18 @@ def _examples(examples_a: list, examples_b: list, per: int, shown_a: list, shown
 
 def changes(a, b) -> dict:
     """What changed from constitution A to B: principles `added`, `removed` and `edited` (any field, the weight
-    included), `label_settings` ({name: [A, B]}), `examples_changed` (the few-shot block as the labeler reads it
+    included), `label_settings` and `critique_settings` ({name: [A, B]}; no label reads the critique settings, but
+    the SFT data the critique loop writes does), `examples_changed` (the few-shot block as the labeler reads it
     differs: see `edits`) and `templates_changed` (any template differs)."""
     ids_a, ids_b = {p.id: p for p in a.principles}, {p.id: p for p in b.principles}
     edited = sorted(pid for pid in ids_a.keys() & ids_b.keys() if ids_a[pid] != ids_b[pid])
-    settings = {k: [v, asdict(b.label)[k]] for k, v in asdict(a.label).items() if asdict(b.label)[k] != v}
+    def changed(x, y) -> dict:
+        return {k: [v, asdict(y)[k]] for k, v in asdict(x).items() if asdict(y)[k] != v}
+
     text = edits(a, b)
     return {"added": sorted(ids_b.keys() - ids_a.keys()), "removed": sorted(ids_a.keys() - ids_b.keys()),
-            "edited": edited, "label_settings": settings, "examples_changed": bool(text["examples"]),
+            "edited": edited, "label_settings": changed(a.label, b.label),
+            "critique_settings": changed(a.critique, b.critique), "examples_changed": bool(text["examples"]),
             "templates_changed": bool(text["templates"])}
 
 
@@ -214,14 +218,18 @@ def _relabel(config: DiffConfig, a, b, diff: dict, model, progress: bool) -> dic
 
 
 def print_report(report: dict, console) -> None:
-    from rich.markup import escape
     from rich.table import Table
+
+    from rlaif.cli import shown as escape  # the texts are a user's files: terminal-safe, markup escaped
 
     c, text = report["changes"], report["edits"]
     lines = [f"added: {', '.join(c['added']) or '-'}", f"removed: {', '.join(c['removed']) or '-'}",
              f"edited: {', '.join(c['edited']) or '-'}"]
     if c["label_settings"]:
         lines.append("label settings: " + ", ".join(f"{k} {v[0]} → {v[1]}" for k, v in c["label_settings"].items()))
+    if c["critique_settings"]:
+        lines.append("critique settings (SFT data, not labels): " + ", ".join(
+            f"{k} {v[0]} → {v[1]}" for k, v in c["critique_settings"].items()))
     console.print(escape(f"{report['a']} → {report['b']}:  " + ";  ".join(lines)), soft_wrap=True)
     for pid, changed in text["principles"].items():
         for name, (old, new) in changed.items():

@@ -30,7 +30,8 @@ judges each pair and the report card says, for each way of labeling side by side
 - ECE, expected calibration error: bins the labeler's confidence max(p, 1 - p) into 10 bins and averages
   |accuracy - confidence| weighted by bin size (Guo et al. 2017); 0 means its probabilities mean what they say;
 - per principle: agreement of each principle's both-order label, over the pairs it was drawn for;
-- injection flip rate: how often an attack written into a response flips the label (rlaif.injection).
+- injection flip rate: how often an attack written into a response flips the label (rlaif.injection); an
+  attacked pair whose labeling prompt no longer fits in the labeler's context is left out and counted (`too_long`).
 
 The modes are: single order (first principle, one order per pair: the human-chosen reply shown as (A) in a seeded
 half of the pairs and as (B) in the other half, so a labeler that always answers (A) agrees 50% of the time), both
@@ -39,7 +40,8 @@ orders, a rationale first, clamped). The first three come from the same forward 
 
 A pair that says nothing (an empty reply, or two replies equal after stripping) is never judged: the report counts
 it as left out, with its reason. In policy evaluation, a policy's reply equal to its opponent's is a tie without
-asking the judge, and a pair with an empty reply is left out of the judge's win rate; both are counted.
+asking the judge: it counts half in the judge's win rate, as used but not judged (`identical_replies_tied`); a pair
+with an empty reply is left out of the judge's win rate. Both are counted.
 
 Nothing is read past a model's context. A held-out prompt that leaves no room for max_new_tokens in the context of
 the base model, a policy or the reward model is left out of the evaluation (`too_long`, counted in eval.json's
@@ -53,7 +55,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -231,9 +233,11 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
     }
     if config.injection_pairs:
         attacked = pairs[: config.injection_pairs]
-        rates = flip_rates(labeler, attacked, principles[0][0])
-        report["injection"] = {"pairs": len(attacked), "flip_rate": sum(rates.values()) / len(rates),
-                               "by_attack": rates}
+        injected = Tally("attacked pairs")  # an attack makes a reply longer: what no longer fits is left out
+        rates = flip_rates(labeler, attacked, principles[0][0], tally=injected)
+        measured = [r for r in rates.values() if r is not None]
+        report["injection"] = {"pairs": len(attacked), "flip_rate": _mean(measured) if measured else None,
+                               "by_attack": rates, "counts": injected.counts(), "summary": injected.summary()}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "labeler_report.json", dumps_json(report))
@@ -242,6 +246,8 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
 
 def print_labeler_report(report: dict, console) -> None:
     from rich.table import Table
+
+    from rlaif.cli import shown  # principle ids come from the user's constitution
 
     table = Table(title=f"Labeler report card: {report['pairs']} human-labelled pair{'' if report['pairs'] == 1 else 's'}")
     for column in ("mode", "agreement", "consistency", "ECE", "mean confidence"):
@@ -254,15 +260,16 @@ def print_labeler_report(report: dict, console) -> None:
     for column in ("principle", "pairs", "agreement"):
         principles.add_column(column, justify="left" if column == "principle" else "right")
     for pid, m in report["per_principle"].items():
-        principles.add_row(pid, str(m["pairs"]), f"{m['agreement']:.1%}")
+        principles.add_row(shown(pid), str(m["pairs"]), f"{m['agreement']:.1%}")
     console.print(principles)
     if "injection" in report:
         inj = report["injection"]
-        attacks = Table(title=f"Injection: label flips over {inj['pairs']} pairs (overall {inj['flip_rate']:.1%})")
+        overall = "-" if inj["flip_rate"] is None else f"{inj['flip_rate']:.1%}"
+        attacks = Table(title=f"Injection: label flips over {inj['pairs']} pairs (overall {overall}; {inj['summary']})")
         attacks.add_column("attack")
         attacks.add_column("flip rate", justify="right")
         for name, rate in inj["by_attack"].items():
-            attacks.add_row(name, f"{rate:.1%}")
+            attacks.add_row(name, "- (too long)" if rate is None else f"{rate:.1%}")
         console.print(attacks)
 
 
@@ -278,6 +285,9 @@ class EvalConfig:
     judge: str = "judge"  # the constitution whose questions the AI judge asks: principles no training stage used
     labeler: str | None = None  # the judge's model; default: the run's labeler
     reward_model: str | None = None  # default: the last round's reward model
+    # the trained policies to compare, one per round in order (a recipe passes those of its plan); default: each
+    # round's finished PPO, DPO, GRPO or RLOO policy found in RUN
+    policies: list[str] = field(default_factory=list)
     max_new_tokens: int | None = None  # reply length; default: PPO's
     temperature: float | None = None  # sampling temperature; default: PPO's (the KL is measured at it)
     seed: int = 0
@@ -334,17 +344,23 @@ def discover(config: EvalConfig) -> dict:
     if not _complete(first / "sft"):
         raise ConfigError(f"{run}: no finished SFT model in {first / 'sft'}; finish the run first (`rlaif run`)")
     policies = {"base": sft["model"], "sft": str(first / "sft")}
-    ppo: dict = {}
-    for k in rounds_of(run):
-        trained = policy_dir(run / f"round-{k}")
-        if trained is not None:
-            policies[f"round-{k}"] = str(trained)
-            ppo = _config(trained)
-    rewards = [run / f"round-{k}" / "reward" for k in rounds_of(run) if _complete(run / f"round-{k}" / "reward")]
+    if config.policies:
+        policies.update({f"round-{k}": policy for k, policy in enumerate(config.policies, 1)})
+    else:
+        for k in rounds_of(run):
+            trained = policy_dir(run / f"round-{k}")
+            if trained is not None:
+                policies[f"round-{k}"] = str(trained)
+    trained_with = [_config(Path(p)) for name, p in policies.items() if name.startswith("round-")]
+    ppo = trained_with[-1] if trained_with else {}
+    last = len(policies) - 2 if config.policies else max(rounds_of(run), default=0)
+    rewards = [run / f"round-{k}" / "reward" for k in range(1, last + 1) if _complete(run / f"round-{k}" / "reward")]
     reward_model = config.reward_model or (str(rewards[-1]) if rewards else None)
     if reward_model is None:
         raise ConfigError(f"{run}: no finished reward model; give one with --reward-model")
-    prompts = config.prompts or ppo.get("eval_prompts") or ppo.get("prompts") or _config(first / "sample").get("prompts")
+    # held-out prompts first: those PPO/GRPO evaluated on, those the run's own eval used (a DPO run has no others)
+    prompts = config.prompts or ppo.get("eval_prompts") or _config(run / "eval").get("prompts") or ppo.get("prompts") \
+        or _config(first / "sample").get("prompts")
     if not prompts:
         raise ConfigError(f"{run}: no prompts to evaluate on; give them with --prompts")
     return {"policies": policies, "reward_model": reward_model, "prompts": prompts,
@@ -388,6 +404,7 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
     # Defaults resolved, so `rlaif eval RUN` reopens the evaluation `rlaif run` made with the same settings.
     config = replace(config, run=str(Path(config.run)), out=str(out), prompts=found["prompts"],
                      labeler=found["labeler"], reward_model=found["reward_model"],
+                     policies=[p for name, p in found["policies"].items() if name.startswith("round-")],
                      temperature=found["temperature"], max_new_tokens=found["max_new_tokens"])
     manifest = open_stage(out, "eval", asdict(config), volatile=EvalConfig.VOLATILE)
     manifest.add_input(found["prompts"])
@@ -451,9 +468,10 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
                 if f"{name}>{opponent}/{p['id']}" not in writer.done]
         for name, opponent, p in todo:  # a pair that says nothing is not put to the judge
             problem = reply_problem(responses[name, p["id"]]["response"], responses[opponent, p["id"]]["response"])
-            if problem:  # a reply is as good as itself: a tie; an empty reply: no judgement
-                writer.write({"id": f"{name}>{opponent}/{p['id']}", "left_out": problem,
-                              "p": 0.5 if problem == "identical_replies" else None})
+            if problem == "identical_replies":  # a reply is as good as itself: a tie, in the win rate unjudged
+                writer.write({"id": f"{name}>{opponent}/{p['id']}", "not_judged": problem, "p": 0.5})
+            elif problem:  # an empty reply: no judgement, left out of the win rate
+                writer.write({"id": f"{name}>{opponent}/{p['id']}", "left_out": problem, "p": None})
         judgeable = [(name, opponent, p) for name, opponent in matches for p in answered if not reply_problem(
             responses[name, p["id"]]["response"], responses[opponent, p["id"]]["response"])]
         todo = [(name, opponent, p) for name, opponent, p in judgeable
@@ -485,31 +503,46 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
                             writer.write({"id": pair.id, "p": sum(j.p for j in judgements) / len(judgements),
                                           "principles": [j.principle for j in judgements]})
                             bar(1)
-    judged = Tally("pairs for the judge")
+    # used: in the judge's win rate, judged by the model or, two identical replies, a tie without asking it
+    judged, ties = Tally("pairs for the judge"), 0
     for row in read_jsonl(out / "judgements.jsonl"):
         judged.read += 1
-        if row.get("left_out"):
+        if row.get("not_judged") or row.get("left_out") == "identical_replies":  # (written as left out before)
+            judged.used += 1
+            ties += 1
+        elif row.get("left_out"):
             judged.leave_out(row["left_out"])
         else:
             judged.used += 1
+    judging = {**judged.counts(), "judged": judged.used - ties, "identical_replies_tied": ties}
     judgements = {r["id"]: r["p"] for r in read_jsonl(out / "judgements.jsonl")}
 
     summary = {"prompts": found["prompts"], "reward_model": found["reward_model"], "judge": config.judge,
                "labeler": found["labeler"], "temperature": temperature, "policies": policies,
                "results": summarize(answered, list(policies), responses, judgements),
                "answering": {**answering.counts(), "summary": answering.summary()},
-               "judging": {**judged.counts(), "summary": judged.summary()},
-               "training": training_metrics(Path(config.run))}
+               "judging": {**judging, "summary": judging_summary(judged, ties)},
+               "training": training_metrics(Path(config.run), len(config.policies) or None)}
     write_atomic(out / "eval.json", dumps_json(summary))
     manifest.counts.update(prompts=len(prompts), policies=len(policies), responses=len(responses),
                            judgements=len(judgements))
     manifest.counts.update(answering.counts("prompts_"))
-    manifest.counts.update(judged.counts("judge_"))
+    manifest.counts.update({f"judge_{key}": n for key, n in judging.items()})
     manifest.seconds += time.time() - started
     manifest.outputs = ["responses.jsonl", "judgements.jsonl", "eval.json"]
     manifest.status = "complete"
     manifest.save(out)
     return summary
+
+
+def judging_summary(tally: Tally, ties: int) -> str:
+    """The judge's closing line: the tally's, its `used` told apart as pairs the judge model judged and pairs of
+    identical replies counted as ties without it: "read 10 pairs for the judge, judged 6, 4 identical-reply pairs
+    counted as ties, left out 2 (empty_reply 2)"."""
+    used = f", judged {tally.used - ties}"
+    if ties:
+        used += f", {ties} identical-reply pair{'' if ties == 1 else 's'} counted as {'a tie' if ties == 1 else 'ties'}"
+    return tally.summary().replace(f", used {tally.used}", used, 1)
 
 
 def _batches(prompts: list[dict], models: list[str], max_new_tokens: int, batch_size: int) -> list[list[dict]]:
@@ -570,10 +603,11 @@ def _mean(values: list) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def training_metrics(run: Path) -> dict:
-    """Each round's labeler numbers (from its preference labels) and reward-model metrics."""
+def training_metrics(run: Path, rounds_evaluated: int | None = None) -> dict:
+    """Each round's labeler numbers (from its preference labels) and reward-model metrics, for the first
+    `rounds_evaluated` rounds (default: every round in RUN)."""
     rounds: dict = {}
-    for k in rounds_of(run):
+    for k in rounds_of(run)[:rounds_evaluated]:
         directory = run / f"round-{k}"
         entry: dict = {}
         labels = directory / "label" / "preferences.jsonl"

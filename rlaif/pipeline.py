@@ -122,7 +122,7 @@ PIPELINE_FIELDS = {
             "reward_model": None},
     "dpo": {"data": "human", "out": "out", "policy": None},
     "grpo": {"prompts": "prompts", "out": "out", "policy": None, "reward_model": None, "algorithm": "policy_trainer"},
-    "eval": {"run": "out", "out": "out", "prompts": "eval_prompts", "labeler": "labeler"},
+    "eval": {"run": "out", "out": "out", "prompts": "eval_prompts", "labeler": "labeler", "policies": None},
 }
 
 
@@ -284,7 +284,8 @@ def unused_settings(recipe: Recipe) -> list[str]:
             notes.append(f"{at(section)}: {section}: not used: policy_trainer is {trainer} (these settings take "
                          f"effect with policy_trainer: {'grpo or rloo' if section == 'grpo' else section})")
     if not recipe.human:
-        given = {"rankings": recipe.rankings, "reward.human_overrides": "human_overrides" in recipe.reward}
+        given = {"rankings": recipe.rankings, "reward.human_overrides": "human_overrides" in recipe.reward,
+                 "ai_weight": recipe.ai_weight not in (0, 1)}  # weights are relative: alone, AI labels weigh 1
         for key in [key for key, value in given.items() if value]:
             notes.append(f"{at(key)}: {key}: not used: the recipe names no human rankings (human: [FILE:WEIGHT])")
     if recipe.critique.get("prefs"):
@@ -299,10 +300,10 @@ def unused_settings(recipe: Recipe) -> list[str]:
 
 
 def _path(recipe: Recipe, value: str) -> str:
-    """A file named in the recipe: relative to the recipe's folder."""
-    if recipe.path is None or Path(value).is_absolute():
-        return value
-    return str(recipe.path.parent / value)
+    """A file named in the recipe: relative to the recipe's folder, made absolute, so that a step's settings (and
+    its key) are the same however the recipe's path was typed (`recipe.yaml`, `./recipe.yaml`, `$PWD/recipe.yaml`)."""
+    folder = Path.cwd() if recipe.path is None else recipe.path.parent
+    return str((folder / Path(value).expanduser()).resolve())
 
 
 def _spec(recipe: Recipe, value: str) -> str:
@@ -380,7 +381,7 @@ class Step:
     note: str = ""  # what else the plan should say: the file a rankings step imports, a longer run kept
 
     def describe(self) -> str:
-        return f"round {self.round}  {self.stage:9} {self.state:7} {self.directory}" + (
+        return f"round {self.round}  {self.stage:9} {self.state:7} {_shown(str(self.directory))}" + (
             f"  ({self.note})" if self.note else "")
 
 
@@ -411,8 +412,12 @@ def plan(recipe: Recipe) -> list[Step]:
                     with _reading(recipe, f"{stage}.{name}" if name in getattr(recipe, stage) else name):
                         digests[spec] = load_constitution(spec).digest()
                 settings[f"{name}_digest"] = digests[spec]
-        if stage == "rankings" and Path(config.rankings).is_file():  # and so is an edited human rankings file
-            settings["rankings_digest"] = file_sha256(config.rankings)
+        for name in ("rankings", "prompts", "eval_prompts"):  # and so is an edited input file
+            path = settings.get(name)
+            if stage != "eval" and isinstance(path, str) and Path(path).is_file():
+                if path not in digests:
+                    digests[path] = file_sha256(path)
+                settings[f"{name}_digest"] = digests[path]
         key = _hash([stage, settings, [s.output for s in reads]])
         # A run that went further than asked is kept, so what the steps after it read is the longer run.
         done = _trained(directory, key) if EXTENDS.get(stage) else {}
@@ -444,7 +449,7 @@ def plan(recipe: Recipe) -> list[Step]:
     # The direct-score reward's rubric is the recipe's constitution unless the ppo section names another.
     rubric = {"constitution": constitution} if recipe.ppo.get("reward_score") and "constitution" not in recipe.ppo \
         else {}
-    policy, policy_step, labels = str(r1 / "sft"), sft, []
+    policy, policy_step, labels, policies = str(r1 / "sft"), sft, [], []
     for k in range(1, recipe.rounds + 1):
         rk = out / f"round-{k}"
         sample = add(k, "sample", rk / "sample", {"prompts": prompts, "out": str(rk), "model": policy}, [policy_step])
@@ -468,8 +473,12 @@ def plan(recipe: Recipe) -> list[Step]:
                                                     "reward_model": [str(rk / "reward")], "algorithm": trainer},
                           [policy_step, reward])
         policy, policy_step = str(trained.directory), trained
-    add(recipe.rounds, "eval", out / "eval", {"run": str(out), "out": str(out / "eval"),
-                                             "prompts": eval_prompts or prompts, "labeler": _spec(recipe, recipe.labeler)},
+        policies.append(policy)
+    # the plan's own policies and last reward model: a directory an earlier recipe left in OUT is not evaluated
+    last_reward = {} if recipe.eval.get("reward_model") else {"reward_model": str(reward.directory)}
+    add(recipe.rounds, "eval", out / "eval", {"run": str(out), "out": str(out / "eval"), "policies": policies,
+                                             **last_reward, "prompts": eval_prompts or prompts,
+                                             "labeler": _spec(recipe, recipe.labeler)},
         [sft] + [s for s in steps if s.stage in ("reward", "ppo", "dpo", "grpo")])
     owners: dict[Path, Step] = {}
     for step in steps:
@@ -479,7 +488,7 @@ def plan(recipe: Recipe) -> list[Step]:
                               f"{step.directory}")
         step.state = _state(step)
         if step.stage == "rankings":
-            step.note = f"imports {step.config.rankings}"
+            step.note = f"imports {_shown(step.config.rankings)}"
         elif step.state == "done":
             step.note = _kept(step)
     return steps
@@ -507,14 +516,14 @@ def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
             tally = Tally("pairs")
             with _reading(recipe, f"human[{next(human)}]"):
                 import_rankings(config.rankings, config.ties, config.annotator, config.skip_empty, tally=tally)
-            read.append(f"{config.rankings}: {tally.summary()}")
+            read.append(f"{_shown(config.rankings)}: {tally.summary()}")
         for name in ("prompts", "eval_prompts"):
             path = getattr(config, name, None)
             if path and path not in seen:
                 seen.add(path)
                 with _reading(recipe, "eval_prompts" if path == _path(recipe, recipe.eval_prompts or "") else
                               "prompts"):
-                    read.append(f"{path}: read {len(load_prompts(path))} prompts")
+                    read.append(f"{_shown(path)}: read {len(load_prompts(path))} prompts")
         if step.stage == "ppo":
             from rlaif.ppo.rollout import import_function
 
@@ -530,6 +539,11 @@ def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
         with _reading(recipe, key):
             check_model(_spec(recipe, value), _path(recipe, value))
     return read
+
+
+def _shown(path: str) -> str:
+    """A path for the terminal: relative to the current directory when it is below it."""
+    return str(Path(path).relative_to(Path.cwd())) if Path(path).is_relative_to(Path.cwd()) else path
 
 
 def check_model(spec: str, where: str | None = None) -> None:
@@ -677,7 +691,7 @@ def summary(step: Step, result: dict) -> str:
 def output_dir(recipe: Recipe) -> Path:
     """Where the rounds go: the recipe's `out`, by default runs/NAME, relative to the current directory (outputs go
     where the command runs, as every stage's --out does; the inputs a recipe names are relative to its file)."""
-    return Path(recipe.out or f"runs/{recipe.name}")
+    return Path(recipe.out or f"runs/{recipe.name}").expanduser().resolve()  # absolute, as the inputs are
 
 
 def _require_sft_data(critique: Step) -> None:

@@ -641,8 +641,16 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def add_input(self, path: Path | str) -> None:
+        """Record an input file's sha256 and size. A file this stage directory recorded before with other contents
+        is a DataError: resumed (or reported finished), its rows would mix two versions of the file."""
         path = Path(path)
-        self.inputs[str(path)] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+        digest = file_sha256(path)
+        before = self.inputs.get(str(path), {}).get("sha256")
+        if before not in (None, digest):
+            raise DataError(path, None, None, f"changed since this {self.stage} run began (sha256 {before[:12]}..., "
+                            f"now {digest[:12]}...): its rows would mix both versions. Write to another --out to "
+                            "start over with it, or restore the file to resume")
+        self.inputs[str(path)] = {"sha256": digest, "bytes": path.stat().st_size}
 
     def save(self, directory: Path | str) -> None:
         """Write manifest.json; saved "complete", the stage is done and its directory's lock (`lock_stage`) is

@@ -47,13 +47,16 @@ def render(run: str | Path, out: str | Path | None = None) -> Path:
     run = Path(run)
     if not (run / "round-1").is_dir():
         raise ConfigError(f"{run}: not a run directory (no round-1/); write one with `rlaif run RECIPE`")
-    rounds = rounds_of(run)
     evaluation = _json(run / "eval" / "eval.json")
+    # the rounds and policies the evaluation compared (a recipe's own plan), else every round found in RUN
+    trained = {int(name.split("-", 1)[1]): Path(policy) for name, policy in (evaluation or {}).get("policies", {}).items()
+               if name.startswith("round-")}
+    rounds = sorted(trained) or rounds_of(run)
     written = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     parts = [f"<h1>{_e(run.name)}</h1>",
              f"<p class=meta>{_e(str(run))} · {len(rounds)} round(s) · report written {written}</p>"]
     parts += _evaluation(evaluation)
-    parts += _ppo(run, rounds)
+    parts += _ppo(run, rounds, trained)
     parts += _reward(run, rounds)
     parts += _labeler(run, rounds)
     parts += _samples(run, evaluation)
@@ -86,12 +89,12 @@ def _evaluation(evaluation: dict | None) -> list[str]:
     return parts
 
 
-def _ppo(run: Path, rounds: list[int]) -> list[str]:
+def _ppo(run: Path, rounds: list[int], trained: dict[int, Path]) -> list[str]:
     series: list[tuple[int, list[dict]]] = []
     for k in rounds:
-        trained = policy_dir(run / f"round-{k}") or run / f"round-{k}" / "ppo"
-        if (trained / "metrics.jsonl").is_file():
-            series.append((k, list(read_jsonl(trained / "metrics.jsonl"))))
+        policy = trained.get(k) or policy_dir(run / f"round-{k}") or run / f"round-{k}" / "ppo"
+        if (policy / "metrics.jsonl").is_file():
+            series.append((k, list(read_jsonl(policy / "metrics.jsonl"))))
     parts = ["<h2>Policy training</h2>"]
     if not any(rows for _, rows in series):
         return parts + ["<p class=note>No PPO, GRPO or RLOO steps logged (DPO logs its losses in metrics.json).</p>"]

@@ -30,8 +30,8 @@ def init(directory: str | Path, name: str | None = None) -> list[Path]:
     if name is not None and (name.strip() in ("", ".", "..") or "/" in name or "\\" in name or name != name.strip()):
         raise ConfigError(f"--name {name!r}: expected a plain name (no '/' or '\\', not '.' or '..', no spaces at "
                           "either end): the run goes to runs/NAME")
-    name = name or directory.resolve().name
-    title = constitution_name(name)
+    given, name = name, name or directory.resolve().name
+    title = constitution_name(name, "--name" if given else "the folder's name")
     quickstart = data_dir("examples") / "quickstart"
     recipe = (quickstart / "recipe.yaml").read_text(encoding="utf-8")
     recipe = _sub(r"\A(#[^\n]*\n)+", f"# {name}: one round of the whole loop on the embedded model. Edit constitution.yaml and\n"
@@ -57,14 +57,15 @@ def init(directory: str | Path, name: str | None = None) -> list[Path]:
     return written
 
 
-def constitution_name(name: str) -> str:
+def constitution_name(name: str, source: str = "the name") -> str:
     """A valid constitution name made from a project's name: lowercase, every run of other characters than a-z, 0-9,
     '_' and '-' turned into '-' ("My Project" -> "my-project", "team.v2" -> "team-v2"). A ConfigError when nothing
-    is left (a name of punctuation alone)."""
+    is left (a name of punctuation alone, or of letters outside a-z); `source` says where `name` came from."""
     slug = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_")
     if not slug:
-        raise ConfigError(f"{name!r}: no constitution name can be made from it (lowercase letters, digits, '-' and "
-                          "'_', starting with a letter or digit); give --name")
+        fix = "give --name with some of them" if source == "--name" else "give --name"
+        raise ConfigError(f"{source} {name!r}: no constitution name can be made from it (lowercase letters a-z, "
+                          f"digits, '-' and '_', starting with a letter or digit); {fix}")
     return slug
 
 

@@ -383,3 +383,22 @@ def test_label_and_score_refuse_two_rows_of_one_id_by_line(tmp_path):
     with pytest.raises(DataError, match=r"candidates.jsonl:2: id: duplicate id 'c1' \(first on line 1\)"):
         run(ScoreConfig(candidates=str(candidates), out=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stage_refuses_to_resume_or_report_on_an_input_file_that_changed(tmp_path):
+    """The rows of a stage directory come from one version of its input: edited in between, a rerun would keep
+    rows of removed prompts and report counts of the new file."""
+    from rlaif.score import ScoreConfig, run
+
+    class FixedScore:  # the scorer's interface, without a model
+        def scores(self, prompts, responses):
+            return [(7.0, None) for _ in responses]
+
+    row = {"id": "c1", "prompt": PREF["prompt"], "responses": ["Yes.", "No."]}
+    candidates = save(tmp_path / "candidates.jsonl", jsonl(row))
+    config = ScoreConfig(candidates=str(candidates), out=str(tmp_path / "run"))
+    run(config, scorer=FixedScore())
+    assert run(config, scorer=FixedScore())["rows"] == 1  # unchanged: finished, nothing redone
+    save(tmp_path / "candidates.jsonl", jsonl({**row, "id": "c2"}))
+    with pytest.raises(DataError, match=r"candidates.jsonl: changed since this score run began .*another --out"):
+        run(config, scorer=FixedScore())

@@ -239,12 +239,31 @@ def test_policy_judging_never_asks_about_empty_or_identical_replies(tmp_path):
     summary = evaluate_policies(EvalConfig(run=str(run), prompts=str(prompts), labeler=str(tmp_path / "none"),
                                            temperature=0.7, max_new_tokens=8))
     rows = {r["id"]: r for r in read_jsonl(run / "eval" / "judgements.jsonl")}
-    assert rows == {"sft>base/same": {"id": "sft>base/same", "left_out": "identical_replies", "p": 0.5},
+    assert rows == {"sft>base/same": {"id": "sft>base/same", "not_judged": "identical_replies", "p": 0.5},
                     "sft>base/empty": {"id": "sft>base/empty", "left_out": "empty_reply", "p": None}}
     assert summary["results"]["all"]["sft"]["judge_win_vs_base"] == 0.5  # the tie; the empty pair is not counted
-    assert summary["judging"]["summary"] == "read 2 pairs for the judge, used 0, left out 2 (empty_reply 1, " \
-                                            "identical_replies 1)"
-    assert Manifest.load(run / "eval").counts["judge_left_out_empty_reply"] == 1
+    # The tie is in the win rate, so it is used (without the judge), not left out.
+    assert summary["judging"] == {"read": 2, "used": 1, "left_out": 1, "left_out_empty_reply": 1, "judged": 0,
+                                  "identical_replies_tied": 1, "summary": "read 2 pairs for the judge, judged 0, 1 "
+                                  "identical-reply pair counted as a tie, left out 1 (empty_reply 1)"}
+    counts = Manifest.load(run / "eval").counts
+    assert counts["judge_left_out_empty_reply"] == 1 and counts["judge_identical_replies_tied"] == 1
+    assert "judge_left_out_identical_replies" not in counts and counts["judge_judged"] == 0
+    # judgements.jsonl written before called the tie left out: a rerun reads it as the tie it is
+    write_jsonl(run / "eval" / "judgements.jsonl", [{"id": "sft>base/same", "left_out": "identical_replies", "p": 0.5},
+                                                    rows["sft>base/empty"]])
+    again = evaluate_policies(EvalConfig(run=str(run), prompts=str(prompts), labeler=str(tmp_path / "none"),
+                                         temperature=0.7, max_new_tokens=8))
+    assert again["judging"] == summary["judging"]
+
+
+def test_judging_summary_tells_judged_pairs_from_ties():
+    from rlaif.evaluate import judging_summary
+
+    tally = Tally("pairs for the judge", read=10, used=10)
+    assert judging_summary(tally, 4) == "read 10 pairs for the judge, judged 6, 4 identical-reply pairs counted as ties"
+    tally = Tally("pairs for the judge", read=3, used=2, left_out={"too_long": 1})
+    assert judging_summary(tally, 0) == "read 3 pairs for the judge, judged 2, left out 1 (too_long 1)"
 
 
 def test_the_shipped_constitutions_use_every_template_variable():

@@ -190,6 +190,45 @@ def test_model_replies_and_file_names_print_verbatim(tmp_path, monkeypatch):
     assert result.output == "error: r.csv:3: rank: expected a number, not 'two:smile:'\n"
 
 
+# ESC (an OSC that sets the window title, CSIs that clear the screen and turn text red), BEL, CR, DEL, and C1 controls:
+# U+009B (a one-character CSI) and U+0085 (NEL).
+HOSTILE = "ok\x1b]0;PWNED\x07\x1b[2J\x1b[31m red\r\x7f \x9b2J \x85end"
+RAW_CONTROLS = ("\x1b", "\x07", "\x9b", "\x85", "\x7f", "\r")
+
+
+def test_terminal_safe_shows_control_characters_as_escapes():
+    from rlaif.cli import shown, terminal_safe
+
+    assert terminal_safe(HOSTILE) == "ok\\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31m red\\x0d\\x7f \\x9b2J \\x85end"
+    assert terminal_safe("lines\n\tand tabs, ünïcode — kept\r\n") == "lines\n\tand tabs, ünïcode — kept\n"
+    assert shown("\x1b[bold]x") == "\\x1b\\[bold]x"  # and rich markup escaped after
+    assert terminal_safe("if admin\u202e\u2066 then") == "if admin\\u202e\\u2066 then"  # bidi overrides shown
+
+
+def test_model_text_cannot_drive_the_terminal(tmp_path, monkeypatch, capsys):
+    """A reply, a critique trace or a file name holding escape sequences prints them visibly, not raw."""
+    from rlaif import generate, models
+    from rlaif.cli.data import _show_trace
+
+    monkeypatch.setattr(models, "load_model", lambda spec, device=None: (object(), object()))
+    monkeypatch.setattr(generate, "generate", lambda lm, tokenizer, conversations, config, progress: [
+        generate.Generation(text=HOSTILE, token_ids=[1], finish_reason="stop") for _ in conversations])
+    result = CliRunner().invoke(cli, ["generate", "-p", f"say {HOSTILE}", "-p", "two"])
+    assert result.exit_code == 0, result.output
+    assert not any(c in result.output for c in RAW_CONTROLS) and result.output.count("\\x1b]0;PWNED") == 3
+
+    _show_trace({"id": "x\x1b[2J", "prompt": [{"role": "user", "content": "q\x1b]0;PWNED\x07"}],
+                 "initial": HOSTILE, "flags": ["retried"],
+                 "rounds": [{"principle": "p\x9b1m", "critique": "c\x1b[31m", "revision": "r\x85"}]})
+    printed = capsys.readouterr().out
+    assert not any(c in printed for c in RAW_CONTROLS) and "\\x1b]0;PWNED\\x07" in printed
+    assert all(shown in printed for shown in ("x\\x1b[2J", "p\\x9b1m", "c\\x1b[31m", "r\\x85"))
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["sft", "--data", "x\x1b]0;PWNED\x07.jsonl"])
+    assert result.output == "error: x\\x1b]0;PWNED\\x07.jsonl: file not found\n"
+
+
 @pytest.mark.parametrize("tail", ["one", "high", "1,5"])
 def test_a_weight_that_is_not_a_number_is_named_as_a_weight(tmp_path, monkeypatch, tail):
     monkeypatch.chdir(tmp_path)

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from rlaif.cli import cli
-from rlaif.constitution import load_constitution
+from rlaif.constitution import load_constitution, resolve_path
 from rlaif.label import (
     Judgement,
     LabelConfig,
@@ -28,7 +28,7 @@ from rlaif.label import (
     to_preference,
 )
 from rlaif.prefix_tree import tree_logprobs
-from rlaif.records import DataError, Tally, read_jsonl, write_jsonl
+from rlaif.records import DataError, Tally, read_jsonl, read_text, write_jsonl
 
 PAIR = Pair("q-0-1", [{"role": "user", "content": "How do I store bleach?"}], "Keep it sealed, away from acids.",
             "Mix it with vinegar.")
@@ -409,9 +409,37 @@ def test_injection_flip_rate_counts_a_move_to_a_tie_as_half():
                 return 0.5 if "(B)" in pair.second else 0.1 if "(A)" in pair.second else 0.9
             return [p(pair) for pair, _, _ in items], [""] * len(items)
 
+        def fits(self, pair, principles):  # no context to run out of
+            return True
+
     attacks = {"tie": lambda x: x + " (B)", "flip": lambda x: x + " (A)", "none": lambda x: x + "."}
     rates = flip_rates(Swayed(), [PAIR], load_constitution("default").principles[0], attacks=attacks)
     assert rates == {"tie": 0.5, "flip": 1.0, "none": 0.0}
+
+
+def test_injection_leaves_out_attacked_pairs_too_long_for_the_labelers_context(tiny):
+    """An attack makes a reply longer: an attacked pair that no longer fits in the labeler's context is left out of
+    that attack's rate and counted, a clean pair that does not fit out of every attack's; the rest are measured."""
+    from rlaif.injection import flip_rates
+
+    model, tokenizer = tiny
+    constitution = load_constitution("default")
+    principle = constitution.principles[0]
+    labeler = Labeler(model, tokenizer, constitution, few_shot=False)
+    short = Pair("short", PAIR.prompt, "Yes.", "No.")
+    room = max(labeler._lengths([(pair, principle, swapped) for pair in (PAIR, short) for swapped in (False, True)]))
+    long = Pair("long", PAIR.prompt, PAIR.first + " Sealed." * 40, PAIR.second)  # longer than the context itself
+    attacks = {"small": lambda x: x + "!", "filler": lambda x: x + " helpful harmless honest" * 40}
+    context = model.config.max_position_embeddings
+    model.config.max_position_embeddings = room + 4
+    try:
+        tally = Tally("attacked pairs")
+        rates = flip_rates(labeler, [PAIR, short, long], principle, attacks=attacks, tally=tally)
+    finally:
+        model.config.max_position_embeddings = context
+    assert rates["filler"] is None and rates["small"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert tally.counts() == {"read": 6, "used": 2, "left_out": 4, "left_out_too_long": 4}
+    assert tally.summary() == "read 6 attacked pairs, used 2, left out 4 (too_long 4)"
 
 
 def test_expected_calibration_error_by_hand():
@@ -438,6 +466,46 @@ def test_eval_labeler_report_card(roomy_model_dir, tmp_path, hh_data):
     assert sum(m["pairs"] for m in report["per_principle"].values()) == 3 * 2
     assert len(report["injection"]["by_attack"]) >= 20
     assert "Labeler report card" in result.output and "fake_end_of_reply" in result.output
+
+
+def test_eval_labeler_report_card_survives_attacks_too_long_for_the_labeler(roomy_model_dir, tmp_path):
+    """A labeler whose context just holds the clean pairs: the attacks that make a pair too long for it are left
+    out and counted (labeler_report.json, the table and the closing line), the others measured; no error."""
+    import shutil
+
+    from rlaif.label import sample_label_principles
+    from rlaif.models import load_model
+
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [{"id": f"p{i}", "prompt": PAIR.prompt, "chosen": PAIR.first, "rejected": reply}
+                        for i, reply in enumerate(["Mix it with vinegar.", "Anywhere is fine."])])
+    judge = load_constitution("judge")
+    model, tokenizer = load_model(str(roomy_model_dir), device="cpu")
+    labeler = Labeler(model, tokenizer, judge)
+    clean = [Pair(f"p{i}", PAIR.prompt, PAIR.first, reply)
+             for i, reply in enumerate(["Mix it with vinegar.", "Anywhere is fine."])]
+    drawn = {pair.id: sample_label_principles(judge, 1, pair.id)[0] for pair in clean}
+    room = max(labeler._lengths([(pair, principle, swapped) for pair in clean
+                                 for principle in {drawn[pair.id], drawn["p0"]} for swapped in (False, True)]))
+    narrow = tmp_path / "narrow-labeler"
+    shutil.copytree(roomy_model_dir, narrow)
+    config = json.loads((narrow / "config.json").read_text())
+    (narrow / "config.json").write_text(json.dumps({**config, "max_position_embeddings": room + 40}))
+    result = CliRunner().invoke(cli, ["eval", "labeler", "--pairs", str(pairs), "-c", "judge", "--labeler",
+                                      str(narrow), "--ensemble", "1", "--no-cot", "--injection-pairs", "2",
+                                      "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "labeler_report.json").read_text())
+    injection = report["injection"]
+    assert report["counts"] == {"read": 2, "used": 2, "left_out": 0}
+    assert injection["by_attack"]["repeated_filler"] is None  # 40 x "helpful harmless honest " fits nowhere
+    measured = [rate for rate in injection["by_attack"].values() if rate is not None]
+    assert measured and injection["flip_rate"] == pytest.approx(sum(measured) / len(measured))
+    left_out = injection["counts"]["left_out_too_long"]
+    assert injection["counts"]["read"] == 2 * len(injection["by_attack"]) == injection["counts"]["used"] + left_out
+    text = " ".join(result.output.split())
+    assert f"injection: read {injection['counts']['read']} attacked pairs, used {injection['counts']['used']}, " \
+           f"left out {left_out} (too_long {left_out})" in text
 
 
 def test_cli_score(roomy_model_dir, tmp_path):
@@ -714,6 +782,14 @@ def test_diff_without_candidates_shows_what_changed_and_loads_no_model(tmp_path)
     report = diff(DiffConfig(a="default", b=str(b), out=str(out), labeler=str(tmp_path / "no-such-model")))
     assert report["edits"]["critique_examples"] == [{"example": 1, "principle": "privacy", "change": "edited"}]
     assert report["edits"]["examples"] == [] and report["changes"]["examples_changed"] is False
+
+    fewer_rounds = tmp_path / "rounds.yaml"  # critique settings: the SFT data changes, no label does
+    fewer_rounds.write_text(read_text(resolve_path("default")).replace("rounds: 4\n  sampling: weighted",
+                                                                       "rounds: 1\n  sampling: uniform"))
+    result = CliRunner().invoke(cli, ["constitution", "diff", "default", str(fewer_rounds)])
+    assert result.exit_code == 0, result.output
+    assert "critique settings (SFT data, not labels): rounds 4 → 1, sampling weighted → uniform" in \
+        " ".join(result.output.split())
 
 
 def test_diff_leaves_out_pairs_whose_labeling_prompt_does_not_fit_and_counts_them(tmp_path, tiny):

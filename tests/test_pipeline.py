@@ -73,10 +73,10 @@ def quickstart(tmp_path, tiny_model_dir, roomy_model_dir):
            "ppo.batch_size": 4, "ppo.learning_rate": 0.0003, "ppo.save_steps": 1, "ppo.lora": False}
     for stage in ("critique", "sft", "sample", "label", "reward", "ppo", "eval"):
         toy[f"{stage}.device"] = "cpu"
-    return lambda **more: load_recipe(QUICKSTART, {**toy, **more})
+    return lambda path=QUICKSTART, **more: load_recipe(path, {**toy, **more})
 
 
-def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart):
+def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart, monkeypatch):
     recipe = quickstart()
     prompts = len(load_prompts(QUICKSTART.parent / "prompts.jsonl"))
     expected = [(1, "rankings"), (1, "critique"), (1, "sft"), (1, "sample"), (1, "label"), (1, "reward"), (1, "ppo"),
@@ -143,6 +143,27 @@ def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart):
     assert [state for *_, state in states(judged_otherwise)] == ["done"] * 11 + ["redo"]
     volatile = quickstart(**{"label.batch_size": 2})  # how the work runs, not what it makes
     assert all(state == "done" for *_, state in states(volatile))
+
+    # One round now: the evaluation and the report compare the plan's policies, not round 2's left in OUT.
+    one_round = quickstart(rounds=1)
+    assert [state for *_, state in states(one_round)] == ["done"] * 7 + ["redo"]
+    run(one_round, progress=False)
+    summary = json.loads((out / "eval" / "eval.json").read_text())
+    assert list(summary["policies"]) == ["base", "sft", "round-1"]
+    assert summary["reward_model"] == str(out / "round-1" / "reward") and set(summary["training"]) == {"round-1"}
+    assert "<th>round-2</th>" not in (out / "report.html").read_text()
+    # The same recipe by another spelling of its path is the same plan: nothing is redone.
+    monkeypatch.chdir(QUICKSTART.parent)
+    assert all(state == "done" for *_, state in states(quickstart(Path("./recipe.yaml"), rounds=1)))
+
+
+def test_an_edited_input_file_changes_the_steps_that_read_it(recipe_file):
+    keys = {(s.round, s.stage): s.key for s in plan(load_recipe(recipe_file))}
+    prompts = recipe_file.parent / "prompts.txt"
+    prompts.write_text(prompts.read_text().replace("?", "!", 1))
+    edited = {(s.round, s.stage): s.key for s in plan(load_recipe(recipe_file))}
+    assert edited[1, "rankings"] == keys[1, "rankings"]  # reads no prompt
+    assert all(edited[step] != keys[step] for step in [(1, "critique"), (1, "sample"), (1, "ppo"), (2, "ppo")])
 
 
 def test_dry_run_prints_the_plan(recipe_file):
@@ -246,8 +267,9 @@ def test_settings_nothing_reads_are_reported(recipe_file, tmp_path):
         f"{unused}:16: dpo: not used: policy_trainer is ppo (these settings take effect with policy_trainer: dpo)"]
     assert unused_settings(load_recipe(unused, {"policy_trainer": "dpo"})) == [
         f"{unused}:15: ppo: not used: policy_trainer is dpo (these settings take effect with policy_trainer: ppo)"]
-    assert unused_settings(load_recipe(recipe_file, {"human": [], "rankings.ties": "half"})) == [
-        "--set: rankings: not used: the recipe names no human rankings (human: [FILE:WEIGHT])"]
+    assert unused_settings(load_recipe(recipe_file, {"human": [], "rankings.ties": "half", "ai_weight": 3})) == [
+        "--set: rankings: not used: the recipe names no human rankings (human: [FILE:WEIGHT])",
+        "--set: ai_weight: not used: the recipe names no human rankings (human: [FILE:WEIGHT])"]
     assert unused_settings(load_recipe(recipe_file, {"critique.prefs": True, "ppo.eval_every": 1, "eval_prompts": None,
                                                      "ppo.constitution": "harmless"})) == [
         ("--set: critique.prefs: prefs.jsonl is written, but no later step of the recipe reads it (the reward model "

@@ -51,7 +51,7 @@ def test_constitution_diff_finds_the_edit_and_counts_flips(tmp_path, roomy_model
     same = run(DiffConfig(a="default", b="default", candidates=str(candidates), out=str(tmp_path / "same.json")),
                model=tiny)
     assert same["flips"] == 0 and same["mean_abs_change"] == 0.0
-    assert same["changes"] == {"added": [], "removed": [], "edited": [], "label_settings": {},
+    assert same["changes"] == {"added": [], "removed": [], "edited": [], "label_settings": {}, "critique_settings": {},
                                "examples_changed": False, "templates_changed": False}
 
     edited = tmp_path / "edited.yaml"
@@ -109,5 +109,7 @@ def test_init_refuses_a_run_name_that_is_not_a_plain_name(tmp_path, name):
 
 def test_init_refuses_a_name_no_constitution_name_comes_from(tmp_path):
     result = CliRunner().invoke(cli, ["init", str(tmp_path / "p"), "--name", "***"])
-    assert result.exit_code == 1 and "'***': no constitution name can be made from it" in result.output
-    assert not (tmp_path / "p").exists()
+    assert result.exit_code == 1 and "--name '***': no constitution name can be made from it" in result.output
+    assert "give --name with some of them" in result.output and not (tmp_path / "p").exists()
+    result = CliRunner().invoke(cli, ["init", str(tmp_path / "é")])
+    assert result.exit_code == 1 and "the folder's name 'é': no constitution name" in " ".join(result.output.split())

@@ -8,14 +8,37 @@ eval, report).
 
 from __future__ import annotations
 
+import re
+
 import click
 from rich.console import Console
 from rich.markup import escape
 
 # emoji=False: text from users and models ("weight.jsonl:one", "x:thumbs_up:.csv", a reply's ":smile:") prints as
-# written; markup in such text is escaped (rich.markup.escape) or printed with markup=False.
+# written; such text goes through `shown` (in markup) or `terminal_safe` (printed with markup=False).
 out = Console(highlight=False, emoji=False)
 err = Console(stderr=True, highlight=False, emoji=False)
+
+# C0 (but newline and tab), DEL and C1 controls (U+009B is a one-character CSI), and the bidirectional overrides
+# and isolates that make text show in another order than it reads ("Trojan Source", CVE-2021-42574)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: object) -> str:
+    """Untrusted text (a model's reply, a user's file) made safe to print on a terminal: each control character
+    other than newline and tab is shown as its escape, ESC as `\\x1b`, instead of being sent. A reply holding
+    "\\x1b]0;title\\x07" or "\\x1b[2J" would otherwise set the window's title or clear the screen, and rich
+    passes such sequences through (`escape` and markup=False handle only rich's own [markup])."""
+    def visible(match: re.Match) -> str:
+        code = ord(match.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROL.sub(visible, str(text).replace("\r\n", "\n"))
+
+
+def shown(text: object) -> str:
+    """Untrusted text for a rich markup string: terminal-safe, and its own [markup] escaped so it prints as written."""
+    return escape(terminal_safe(text))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -33,7 +56,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except _user_errors() as e:
-            err.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
+            err.print(f"[bold red]error:[/bold red] {shown(e)}", soft_wrap=True)
             ctx.exit(1)
 
 

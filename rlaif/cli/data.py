@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 import click
-from rich.markup import escape
 
-from rlaif.cli import _Group, cli, out, recipe_option, stage_config
+from rlaif.cli import _Group, cli, out, recipe_option, shown, stage_config
 
 # --------------------------------------------------------------------------------------------------------------------
 # rlaif critique
@@ -61,23 +60,23 @@ def critique(config_file, **flags) -> None:
     directory = f"{config.out}/critique"
     if os.path.isfile(f"{directory}/revisions.jsonl"):
         _show_trace(next(stage.read_jsonl(f"{directory}/revisions.jsonl"), None))
-    out.print(f"[green]✓[/green] {counts['rows']} prompts → {escape(directory)}/revisions.jsonl; "
-              f"{counts['sft_rows']} SFT rows, {counts['flagged_rows']} flagged ({escape(counts['summary'])})",
+    out.print(f"[green]✓[/green] {counts['rows']} prompts → {shown(directory)}/revisions.jsonl; "
+              f"{counts['sft_rows']} SFT rows, {counts['flagged_rows']} flagged ({shown(counts['summary'])})",
               soft_wrap=True)
 
 
 def _show_trace(row: dict | None) -> None:
-    """Print one critique trace, so the first look at a run needs no jq."""
+    """Print one critique trace, so the first look at a run needs no jq. Every field is model or file text."""
     if row is None:
         return
     from rich.panel import Panel
 
-    parts = [f"[bold]Prompt[/bold]: {escape(row['prompt'][-1]['content'])}", f"[bold]Answer[/bold]: {escape(row['initial'])}"]
+    parts = [f"[bold]Prompt[/bold]: {shown(row['prompt'][-1]['content'])}", f"[bold]Answer[/bold]: {shown(row['initial'])}"]
     for r in row["rounds"]:
-        parts += [f"[bold]Critique[/bold] under [cyan]{r['principle']}[/cyan]: {escape(r['critique'])}",
-                  f"[bold]Revision[/bold]: {escape(r['revision'])}"]
-    flags = f" [yellow]flags: {', '.join(row['flags'])}[/yellow]" if row["flags"] else ""
-    out.print(Panel("\n\n".join(parts), title=f"{escape(row['id'])}{flags}", title_align="left"))
+        parts += [f"[bold]Critique[/bold] under [cyan]{shown(r['principle'])}[/cyan]: {shown(r['critique'])}",
+                  f"[bold]Revision[/bold]: {shown(r['revision'])}"]
+    flags = f" [yellow]flags: {shown(', '.join(row['flags']))}[/yellow]" if row["flags"] else ""
+    out.print(Panel("\n\n".join(parts), title=f"{shown(row['id'])}{flags}", title_align="left"))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -114,7 +113,7 @@ def sample(config_file, **flags) -> None:
         raise click.UsageError("--prompts is required (or `prompts:` in --config)")
     counts = stage.run(config, progress=True)
     out.print(f"[green]✓[/green] {counts['used']} prompts x {config.n} → "
-              f"{escape(config.out)}/sample/candidates.jsonl ({escape(counts['summary'])})", soft_wrap=True)
+              f"{shown(config.out)}/sample/candidates.jsonl ({shown(counts['summary'])})", soft_wrap=True)
 
 
 @cli.command()
@@ -157,9 +156,9 @@ def label(config_file, **flags) -> None:
         raise click.UsageError("--candidates is required (or `candidates:` in --config)")
     counts = stage.run(config, progress=True)
     noun = "pair" if counts["labeled"] == 1 else "pairs"
-    out.print(f"[green]✓[/green] {counts['labeled']} {noun} labeled → {escape(config.out)}/label/preferences.jsonl; "
+    out.print(f"[green]✓[/green] {counts['labeled']} {noun} labeled → {shown(config.out)}/label/preferences.jsonl; "
               f"{counts['inconsistent']} inconsistent, {counts['low_confidence']} low confidence, "
-              f"{counts['dropped']} dropped ({escape(counts['summary'])})", soft_wrap=True)
+              f"{counts['dropped']} dropped ({shown(counts['summary'])})", soft_wrap=True)
 
 
 @cli.command()
@@ -186,8 +185,8 @@ def score(config_file, **flags) -> None:
     if not config.candidates:
         raise click.UsageError("--candidates is required (or `candidates:` in --config)")
     counts = stage.run(config, progress=True)
-    out.print(f"[green]✓[/green] {counts['responses']} responses scored → {escape(config.out)}/score/scores.jsonl "
-              f"({escape(counts['summary'])})", soft_wrap=True)
+    out.print(f"[green]✓[/green] {counts['responses']} responses scored → {shown(config.out)}/score/scores.jsonl "
+              f"({shown(counts['summary'])})", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -231,5 +230,5 @@ def rankings_import(rankings_file, out_path: str, ties: str, annotator: str | No
                                           skip_empty=skip_empty))
     extra = f", {counts['ties']} tie{'s' if counts['ties'] > 1 else ''} labelled 0.5" if counts["ties"] else ""
     noun = "pair" if counts["pairs"] == 1 else "pairs"
-    out.print(f"[green]✓[/green] {counts['pairs']} {noun}{extra} → {escape(out_path)} ({escape(counts['summary'])})",
+    out.print(f"[green]✓[/green] {counts['pairs']} {noun}{extra} → {shown(out_path)} ({shown(counts['summary'])})",
               soft_wrap=True)

@@ -6,11 +6,10 @@ import os
 import sys
 
 import click
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from rlaif.cli import _Group, cli, err, out, stage_config
+from rlaif.cli import _Group, cli, err, out, shown, stage_config, terminal_safe
 
 # --------------------------------------------------------------------------------------------------------------------
 # rlaif init
@@ -38,8 +37,8 @@ def init(directory: str, name: str | None) -> None:
 
     written = make(directory, name)
     for path in written:
-        out.print(f"  {escape(str(path))}", soft_wrap=True)
-    out.print(f"[green]✓[/green] next: rlaif run {escape(shlex.quote(os.path.join(directory, 'recipe.yaml')))}",
+        out.print(f"  {shown(str(path))}", soft_wrap=True)
+    out.print(f"[green]✓[/green] next: rlaif run {shown(shlex.quote(os.path.join(directory, 'recipe.yaml')))}",
               soft_wrap=True)
 
 
@@ -81,14 +80,14 @@ def constitution_check(specs: tuple[str, ...]) -> None:
             c = load_constitution(spec)
         except ConstitutionError as e:
             failed += 1
-            err.print(f"[red]✗[/red] {escape(spec)}: {len(e.problems)} problem(s)")
+            err.print(f"[red]✗[/red] {shown(spec)}: {len(e.problems)} problem(s)")
             for problem in e.problems:
-                err.print(f"  {problem}", markup=False, soft_wrap=True)
+                err.print(f"  {terminal_safe(problem)}", markup=False, soft_wrap=True)
             continue
         families = ", ".join(f"{f} {n}" for f, n in Counter(p.family for p in c.principles).items())
         examples = (f", {len(c.critique_examples)} critique and {len(c.label_examples)} label examples"
                     if c.critique_examples or c.label_examples else "")
-        out.print(f"[green]✓[/green] {escape(spec)}: {len(c.principles)} principles ({families}){examples}",
+        out.print(f"[green]✓[/green] {shown(spec)}: {len(c.principles)} principles ({families}){examples}",
                   soft_wrap=True)
     sys.exit(1 if failed else 0)
 
@@ -107,20 +106,22 @@ def constitution_show(spec: str, full: bool) -> None:
     from rlaif.constitution import load_constitution
 
     c = load_constitution(spec)
-    out.print(f"[bold]{escape(c.name)}[/bold] {escape(c.version)}  [dim]{escape(str(c.path))}[/dim]")
-    out.print(c.description.strip(), markup=False)
+    out.print(f"[bold]{shown(c.name)}[/bold] {shown(c.version)}  [dim]{shown(str(c.path))}[/dim]")
+    out.print(terminal_safe(c.description.strip()), markup=False)
     if full:
         for p in c.principles:
-            out.print(f"\n[bold]{p.id}[/bold]  [dim]{p.family} · weight {p.weight:g} · {escape(p.source)}[/dim]")
-            out.print(f"  critique:   {p.critique_request}", markup=False)
-            out.print(f"  revision:   {p.revision_request}", markup=False)
-            out.print(f"  comparison: {p.comparison_question}", markup=False)
+            out.print(f"\n[bold]{shown(p.id)}[/bold]  [dim]{shown(p.family)} · weight {p.weight:g} · "
+                      f"{shown(p.source)}[/dim]")
+            out.print(f"  critique:   {terminal_safe(p.critique_request)}", markup=False)
+            out.print(f"  revision:   {terminal_safe(p.revision_request)}", markup=False)
+            out.print(f"  comparison: {terminal_safe(p.comparison_question)}", markup=False)
         return
     table = Table(show_lines=False)
     for column in ("id", "family", "weight", "comparison question"):
         table.add_column(column, overflow="fold")
     for p in c.principles:
-        table.add_row(p.id, p.family, f"{p.weight:g}", Text(p.comparison_question))
+        table.add_row(Text(terminal_safe(p.id)), Text(terminal_safe(p.family)), f"{p.weight:g}",
+                      Text(terminal_safe(p.comparison_question)))
     out.print(table)
     s, lab = c.critique, c.label
     out.print(f"critique: {s.rounds} rounds, {s.sampling} sampling, seed {s.seed}")
@@ -165,7 +166,7 @@ def constitution_diff(a: str, b: str, **flags) -> None:
     config = stage_config(diff.DiffConfig, None, {**flags, "a": a, "b": b})
     report = diff.run(config, progress=True)
     diff.print_report(report, out)
-    out.print(f"[green]✓[/green] report → {escape(config.out)}", soft_wrap=True)
+    out.print(f"[green]✓[/green] report → {shown(config.out)}", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -206,8 +207,8 @@ def generate(prompts, model, system, max_new_tokens, temperature, top_p, seed, d
     conversations = [head + [{"role": "user", "content": p}] for p in prompts]
     for prompt, reply in zip(prompts, run(lm, tokenizer, conversations, config, progress=len(prompts) > 1)):
         if len(prompts) > 1:
-            out.print(f"[bold]> {escape(prompt)}[/bold]")
-        out.print(reply.text, markup=False)
+            out.print(f"[bold]> {shown(prompt)}[/bold]")
+        out.print(terminal_safe(reply.text), markup=False)
         if reply.finish_reason == "length":
             err.print(f"[dim](stopped at --max-new-tokens {max_new_tokens})[/dim]")
         elif reply.finish_reason == "too_long":

@@ -6,10 +6,9 @@ import os
 import sys
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from rlaif.cli import _Group, cli, err, out, recipe_option, stage_config
+from rlaif.cli import _Group, cli, err, out, recipe_option, shown, stage_config
 
 # --------------------------------------------------------------------------------------------------------------------
 # rlaif run
@@ -68,39 +67,39 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
 
     recipe = pipeline.load_recipe(recipe_file, overrides)
     for note in pipeline.unused_settings(recipe):
-        err.print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] {shown(note)}", soft_wrap=True)
     run_dir = pipeline.output_dir(recipe)
     if dry_run:
         steps = pipeline.plan(recipe)
         for line in pipeline.check_inputs(recipe, steps):
-            out.print(escape(line), soft_wrap=True)
-        out.print(f"out: {escape(str(run_dir.resolve()))}", soft_wrap=True)
+            out.print(shown(line), soft_wrap=True)
+        out.print(f"out: {shown(str(run_dir.resolve()))}", soft_wrap=True)
         for step in steps:
-            out.print(escape(step.describe()), soft_wrap=True)
+            out.print(shown(step.describe()), soft_wrap=True)
         todo = sum(step.state != "done" for step in steps)
         out.print(f"{todo} of {len(steps)} steps to run")
         if writer := stage_writer(run_dir):
-            err.print(f"[yellow]warning:[/yellow] another rlaif process ({escape(writer)}) is running this recipe "
+            err.print(f"[yellow]warning:[/yellow] another rlaif process ({shown(writer)}) is running this recipe "
                       "now; a run would stop at once", soft_wrap=True)
         return
 
     def announce(step) -> None:
-        out.print(f"[bold]round {step.round} · {step.stage}[/bold] [dim]{step.state} → {escape(str(step.directory))}"
+        out.print(f"[bold]round {step.round} · {step.stage}[/bold] [dim]{step.state} → {shown(str(step.directory))}"
                   "[/dim]", soft_wrap=True)
 
     def report(step, summary: str) -> None:
         if summary:
-            out.print(f"  {escape(step.stage)}: {escape(summary)}", soft_wrap=True)
+            out.print(f"  {shown(step.stage)}: {shown(summary)}", soft_wrap=True)
 
     from rlaif.ppo.trainer import PPOStopped
 
-    out.print(f"out: {escape(str(run_dir.resolve()))}", soft_wrap=True)
+    out.print(f"out: {shown(str(run_dir.resolve()))}", soft_wrap=True)
     try:
         steps = pipeline.run(recipe, on_step=announce, on_done=report)
     except PPOStopped as e:
-        err.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", soft_wrap=True)
+        err.print(f"[bold red]stopped:[/bold red] {shown(str(e))}", soft_wrap=True)
         sys.exit(2)
-    out.print(f"[green]✓[/green] {len(steps)} steps done; report → {escape(str(run_dir.resolve() / 'report.html'))}",
+    out.print(f"[green]✓[/green] {len(steps)} steps done; report → {shown(str(run_dir.resolve() / 'report.html'))}",
               soft_wrap=True)
 
 
@@ -153,8 +152,8 @@ def eval_policies(run_dir, config_file, **flags) -> None:
     config = stage_config(evaluate.EvalConfig, config_file, {**flags, "run": run_dir})
     summary = evaluate.evaluate_policies(config, progress=True)
     print_policy_eval(summary)
-    out.print(f"[green]✓[/green] → {escape(config.out or os.path.join(run_dir, 'eval'))}/eval.json "
-              f"({escape(summary['answering']['summary'])}; judge: {escape(summary['judging']['summary'])})",
+    out.print(f"[green]✓[/green] → {shown(config.out or os.path.join(run_dir, 'eval'))}/eval.json "
+              f"({shown(summary['answering']['summary'])}; judge: {shown(summary['judging']['summary'])})",
               soft_wrap=True)
 
 
@@ -163,12 +162,12 @@ def print_policy_eval(summary: dict) -> None:
 
     for group, results in summary["results"].items():
         n = next(iter(results.values()))["prompts"]
-        table = Table(title=f"{escape(group)} prompts ({n})")  # a tag from the user's prompt file
+        table = Table(title=f"{shown(group)} prompts ({n})")  # a tag from the user's prompt file
         table.add_column("policy")
         for _, title in columns:
             table.add_column(title, justify="right")
         for name, entry in results.items():
-            table.add_row(name, *(f"{entry[key]:.3g}" if key in entry else "-" for key, _ in columns))
+            table.add_row(shown(name), *(f"{entry[key]:.3g}" if key in entry else "-" for key, _ in columns))
         out.print(table)
 
 
@@ -189,7 +188,7 @@ def report(run_dir: str, out_path: str | None) -> None:
     from rlaif.report import render
 
     path = render(run_dir, out_path)
-    out.print(f"[green]✓[/green] report → {escape(str(path))}", soft_wrap=True)
+    out.print(f"[green]✓[/green] report → {shown(str(path))}", soft_wrap=True)
 
 
 @eval_group.command(name="labeler")
@@ -224,5 +223,6 @@ def eval_labeler(config_file, **flags) -> None:
         raise click.UsageError("--pairs is required (or `pairs:` in --config)")
     report = evaluate.evaluate_labeler(config, progress=True)
     evaluate.print_labeler_report(report, out)
-    out.print(f"[green]✓[/green] report → {escape(config.out)}/labeler_report.json ({escape(report['summary'])})",
-              soft_wrap=True)
+    injection = f"; injection: {report['injection']['summary']}" if "injection" in report else ""
+    out.print(f"[green]✓[/green] report → {shown(config.out)}/labeler_report.json ({shown(report['summary'])}"
+              f"{shown(injection)})", soft_wrap=True)

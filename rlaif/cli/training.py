@@ -6,10 +6,9 @@ import os
 import sys
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from rlaif.cli import cli, err, out, recipe_option, stage_config
+from rlaif.cli import cli, err, out, recipe_option, shown, stage_config
 
 # --------------------------------------------------------------------------------------------------------------------
 # rlaif sft
@@ -49,13 +48,13 @@ def sft(config_file, **flags) -> None:
         raise click.UsageError("--data is required (or `data:` in --config)")
     metrics = stage.run(config)
     out.print(f"[green]✓[/green] {metrics['steps']} steps on {metrics['examples']} examples, loss "
-              f"{metrics['first_loss']:.3f} → {metrics['last_loss']:.3f}; model in {escape(config.out)}"
+              f"{metrics['first_loss']:.3f} → {metrics['last_loss']:.3f}; model in {shown(config.out)}"
               f"{_data_summary(metrics)}", soft_wrap=True)
 
 
 def _data_summary(metrics: dict) -> str:
     """What a training stage read, used and left out, for its closing line."""
-    return f" ({escape(metrics['summary'])})" if "summary" in metrics else ""
+    return f" ({shown(metrics['summary'])})" if "summary" in metrics else ""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -106,13 +105,13 @@ def reward(config_file, data, eval_data, **flags) -> None:
     metrics = stage.run(config)
     train, held = metrics["train"], metrics["heldout"]
     out.print(f"[green]✓[/green] {train['steps']} steps on {train['pairs']} pairs, loss {train['first_loss']:.3f} → "
-              f"{train['last_loss']:.3f}; model in {escape(config.out)}{_data_summary(metrics)}", soft_wrap=True)
+              f"{train['last_loss']:.3f}; model in {shown(config.out)}{_data_summary(metrics)}", soft_wrap=True)
     if held:
         table = Table("held-out", "pairs", "accuracy", "margin", "ECE", title="reward model")
         for name, m in held.items():
             if name != "length":
                 fmt = lambda v: "-" if v is None else f"{v:.3f}"
-                table.add_row(name, str(m["pairs"]), fmt(m["accuracy"]), fmt(m["mean_margin"]), fmt(m["ece"]))
+                table.add_row(shown(name), str(m["pairs"]), fmt(m["accuracy"]), fmt(m["mean_margin"]), fmt(m["ece"]))
         out.print(table)
         length = held["length"]
         if length["reward_length_correlation"] is not None:
@@ -197,16 +196,16 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
     try:
         metrics = stage.run(config)
     except stage.PPOStopped as e:
-        err.print(f"[bold red]stopped:[/bold red] {escape(str(e))}", soft_wrap=True)
+        err.print(f"[bold red]stopped:[/bold red] {shown(str(e))}", soft_wrap=True)
         sys.exit(2)
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch, one process reports
         return
     if "step" in metrics:
         out.print(f"[green]✓[/green] step {metrics['step']}: reward {metrics['score']:+.3f}, KL {metrics['kl']:.2f}, "
-                  f"beta {metrics['beta']:.4f}; policy in {escape(config.out)}{_data_summary(metrics)}",
+                  f"beta {metrics['beta']:.4f}; policy in {shown(config.out)}{_data_summary(metrics)}",
                   soft_wrap=True)
     else:
-        out.print(f"[green]✓[/green] already trained for {config.steps} steps: {escape(config.out)}"
+        out.print(f"[green]✓[/green] already trained for {config.steps} steps: {shown(config.out)}"
                   f"{_data_summary(metrics)}", soft_wrap=True)
 
 
@@ -255,7 +254,7 @@ def dpo(config_file, data, label_smoothing, **flags) -> None:
         raise click.UsageError("--data is required (or `data:` in --config)")
     metrics = stage.run(config)
     out.print(f"[green]✓[/green] {metrics['steps']} steps on {metrics['pairs']} pairs, last loss "
-              f"{metrics['last_loss']}; policy in {escape(config.out)}{_data_summary(metrics)}", soft_wrap=True)
+              f"{metrics['last_loss']}; policy in {shown(config.out)}{_data_summary(metrics)}", soft_wrap=True)
 
 
 @cli.command()
@@ -295,5 +294,5 @@ def grpo(config_file, reward_model, **flags) -> None:
         raise click.UsageError("--prompts is required (or `prompts:` in --config)")
     last = stage.run(config)
     reward = f", reward {last['reward']:+.3f}" if "reward" in last else ""
-    out.print(f"[green]✓[/green] {config.algorithm}{reward}; policy in {escape(config.out)}{_data_summary(last)}",
+    out.print(f"[green]✓[/green] {config.algorithm}{reward}; policy in {shown(config.out)}{_data_summary(last)}",
               soft_wrap=True)
