@@ -381,7 +381,7 @@ class Step:
     note: str = ""  # what else the plan should say: the file a rankings step imports, a longer run kept
 
     def describe(self) -> str:
-        return f"round {self.round}  {self.stage:9} {self.state:7} {_shown(str(self.directory))}" + (
+        return f"round {self.round}  {self.stage:9} {self.state:7} {shown_path(str(self.directory))}" + (
             f"  ({self.note})" if self.note else "")
 
 
@@ -488,7 +488,7 @@ def plan(recipe: Recipe) -> list[Step]:
                               f"{step.directory}")
         step.state = _state(step)
         if step.stage == "rankings":
-            step.note = f"imports {_shown(step.config.rankings)}"
+            step.note = f"imports {shown_path(step.config.rankings)}"
         elif step.state == "done":
             step.note = _kept(step)
     return steps
@@ -516,14 +516,14 @@ def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
             tally = Tally("pairs")
             with _reading(recipe, f"human[{next(human)}]"):
                 import_rankings(config.rankings, config.ties, config.annotator, config.skip_empty, tally=tally)
-            read.append(f"{_shown(config.rankings)}: {tally.summary()}")
+            read.append(f"{shown_path(config.rankings)}: {tally.summary()}")
         for name in ("prompts", "eval_prompts"):
             path = getattr(config, name, None)
             if path and path not in seen:
                 seen.add(path)
                 with _reading(recipe, "eval_prompts" if path == _path(recipe, recipe.eval_prompts or "") else
                               "prompts"):
-                    read.append(f"{_shown(path)}: read {len(load_prompts(path))} prompts")
+                    read.append(f"{shown_path(path)}: read {len(load_prompts(path))} prompts")
         if step.stage == "ppo":
             from rlaif.ppo.rollout import import_function
 
@@ -541,9 +541,9 @@ def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
     return read
 
 
-def _shown(path: str) -> str:
+def shown_path(path: str | Path) -> str:
     """A path for the terminal: relative to the current directory when it is below it."""
-    return str(Path(path).relative_to(Path.cwd())) if Path(path).is_relative_to(Path.cwd()) else path
+    return str(Path(path).relative_to(Path.cwd())) if Path(path).is_relative_to(Path.cwd()) else str(path)
 
 
 def check_model(spec: str, where: str | None = None) -> None:

@@ -84,8 +84,8 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
         return
 
     def announce(step) -> None:
-        out.print(f"[bold]round {step.round} · {step.stage}[/bold] [dim]{step.state} → {shown(str(step.directory))}"
-                  "[/dim]", soft_wrap=True)
+        where = shown(pipeline.shown_path(step.directory))
+        out.print(f"[bold]round {step.round} · {step.stage}[/bold] [dim]{step.state} → {where}[/dim]", soft_wrap=True)
 
     def report(step, summary: str) -> None:
         if summary:
