@@ -160,7 +160,7 @@ def stage_argv(stage: str, out: Path, inputs: dict) -> tuple[list[str], Path, li
                 out / "critique", ["turns.jsonl", "revisions.jsonl", "sft.jsonl", "prefs.jsonl"],
                 ["resumed", "resumed_turns"])
     if stage.startswith("sample"):
-        sampling = ["-t", "1.0", "--top-p", "0.9", "--seed", "3", "--n", "2", "--batch-size", "2"] \
+        sampling = ["-t", "1.0", "--top-p", "0.9", "--seed", "3", "--n", "3", "--batch-size", "2"] \
             if stage == "sample-seeded" else ["-t", "0", "--n", "1", "--batch-size", "1"]  # greedy: one response each
         return (["sample", "--prompts", prompts, "-m", model, "--out", str(out), "--max-new-tokens", "8",
                  *sampling, *cpu], out / "sample", ["candidates.jsonl"], ["resumed"])
