@@ -468,6 +468,8 @@ def load_mix(specs: list[str], ties: str = "skip", human_overrides: bool = False
              setting: str = "data") -> tuple[list[PreferenceRow], dict]:
     """The preference files "FILE[:WEIGHT]" (`load_preferences`, every row counted in `tally`: read, used, left out)
     mixed into one row per distinct pair (`mix`); returns mix's (rows, agreement). The reader of reward and DPO.
+    When every pair weighs 0 (file weights times row weights), a DataError: there is nothing to train on, and
+    normalising the weights by their mean would divide by zero.
     A file listed twice (the same file by resolved path, whatever the spelling) is a ConfigError naming `setting`,
     checked before any file is read: mixing would add its weights, so every pair of it would train twice over."""
     files: dict[Path, str] = {}  # resolved path -> the spec that named it
@@ -482,7 +484,11 @@ def load_mix(specs: list[str], ties: str = "skip", human_overrides: bool = False
     for spec in specs:
         path, weight = parse_weighted(spec)
         sources.append((path, load_preferences(path, ties, tally=tally), weight))
-    return mix(sources, human_overrides)
+    rows, agreement = mix(sources, human_overrides)
+    if rows and not any(row["weight"] > 0 for row in rows):
+        raise DataError(", ".join(path for path, _, _ in sources), None, None, "every pair has weight 0: nothing to "
+                        "train on; give a file a weight above 0 (FILE:WEIGHT), or its rows a weight above 0")
+    return rows, agreement
 
 
 def mix(sources: list[tuple[str, list[PreferenceRow], float]], human_overrides: bool = False

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from rlaif.models import chat_ids, check_numbers, lora_unused, unused_settings
+from rlaif.rankings import load_mix  # the reader of the preference files reward mixes
 from rlaif.records import (
     ConfigError,
     DataError,
@@ -226,7 +227,7 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
         trainer_device,
         training_dtype,
     )
-    from rlaif.rankings import load_mix, pair_key, parse_weighted
+    from rlaif.rankings import pair_key, parse_weighted
 
     if not config.data:
         raise ConfigError("data: give at least one preference file (--data FILE[:WEIGHT])")

@@ -61,7 +61,7 @@ def test_dpo_trains_on_confident_pairs_with_robust_loss_from_soft_labels(tmp_pat
     with pytest.raises(DataError, match=r"read 4 pairs, used 0, left out 4 \(low_confidence 4\); lower "
                                         r"--min-p-chosen \(0.9\)$"):
         run(DPOConfig(data=[str(preferences)], min_p_chosen=0.9, out=str(tmp_path / "x"), policy=str(tiny_model_dir)))
-    with pytest.raises(DataError, match=r"left out 4 \(zero_weight 4\); give a file a weight above 0"):
+    with pytest.raises(DataError, match=r"every pair has weight 0: nothing to train on; give a file a weight above 0"):
         run(DPOConfig(data=[f"{preferences}:0"], out=str(tmp_path / "x"), policy=str(tiny_model_dir)))
     assert not (tmp_path / "x").exists()
 

@@ -206,7 +206,8 @@ def test_reward_refuses_a_file_of_weight_zero(tmp_path, tiny_model_dir, no_model
     data = CASES / "non-finite-numbers" / "prefs_ai.jsonl"
     with pytest.raises(DataError) as error:
         run(RewardConfig(data=[f"{data}:0"], out=str(tmp_path / "rm"), model=str(tiny_model_dir), eval_fraction=0.0))
-    assert str(error.value) == f"{data}: every pair has weight 0: nothing to train on"
+    assert str(error.value) == f"{data}: every pair has weight 0: nothing to train on; give a file a weight above 0 " \
+                               "(FILE:WEIGHT), or its rows a weight above 0"
     assert not (tmp_path / "rm").exists()
 
 
