@@ -353,7 +353,7 @@ def discover(config: EvalConfig) -> dict:
                 policies[f"round-{k}"] = str(trained)
     trained_with = [_config(Path(p)) for name, p in policies.items() if name.startswith("round-")]
     ppo = trained_with[-1] if trained_with else {}
-    last = len(policies) - 2 if config.policies else max(rounds_of(run), default=0)
+    last = len(config.policies) if config.policies else max(rounds_of(run), default=0)  # the rounds compared
     rewards = [run / f"round-{k}" / "reward" for k in range(1, last + 1) if _complete(run / f"round-{k}" / "reward")]
     reward_model = config.reward_model or (str(rewards[-1]) if rewards else None)
     if reward_model is None:
