@@ -13,18 +13,31 @@ weights being trained are float32 (bf16 only as autocast on a GPU, where LoRA's 
 models only score, in bf16 on a GPU.
 OUT holds the policy (a LoRA adapter merged in), `metrics.jsonl` in PPO's names (score, kl, beta, entropy,
 response_length) so the report plots it alike, and checkpoints/ (safetensors); a rerun resumes from the latest.
+
+PPO's reward-hacking monitors (rlaif/ppo/monitors.py), where TRL lets us see them: `monitor/score_length_corr`, the
+reward's correlation with reply length in tokens over the step's replies (each centred on its process's means), from
+the covariance and variances the reward function computes from the completion ids TRL hands it and logs through
+TRL's `log_metric` (which averages them over the processes), with `monitor/score_std` and `monitor/length_std`; and
+`monitor/truncated`, TRL's own share of replies cut at max_new_tokens (`completions/clipped_ratio`). No score-KL
+correlation: the reward function never sees a reply's KL. Warnings as PPO's: in each row's `warnings`, the first of
+each kind printed as it is logged, the tally in the manifest.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlaif.loaders import load_prompts
 from rlaif.models import check_numbers, fitting_prompts, lora_unused
+from rlaif.ppo import monitors as M
 from rlaif.rankings import parse_weighted
 from rlaif.records import ConfigError, DataError, JsonlWriter, Tally, open_stage
+
+# what the reward function logs through TRL for the score-length monitors (RewardModels, _length_monitors)
+COMOMENTS = ("monitor/score_length_cov", "monitor/score_var", "monitor/length_var")
 
 
 @dataclass
@@ -45,15 +58,20 @@ class GRPOConfig:
     lora_alpha: int = 32
     learning_rate: float | None = None  # derived when unset: 5e-5 with LoRA, 1e-6 without
     save_steps: int = 50
+    monitor_length_corr: float = 0.5  # warn past this |r(reward, reply length)| (why: rlaif/ppo/monitors.py, as PPO's)
+    monitor_truncated: float = 0.5  # warn when more than this share of replies hit max_new_tokens without stopping
+    monitor_min_replies: int = 32  # replies (per process) in each of the two windows a warning needs
+    # (why, and the false-alarm rate it gives: rlaif/ppo/monitors.py)
     seed: int = 0
     device: str | None = None  # cpu or cuda; default: a GPU if there is one
 
-    VOLATILE = ("device",)
+    VOLATILE = ("device", "monitor_length_corr", "monitor_truncated", "monitor_min_replies")
 
     def __post_init__(self):
         check_numbers(self, "grpo", positive=["steps", "prompts_per_step", "max_new_tokens", "temperature", "learning_rate",
                                               "save_steps", "lora_r", "lora_alpha"],
-                      finite=["group_size"], nonnegative=["beta"])
+                      finite=["group_size"], nonnegative=["beta"], at_least_one=["monitor_min_replies"],
+                      within={"monitor_length_corr": (0.0, 1.0), "monitor_truncated": (0.0, 1.0)})
         if self.algorithm not in ("grpo", "rloo"):
             raise DataError("grpo settings", None, "algorithm", f"expected grpo or rloo, not {self.algorithm!r}")
         if self.group_size < 2:
@@ -75,10 +93,67 @@ class RewardModels:
 
         self.models = [(RewardModel.load(path, device=device), weight) for path, weight in map(parse_weighted, specs)]
 
-    def __call__(self, prompts: list, completions: list, **_) -> list[float]:
+    def __call__(self, prompts: list, completions: list, completion_ids: list | None = None, log_metric=None,
+                 **_) -> list[float]:
+        """The weighted sum of the reward models' scores; with TRL's `completion_ids` and `log_metric`, also logs the
+        covariance and variances of the scores and the replies' lengths in tokens (monitors.comoments; none where a
+        value is not finite). TRL averages each over the step's calls and processes: their ratio, r in `_row`, is
+        then the r of the step's pooled replies, each centred on its call's means, not a mean of r's."""
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         total = sum(weight * model.score(prompts, texts, normalize=bool(model.stats)) for model, weight in self.models)
+        if completion_ids is not None and log_metric is not None:
+            moments = M.comoments(total.tolist(), [len(ids) for ids in completion_ids])
+            for name, value in zip(COMOMENTS, moments or ()):
+                log_metric(name, value)
         return total.tolist()
+
+
+def monitored_rows(history: list[dict], config: GRPOConfig) -> tuple[list[dict], M.Watch]:
+    """metrics.jsonl's rows from TRL's log history, in PPO's names, each with its monitors' `warnings`; and the
+    Watch that saw them (its tally)."""
+    watch, rows = M.Watch.of(config), [_row(entry, config) for entry in history if "reward" in entry]
+    for row in rows:
+        row["warnings"] = watch.observe(row)[0]
+    return rows, watch
+
+
+def _row(entry: dict, config: GRPOConfig) -> dict:
+    step = int(entry["step"])
+    return {"id": f"step-{step:06d}", "step": step, "score": entry["reward"], "kl": entry.get("kl", 0.0),
+            "beta": config.beta, "entropy": entry.get("entropy"),
+            "response_length": entry.get("completions/mean_length"), "loss": entry.get("loss"),
+            **_length_monitors(entry), M.TRUNCATED: entry.get("completions/clipped_ratio"),
+            M.REPLIES: config.prompts_per_step * config.group_size}
+
+
+def _length_monitors(entry: dict) -> dict:
+    """PPO's score-length keys from the comoments the reward function logged (None where it logged none)."""
+    cov, var_score, var_length = (entry.get(name) for name in COMOMENTS)
+    if cov is None or var_score is None or var_length is None:
+        return {M.LENGTH: None, M.SCORE_STD: None, M.LENGTH_STD: None}
+    r = cov / math.sqrt(var_score * var_length) if var_score > 0 and var_length > 0 else None
+    return {M.LENGTH: r if r is None else max(-1.0, min(1.0, r)), M.SCORE_STD: math.sqrt(var_score),
+            M.LENGTH_STD: math.sqrt(var_length)}
+
+
+def _announcer(config: GRPOConfig):
+    """A TRL callback that prints the first warning of each kind as its step is logged."""
+    from transformers import TrainerCallback
+
+    class Announcer(TrainerCallback):
+        def __init__(self):
+            self.watch, self.seen = M.Watch.of(config), 0
+
+        def on_log(self, args, state, control, **kwargs):
+            entries = [e for e in state.log_history if "reward" in e]
+            fresh = []
+            for entry in entries[self.seen :]:  # after a resume, the restored history first: warned about before
+                fresh = self.watch.observe(_row(entry, config))[1]
+            if entries[self.seen :] and state.is_world_process_zero:
+                M.announce(config.algorithm, int(entries[-1]["step"]), fresh)
+            self.seen = len(entries)
+
+    return Announcer()
 
 
 def run(config: GRPOConfig, progress: bool = True) -> dict:
@@ -135,21 +210,20 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
     )
     trainer = Trainer(model=model, reward_funcs=RewardModels(config.reward_model, device), args=args,
                       train_dataset=Dataset.from_list([{"prompt": p["prompt"]} for p in prompts]),
-                      processing_class=tokenizer,
+                      processing_class=tokenizer, callbacks=[_announcer(config)],
                       peft_config=lora_config(config.lora_r, config.lora_alpha) if config.lora else None)
     started = time.time()
     train_and_save(trainer, tokenizer, out, config.lora)
     (out / "metrics.jsonl").unlink(missing_ok=True)
+    rows, watch = monitored_rows(trainer.state.log_history, config)
     with JsonlWriter(out / "metrics.jsonl") as writer:
-        for entry in trainer.state.log_history:
-            if "reward" in entry:
-                step = int(entry["step"])
-                writer.write({"id": f"step-{step:06d}", "step": step, "score": entry["reward"],
-                              "kl": entry.get("kl", 0.0), "beta": config.beta, "entropy": entry.get("entropy"),
-                              "response_length": entry.get("completions/mean_length"), "loss": entry.get("loss")})
-    last = {**next((e for e in reversed(trainer.state.log_history) if "reward" in e), {}), "summary": tally.summary()}
-    manifest.counts.update(tally.counts(), steps=trainer.state.global_step)
+        for row in rows:
+            writer.write(row)
+    last = {**next((e for e in reversed(trainer.state.log_history) if "reward" in e), {}), "summary": tally.summary(),
+            "monitor_warnings": watch.fired}
+    manifest.counts.update(tally.counts(), steps=trainer.state.global_step, monitor_warnings=watch.total())
     manifest.extra["last"] = last
+    manifest.extra["monitor_warnings"] = watch.fired
     manifest.seconds += time.time() - started
     manifest.outputs = ["model.safetensors", "metrics.jsonl", "checkpoints/"]
     manifest.status = "complete"

@@ -10,14 +10,26 @@ the conversation, Reply (A), Reply (B), then the question, after the constitutio
 label is not generated text: it is the probability of the option "(A" against "(B", normalised over the two and read
 from one forward pass (Bai et al. 2022, "Constitutional AI", section 4.1). Options are tokenized in context, so
 tokenizers that merge "(A" into one token, or split it in three, are scored alike (a multi-token option by its
-summed log-prob).
+summed log-prob). That is mode compare, the default; each row says its `mode`. Two other modes ask no question and
+show no reply beside the other, so no order enters their labels (rows say `order_free`; swapping the replies gives
+exactly 1 - p):
 
-Both orders are scored, (first, second) and (second, first), and averaged after un-swapping: a labeler that favours
-whichever reply comes first is cancelled out, and the two orders disagreeing is flagged as inconsistent. With k
-principles the label is their mean, and each principle's own probability is kept (which principle drove a label).
-In chain-of-thought mode the labeler first writes a short rationale, then the options are scored after it, as
-"{rationale} The answer is (A", the form of its few-shot answers; those probabilities are extreme, so they are
-clamped (0.4 to 0.6 by default, as the CAI paper found best).
+- contrast: each reply's likelihood contrast under a principle, c(y) = log p(y | x, follows) - log p(y | x,
+  violates), the reply's summed token log-probabilities under the principle's two system prompts (its `follows` and
+  `violates` texts, or the constitution's templates filled with its critique request), and P(first is better) =
+  sigmoid(c(first) - c(second)): DPO's implicit reward with the two prompted labelers as policy and reference
+  (Rafailov et al. 2023, eq. 5), a likelihood reading of RLCD's prompts (Yang et al. 2023, arXiv:2307.12950). The
+  principles are drawn as in compare and their probabilities averaged; the row keeps each principle's contrasts.
+- score: each reply's expected 1-10 score under the whole constitution (rlaif.score.DirectScore), and P(first is
+  better) = sigmoid((s(first) - s(second)) / score_temperature), T = 1 score point by default; the row keeps both
+  scores.
+
+In compare mode both orders are scored, (first, second) and (second, first), and averaged after un-swapping: a
+labeler that favours whichever reply comes first is cancelled out, and the two orders disagreeing is flagged as
+inconsistent. With k principles the label is their mean, and each principle's own probability is kept (which
+principle drove a label). With chain of thought the labeler first writes a short rationale, then the options are
+scored after it, as "{rationale} The answer is (A", the form of its few-shot answers; those probabilities are
+extreme, so they are clamped (0.4 to 0.6 by default, as the CAI paper found best).
 
 The responses are untrusted text: `quote` keeps them from passing for the prompt's own structure (see its
 docstring), and `rlaif eval labeler` measures how often injection attacks still flip a label.
@@ -30,7 +42,8 @@ conversation's tokens; packing leaves nothing for sorting by length to save): a 
 in flight, and its rerun writes what an uninterrupted one would have.
 
 A pair whose labeling prompt (few-shot block, conversation, both replies, question and option; in chain of thought,
-with room for the rationale) does not fit in the labeler's context is never judged: past the context the
+with room for the rationale; in mode contrast, a reply with its conversation and system prompt; in mode score, a
+reply's scoring prompt) does not fit in the labeler's context is never judged: past the context the
 probabilities mean nothing. It is left out and counted (`too_long`), like a pair that says nothing.
 """
 
@@ -58,6 +71,8 @@ from rlaif.records import (
     reply_problem,
 )
 
+MODES = ("compare", "contrast", "score")
+
 
 @dataclass
 class LabelConfig:
@@ -65,12 +80,14 @@ class LabelConfig:
     out: str = "runs/label"  # run directory; this stage writes OUT/label/preferences.jsonl
     constitution: str = "default"  # shipped name or path
     labeler: str = "smollm2-135m-instruct"  # the labeling model (any model spec)
+    mode: str = "compare"  # compare: ask (A) or (B); contrast: likelihood contrast; score: difference of 1-10 scores
     principles_per_comparison: int | str | None = None  # k principles averaged per pair, or "all"; None: constitution
     both_orders: bool | None = None  # score both orders and average; None: the constitution's label.both_orders
     chain_of_thought: bool | None = None  # write a rationale before scoring; None: the constitution's setting
     few_shot: bool = True  # put the constitution's label examples first
     max_new_tokens: int = 128  # rationale length limit (chain of thought)
     min_margin: float = 0.05  # a label with p_chosen below 0.5 + this is flagged low_confidence
+    score_temperature: float = 1.0  # mode score: P(first) = sigmoid((s_first - s_second) / this), in score points
     drop_flagged: bool = False  # write low-confidence and inconsistent pairs to dropped.jsonl, not preferences.jsonl
     batch_size: int = 8  # pairs per forward pass (each is 2 orders x k principles sequences); written per batch
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
@@ -78,7 +95,18 @@ class LabelConfig:
     VOLATILE = ("batch_size", "chunk_size", "device")  # chunk_size: saved by earlier versions; it never changed a label
 
     def __post_init__(self):
-        check_numbers(self, "label", at_least_one=["max_new_tokens", "batch_size"], within={"min_margin": (0.0, 0.5)})
+        check_numbers(self, "label", at_least_one=["max_new_tokens", "batch_size"], within={"min_margin": (0.0, 0.5)},
+                      positive=["score_temperature"])
+        if self.mode not in MODES:
+            raise DataError("label settings", None, "mode", f"expected one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.mode != "compare":
+            unused_settings(self, ["both_orders", "chain_of_thought", "few_shot", "max_new_tokens"],
+                            f"used only with mode: compare; mode {self.mode} asks the labeler no question", ("mode",))
+        if self.mode == "score":
+            unused_settings(self, ["principles_per_comparison"], "not used with mode: score, which rates each reply "
+                            "against every principle of the constitution at once", ("mode",))
+        else:
+            unused_settings(self, ["score_temperature"], "used only with mode: score", ("mode",))
         k = self.principles_per_comparison
         if isinstance(k, str) and k != "all":  # `-k 4` arrives as text
             try:
@@ -164,24 +192,108 @@ def to_preference(pair: Pair, judgements: list[Judgement], labeler: str, min_mar
         "p_chosen": p_chosen, "source": "ai", "labeler": labeler,
         "principles": [j.principle for j in judgements],
         "principle_p": {j.principle: oriented(j.p) for j in judgements},
-        "p_orders": p_orders, "consistent": agree, "flags": flags,
+        "p_orders": p_orders, "consistent": agree, "flags": flags, "mode": "compare",
     }
     if any(j.rationales for j in judgements):
         row["rationales"] = {j.principle: j.rationales for j in judgements}  # type: ignore[typeddict-unknown-key]
     return row
 
 
-def resolved_settings(config: LabelConfig, constitution: Constitution) -> tuple[int | str, bool, bool]:
+def preference_probability(first: float, second: float, temperature: float = 1.0) -> float:
+    """P(first is better) under the Bradley-Terry model, the preference model of reward modeling and of DPO
+    (Rafailov et al. 2023, "Direct Preference Optimization", eq. 1): sigmoid((first - second) / temperature),
+    computed stably. `first`, `second`: the two replies' scores on one scale; `temperature` (> 0): the score
+    difference that moves the log-odds by 1."""
+    return option_probability(first / temperature, second / temperature)  # sigmoid(a - b) = e^a / (e^a + e^b)
+
+
+def likelihood_contrast(follows: list[float], violates: list[float]) -> float:
+    """c(y) = sum_t log p(y_t | x, s+, y<t) - sum_t log p(y_t | x, s-, y<t), from the per-token log-probabilities of
+    one reply's T tokens y under the system prompt s+ that follows a principle (`follows`, T floats) and the one
+    s- that breaks it (`violates`, the same T tokens).
+
+    It is DPO's implicit reward (Rafailov et al. 2023, eq. 5: r(x, y) = beta log pi_r(y|x) / pi_ref(y|x) + beta log
+    Z(x)) with beta = 1, the labeler prompted with s+ as pi_r and with s- as pi_ref. Z(x) is the same for both
+    replies to a prompt, so it cancels in the preference probability, sigmoid(c(first) - c(second))
+    (`preference_probability`): a likelihood reading of RLCD's positive and negative prompts (Yang et al. 2023,
+    "RLCD", arXiv:2307.12950), which RLCD itself uses to sample the two replies, not to score them."""
+    if len(follows) != len(violates):
+        raise ValueError(f"the same tokens are scored under both prompts: got {len(follows)} and {len(violates)}")
+    return sum(follows) - sum(violates)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One principle's likelihood contrast of a pair: c(first) and c(second), in nats (`likelihood_contrast`)."""
+
+    principle: str
+    first: float
+    second: float
+
+    @property
+    def p(self) -> float:
+        """P(first is better) = sigmoid(c(first) - c(second)); showing the replies in the other order gives 1 - p."""
+        return preference_probability(self.first, self.second)
+
+
+def _order_free_row(pair: Pair, p_first: float, labeler: str, min_margin: float, mode: str) -> PreferenceRow:
+    """The preference row of a label that no order of the replies entered: chosen is the reply `p_first` favours
+    (the first on a tie), consistent by construction, without `p_orders`, flagged low_confidence like any label."""
+    first_wins = p_first >= 0.5
+    p_chosen = p_first if first_wins else 1.0 - p_first
+    chosen, rejected = (pair.first, pair.second) if first_wins else (pair.second, pair.first)
+    return {"id": pair.id, "prompt": pair.prompt, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": p_chosen, "source": "ai",
+            "labeler": labeler, "consistent": True, "order_free": True,
+            "flags": ["low_confidence"] if p_chosen < 0.5 + min_margin else [], "mode": mode}
+
+
+def contrast_preference(pair: Pair, contrasts: list[Contrast], labeler: str, min_margin: float) -> PreferenceRow:
+    """The pair as a row of mode contrast: p_chosen the mean over its principles of sigmoid(c(chosen) -
+    c(rejected)), `principle_p` each principle's, and the evidence `contrasts` {principle: {chosen: c, rejected:
+    c}} (nats)."""
+    p_first = mean([c.p for c in contrasts])
+    row, first_wins = _order_free_row(pair, p_first, labeler, min_margin, "contrast"), p_first >= 0.5
+    row["principles"] = [c.principle for c in contrasts]
+    row["principle_p"] = {c.principle: c.p if first_wins else 1.0 - c.p for c in contrasts}
+    row["contrasts"] = {c.principle: {"chosen": c.first if first_wins else c.second,  # type: ignore[typeddict-unknown-key]
+                                      "rejected": c.second if first_wins else c.first} for c in contrasts}
+    return row
+
+
+def score_preference(pair: Pair, first: float, second: float, temperature: float, labeler: str,
+                     min_margin: float) -> PreferenceRow:
+    """The pair as a row of mode score: p_chosen = sigmoid((s_chosen - s_rejected) / temperature) from the two
+    replies' expected 1-10 scores (rlaif.score.DirectScore), kept as the evidence `scores` {chosen, rejected}.
+
+    The temperature is in score points. With LabelConfig's default, 1, a point of difference is odds of e : 1 (P =
+    0.73) and three points P = 0.95: the expected scores of a small labeler lie close together, so its labels stay
+    near 0.5, as its uncertainty warrants, while a scorer that tells replies apart by several points gives labels
+    near 1. A smaller temperature sharpens every label."""
+    p_first = preference_probability(first, second, temperature)
+    row, first_wins = _order_free_row(pair, p_first, labeler, min_margin, "score"), p_first >= 0.5
+    row["scores"] = {"chosen": first if first_wins else second,  # type: ignore[typeddict-unknown-key]
+                     "rejected": second if first_wins else first}
+    return row
+
+
+def resolved_settings(config: LabelConfig, constitution: Constitution
+                      ) -> tuple[int | str | None, bool | None, bool | None]:
     """(principles per pair, both orders, chain of thought): the config's, or the constitution's label settings
-    where the config leaves them unset. A setting that cannot work under them is an error: more principles per pair
-    than the constitution has (DataError naming the field), or max_new_tokens set without chain of thought
-    (ConfigError)."""
+    where the config leaves them unset; None where the mode does not use them (orders and chain of thought outside
+    mode compare, principles per pair in mode score). A setting that cannot work under them is an error: more
+    principles per pair than the constitution has (DataError naming the field), or max_new_tokens set without chain
+    of thought (ConfigError)."""
     settings = constitution.label
     k = settings.principles_per_comparison if config.principles_per_comparison is None \
         else config.principles_per_comparison
-    if k != "all" and k > len(constitution.principles):
+    if config.mode == "score":
+        k = None
+    elif k != "all" and k > len(constitution.principles):
         raise DataError("label settings", None, "principles_per_comparison", f"asks for {k} principles per pair but "
                         f"the constitution {constitution.name} has {len(constitution.principles)}; use all")
+    if config.mode != "compare":
+        return k, None, None
     both = settings.both_orders if config.both_orders is None else config.both_orders
     cot = settings.chain_of_thought if config.chain_of_thought is None else config.chain_of_thought
     if not cot:
@@ -222,10 +334,29 @@ def quote(text: str, special_tokens: list[str] = (), options: bool = True) -> st
     text = _STRUCTURE.sub(lambda m: "[" + ("/" if "/" in m.group(0) else "") + m.group(1).lower() + "]", text)
     if options:
         text = _OPTION.sub(lambda m: f"[{m.group(1)}]", text)
+    return defuse(text, special_tokens)
+
+
+def defuse(text: str, special_tokens: list[str] = ()) -> str:
+    """`text` with each of the tokenizer's special tokens (e.g. <|im_end|>) broken up by a zero-width space, so that
+    it is read as text and cannot end a chat turn or open one."""
     for token in special_tokens:
         if len(token) > 1 and token in text:
             text = text.replace(token, token[0] + "\u200b" + token[1:])
     return text
+
+
+def tokenizer_specials(tokenizer) -> list[str]:
+    """The tokenizer's special and added tokens: what `quote` and `defuse` break up in untrusted text."""
+    return sorted(set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {})))
+
+
+def with_system(prompt: list[Message], system: str) -> list[Message]:
+    """The conversation `prompt` under the system prompt `system`: a system turn first, or, where the conversation
+    opens with its own, `system` put before that turn's text (chat templates take one system turn)."""
+    if prompt and prompt[0]["role"] == "system":
+        return [{"role": "system", "content": f"{system}\n\n{prompt[0]['content']}"}, *prompt[1:]]
+    return [{"role": "system", "content": system}, *prompt]
 
 
 def answer(option: str, rationale: str | None = None) -> str:
@@ -291,7 +422,7 @@ class Labeler:
         self.model, self.tokenizer, self.constitution = model, tokenizer, constitution
         self.share_prefix = share_prefix  # off: every prompt is computed whole (for comparisons)
         self.chain_of_thought, self.max_new_tokens, self.name = chain_of_thought, max_new_tokens, name
-        self.special = sorted({t for t in tokenizer.all_special_tokens} | set(getattr(tokenizer, "added_tokens_encoder", {})))
+        self.special = tokenizer_specials(tokenizer)
         self.template = label_template(constitution, chain_of_thought)
         self.prefix = few_shot_block(constitution, chain_of_thought, self.special) if few_shot else []
         self._prefix_text, self._prefix_cache = "", None
@@ -409,6 +540,129 @@ def label_pairs(labeler: Labeler, pairs: list[Pair], principles: list[list[Princ
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Order-free labels: likelihood contrast and score difference
+
+
+class LikelihoodContrast:
+    """The labeler read as a likelihood contrast (mode contrast). For a reply y to the conversation x and a
+    principle with follows and violates system prompts s+ and s- (Constitution.contrast_prompts), c(y) = log p(y |
+    x, s+) - log p(y | x, s-) (`likelihood_contrast`), and P(first is better) = sigmoid(c(first) - c(second)). Each
+    reply is scored alone, never beside the other, so no order enters the label: swapping the replies gives 1 - p.
+
+    y is scored as TRL's DPO trainer tokenizes a completion (rlaif.models.completion_start): the chat template's
+    tokens after the conversation's generation prompt, its end-of-turn tokens included. The conversation and the
+    reply are untrusted text: their special tokens are broken up (`defuse`), so a reply cannot close its turn and
+    write a system prompt of its own. A pair's 4 k sequences (k principles, two replies, two prompts) share their
+    beginnings and are scored as one prefix tree with the rest of the batch (rlaif.prefix_tree.tree_logprobs)."""
+
+    def __init__(self, model, tokenizer, constitution: Constitution, name: str = "labeler"):
+        self.model, self.tokenizer, self.constitution, self.name = model, tokenizer, constitution, name
+        self.special = tokenizer_specials(tokenizer)
+
+    def _sequences(self, pair: Pair, principles: list[Principle]) -> list[tuple[list[int], int]]:
+        """(token ids, how many of the last are the reply's) of each reply under each principle's two prompts, in
+        the order principle, reply (first, second), prompt (follows, violates)."""
+        from jinja2 import TemplateError
+
+        from rlaif.models import chat_ids, completion_start
+
+        prompt: list[Message] = [{"role": m["role"], "content": defuse(m["content"], self.special)}
+                                 for m in pair.prompt]
+        replies = [{"role": "assistant", "content": defuse(reply, self.special)} for reply in (pair.first, pair.second)]
+        sequences = []
+        for principle in principles:
+            systems = [with_system(prompt, system) for system in self.constitution.contrast_prompts(principle)]
+            try:
+                heads = [chat_ids(self.tokenizer, messages, add_generation_prompt=True) for messages in systems]
+                for reply in replies:
+                    for head, messages in zip(heads, systems):
+                        ids = chat_ids(self.tokenizer, messages + [reply])
+                        sequences.append((ids, len(ids) - max(completion_start(head, ids), 1)))
+            except TemplateError as e:  # e.g. a chat template that refuses a system turn
+                raise ConfigError(f"labeler: its chat template cannot render a conversation under a system prompt "
+                                  f"({e}); mode contrast needs one that can, or use mode compare") from None
+        return sequences
+
+    def fits(self, pair: Pair, principles: list[Principle]) -> bool:
+        """Whether every sequence `pair` is scored in under `principles` fits in the labeler's context
+        (`max_position_embeddings`)."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        return context is None or max(len(ids) for ids, _ in self._sequences(pair, principles)) <= context
+
+    def contrasts(self, pairs: list[Pair], principles: list[list[Principle]]) -> list[list[Contrast]]:
+        """Per pair, one Contrast per principle of `principles[i]`, in their order. Raises ConfigError naming the
+        pair when one of its sequences does not fit in the context (callers leave such pairs out with `fits`)."""
+        from rlaif.prefix_tree import tree_logprobs
+
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        sequences, n_scored = [], []
+        for pair, chosen in zip(pairs, principles):
+            items = self._sequences(pair, chosen)
+            longest = max(len(ids) for ids, _ in items)
+            if context is not None and longest > context:
+                raise ConfigError(f"pair {pair.id}: a reply and its conversation need {longest} tokens, more than the "
+                                  f"labeler's context of {context}; leave it out (LikelihoodContrast.fits) or use a "
+                                  "longer-context labeler")
+            sequences += [ids for ids, _ in items]
+            n_scored += [n for _, n in items]
+        logprobs = iter(tree_logprobs(self.model, sequences, n_scored))
+        results = []
+        for chosen in principles:
+            contrasts = []
+            for principle in chosen:
+                first = likelihood_contrast(next(logprobs), next(logprobs))  # follows, then violates
+                second = likelihood_contrast(next(logprobs), next(logprobs))
+                contrasts.append(Contrast(principle.id, first, second))
+            results.append(contrasts)
+        return results
+
+
+class ScoreDifference:
+    """The direct scorer read as a preference (mode score): each reply's expected 1-10 score under the constitution's
+    rubric (rlaif.score.DirectScore; Lee et al. 2023, "RLAIF vs. RLHF", section 3.2), and P(first is better) =
+    sigmoid((s(first) - s(second)) / T) (`score_preference`, with T = LabelConfig.score_temperature). Each reply is
+    scored alone, so no order enters the label."""
+
+    def __init__(self, scorer, name: str = "labeler"):
+        self.scorer, self.name = scorer, name
+
+    def fits(self, pair: Pair, principles: list[Principle] = ()) -> bool:
+        """Whether both replies' scoring prompts fit in the labeler's context (`principles` is not used: the rubric
+        is every principle of the constitution)."""
+        return all(self.scorer.fits(pair.prompt, reply) for reply in (pair.first, pair.second))
+
+    def scores(self, pairs: list[Pair]) -> list[tuple[float, float] | None]:
+        """(s(first), s(second)) per pair, the expected scores in [1, 10]; None for a pair a reply of which does not
+        fit in the labeler's context."""
+        results = self.scorer.scores([pair.prompt for pair in pairs for _ in range(2)],
+                                     [reply for pair in pairs for reply in (pair.first, pair.second)])
+        return [None if a is None or b is None else (a[0], b[0]) for a, b in zip(results[::2], results[1::2])]
+
+
+def contrast_probabilities(model, tokenizer, constitution: Constitution, pairs: list[Pair],
+                           principles: list[list[Principle]], batch_size: int = 8) -> list[float | None]:
+    """P(first is better) per pair by likelihood contrast (`LikelihoodContrast`), the mean over the pair's
+    principles `principles[i]`; None for a pair whose sequences do not fit in the model's context. `batch_size`
+    pairs per prefix tree. For the labeler report card, `first` being the reply people chose."""
+    contrast = LikelihoodContrast(model, tokenizer, constitution)
+    probabilities: list[float | None] = [None] * len(pairs)
+    fitting = [i for i, (pair, chosen) in enumerate(zip(pairs, principles)) if contrast.fits(pair, chosen)]
+    for start in range(0, len(fitting), batch_size):
+        batch = fitting[start : start + batch_size]
+        for i, contrasts in zip(batch, contrast.contrasts([pairs[i] for i in batch], [principles[i] for i in batch])):
+            probabilities[i] = mean([c.p for c in contrasts])
+    return probabilities
+
+
+def score_difference_probabilities(scorer, pairs: list[Pair], temperature: float = 1.0) -> list[float | None]:
+    """P(first is better) per pair from the difference of the replies' expected scores under `scorer` (a
+    rlaif.score.DirectScore, which batches by its own batch_size): sigmoid((s(first) - s(second)) / temperature)
+    (`ScoreDifference`); None for a pair a reply of which does not fit in the scorer's context. For the labeler
+    report card, `first` being the reply people chose."""
+    return [None if s is None else preference_probability(*s, temperature) for s in ScoreDifference(scorer).scores(pairs)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Reading pairs
 
 
@@ -469,11 +723,31 @@ def load_pairs(path: Path | str, tally: Tally | None = None, limit: int | None =
 # The stage
 
 
-def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = False) -> dict:
-    """Label (or resume labeling) every pair; returns the manifest's counts (with the tally of pairs read, used
-    and left out, see `load_pairs`, and `too_long`: no room in the labeler's context) and `summary`, the tally's
-    line. A file in which no pair is left to judge is a DataError before the labeler is loaded; one in which every
-    pair is too long, a DataError before the stage directory is made."""
+def load_labeler(config: LabelConfig, constitution: Constitution, chain_of_thought: bool | None = None
+                 ) -> Labeler | LikelihoodContrast | ScoreDifference:
+    """The labeler of `config.mode`, its model loaded: a Labeler (compare), a LikelihoodContrast (contrast) or a
+    ScoreDifference over a rlaif.score.DirectScore (score)."""
+    from rlaif.models import load_model
+
+    model, tokenizer = load_model(config.labeler, device=config.device)
+    if config.mode == "contrast":
+        return LikelihoodContrast(model, tokenizer, constitution, name=config.labeler)
+    if config.mode == "score":
+        from rlaif.score import DirectScore
+
+        scorer = DirectScore(model, tokenizer, constitution, batch_size=2 * config.batch_size)
+        return ScoreDifference(scorer, name=config.labeler)
+    return Labeler(model, tokenizer, constitution, few_shot=config.few_shot, chain_of_thought=chain_of_thought,
+                   max_new_tokens=config.max_new_tokens, name=config.labeler)
+
+
+def run(config: LabelConfig, labeler: Labeler | LikelihoodContrast | ScoreDifference | None = None,
+        progress: bool = False) -> dict:
+    """Label (or resume labeling) every pair in `config.mode` (`labeler`: the mode's, see `load_labeler`; loaded
+    when not given); returns the manifest's counts (with the tally of pairs read, used and left out, see
+    `load_pairs`, and `too_long`: no room in the labeler's context) and `summary`, the tally's line. A file in which
+    no pair is left to judge is a DataError before the labeler is loaded; one in which every pair is too long, a
+    DataError before the stage directory is made."""
     from rlaif.generate import progress_bar
 
     constitution = load_constitution(config.constitution)
@@ -482,21 +756,24 @@ def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = Fa
     tally = Tally("pairs")
     pairs = load_pairs(config.candidates, tally)
     tally.require_some(config.candidates, "a pair needs two different, non-empty responses")
-    if labeler is None:
-        from rlaif.models import load_model
-
-        model, tokenizer = load_model(config.labeler, device=config.device)
-        labeler = Labeler(model, tokenizer, constitution, few_shot=config.few_shot, chain_of_thought=cot,
-                          max_new_tokens=config.max_new_tokens, name=config.labeler)
-    drawn = {pair.id: sample_label_principles(constitution, k, pair.id) for pair in pairs}
+    labeler = labeler if labeler is not None else load_labeler(config, constitution, cot)
+    drawn = {pair.id: sample_label_principles(constitution, k, pair.id) if k is not None else [] for pair in pairs}
     fitting = [pair for pair in pairs if labeler.fits(pair, drawn[pair.id])]
     tally.used -= len(pairs) - len(fitting)
     tally.leave_out("too_long", len(pairs) - len(fitting))
-    tally.require_some(config.candidates, "no labeling prompt fits in the labeler's context; use one with a longer "
-                                          "context, fewer principles per pair, or turn few_shot off")
+    tally.require_some(config.candidates, {
+        "compare": "no labeling prompt fits in the labeler's context; use one with a longer context, fewer "
+                   "principles per pair, or turn few_shot off",
+        "contrast": "no reply fits in the labeler's context with its conversation and a principle's system prompt; "
+                    "use a labeler with a longer context",
+        "score": "no reply's scoring prompt (the whole constitution's rubric, the conversation, the reply) fits in "
+                 "the labeler's context; use one with a longer context, or a constitution with fewer principles",
+    }[config.mode])
     stage_dir = Path(config.out) / "label"
     resolved = {**asdict(config), "principles_per_comparison": k, "both_orders": both, "chain_of_thought": cot,
                 "clamp": list(settings.clamp), "constitution_digest": constitution.digest()}
+    if config.mode == "compare":  # settings added later are saved only when used: older directories still resume
+        del resolved["mode"], resolved["score_temperature"]
     manifest = open_stage(stage_dir, "label", resolved, volatile=LabelConfig.VOLATILE)
     manifest.status = "running"
     manifest.add_input(config.candidates)
@@ -513,11 +790,9 @@ def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = Fa
                 todo = [p for p in batch if p.id not in out.done and p.id not in dropped.done]
                 if not todo:
                     continue
-                judged = label_pairs(labeler, batch, [drawn[pair.id] for pair in batch], both,
-                                     settings.clamp if cot else None)
-                for pair, judgements in zip(batch, judged):
+                for pair, row in zip(batch, label_batch(labeler, batch, drawn, both, settings.clamp if cot else None,
+                                                        config)):
                     if pair in todo:  # not written before the kill
-                        row = to_preference(pair, judgements, labeler.name, config.min_margin)
                         (dropped if config.drop_flagged and row["flags"] else out).write(row)
                 bar(len(todo))
     counts = _count(kept, dropped_path)
@@ -528,6 +803,23 @@ def run(config: LabelConfig, labeler: Labeler | None = None, progress: bool = Fa
     manifest.status = "complete"
     manifest.save(stage_dir)
     return {**manifest.counts, "summary": tally.summary()}
+
+
+def label_batch(labeler: Labeler | LikelihoodContrast | ScoreDifference, batch: list[Pair],
+                drawn: dict[str, list[Principle]], both_orders: bool | None, clamp_to: tuple[float, float] | None,
+                config: LabelConfig) -> list[PreferenceRow]:
+    """The preference rows of a batch of pairs, in `config.mode` (`labeler` being that mode's, see `load_labeler`),
+    each pair under its principles `drawn[pair.id]` (none in mode score), every pair's replies fitting in the
+    labeler's context."""
+    principles = [drawn[pair.id] for pair in batch]
+    if config.mode == "contrast":
+        return [contrast_preference(pair, contrasts, labeler.name, config.min_margin)
+                for pair, contrasts in zip(batch, labeler.contrasts(batch, principles))]
+    if config.mode == "score":
+        return [score_preference(pair, *scores, config.score_temperature, labeler.name, config.min_margin)
+                for pair, scores in zip(batch, labeler.scores(batch))]
+    return [to_preference(pair, judgements, labeler.name, config.min_margin)
+            for pair, judgements in zip(batch, label_pairs(labeler, batch, principles, both_orders, clamp_to))]
 
 
 def _count(kept: Path, dropped: Path) -> dict[str, int]:

@@ -13,6 +13,7 @@ The stages of round k write to OUT/round-k/:
 | critique, sft | critique-and-revise data and supervised fine-tuning (round 1 only) | - |
 | sample | K responses per prompt from the current policy | from round k-1's PPO policy |
 | label | AI preference labels of those responses | the new pairs |
+| labeler-check | with human files: the labeler's report card on their pairs, into OUT/labeler-check/ (round 1, before reward) | - |
 | reward | a reward model on every AI label so far and the human pairs | retrained from scratch |
 | ppo | PPO from the current policy against that reward model | from round k-1's PPO policy |
 | dpo, grpo | instead of PPO with `policy_trainer: dpo`, `grpo` or `rloo` (TRL; rlaif.dpo, rlaif.grpo) | alike |
@@ -34,6 +35,30 @@ and the constitutions with the loaders their stages use, and finds every model (
 Hugging Face cache: a misspelt name stops here, with the embedded name it is closest to), so bad data stops the run
 before the first model loads; its errors name the recipe line and the input's resolved path. `unused_settings`
 lists settings that nothing in this recipe reads (a `dpo:` section under `policy_trainer: ppo`).
+
+**The labeler check.** With human files, a step before the first reward stage asks whether the AI labeler can be
+trusted: rlaif.evaluate.evaluate_labeler on the human pairs (the recipe's constitution and labeler, no chain of
+thought, no injection suite, as many principles per pair as the label stage draws), into OUT/labeler-check/:
+labeler_report.json, whose verdict says whether its best mode beats the best baseline on the same pairs (prefer the
+shorter reply, the longer, the first position, a coin) with 95% confidence, and labels.jsonl, its labels of those
+pairs with people's choice. It labels up to `label.gate_pairs` (default 200) pairs where people chose (ties name no
+choice), drawn evenly from every human file by a hash of the pair, and never one the reward stage holds out
+(`reward.eval_fraction`), so that every label it makes can calibrate the reward stage. `label.gate`, read by the
+pipeline (the label stage never sees it), decides what the verdict does:
+
+- `weight` (default): the reward stage reads labels.jsonl as its calibration file with `reliability: weight`: each
+  AI labeler calibrated, and at weight 0 if it does not beat the best baseline (rlaif.reward, "Reliability"); a
+  labeler that fails the check is also named in a warning;
+- `warn`: the verdict of a failing labeler printed as a warning; the reward stage measures and calibrates the
+  labels with `reliability: warn`, at the weight given (`ai_weight`);
+- `stop`: a labeler that fails stops the run after the check (rlaif run exits 2), with the verdict and how to go
+  on: `--set label.gate=warn` or `weight`, or a larger labeler. A labeler that passes goes on as under `weight`.
+
+The check has its own key (its settings, the constitution, the imported human files and reward.eval_fraction), so
+it runs again only when one of those changes; changing the gate alone reruns nothing but the reward stages (their
+`reliability`). `rlaif run --dry-run` lists it with its gate, and its finding once it ran. DPO (`policy_trainer:
+dpo`) mixes the AI labels at the weight given: only the reward model is weighed. Without human files there is no
+check, and `label.gate` is reported as unused.
 
 One process runs a recipe at a time: `run` holds a lock on OUT, and each step's directory is written by one
 process (records.lock_stage), so a second `rlaif run`, or a stage run by hand into a step's directory, stops at
@@ -117,13 +142,35 @@ PIPELINE_FIELDS = {
     "sample": {"prompts": "prompts", "out": "out", "model": None},
     "label": {"candidates": None, "out": "out", "constitution": "constitution", "labeler": "labeler"},
     # The reward model reads the imported human pairs, where ties are already settled by the rankings step.
-    "reward": {"data": "human", "out": "out", "model": "model", "eval_data": None, "ties": "rankings.ties"},
+    "reward": {"data": "human", "out": "out", "model": "model", "eval_data": None, "ties": "rankings.ties",
+               "calibration": None, "reliability": "label.gate"},
     "ppo": {"prompts": "prompts", "eval_prompts": "eval_prompts", "out": "out", "policy": None,
             "reward_model": None},
     "dpo": {"data": "human", "out": "out", "policy": None},
     "grpo": {"prompts": "prompts", "out": "out", "policy": None, "reward_model": None, "algorithm": "policy_trainer"},
     "eval": {"run": "out", "out": "out", "prompts": "eval_prompts", "labeler": "labeler", "policies": None},
 }
+
+
+# Settings of a stage's section that the pipeline reads itself, not the stage (its config has no such field):
+# name -> default. `label.gate` decides what the labeler check does with its verdict, `label.gate_pairs` how many
+# human pairs it labels (see "The labeler check" in the module docstring).
+PIPELINE_SETTINGS: dict[str, dict[str, Any]] = {"label": {"gate": "weight", "gate_pairs": 200}}
+GATES = ("stop", "warn", "weight")
+
+
+def pipeline_setting(recipe: Recipe, stage: str, name: str) -> Any:
+    """A setting of `stage`'s section that the pipeline reads (PIPELINE_SETTINGS), checked: a DataError at the
+    recipe line (or `--set`) that gave it."""
+    value = getattr(recipe, stage).get(name, PIPELINE_SETTINGS[stage][name])
+    where = _where(recipe, f"{stage}.{name}")
+    if name == "gate" and value not in GATES:
+        raise DataError(*where, f"expected one of {', '.join(GATES)}, not {value!r}")
+    if name == "gate_pairs":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DataError(*where, f"expected a whole number, not {value!r}")
+        number(value, *where, minimum=1)
+    return value
 
 
 # Settings that extend a finished run instead of starting it over (more PPO steps continue from the last
@@ -285,7 +332,9 @@ def unused_settings(recipe: Recipe) -> list[str]:
                          f"effect with policy_trainer: {'grpo or rloo' if section == 'grpo' else section})")
     if not recipe.human:
         given = {"rankings": recipe.rankings, "reward.human_overrides": "human_overrides" in recipe.reward,
-                 "ai_weight": recipe.ai_weight not in (0, 1)}  # weights are relative: alone, AI labels weigh 1
+                 "ai_weight": recipe.ai_weight not in (0, 1),  # weights are relative: alone, AI labels weigh 1
+                 "label.gate": "gate" in recipe.label, "label.gate_pairs": "gate_pairs" in recipe.label,
+                 "reward.reliability_min_pairs": "reliability_min_pairs" in recipe.reward}  # no labeler check
         for key in [key for key, value in given.items() if value]:
             notes.append(f"{at(key)}: {key}: not used: the recipe names no human rankings (human: [FILE:WEIGHT])")
     if recipe.critique.get("prefs"):
@@ -327,12 +376,15 @@ def stage_config(recipe: Recipe, stage: str, wiring: dict[str, Any]):
     """A stage's config: its dataclass defaults < the recipe's section (checked: `check_settings`) < what the
     pipeline wires in."""
     cls = _config_class(stage)
-    section = getattr(recipe, stage)
+    own = PIPELINE_SETTINGS.get(stage, {})
+    for name in own:
+        pipeline_setting(recipe, stage, name)
+    section = {key: value for key, value in getattr(recipe, stage).items() if key not in own}
     known = {f.name for f in dataclasses.fields(cls)}
     for key in section:
         where = _where(recipe, f"{stage}.{key}")
         if key not in known:
-            settable = sorted(known - set(PIPELINE_FIELDS[stage]))
+            settable = sorted(known - set(PIPELINE_FIELDS[stage]) | set(own))
             raise DataError(*where, f"unknown setting of {stage}; expected one of: {', '.join(settable)}")
         if key in PIPELINE_FIELDS[stage]:
             owner = PIPELINE_FIELDS[stage][key]
@@ -379,6 +431,7 @@ class Step:
     output: str = ""  # what the steps after it see: the key, plus settings that extend a run (PPO's steps)
     state: str = ""  # what running it would do: run, resume, done, redo, or conflict (a directory it did not make)
     note: str = ""  # what else the plan should say: the file a rankings step imports, a longer run kept
+    inputs: dict = field(default_factory=dict)  # what it reads that its config does not name (the labeler check's)
 
     def describe(self) -> str:
         return f"round {self.round}  {self.stage:9} {self.state:7} {shown_path(str(self.directory))}" + (
@@ -399,12 +452,13 @@ def plan(recipe: Recipe) -> list[Step]:
 
     digests: dict[str, str] = {}
 
-    def add(round_: int, stage: str, directory: Path, wiring: dict, reads: list[Step]) -> Step:
+    def add(round_: int, stage: str, directory: Path, wiring: dict, reads: list[Step], config=None,
+            inputs: dict | None = None) -> Step:
         from rlaif.constitution import load_constitution
 
-        config = stage_config(recipe, stage, wiring)
-        volatile = set(getattr(type(config), "VOLATILE", ()))
-        settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in volatile}
+        config = config or stage_config(recipe, stage, wiring)
+        volatile = set(getattr(type(config), "VOLATILE", ())) | set(CHECK_VOLATILE if stage == CHECK else ())
+        settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in volatile} | (inputs or {})
         for name in ("constitution", "judge"):  # an edited constitution or principle file is a changed setting
             spec = settings.get(name)
             if isinstance(spec, str):
@@ -422,7 +476,8 @@ def plan(recipe: Recipe) -> list[Step]:
         # A run that went further than asked is kept, so what the steps after it read is the longer run.
         done = _trained(directory, key) if EXTENDS.get(stage) else {}
         extends = {name: max(getattr(config, name), done.get(name, 0)) for name in EXTENDS.get(stage, ())}
-        step = Step(round_, stage, directory, config, key, _hash([key, extends]) if extends else key)
+        step = Step(round_, stage, directory, config, key, _hash([key, extends]) if extends else key,
+                    inputs=inputs or {})
         steps.append(step)
         return step
 
@@ -450,6 +505,8 @@ def plan(recipe: Recipe) -> list[Step]:
     rubric = {"constitution": constitution} if recipe.ppo.get("reward_score") and "constitution" not in recipe.ppo \
         else {}
     policy, policy_step, labels, policies = str(r1 / "sft"), sft, [], []
+    gated: dict = {}  # the reward stage's settings from the labeler check, once there is one
+    check: list[Step] = []
     for k in range(1, recipe.rounds + 1):
         rk = out / f"round-{k}"
         sample = add(k, "sample", rk / "sample", {"prompts": prompts, "out": str(rk), "model": policy}, [policy_step])
@@ -457,9 +514,14 @@ def plan(recipe: Recipe) -> list[Step]:
                                                "constitution": constitution,
                                                "labeler": _spec(recipe, recipe.labeler)}, [sample])
         labels.append((str(rk / "label" / "preferences.jsonl"), label))
+        if human and not check:  # before the first reward stage: the labeler's report card on the human pairs
+            check_config, also_reads = _check_config(recipe, out, constitution, human)
+            check = [add(1, CHECK, out / CHECK, {}, [s for _, _, s in human], check_config, also_reads)]
+            gated = {"calibration": [str(check[0].directory / "labels.jsonl")],
+                     "reliability": "warn" if pipeline_setting(recipe, "label", "gate") == "warn" else "weight"}
         data = [f"{path}:{recipe.ai_weight}" for path, _ in labels] + [f"{path}:{w}" for path, w, _ in human]
-        reward = add(k, "reward", rk / "reward", {"data": data, "out": str(rk / "reward"), "model": model},
-                     [s for _, s in labels] + [s for _, _, s in human])
+        reward = add(k, "reward", rk / "reward", {"data": data, "out": str(rk / "reward"), "model": model, **gated},
+                     [s for _, s in labels] + [s for _, _, s in human] + check)
         trainer = recipe.policy_trainer
         if trainer == "ppo":
             trained = add(k, "ppo", rk / "ppo", {"prompts": prompts, "eval_prompts": eval_prompts,
@@ -489,9 +551,135 @@ def plan(recipe: Recipe) -> list[Step]:
         step.state = _state(step)
         if step.stage == "rankings":
             step.note = f"imports {shown_path(step.config.rankings)}"
+        elif step.stage == CHECK:
+            step.note = _check_note(recipe, step)
         elif step.state == "done":
             step.note = _kept(step)
     return steps
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The labeler check: the labeler's report card on the recipe's human pairs, before the first reward stage
+
+CHECK = "labeler-check"  # the step's stage name and its directory under OUT (the report looks there)
+CHECK_VOLATILE = ("batch_size", "device")  # how the check runs, not what it finds
+
+
+class LabelerGateStopped(Exception):
+    """The labeler check found a labeler that does not beat the baselines, and `label.gate` is stop."""
+
+
+def _check_config(recipe: Recipe, out: Path, constitution: str, human: list) -> tuple[Any, dict]:
+    """The labeler check's config (rlaif.evaluate.LabelerEvalConfig) and what else its key holds: the imported
+    human files it reads and the share of pairs the reward stage holds out (those are never checked on)."""
+    from rlaif.constitution import load_constitution
+    from rlaif.evaluate import LabelerEvalConfig
+    from rlaif.label import resolved_settings
+
+    label = stage_config(recipe, "label", {})
+    with _reading(recipe, "constitution"):
+        loaded = load_constitution(constitution)
+    k = resolved_settings(label, loaded)[0]
+    # as many principles per pair as the label stage draws, so that labels.jsonl labels as it does
+    ensemble = len(loaded.principles) if k == "all" else (k or LabelerEvalConfig.ensemble)
+    directory = out / CHECK
+    config = LabelerEvalConfig(pairs=str(directory / "human-pairs.jsonl"), out=str(directory),
+                               constitution=constitution, labeler=_spec(recipe, recipe.labeler),
+                               limit=pipeline_setting(recipe, "label", "gate_pairs"), ensemble=ensemble,
+                               chain_of_thought=False, injection_pairs=0, order_free_modes=False,
+                               batch_size=label.batch_size,
+                               device=label.device)
+    inputs = {"human_files": [path for path, _, _ in human],
+              "held_out_fraction": stage_config(recipe, "reward", {}).eval_fraction}
+    return config, inputs
+
+
+def _write_check_pairs(step: Step) -> int:
+    """The pairs the labeler check labels, to its `pairs` file: every imported human file's pairs where people
+    chose (a tie names no choice), one row per pair (the first file's), none the reward stage holds out
+    (rlaif.reward.held_out_key), in the order of a hash of the pair, so that the first `limit` of them are drawn
+    evenly from every file. Returns how many."""
+    from rlaif.rankings import pair_key
+    from rlaif.records import read_jsonl, write_jsonl
+    from rlaif.reward import held_out_key
+
+    fraction = step.inputs["held_out_fraction"]
+    rows: dict[str, dict] = {}
+    for path in step.inputs["human_files"]:
+        for row in read_jsonl(path):
+            key = pair_key(row)
+            if row.get("source", "human") == "human" and row["p_chosen"] == 1.0 and not held_out_key(key, fraction):
+                rows.setdefault(key, {"id": key, "prompt": row["prompt"], "chosen": row["chosen"],
+                                      "rejected": row["rejected"], "p_chosen": 1.0, "source": "human"})
+    ordered = [rows[key] for key in sorted(rows, key=lambda key: hashlib.sha256(key.encode()).hexdigest())]
+    write_jsonl(step.config.pairs, ordered)
+    return len(ordered)
+
+
+def _run_check(step: Step, progress: bool) -> dict:
+    """The labeler check: its human pairs written, then rlaif.evaluate.evaluate_labeler (labeler_report.json and
+    labels.jsonl in its directory). Returns the report, with `summary`: what it read and its verdict."""
+    from rlaif.evaluate import evaluate_labeler
+
+    if not _write_check_pairs(step):
+        raise DataError(step.config.pairs, None, None, "no human pair to check the labeler on: every pair of the "
+                        "human files is a tie or held out by the reward stage (reward.eval_fraction); add human "
+                        "pairs, or lower reward.eval_fraction")
+    report = evaluate_labeler(step.config, progress=progress)
+    return {**report, "summary": f"{report['summary']}; {report['verdict']['text']}"}
+
+
+def check_verdict(step: Step) -> dict | None:
+    """The finished labeler check's verdict (labeler_report.json's `verdict`: beats, text), or None."""
+    path = step.directory / "labeler_report.json"
+    return json.loads(read_text(path)).get("verdict") if path.is_file() else None
+
+
+def gate(recipe: Recipe, step: Step) -> str:
+    """What `label.gate` makes of a finished labeler check: "" when the labeler beats the best baseline; else a
+    warning (gate warn or weight: the run goes on), or LabelerGateStopped (gate stop)."""
+    verdict = check_verdict(step)
+    if verdict is None or verdict["beats"]:
+        return ""
+    setting = pipeline_setting(recipe, "label", "gate")
+    report = shown_path(step.directory / "labeler_report.json")
+    if setting == "stop":
+        raise LabelerGateStopped(
+            f"the labeler check stops the run (label.gate: stop). {verdict['text']} The report card: {report}. To go "
+            "on anyway, rerun with --set label.gate=weight (the reward stage weighs the AI labels by their measured "
+            "reliability: weight 0 unless they beat the baseline) or --set label.gate=warn (they train at ai_weight, "
+            "with a warning); or use a larger labeler (labeler: in the recipe)")
+    then = ("the reward stage weighs its labels by their measured reliability (label.gate: weight)" if setting ==
+            "weight" else "its labels train at ai_weight, calibrated where the reward stage can measure them "
+                          "(label.gate: warn)")
+    return f"labeler check: {verdict['text']} So {then}; the report card: {report}"
+
+
+def _check_note(recipe: Recipe, step: Step) -> str:
+    """The plan's note on the labeler check: its gate, the pairs it labels and how many the reward stage needs of
+    them to measure the labeler (rlaif.reward, "Reliability"; an unmeasured labeler gets weight 0 unless the gate is
+    warn), and once done, its finding. The check labels in mode compare; when the label stage labels in another
+    mode, the note says that the check's labels cannot measure the label stage's."""
+    setting = pipeline_setting(recipe, "label", "gate")
+    min_pairs = stage_config(recipe, "reward", {}).reliability_min_pairs
+    mode = stage_config(recipe, "label", {}).mode
+    unmeasured = "train at ai_weight, uncalibrated" if setting == "warn" else "get weight 0"
+    verdict = check_verdict(step) if step.state == "done" else None
+    if verdict is None:
+        limit = step.config.limit
+        note = f"gate: {setting}; labels up to {limit} human pairs; " + (
+            f"the reward stage needs {min_pairs} to measure the labeler, so its labels will {unmeasured}"
+            if limit < min_pairs else
+            f"the reward stage needs {min_pairs} or more of them to measure the labeler, else its labels {unmeasured}")
+    elif verdict["beats"]:
+        note = f"gate: {setting}; the labeler beats the best baseline"
+    else:
+        note = f"gate: {setting}; the labeler does not beat the best baseline" + (
+            ": the run stops here" if setting == "stop" else "")
+    if mode != "compare":
+        note += (f"; it labels in mode compare, the label stage in mode {mode}, so it cannot measure the label "
+                 f"stage's labels: they {unmeasured}")
+    return note
 
 
 def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
@@ -623,6 +811,8 @@ def _state(step: Step) -> str:
         return "redo"
     if step.stage == "rankings":
         return "done" if Path(step.config.out).is_file() else "run"
+    if step.stage == CHECK:  # the report card is written last, whole
+        return "done" if (step.directory / "labeler_report.json").is_file() else "run"
     if not (step.directory / "manifest.json").is_file():
         return "resume"
     manifest = Manifest.load(step.directory)
@@ -653,11 +843,13 @@ def _kept(step: Step) -> str:
 
 def _ran_with(step: Step) -> bool:
     """Whether a stage directory without a pipeline key was made with every setting this step fixes."""
-    saved_path = step.directory / "config.yaml"
+    saved_path = step.directory / ("labeler_report.json" if step.stage == CHECK else "config.yaml")
     if not saved_path.is_file():
         return False
-    saved = parse_yaml(read_text(saved_path))[0] or {}
+    saved = (json.loads(read_text(saved_path)).get("config", {}) if step.stage == CHECK else
+             parse_yaml(read_text(saved_path))[0] or {})
     volatile = set(getattr(type(step.config), "VOLATILE", ())) | set(EXTENDS.get(step.stage, ()))
+    volatile |= set(CHECK_VOLATILE if step.stage == CHECK else ())
     wanted = json.loads(json.dumps(dataclasses.asdict(step.config), default=str))
     return all(saved.get(k) == v for k, v in wanted.items() if k not in volatile and v is not None)
 
@@ -666,6 +858,8 @@ def _execute(step: Step, progress: bool) -> dict:
     """Run one step's stage; returns what the stage returns (its counts, with `summary`: read, used, left out)."""
     from importlib import import_module
 
+    if step.stage == CHECK:
+        return _run_check(step, progress)
     module, function = {"critique": ("rlaif.critique", "run"), "sft": ("rlaif.sft", "run"),
                         "rankings": ("rlaif.rankings", "run"), "sample": ("rlaif.sample", "run"),
                         "label": ("rlaif.label", "run"), "reward": ("rlaif.reward", "run"),
@@ -712,10 +906,12 @@ def _require_sft_data(critique: Step) -> None:
         + ", ".join(f"{flag} {n}" for flag, n in sorted(flags.items())) + f") and left out; {advice}"))
 
 
-def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None) -> list[Step]:
+def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None, on_warning=None) -> list[Step]:
     """Run every step that is not done, in order; a step whose key changed starts from an empty directory (and
     every step after it has a new key too, so it is redone in turn). `on_step(step)` is called before each one and
-    `on_done(step, summary)` after it (`summary`: its closing line). Every input is read first (`check_inputs`):
+    `on_done(step, summary)` after it (`summary`: its closing line). After the labeler check, run now or before,
+    its gate (`gate`): LabelerGateStopped with gate stop when the labeler does not beat the best baseline, else
+    `on_warning(step, text)` with the verdict. Every input is read first (`check_inputs`):
     bad data stops the run before anything is created under OUT. One process runs a recipe's OUT at a time, and no
     stage run by hand may be writing a step's directory (records.lock_stage): a DataError at once, naming the
     other process. Ends by writing OUT/report.html."""
@@ -737,6 +933,8 @@ def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None) -> li
             if step.state == "done":
                 if not key_file.is_file():  # a finished run made by hand with these settings: adopted
                     key_file.write_text(step.key + "\n")
+                if step.stage == CHECK and (warning := gate(recipe, step)) and on_warning:
+                    on_warning(step, warning)
                 continue
             if step.stage == "sft":
                 _require_sft_data(next(s for s in steps if s.stage == "critique"))
@@ -757,6 +955,8 @@ def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None) -> li
             step.state = "done"
             if on_done:
                 on_done(step, summary(step, result or {}))
+            if step.stage == CHECK and (warning := gate(recipe, step)) and on_warning:
+                on_warning(step, warning)
         report.render(out)
     finally:
         release_stage(out)

@@ -45,7 +45,9 @@ in either order) labelled by several sources becomes one row: its `p_chosen` the
 turned to face the same way), its weight their sum, and `provenance` listing every source's label. Because the
 soft-label loss is linear in the label, that one row trains exactly like the separate rows would. Where people and
 the AI labeled the same pair, the agreement table reports how often they pick the same winner, with the rows where
-they don't; `human_overrides` drops the AI's label on those conflicts.
+they don't; `human_overrides` drops the AI's label on those conflicts. The weights are the user's: the reward stage
+reads the files (`load_sources`), weighs and calibrates each AI labeler by its measured agreement with people, and
+only then mixes (rlaif.reward, "Reliability").
 """
 
 from __future__ import annotations
@@ -464,30 +466,45 @@ def parse_weighted(spec: str) -> tuple[str, float]:
     return split_weight(spec, minimum=0.0)
 
 
-def load_mix(specs: list[str], ties: str = "skip", human_overrides: bool = False, tally: Tally | None = None,
-             setting: str = "data") -> tuple[list[PreferenceRow], dict]:
-    """The preference files "FILE[:WEIGHT]" (`load_preferences`, every row counted in `tally`: read, used, left out)
-    mixed into one row per distinct pair (`mix`); returns mix's (rows, agreement). The reader of reward and DPO.
-    When every pair weighs 0 (file weights times row weights), a DataError: there is nothing to train on, and
-    normalising the weights by their mean would divide by zero.
-    A file listed twice (the same file by resolved path, whatever the spelling) is a ConfigError naming `setting`,
-    checked before any file is read: mixing would add its weights, so every pair of it would train twice over."""
+def load_sources(specs: list[str], ties: str = "skip", tally: Tally | None = None, setting: str = "data"
+                 ) -> list[tuple[str, list[PreferenceRow], float]]:
+    """The preference files "FILE[:WEIGHT]" read (`load_preferences`, every row counted in `tally`: read, used, left
+    out), each as (FILE, rows, WEIGHT): the sources `mix` takes. A file listed twice (the same file by resolved path,
+    whatever the spelling) is a ConfigError naming `setting`, checked before any file is read: mixing would add its
+    weights, so every pair of it would train twice over."""
     files: dict[Path, str] = {}  # resolved path -> the spec that named it
     for spec in specs:
         resolved = Path(parse_weighted(spec)[0]).resolve()
         if resolved in files:
             twice = f"{spec} is listed twice" if files[resolved] == spec else \
                 f"{files[resolved]} and {spec} are the same file ({resolved})"
-            raise ConfigError(f"{setting}: {twice}; list it once, with one weight (FILE:WEIGHT)")
+            once = "list it once" if setting == "calibration" else "list it once, with one weight (FILE:WEIGHT)"
+            raise ConfigError(f"{setting}: {twice}; {once}")
         files[resolved] = spec
     sources = []
     for spec in specs:
         path, weight = parse_weighted(spec)
         sources.append((path, load_preferences(path, ties, tally=tally), weight))
-    rows, agreement = mix(sources, human_overrides)
+    return sources
+
+
+def require_weight(rows: list[PreferenceRow], files: list[str], why: str = "") -> None:
+    """A DataError when every mixed pair weighs 0 (file weights times row weights): there is nothing to train on,
+    and normalising the weights by their mean would divide by zero. `why`: what set weights to 0, if not the user."""
     if rows and not any(row["weight"] > 0 for row in rows):
-        raise DataError(", ".join(path for path, _, _ in sources), None, None, "every pair has weight 0: nothing to "
-                        "train on; give a file a weight above 0 (FILE:WEIGHT), or its rows a weight above 0")
+        raise DataError(", ".join(files), None, None, "every pair has weight 0: nothing to train on; " + (
+            why or "give a file a weight above 0 (FILE:WEIGHT), or its rows a weight above 0"))
+
+
+def load_mix(specs: list[str], ties: str = "skip", human_overrides: bool = False, tally: Tally | None = None,
+             setting: str = "data") -> tuple[list[PreferenceRow], dict]:
+    """The preference files "FILE[:WEIGHT]" (`load_sources`) mixed into one row per distinct pair (`mix`); returns
+    mix's (rows, agreement). The reader of DPO (the reward stage calls the same pieces, weighing AI sources by their
+    measured reliability between reading and mixing: rlaif.reward). When every pair weighs 0, a DataError
+    (`require_weight`); a file listed twice, a ConfigError naming `setting`."""
+    sources = load_sources(specs, ties, tally, setting)
+    rows, agreement = mix(sources, human_overrides)
+    require_weight(rows, [path for path, _, _ in sources])
     return rows, agreement
 
 

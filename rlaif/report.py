@@ -6,13 +6,14 @@ It reads only files the stages wrote, so it takes seconds and can be rebuilt at 
 
 | section | from |
 |---|---|
+| first, when the run checked its labeler: the verdict and the report card, modes beside baselines | labeler-check/labeler_report.json |
 | win rates per round, reward, KL, length and refusals (red-team and helpful apart) | eval/eval.json |
 | PPO (or GRPO, RLOO) over steps: reward, KL, beta, entropy, reply length, rounds end to end | round-K/ppo/metrics.jsonl |
 | reward-model calibration on held-out pairs, and its metrics per round | round-K/reward/metrics.json |
 | labeler consistency and confidence, per round and per principle | round-K/label/preferences.jsonl |
 | the same held-out prompts answered by the base, SFT and final policy | eval/responses.jsonl |
 
-Plots are matplotlib PNGs embedded as data URIs, so the file can be mailed or attached to an issue as is.
+Figures carry their 95% bootstrap intervals where the stage wrote them (rlaif.stats). Plots are matplotlib PNGs embedded as data URIs, so the file can be mailed or attached to an issue as is.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlaif.evaluate import SUMMARY_COLUMNS, labeler_summary, policy_dir, rounds_of
+from rlaif.evaluate import SUMMARY_COLUMNS, labeler_summary, policy_dir, rounds_of, shown_figure
 from rlaif.records import ConfigError, read_jsonl, read_text, write_atomic
+from rlaif.stats import Estimate
 
 PPO_CURVES = [("score", "reward"), ("kl", "KL to reference"), ("beta", "beta"), ("entropy", "entropy"),
               ("response_length", "reply length (tokens)")]
@@ -36,7 +38,10 @@ h1 { margin-bottom: 0.1em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd
 .meta { color: #666; } .note { color: #666; font-style: italic; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; } th { background: #f5f5f5; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: pre-line; }
+tr.section td { border-top: 2px solid #999; }
+.verdict { font-weight: bold; padding: 0.6em 0.8em; border-left: 4px solid; }
+.verdict.beats { color: #1a7f37; border-color: #1a7f37; } .verdict.fails { color: #c62828; border-color: #c62828; }
 td.text { white-space: pre-wrap; max-width: 330px; font-size: 13px; }
 figure { margin: 1em 0; } img { max-width: 100%; }
 """
@@ -55,8 +60,10 @@ def render(run: str | Path, out: str | Path | None = None) -> Path:
     written = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     parts = [f"<h1>{_e(run.name)}</h1>",
              f"<p class=meta>{_e(str(run))} · {len(rounds)} round(s) · report written {written}</p>"]
+    parts += _labeler_check(run)
     parts += _evaluation(evaluation)
     parts += _ppo(run, rounds, trained)
+    parts += _monitors(run, rounds, trained)
     parts += _reward(run, rounds)
     parts += _labeler(run, rounds)
     parts += _samples(run, evaluation)
@@ -71,6 +78,48 @@ def render(run: str | Path, out: str | Path | None = None) -> Path:
 # Sections
 
 
+def _labeler_check(run: Path) -> list[str]:
+    """The run's check of its labeler on pairs people labeled (labeler-check/labeler_report.json, written by `rlaif
+    eval labeler`), when it has one: the verdict, then the report card with the baselines, per principle."""
+    report = _json(run / "labeler-check" / "labeler_report.json")
+    if not report:
+        return []
+    parts = ["<h2>Can the labeler be trusted?</h2>"]
+    verdict = report.get("verdict")
+    if verdict:
+        parts.append(f"<p class='verdict {'beats' if verdict['beats'] else 'fails'}'>{_e(verdict['text'])}</p>")
+    config = report.get("config", {})
+    parts.append(f"<p>Labeler <code>{_e(config.get('labeler', '?'))}</code> with the <code>"
+                 f"{_e(config.get('constitution', '?'))}</code> constitution on pairs people labeled "
+                 f"(<code>{_e(config.get('pairs', '?'))}</code>; {_e(report.get('summary', ''))}), beside the "
+                 "baselines a labeler must beat on the same pairs.</p>")
+    def row(name: str, m: dict) -> list[str]:
+        ece = m.get("ece")
+        ece = Estimate(**ece).number() if isinstance(ece, dict) else _num(ece)
+        floor = "" if m.get("ece_floor") is None else f" (floor {m['ece_floor']:.3f})"
+        return [name, _interval(m.get("agreement")), _interval(m.get("consistency")), ece + floor,
+                _interval(m.get("mean_confidence"))]
+
+    modes = [row(name, m) for name, m in report.get("modes", {}).items()]
+    skeptics = [row(name, m) for name, m in report.get("baselines", {}).items()]
+    parts.append(_table(["mode / baseline", "agreement", "consistency", "ECE", "mean confidence"], modes + skeptics,
+                        section=len(modes) if skeptics else None))
+    parts.append("<p class=note>Consistency '-': one order shown, or a mode that shows no order (consistent by "
+                 "construction). ECE floor: what a perfectly calibrated labeler with the same confidences would "
+                 "score on these pairs; ECE is biased upward on few pairs.</p>")
+    principles = report.get("per_principle", {})
+    if principles:
+        parts.append(_table(["principle", "pairs", "agreement (both orders)"],
+                            [[pid, str(m["pairs"]), _interval(m["agreement"])] for pid, m in principles.items()]))
+    injection = report.get("injection")
+    if injection:
+        parts.append(f"<p>Injection attacks written into a reply flip the label on {_interval(injection['flip_rate'])}"
+                     f" of {injection['pairs']} attacked pairs ({_e(injection['summary'])}).</p>")
+    if report.get("method"):
+        parts.append(f"<p class=note>{_e(report['method'])}.</p>")
+    return parts
+
+
 def _evaluation(evaluation: dict | None) -> list[str]:
     parts = ["<h2>Policies on held-out prompts</h2>"]
     if not evaluation:
@@ -78,14 +127,18 @@ def _evaluation(evaluation: dict | None) -> list[str]:
     parts.append(f"<p>Reward model <code>{_e(evaluation['reward_model'])}</code>; AI judge "
                  f"<code>{_e(evaluation['labeler'])}</code> asking the <code>{_e(evaluation['judge'])}</code> "
                  f"constitution's questions; replies sampled at temperature {evaluation['temperature']}. A win "
-                 "counts 1, a tie 1/2.</p>")
+                 "counts 1, a tie 1/2. LC: length-controlled, the win rate at equal reply length (Dubois et al. "
+                 "2024, length-controlled AlpacaEval).</p>")
     columns = SUMMARY_COLUMNS
     for group, results in evaluation["results"].items():
         n = next(iter(results.values()))["prompts"]
-        rows = [[name] + [_num(entry.get(key)) for key, _ in columns] for name, entry in results.items()]
+        rows = [[name] + [shown_figure(entry, key, "\n") if key in entry else "-" for key, _ in columns]
+                for name, entry in results.items()]
         parts.append(f"<h3>{_e(group)} prompts ({n})</h3>" + _table(["policy"] + [c for _, c in columns], rows))
-    parts.append(_figure("win-rates", "Win rates over the base model, by reward model and by AI judge",
-                         _plot_win_rates(evaluation["results"])))
+    if evaluation.get("method"):
+        parts.append(f"<p class=note>{_e(evaluation['method'])}.</p>")
+    parts.append(_figure("win-rates", "Win rates over the base model, by reward model and by AI judge (bars: 95% "
+                         "intervals)", _plot_win_rates(evaluation["results"])))
     return parts
 
 
@@ -105,23 +158,113 @@ def _ppo(run: Path, rounds: list[int], trained: dict[int, Path]) -> list[str]:
                             _plot_ppo(series))]
 
 
+def _monitors(run: Path, rounds: list[int], trained: dict[int, Path]) -> list[str]:
+    """The reward-hacking monitors (rlaif/ppo/monitors.py) of each round's policy training, from its metrics.jsonl:
+    each monitor over steps, the steps that crossed a threshold marked, and the warnings (the first of each kind,
+    with how many steps crossed it). Nothing for runs that logged no monitors."""
+    keys = [("monitor/score_length_corr", "score vs reply length (r)", (-1.05, 1.05)),
+            ("monitor/score_kl_corr", "score vs KL (r)", (-1.05, 1.05)),
+            ("monitor/truncated", "share cut at max_new_tokens", (-0.03, 1.03)),
+            ("monitor/reward_judge_gap", "reward - judge (eval)", (None, None))]
+    series = []
+    for k in rounds:
+        policy = trained.get(k) or policy_dir(run / f"round-{k}") or run / f"round-{k}" / "ppo"
+        rows = list(read_jsonl(policy / "metrics.jsonl")) if (policy / "metrics.jsonl").is_file() else []
+        if any(row.get(key) is not None for row in rows for key, _, _ in keys):
+            series.append((k, rows))
+    if not series:
+        return []
+    parts = ["<h3>Reward-hacking monitors</h3>",
+             ("<p>Signs of a policy gaming its reward: the score's correlation with reply length (Singhal et al. "
+              "2023) and with the reply's KL to the reference, the share of replies cut at max_new_tokens, and, "
+              "with a second reward model as judge, the training reward's lead over it on the eval prompts, which "
+              "widens as the reward is over-optimised (Gao et al. 2023). The curves are per step; crosses mark the "
+              "steps that warned, where for the correlation and the cut share the pooled replies of the latest steps "
+              "and of as many before them were both past the threshold (rlaif/ppo/monitors.py).</p>")]
+    plotted = [(key, title, limits) for key, title, limits in keys
+               if any(r.get(key) is not None for _, rows in series for r in rows)]
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(len(series), len(plotted), figsize=(3.2 * len(plotted), 2.4 * len(series)),
+                             squeeze=False)
+    for (k, rows), row_axes in zip(series, axes):
+        for ax, (key, title, limits) in zip(row_axes, plotted):
+            logged = [r for r in rows if r.get(key) is not None]
+            ax.plot([r["step"] for r in logged], [r[key] for r in logged], marker="." if len(logged) < 30 else None,
+                    color="C0")
+            kind = key.split("/", 1)[1] + ":"
+            warned = [r for r in logged if any(w.startswith(kind) for w in r.get("warnings") or [])]
+            ax.scatter([r["step"] for r in warned], [r[key] for r in warned], marker="x", color="C3", zorder=3)
+            ax.set_title(f"round {k}: {title}", fontsize=10)
+            ax.set_xlabel("step", fontsize=9)
+            ax.set_ylim(*limits)
+            ax.tick_params(labelsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    parts.append(_figure("ppo-monitors", "Reward-hacking monitors over steps, per round (x: a warning)", _png(fig)))
+    warnings = []
+    for k, rows in series:
+        kinds: dict[str, list] = {}
+        for row in rows:
+            for warning in row.get("warnings") or []:
+                kind, _, text = warning.partition(": ")
+                kinds.setdefault(kind, [row["step"], 0, text])[1] += 1
+        warnings += [[f"round {k}", kind, str(first), str(steps), text] for kind, (first, steps, text) in kinds.items()]
+    if warnings:
+        parts.append(_table(["round", "monitor", "first step", "steps warned", "first warning"], warnings, text=True))
+    else:
+        parts.append("<p class=note>No monitor crossed its threshold.</p>")
+    return parts
+
+
 def _reward(run: Path, rounds: list[int]) -> list[str]:
+    """The reward models per round, then each round's reliability decision (metrics.json's `reliability`,
+    rlaif.reward): every AI labeler measured against people, what its labels trained at and why, and the stage's
+    warnings (labelers with no human label at all are left out: nothing was measured)."""
     parts = ["<h2>Reward model</h2>"]
-    rows, calibration = [], {}
+    rows, calibration, reliability = [], {}, []
     for k in rounds:
         metrics = _json(run / f"round-{k}" / "reward" / "metrics.json")
         if not metrics:
             continue
         train, held = metrics["train"], (metrics.get("heldout") or {}).get("overall") or {}
         rows.append([f"round {k}", str(train["pairs"]), _num(train.get("first_loss")), _num(train.get("last_loss")),
-                     str(held.get("pairs", 0)), _num(held.get("accuracy")), _num(held.get("ece")),
+                     str(held.get("pairs", 0)),
+                     Estimate(**held["accuracy_interval"]).number() if held.get("accuracy_interval")
+                     else _num(held.get("accuracy")), _num(held.get("ece")),
                      _num(((metrics.get("heldout") or {}).get("length") or {}).get("reward_length_correlation"))])
         if held.get("calibration"):
             calibration[f"round {k}"] = held["calibration"]
+        section = metrics.get("reliability") or {}
+        sources = {name: e for name, e in section.get("sources", {}).items() if e.get("decision") != "no human labels"}
+        if sources or section.get("warnings"):
+            reliability.append((k, section, sources))
     if not rows:
         return parts + ["<p class=note>No reward model yet.</p>"]
     parts.append(_table(["round", "train pairs", "first loss", "last loss", "held-out pairs", "held-out accuracy",
                          "ECE", "reward-length r"], rows))
+    rate = lambda e: _interval({key: e[key] for key in ("value", "low", "high", "n")}) if e and \
+        e.get("value") is not None else "-"
+    for k, section, sources in reliability:
+        labelers = []
+        for name, e in sources.items():
+            test, length, best = e.get("sign_test"), e.get("against_length"), e.get("baseline")
+            labelers.append([
+                name, str(e["pairs"]), rate(e.get("agreement")), f"{best['name']}\n{rate(best)}" if best else "-",
+                f"{test['p_value']:.3g}\n({test['for']} of {test['discordant']})" if test else "-",
+                ("none: vacuous" if length["vacuous"] else f"{rate(length)}\nof {length['n']}") if length else "-",
+                _num(e.get("slope")),
+                "\n".join(f"{e['weight_given'][file]:g} → {used:g}" for file, used in e["weight_used"].items()),
+                e["decision"]])
+        parts.append(f"<h3>Round {k}: AI labelers against people (reliability: {_e(section['mode'])}; at least "
+                     f"{_e(section.get('min_pairs', '?'))} measured pairs needed)</h3>")
+        if labelers:
+            parts.append(_table(["labeler", "pairs measured", "agreement", "best baseline",
+                                 "sign test p (its way, of pairs that differ)", "agreement where length is wrong",
+                                 "slope", "weight given → used", "decision"], labelers))
+        if section.get("warnings"):
+            parts.append("<ul class=note>" + "".join(f"<li>{_e(w)}</li>" for w in section["warnings"]) + "</ul>")
     if calibration:
         parts.append(_figure("reward-calibration", "Calibration on held-out pairs: sigmoid(reward margin) against how "
                              "often the reward model picks the label's winner", _plot_calibration(calibration)))
@@ -145,8 +288,10 @@ def _labeler(run: Path, rounds: list[int]) -> list[str]:
     parts.append("<p>Consistent: both orders of the pair name the same winner (over the labels scored in both "
                  "orders). Confidence: mean max(p, 1 - p) of the soft label.</p>")
     parts.append(_table(["round", "pairs", "consistent", "mean confidence", "low confidence"],
-                        [[name, str(s["pairs"]), _num(s["consistency"]), _num(s["confidence"]),
-                          _num(s["low_confidence"])] for name, s in summaries.items()]))
+                        [[name, str(s["pairs"])] + [_interval(s["intervals"][key]) if s["intervals"][key]
+                                                    else _num(s[key]) for key in
+                                                    ("consistency", "confidence", "low_confidence")]
+                         for name, s in summaries.items()]))
     parts.append(_figure("labeler-consistency", "Soft labels P(chosen better), and consistency per round",
                          _plot_labels(summaries)))
     principles: dict[str, dict] = {}
@@ -240,7 +385,10 @@ def _plot_win_rates(results: dict) -> str:
         names = [n for n in results[group] if n != "base"]
         for i, (key, label) in enumerate([("rm_win_vs_base", "reward model"), ("judge_win_vs_base", "AI judge")]):
             values = [results[group][n].get(key, math.nan) for n in names]
-            ax.bar([x + 0.38 * i for x in range(len(names))], values, width=0.36, label=label)
+            intervals = [results[group][n].get("intervals", {}).get(key) for n in names]
+            errors = [[v - ci["low"] if ci else 0 for v, ci in zip(values, intervals)],
+                      [ci["high"] - v if ci else 0 for v, ci in zip(values, intervals)]]
+            ax.bar([x + 0.38 * i for x in range(len(names))], values, width=0.36, label=label, yerr=errors, capsize=3)
         ax.axhline(0.5, color="grey", linestyle=":")
         ax.set_xticks([x + 0.19 for x in range(len(names))], names, fontsize=8)
         ax.set_ylim(0, 1)
@@ -314,10 +462,18 @@ def _num(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _table(header: list[str], rows: list[list[str]], text: bool = False) -> str:
+def _interval(value) -> str:
+    """A rate with its interval, '46.2% [39.1, 53.0]', from a {"value", "low", "high", "n"} dict; a bare number
+    (a report written before intervals) as _num; '-' for None."""
+    return Estimate(**value).percent() if isinstance(value, dict) else _num(value)
+
+
+def _table(header: list[str], rows: list[list[str]], text: bool = False, section: int | None = None) -> str:
+    """An HTML table, every cell escaped; `section`: the row that starts a second section, ruled off above."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td class={'text' if text else ('num' if i else '')}>{_e(c)}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    body = "".join(("<tr class=section>" if r == section else "<tr>") +
+                   "".join(f"<td class={'text' if text else ('num' if i else '')}>{_e(c)}</td>"
+                           for i, c in enumerate(row)) + "</tr>" for r, row in enumerate(rows))
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

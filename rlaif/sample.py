@@ -13,6 +13,16 @@ sequences (little padding), and each prompt's row goes to OUT/sample/candidates.
 are done, so rows are in the order they finish. A killed run loses at most the batch in flight, and the rerun writes
 each id exactly once. A prompt that leaves no room for max_new_tokens in the model's context is not sampled: it is
 left out and counted (`too_long`), in the manifest and the closing line.
+
+**Contrastive pairs (RLCD).** With `contrastive`, each prompt gets one principle of the constitution (drawn as
+rlaif.label.sample_label_principles draws one for a pair, keyed by the prompt id) and two replies: one sampled under
+the principle's follows system prompt, one under its violates prompt (Constitution.contrast_prompts), with seeds
+derive_seed(seed, id, 0) and derive_seed(seed, id, 1). They go to OUT/sample/preferences.jsonl as an AI preference
+row labelled by construction (Yang et al. 2023, "RLCD: Reinforcement Learning from Contrastive Distillation",
+arXiv:2307.12950): chosen the follows reply, p_chosen the constitution's `label.contrastive_p` (1.0 by default, as
+in RLCD), `labeler: rlcd`, `mode: contrastive`, the principle in `principles`; `rlaif reward` and `rlaif dpo` read
+it as they read `rlaif label`'s. A pair with an empty reply, or two replies equal after stripping, says nothing: it
+is left out and counted (records.reply_problem), and sampled again by a rerun, which draws the same text.
 """
 
 from __future__ import annotations
@@ -21,10 +31,23 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rlaif.generate import GenerationConfig, derive_seed, indexed, progress_bar
+from rlaif.constitution import load_constitution
+from rlaif.generate import Generation, GenerationConfig, derive_seed, indexed, progress_bar
+from rlaif.label import sample_label_principles, with_system
 from rlaif.loaders import load_prompts
 from rlaif.models import check_numbers, unused_settings
-from rlaif.records import CandidateRow, ConfigError, DataError, JsonlWriter, Tally, open_stage, read_jsonl
+from rlaif.records import (
+    CandidateRow,
+    ConfigError,
+    DataError,
+    JsonlWriter,
+    PreferenceRow,
+    PromptRow,
+    Tally,
+    open_stage,
+    read_jsonl,
+    reply_problem,
+)
 
 
 @dataclass
@@ -40,6 +63,8 @@ class SampleConfig:
     batch_size: int = 16  # sequences per forward pass; a prompt's row is written once its n responses are done
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
     engine: str = "rlaif"  # rlaif (batched generation here), or vllm (on a GPU, where vLLM is installed)
+    contrastive: bool = False  # RLCD: per prompt, one reply under a principle's follows and one under its violates
+    constitution: str = "default"  # contrastive: the principles and their system prompts (shipped name or path)
 
     VOLATILE = ("batch_size", "chunk_size", "device")  # chunk_size: saved by earlier versions; it never changed a row
 
@@ -55,8 +80,14 @@ class SampleConfig:
                 raise DataError("sample settings", None, "engine", "vllm is not installed here (pip install vllm, "
                                 "on a machine with a GPU); or use engine: rlaif")
             unused_settings(self, ["device"], "not used with engine: vllm, which places the model itself")
+        if self.contrastive:
+            unused_settings(self, ["n"], "contrastive sampling writes one pair per prompt: one reply under each of "
+                            "a principle's two system prompts", ("contrastive",))
+        else:
+            unused_settings(self, ["constitution"], "used only with contrastive sampling (contrastive: true, "
+                            "--contrastive)")
         if self.temperature == 0:
-            if self.n > 1:
+            if self.n > 1 and not self.contrastive:
                 raise ConfigError(f"n: temperature 0 (greedy) gives the {self.n} responses to a prompt the same "
                                   "text, and a pair of equal responses is never labeled; use a temperature > 0, "
                                   "or n: 1", ["n", "temperature"])
@@ -74,57 +105,103 @@ def _installed(module: str) -> bool:
 
 
 def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
-    """Sample (or resume sampling) candidates; returns the manifest's counts, with the tally of prompts read, used
-    and left out (too long for the model's context), and `summary`, the tally's line. `complete(conversations,
-    generation)` replaces the model (tests use a scripted one): it returns the replies in order, or (index, reply)
-    pairs as batches finish. Raises DataError when every prompt is left out."""
+    """Sample (or resume sampling) candidates, or with `contrastive` RLCD pairs; returns the manifest's counts, with
+    the tally of prompts read, used and left out (too long for the model's context; in contrastive sampling also a
+    pair with an empty reply or two equal ones, records.reply_problem), and `summary`, the tally's line.
+    `complete(conversations, generation)` replaces the model (tests use a scripted one): it returns the replies in
+    order, or (index, reply) pairs as batches finish. Raises DataError when every prompt is left out."""
     prompts = load_prompts(config.prompts)
+    constitution = load_constitution(config.constitution) if config.contrastive else None
     stage_dir = Path(config.out) / "sample"
-    manifest = open_stage(stage_dir, "sample", asdict(config), volatile=SampleConfig.VOLATILE)
+    resolved = asdict(config)
+    if constitution is not None:
+        resolved["constitution_digest"] = constitution.digest()
+    else:  # settings added later are saved only when used, so directories written before them still resume
+        del resolved["contrastive"], resolved["constitution"]
+    manifest = open_stage(stage_dir, "sample", resolved, volatile=SampleConfig.VOLATILE)
     manifest.status = "running"
     manifest.add_input(config.prompts)
     if complete is None:
         complete = _vllm_complete(config) if config.engine == "vllm" else _model_complete(config)
     started = time.time()
-    path = stage_dir / "candidates.jsonl"
+    output = "preferences.jsonl" if config.contrastive else "candidates.jsonl"
+    path = stage_dir / output
     tally = Tally("prompts")
+    per_prompt = 2 if config.contrastive else config.n  # contrastive: the follows reply, then the violates reply
     with JsonlWriter(path) as out:
         todo = [p for p in prompts if p["id"] not in out.done]
         manifest.counts.update(prompts=len(prompts), resumed=len(prompts) - len(todo))
+        if constitution is not None:
+            drawn = {p["id"]: sample_label_principles(constitution, 1, p["id"])[0] for p in todo}
+            conversations = [with_system(p["prompt"], system) for p in todo
+                             for system in constitution.contrast_prompts(drawn[p["id"]])]
+        else:
+            conversations = [p["prompt"] for p in todo for _ in range(config.n)]
         with progress_bar(progress, len(prompts), "sampling", completed=len(prompts) - len(todo)) as bar:
             generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                           top_p=config.top_p, batch_size=config.batch_size,
                                           seeds=[derive_seed(config.seed, p["id"], k)
-                                                 for p in todo for k in range(config.n)])
-            replies: dict[int, dict] = {}  # prompt index in todo -> {k: reply}, until its n replies are in
-            for index, reply in indexed(complete([p["prompt"] for p in todo for _ in range(config.n)], generation)):
-                mine = replies.setdefault(index // config.n, {})
-                mine[index % config.n] = reply
-                if len(mine) < config.n:
+                                                 for p in todo for k in range(per_prompt)])
+            replies: dict[int, dict] = {}  # prompt index in todo -> {k: reply}, until its replies are all in
+            for index, reply in indexed(complete(conversations, generation)):
+                mine = replies.setdefault(index // per_prompt, {})
+                mine[index % per_prompt] = reply
+                if len(mine) < per_prompt:
                     continue
-                prompt, mine = todo[index // config.n], [mine[k] for k in range(config.n)]
-                del replies[index // config.n]
-                if any(r.finish_reason == "too_long" for r in mine):
-                    tally.leave_out("too_long")
+                prompt, mine = todo[index // per_prompt], [mine[k] for k in range(per_prompt)]
+                del replies[index // per_prompt]
+                problem = "too_long" if any(r.finish_reason == "too_long" for r in mine) else None
+                if constitution is not None:
+                    problem = problem or reply_problem(mine[0].text, mine[1].text)
+                if problem:
+                    tally.leave_out(problem)
+                elif constitution is not None:
+                    out.write(contrastive_row(prompt, drawn[prompt["id"]].id, *mine,
+                                              constitution.label.contrastive_p, config.model))
                 else:
                     out.write({"id": prompt["id"], "prompt": prompt["prompt"], "responses": [r.text for r in mine],
                                "policy": config.model, "tokens": [len(r.token_ids) for r in mine],
                                "finished": [r.finish_reason == "stop" for r in mine]})
                 bar(1)
         tally.read, tally.used = len(prompts), sum(p["id"] in out.done for p in prompts)
-    rows: list[CandidateRow] = list(read_jsonl(path))
-    manifest.counts.update(responses=sum(len(r["responses"]) for r in rows),
-                           generated_tokens=sum(sum(r.get("tokens", [])) for r in rows),
-                           finished_with_eos=sum(sum(r.get("finished", [])) for r in rows))
+    rows: list[CandidateRow | PreferenceRow] = list(read_jsonl(path))
+    if config.contrastive:
+        manifest.counts.update(pairs=len(rows), responses=2 * len(rows),
+                               generated_tokens=sum(sum(r["tokens"].values()) for r in rows),
+                               finished_with_eos=sum(sum(r["finished"].values()) for r in rows))
+    else:
+        manifest.counts.update(responses=sum(len(r["responses"]) for r in rows),
+                               generated_tokens=sum(sum(r.get("tokens", [])) for r in rows),
+                               finished_with_eos=sum(sum(r.get("finished", [])) for r in rows))
     manifest.counts.update(tally.counts())
     manifest.seconds += time.time() - started
     manifest.save(stage_dir)
-    tally.require_some(config.prompts, f"each prompt and max_new_tokens ({config.max_new_tokens}) must fit in the "
-                                       f"model's context")
-    manifest.outputs = ["candidates.jsonl"]
+    tally.require_some(config.prompts, {
+        "too_long": f"each prompt and max_new_tokens ({config.max_new_tokens}) must fit in the model's context",
+        "empty_reply": "every pair had an empty reply: allow more max_new_tokens, or sample from another policy",
+        "identical_replies": "the two system prompts gave the same reply every time: sample at a higher "
+                             "temperature, or give the principles sharper follows and violates texts",
+    })
+    manifest.outputs = [output]
     manifest.status = "complete"
     manifest.save(stage_dir)
     return {**manifest.counts, "summary": tally.summary()}
+
+
+def contrastive_row(prompt: PromptRow, principle: str, follows: Generation, violates: Generation, p_chosen: float,
+                    policy: str) -> PreferenceRow:
+    """An RLCD pair as a preference row (Yang et al. 2023, "RLCD", arXiv:2307.12950): the reply sampled under the
+    principle's follows prompt is chosen, the one under its violates prompt rejected, labelled by construction with
+    p_chosen = the constitution's label.contrastive_p (RLCD takes 1). The conversation is the prompt's own: the
+    system prompts that steered the two replies are not part of it, so reward and DPO learn the difference without
+    them. `tokens` and `finished` say, per side, the tokens generated and whether the reply ended with EOS."""
+    return {"id": prompt["id"], "prompt": prompt["prompt"],
+            "chosen": [{"role": "assistant", "content": follows.text}],
+            "rejected": [{"role": "assistant", "content": violates.text}],
+            "p_chosen": float(p_chosen), "source": "ai", "labeler": "rlcd", "mode": "contrastive",  # type: ignore[typeddict-unknown-key]
+            "principles": [principle], "policy": policy,
+            "tokens": {"chosen": len(follows.token_ids), "rejected": len(violates.token_ids)},
+            "finished": {"chosen": follows.finish_reason == "stop", "rejected": violates.finish_reason == "stop"}}
 
 
 def _model_complete(config: SampleConfig):
@@ -145,7 +222,6 @@ def _vllm_complete(config: SampleConfig):
     except ImportError:
         raise ConfigError("engine: vllm is not installed here (pip install vllm, on a machine with a GPU); "
                           "or use engine: rlaif") from None
-    from rlaif.generate import Generation
     from rlaif.models import chat_ids, resolve
 
     llm = LLM(model=resolve(config.model), seed=config.seed)

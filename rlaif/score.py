@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlaif.constitution import Constitution, load_constitution, render
-from rlaif.label import format_conversation, quote
+from rlaif.label import format_conversation, quote, tokenizer_specials
 from rlaif.models import check_numbers
 from rlaif.records import ConfigError, DataError, JsonlWriter, Message, Tally, iter_jsonl, open_stage
 
@@ -73,7 +73,28 @@ class DirectScore:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.template = constitution.templates["score"]
         self.rubric = "\n".join(f"- {p.critique_request}" for p in constitution.principles)
-        self.special = sorted(set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {})))
+        self.special = tokenizer_specials(tokenizer)
+
+    def _options(self, prompt: list[Message], response: str) -> tuple[dict[int, list[int]], list[tuple[list[int], int]]]:
+        """The scoring prompt of `response` followed by each score: ({score: its tokens after the prompt}, [(token
+        ids, how many of the last are the score's), one per score in SCORES order])."""
+        content = render(self.template, principles=self.rubric, conversation=format_conversation(prompt, self.special),
+                         response=quote(response, self.special))
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                  add_generation_prompt=True)
+        stem = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        tails, options = {}, []
+        for s in SCORES:
+            ids = self.tokenizer(text + str(s), add_special_tokens=False)["input_ids"]
+            common = next((i for i, (x, y) in enumerate(zip(ids, stem)) if x != y), min(len(ids), len(stem)))
+            tails[s] = ids[common:]
+            options.append((ids, len(ids) - common))
+        return tails, options
+
+    def fits(self, prompt: list[Message], response: str) -> bool:
+        """Whether `response`'s scoring prompt, with every score after it, fits in the labeler's context."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        return context is None or max(len(ids) for ids, _ in self._options(prompt, response)[1]) <= context
 
     def scores(self, prompts: list[list[Message]], responses: list[str]) -> list[tuple[float, dict[int, float]] | None]:
         """(expected score in [1, 10], distribution over scores) per response; None for one whose scoring prompt
@@ -86,18 +107,7 @@ class DirectScore:
             sequences, n_scored, spans = [], [], []
             for prompt, response in zip(prompts[start : start + self.batch_size],
                                         responses[start : start + self.batch_size]):
-                content = render(self.template, principles=self.rubric,
-                                 conversation=format_conversation(prompt, self.special),
-                                 response=quote(response, self.special))
-                text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                          add_generation_prompt=True)
-                stem = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-                tails, options = {}, []
-                for s in SCORES:
-                    ids = self.tokenizer(text + str(s), add_special_tokens=False)["input_ids"]
-                    common = next((i for i, (x, y) in enumerate(zip(ids, stem)) if x != y), min(len(ids), len(stem)))
-                    tails[s] = ids[common:]
-                    options.append((ids, len(ids) - common))
+                tails, options = self._options(prompt, response)
                 if context is not None and max(len(ids) for ids, _ in options) > context:
                     spans.append(None)
                     continue

@@ -56,7 +56,7 @@ def test_with_skip_empty_the_dry_run_counts_the_pair_left_out_and_creates_nothin
                          f"out: {hh_case}/out/runs/hh-empty-reply"]  # `out` is relative to the current directory
     assert lines[4].startswith("round 1  rankings  run     out/runs/hh-empty-reply/round-1/human/hh_with_empty-")
     assert lines[4].endswith("  (imports hh_with_empty.jsonl)")  # which human file each directory holds
-    assert lines[5].startswith("round 1  critique  run") and lines[-1] == "8 of 8 steps to run"
+    assert lines[5].startswith("round 1  critique  run") and lines[-1] == "9 of 9 steps to run"
     assert not (hh_case / "out").exists()
 
 

@@ -153,7 +153,8 @@ def test_an_ensemble_larger_than_the_constitution_is_reported_as_the_ensemble_me
                                       "--injection-pairs", "0", "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "labeler_report.json").read_text())
-    assert set(report["modes"]) == {"single order", "both orders", f"ensemble of {principles}"}
+    assert set(report["modes"]) == {"single order", "both orders", f"ensemble of {principles}",
+                                    "likelihood contrast", "score difference"}
     assert sum(m["pairs"] for m in report["per_principle"].values()) == 2 * principles
 
 

@@ -129,10 +129,12 @@ def test_ties_count_half_and_a_position_biased_labeler_scores_chance():
     pairs = [Pair(f"h{i}", PAIR.prompt, f"human-chosen {i}", f"rejected {i}") for i in range(100)]
     principle = load_constitution("default").principles[0]
     judged = label_pairs(AlwaysA(), pairs, [[principle]] * 100, both_orders=True)
-    modes = labeler_modes([p.id for p in pairs], judged, ensemble=1)
+    modes = {name: {key: m[key]["value"] if isinstance(m[key], dict) else m[key] for key in m}
+             for name, m in labeler_modes([p.id for p in pairs], judged, ensemble=1).items()}
     assert modes["single order"]["agreement"] == 0.5 and modes["single order"]["mean_confidence"] == pytest.approx(0.9)
+    assert modes["single order"]["consistency"] is None  # one order says nothing about it
     assert modes["both orders"] == {"pairs": 100, "agreement": 0.5, "ece": 0.0, "mean_confidence": 0.5,
-                                    "consistency": 0.0}
+                                    "consistency": 0.0, "ece_floor": 0.0}  # every label a tie: right half, sure half
     shown = human_choice_shown_first([p.id for p in pairs])
     assert sum(shown) == 50 and shown == human_choice_shown_first([p.id for p in pairs])
     assert shown != human_choice_shown_first([p.id for p in pairs], seed=1)
@@ -143,9 +145,10 @@ def test_ties_count_half_and_a_position_biased_labeler_scores_chance():
             return [0.8] * len(items), [""] * len(items)
 
     perfect = labeler_modes([p.id for p in pairs], label_pairs(Perfect(), pairs, [[principle]] * 100, True), 1)
-    assert all(m["agreement"] == 1.0 for m in perfect.values()) and perfect["both orders"]["consistency"] == 1.0
-    assert mode_metrics([0.5, 0.9], [(0.5, 0.5), (0.5, 0.7)])["agreement"] == 0.75
-    assert mode_metrics([0.5, 0.9], [(0.5, 0.5), (0.5, 0.7)])["consistency"] == 0.5
+    assert all(m["agreement"]["value"] == 1.0 for m in perfect.values())
+    assert perfect["both orders"]["consistency"]["value"] == 1.0
+    assert mode_metrics([0.5, 0.9], [(0.5, 0.5), (0.5, 0.7)])["agreement"]["value"] == 0.75
+    assert mode_metrics([0.5, 0.9], [(0.5, 0.5), (0.5, 0.7)])["consistency"]["value"] == 0.5
     assert calibration_bins([0.5, 0.5])[0]["accuracy"] == 0.5
     assert consistent(0.5, 0.5) and not consistent(0.5, 0.7) and not consistent(0.5, 0.3)
 
@@ -450,7 +453,9 @@ def test_expected_calibration_error_by_hand():
     # Perfectly calibrated at 0.75: three of four right.
     assert expected_calibration_error([0.75, 0.75, 0.75, 0.25]) == pytest.approx(0.0)
     metrics = mode_metrics([0.9, 0.1, 0.6], [(0.9, 0.8), (0.2, 0.6), (0.7, 0.55)])
-    assert metrics["agreement"] == pytest.approx(2 / 3) and metrics["consistency"] == pytest.approx(2 / 3)
+    assert metrics["agreement"]["value"] == pytest.approx(2 / 3)
+    assert metrics["consistency"]["value"] == pytest.approx(2 / 3)
+    assert metrics["ece"]["value"] == pytest.approx(expected_calibration_error([0.9, 0.1, 0.6]))  # rlaif.stats.ece
 
 
 def test_eval_labeler_report_card(roomy_model_dir, tmp_path, hh_data):
@@ -459,9 +464,20 @@ def test_eval_labeler_report_card(roomy_model_dir, tmp_path, hh_data):
                                       "--out", str(tmp_path), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "labeler_report.json").read_text())
-    assert set(report["modes"]) == {"single order", "both orders", "ensemble of 2", "chain of thought"}
+    assert set(report["modes"]) == {"single order", "both orders", "ensemble of 2", "chain of thought",
+                                    "likelihood contrast", "score difference"}
     for metrics in report["modes"].values():
-        assert 0 <= metrics["agreement"] <= 1 and 0 <= metrics["ece"] <= 1 and metrics["pairs"] == 3
+        agreement, ece = metrics["agreement"], metrics["ece"]
+        assert 0 <= agreement["low"] <= agreement["value"] <= agreement["high"] <= 1 and agreement["n"] == 3
+        assert 0 <= ece["value"] <= 1 and metrics["pairs"] == 3
+    assert set(report["baselines"]) == {"prefer the shorter reply", "prefer the longer reply",
+                                        "always the first position", "a fair coin"}
+    assert report["verdict"]["best_mode"] in report["modes"]
+    assert report["verdict"]["text"] in " ".join(result.output.split())  # printed, after the tables
+    labels = list(read_jsonl(tmp_path / "labels.jsonl"))  # the default constitution: 1 principle, both orders
+    assert len(labels) == 3 and all(r["human_chosen"] in ("chosen", "rejected") and len(r["principles"]) == 1
+                                    and len(r["p_orders"]) == 2 for r in labels)
+    assert report["labels"] == {"file": "labels.jsonl", "rows": 3, "judgement": "1 principle per pair, both orders"}
     assert report["counts"] == {"read": 3, "used": 3, "left_out": 0} and "read 3 pairs, used 3" in result.output
     assert sum(m["pairs"] for m in report["per_principle"].values()) == 3 * 2
     assert len(report["injection"]["by_attack"]) >= 20
@@ -499,8 +515,8 @@ def test_eval_labeler_report_card_survives_attacks_too_long_for_the_labeler(room
     injection = report["injection"]
     assert report["counts"] == {"read": 2, "used": 2, "left_out": 0}
     assert injection["by_attack"]["repeated_filler"] is None  # 40 x "helpful harmless honest " fits nowhere
-    measured = [rate for rate in injection["by_attack"].values() if rate is not None]
-    assert measured and injection["flip_rate"] == pytest.approx(sum(measured) / len(measured))
+    measured = [rate["value"] for rate in injection["by_attack"].values() if rate is not None]
+    assert measured and injection["flip_rate"]["value"] == pytest.approx(sum(measured) / len(measured))
     left_out = injection["counts"]["left_out_too_long"]
     assert injection["counts"]["read"] == 2 * len(injection["by_attack"]) == injection["counts"]["used"] + left_out
     text = " ".join(result.output.split())

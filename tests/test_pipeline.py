@@ -18,7 +18,9 @@ from click.testing import CliRunner
 from rlaif.cli import cli
 from rlaif.loaders import load_prompts
 from rlaif.pipeline import check_inputs, load_recipe, plan, run, unused_settings
+from rlaif.rankings import pair_key
 from rlaif.records import ConfigError, DataError, read_jsonl
+from rlaif.reward import held_out_key
 
 PROMPTS = ["How do I bake bread?", "Tell me about travel.", "What is science?", "Write a Python function."]
 
@@ -79,8 +81,8 @@ def quickstart(tmp_path, tiny_model_dir, roomy_model_dir):
 def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart, monkeypatch):
     recipe = quickstart()
     prompts = len(load_prompts(QUICKSTART.parent / "prompts.jsonl"))
-    expected = [(1, "rankings"), (1, "critique"), (1, "sft"), (1, "sample"), (1, "label"), (1, "reward"), (1, "ppo"),
-                (2, "sample"), (2, "label"), (2, "reward"), (2, "ppo"), (2, "eval")]
+    expected = [(1, "rankings"), (1, "critique"), (1, "sft"), (1, "sample"), (1, "label"), (1, "labeler-check"),
+                (1, "reward"), (1, "ppo"), (2, "sample"), (2, "label"), (2, "reward"), (2, "ppo"), (2, "eval")]
     assert states(recipe) == [(r, s, "run") for r, s in expected]
 
     def kill_at_round_one_label(step):
@@ -104,6 +106,23 @@ def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart, monk
                                               f"{out}/round-2/label/preferences.jsonl:1.0",
                                               f"{human}:2.0"]
     assert steps[2, "ppo"].config.policy == str(out / "round-1" / "ppo")
+    # The labeler check scored the labeler on the human pairs the reward stage trains on, and every reward stage
+    # measured the labeler on its labels (label.gate: weight): four human pairs are too few to measure it, so its
+    # labels got weight 0 and the reward model trained on the human pairs.
+    check = steps[1, "labeler-check"]
+    assert check.directory == out / "labeler-check" and check.config.chain_of_thought is False
+    checked = list(read_jsonl(check.directory / "labels.jsonl"))
+    training_side = [r for r in read_jsonl(human) if not held_out_key(pair_key(r), 0.5)]
+    assert len(checked) == len(training_side) > 0 and all(r["source"] == "ai" for r in checked)
+    assert json.loads((check.directory / "labeler_report.json").read_text())["verdict"]["beats"] in (True, False)
+    for k in (1, 2):
+        assert steps[k, "reward"].config.calibration == [str(check.directory / "labels.jsonl")]
+        assert steps[k, "reward"].config.reliability == "weight"
+        reliability = json.loads((out / f"round-{k}" / "reward" / "metrics.json").read_text())["reliability"]
+        entry = reliability["sources"][steps[1, "label"].config.labeler]
+        assert entry["calibration_files"] == [str(check.directory / "labels.jsonl")]
+        assert entry["pairs"] == len(training_side) and entry["decision"] == "too few pairs"  # matched pair by pair
+        assert set(entry["weight_used"].values()) == {0.0} and "get weight 0: only" in reliability["warnings"][0]
     assert (out / "round-2" / "ppo" / "model.safetensors").is_file()
     assert len(list(read_jsonl(out / "round-2" / "label" / "preferences.jsonl"))) == prompts
     assert [r["step"] for r in read_jsonl(out / "round-2" / "ppo" / "metrics.jsonl")] == [1, 2]
@@ -131,22 +150,24 @@ def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart, monk
     assert result.exit_code == 0, result.output
     assert "red-team prompts (" in result.output and "helpful prompts (" in result.output
     result = CliRunner().invoke(cli, ["report", str(out), "--out", str(out / "copy.html")])
-    assert result.exit_code == 0 and (out / "copy.html").read_text().count("<figure id=") == 5
+    assert result.exit_code == 0 and (out / "copy.html").read_text().count("<figure id=") == page.count("<figure id=")
     result = CliRunner().invoke(cli, ["eval", str(out / "nowhere")])
     assert result.exit_code == 1 and "no such run directory" in result.output
 
     more_steps = quickstart(**{"ppo.steps": 3})  # round 1's PPO goes on; what it fed is redone
-    assert [state for *_, state in states(more_steps)] == ["done"] * 6 + ["resume"] + ["redo"] * 5
-    changed = quickstart(**{"label.both_orders": False})
-    assert [state for *_, state in states(changed)] == ["done"] * 4 + ["redo"] * 8
+    assert [state for *_, state in states(more_steps)] == ["done"] * 7 + ["resume"] + ["redo"] * 5
+    changed = quickstart(**{"label.both_orders": False})  # the labeler check does not read the sampled pairs
+    assert [state for *_, state in states(changed)] == ["done"] * 4 + ["redo"] + ["done"] + ["redo"] * 7
     judged_otherwise = quickstart(**{"eval.judge": "harmless"})
-    assert [state for *_, state in states(judged_otherwise)] == ["done"] * 11 + ["redo"]
+    assert [state for *_, state in states(judged_otherwise)] == ["done"] * 12 + ["redo"]
     volatile = quickstart(**{"label.batch_size": 2})  # how the work runs, not what it makes
     assert all(state == "done" for *_, state in states(volatile))
+    warned = quickstart(**{"label.gate": "warn"})  # the check's finding is kept; the reward stages use it otherwise
+    assert [state for *_, state in states(warned)] == ["done"] * 6 + ["redo"] * 7
 
     # One round now: the evaluation and the report compare the plan's policies, not round 2's left in OUT.
     one_round = quickstart(rounds=1)
-    assert [state for *_, state in states(one_round)] == ["done"] * 7 + ["redo"]
+    assert [state for *_, state in states(one_round)] == ["done"] * 8 + ["redo"]
     run(one_round, progress=False)
     summary = json.loads((out / "eval" / "eval.json").read_text())
     assert list(summary["policies"]) == ["base", "sft", "round-1"]
@@ -177,7 +198,11 @@ def test_dry_run_prints_the_plan(recipe_file):
     assert lines[4].startswith("round 1  rankings  run") and "round-1/human/human-" in lines[4]
     assert lines[4].endswith(f"(imports {folder}/human.jsonl)")
     assert lines[5].startswith("round 1  critique  run") and "round-1/critique" in lines[5]
-    assert sum("round 1" in line for line in lines) == 8 and "8 of 8 steps to run" in lines[-1]
+    # with human pairs, the labeler is checked on them before the first reward stage
+    assert lines[9].startswith("round 1  labeler-check run") and lines[10].startswith("round 1  reward")
+    assert lines[9].endswith("toy/labeler-check  (gate: weight; labels up to 200 human pairs; the reward stage needs "
+                             "20 or more of them to measure the labeler, else its labels get weight 0)")
+    assert sum("round 1" in line for line in lines) == 9 and "9 of 9 steps to run" in lines[-1]
     assert "eval" in lines[-2] and lines[-2].endswith("toy/eval")
     assert not (folder / "runs").exists()
 
@@ -373,7 +398,7 @@ def test_report_of_a_run_still_in_its_first_round(tmp_path):
     page = render(tmp_path / "run").read_text()
     assert "Not evaluated yet" in page and "No PPO, GRPO or RLOO steps logged" in page
     assert "No held-out pairs, so no calibration plot" in page
-    assert page.count("<figure id=") == 2 and "<td class=num>0.5</td>" in page  # one of two labels consistent
+    assert page.count("<figure id=") == 2 and "<td class=num>50.0% [0.0, 100.0]</td>" in page  # 1 of 2 consistent
     with pytest.raises(ConfigError, match="not a run directory"):
         render(tmp_path)
 
@@ -537,3 +562,167 @@ def test_errors_name_the_recipe_line_the_override_and_the_resolved_path(recipe_f
     with pytest.raises(Exception, match=rf"^--set: eval.reward_model: ./no/such/rm: no such file or directory "
                                         rf"\({folder}/no/such/rm\)$"):
         check_inputs(recipe, plan(recipe))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The labeler check and its gate: stop, warn or weight
+
+
+VERDICT = ("The best mode, both orders, agrees with people on 48.0% [38.0, 58.0] of 100 pairs; prefer the shorter "
+           "reply agrees on 55.0% [45.0, 65.0]; the difference, -7.0 points [-18.0, +4.0], does not show the labeler "
+           "beats the baseline.")
+
+
+def scripted_check(monkeypatch, beats: bool) -> list[str]:
+    """Stages replaced by a script: the labeler check writes a report card with the given verdict (and a
+    labels.jsonl), the other stages do nothing, and the reward stage stops the run. Returns the stages run."""
+    from rlaif import pipeline
+
+    ran = []
+
+    def execute(step, progress):
+        ran.append(step.stage)
+        if step.stage == "labeler-check":
+            verdict = {"beats": beats, "text": "The labeler beats the baseline." if beats else VERDICT}
+            (step.directory / "labels.jsonl").write_text("")
+            (step.directory / "labeler_report.json").write_text(json.dumps({"config": {}, "verdict": verdict}))
+            return {"summary": f"read 3 pairs, used 3; {verdict['text']}"}
+        if step.stage == "reward":
+            raise KeyboardInterrupt("reward")
+        return {}
+
+    monkeypatch.setattr(pipeline, "_execute", execute)
+    return ran
+
+
+def test_gate_stop_stops_after_the_check_and_says_how_to_go_on(recipe_file, monkeypatch):
+    ran = scripted_check(monkeypatch, beats=False)
+    args = ["run", str(recipe_file), "--rounds", "1", "--set", "label.gate=stop"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "stopped: the labeler check stops the run (label.gate: stop). The best mode, both orders, agrees with " \
+           "people on 48.0% [38.0, 58.0]" in output
+    assert "rerun with --set label.gate=weight" in output and "--set label.gate=warn" in output
+    assert "or use a larger labeler" in output and "labeler-check/labeler_report.json" in output
+    assert ran == ["rankings", "critique", "sft", "sample", "label", "labeler-check"]
+    # The finished check is not run again, and stops the run again (the scripted stages before it, which write
+    # nothing, do run again); the plan says so.
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "stopped: the labeler check stops the run" in result.output
+    assert ran.count("labeler-check") == 1 and ran[-1] == "label"
+    result = CliRunner().invoke(cli, args + ["--dry-run"])
+    check = next(line for line in result.output.splitlines() if "labeler-check" in line)
+    assert check.startswith("round 1  labeler-check done") and check.endswith(
+        "(gate: stop; the labeler does not beat the best baseline: the run stops here)")
+    # A labeler that passes goes on to the reward stage, which weighs its labels by their reliability.
+    monkeypatch.undo()
+    ran = scripted_check(monkeypatch, beats=True)
+    recipe = load_recipe(recipe_file, {"rounds": 1, "label.gate": "stop"})
+    (Path(recipe.out) / "labeler-check" / "labeler_report.json").unlink()  # an unfinished check: run again
+    with pytest.raises(KeyboardInterrupt, match="reward"):
+        run(recipe, progress=False)
+    assert ran[-2:] == ["labeler-check", "reward"]
+
+
+@pytest.mark.parametrize("gate", ["warn", "weight"])
+def test_gate_warn_and_weight_warn_and_wire_the_reward_stage(recipe_file, monkeypatch, gate):
+    scripted_check(monkeypatch, beats=False)
+    recipe = load_recipe(recipe_file, {"rounds": 1, "label.gate": gate})
+    warnings = []
+    with pytest.raises(KeyboardInterrupt, match="reward"):
+        run(recipe, progress=False, on_warning=lambda step, text: warnings.append(text))
+    assert len(warnings) == 1 and warnings[0].startswith(f"labeler check: {VERDICT} So ")
+    assert ("weighs its labels by their measured reliability (label.gate: weight)" if gate == "weight" else
+            "its labels train at ai_weight, calibrated where the reward stage can measure them (label.gate: warn)") \
+        in warnings[0]
+    steps = {s.stage: s for s in plan(recipe)}
+    check = steps["labeler-check"]
+    assert steps["reward"].config.calibration == [str(check.directory / "labels.jsonl")]
+    assert steps["reward"].config.reliability == gate
+    assert check.directory == Path(recipe.out) / "labeler-check" and check.state == "done"
+    # The check's finding is said again each run that passes it.
+    with pytest.raises(KeyboardInterrupt, match="reward"):
+        run(recipe, progress=False, on_warning=lambda step, text: warnings.append(text))
+    assert len(warnings) == 2
+
+
+def test_the_check_note_says_what_the_reward_stage_needs_to_measure_the_labeler(recipe_file):
+    def note(**settings) -> str:
+        return next(s for s in plan(load_recipe(recipe_file, {"rounds": 1, **settings})) if s.stage == "labeler-check"
+                    ).note
+
+    assert note() == ("gate: weight; labels up to 200 human pairs; the reward stage needs 20 or more of them to "
+                      "measure the labeler, else its labels get weight 0")
+    # Fewer pairs checked than the reward stage needs: the note says what follows, under each gate.
+    assert note(**{"label.gate_pairs": 10}) == ("gate: weight; labels up to 10 human pairs; the reward stage needs 20 "
+                                                "to measure the labeler, so its labels will get weight 0")
+    assert note(**{"label.gate_pairs": 10, "label.gate": "warn", "reward.reliability_min_pairs": 5}) == (
+        "gate: warn; labels up to 10 human pairs; the reward stage needs 5 or more of them to measure the labeler, "
+        "else its labels train at ai_weight, uncalibrated")
+    # The check labels in mode compare: it cannot measure labels of another mode.
+    assert note(**{"label.mode": "score"}).endswith("; it labels in mode compare, the label stage in mode score, so "
+                                                    "it cannot measure the label stage's labels: they get weight 0")
+
+
+def test_the_check_labels_training_side_human_pairs_where_people_chose(tmp_path, recipe_file):
+    from rlaif.pipeline import _write_check_pairs
+    from rlaif.rankings import run as import_rankings
+
+    prompts = [f"Question {i}?" for i in range(40)]
+    ranked = [{"prompt": p, "responses": ["Kind.", "Rude."], "ranks": [1, 2 if i % 10 else 1]}  # every 10th a tie
+              for i, p in enumerate(prompts)]
+    (tmp_path / "more.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ranked))
+    recipe = load_recipe(recipe_file, {"rounds": 1, "human": ["human.jsonl:2", f"{tmp_path / 'more.jsonl'}:1",
+                                                             "human-again.jsonl"],
+                                       "rankings.ties": "half", "label.gate_pairs": 25})
+    (recipe_file.parent / "human-again.jsonl").write_text((recipe_file.parent / "human.jsonl").read_text())
+    steps = plan(recipe)
+    for step in steps:
+        if step.stage == "rankings":
+            import_rankings(step.config)
+    check = next(s for s in steps if s.stage == "labeler-check")
+    assert check.config.limit == 25 and check.config.injection_pairs == 0 and not check.config.chain_of_thought
+    assert check.config.labeler == recipe.labeler and check.config.ensemble == 1  # as the label stage draws them
+    check.directory.mkdir(parents=True)
+    written = _write_check_pairs(check)
+    rows = list(read_jsonl(check.config.pairs))
+    assert len(rows) == written and len({r["id"] for r in rows}) == written
+    keys = [pair_key(r) for r in rows]
+    decided = [r for r in ranked if r["ranks"][1] == 2]
+    every = {pair_key({"prompt": [{"role": "user", "content": r["prompt"]}],
+                       "chosen": [{"role": "assistant", "content": "Kind."}],
+                       "rejected": [{"role": "assistant", "content": "Rude."}]}) for r in decided}
+    every |= {pair_key(r) for r in read_jsonl(steps[0].config.out)}  # human.jsonl, and its copy: the same pairs
+    assert set(keys) == {k for k in every if not held_out_key(k, 0.5)}  # reward.eval_fraction 0.5
+    assert all(r["p_chosen"] == 1.0 and r["source"] == "human" for r in rows)
+    # evenly from every file: in the order of a hash of the pair, not file by file
+    assert keys == sorted(keys, key=lambda k: __import__("hashlib").sha256(k.encode()).hexdigest())
+    # the check's key holds what it reads: the share the reward stage holds out, the human files
+    assert next(s for s in plan(load_recipe(recipe_file, {"rounds": 1, "reward.eval_fraction": 0.2}))
+                if s.stage == "labeler-check").key != next(s for s in plan(load_recipe(recipe_file, {"rounds": 1}))
+                                                           if s.stage == "labeler-check").key
+
+
+def test_gate_settings_are_checked_and_unused_without_human_files(recipe_file, tmp_path):
+    with pytest.raises(DataError, match=r"^--set: label.gate: expected one of stop, warn, weight, not 'maybe'$"):
+        load_recipe(recipe_file, {"label.gate": "maybe"})
+    with pytest.raises(DataError, match=r"^--set: label.gate_pairs: expected a whole number, not 2.5$"):
+        load_recipe(recipe_file, {"label.gate_pairs": 2.5})
+    with pytest.raises(DataError, match=r"^--set: reward.reliability: set by the pipeline: use the recipe's "
+                                        r"`label.gate`$"):
+        load_recipe(recipe_file, {"reward.reliability": "off"})
+    with pytest.raises(DataError, match=r"^--set: reward.calibration: set by the pipeline"):
+        load_recipe(recipe_file, {"reward.calibration": ["labels.jsonl"]})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe_file.read_text().replace("label: {", "label: {gate: never, "))
+    with pytest.raises(DataError, match=r"bad.yaml:13: label.gate: expected one of stop, warn, weight"):
+        load_recipe(bad)
+    alone = load_recipe(recipe_file, {"human": [], "label.gate": "stop", "label.gate_pairs": 50})
+    assert unused_settings(alone) == [
+        "--set: label.gate: not used: the recipe names no human rankings (human: [FILE:WEIGHT])",
+        "--set: label.gate_pairs: not used: the recipe names no human rankings (human: [FILE:WEIGHT])"]
+    steps = plan(alone)
+    assert "labeler-check" not in [s.stage for s in steps]
+    reward = next(s for s in steps if s.stage == "reward").config
+    assert reward.calibration == [] and reward.reliability == "weight"

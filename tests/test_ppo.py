@@ -1,6 +1,6 @@
 """PPO trainer: batch layout, the first ratio, a toy task whose reward rises at bounded KL, the adaptive beta, exact
-resume after a kill, guards, reward sources, LoRA, a value head shared with the policy, and two processes under
-accelerate launch."""
+resume after a kill, guards, reward sources, LoRA, a value head shared with the policy, the reward-hacking monitors
+(a reward paying for length warned about, a judge's gap), and two processes under accelerate launch."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-from rlaif.ppo.config import PPOConfig
+from rlaif.ppo import monitors as M
+from rlaif.ppo.config import PPOConfig, check_alone
 from rlaif.ppo.rollout import CombinedReward, pack, response_logits
 from rlaif.ppo.trainer import PPOStopped, prompt_order, run
-from rlaif.records import ConfigError, DataError, read_jsonl, split_weight
+from rlaif.records import ConfigError, DataError, Manifest, read_jsonl, split_weight
 
 TESTS = Path(__file__).resolve().parent
 PROMPTS = ["How do I bake bread?", "Which response is more helpful?", "Write a Python function.",
@@ -45,6 +46,13 @@ def config(tiny_model_dir, prompts, tmp_path) -> PPOConfig:
     return PPOConfig(prompts=str(prompts), out=str(tmp_path / "ppo"), policy=str(tiny_model_dir),
                      reward_fn=["toy_rewards:fl"], steps=2, batch_size=8, minibatches=2, max_new_tokens=12,
                      learning_rate=1e-3, lr_schedule="constant", device="cpu", save_steps=1)
+
+
+@pytest.fixture(scope="module")
+def chatty_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    from test_monitors import build_chatty_model
+
+    return build_chatty_model(tiny_model_dir, tmp_path_factory.mktemp("chatty-model"))
 
 
 def metrics(out: str) -> list[dict]:
@@ -191,6 +199,10 @@ def test_exploding_ratio_stops_mid_step_and_keeps_that_state_apart(config):
     ({"lora_r": 8}, "lora_r: used only with lora: true (--lora)"),
     ({"kl_target": None, "kl_horizon": 500}, "kl_horizon: the adaptive beta's horizon, not used with a fixed beta"),
     ({"shared_value_head": True, "value_model": "x"}, "value_model: a shared value head sits on the policy"),
+    ({"monitor_length_corr": 1.5}, "monitor_length_corr: expected a finite number between 0 and 1, got 1.5"),
+    ({"monitor_truncated": -0.1}, "monitor_truncated: expected a finite number between 0 and 1, got -0.1"),
+    ({"monitor_min_replies": 0}, "monitor_min_replies: expected a finite number >= 1, got 0"),
+    ({"monitor_gap_rise": 2.0}, "monitor_gap_rise: the judge gap's threshold, used only with a judge"),
 ])
 def test_settings_out_of_range_or_without_effect_are_refused_when_the_config_is_built(setting, error):
     with pytest.raises((DataError, ConfigError)) as raised:
@@ -238,6 +250,61 @@ def test_reward_model_with_another_tokenizer_weighted_sum_and_eos_penalty(config
     assert m["score"] == pytest.approx(0.5 * rm + fn - (1 - m["eos_rate"]), abs=1e-5)
     evals = list(read_jsonl(Path(config.out) / "eval.jsonl"))
     assert [e["step"] for e in evals] == [0, 1] and evals[0]["prompts"] == len(PROMPTS)
+
+
+def test_monitors_in_every_row_and_a_reward_paying_for_length_warned_about_once(config, chatty_model_dir, capsys):
+    """A reward that pays for characters: the score follows the reply's length in tokens. With windows of a step
+    (monitor_min_replies 8, to keep the run short), step 1 is one window, too few to warn on; step 2 confirms it
+    and warns, in its row, on stderr (once), in the manifest. One more step, resumed from step 2's checkpoint,
+    replays the rows it keeps: the warning is not printed again, its tally goes on."""
+    by_length = CombinedReward([("length", lambda p, r: [len(x) / 10 for x in r], 1.0)])
+    chatty = replace(config, policy=str(chatty_model_dir), reward_fn=[], steps=2, monitor_min_replies=8)
+    m = run(chatty, progress=False, reward=by_length)
+    rows = metrics(chatty.out)
+    for row in rows:
+        assert {M.LENGTH, M.SCORE_STD, M.LENGTH_STD, M.KL, M.TRUNCATED, M.REPLIES, "warnings"} <= row.keys()
+        assert row[M.REPLIES] == 8 and row[M.SCORE_STD] > 0 and row[M.LENGTH_STD] > 0
+        assert row[M.LENGTH] > 0.5 and 0 < row[M.TRUNCATED] < 1  # some replies stop, some are cut off
+        assert row[M.KL] is None or -1 <= row[M.KL] <= 1
+    assert rows[0]["warnings"] == [] and [w.split(":")[0] for w in rows[1]["warnings"]] == ["score_length_corr"]
+    err = capsys.readouterr().err
+    assert err.count("score_length_corr:") == 1 and "ppo step 2: score_length_corr: the score rises with reply length" in err
+    manifest = Manifest.load(chatty.out)
+    assert manifest.counts["monitor_warnings"] == 1 and m["monitor_warnings"] == manifest.extra["monitor_warnings"]
+    assert manifest.extra["monitor_warnings"]["score_length_corr"]["first_step"] == 2
+
+    run(replace(chatty, steps=3), progress=False, reward=by_length)
+    assert "score_length_corr" not in capsys.readouterr().err
+    rows = metrics(chatty.out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    tally = Manifest.load(chatty.out).extra["monitor_warnings"]["score_length_corr"]
+    assert tally["first_step"] == 2 and tally["steps"] == sum(
+        any(w.startswith("score_length_corr:") for w in r["warnings"]) for r in rows)
+
+
+def test_judge_scores_the_eval_replies_and_the_gap_compares_normalised_scores(config, tiny_model_dir, prompts,
+                                                                             tmp_path):
+    """The judge is the training reward model with reward_stats.json one std higher: normalised, each of its scores
+    is the training reward's minus 1, so the gap is exactly 1 at every eval, and it does not widen: no warning."""
+    from rlaif.reward import load_backbone
+
+    classifier, tokenizer = load_backbone(str(tiny_model_dir), "cpu")
+    classifier.save_pretrained(tmp_path / "rm", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "rm")
+    shutil.copytree(tmp_path / "rm", tmp_path / "judge")
+    (tmp_path / "rm" / "reward_stats.json").write_text('{"mean": 0.5, "std": 2.0}')
+    (tmp_path / "judge" / "reward_stats.json").write_text('{"mean": 2.5, "std": 2.0}')
+    judged = replace(config, steps=1, reward_fn=[], reward_model=[str(tmp_path / "rm")],
+                     monitor_judge=str(tmp_path / "judge"), eval_prompts=str(prompts))
+    run(judged, progress=False)
+    evals = list(read_jsonl(Path(config.out) / "eval.jsonl"))
+    assert [e["step"] for e in evals] == [0, 1]
+    for e in evals:
+        assert e[M.GAP] == pytest.approx(1.0, abs=1e-5) and e[M.JUDGE] == pytest.approx(e["score"] - 1, abs=1e-5)
+    row = metrics(config.out)[0]
+    assert row[M.GAP] == evals[1][M.GAP] and row[M.JUDGE] == evals[1][M.JUDGE] and row["warnings"] == []
+    with pytest.raises(ConfigError, match=r"monitor_judge: used only with eval prompts"):
+        check_alone(replace(judged, eval_prompts=None))
 
 
 def test_direct_score_reward_tensorboard_and_value_from_reward_model(config, tiny_model_dir, tmp_path):

@@ -533,6 +533,31 @@ def test_a_file_listed_twice_for_reward_or_dpo_is_refused(tmp_path, monkeypatch)
     result = CliRunner().invoke(cli, ["reward", "--data", "o1.jsonl", "--data", "./o1.jsonl:2", "--out", "rm"])
     assert result.exit_code == 1 and "error: data: o1.jsonl and ./o1.jsonl:2 are the same file" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "rm").exists()
+    # the reward stage's calibration files (read to measure its AI labelers) alike, and they take no weight
+    result = CliRunner().invoke(cli, ["reward", "--data", "o1.jsonl", "--calibration", "o2.jsonl", "--calibration",
+                                      "./o2.jsonl", "--out", "rm"])
+    assert result.exit_code == 1 and "error: calibration: o2.jsonl and ./o2.jsonl are the same file" in result.output
+    assert result.output.rstrip().endswith("list it once") and not (tmp_path / "rm").exists()
+    result = CliRunner().invoke(cli, ["reward", "--data", "o1.jsonl", "--calibration", "o2.jsonl:2", "--out", "rm"])
+    assert result.exit_code == 1 and "--calibration: o2.jsonl:2: a calibration file takes no weight" in result.output
+
+
+def test_load_sources_reads_each_file_apart_for_the_reward_stage_to_weigh(tmp_path):
+    from pathlib import Path
+
+    from rlaif.rankings import load_sources, require_weight
+
+    write_lines(tmp_path / "a.jsonl", [{"prompt": "p", "chosen": "x", "rejected": "y"}])
+    write_lines(tmp_path / "b.jsonl", [{"prompt": "p", "chosen": "y", "rejected": "x", "p_chosen": 0.7,
+                                         "source": "ai", "labeler": "m"}])
+    tally = Tally("labels")
+    sources = load_sources([str(tmp_path / "a.jsonl:2"), str(tmp_path / "b.jsonl")], tally=tally)
+    assert [(Path(f).name, len(rows), w) for f, rows, w in sources] == [("a.jsonl", 1, 2.0), ("b.jsonl", 1, 1.0)]
+    assert sources[1][1][0]["labeler"] == "m" and tally.read == 2
+    rows = mix(sources)[0]
+    assert len(rows) == 1 and rows[0]["p_chosen"] == pytest.approx((2 * 1.0 + 0.3) / 3)
+    with pytest.raises(DataError, match=r"every pair has weight 0: nothing to train on; AI labels of m got weight 0$"):
+        require_weight([{**rows[0], "weight": 0.0}], ["a.jsonl"], "AI labels of m got weight 0")
 
 
 def test_out_must_not_be_a_directory_or_the_file_imported(tmp_path, monkeypatch):

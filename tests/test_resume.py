@@ -27,7 +27,7 @@ DRIVER = textwrap.dedent("""
     import json, os, random, signal, sys, time
 
     import rlaif.cli, rlaif.critique, rlaif.evaluate, rlaif.label, rlaif.models, rlaif.reward, rlaif.sample, rlaif.score
-    import rlaif.ppo.trainer, accelerate, peft
+    import rlaif.ppo.trainer, rlaif.stats, accelerate, peft, scipy.stats
     import rich.progress
     from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                               LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast)

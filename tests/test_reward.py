@@ -143,10 +143,14 @@ def test_training_learns_a_separable_preference(tmp_path, tiny_model_dir):
     human = tmp_path / "human.jsonl"
     ai.write_text("".join(json.dumps(r) + "\n" for r in rows if r["source"] == "ai"))
     human.write_text("".join(json.dumps(r) + "\n" for r in rows if r["source"] == "human"))
+    # People labelled other pairs than the AI, so nothing measures the AI labeler: under reliability weight its
+    # labels would get weight 0 (tests/test_mixing.py); warn keeps them, uncalibrated, to train on the mix.
     config = RewardConfig(data=[str(ai), f"{human}:2"], out=str(tmp_path / "rm"), model=str(tiny_model_dir),
                           eval_fraction=0.25, learning_rate=3e-3, epochs=3, batch_size=8, save_steps=1000,
-                          device="cpu", stats_samples=32)
+                          device="cpu", stats_samples=32, reliability="warn")
     metrics = run(config, progress=False)
+    entry = metrics["reliability"]["sources"][str(ai)]  # rows that name no labeler: their file's
+    assert entry["pairs"] == 0 and entry["decision"] == "too few pairs" and entry["weight_used"] == {str(ai): 1.0}
     assert metrics["train"]["last_loss"] < metrics["train"]["first_loss"]
     held = metrics["heldout"]
     assert held["overall"]["pairs"] == held["human"]["pairs"] + held["ai"]["pairs"]

@@ -97,14 +97,24 @@ def _show_trace(row: dict | None) -> None:
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
 @click.option("--engine", type=click.Choice(["rlaif", "vllm"]), help="vllm: sample with vLLM where installed.  "
               "[default: rlaif]")
+@click.option("--contrastive", is_flag=True, default=None,
+              help="RLCD: per prompt, one reply under a principle's follows system prompt (chosen) and one under its "
+                   "violates prompt (rejected), written as preference rows to OUT/sample/preferences.jsonl.")
+@click.option("-c", "--constitution", help="With --contrastive: the principles and their system prompts, a shipped "
+              "name or a path.  [default: default]")
 @recipe_option
 def sample(config_file, **flags) -> None:
     """Sample K responses per prompt from a policy: the candidates `rlaif label` compares.
+
+    With --contrastive (RLCD), sample a labelled pair per prompt instead: one reply under a principle's "follows"
+    system prompt and one under its "violates" prompt, the first chosen with p_chosen = the constitution's
+    label.contrastive_p. `rlaif reward` and `rlaif dpo` read them directly.
 
     \b
     Examples:
       rlaif sample --prompts examples/prompts/red-team.jsonl --n 2 --out runs/x
       rlaif sample -m runs/x/sft --prompts prompts.jsonl --n 4 -t 1.0 --out runs/x
+      rlaif sample --prompts examples/prompts/red-team.jsonl --contrastive -c harmless --out runs/rlcd
     """
     from rlaif import sample as stage
 
@@ -112,6 +122,11 @@ def sample(config_file, **flags) -> None:
     if not config.prompts:
         raise click.UsageError("--prompts is required (or `prompts:` in --config)")
     counts = stage.run(config, progress=True)
+    if config.contrastive:
+        noun = "pair" if counts["used"] == 1 else "pairs"
+        out.print(f"[green]✓[/green] {counts['used']} contrastive {noun} → "
+                  f"{shown(config.out)}/sample/preferences.jsonl ({shown(counts['summary'])})", soft_wrap=True)
+        return
     out.print(f"[green]✓[/green] {counts['used']} prompts x {config.n} → "
               f"{shown(config.out)}/sample/candidates.jsonl ({shown(counts['summary'])})", soft_wrap=True)
 
@@ -122,6 +137,11 @@ def sample(config_file, **flags) -> None:
 @click.option("--out", help="Run directory; writes OUT/label/preferences.jsonl.  [default: runs/label]")
 @click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
 @click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
+@click.option("--mode", type=click.Choice(["compare", "contrast", "score"]),
+              help="compare: ask which reply better follows a principle, (A) or (B); contrast: sigmoid of the "
+                   "difference of the replies' likelihood contrasts, log p(reply | follows prompt) - log p(reply | "
+                   "violates prompt); score: sigmoid of the difference of their expected 1-10 scores.  "
+                   "[default: compare]")
 @click.option("-k", "--principles", "principles_per_comparison",
               help="Principles averaged per pair: a number or 'all'.  [default: the constitution's label setting]")
 @click.option("--both-orders/--one-order", default=None,
@@ -131,6 +151,8 @@ def sample(config_file, **flags) -> None:
 @click.option("--few-shot/--no-few-shot", default=None, help="Show the constitution's label examples first.  [default: on]")
 @click.option("--max-new-tokens", type=int, help="Rationale length limit (--cot).  [default: 128]")
 @click.option("--min-margin", type=float, help="Flag labels with p_chosen < 0.5 + this as low_confidence.  [default: 0.05]")
+@click.option("--score-temperature", type=float, help="--mode score: P(first) = sigmoid((s_first - s_second) / "
+              "this), in score points.  [default: 1]")
 @click.option("--drop-flagged", is_flag=True, default=None,
               help="Write low-confidence and inconsistent pairs to dropped.jsonl instead.")
 @click.option("--batch-size", type=int, help="Pairs per batch, written as it finishes.  [default: 8]")
@@ -142,12 +164,17 @@ def label(config_file, **flags) -> None:
     Every pair of a prompt's responses is shown to the labeler as a multiple-choice question under sampled
     principles; the label is the probability of option (A) against (B), scored in both orders and averaged.
     Writes OUT/label/preferences.jsonl (TRL's preference format plus p_chosen, per-order and per-principle
-    probabilities, and flags for inconsistent or low-confidence labels).
+    probabilities, and flags for inconsistent or low-confidence labels). --mode contrast and --mode score ask no
+    question and so have no position bias: each reply is scored alone, by its likelihood under a principle's
+    "follows" system prompt against its "violates" prompt, or by its expected 1-10 score; rows keep the evidence.
+    The contrast is a sum over the reply's tokens, so a per-token lean grows with length: check its
+    agreement against "prefer the longer reply" with `rlaif eval labeler` before trusting it.
 
     \b
     Examples:
       rlaif label --candidates runs/x/sample/candidates.jsonl --out runs/x
       rlaif label --candidates runs/x/sample/candidates.jsonl -k 4 --cot --out runs/x-cot
+      rlaif label --candidates runs/x/sample/candidates.jsonl --mode contrast -k 2 --out runs/x-contrast
     """
     from rlaif import label as stage
 

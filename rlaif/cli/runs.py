@@ -43,10 +43,13 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], rounds: int | None) -> None:
     """Run a recipe: every stage of the loop, in rounds, resumable.
 
-    (rankings import) -> critique -> sft -> sample -> label -> reward -> ppo, then for each further round:
-    sample from the last policy -> label the new pairs -> a reward model on every label so far -> PPO from the
-    last policy; after the last round, eval compares every policy on held-out prompts and OUT/report.html is
-    written. Before anything runs, every setting is checked and every file the recipe names is read (prompts,
+    (rankings import) -> critique -> sft -> sample -> label -> (labeler check) -> reward -> ppo, then for each
+    further round: sample from the last policy -> label the new pairs -> a reward model on every label so far ->
+    PPO from the last policy; after the last round, eval compares every policy on held-out prompts and
+    OUT/report.html is written. With human files, the labeler check first scores the labeler against people on
+    their pairs (OUT/labeler-check/) and `label.gate` decides: weight (default; the reward stage weighs the AI
+    labels by their measured reliability), warn (a warning; they train at ai_weight) or stop (the run stops when
+    the labeler does not beat the baselines: prefer the shorter reply, the longer, the first position, a coin). Before anything runs, every setting is checked and every file the recipe names is read (prompts,
     human rankings with the recipe's `rankings` settings, constitutions): a problem stops it at once, naming the
     file, line and the setting that fixes it. Settings nothing reads are reported as warnings.
     Rerun the same command after a crash: finished stages are kept, a half-finished one resumes.
@@ -57,6 +60,7 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
       rlaif run examples/quickstart/recipe.yaml --dry-run
       rlaif run examples/quickstart/recipe.yaml
       rlaif run my-project/recipe.yaml --rounds 2 --set ppo.steps=50
+      rlaif run examples/human-mix/recipe.yaml --set label.gate=stop
     """
     from rlaif import pipeline
 
@@ -91,12 +95,15 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
         if summary:
             out.print(f"  {shown(step.stage)}: {shown(summary)}", soft_wrap=True)
 
+    def warn(step, text: str) -> None:
+        err.print(f"[yellow]warning:[/yellow] {shown(text)}", soft_wrap=True)
+
     from rlaif.ppo.trainer import PPOStopped
 
     out.print(f"out: {shown(str(run_dir.resolve()))}", soft_wrap=True)
     try:
-        steps = pipeline.run(recipe, on_step=announce, on_done=report)
-    except PPOStopped as e:
+        steps = pipeline.run(recipe, on_step=announce, on_done=report, on_warning=warn)
+    except (PPOStopped, pipeline.LabelerGateStopped) as e:
         err.print(f"[bold red]stopped:[/bold red] {shown(str(e))}", soft_wrap=True)
         sys.exit(2)
     out.print(f"[green]✓[/green] {len(steps)} steps done; report → {shown(str(run_dir.resolve() / 'report.html'))}",
@@ -140,7 +147,8 @@ def eval_policies(run_dir, config_file, **flags) -> None:
     Each policy answers every prompt once. Reported for all prompts, and for red-team prompts (tagged
     `red-team`) apart from the rest, so that over-refusal is visible: the reward model's score, win rates over
     the base and SFT models by the reward model and by the AI labeler under the `judge` constitution (questions
-    no training stage used), KL to the base model, reply length and refusal rate. Rerun to resume.
+    no training stage used), plain and length-controlled (LC: the win rate at equal reply length), KL to the
+    base model, reply length and refusal rate, each with its 95% bootstrap interval. Rerun to resume.
 
     \b
     Examples:
@@ -158,7 +166,9 @@ def eval_policies(run_dir, config_file, **flags) -> None:
 
 
 def print_policy_eval(summary: dict) -> None:
+    """Per group, each policy's figures with their 95% intervals under them (LC: length-controlled)."""
     from rlaif.evaluate import SUMMARY_COLUMNS as columns
+    from rlaif.evaluate import shown_figure
 
     for group, results in summary["results"].items():
         n = next(iter(results.values()))["prompts"]
@@ -167,8 +177,10 @@ def print_policy_eval(summary: dict) -> None:
         for _, title in columns:
             table.add_column(title, justify="right")
         for name, entry in results.items():
-            table.add_row(shown(name), *(f"{entry[key]:.3g}" if key in entry else "-" for key, _ in columns))
+            table.add_row(shown(name), *(shown_figure(entry, key, "\n") if key in entry else "-" for key, _ in columns))
         out.print(table)
+    if "method" in summary:
+        out.print(f"[dim]{shown(summary['method'])}[/dim]")
 
 
 @cli.command()
@@ -194,7 +206,7 @@ def report(run_dir: str, out_path: str | None) -> None:
 @eval_group.command(name="labeler")
 @click.option("--pairs", type=click.Path(),
               help="Human-labelled pairs: hh-rlhf transcripts (chosen/rejected) or prompt/chosen/rejected rows.")
-@click.option("--out", help="Writes OUT/labeler_report.json.  [default: runs/eval]")
+@click.option("--out", help="Writes OUT/labeler_report.json and OUT/labels.jsonl.  [default: runs/eval]")
 @click.option("-c", "--constitution", help="Shipped constitution name or a path.  [default: default]")
 @click.option("--labeler", help="The labeling model.  [default: smollm2-135m-instruct]")
 @click.option("--limit", type=int,
@@ -202,6 +214,9 @@ def report(run_dir: str, out_path: str | None) -> None:
 @click.option("--ensemble", type=int, help="Principles per pair in the ensemble mode.  [default: 4]")
 @click.option("--cot/--no-cot", "chain_of_thought", default=None, help="Also evaluate chain of thought.  [default: on]")
 @click.option("--injection-pairs", type=int, help="Pairs per injection attack; 0 skips them.  [default: 8]")
+@click.option("--order-free/--no-order-free", "order_free_modes", default=None,
+              help="Also the likelihood contrast and score difference modes, which show no reply beside the other."
+                   "  [default: on]")
 @click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
 @recipe_option
@@ -209,8 +224,12 @@ def eval_labeler(config_file, **flags) -> None:
     """The labeler's report card on pairs people have labeled.
 
     Agreement with the human choice, position consistency and calibration (ECE) for each labeling mode side by
-    side (single order, both orders, an ensemble of principles, chain of thought), agreement per principle, and
-    how often prompt-injection attacks written into a response flip the label.
+    side (single order, both orders, an ensemble of principles, chain of thought, likelihood contrast, score
+    difference) and for the baselines it must
+    beat on the same pairs (prefer the shorter reply, prefer the longer one, always the first position, a coin),
+    agreement per principle, and how often prompt-injection attacks written into a response flip the label. Every
+    figure comes with its 95% bootstrap interval; the verdict, printed last, says whether the best mode beats the
+    best baseline. The judgements `rlaif label` would make go to OUT/labels.jsonl, with people's choice.
 
     \b
     Example:

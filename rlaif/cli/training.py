@@ -71,6 +71,16 @@ def _data_summary(metrics: dict) -> str:
 @click.option("--eval-fraction", type=float, help="Share of pairs held out.  [default: 0.1]")
 @click.option("--human-overrides", is_flag=True, default=None,
               help="Where people and the AI pick different winners, keep only the human label.")
+@click.option("--calibration", multiple=True, metavar="FILE",
+              help="AI labels of pairs people labelled (`rlaif eval labeler`'s labels.jsonl), to measure each labeler "
+                   "against the human pairs in --data; read, never trained on. Repeatable.")
+@click.option("--reliability", type=click.Choice(["weight", "warn", "off"]),
+              help="weight: a labeler that does not beat the best baseline (shorter, longer reply, a coin), or that "
+                   "too few pairs measure, gets weight 0; warn: keep its weight and warn; off: labels as given. "
+                   "Measured labelers are calibrated (Platt slope) under weight and warn.  [default: weight]")
+@click.option("--reliability-min-pairs", type=int,
+              help="Pairs labelled by people and the labeler needed to measure it; with fewer, it gets weight 0 "
+                   "(under --reliability warn: kept, uncalibrated).  [default: 20]")
 @click.option("--lora/--full", default=None, help="Train a LoRA adapter and the head, or every weight.  [default: full]")
 @click.option("--learning-rate", type=float, help="[default: 1e-4 with LoRA, 1e-5 without]")
 @click.option("--epochs", type=float, help="Passes over the data.  [default: 1]")
@@ -83,7 +93,7 @@ def _data_summary(metrics: dict) -> str:
 @click.option("--seed", type=int, help="[default: 0]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
 @recipe_option
-def reward(config_file, data, eval_data, **flags) -> None:
+def reward(config_file, data, eval_data, calibration, **flags) -> None:
     """Train a reward model on AI labels, human rankings, or a weighted mix of both.
 
     Soft labels are used as they are: the loss is the Bradley-Terry cross-entropy against p = P(chosen is
@@ -91,14 +101,26 @@ def reward(config_file, data, eval_data, **flags) -> None:
     label, provenance kept). metrics.json reports held-out accuracy, margin and calibration per source and overall,
     how far the reward follows response length, and where people and the AI disagree. Rerun to resume.
 
+    Where people labelled some of the pairs an AI labeler labelled (human rows in --data, or --calibration files),
+    each labeler is measured on them first, never on held-out pairs: its agreement with people and that of the
+    best baseline (prefer the shorter reply, the longer, a coin), with 95% bootstrap intervals, and a Platt
+    calibration slope. Its labels then train calibrated if it beats that baseline (an exact sign test on the pairs
+    where they differ, p < 0.025) and agrees with people on more than half of the pairs where the better length
+    rule is wrong; one that does not, or that fewer than --reliability-min-pairs pairs measure, gets weight 0 and a
+    warning (--reliability warn keeps it). A labeler is a model in a label mode (compare, contrast, score), each
+    measured on its own labels. metrics.json's `reliability` has the numbers.
+
     \b
     Examples:
       rlaif reward --data runs/x/label/preferences.jsonl --out runs/x/rm
       rlaif reward --data runs/x/label/preferences.jsonl:1 --data runs/x/human.jsonl:2 --out runs/x/rm --lora
+      rlaif eval labeler --pairs human.jsonl --out runs/check --no-cot     # writes runs/check/labels.jsonl
+      rlaif reward --data runs/x/label/preferences.jsonl --data human.jsonl \\
+          --calibration runs/check/labels.jsonl --out runs/x/rm
     """
     from rlaif import reward as stage
 
-    flags.update(data=list(data) or None, eval_data=list(eval_data) or None)
+    flags.update(data=list(data) or None, eval_data=list(eval_data) or None, calibration=list(calibration) or None)
     config = stage_config(stage.RewardConfig, config_file, flags)
     if not config.data:
         raise click.UsageError("--data is required (or `data:` in --config)")
@@ -107,20 +129,59 @@ def reward(config_file, data, eval_data, **flags) -> None:
     out.print(f"[green]✓[/green] {train['steps']} steps on {train['pairs']} pairs, loss {train['first_loss']:.3f} → "
               f"{train['last_loss']:.3f}; model in {shown(config.out)}{_data_summary(metrics)}", soft_wrap=True)
     if held:
-        table = Table("held-out", "pairs", "accuracy", "margin", "ECE", title="reward model")
+        from rlaif.stats import Estimate
+
+        table = Table("held-out", "pairs", "accuracy [95% CI]", "margin", "ECE (floor)", title="reward model")
         for name, m in held.items():
             if name != "length":
                 fmt = lambda v: "-" if v is None else f"{v:.3f}"
-                table.add_row(shown(name), str(m["pairs"]), fmt(m["accuracy"]), fmt(m["mean_margin"]), fmt(m["ece"]))
+                accuracy = (Estimate(**m["accuracy_interval"]).number() if m.get("accuracy_interval")
+                            else fmt(m["accuracy"]))
+                ece = fmt(m["ece"]) + (f" ({m['ece_floor']:.3f})" if m.get("ece_floor") is not None else "")
+                table.add_row(shown(name), str(m["pairs"]), accuracy, fmt(m["mean_margin"]), ece)
         out.print(table)
         length = held["length"]
         if length["reward_length_correlation"] is not None:
             out.print(f"reward vs response length: r = {length['reward_length_correlation']:+.2f} "
                       f"(the longer response is the chosen one in {length['longer_wins_accuracy']:.0%} of pairs)")
+    print_reliability(metrics.get("reliability", {}))
     agreement = metrics["agreement"]
     if agreement["pairs_labeled_by_both"]:
         out.print(f"people and the AI agree on {agreement['agree']:g}/{agreement['pairs_labeled_by_both']} pairs "
                   f"labeled by both; the others are listed in metrics.json")
+
+
+def print_reliability(reliability: dict) -> None:
+    """Each AI labeler measured against people: its agreement and the best baseline's with intervals, the sign test
+    between them, its agreement where the better length rule is wrong, the Platt slope, and the decision with the
+    weight given and used (the warnings were printed as the stage started). Fits 100 columns: every figure on two
+    short lines, the labeler's name folded."""
+    measured = {name: e for name, e in reliability.get("sources", {}).items() if e["decision"] != "no human labels"}
+    if not measured:
+        return
+    from rlaif.reward import COIN
+
+    short = {"prefer the shorter reply": "shorter", "prefer the longer reply": "longer", COIN: "coin"}
+    table = Table("labeler", "agrees", "best baseline", "sign test", "where length\nis wrong", "slope", "decision",
+                  title=f"AI labelers against people (reliability: {reliability['mode']})",
+                  caption="sign test: its p-value, and of the pairs where labeler and baseline differ, how many go the "
+                          "labeler's way; decision: then weight given → used")
+    table.columns[0].overflow = "fold"
+    for column in table.columns[1:6]:
+        column.no_wrap = True
+    interval = lambda e: f"[{100 * e['low']:.1f}, {100 * e['high']:.1f}]"
+    rate = lambda e: f"{e['value']:.1%} of {e['n']}\n{interval(e)}"
+    for name, e in measured.items():
+        if "agreement" in e:
+            test, length, best = e["sign_test"], e["against_length"], e["baseline"]
+            cells = [rate(e["agreement"]), f"{short.get(best['name'], best['name'])} {best['value']:.1%}\n{interval(best)}",
+                     f"p = {test['p_value']:.2g}\n{test['for']} of {test['discordant']}",
+                     "none" if length["vacuous"] else rate(length), f"{e['slope']:.3f}"]
+        else:
+            cells = [f"{e['pairs']} pair{'' if e['pairs'] == 1 else 's'}", "-", "-", "-", "-"]
+        weights = ", ".join(f"{e['weight_given'][file]:g} → {used:g}" for file, used in e["weight_used"].items())
+        table.add_row(shown(name), *cells, f"{e['decision']}\n{weights}")
+    out.print(table)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -138,6 +199,9 @@ def reward(config_file, data, eval_data, **flags) -> None:
 @click.option("--prompts", help="Training prompts: JSONL, CSV, text or hh-rlhf transcripts.")
 @click.option("--eval-prompts", help="Held-out prompts, scored before, during (--eval-every) and after training.")
 @click.option("--eval-every", type=int, help="Score the held-out prompts every N steps too; 0: before and after only.")
+@click.option("--monitor-judge", metavar="DIR", help="A second reward model, never trained against, that scores the "
+              "eval replies at each eval: monitor/judge_score and monitor/reward_judge_gap, a warning when the gap "
+              "widens as the reward climbs (reward hacking).")
 @click.option("--out", help="Where the policy, logs and checkpoints go. Rerun to resume.  [default: runs/ppo]")
 @click.option("--steps", type=int, help="PPO updates; raise it and rerun to train on.  [default: 100]")
 @click.option("--batch-size", type=int, help="Prompts per rollout, per process.  [default: 8]")
@@ -170,8 +234,10 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
     functions, or a weighted sum), subtracts beta times the KL to the frozen reference on every token, and runs
     clipped PPO epochs on the policy and a value model (the first reward model's backbone, head zeroed). The bar shows
     reward, KL and beta; metrics.jsonl has every diagnostic per step (kl, non_score_reward, clipfrac, approx_kl,
-    entropy, explained_variance, losses, length, samples/s). Kill it at any time and rerun the same command: it
-    resumes from the newest checkpoint. Guards stop the run, with a checkpoint, on NaN rewards or losses, a
+    entropy, explained_variance, losses, length, samples/s) and reward-hacking monitors (monitor/*: the score's
+    correlation with reply length and with KL, the share of replies cut off; with --monitor-judge, a second reward
+    model's view), a crossed threshold in the row's `warnings` and printed the first time. Kill it at any time and
+    rerun the same command: it resumes from the newest checkpoint. Guards stop the run, with a checkpoint, on NaN rewards or losses, a
     runaway KL or exploding probability ratios, and say what to try. Several devices: `accelerate launch -m rlaif ppo`.
 
     \b
@@ -204,6 +270,7 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
         out.print(f"[green]✓[/green] step {metrics['step']}: reward {metrics['score']:+.3f}, KL {metrics['kl']:.2f}, "
                   f"beta {metrics['beta']:.4f}; policy in {shown(config.out)}{_data_summary(metrics)}",
                   soft_wrap=True)
+        _monitor_warnings(metrics, config.out)
     else:
         out.print(f"[green]✓[/green] already trained for {config.steps} steps: {shown(config.out)}"
                   f"{_data_summary(metrics)}", soft_wrap=True)
@@ -280,7 +347,9 @@ def grpo(config_file, reward_model, **flags) -> None:
 
     Each step samples a group of replies per prompt; a reply's advantage is its reward against its group's
     mean (GRPO) or the mean of the other replies (RLOO), with a KL penalty to the starting policy. metrics.jsonl
-    uses PPO's names, so `rlaif report` plots it alike. In a recipe: `policy_trainer: grpo` (or rloo).
+    uses PPO's names, so `rlaif report` plots it alike, with PPO's reward-hacking monitors where TRL shows them (the
+    reward's correlation with reply length, the share of replies cut off; warnings printed the first time).
+    In a recipe: `policy_trainer: grpo` (or rloo).
 
     \b
     Example:
@@ -296,3 +365,14 @@ def grpo(config_file, reward_model, **flags) -> None:
     reward = f", reward {last['reward']:+.3f}" if "reward" in last else ""
     out.print(f"[green]✓[/green] {config.algorithm}{reward}; policy in {shown(config.out)}{_data_summary(last)}",
               soft_wrap=True)
+    _monitor_warnings(last, config.out)
+
+
+def _monitor_warnings(metrics: dict, directory: str) -> None:
+    """One line naming the reward-hacking monitors that warned during the run (each was printed when first crossed;
+    every step that crossed one lists it in metrics.jsonl's `warnings`)."""
+    fired = metrics.get("monitor_warnings") or {}
+    if fired:
+        kinds = ", ".join(f"{kind} at {t['steps']} step(s) from step {t['first_step']}" for kind, t in fired.items())
+        out.print(f"[yellow]monitors warned:[/yellow] {shown(kinds)}; see {shown(directory)}/metrics.jsonl",
+                  soft_wrap=True)

@@ -1,6 +1,7 @@
 """The models and rewards PPO trains with, built from its config: the policy, the frozen reference (or the LoRA
 adapter switched off), the value model (the reward model's backbone with a zero head, or a head on the policy's
-trunk), and the combined reward. The trainer (rlaif/ppo/trainer.py) calls `build_models` and `build_reward`."""
+trunk), the combined reward, and the monitors' judge. The trainer (rlaif/ppo/trainer.py) calls `build_models`,
+`build_reward` and `build_judge`."""
 
 from __future__ import annotations
 
@@ -36,6 +37,20 @@ def build_reward(config: PPOConfig, device) -> CombinedReward:
         model, tokenizer = load_model(labeler, device=str(device))
         parts.append((f"score:{labeler}", DirectScore(model, tokenizer, load_constitution(config.constitution)), weight))
     return CombinedReward(parts)
+
+
+def build_judge(config: PPOConfig, device):
+    """The monitors' second reward model (`monitor_judge`, rlaif/ppo/monitors.py), or None. It scores normalised by
+    its reward_stats.json when it has one (a degenerate one is refused), raw otherwise."""
+    from rlaif.reward import RewardModel
+
+    if not config.monitor_judge:
+        return None
+    judge = RewardModel.load(config.monitor_judge, device=str(device),
+                             dtype="float32" if device.type == "cpu" else "auto")
+    if judge.stats:
+        reward_normalisation(config.monitor_judge, judge.stats, True)
+    return judge
 
 
 def reward_normalisation(path: str, stats: dict | None, normalize: bool) -> tuple[float, float]:

@@ -25,6 +25,15 @@ class PPOConfig:
     shared_value_head: bool = False  # value = a head on the policy's own trunk: one forward/backward per minibatch, not two
     eval_prompts: str | None = None  # held-out prompts, scored before training, every eval_every steps and at the end
     eval_every: int = 0  # 0: only before and after training
+    monitor_judge: str | None = None  # a second reward model directory (rlaif reward), never optimised against,
+    # scoring the eval replies at each eval: monitor/judge_score and monitor/reward_judge_gap (monitors.py)
+    monitor_length_corr: float = 0.5  # warn when |r(score, reply length)| passes this: length then explains a
+    # quarter of the score's variance, more than a reward for quality should (Singhal et al. 2023)
+    monitor_truncated: float = 0.5  # warn when more than this share of replies hit max_new_tokens without stopping
+    monitor_min_replies: int = 32  # the two warnings above read two windows of the latest steps, each of at least
+    # this many replies pooled, and warn only when both are past: by chance in 0.05% of 100-step runs (monitors.py)
+    monitor_gap_rise: float = 1.0  # warn when the reward-judge gap has grown by more than this since the first eval
+    # while the training reward rose: one std of rewards normalised by their reward_stats.json (Gao et al. 2023)
     steps: int = 100  # PPO updates (rollout + epochs); raise it and rerun to train on (a linear lr_schedule then
     # decays over the new total from where it was, so the extended run differs from one started with that total)
     batch_size: int = 8  # prompts (one response each) per rollout, per process
@@ -66,19 +75,22 @@ class PPOConfig:
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one (one per process under accelerate)
 
     VOLATILE = ("steps", "micro_batch_size", "save_steps", "save_total_limit", "sample_every", "eval_every",
-                "log_with", "device")
+                "log_with", "device", "monitor_length_corr", "monitor_truncated", "monitor_min_replies",
+                "monitor_gap_rise")  # the thresholds only decide what is warned about
 
     def __post_init__(self):
         """Every setting in its range, and no setting that would do nothing: a DataError naming the field, or a
         ConfigError (the checks that need the reward, the prompts or the model are `check` and `run`'s)."""
         check_numbers(self, "ppo", at_least_one=["steps", "batch_size", "minibatches", "micro_batch_size", "ppo_epochs",
-                                                 "max_new_tokens", "kl_horizon", "save_steps", "lora_r"],
+                                                 "max_new_tokens", "kl_horizon", "save_steps", "lora_r",
+                                                 "monitor_min_replies"],
                       positive=["temperature", "max_grad_norm", "clip_range", "clip_range_value", "lora_alpha",
-                                "max_kl", "max_ratio"],
+                                "max_kl", "max_ratio", "monitor_gap_rise"],
                       nonnegative=["missing_eos_penalty", "learning_rate", "value_learning_rate", "kl_coef",
                                    "kl_target", "vf_coef", "entropy_coef", "save_total_limit", "sample_every",
                                    "eval_every"],
-                      within={"gamma": (0.0, 1.0), "lam": (0.0, 1.0), "lora_dropout": (0.0, 1.0)})
+                      within={"gamma": (0.0, 1.0), "lam": (0.0, 1.0), "lora_dropout": (0.0, 1.0),
+                              "monitor_length_corr": (0.0, 1.0), "monitor_truncated": (0.0, 1.0)})
         if not 0 < self.top_p <= 1:
             raise DataError("ppo settings", None, "top_p", f"expected a share in (0, 1], got {self.top_p:g}")
         if self.batch_size % self.minibatches:
@@ -95,6 +107,9 @@ class PPOConfig:
         if self.kl_target is None:
             unused_settings(self, ["kl_horizon"], "the adaptive beta's horizon, not used with a fixed beta "
                                                   "(kl_target: null, --fixed-kl)")
+        if not self.monitor_judge:
+            unused_settings(self, ["monitor_gap_rise"], "the judge gap's threshold, used only with a judge "
+                                                        "(monitor_judge, --monitor-judge)")
         if self.shared_value_head and self.value_model:
             raise ConfigError("value_model: a shared value head sits on the policy; there is no value model to load")
         if self.value_model and (Path(self.value_model) / "reward_stats.json").is_file():
@@ -116,7 +131,8 @@ def check_alone(config: PPOConfig) -> None:
     """Settings that do nothing in a run of the stage by itself (`rlaif ppo`): a ConfigError. A recipe wires in the
     eval prompts, the reward model and the rubric itself, and warns about these instead (pipeline.unused_settings)."""
     if not config.eval_prompts:
-        unused_settings(config, ["eval_every"], "used only with eval prompts (eval_prompts, --eval-prompts)")
+        unused_settings(config, ["eval_every", "monitor_judge"], "used only with eval prompts (eval_prompts, "
+                                                                 "--eval-prompts)")
     if not config.reward_score:
         unused_settings(config, ["constitution"], "the rubric of reward_score (--reward-score), which is not set")
     if not config.reward_model:

@@ -38,6 +38,10 @@ checkpoint and computes what the uninterrupted run would have.
 
 Guards stop the run with a message, keeping a checkpoint: rewards or losses that are not finite, a mean KL past
 `max_kl`, a mean probability ratio past `max_ratio`.
+
+Reward-hacking monitors, explained in rlaif/ppo/monitors.py: score-length and score-KL correlations, the share of
+replies cut off, a second reward model's score on the eval replies (`monitor/*` in metrics.jsonl and eval.jsonl);
+a row past a threshold lists it in `warnings`, the first of each kind is printed and the manifest counts them.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ import torch
 from rlaif.generate import progress_bar
 from rlaif.loaders import load_prompts
 from rlaif.ppo import losses as L
-from rlaif.ppo.build import build_models, build_reward
+from rlaif.ppo import monitors as M
+from rlaif.ppo.build import build_judge, build_models, build_reward
 from rlaif.ppo.config import PPOConfig, check, default_lr, schedule
 from rlaif.ppo.rollout import Batch, CombinedReward, ValueHead, pack, response_logits
 from rlaif.records import (
@@ -90,6 +95,7 @@ class Rollout:
     scores: torch.Tensor  # (B,) the reward, penalty included
     parts: dict[str, torch.Tensor]  # each reward's own scores
     eos: torch.Tensor  # (B,) bool: the response ended with EOS
+    paid: torch.Tensor | None = None  # (B,) what the rewards paid, before the missing-EOS penalty (the monitors')
 
 
 class PPOTrainer:
@@ -152,14 +158,14 @@ class PPOTrainer:
             del ref_logits
             values = value(hidden) if config.shared_value_head else value.values(batch)
         texts = [r.text for r in replies]
-        scores = self.reward(prompts, texts).to(device)
+        paid = scores = self.reward(prompts, texts).to(device)
         eos = torch.tensor([r.finish_reason == "stop" for r in replies], device=device)
         if config.missing_eos_penalty:
             scores = scores - config.missing_eos_penalty * (~eos).float()
         parts = {name: part.to(device) for name, part in self.reward.last.items()}
         self.timing["score"] = time.perf_counter() - started - self.timing["generate"]
         return Rollout(prompts, texts, batch, logprobs * batch.mask, ref_logprobs * batch.mask, values * batch.mask,
-                       scores, parts, eos)
+                       scores, parts, eos, paid)
 
     # -- one PPO step ------------------------------------------------------------------------------------------------
 
@@ -233,6 +239,10 @@ class PPOTrainer:
         metrics["samples_per_second"] = all_rows / seconds
         metrics["seconds"] = seconds
         metrics.update({f"time/{phase}": t for phase, t in self.timing.items()})
+        # every process's replies (each has batch_size of them: a plain gather does)
+        paid, tokens, kls, ended = accelerator.gather(torch.stack([ro.paid, lengths, kl_sum, ro.eos.float()], 1)).T
+        metrics.update(M.step_monitors(paid.tolist(), tokens.tolist(), ended.bool().tolist(), config.max_new_tokens,
+                                       kls.tolist()))
         return metrics, ro
 
     def minibatch_backward(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor, minibatch: torch.Tensor,
@@ -432,6 +442,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
         raise ConfigError("ppo: fp16 mixed precision is not supported (its loss scaler is shared by the policy's and "
                           "the value's optimizers); use accelerate launch --mixed_precision bf16, or no")
     reward = reward or build_reward(config, accelerator.device)  # a reward that cannot load fails before OUT is made
+    judge = build_judge(config, accelerator.device) if eval_prompts else None
     lr = default_lr(config)
     manifest = None
     if accelerator.is_main_process:
@@ -454,6 +465,10 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
         # its step); without one, nothing is done. The rows after that are work the resumed run redoes.
         for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
             truncate_log(out / name, trainer.step if resumed else -1)
+    watch = M.Watch.of(config)
+    kept = lambda name: list(read_jsonl(out / name)) if main and (out / name).is_file() else []
+    for row in kept("eval.jsonl")[:1] + kept("metrics.jsonl"):  # the rows kept, replayed: warned as before
+        watch.observe(row)
     if config.log_with:
         accelerator.init_trackers("ppo", config={k: v for k, v in asdict(config).items()
                                                  if isinstance(v, (int, float, str, bool))})
@@ -464,7 +479,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     started = time.time()
     try:
         if eval_prompts and not resumed:
-            _evaluate(trainer, eval_prompts, logs.get("eval"))
+            watch.observe(_evaluate(trainer, eval_prompts, logs.get("eval"), judge))
         with progress_bar(progress and main, config.steps, "ppo", trainer.step, transient=False) as bar:
             while trainer.step < config.steps:
                 step = trainer.step + 1
@@ -477,7 +492,12 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
                     raise _stopped(trainer, out, step, stop) from None
                 trainer.step = step
                 metrics = {"id": f"step-{step:06d}", "step": step, **metrics}
+                if eval_prompts and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
+                    evaluated = _evaluate(trainer, eval_prompts, logs.get("eval"), judge)
+                    metrics.update({k: v for k, v in evaluated.items() if k.startswith("monitor/")})
+                metrics["warnings"], fresh = watch.observe(metrics)
                 if main:
+                    M.announce("ppo", step, fresh)
                     logs["metrics"].write(metrics)
                     if config.sample_every and (step % config.sample_every == 0 or step == 1):
                         for i, (prompt, text) in enumerate(zip(ro.prompts, ro.texts)):
@@ -485,8 +505,6 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
                                                    "response": text, "score": ro.scores[i].item()})
                 if config.log_with:
                     accelerator.log({k: v for k, v in metrics.items() if isinstance(v, float)}, step=step)
-                if eval_prompts and (step == config.steps or (config.eval_every and step % config.eval_every == 0)):
-                    _evaluate(trainer, eval_prompts, logs.get("eval"))
                 if step % config.save_steps == 0 or step == config.steps:
                     _save(trainer, out, config.save_total_limit)
                 bar(1, f"reward {metrics['score']:+.3f}  kl {metrics['kl']:.3f}  beta {metrics['beta']:.4f}  "
@@ -502,32 +520,40 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     _save_final(trainer, out)
     if main:
         manifest.counts.update(tally.counts(), **(eval_tally.counts("eval_") if eval_tally.read else {}),
-                               steps=trainer.step, processes=world)
+                               steps=trainer.step, processes=world, monitor_warnings=watch.total())
+        manifest.extra["monitor_warnings"] = watch.fired
         manifest.seconds += time.time() - started
         manifest.outputs = ["model.safetensors", "value/", "metrics.jsonl", "samples.jsonl", "checkpoints/"] + (
             ["eval.jsonl"] if eval_prompts else [])
         manifest.status = "complete"
         manifest.save(out)
-    return {**metrics, "summary": summary}
+    return {**metrics, "summary": summary, "monitor_warnings": watch.fired}
 
 
-def _evaluate(trainer: PPOTrainer, rows: list[dict], log: JsonlWriter | None) -> None:
-    """Mean reward and KL (k1, nats per response) of sampled responses to the held-out prompts. The prompts go in
-    batches of batch_size, each sampled with a seed fixed by its place in the list, and the batches are dealt to the
-    processes in turn: each prompt is scored once, by one process, and its sample is the one a single process would
-    draw. The means are an all-reduce of (sum, count), which holds for shards of any size, empty ones included."""
+def _evaluate(trainer: PPOTrainer, rows: list[dict], log: JsonlWriter | None, judge=None) -> dict:
+    """The eval row (on every process): mean reward and KL (k1, nats per response) of sampled responses to the
+    held-out prompts, and a `judge`'s monitors. The prompts go in batches of batch_size, each sampled with a seed fixed
+    by its place in the list, dealt to the processes in turn: each prompt is scored once, by one process, its sample
+    the one a single process would draw. Means are all-reduced (sum, count): shards of any size, empty ones, hold."""
     config, accelerator = trainer.config, trainer.accelerator
     starts = list(range(0, len(rows), config.batch_size))
-    score = kl = count = 0.0
+    score = kl = count = paid = judged = 0.0
     for start in starts[accelerator.process_index :: accelerator.num_processes]:
         ro = trainer.rollout([r["prompt"] for r in rows[start : start + config.batch_size]], seed=config.seed + start)
         score = score + ro.scores.sum()
         kl = kl + ((ro.logprobs - ro.ref_logprobs) * ro.batch.mask).sum()
         count += len(ro.scores)
-    score, kl, count = trainer.all_sum([score, kl, count])
-    if log is not None and count:
-        log.write({"id": f"step-{trainer.step:06d}", "step": trainer.step, "score": score / count, "kl": kl / count,
-                   "prompts": int(count)})
+        if judge is not None:
+            paid = paid + ro.paid.sum()
+            judged = judged + judge.score(ro.prompts, ro.texts, normalize=bool(judge.stats)).sum()
+    score, kl, count, paid, judged = trainer.all_sum([score, kl, count, paid, judged])
+    row = {"id": f"step-{trainer.step:06d}", "step": trainer.step, "score": score / count, "kl": kl / count,
+           "prompts": int(count)}
+    if judge is not None:
+        row.update({M.JUDGE: judged / count, M.GAP: (paid - judged) / count})
+    if log is not None:
+        log.write(row)
+    return row
 
 
 def _finished(out: Path, steps: int) -> dict | None:
