@@ -37,7 +37,7 @@ before the first model loads; its errors name the recipe line and the input's re
 lists settings that nothing in this recipe reads (a `dpo:` section under `policy_trainer: ppo`).
 
 **The labeler check.** With human files, a step before the first reward stage asks whether the AI labeler can be
-trusted: rlaif.evaluate.evaluate_labeler on the human pairs (the recipe's constitution and labeler, no chain of
+trusted: rlaif.report_card.evaluate_labeler on the human pairs (the recipe's constitution and labeler, no chain of
 thought, no injection suite, as many principles per pair as the label stage draws), into OUT/labeler-check/:
 labeler_report.json, whose verdict says whether its best mode beats the best baseline on the same pairs (prefer the
 shorter reply, the longer, the first position, a coin) with 95% confidence, and labels.jsonl, its labels of those
@@ -570,11 +570,11 @@ class LabelerGateStopped(Exception):
 
 
 def _check_config(recipe: Recipe, out: Path, constitution: str, human: list) -> tuple[Any, dict]:
-    """The labeler check's config (rlaif.evaluate.LabelerEvalConfig) and what else its key holds: the imported
+    """The labeler check's config (rlaif.report_card.LabelerEvalConfig) and what else its key holds: the imported
     human files it reads and the share of pairs the reward stage holds out (those are never checked on)."""
     from rlaif.constitution import load_constitution
-    from rlaif.evaluate import LabelerEvalConfig
     from rlaif.label import resolved_settings
+    from rlaif.report_card import LabelerEvalConfig
 
     label = stage_config(recipe, "label", {})
     with _reading(recipe, "constitution"):
@@ -617,9 +617,9 @@ def _write_check_pairs(step: Step) -> int:
 
 
 def _run_check(step: Step, progress: bool) -> dict:
-    """The labeler check: its human pairs written, then rlaif.evaluate.evaluate_labeler (labeler_report.json and
+    """The labeler check: its human pairs written, then rlaif.report_card.evaluate_labeler (labeler_report.json and
     labels.jsonl in its directory). Returns the report, with `summary`: what it read and its verdict."""
-    from rlaif.evaluate import evaluate_labeler
+    from rlaif.report_card import evaluate_labeler
 
     if not _write_check_pairs(step):
         raise DataError(step.config.pairs, None, None, "no human pair to check the labeler on: every pair of the "

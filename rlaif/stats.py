@@ -94,7 +94,7 @@ def consistency(shown_first, shown_second, axis=-1):
 def ece(p, axis=-1, bins: int = 10):
     """Expected calibration error (Guo et al. 2017) of probabilities that the first side is better: the prediction
     is p > 0.5 (a tie half right), its confidence max(p, 1 - p) binned into `bins` equal bins on [0.5, 1], and ECE
-    the bins' |accuracy - confidence| weighted by their share. Matches rlaif.evaluate.expected_calibration_error."""
+    the bins' |accuracy - confidence| weighted by their share. Matches rlaif.report_card.expected_calibration_error."""
     p = np.moveaxis(np.asarray(p, dtype=float), axis, -1)
     confidence, correct = np.maximum(p, 1 - p), outcomes(p)
     index = np.minimum(((confidence - 0.5) * 2 * bins).astype(int), bins - 1)

@@ -14,21 +14,17 @@ from click.testing import CliRunner
 from rlaif.cli import cli
 from rlaif.constitution import ConstitutionError, load_constitution
 from rlaif.generate import Generation
-from rlaif.label import (
+from rlaif.label import LabelConfig, Pair, run, sample_label_principles, with_system
+from rlaif.label_modes import (
     Contrast,
-    LabelConfig,
     LikelihoodContrast,
-    Pair,
     ScoreDifference,
     contrast_preference,
     contrast_probabilities,
     likelihood_contrast,
     preference_probability,
-    run,
-    sample_label_principles,
     score_difference_probabilities,
     score_preference,
-    with_system,
 )
 from rlaif.records import ConfigError, DataError, read_jsonl, read_yaml, write_jsonl
 from rlaif.sample import SampleConfig

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="reward-model directories; the first is the reference")
     parser.add_argument("--out", default="compare.json")
     args = parser.parse_args()
-    rows = [r for r in load_mix([args.heldout]) if r["p_chosen"] != 0.5]
+    rows = [r for r in load_mix([args.heldout])[0] if r["p_chosen"] != 0.5]
     oriented = [r if r["p_chosen"] > 0.5 else {**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
     out = Path(args.out)
     results = {}

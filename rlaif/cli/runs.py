@@ -235,13 +235,13 @@ def eval_labeler(config_file, **flags) -> None:
     Example:
       rlaif eval labeler --pairs ../shared/data/hh-harmless-dev.jsonl --limit 100 --out runs/eval
     """
-    from rlaif import evaluate
+    from rlaif import report_card
 
-    config = stage_config(evaluate.LabelerEvalConfig, config_file, flags)
+    config = stage_config(report_card.LabelerEvalConfig, config_file, flags)
     if not config.pairs:
         raise click.UsageError("--pairs is required (or `pairs:` in --config)")
-    report = evaluate.evaluate_labeler(config, progress=True)
-    evaluate.print_labeler_report(report, out)
+    report = report_card.evaluate_labeler(config, progress=True)
+    report_card.print_labeler_report(report, out)
     injection = f"; injection: {report['injection']['summary']}" if "injection" in report else ""
     out.print(f"[green]✓[/green] report → {shown(config.out)}/labeler_report.json ({shown(report['summary'])}"
               f"{shown(injection)})", soft_wrap=True)

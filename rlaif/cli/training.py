@@ -159,7 +159,7 @@ def print_reliability(reliability: dict) -> None:
     measured = {name: e for name, e in reliability.get("sources", {}).items() if e["decision"] != "no human labels"}
     if not measured:
         return
-    from rlaif.reward import COIN
+    from rlaif.reliability import COIN
 
     short = {"prefer the shorter reply": "shorter", "prefer the longer reply": "longer", COIN: "coin"}
     table = Table("labeler", "agrees", "best baseline", "sign test", "where length\nis wrong", "slope", "decision",
