@@ -88,6 +88,10 @@ def test_pair_metrics_and_pearson():
     # Labels facing chosen; deltas: right, right, wrong; the 0.5 label is left out of accuracy.
     metrics = pair_metrics([2.0, 0.5, -1.0, 3.0], [1.0, 0.8, 1.0, 0.5])
     assert metrics["accuracy"] == pytest.approx(2 / 3) and metrics["mean_margin"] == pytest.approx(0.5)
+    interval = metrics["accuracy_interval"]  # over the 3 decided pairs, a tied reward counting half
+    assert interval["n"] == 3 and interval["value"] == pytest.approx(2 / 3) and interval["low"] <= 2 / 3 <= interval["high"]
+    assert pair_metrics([1.0, 0.0], [1.0, 1.0])["accuracy_interval"]["value"] == pytest.approx(0.75)
+    assert 0 <= metrics["ece_floor"] <= 1
     # A label facing `rejected` (p < 0.5) counts the other way.
     assert pair_metrics([-2.0], [0.1])["accuracy"] == 1.0
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
