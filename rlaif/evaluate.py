@@ -218,6 +218,8 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
                      temperature=found["temperature"], max_new_tokens=found["max_new_tokens"])
     manifest = open_stage(out, "eval", asdict(config), volatile=EvalConfig.VOLATILE)
     manifest.add_input(found["prompts"])
+    if manifest.status == "complete" and (out / "eval.json").is_file():  # finished with these settings: as it was
+        return json.loads(read_text(out / "eval.json"))
     started = time.time()
     temperature, policies = found["temperature"], found["policies"]
     base = reward = None

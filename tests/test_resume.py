@@ -32,7 +32,7 @@ DRIVER = textwrap.dedent("""
     from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                               LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast)
 
-    reference, killed, watched, log, seed, kills = json.loads(sys.argv[1])
+    reference, killed, watched, log, seed, kills, whole = json.loads(sys.argv[1])
 
     def start(argv):
         pid = os.fork()
@@ -68,26 +68,33 @@ DRIVER = textwrap.dedent("""
         argv, path, sizes = [a.replace("{out}", out) for a in killed], watched.replace("{out}", out), []
         while len(sizes) + sum(len(s["sizes"]) for s in series) < kills:
             pid = start(argv)
-            time.sleep(rng.uniform(0.8 * startup, startup + 2 * step) + late)
+            time.sleep(max(rng.uniform(0.8 * startup, startup + 2 * step) + late, 0.0))
             if os.waitpid(pid, os.WNOHANG)[0]:  # it finished before the kill
                 break
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             sizes.append(os.path.getsize(path) if os.path.exists(path) else 0)
-            # A run's first batch costs more than the start-up measured: kill later while no row gets written.
-            late = late + step if sizes[-1] == (sizes[-2] if len(sizes) > 1 else 0) else max(late - step, 0.0)
+            # A run's first batch costs more than the start-up measured: kill later while no row gets written, and
+            # earlier once the kills land after the file is whole (the stage's work after it: judging, a summary).
+            if sizes[-1] >= os.path.getsize(whole):
+                late = max(late - 2 * step, -0.5 * startup)
+            elif sizes[-1] == (sizes[-2] if len(sizes) > 1 else 0):
+                late = late + step
+            else:
+                late = max(late - step, 0.0)
         finish(argv)
         series.append({"out": out, "sizes": sizes, "final": os.path.getsize(path)})
     print(json.dumps({"total": total, "startup": startup, "series": series}))
 """)
 
 
-def kill_and_rerun(reference: list[str], killed: list[str], watched: str, log: Path, seed: int) -> dict:
+def kill_and_rerun(reference: list[str], killed: list[str], watched: str, log: Path, seed: int, whole: str) -> dict:
     """Run `reference` to the end; then run `killed` (its "{out}" replaced by 0, 1, ...), killing it at random moments
     and rerunning it until it completes, in as many directories as it takes to land KILLS kills. Returns the
-    timings and, per directory, the size of `watched` after each kill and at the end."""
+    timings and, per directory, the size of `watched` after each kill and at the end. `whole`: the reference run's
+    copy of the watched file, whose size tells a kill that came after the file was finished."""
     # One thread: two threads that wait for each other on a busy machine make a run's length erratic.
-    arguments = json.dumps([reference, killed, watched, str(log), seed, KILLS])
+    arguments = json.dumps([reference, killed, watched, str(log), seed, KILLS, whole])
     done = subprocess.run([sys.executable, "-c", DRIVER, arguments], capture_output=True, text=True, cwd=REPO,
                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
     assert done.returncode == 0, done.stderr + (log.read_text() if log.is_file() else "")
@@ -191,7 +198,7 @@ def test_killed_at_random_moments_and_rerun_writes_what_an_uninterrupted_run_wri
     reference, directory, files, by_nature = stage_argv(stage, tmp_path / "reference", inputs)
     killed, killed_directory, _, _ = stage_argv(stage, tmp_path / "killed" / "{out}", inputs)
     timing = kill_and_rerun(reference, killed, str(killed_directory / files[0]), tmp_path / "stderr.log",
-                            seed=sum(map(ord, stage)))
+                            seed=sum(map(ord, stage)), whole=str(directory / files[0]))
     partial = {size / s["final"] for s in timing["series"] for size in s["sizes"] if 0 < size < s["final"]}
     assert len(partial) >= 2, timing  # the kills landed at several points of the work, not only before or after it
 
