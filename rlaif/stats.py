@@ -114,7 +114,8 @@ def ece_floor(p, draws: int = 200, seed: int = SEED, bins: int = 10) -> float:
     calibrated labeler), so a labeler's ECE is read against this floor, not against 0. p: (n,) -> a number."""
     p = np.asarray(p, dtype=float)
     right = np.random.default_rng(seed).uniform(size=(draws, p.size)) < np.maximum(p, 1 - p)
-    simulated = np.where(right, p, 1 - p)  # the same confidences, the outcome drawn as a calibrated labeler's
+    # the same confidences, the outcome drawn as a calibrated labeler's: right, its P(the chosen side) is the larger
+    simulated = np.where(right, np.maximum(p, 1 - p), np.minimum(p, 1 - p))
     simulated = np.where(p == 0.5, 0.5, simulated)
     return float(ece(simulated, bins=bins).mean())
 

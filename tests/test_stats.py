@@ -131,3 +131,15 @@ def test_length_controlled_win_rate():
     assert stats.length_controlled_win_rate(wins, np.zeros(5)) == pytest.approx(0.7, abs=1e-3)
     est = stats.bootstrap(stats.length_controlled_win_rate, better, d, resamples=200)
     assert est.low < est.value < est.high
+
+
+def test_ece_floor_is_what_a_calibrated_labeler_scores():
+    assert stats.ece_floor([0.0, 1.0, 0.0]) == 0.0  # sure and calibrated: always right, whichever side it names
+    assert stats.ece_floor([0.5] * 4) == 0.0  # ties: half right at confidence one half
+    rng = np.random.default_rng(6)
+    p = rng.uniform(0, 1, 1000)
+    floor = stats.ece_floor(p)
+    assert 0 < floor < 0.06  # thin bins on 1,000 pairs: small but not 0
+    assert stats.ece_floor(p[:20]) > floor  # and larger on few pairs
+    # the floor does not depend on which side each probability names
+    assert stats.ece_floor(1 - p) == pytest.approx(floor, abs=0.01)
