@@ -361,15 +361,20 @@ def write(path, rows) -> str:
     return str(path)
 
 
-def test_the_stage_stops_before_the_model_when_reliability_leaves_nothing_to_train(tmp_path):
-    humans = people(20)
-    checked = labels(humans, 10)
+def only_ai_training(tmp_path, measured: int, right: int) -> RewardConfig:
+    """A reward config whose only training labels are AI ones, calibrated by a labels.jsonl of `measured` human
+    pairs (as `rlaif eval labeler` writes it) of which the labeler gets `right` right."""
+    checked = labels(people(measured), right)
     for r in checked:
         r["human_chosen"] = "chosen" if r["chosen"][0]["content"] in (GOOD, TERSE) else "rejected"
     training = [row(100 + i, "Yes, gladly.", "No.", 0.95, "ai", labeler=LABELER) for i in range(5)]
-    config = RewardConfig(data=[write(tmp_path / "ai.jsonl", training)], out=str(tmp_path / "rm"),
-                          model=str(tmp_path / "no-model"), calibration=[write(tmp_path / "labels.jsonl", checked)],
-                          eval_fraction=0.0)
+    return RewardConfig(data=[write(tmp_path / "ai.jsonl", training)], out=str(tmp_path / "rm"),
+                        model=str(tmp_path / "no-model"), calibration=[write(tmp_path / "labels.jsonl", checked)],
+                        eval_fraction=0.0)
+
+
+def test_the_stage_stops_before_the_model_when_reliability_leaves_nothing_to_train(tmp_path):
+    config = only_ai_training(tmp_path, measured=20, right=10)
     with pytest.raises(DataError, match=r"every pair has weight 0: nothing to train on; the AI labels of judge-7b got "
                                         r"weight 0, as they do not pass the reliability rule .* set reliability: warn"):
         run(config, progress=False)
@@ -386,14 +391,7 @@ def test_the_stage_stops_before_the_model_when_reliability_leaves_nothing_to_tra
 
 
 def test_the_stage_stops_when_too_few_pairs_measure_the_only_labeler(tmp_path):
-    humans = people(5)
-    checked = labels(humans, 5)
-    for r in checked:
-        r["human_chosen"] = "chosen" if r["chosen"][0]["content"] in (GOOD, TERSE) else "rejected"
-    training = [row(100 + i, "Yes, gladly.", "No.", 0.95, "ai", labeler=LABELER) for i in range(5)]
-    config = RewardConfig(data=[write(tmp_path / "ai.jsonl", training)], out=str(tmp_path / "rm"),
-                          model=str(tmp_path / "no-model"), calibration=[write(tmp_path / "labels.jsonl", checked)],
-                          eval_fraction=0.0)
+    config = only_ai_training(tmp_path, measured=5, right=5)
     with pytest.raises(DataError, match=r"every pair has weight 0: nothing to train on; the AI labels of judge-7b got "
                                         r"weight 0, as too few pairs people also labelled measure them "
                                         r"\(reliability_min_pairs: 20\) .* set reliability: warn"):
