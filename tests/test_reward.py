@@ -187,3 +187,37 @@ def test_lora_and_cli(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(cli, ["reward", "--data", str(tmp_path / "missing.jsonl"), "--model",
                                       str(tiny_model_dir), "--out", str(tmp_path / "rm2")])
     assert result.exit_code == 1 and "missing.jsonl: file not found" in result.output
+
+
+def test_grouping_by_length_pads_less_and_still_trains_every_pair_once(tmp_path, tiny_model_dir, monkeypatch):
+    from rlaif import reward
+
+    rng = random.Random(3)
+    rows = [pref("word " * rng.choice([2, 5, 40, 120, 300]) + f"question {i}?", GOOD[i % 4], BAD[i % 4])
+            for i in range(64)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen = {}
+    classes = reward._trainer_classes
+
+    def counting_classes():
+        trainer_cls, collator_cls = classes()
+
+        class Counting(collator_cls):
+            def torch_call(self, examples):
+                batch = super().torch_call(examples)
+                tally = seen.setdefault(grouped, {"pads": 0, "pairs": []})
+                tally["pads"] += int((batch["attention_mask"] == 0).sum())
+                tally["pairs"] += [tuple(e["chosen_ids"]) for e in examples]
+                return batch
+
+        return trainer_cls, Counting
+
+    monkeypatch.setattr(reward, "_trainer_classes", counting_classes)
+    for grouped in (False, True):
+        run(RewardConfig(data=[str(data)], out=str(tmp_path / f"rm-{grouped}"), model=str(tiny_model_dir),
+                         eval_fraction=0.0, batch_size=8, group_by_length=grouped, save_steps=1000, device="cpu",
+                         stats_samples=2), progress=False)
+    assert seen[True]["pads"] < seen[False]["pads"] / 2, seen  # lengths 2..300 words: shuffled batches pad a lot
+    assert sorted(seen[True]["pairs"]) == sorted(seen[False]["pairs"])  # one epoch: each pair once, either way
+    assert len(set(seen[True]["pairs"])) == 64

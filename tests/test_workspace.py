@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from rlaif.cli import cli
 from rlaif.constitution import load_constitution
-from rlaif.pipeline import load_recipe, plan
+from rlaif.pipeline import plan
+from rlaif.recipe import load_recipe
 
 
 def test_init_makes_an_editable_project_that_plans(tmp_path):

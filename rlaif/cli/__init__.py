@@ -84,11 +84,11 @@ def cli() -> None:
 
 def stage_config(cls, config_file: str | None, flags: dict):
     """Build a stage's dataclass config. Unknown recipe keys are errors naming the file, line and key; every value,
-    from the file or a flag, is checked against its field (pipeline.check_settings: a number must be finite, a
+    from the file or a flag, is checked against its field (recipe.check_settings: a number must be finite, a
     FILE:WEIGHT's weight too) and by the stage's own checks; errors name the file and line, or the flag."""
     import dataclasses
 
-    from rlaif.pipeline import check_settings
+    from rlaif.recipe import check_settings
     from rlaif.records import ConfigError, DataError, read_yaml
 
     values: dict = {}

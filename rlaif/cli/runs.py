@@ -63,19 +63,20 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
       rlaif run examples/human-mix/recipe.yaml --set label.gate=stop
     """
     from rlaif import pipeline
+    from rlaif import recipe as recipes
 
     overrides = _parse_set(settings)
     if rounds is not None:
         overrides["rounds"] = rounds
     from rlaif.records import stage_writer
 
-    recipe = pipeline.load_recipe(recipe_file, overrides)
-    for note in pipeline.unused_settings(recipe):
+    recipe = recipes.load_recipe(recipe_file, overrides)
+    for note in recipes.unused_settings(recipe):
         err.print(f"[yellow]warning:[/yellow] {shown(note)}", soft_wrap=True)
     run_dir = pipeline.output_dir(recipe)
     if dry_run:
         steps = pipeline.plan(recipe)
-        for line in pipeline.check_inputs(recipe, steps):
+        for line in recipes.check_inputs(recipe, steps):
             out.print(shown(line), soft_wrap=True)
         out.print(f"out: {shown(str(run_dir.resolve()))}", soft_wrap=True)
         for step in steps:
@@ -88,7 +89,7 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
         return
 
     def announce(step) -> None:
-        where = shown(pipeline.shown_path(step.directory))
+        where = shown(recipes.shown_path(step.directory))
         out.print(f"[bold]round {step.round} · {step.stage}[/bold] [dim]{step.state} → {where}[/dim]", soft_wrap=True)
 
     def report(step, summary: str) -> None:

@@ -88,6 +88,8 @@ def _data_summary(metrics: dict) -> str:
 @click.option("--batch-size", type=int, help="Pairs per step.  [default: 8]")
 @click.option("--grad-accum", type=int, help="Steps per optimizer update.  [default: 1]")
 @click.option("--max-length", type=int, help="Tokens of prompt + response; longer pairs are left out.  [default: 1024]")
+@click.option("--group-by-length/--no-group-by-length", default=None,
+              help="Batch pairs of similar length (batches still shuffled): less padding, faster.  [default: on]")
 @click.option("--margin", type=float, help="Required reward gap toward the winner.  [default: 0]")
 @click.option("--center-rewards", type=float, help="Penalty on the mean squared reward (e.g. 0.01).  [default: off]")
 @click.option("--seed", type=int, help="[default: 0]")

@@ -129,7 +129,7 @@ def check(config: PPOConfig, reward_given: bool = False) -> None:
 
 def check_alone(config: PPOConfig) -> None:
     """Settings that do nothing in a run of the stage by itself (`rlaif ppo`): a ConfigError. A recipe wires in the
-    eval prompts, the reward model and the rubric itself, and warns about these instead (pipeline.unused_settings)."""
+    eval prompts, the reward model and the rubric itself, and warns about these instead (recipe.unused_settings)."""
     if not config.eval_prompts:
         unused_settings(config, ["eval_every", "monitor_judge"], "used only with eval prompts (eval_prompts, "
                                                                  "--eval-prompts)")
