@@ -54,7 +54,7 @@ calibration file of its labels, or `warn`); where a calibration file measured th
 warning says that labels of one mode do not measure another. `warn`: every measured labeler calibrated and kept at
 the weight given, the one that fails warned about; an unmeasured one kept at the weight given, uncalibrated,
 warned about. `off`: labels and weights as given, nothing measured. When the files hold no human label at all, as
-in plain RLAIF, nothing is measured, nothing is said, and the labels train as given. A slope below 0 is taken as 0
+in plain RLAIF, nothing is measured and the labels train as given, with a note saying so (`unmeasured`). A slope below 0 is taken as 0
 (every label 0.5): rlaif never turns a labeler's labels around. Human rows are never reweighted or changed.
 metrics.json's `reliability` section has, per labeler: its model and mode, its files and their weight given and
 used, the pairs measured (and the overlapping pairs left out as held out), agreement, every baseline and the best,
@@ -230,6 +230,9 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
         entry["weight_used"] = {file: 0.0 if name in zeroed else w for file, w in weights.items()}
         if "warning" in entry:
             report["warnings"].append(entry["warning"])
+    plain = sorted(n for n, e in report["sources"].items() if e["decision"] == "no human labels")
+    if plain:
+        report["unmeasured"] = UNMEASURED.format(labelers=", ".join(plain))
     for name in sorted(set(origins) - set(given) - explained):
         report["warnings"].append(f"calibration labels of {name} ({', '.join(sorted(origins[name]))}): no AI label in "
                                   "data is of this labeler in this mode, so they measure nothing (rows match by their "
@@ -246,6 +249,13 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
             changed.append(row)
         weighed.append((file, changed, weight))
     return weighed, report
+
+
+UNMEASURED = (
+    "the AI labels of {labelers} train as given, unmeasured: no pair people labelled checks them, so how often they "
+    "agree with people is unknown (on hh-rlhf harmless pairs the embedded 135M labeler agrees less often than "
+    "'prefer the shorter reply': docs/labeler.md). To measure a labeler: `rlaif eval labeler --pairs HUMAN.jsonl "
+    "--out CHECK`, then train with --data HUMAN.jsonl --calibration CHECK/labels.jsonl")
 
 
 def _finding(m: dict) -> str:
@@ -303,6 +313,8 @@ def reliability_line(report: dict) -> str:
         elif entry["decision"] == "too few pairs":
             parts.append(f"{name} not measured ({entry['pairs']} pairs): "
                          f"{'weight 0' if report['mode'] == 'weight' else 'kept, uncalibrated'}")
+    if report.get("unmeasured"):
+        parts.append("AI labels unmeasured (no human pairs)")
     return f"reliability: {', '.join(parts)}" if parts else ""
 
 
@@ -332,4 +344,6 @@ def _print_warnings(reliability: dict) -> None:
 
     for warning in reliability.get("warnings", []):
         err.print(f"[yellow]warning:[/yellow] {shown(warning)}", soft_wrap=True)
+    if reliability.get("unmeasured"):
+        err.print(f"[yellow]note:[/yellow] {shown(reliability['unmeasured'])}", soft_wrap=True)
 

@@ -221,7 +221,7 @@ def _monitors(run: Path, rounds: list[int], trained: dict[int, Path]) -> list[st
 def _reward(run: Path, rounds: list[int]) -> list[str]:
     """The reward models per round, then each round's reliability decision (metrics.json's `reliability`,
     rlaif.reward): every AI labeler measured against people, what its labels trained at and why, and the stage's
-    warnings (labelers with no human label at all are left out: nothing was measured)."""
+    warnings (labelers with no human label at all are left out of the table, and a note says they are unmeasured)."""
     parts = ["<h2>Reward model</h2>"]
     rows, calibration, reliability = [], {}, []
     for k in rounds:
@@ -238,7 +238,7 @@ def _reward(run: Path, rounds: list[int]) -> list[str]:
             calibration[f"round {k}"] = held["calibration"]
         section = metrics.get("reliability") or {}
         sources = {name: e for name, e in section.get("sources", {}).items() if e.get("decision") != "no human labels"}
-        if sources or section.get("warnings"):
+        if sources or section.get("warnings") or section.get("unmeasured"):
             reliability.append((k, section, sources))
     if not rows:
         return parts + ["<p class=note>No reward model yet.</p>"]
@@ -257,14 +257,18 @@ def _reward(run: Path, rounds: list[int]) -> list[str]:
                 _num(e.get("slope")),
                 "\n".join(f"{e['weight_given'][file]:g} → {used:g}" for file, used in e["weight_used"].items()),
                 e["decision"]])
-        parts.append(f"<h3>Round {k}: AI labelers against people (reliability: {_e(section['mode'])}; at least "
-                     f"{_e(section.get('min_pairs', '?'))} measured pairs needed)</h3>")
+        if sources or section.get("warnings"):
+            parts.append(f"<h3>Round {k}: AI labelers against people (reliability: {_e(section['mode'])}; at least "
+                         f"{_e(section.get('min_pairs', '?'))} measured pairs needed)</h3>")
+        else:
+            parts.append(f"<h3>Round {k}: AI labels not measured against people</h3>")
         if labelers:
             parts.append(_table(["labeler", "pairs measured", "agreement", "best baseline",
                                  "sign test p (its way, of pairs that differ)", "agreement where length is wrong",
                                  "slope", "weight given → used", "decision"], labelers))
-        if section.get("warnings"):
-            parts.append("<ul class=note>" + "".join(f"<li>{_e(w)}</li>" for w in section["warnings"]) + "</ul>")
+        notes = section.get("warnings", []) + ([section["unmeasured"]] if section.get("unmeasured") else [])
+        if notes:
+            parts.append("<ul class=note>" + "".join(f"<li>{_e(w)}</li>" for w in notes) + "</ul>")
     if calibration:
         parts.append(_figure("reward-calibration", "Calibration on held-out pairs: sigmoid(reward margin) against how "
                              "often the reward model picks the label's winner", _plot_calibration(calibration)))

@@ -283,3 +283,19 @@ def test_the_report_opens_with_the_labeler_check_verdict_and_escapes_what_users_
     assert "judge LC win vs base" in page and "RM LC win vs SFT" in page
     sft = evaluation["results"]["all"]["sft"]
     assert shown_figure(sft, "judge_win_vs_base", "\n") in page  # the table's intervals
+
+
+def test_the_report_says_when_ai_labels_trained_unmeasured(tmp_path):
+    from rlaif.reliability import UNMEASURED
+    from rlaif.report import render
+
+    reward = tmp_path / "run" / "round-1" / "reward"
+    reward.mkdir(parents=True)
+    note = UNMEASURED.format(labelers="<i>judge</i>")
+    metrics = {"train": {"pairs": 10, "first_loss": 0.7, "last_loss": 0.6}, "heldout": None,
+               "reliability": {"mode": "weight", "min_pairs": 20, "human_pairs": 0, "warnings": [],
+                               "sources": {"<i>judge</i>": {"decision": "no human labels"}}, "unmeasured": note}}
+    (reward / "metrics.json").write_text(json.dumps(metrics))
+    page = render(tmp_path / "run").read_text()
+    assert "train as given, unmeasured: no pair people labelled checks them" in page
+    assert "the AI labels of &lt;i&gt;judge&lt;/i&gt;" in page and "<i>judge</i>" not in page

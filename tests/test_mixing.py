@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from rlaif.cli import cli
 from rlaif.rankings import mix, pair_key
 from rlaif.records import ConfigError, DataError
+from rlaif.reliability import reliability_line
 from rlaif.reward import COIN, RewardConfig, held_out_key, labeler_of, measure_labeler, run, weigh_sources
 
 LABELER = "judge-7b"
@@ -162,10 +163,13 @@ def test_too_few_pairs_people_also_labelled_give_weight_0_and_say_how_to_go_on()
     _, report = weigh_sources([("human.jsonl", others, 1.0), ("ai.jsonl", ai, 1.0)], [], never)
     assert report["sources"][LABELER]["pairs"] == 0 and report["sources"][LABELER]["weight_used"] == {"ai.jsonl": 0.0}
     assert "only 0 training-side pairs people also labelled" in report["warnings"][0]
-    # No human label anywhere (plain RLAIF): nothing to measure, and nothing to say; the labels train as given.
+    # No human label anywhere (plain RLAIF): nothing to measure; the labels train as given, with a note saying so.
     sources, report = weigh_sources([("ai.jsonl", ai, 1.0)], [], never)
     assert report["sources"][LABELER]["decision"] == "no human labels" and report["warnings"] == []
     assert report["sources"][LABELER]["weight_used"] == {"ai.jsonl": 1.0} and sources[0][1] == ai
+    assert report["unmeasured"].startswith(f"the AI labels of {LABELER} train as given, unmeasured")
+    assert reliability_line(report) == "reliability: AI labels unmeasured (no human pairs)"
+    assert "unmeasured" not in weigh_sources([("h", humans, 1.0), ("a", ai, 1.0)], [], never)[1]
 
 
 def test_held_out_pairs_are_never_measured_on():
@@ -471,12 +475,13 @@ def test_the_report_shows_each_rounds_reliability_decision(tmp_path):
                "reliability": json.loads(json.dumps(reliability))}
     (tmp_path / "round-1" / "reward").mkdir(parents=True)
     (tmp_path / "round-1" / "reward" / "metrics.json").write_text(json.dumps(metrics))
-    (tmp_path / "round-2" / "reward").mkdir(parents=True)  # a round of plain RLAIF: nothing measured, nothing shown
+    (tmp_path / "round-2" / "reward").mkdir(parents=True)  # a round of plain RLAIF: nothing measured, a note says so
     plain = {**metrics, "reliability": weigh_sources([("ai.jsonl", labels(people(4), 4), 1.0)], [], never)[1]}
     (tmp_path / "round-2" / "reward" / "metrics.json").write_text(json.dumps(plain))
     page = "".join(_reward(tmp_path, [1, 2]))
     assert "<h3>Round 1: AI labelers against people (reliability: weight; at least 20 measured pairs needed)</h3>" \
         in page and "Round 2: AI labelers" not in page
+    assert "<h3>Round 2: AI labels not measured against people</h3><ul class=note><li>the AI labels of " in page
     assert ("<th>labeler</th><th>pairs measured</th><th>agreement</th><th>best baseline</th><th>sign test p (its way, "
             "of pairs that differ)</th><th>agreement where length is wrong</th><th>slope</th>"
             "<th>weight given → used</th><th>decision</th>") in page
