@@ -1,5 +1,6 @@
-"""Reward models side by side on the same held-out human pairs: each one's accuracy with its 95% bootstrap interval,
-and each against the first, the paired difference of accuracies (bootstrap over the pairs) and an exact sign test on
+"""Reward models side by side on the same held-out human pairs, beside the rule "prefer the shorter reply" (by
+characters, rlaif.stats.length_baselines): each one's accuracy with its 95% bootstrap interval, and each against the
+first model and against the rule, the paired difference of accuracies (bootstrap over the pairs) and an exact sign test on
 the pairs where the two disagree (rlaif.stats). Writes the per-pair margins next to the table, so a later model can
 be compared without scoring the others again.
 
@@ -47,21 +48,26 @@ def main() -> None:
         delta = margins(model, oriented, out.with_name(f"{out.stem}.{Path(model).name}.margins.json"))
         right[model] = np.where(delta > 0, 1.0, np.where(delta == 0, 0.5, 0.0))  # as P(chosen better): outcomes
         results[model] = {"accuracy": stats.bootstrap(stats.agreement, right[model]).as_dict()}
+    shorter = "prefer the shorter reply"
+    right[shorter] = stats.length_baselines([r["chosen"][-1]["content"] for r in oriented],
+                                            [r["rejected"][-1]["content"] for r in oriented])[shorter]
+    results[shorter] = {"accuracy": stats.bootstrap(stats.agreement, right[shorter]).as_dict()}
     reference = args.models[0]
-    for model in args.models[1:]:
-        results[model]["vs_" + reference] = {
-            "difference": stats.bootstrap(stats.difference(stats.agreement), right[model], right[reference]).as_dict(),
-            "sign_test": stats.sign_test(right[model], right[reference])}
+    for model in args.models:
+        for other in ([reference] if model != reference else []) + [shorter]:
+            results[model]["vs_" + other] = {
+                "difference": stats.bootstrap(stats.difference(stats.agreement), right[model], right[other]).as_dict(),
+                "sign_test": stats.sign_test(right[model], right[other])}
     summary = {"heldout": args.heldout, "pairs": len(rows), "method": stats.method(len(rows)), "models": results}
     out.write_text(json.dumps(summary, indent=2))
     print(f"{len(rows)} held-out pairs; {summary['method']}")
     for model, r in results.items():
-        line = f"{model:>24}  accuracy {stats.Estimate(**r['accuracy']).percent()}"
-        if "vs_" + reference in r:
-            d, t = r["vs_" + reference]["difference"], r["vs_" + reference]["sign_test"]
-            line += (f"  vs {reference}: {stats.Estimate(**d).percent(points=True)}, sign test {t['for']} for / "
-                     f"{t['against']} against, p = {t['p_value']:.3g}")
-        print(line)
+        print(f"{model:>24}  accuracy {stats.Estimate(**r['accuracy']).percent()}")
+        for other in (reference, shorter):
+            if "vs_" + other in r:
+                d, t = r["vs_" + other]["difference"], r["vs_" + other]["sign_test"]
+                print(f"{'':>26}vs {other}: {stats.Estimate(**d).percent(points=True)}, sign test {t['for']} for / "
+                      f"{t['against']} against, p = {t['p_value']:.3g}")
 
 
 if __name__ == "__main__":
