@@ -63,10 +63,15 @@ DRIVER = textwrap.dedent("""
     span = max(total - startup, 0.05)
     rng, step, late = random.Random(seed), span / kills, 0.0
     series = []  # per killed directory: the watched file's size after each kill, and at the end
-    while sum(len(s["sizes"]) for s in series) < kills:
+    partial = set()  # sizes of the watched file, short of whole, that kills left behind
+
+    def more(done):  # kills to go: `kills`, and up to 3x as many while they have not landed in the work twice
+        return done < kills or (len(partial) < 2 and done < 3 * kills)
+
+    while more(sum(len(s["sizes"]) for s in series)):
         out = str(len(series))
         argv, path, sizes = [a.replace("{out}", out) for a in killed], watched.replace("{out}", out), []
-        while len(sizes) + sum(len(s["sizes"]) for s in series) < kills:
+        while more(len(sizes) + sum(len(s["sizes"]) for s in series)):
             pid = start(argv)
             time.sleep(max(rng.uniform(0.8 * startup, startup + 2 * step) + late, 0.0))
             if os.waitpid(pid, os.WNOHANG)[0]:  # it finished before the kill
@@ -74,6 +79,8 @@ DRIVER = textwrap.dedent("""
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             sizes.append(os.path.getsize(path) if os.path.exists(path) else 0)
+            if 0 < sizes[-1] < os.path.getsize(whole):
+                partial.add(sizes[-1])
             # A run's first batch costs more than the start-up measured: kill later while no row gets written, and
             # earlier once the kills land after the file is whole (the stage's work after it: judging, a summary).
             if sizes[-1] >= os.path.getsize(whole):
@@ -90,7 +97,8 @@ DRIVER = textwrap.dedent("""
 
 def kill_and_rerun(reference: list[str], killed: list[str], watched: str, log: Path, seed: int, whole: str) -> dict:
     """Run `reference` to the end; then run `killed` (its "{out}" replaced by 0, 1, ...), killing it at random moments
-    and rerunning it until it completes, in as many directories as it takes to land KILLS kills. Returns the
+    and rerunning it until it completes, in as many directories as it takes to land KILLS kills (up to 3x as many while fewer than two of them have landed while the watched file was
+being written: a fast stage's work is a narrow target on a busy machine). Returns the
     timings and, per directory, the size of `watched` after each kill and at the end. `whole`: the reference run's
     copy of the watched file, whose size tells a kill that came after the file was finished."""
     # One thread: two threads that wait for each other on a busy machine make a run's length erratic.
@@ -167,10 +175,12 @@ def stage_argv(stage: str, out: Path, inputs: dict) -> tuple[list[str], Path, li
                 out / "critique", ["turns.jsonl", "revisions.jsonl", "sft.jsonl", "prefs.jsonl"],
                 ["resumed", "resumed_turns"])
     if stage.startswith("sample"):
-        sampling = ["-t", "1.0", "--top-p", "0.9", "--seed", "3", "--n", "3", "--batch-size", "2"] \
-            if stage == "sample-seeded" else ["-t", "0", "--n", "1", "--batch-size", "1"]  # greedy: one response each
-        return (["sample", "--prompts", prompts, "-m", model, "--out", str(out), "--max-new-tokens", "8",
-                 *sampling, *cpu], out / "sample", ["candidates.jsonl"], ["resumed"])
+        # Greedy: one response each, long enough that the writing is not over before a kill can land in it.
+        sampling = ["-t", "1.0", "--top-p", "0.9", "--seed", "3", "--n", "3", "--batch-size", "2",
+                    "--max-new-tokens", "8"] if stage == "sample-seeded" else \
+            ["-t", "0", "--n", "1", "--batch-size", "1", "--max-new-tokens", "32"]
+        return (["sample", "--prompts", prompts, "-m", model, "--out", str(out), *sampling, *cpu],
+                out / "sample", ["candidates.jsonl"], ["resumed"])
     if stage == "label":
         return (["label", "--candidates", candidates, "--labeler", roomy, "--out", str(out), "--batch-size", "2", *cpu],
                 out / "label", ["preferences.jsonl"], ["resumed"])
@@ -184,7 +194,7 @@ def stage_argv(stage: str, out: Path, inputs: dict) -> tuple[list[str], Path, li
                  "1", "--sample-every", "1", *cpu],
                 out, ["metrics.jsonl", "eval.jsonl", "samples.jsonl"], [])
     return (["eval", inputs["run"], "--prompts", prompts, "--labeler", roomy, "--out", str(out), "--temperature", "0.7",
-             "--max-new-tokens", "6", "--batch-size", "2", *cpu],
+             "--max-new-tokens", "16", "--batch-size", "2", *cpu],
             out, ["responses.jsonl", "judgements.jsonl", "eval.json"], [])
 
 
