@@ -524,3 +524,13 @@ def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None, on_wa
     finally:
         release_stage(out)
     return steps
+
+
+def __getattr__(name: str):
+    """Reading and checking a recipe moved to rlaif.recipe; `from rlaif.pipeline import load_recipe` keeps working."""
+    from rlaif import recipe
+
+    if name in ("load_recipe", "unused_settings", "check_settings", "check_model", "STAGES", "POLICY_TRAINERS",
+                "PIPELINE_FIELDS", "GATES"):
+        return getattr(recipe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

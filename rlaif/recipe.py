@@ -96,7 +96,7 @@ PIPELINE_FIELDS = {
 
 # Settings of a stage's section that the pipeline reads itself, not the stage (its config has no such field):
 # name -> default. `label.gate` decides what the labeler check does with its verdict, `label.gate_pairs` how many
-# human pairs it labels (see "The labeler check" in the module docstring).
+# human pairs it labels (see "The labeler check" in rlaif.pipeline).
 PIPELINE_SETTINGS: dict[str, dict[str, Any]] = {"label": {"gate": "weight", "gate_pairs": 200}}
 GATES = ("stop", "warn", "weight")
 

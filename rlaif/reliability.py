@@ -54,8 +54,8 @@ calibration file of its labels, or `warn`); where a calibration file measured th
 warning says that labels of one mode do not measure another. `warn`: every measured labeler calibrated and kept at
 the weight given, the one that fails warned about; an unmeasured one kept at the weight given, uncalibrated,
 warned about. `off`: labels and weights as given, nothing measured. When the files hold no human label at all, as
-in plain RLAIF, nothing is measured and the labels train as given, with a note saying so (`unmeasured`). A slope below 0 is taken as 0
-(every label 0.5): rlaif never turns a labeler's labels around. Human rows are never reweighted or changed.
+in plain RLAIF, nothing is measured and the labels train as given, with a note saying so (`unmeasured`). A slope
+below 0 is taken as 0 (every label 0.5): rlaif never turns a labeler's labels around. Human rows are never reweighted or changed.
 metrics.json's `reliability` section has, per labeler: its model and mode, its files and their weight given and
 used, the pairs measured (and the overlapping pairs left out as held out), agreement, every baseline and the best,
 the difference, the sign test (`sign_test`: discordant pairs, for, against, p-value, the level it needs), the
@@ -254,8 +254,9 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
 UNMEASURED = (
     "the AI labels of {labelers} train as given, unmeasured: no pair people labelled checks them, so how often they "
     "agree with people is unknown (on hh-rlhf harmless pairs the embedded 135M labeler agrees less often than "
-    "'prefer the shorter reply': docs/labeler.md). To measure a labeler: `rlaif eval labeler --pairs HUMAN.jsonl "
-    "--out CHECK`, then train with --data HUMAN.jsonl --calibration CHECK/labels.jsonl")
+    "'prefer the shorter reply': docs/labeler.md). To measure it: `rlaif eval labeler --pairs HUMAN.jsonl --labeler "
+    "MODEL -c CONSTITUTION --out CHECK` with the labeler and constitution that made the labels, then train with "
+    "--data HUMAN.jsonl --calibration CHECK/labels.jsonl; in a recipe, add human: files")
 
 
 def _finding(m: dict) -> str:
@@ -301,7 +302,7 @@ def _unmeasured_warning(name: str, pairs: int, min_pairs: int, mode: str, label_
 
 
 def reliability_line(report: dict) -> str:
-    """The reliability decisions in a few words, for the stage's closing line ("" when nothing was measured)."""
+    """The reliability decisions in a few words, for the stage's closing line ("" when there is nothing to say)."""
     parts = []
     for name, entry in report.get("sources", {}).items():
         if entry["decision"] == "calibrated":

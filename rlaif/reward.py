@@ -37,7 +37,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -162,10 +162,38 @@ def soft_bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, p: tor
 # Training
 
 
+@cache
+def length_sampler_class():
+    """`EpochSeededLengthSampler`, built lazily (transformers' trainer utilities import slowly), once."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededLengthSampler(LengthGroupedSampler):
+        """transformers' LengthGroupedSampler (random megabatches of 50 batches, sorted by `lengths` within, the
+        longest batch first), drawing its order from its own generator seeded with seed + epoch at every pass: the
+        same order in a run resumed from a checkpoint (which skips the batches it trained) and on every process.
+        The stock sampler draws from torch's global generator, whose state at an epoch's start a resume does not
+        restore."""
+
+        def __init__(self, lengths: list[int], batch_size: int, seed: int):
+            super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:  # called by the Trainer (through accelerate) before each epoch
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator.manual_seed(self.seed + self.epoch)
+            return super().__iter__()
+
+    return EpochSeededLengthSampler
+
+
 def _trainer_classes():
     """TRL's trainer and collator, extended for soft labels (built lazily: importing TRL takes seconds)."""
     from trl import RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    EpochSeededLengthSampler = length_sampler_class()
 
     class SoftPreferenceCollator(DataCollatorForPreference):
         def torch_call(self, examples):
@@ -175,7 +203,15 @@ def _trainer_classes():
             return batch
 
     class SoftRewardTrainer(RewardTrainer):
-        """RewardTrainer whose loss is `soft_bradley_terry_loss` times each row's weight."""
+        """RewardTrainer whose loss is `soft_bradley_terry_loss` times each row's weight, and whose batches grouped by
+        length come in the order `seed` + epoch draws (`EpochSeededLengthSampler`)."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            return EpochSeededLengthSampler(dataset["length"], self.args.train_batch_size *
+                                            self.args.gradient_accumulation_steps, self.args.seed)
 
         def _set_signature_columns_if_needed(self):
             if self._signature_columns is None:

@@ -727,3 +727,11 @@ def test_gate_settings_are_checked_and_unused_without_human_files(recipe_file, t
     assert "labeler-check" not in [s.stage for s in steps]
     reward = next(s for s in steps if s.stage == "reward").config
     assert reward.calibration == [] and reward.reliability == "weight"
+
+
+def test_what_moved_to_rlaif_recipe_still_imports_from_rlaif_pipeline():
+    from rlaif import pipeline, recipe
+
+    assert pipeline.load_recipe is recipe.load_recipe and pipeline.check_settings is recipe.check_settings
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        pipeline.nothing  # noqa: B018

@@ -97,14 +97,14 @@ DRIVER = textwrap.dedent("""
 
 def kill_and_rerun(reference: list[str], killed: list[str], watched: str, log: Path, seed: int, whole: str) -> dict:
     """Run `reference` to the end; then run `killed` (its "{out}" replaced by 0, 1, ...), killing it at random moments
-    and rerunning it until it completes, in as many directories as it takes to land KILLS kills (up to 3x as many while fewer than two of them have landed while the watched file was
-being written: a fast stage's work is a narrow target on a busy machine). Returns the
-    timings and, per directory, the size of `watched` after each kill and at the end. `whole`: the reference run's
+    and rerunning it until it completes, in as many directories as it takes to land KILLS kills (up to 3x as many
+    while fewer than two of them have landed while the watched file was being written: a fast stage's work is a
+    narrow target on a busy machine). Returns the timings and, per directory, the size of `watched` after each kill and at the end. `whole`: the reference run's
     copy of the watched file, whose size tells a kill that came after the file was finished."""
     # One thread: two threads that wait for each other on a busy machine make a run's length erratic.
     arguments = json.dumps([reference, killed, watched, str(log), seed, KILLS, whole])
     done = subprocess.run([sys.executable, "-c", DRIVER, arguments], capture_output=True, text=True, cwd=REPO,
-                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+                          timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
     assert done.returncode == 0, done.stderr + (log.read_text() if log.is_file() else "")
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -221,3 +221,41 @@ def test_grouping_by_length_pads_less_and_still_trains_every_pair_once(tmp_path,
     assert seen[True]["pads"] < seen[False]["pads"] / 2, seen  # lengths 2..300 words: shuffled batches pad a lot
     assert sorted(seen[True]["pairs"]) == sorted(seen[False]["pairs"])  # one epoch: each pair once, either way
     assert len(set(seen[True]["pairs"])) == 64
+
+
+def test_length_grouped_order_is_drawn_from_the_seed_and_epoch_alone(tmp_path, tiny_model_dir):
+    from rlaif.reward import length_sampler_class
+
+    Sampler = length_sampler_class()
+    lengths = [random.Random(i).randint(5, 500) for i in range(200)]
+
+    def order(seed, epoch, disturb=False):
+        sampler = Sampler(lengths, 8, seed)
+        sampler.set_epoch(epoch)
+        if disturb:  # what else a run (or a resumed one) draws from torch's global generator does not matter
+            torch.rand(1000)
+        return list(sampler)
+
+    assert order(0, 1) == order(0, 1, disturb=True) and sorted(order(0, 1)) == list(range(200))
+    assert order(0, 1) != order(0, 2) and order(0, 1) != order(1, 1)
+    first = order(0, 0)  # batches of similar length: the spread within a batch is small next to the data's
+    spread = sum(max(lengths[i] for i in first[k:k + 8]) - min(lengths[i] for i in first[k:k + 8])
+                 for k in range(0, 200, 8)) / 25
+    assert spread < 100 < max(lengths) - min(lengths)
+
+    # The reward stage's trainer uses it, over the pairs of one optimizer update, with the run's seed.
+    from datasets import Dataset
+    from trl import RewardConfig as TRLConfig
+
+    model, tokenizer = load_backbone(str(tiny_model_dir), "cpu")
+    trainer_cls, collator_cls = _trainer_classes()
+    rows = [{**pref(f"Question {i}?", "Yes.", "No."), "length": i} for i in range(4)]
+    for strategy in ("group_by_length", "random"):
+        args = TRLConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=2,
+                         gradient_accumulation_steps=3, seed=7, train_sampling_strategy=strategy,
+                         length_column_name="length")
+        sampler = trainer_cls(model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list(rows),
+                              data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id))._get_train_sampler()
+        assert isinstance(sampler, Sampler) == (strategy == "group_by_length")
+        if strategy == "group_by_length":
+            assert (sampler.seed, sampler.batch_size, sampler.lengths) == (7, 6, [0, 1, 2, 3])

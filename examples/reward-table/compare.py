@@ -1,7 +1,7 @@
 """Reward models side by side on the same held-out human pairs, beside the rule "prefer the shorter reply" (by
 characters, rlaif.stats.length_baselines): each one's accuracy with its 95% bootstrap interval, and each against the
-first model and against the rule, the paired difference of accuracies (bootstrap over the pairs) and an exact sign test on
-the pairs where the two disagree (rlaif.stats). Writes the per-pair margins next to the table, so a later model can
+first model and against the rule, the paired difference of accuracies (bootstrap over the pairs) and an exact sign
+test on the pairs where the two disagree (rlaif.stats). Writes the per-pair margins next to the table, so a later model can
 be compared without scoring the others again.
 
     python compare.py human_heldout.jsonl rm_human rm_sim --out compare.json
