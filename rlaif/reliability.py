@@ -55,8 +55,8 @@ warning says that labels of one mode do not measure another. `warn`: every measu
 the weight given, the one that fails warned about; an unmeasured one kept at the weight given, uncalibrated,
 warned about. `off`: labels and weights as given, nothing measured. When the files hold no human label at all, as
 in plain RLAIF, nothing is measured and the labels train as given, with a note saying so (`unmeasured`). A slope
-below 0 is taken as 0 (every label 0.5): rlaif never turns a labeler's labels around. Human rows are never reweighted or changed.
-metrics.json's `reliability` section has, per labeler: its model and mode, its files and their weight given and
+below 0 is taken as 0 (every label 0.5): rlaif never turns a labeler's labels around. Human rows are never
+reweighted or changed. metrics.json's `reliability` section has, per labeler: its model and mode, its files and their weight given and
 used, the pairs measured (and the overlapping pairs left out as held out), agreement, every baseline and the best,
 the difference, the sign test (`sign_test`: discordant pairs, for, against, p-value, the level it needs), the
 agreement where length is wrong (`against_length`), the slope, the decision (calibrated, weight 0, warned, too few
