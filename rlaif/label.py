@@ -45,7 +45,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from rlaif.constitution import Constitution, Principle, load_constitution, render
 from rlaif.models import check_numbers, forward_cached, unused_settings
@@ -88,6 +88,8 @@ class LabelConfig:
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
 
     VOLATILE = ("batch_size", "chunk_size", "device")  # chunk_size: saved by earlier versions; it never changed a label
+    # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default)
+    ADDED: ClassVar[dict] = {"mode": "compare", "score_temperature": 1.0}
 
     def __post_init__(self):
         check_numbers(self, "label", at_least_one=["max_new_tokens", "batch_size"], within={"min_margin": (0.0, 0.5)},
@@ -567,9 +569,7 @@ def run(config: LabelConfig, labeler: Labeler | LikelihoodContrast | ScoreDiffer
     stage_dir = Path(config.out) / "label"
     resolved = {**asdict(config), "principles_per_comparison": k, "both_orders": both, "chain_of_thought": cot,
                 "clamp": list(settings.clamp), "constitution_digest": constitution.digest()}
-    if config.mode == "compare":  # settings added later are saved only when used: older directories still resume
-        del resolved["mode"], resolved["score_temperature"]
-    manifest = open_stage(stage_dir, "label", resolved, volatile=LabelConfig.VOLATILE)
+    manifest = open_stage(stage_dir, "label", resolved, volatile=LabelConfig.VOLATILE, added=LabelConfig.ADDED)
     manifest.status = "running"
     manifest.add_input(config.candidates)
     started = time.time()

@@ -56,7 +56,9 @@ Each stage already resumes a half-finished run and skips a finished one. The pip
 whose settings or inputs changed since it ran is run again from scratch, and so is everything after it. The
 constitution's content counts as a setting: edit a principle and the stages that use it run again; so does a
 human rankings file's content. Each stage directory keeps a key (its settings and the keys of the stages it reads)
-in `.pipeline-key`; a different key means its directory is cleared before it runs. No two steps share a
+in `.pipeline-key`; a different key means its directory is cleared before it runs. A setting added to a stage in
+a later version of rlaif leaves the keys of older runs alone while it keeps the value that reproduces them (the
+stage config's ADDED). No two steps share a
 directory: each human file imports into a directory named after its stem and a hash of its resolved path, and a
 file listed twice is an error. A stage directory without a key (a stage run by hand, say under `accelerate launch`
 on several GPUs) is adopted when its config.yaml has every setting the recipe gives it, and is otherwise left
@@ -88,6 +90,7 @@ from rlaif.records import (
     LOCK_FILES,
     ConfigError,
     DataError,
+    added_default,
     parse_yaml,
     read_text,
 )
@@ -133,7 +136,10 @@ def plan(recipe: Recipe) -> list[Step]:
 
         config = config or stage_config(recipe, stage, wiring)
         volatile = set(getattr(type(config), "VOLATILE", ())) | set(CHECK_VOLATILE if stage == CHECK else ())
-        settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in volatile} | (inputs or {})
+        # A setting added to the stage later, at the value that reproduces older runs, keeps their keys.
+        added = getattr(type(config), "ADDED", {})
+        settings = {k: v for k, v in dataclasses.asdict(config).items()
+                    if k not in volatile and not (k in added and v == added[k])} | (inputs or {})
         for name in ("constitution", "judge"):  # an edited constitution or principle file is a changed setting
             spec = settings.get(name)
             if isinstance(spec, str):
@@ -414,7 +420,8 @@ def _ran_with(step: Step) -> bool:
     volatile = set(getattr(type(step.config), "VOLATILE", ())) | set(EXTENDS.get(step.stage, ()))
     volatile |= set(CHECK_VOLATILE if step.stage == CHECK else ())
     wanted = json.loads(json.dumps(dataclasses.asdict(step.config), default=str))
-    return all(saved.get(k) == v for k, v in wanted.items() if k not in volatile and v is not None)
+    added = getattr(type(step.config), "ADDED", {})
+    return all(added_default(saved, k, added) == v for k, v in wanted.items() if k not in volatile and v is not None)
 
 
 def _execute(step: Step, progress: bool) -> dict:

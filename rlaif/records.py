@@ -730,14 +730,17 @@ def _holder(directory: Path) -> str:
         return "pid unknown"
 
 
-def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volatile: Iterable[str] = ()) -> Manifest:
+def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volatile: Iterable[str] = (),
+               added: dict[str, Any] | None = None) -> Manifest:
     """Create a stage directory, or reopen one to resume it, as its one writer (`lock_stage`): while another process
     writes it, a DataError.
 
     A directory made with other settings cannot be resumed: its rows would mix two configurations. Fields named in
     `volatile` (batch size, device, ...) change how the work runs, not what it computes, so they may differ: their
     results agree up to floating-point rounding (a padded batch or another device rounds otherwise, about 1e-7 of a
-    label in float32 on the CPU), while a resume with the same settings reproduces the uninterrupted run exactly. A
+    label in float32 on the CPU), while a resume with the same settings reproduces the uninterrupted run exactly.
+    `added` maps settings added to the stage after its first runs to the value that reproduces those runs
+    (`added_default`): a directory saved before such a setting existed resumes when the setting has that value. A
     directory holding no output yet (a run that stopped on an error before its first row) takes the new settings.
     Returns the manifest with the resolved config saved next to it: marked running, or still "complete" when the
     stage has finished before (the caller may then skip its work).
@@ -754,17 +757,29 @@ def open_stage(directory: Path | str, stage: str, config: dict[str, Any], volati
     output = [p for p in directory.iterdir() if p.name not in bookkeeping and (p.is_dir() or p.stat().st_size)]
     if saved_path.is_file() and output:
         saved = parse_yaml(read_text(saved_path))[0] or {}
-        for key in sorted(set(saved) | set(config)):
-            if key not in volatile and saved.get(key) != config.get(key):
-                raise DataError(saved_path, None, key, f"this {stage} run was made with {saved.get(key)!r}, now "
-                                f"{config.get(key)!r}. Rerun with the same settings to resume it, or write to "
-                                "another --out directory.")
+        added = added or {}
+        for key in sorted(set(saved) | set(config), key=lambda key: (key not in added, key)):  # the newer first
+            if key in volatile or added_default(saved, key, added) == config.get(key):
+                continue
+            made = (f"made before {key} existed, which it ran as {added[key]!r}" if key in added and key not in saved
+                    else f"made with {saved.get(key)!r}")
+            raise DataError(saved_path, None, key, f"this {stage} run was {made}, now {config.get(key)!r}. Rerun "
+                                                   "with the same settings to resume it, or write to another --out "
+                                                   "directory.")
     manifest = Manifest.load(directory) if (directory / "manifest.json").is_file() else Manifest(stage=stage)
     if manifest.status != "complete":
         manifest.status = "running"
     write_config(directory, config)
     manifest.save(directory)
     return manifest
+
+
+
+def added_default(saved: dict[str, Any], key: str, added: dict[str, Any]) -> Any:
+    """A saved config's value of `key`; for a setting added to its stage after the config was saved, the value
+    that reproduces what ran then (`added`, a stage config's ADDED), so that older stage directories resume and
+    keep their pipeline keys (rlaif.pipeline) as long as the new setting keeps that value."""
+    return saved[key] if key in saved else added.get(key)
 
 
 _MOVED_TO_LOADERS = {"load_prompts", "load_hh_preferences", "content_id", "parse_transcript"}

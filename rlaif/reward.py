@@ -39,6 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import cache, partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +111,9 @@ class RewardConfig:
     #   uncalibrated), warned
 
     VOLATILE = ("device",)
+    # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default)
+    ADDED: ClassVar[dict] = {"group_by_length": False, "calibration": [], "reliability": "off",
+                             "reliability_min_pairs": 20}
 
     def __post_init__(self):
         check_numbers(self, "reward", positive=["learning_rate", "epochs", "batch_size", "grad_accum", "max_length",
@@ -358,7 +362,7 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
     out = Path(config.out)
     learning_rate = config.learning_rate or (1e-4 if config.lora else 1e-5)
     manifest = open_stage(out, "reward", {**asdict(config), "learning_rate": learning_rate},
-                          volatile=RewardConfig.VOLATILE)
+                          volatile=RewardConfig.VOLATILE, added=RewardConfig.ADDED)
     if manifest.status == "complete" and (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     for spec in config.data + config.eval_data + config.calibration:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from rlaif.constitution import load_constitution
 from rlaif.generate import Generation, GenerationConfig, derive_seed, indexed, progress_bar
@@ -67,6 +68,8 @@ class SampleConfig:
     constitution: str = "default"  # contrastive: the principles and their system prompts (shipped name or path)
 
     VOLATILE = ("batch_size", "chunk_size", "device")  # chunk_size: saved by earlier versions; it never changed a row
+    # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default)
+    ADDED: ClassVar[dict] = {"contrastive": False, "constitution": "default"}
 
     def __post_init__(self):
         check_numbers(self, "sample", at_least_one=["n", "max_new_tokens", "batch_size"], nonnegative=["temperature"],
@@ -116,9 +119,7 @@ def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
     resolved = asdict(config)
     if constitution is not None:
         resolved["constitution_digest"] = constitution.digest()
-    else:  # settings added later are saved only when used, so directories written before them still resume
-        del resolved["contrastive"], resolved["constitution"]
-    manifest = open_stage(stage_dir, "sample", resolved, volatile=SampleConfig.VOLATILE)
+    manifest = open_stage(stage_dir, "sample", resolved, volatile=SampleConfig.VOLATILE, added=SampleConfig.ADDED)
     manifest.status = "running"
     manifest.add_input(config.prompts)
     if complete is None:

@@ -293,13 +293,23 @@ def test_label_stage_in_contrast_mode_end_to_end_and_resume(tiny_model_dir, tiny
     assert again["resumed"] == 4 and again["labeled"] == 9
     assert [r["id"] for r in read_jsonl(path)] == [r["id"] for r in rows]
     assert [r["p_chosen"] for r in read_jsonl(path)] == pytest.approx([r["p_chosen"] for r in rows], abs=1e-5)
-    # Another mode is another run: it does not resume this one. Compare mode saves no `mode`, as directories
-    # written before modes existed, which still resume.
+    # Another mode is another run: it does not resume this one. A directory written before modes existed (its
+    # config without `mode` and `score_temperature`) ran as compare mode does, and resumes in it.
     with pytest.raises(DataError, match="this label run was made with"):
         run(LabelConfig(**{**config.__dict__, "mode": "compare", "few_shot": False}))
-    run(LabelConfig(**{**config.__dict__, "mode": "compare", "few_shot": False, "out": str(tmp_path / "compare")}))
-    saved = read_yaml(tmp_path / "compare" / "label" / "config.yaml")[0]
-    assert "mode" not in saved and "score_temperature" not in saved and saved["both_orders"] is True
+    compare = LabelConfig(**{**config.__dict__, "mode": "compare", "few_shot": False, "out": str(tmp_path / "compare")})
+    run(compare)
+    saved_path = tmp_path / "compare" / "label" / "config.yaml"
+    saved = read_yaml(saved_path)[0]
+    assert saved["mode"] == "compare" and saved["both_orders"] is True
+    older = "".join(line for line in saved_path.read_text().splitlines(keepends=True)
+                    if not line.startswith(("mode:", "score_temperature:")))
+    saved_path.write_text(older)
+    assert run(compare)["labeled"] == 9
+    saved_path.write_text(older)
+    with pytest.raises(DataError, match="mode: this label run was made before mode existed, which it ran as 'compare', "
+                                        "now 'contrast'"):
+        run(LabelConfig(**{**compare.__dict__, "mode": "contrast", "few_shot": True}))
 
 
 def test_label_stage_in_score_mode(roomy_model_dir, tmp_path):
@@ -450,14 +460,22 @@ def test_contrastive_sampling_resumes_without_duplicates(tmp_path):
     assert path.read_text() == first
 
 
-def test_a_plain_sample_directory_saves_no_contrastive_settings_and_refuses_to_turn_contrastive(tmp_path):
+def test_a_sample_directory_from_before_contrastive_sampling_resumes_and_refuses_to_turn_contrastive(tmp_path):
     prompts, replies = rlcd_prompts(tmp_path)
     numbered = lambda conversations, generation: [Generation(text=f"Reply {i}.", token_ids=[1], finish_reason="stop")
                                                   for i in range(len(conversations))]
-    sample_run(SampleConfig(prompts=str(prompts), out=str(tmp_path / "run")), complete=numbered)
-    saved = read_yaml(tmp_path / "run" / "sample" / "config.yaml")[0]
-    assert "contrastive" not in saved and "constitution" not in saved  # as directories written before them
-    with pytest.raises(DataError, match="this sample run was made with None, now 'default'"):
+    config = SampleConfig(prompts=str(prompts), out=str(tmp_path / "run"))
+    sample_run(config, complete=numbered)
+    saved_path = tmp_path / "run" / "sample" / "config.yaml"
+    saved = read_yaml(saved_path)[0]
+    assert saved["contrastive"] is False and saved["constitution"] == "default"
+    older = "".join(line for line in saved_path.read_text().splitlines(keepends=True)  # as written before them
+                    if not line.startswith(("contrastive:", "constitution:")))
+    saved_path.write_text(older)
+    sample_run(config, complete=numbered)
+    saved_path.write_text(older)
+    with pytest.raises(DataError, match="contrastive: this sample run was made before contrastive existed, which it "
+                                        "ran as False, now True"):
         sample_run(SampleConfig(prompts=str(prompts), out=str(tmp_path / "run"), contrastive=True),
                    complete=Scripted(replies))
 

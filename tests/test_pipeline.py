@@ -381,6 +381,26 @@ def test_a_stage_run_by_hand_is_adopted_and_a_stranger_directory_is_left_alone(q
     assert (first.directory / ".pipeline-key").read_text().strip() == first.key
 
 
+
+def test_a_setting_added_later_keeps_the_keys_of_older_runs_at_their_value(recipe_file, monkeypatch):
+    """A version of rlaif whose reward config had no group_by_length (as if dataclasses.asdict left it out) keyed the
+    reward step as group_by_length: false keys it now: upgrading redoes nothing until the setting changes."""
+    import dataclasses
+
+    def reward_key(overrides: dict, without: tuple = ()) -> str:
+        recipe = load_recipe(recipe_file, overrides)
+        real = dataclasses.asdict
+        monkeypatch.setattr(dataclasses, "asdict", lambda config: {k: v for k, v in real(config).items()
+                                                                   if k not in without})
+        try:
+            return next(s for s in plan(recipe) if s.stage == "reward").key
+        finally:
+            monkeypatch.setattr(dataclasses, "asdict", real)
+
+    older = reward_key({}, without=("group_by_length",))
+    assert reward_key({"reward.group_by_length": False}) == older
+    assert reward_key({}) != older  # the default, True, batches otherwise: the reward stage and what follows redo
+
 def test_report_of_a_run_still_in_its_first_round(tmp_path):
     """Only labels and a reward model so far (or a DPO round, which logs no steps): the report says what is
     missing instead of failing, and shows what there is."""

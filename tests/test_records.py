@@ -342,6 +342,26 @@ def test_a_stage_directory_takes_new_settings_until_its_first_output(tmp_path):
         open_stage(stage, "label", {"reward_fn": "toy:other", "batch_size": 2})
 
 
+
+def test_a_directory_saved_before_a_setting_existed_resumes_while_the_setting_keeps_its_old_value(tmp_path):
+    """Reward's group_by_length came after its first runs, which drew shuffled batches (ADDED: False). A reward
+    directory saved without the setting resumes at False and is refused, by name and with the value it ran as, at
+    True."""
+    from rlaif.reward import RewardConfig
+
+    stage = tmp_path / "reward"
+    open_stage(stage, "reward", {"seed": 0})  # written by a version without the setting
+    (stage / "metrics.json").write_text("{}")
+    assert RewardConfig.ADDED["group_by_length"] is False
+    with pytest.raises(DataError, match=r"group_by_length: this reward run was made before group_by_length existed, "
+                                        r"which it ran as False, now True\. Rerun with the same settings"):
+        open_stage(stage, "reward", {"seed": 0, "group_by_length": True}, added=RewardConfig.ADDED)
+    with pytest.raises(DataError, match="group_by_length: this reward run was made with None, now False"):
+        open_stage(stage, "reward", {"seed": 0, "group_by_length": False})  # a setting not declared as added
+    open_stage(stage, "reward", {"seed": 0, "group_by_length": False}, added=RewardConfig.ADDED)
+    assert "group_by_length: false" in (stage / "config.yaml").read_text()  # saved from now on
+
+
 def test_utf16_without_its_mark_is_named_not_read_as_text(tmp_path):
     path = tmp_path / "prompts.csv"
     path.write_bytes("prompt\nhello\n".encode("utf-16-le"))

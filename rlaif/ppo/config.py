@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from rlaif.models import check_numbers, lora_unused, unused_settings
 from rlaif.records import ConfigError, DataError
@@ -77,6 +78,8 @@ class PPOConfig:
     VOLATILE = ("steps", "micro_batch_size", "save_steps", "save_total_limit", "sample_every", "eval_every",
                 "log_with", "device", "monitor_length_corr", "monitor_truncated", "monitor_min_replies",
                 "monitor_gap_rise")  # the thresholds only decide what is warned about
+    # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default)
+    ADDED: ClassVar[dict] = {"monitor_judge": None}
 
     def __post_init__(self):
         """Every setting in its range, and no setting that would do nothing: a DataError naming the field, or a

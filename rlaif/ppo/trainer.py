@@ -447,7 +447,8 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     manifest = None
     if accelerator.is_main_process:
         manifest = open_stage(out, "ppo", {**asdict(config), "learning_rate": lr, "processes":
-                                           accelerator.num_processes}, volatile=PPOConfig.VOLATILE)
+                                           accelerator.num_processes}, volatile=PPOConfig.VOLATILE,
+                              added=PPOConfig.ADDED)
         manifest.add_input(config.prompts)
         manifest.status = "running"  # also when more steps extend a finished run
         manifest.save(out)
