@@ -104,6 +104,23 @@ def load_pairs(specs: list[str], min_p_chosen: float, labels: Tally, pairs: Tall
     return kept
 
 
+def unweighed_note(pairs: list[PreferenceRow]) -> dict[str, str]:
+    """{"unmeasured": note} when AI labels (of weight > 0) are among the pairs, else {}. DPO trains on them as
+    given: with no human pair in the mix, nothing measures them (reliability.UNMEASURED); with human pairs, DPO
+    still neither calibrates nor weighs them by their agreement with people, which only the reward stage does."""
+    from rlaif.reliability import TRAIN_REWARD, UNMEASURED
+
+    ai = sorted({p["file"] for row in pairs for p in row["provenance"] if p["source"] == "ai" and p["weight"] > 0})
+    if not ai:
+        return {}
+    if any(p["source"] == "human" for row in pairs for p in row["provenance"]):
+        return {"unmeasured": f"DPO trains on the AI labels of {', '.join(ai)} as given: it neither measures them "
+                              "against the human pairs nor weighs them by their agreement with people. rlaif reward "
+                              "does (--calibration, reliability weighting); train PPO or GRPO on its reward model "
+                              "to use that"}
+    return {"unmeasured": UNMEASURED.format(labelers=", ".join(ai), then=TRAIN_REWARD)}
+
+
 def fitting_pairs(rows: list[PreferenceRow], tokenizer, max_length: int, tally: Tally
                   ) -> tuple[list[PreferenceRow], int]:
     """The rows DPOTrainer can learn from, tokenized as TRL 1.16 does (chat template; the replies start after the
@@ -160,6 +177,7 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
         "zero_weight": "give a file a weight above 0 (--data FILE:WEIGHT, or a row's weight)",
         "low_confidence": f"lower --min-p-chosen ({config.min_p_chosen})",
         "prompt_too_long": longer, "identical_after_truncation": longer})
+    unmeasured = unweighed_note(pairs)
     if config.loss_type not in SMOOTHED:
         smoothing = 0.0
     elif config.label_smoothing == "auto":
@@ -175,7 +193,7 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
     learning_rate = config.learning_rate or (5e-5 if config.lora else 5e-7)
     manifest = open_stage(out, "dpo", {**asdict(config), "learning_rate": learning_rate}, volatile=DPOConfig.VOLATILE)
     if manifest.status == "complete" and (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        return {**json.loads((out / "metrics.json").read_text(encoding="utf-8")), **unmeasured}
     for spec in config.data:
         manifest.add_input(parse_weighted(spec)[0])
     set_seed(config.seed)  # before LoRA's adapters draw their initial weights
@@ -204,7 +222,7 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
                "last_loss": logs[-1]["loss"] if logs else None,
                "last_accuracy": logs[-1].get("rewards/accuracies") if logs else None,
                "last_margin": logs[-1].get("rewards/margins") if logs else None,
-               "resumed_from": checkpoint, "seconds": time.time() - started}
+               "resumed_from": checkpoint, "seconds": time.time() - started, **unmeasured}
     write_atomic(out / "metrics.json", dumps_json(metrics))
     manifest.counts.update(labels.counts("labels_"), **tally.counts(), truncated=truncated,
                            steps=trainer.state.global_step)

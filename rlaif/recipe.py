@@ -258,6 +258,21 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe
 
 
+def label_notes(recipe: Recipe) -> list[str]:
+    """What the recipe does with AI labels that a user should know before it runs, one line each: with no human
+    files, nothing measures the labels (reliability.UNMEASURED); with policy_trainer dpo, they train at ai_weight
+    whatever the labeler check finds (only the reward stage calibrates and weighs them)."""
+    from rlaif.reliability import TRAIN_REWARD, UNMEASURED
+
+    if not recipe.human:
+        return [UNMEASURED.format(labelers=recipe.labeler, then=TRAIN_REWARD if recipe.policy_trainer == "dpo" else "")]
+    if recipe.policy_trainer == "dpo":
+        return [(f"policy_trainer dpo trains on the AI labels of {recipe.labeler} at ai_weight {recipe.ai_weight}, "
+                 "whatever the labeler check finds: DPO neither calibrates them nor weighs them by their agreement "
+                 "with the human pairs. The reward stage does, under policy_trainer ppo, grpo or rloo")]
+    return []
+
+
 def unused_settings(recipe: Recipe) -> list[str]:
     """Settings the recipe gives that nothing it runs reads, or that do less than they seem to; one line each,
     naming the file and line. The CLI prints them as warnings before running."""

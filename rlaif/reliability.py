@@ -232,7 +232,7 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
             report["warnings"].append(entry["warning"])
     plain = sorted(n for n, e in report["sources"].items() if e["decision"] == "no human labels")
     if plain:
-        report["unmeasured"] = UNMEASURED.format(labelers=", ".join(plain))
+        report["unmeasured"] = UNMEASURED.format(labelers=", ".join(plain), then="")
     for name in sorted(set(origins) - set(given) - explained):
         report["warnings"].append(f"calibration labels of {name} ({', '.join(sorted(origins[name]))}): no AI label in "
                                   "data is of this labeler in this mode, so they measure nothing (rows match by their "
@@ -256,7 +256,9 @@ UNMEASURED = (
     "agree with people is unknown (on hh-rlhf harmless pairs the embedded 135M labeler agrees less often than "
     "'prefer the shorter reply': docs/labeler.md). To measure it: `rlaif eval labeler --pairs HUMAN.jsonl --labeler "
     "MODEL -c CONSTITUTION --out CHECK` with the labeler and constitution that made the labels, then train with "
-    "--data HUMAN.jsonl --calibration CHECK/labels.jsonl; in a recipe, add human: files")
+    "--data HUMAN.jsonl --calibration CHECK/labels.jsonl{then}; in a recipe, add human: files")
+# UNMEASURED's {then} for DPO, which trains on the labels themselves
+TRAIN_REWARD = " (rlaif reward: DPO does not weigh labels; PPO or GRPO on that reward model does)"
 
 
 def _finding(m: dict) -> str:

@@ -97,6 +97,17 @@ def test_recipe_selects_dpo_instead_of_ppo(tmp_path, tiny_model_dir):
     assert steps[2, "dpo"].config.data == steps[2, "reward"].config.data == [
         f"{tmp_path / 'runs' / f'round-{k}' / 'label' / 'preferences.jsonl'}:1.0" for k in (1, 2)] + [
         f"{steps[1, 'rankings'].config.out}:3.0"]
+    # Before it runs, the recipe says that DPO does not weigh the AI labels, and without human files that nothing
+    # measures them.
+    from rlaif.recipe import label_notes
+
+    assert label_notes(load_recipe(tmp_path / "recipe.yaml")) == [
+        "policy_trainer dpo trains on the AI labels of smollm2-135m-instruct at ai_weight 1.0, whatever the labeler "
+        "check finds: DPO neither calibrates them nor weighs them by their agreement with the human pairs. The reward "
+        "stage does, under policy_trainer ppo, grpo or rloo"]
+    plain = label_notes(load_recipe(tmp_path / "recipe.yaml", {"human": []}))
+    assert len(plain) == 1 and plain[0].startswith("the AI labels of smollm2-135m-instruct train as given, unmeasured")
+    assert label_notes(load_recipe(tmp_path / "recipe.yaml", {"policy_trainer": "ppo"})) == []
     (tmp_path / "recipe.yaml").write_text(text + "policy_trainer: rloo\n")
     steps = {(s.round, s.stage): s for s in plan(load_recipe(tmp_path / "recipe.yaml"))}
     assert steps[1, "grpo"].config.algorithm == "rloo" and steps[1, "grpo"].directory.name == "rloo"

@@ -452,6 +452,15 @@ def test_dpo_trains_each_pair_once_facing_the_weighted_mean_of_its_labels(tmp_pa
     same = write(tmp_path / "same.jsonl", [pref(4, "Hi?", "Same.", "Same."), pref(5, "Hi?", "Yes.", "No.")])
     rows, labels, pairs = labels_of(str(same), min_p_chosen=0.95)
     assert rows == [] and labels.left_out == {"identical_replies": 1} and pairs.left_out == {"low_confidence": 1}
+    # DPO trains on AI labels as given: a note says they are unmeasured, or, beside human pairs, unweighed.
+    from rlaif.dpo import unweighed_note
+
+    note = lambda *specs: unweighed_note(load_pairs(list(specs), 0.5, Tally("labels"), Tally("pairs")))
+    assert note(str(ai))["unmeasured"].startswith(f"the AI labels of {ai} train as given, unmeasured")
+    assert "(rlaif reward: DPO does not weigh labels" in note(str(ai))["unmeasured"]
+    assert note(f"{ai}:3", str(human))["unmeasured"].startswith(f"DPO trains on the AI labels of {ai} as given: it "
+                                                               "neither measures them against the human pairs")
+    assert note(f"{ai}:0", str(human)) == {} and note(str(human)) == {}  # no AI label trains
 
 
 def test_dpo_hands_its_trainer_one_row_per_pair_facing_its_weighted_winner(tmp_path, tiny_model_dir, monkeypatch):

@@ -291,7 +291,7 @@ def test_the_report_says_when_ai_labels_trained_unmeasured(tmp_path):
 
     reward = tmp_path / "run" / "round-1" / "reward"
     reward.mkdir(parents=True)
-    note = UNMEASURED.format(labelers="<i>judge</i>")
+    note = UNMEASURED.format(labelers="<i>judge</i>", then="")
     metrics = {"train": {"pairs": 10, "first_loss": 0.7, "last_loss": 0.6}, "heldout": None,
                "reliability": {"mode": "weight", "min_pairs": 20, "human_pairs": 0, "warnings": [],
                                "sources": {"<i>judge</i>": {"decision": "no human labels"}}, "unmeasured": note}}

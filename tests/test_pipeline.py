@@ -206,6 +206,8 @@ def test_dry_run_prints_the_plan(recipe_file):
     assert sum("round 1" in line for line in lines) == 9 and "9 of 9 steps to run" in lines[-1]
     assert "eval" in lines[-2] and lines[-2].endswith("toy/eval")
     assert not (folder / "runs").exists()
+    dpo = CliRunner().invoke(cli, ["run", str(recipe_file), "--dry-run", "--set", "policy_trainer=dpo"])
+    assert dpo.exit_code == 0 and "note: policy_trainer dpo trains on the AI labels of " in dpo.output
 
 
 def test_recipe_errors_name_the_file_line_and_field(recipe_file, tmp_path):

@@ -73,6 +73,8 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
     recipe = recipes.load_recipe(recipe_file, overrides)
     for note in recipes.unused_settings(recipe):
         err.print(f"[yellow]warning:[/yellow] {shown(note)}", soft_wrap=True)
+    for note in recipes.label_notes(recipe):
+        err.print(f"[yellow]note:[/yellow] {shown(note)}", soft_wrap=True)
     run_dir = pipeline.output_dir(recipe)
     if dry_run:
         steps = pipeline.plan(recipe)
