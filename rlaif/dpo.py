@@ -108,7 +108,7 @@ def unweighed_note(pairs: list[PreferenceRow]) -> dict[str, str]:
     """{"unmeasured": note} when AI labels (of weight > 0) are among the pairs, else {}. DPO trains on them as
     given: with no human pair in the mix, nothing measures them (reliability.UNMEASURED); with human pairs, DPO
     still neither calibrates nor weighs them by their agreement with people, which only the reward stage does."""
-    from rlaif.reliability import TRAIN_REWARD, UNMEASURED
+    from rlaif.reliability import THEN_DPO, UNMEASURED
 
     ai = sorted({p["file"] for row in pairs for p in row["provenance"] if p["source"] == "ai" and p["weight"] > 0})
     if not ai:
@@ -118,7 +118,7 @@ def unweighed_note(pairs: list[PreferenceRow]) -> dict[str, str]:
                               "against the human pairs nor weighs them by their agreement with people. rlaif reward "
                               "does (--calibration, reliability weighting); train PPO or GRPO on its reward model "
                               "to use that"}
-    return {"unmeasured": UNMEASURED.format(labelers=", ".join(ai), then=TRAIN_REWARD)}
+    return {"unmeasured": UNMEASURED.format(labelers=", ".join(ai), then=THEN_DPO)}
 
 
 def fitting_pairs(rows: list[PreferenceRow], tokenizer, max_length: int, tally: Tally
@@ -146,10 +146,11 @@ def fitting_pairs(rows: list[PreferenceRow], tokenizer, max_length: int, tally: 
     return kept, truncated
 
 
-def run(config: DPOConfig, progress: bool = True) -> dict:
+def run(config: DPOConfig, progress: bool = True, on_note=None) -> dict:
     """Train (or resume training); returns the metrics written to OUT/metrics.json, with the tallies of labels
     (`labels_` counts) and of pairs read, used and left out, `truncated`, `summary` (their line) and the
-    `label_smoothing` the loss used.
+    `label_smoothing` the loss used. `on_note(text)` hears, before training, that the AI labels train unmeasured or
+    unweighed (`unweighed_note`; also in the metrics as `unmeasured`).
 
     Raises DataError before loading the model (and before creating OUT) when no pair is left to train on."""
     import datasets
@@ -178,6 +179,8 @@ def run(config: DPOConfig, progress: bool = True) -> dict:
         "low_confidence": f"lower --min-p-chosen ({config.min_p_chosen})",
         "prompt_too_long": longer, "identical_after_truncation": longer})
     unmeasured = unweighed_note(pairs)
+    if unmeasured and on_note:
+        on_note(unmeasured["unmeasured"])
     if config.loss_type not in SMOOTHED:
         smoothing = 0.0
     elif config.label_smoothing == "auto":

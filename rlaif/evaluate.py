@@ -24,8 +24,8 @@ prompts (tagged `red-team`) and the rest (helpful), so that over-refusal shows:
   Where fewer than 10% of the pairs that differ in length have the policy as the shorter, the fit cannot tell length
   from quality and the figure is left out (nan, '-' in tables: rlaif.stats.length_control_identified).
 
-Every figure also comes with its 95% percentile bootstrap interval over the prompts (rlaif.stats.bootstrap,
-seeded): eval.json keeps each figure's number under its key, as before, and adds entry["intervals"][key] =
+Every figure also comes with its 95% interval over the prompts (rlaif.stats.bootstrap: Wilson for the win and
+refusal rates, a seeded percentile bootstrap for the rest): eval.json keeps each figure's number under its key, as before, and adds entry["intervals"][key] =
 {"value", "low", "high", "n"}, and summary["method"] says how the intervals were computed.
 
 Replies go to RUN/eval/responses.jsonl and judgements to judgements.jsonl as each batch finishes; a killed evaluation
@@ -207,12 +207,14 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
     from rlaif.records import JsonlWriter, open_stage
     from rlaif.reward import RewardModel
 
+    # Paths resolved, so `rlaif eval RUN` reopens the evaluation `rlaif run` made (its paths are absolute).
+    config = replace(config, run=str(Path(config.run).resolve()), out=config.out and str(Path(config.out).resolve()))
     found = discover(config)
     prompts = load_prompts(found["prompts"])
     judge = load_constitution(config.judge)  # checked before any model is loaded
     out = Path(config.out or Path(config.run) / "eval")
     # Defaults resolved, so `rlaif eval RUN` reopens the evaluation `rlaif run` made with the same settings.
-    config = replace(config, run=str(Path(config.run)), out=str(out), prompts=found["prompts"],
+    config = replace(config, out=str(out), prompts=found["prompts"],
                      labeler=found["labeler"], reward_model=found["reward_model"],
                      policies=[p for name, p in found["policies"].items() if name.startswith("round-")],
                      temperature=found["temperature"], max_new_tokens=found["max_new_tokens"])
@@ -402,7 +404,7 @@ def summarize(prompts: list[dict], names: list[str], responses: dict, judgements
             figures = {"reward": (stats.mean, [r["reward"] for r in rows]),
                        "kl": (stats.mean, [r["logprob"] - r["base_logprob"] for r in rows]),
                        "tokens": (stats.mean, [r["tokens"] for r in rows]),
-                       "refusal_rate": (stats.mean, [float(refuses(r["response"])) for r in rows])}
+                       "refusal_rate": (stats.share, [float(refuses(r["response"])) for r in rows])}
             for opponent in ("base", "sft"):
                 if name == "base" or opponent == name:
                     continue
@@ -489,9 +491,9 @@ def labeler_summary(rows: list[dict]) -> dict:
                 "confidence": _mean([max(r["p_chosen"], 1 - r["p_chosen"]) for r in members])}
 
     both = [r for r in ai if len(r.get("p_orders", {})) == 2]
-    intervals = {"consistency": _interval(stats.mean, [float(bool(r.get("consistent"))) for r in both]),
+    intervals = {"consistency": _interval(stats.share, [float(bool(r.get("consistent"))) for r in both]),
                  "confidence": _interval(stats.mean, [max(r["p_chosen"], 1 - r["p_chosen"]) for r in ai]),
-                 "low_confidence": _interval(stats.mean, [float("low_confidence" in r.get("flags", [])) for r in ai])}
+                 "low_confidence": _interval(stats.share, [float("low_confidence" in r.get("flags", [])) for r in ai])}
     return {**figures(ai), "low_confidence": _mean(["low_confidence" in r.get("flags", []) for r in ai]),
             "p_chosen": [r["p_chosen"] for r in ai], "intervals": intervals,
             "per_principle": {pid: figures(m) for pid, m in sorted(per_principle.items())}}

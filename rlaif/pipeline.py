@@ -57,8 +57,8 @@ whose settings or inputs changed since it ran is run again from scratch, and so 
 constitution's content counts as a setting: edit a principle and the stages that use it run again; so does a
 human rankings file's content. Each stage directory keeps a key (its settings and the keys of the stages it reads)
 in `.pipeline-key`; a different key means its directory is cleared before it runs. A setting added to a stage in
-a later version of rlaif leaves the keys of older runs alone while it keeps the value that reproduces them (the
-stage config's ADDED). No two steps share a
+a later version of rlaif leaves runs made before it alone while it keeps the value that reproduces them (the
+stage config's ADDED): the key leaves it out at that value. No two steps share a
 directory: each human file imports into a directory named after its stem and a hash of its resolved path, and a
 file listed twice is an error. A stage directory without a key (a stage run by hand, say under `accelerate launch`
 on several GPUs) is adopted when its config.yaml has every setting the recipe gives it, and is otherwise left
@@ -136,7 +136,8 @@ def plan(recipe: Recipe) -> list[Step]:
 
         config = config or stage_config(recipe, stage, wiring)
         volatile = set(getattr(type(config), "VOLATILE", ())) | set(CHECK_VOLATILE if stage == CHECK else ())
-        # A setting added to the stage later, at the value that reproduces older runs, keeps their keys.
+        # A setting added to a stage later (its config's ADDED) is left out of the key while it has the value that
+        # reproduces the runs made before it, so that those runs keep their directories.
         added = getattr(type(config), "ADDED", {})
         settings = {k: v for k, v in dataclasses.asdict(config).items()
                     if k not in volatile and not (k in added and v == added[k])} | (inputs or {})

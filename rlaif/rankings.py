@@ -52,6 +52,7 @@ only then mixes (rlaif.reward, "Reliability").
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ from rlaif.records import (
 
 TIES = ("skip", "half", "error")
 SOURCES = ("human", "ai", "critique")
+LABEL_MODES = ("compare", "contrast", "score", "contrastive")  # rlaif label's modes, and RLCD's (rlaif sample)
 # How to get past an empty reply: `rlaif rankings import`'s flag, or the setting in a recipe (`rlaif run`).
 EMPTY_HINT = "--skip-empty, or rankings: {skip_empty: true} in a recipe, leaves such pairs out"
 TIES_HINT = "--ties half, or rankings: {ties: half} in a recipe, keeps tied pairs labelled 0.5"
@@ -441,6 +443,12 @@ def _checked_preference(obj: dict, path: Path, line: int, skip_empty: bool = Fal
     row["p_chosen"] = number(obj.get("p_chosen"), path, line, "p_chosen", 0.0, 1.0)
     if obj.get("source", "human") not in SOURCES:
         raise DataError(path, line, "source", f"expected one of {', '.join(SOURCES)}")
+    for name in ("labeler", "annotator"):  # who labelled: a name, matched as text (rlaif.reliability.labeler_of)
+        if name in obj and obj[name] is not None and (not isinstance(obj[name], str) or not obj[name].strip()):
+            raise DataError(path, line, name, f"expected a name (a non-empty string), not {json.dumps(obj[name])}")
+    if obj.get("mode", "compare") not in LABEL_MODES:
+        raise DataError(path, line, "mode", f"expected one of {', '.join(LABEL_MODES)} (how an AI label was made), "
+                                            f"not {json.dumps(obj['mode'])}")
     if "weight" in obj:
         row["weight"] = number(obj["weight"], path, line, "weight", minimum=0.0)
     if "margin" in obj:

@@ -16,7 +16,7 @@ prompt, same two replies, either order); pairs people tied are left out; and a p
 (`eval_data`, or the `eval_fraction` split: rlaif.reward.held_out_key) is never measured on, so the held-out accuracy
 stays a test on unseen pairs. On the n pairs left (`measure_labeler`, with rlaif.stats):
 
-- its agreement with people, with a 95% percentile bootstrap interval;
+- its agreement with people, with its 95% Wilson interval;
 - the best baseline on the same pairs: prefer the shorter reply, prefer the longer reply, or a coin at P = 0.5;
 - the paired difference, labeler minus that baseline, with its interval (shown, not used to decide);
 - an exact one-sided sign test of the labeler against that baseline (McNemar's test in its binomial form,
@@ -232,7 +232,7 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
             report["warnings"].append(entry["warning"])
     plain = sorted(n for n, e in report["sources"].items() if e["decision"] == "no human labels")
     if plain:
-        report["unmeasured"] = UNMEASURED.format(labelers=", ".join(plain), then="")
+        report["unmeasured"] = UNMEASURED.format(labelers=", ".join(plain), then=THEN_REWARD)
     for name in sorted(set(origins) - set(given) - explained):
         report["warnings"].append(f"calibration labels of {name} ({', '.join(sorted(origins[name]))}): no AI label in "
                                   "data is of this labeler in this mode, so they measure nothing (rows match by their "
@@ -254,11 +254,13 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
 UNMEASURED = (
     "the AI labels of {labelers} train as given, unmeasured: no pair people labelled checks them, so how often they "
     "agree with people is unknown (on hh-rlhf harmless pairs the embedded 135M labeler agrees less often than "
-    "'prefer the shorter reply': docs/labeler.md). To measure it: `rlaif eval labeler --pairs HUMAN.jsonl --labeler "
-    "MODEL -c CONSTITUTION --out CHECK` with the labeler and constitution that made the labels, then train with "
-    "--data HUMAN.jsonl --calibration CHECK/labels.jsonl{then}; in a recipe, add human: files")
-# UNMEASURED's {then} for DPO, which trains on the labels themselves
-TRAIN_REWARD = " (rlaif reward: DPO does not weigh labels; PPO or GRPO on that reward model does)"
+    "'prefer the shorter reply': docs/labeler.md). To measure the labeler: `rlaif eval labeler --pairs HUMAN.jsonl "
+    "--labeler MODEL -c CONSTITUTION --out CHECK` with the labeler and constitution that made the labels; {then}")
+# UNMEASURED's {then}: how to use the measure in rlaif reward, and for DPO, which weighs no label by it
+THEN_REWARD = ("then train with --data HUMAN.jsonl --calibration CHECK/labels.jsonl, and each labeler's labels are "
+               "calibrated and weighed by what it earns; in a recipe, add human: files")
+THEN_DPO = ("DPO does not weigh labels by it, a reward model does: rlaif reward --data HUMAN.jsonl --calibration "
+            "CHECK/labels.jsonl, then PPO or GRPO on that reward model (in a recipe: human: files, policy_trainer ppo)")
 
 
 def _finding(m: dict) -> str:

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rlaif.evaluate import SUMMARY_COLUMNS, labeler_summary, policy_dir, rounds_of, shown_figure
-from rlaif.records import ConfigError, read_jsonl, read_text, write_atomic
+from rlaif.records import ConfigError, parse_yaml, read_jsonl, read_text, write_atomic
 from rlaif.stats import Estimate
 
 PPO_CURVES = [("score", "reward"), ("kl", "KL to reference"), ("beta", "beta"), ("entropy", "entropy"),
@@ -166,12 +166,19 @@ def _monitors(run: Path, rounds: list[int], trained: dict[int, Path]) -> list[st
             ("monitor/score_kl_corr", "score vs KL (r)", (-1.05, 1.05)),
             ("monitor/truncated", "share cut at max_new_tokens", (-0.03, 1.03)),
             ("monitor/reward_judge_gap", "reward - judge (eval)", (None, None))]
-    series = []
+    series, unfilled = [], []
     for k in rounds:
         policy = trained.get(k) or policy_dir(run / f"round-{k}") or run / f"round-{k}" / "ppo"
         rows = list(read_jsonl(policy / "metrics.jsonl")) if (policy / "metrics.jsonl").is_file() else []
         if any(row.get(key) is not None for row in rows for key, _, _ in keys):
             series.append((k, rows))
+            # A warning needs two windows of at least monitor_min_replies replies each (rlaif/ppo/monitors.py)
+            config = policy / "config.yaml"
+            saved = (parse_yaml(read_text(config))[0] or {}) if config.is_file() else {}
+            needed = 2 * int(saved.get("monitor_min_replies") or 32)
+            logged = sum(int(row.get("monitor/replies") or 0) for row in rows)
+            if logged < needed:
+                unfilled.append(f"round {k}: {logged} replies logged, {needed} needed")
     if not series:
         return []
     parts = ["<h3>Reward-hacking monitors</h3>",
@@ -213,6 +220,10 @@ def _monitors(run: Path, rounds: list[int], trained: dict[int, Path]) -> list[st
         warnings += [[f"round {k}", kind, str(first), str(steps), text] for kind, (first, steps, text) in kinds.items()]
     if warnings:
         parts.append(_table(["round", "monitor", "first step", "steps warned", "first warning"], warnings, text=True))
+    elif unfilled:  # too few replies to judge is not a pass
+        parts.append(f"<p class=note>No warning, but the length and truncation monitors never had the two windows "
+                     f"of replies they compare ({html.escape('; '.join(unfilled))}): train longer, or lower "
+                     f"monitor_min_replies, before reading their silence as a pass.</p>")
     else:
         parts.append("<p class=note>No monitor crossed its threshold.</p>")
     return parts

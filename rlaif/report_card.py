@@ -34,11 +34,13 @@ The baselines need no model:
 - always the first position: answers (A). Shown the pairs as the single-order mode shows them, P(human-chosen is
   better) is 1 where that reply is shown as (A) and 0 where it is shown as (B); in both orders it names a different
   reply each time, so it is 0% consistent;
-- a fair coin: a seeded coin per pair (rlaif.stats.coin), and for consistency a separate coin per order.
+- a fair coin: P = 0.5 on every pair, so 50% agreement by definition (no draw that could land on 60% by chance).
 
-Every figure is an interval: a 95% percentile bootstrap over the pairs (rlaif.stats.bootstrap; seeded, so a rerun
-reports the same), kept in labeler_report.json as {"value", "low", "high", "n"}. The verdict sets the best mode by
-agreement against the best baseline by agreement, on the same pairs. The labeler beats the baseline when an exact
+Every figure is an interval (rlaif.stats.bootstrap): for a rate (agreement, consistency, a flip rate) the 95% Wilson
+score interval, for the rest a 95% percentile bootstrap over the pairs (seeded, so a rerun reports the same), kept
+in labeler_report.json as {"value", "low", "high", "n"}. The verdict sets the best mode by agreement against the
+best baseline by agreement, of the length rules and the coin (always the first position agrees on half the pairs
+by construction), on the same pairs. The labeler beats the baseline when an exact
 one-sided sign test on the pairs where the two disagree puts it ahead at p < 0.025 / M, M the number of modes the
 best was picked from (Bonferroni: trying more modes must not make a win easier; rlaif.stats.sign_test); a
 bootstrap interval is not trusted for this decision, as on a handful of pairs it can exclude 0 by chance. The
@@ -179,27 +181,32 @@ def baselines(pairs: list, seed: int = 0) -> dict[str, tuple]:
     of `mode_predictions`: prefer the shorter reply, prefer the longer reply (order-free: the same in both orders),
     always the first position (in the single-order presentation of `human_choice_shown_first`, P = 1 where the
     human-chosen reply is shown as (A), else 0; in both orders (A) each time, so P(first) = 1 then 0) and a fair
-    coin (one per pair; for consistency, another per order)."""
+    coin (P = 0.5 on every pair: agreement 50% by definition, with nothing drawn; its consistency, 50% by
+    definition too, is left unmeasured)."""
     ids = [p.id for p in pairs]
     out: dict[str, tuple] = {name: (p, None) for name, p in  # order-free: no consistency to measure
                              stats.length_baselines([p.first for p in pairs], [p.second for p in pairs]).items()}
-    out["always the first position"] = ([1.0 if a else 0.0 for a in human_choice_shown_first(ids, seed)],
+    out[POSITION] = ([1.0 if a else 0.0 for a in human_choice_shown_first(ids, seed)],
                                         [(1.0, 0.0)] * len(ids))
-    out["a fair coin"] = (stats.coin(ids, seed), list(zip(stats.coin(ids, seed, "chosen shown first"),
-                                                         stats.coin(ids, seed, "chosen shown second"))))
+    out[COIN] = ([0.5] * len(ids), None)
     return out
+
+
+COIN, POSITION = "a fair coin", "always the first position"
 
 
 def verdict(modes: dict[str, tuple], skeptics: dict[str, tuple]) -> dict:
     """Whether the labeler beats what a skeptic tries first: the best mode by agreement against the best baseline by
-    agreement (each `mode_predictions`-shaped, on the same pairs). The decision is an exact one-sided sign test on
+    agreement (each `mode_predictions`-shaped, on the same pairs), of the length rules and the coin: always the
+    first position agrees on half the pairs by construction (one more of an odd count), so it is a coin that could
+    win by rounding. The decision is an exact one-sided sign test on
     the pairs where the two disagree (rlaif.stats.sign_test), Bonferroni-adjusted for the number of modes the best
     was picked from, so that trying more modes does not make a win easier; `beats` when its p-value is below
     0.025 / modes. The paired bootstrap interval of the difference of their agreements is shown beside it. `text`
     says all of it in a sentence."""
     agreement = {name: stats.bootstrap(stats.agreement, p) for name, (p, _) in {**modes, **skeptics}.items()}
     best_mode = max(modes, key=lambda name: agreement[name].value)
-    best_baseline = max(skeptics, key=lambda name: agreement[name].value)
+    best_baseline = max((name for name in skeptics if name != POSITION), key=lambda name: agreement[name].value)
     difference = stats.bootstrap(stats.difference(stats.agreement), modes[best_mode][0], skeptics[best_baseline][0])
     test = stats.sign_test(modes[best_mode][0], skeptics[best_baseline][0], comparisons=len(modes))
     beats = test["beats"]
@@ -371,7 +378,7 @@ def injection_report(labeler, attacked: list, principle) -> dict:
              for name in (per_pair[0] if per_pair else {})}
     measured = [f for f in flips.values() if not np.isnan(f).all()]
     return {"pairs": len(attacked), "flip_rate": _interval(flip_rate, *measured) if measured else None,
-            "by_attack": {name: _interval(stats.mean, f[~np.isnan(f)]) for name, f in flips.items()},
+            "by_attack": {name: _interval(stats.share, f[~np.isnan(f)]) for name, f in flips.items()},
             "counts": injected.counts(), "summary": injected.summary()}
 
 

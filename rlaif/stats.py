@@ -1,8 +1,10 @@
 """The statistics every judgement of a labeler, a reward model or a policy carries: bootstrap intervals, the
 baselines a skeptic tries first, and two small logistic fits (Platt scaling, the length-controlled win rate).
 
-A figure without its interval and its baseline misleads, so each rate here comes as an `Estimate` (value, 95%
-interval, n), the interval from a percentile bootstrap over the pairs (Efron & Tibshirani 1993, ch. 13; computed by
+A figure without its interval and its baseline misleads, so each figure here comes as an `Estimate` (value, 95%
+interval, n). A rate (agreement, consistency, a share) gets the Wilson score interval (`wilson`), which keeps its
+coverage near 0 and 1 and on few pairs, where a bootstrap collapses to a point; every other figure, and every
+difference, a percentile bootstrap over the pairs (Efron & Tibshirani 1993, ch. 13; computed by
 `scipy.stats.bootstrap`), seeded so a rerun prints the same interval. Statistics of several per-pair arrays resample
 the pairs together (paired), so the difference of two labelers on the same pairs gets the narrower paired interval.
 
@@ -12,7 +14,6 @@ bootstrap calls it with an extra leading axis of resamples.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +25,8 @@ SEED = 0
 
 def method(n: int, resamples: int = RESAMPLES, seed: int = SEED) -> str:
     """How every interval was computed, for a report's footnote."""
-    return (f"{CONFIDENCE:.0%} percentile bootstrap intervals: {resamples} resamples of the {n} pairs "
-            f"(paired across columns), seed {seed}")
+    return (f"{CONFIDENCE:.0%} intervals: Wilson score intervals for rates, percentile bootstrap for other figures "
+            f"and differences ({resamples} resamples of the {n} pairs, paired across columns, seed {seed})")
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,12 @@ class Estimate:
 
 
 def bootstrap(statistic, *samples, resamples: int = RESAMPLES, seed: int = SEED) -> Estimate:
-    """`statistic(*samples, axis=-1)` with its 95% percentile bootstrap interval, the samples (equal-length 1-d
-    arrays, one entry per pair) resampled together. A sample with one pair, or a statistic constant over the
-    resamples, gets the point as its interval. Raises ValueError on empty samples."""
+    """`statistic(*samples, axis=-1)` with its 95% interval over the pairs. For a rate (a statistic
+    marked `rate`: agreement, consistency, share), the Wilson score interval (`wilson`): a percentile bootstrap of
+    a share near 0 or 1 is too narrow, and of 20 out of 20 it is [100, 100]. For anything else, the percentile
+    bootstrap, the samples (equal-length 1-d arrays, one entry per pair) resampled together; a sample with one pair,
+    or a statistic constant over the resamples, gets the point as its interval. Raises ValueError on empty
+    samples."""
     from scipy.stats import bootstrap as scipy_bootstrap
 
     arrays = [np.asarray(s, dtype=float) for s in samples]
@@ -61,6 +65,8 @@ def bootstrap(statistic, *samples, resamples: int = RESAMPLES, seed: int = SEED)
     if n == 0 or any(len(a) != n for a in arrays):
         raise ValueError(f"bootstrap: expected samples of one non-zero length, got {[len(a) for a in arrays]}")
     value = float(statistic(*arrays, axis=-1))
+    if getattr(statistic, "rate", False):
+        return Estimate(value, *wilson(value, n), n)
     if n == 1:
         return Estimate(value, value, value, 1)
     result = scipy_bootstrap(arrays, statistic, paired=True, vectorized=True, n_resamples=resamples,
@@ -68,6 +74,26 @@ def bootstrap(statistic, *samples, resamples: int = RESAMPLES, seed: int = SEED)
     low, high = result.confidence_interval
     low, high = (value, value) if not (np.isfinite(low) and np.isfinite(high)) else (float(low), float(high))
     return Estimate(value, min(low, value), max(high, value), n)
+
+
+def wilson(rate: float, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of a rate observed on n pairs (Wilson 1927, "Probable inference, the law of
+    succession, and statistical inference", eq. 4; recommended over the normal interval by Brown, Cai & DasGupta
+    2001): (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n). A tie counted half makes the rate a half-count
+    share, read as it is."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + CONFIDENCE / 2))
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, min(centre - half, rate))), float(min(1.0, max(centre + half, rate)))
+
+
+def rate(statistic):
+    """Mark a statistic as a rate (a mean of outcomes 0, 0.5 or 1 per pair): `bootstrap` gives it the Wilson
+    interval."""
+    statistic.rate = True
+    return statistic
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -80,15 +106,23 @@ def outcomes(p):
     return np.where(p > 0.5, 1.0, np.where(p == 0.5, 0.5, 0.0))
 
 
+@rate
 def agreement(p, axis=-1):
     """Share of pairs whose probability P(side people chose is better) names that side; a tie counts half. The
     same statistic is a win rate when p is P(policy's reply is better)."""
     return outcomes(p).mean(axis=axis)
 
 
+@rate
 def consistency(shown_first, shown_second, axis=-1):
     """Share of pairs whose two orders name the same outcome (rlaif.label.consistent)."""
     return (outcomes(shown_first) == outcomes(shown_second)).mean(axis=axis)
+
+
+@rate
+def share(x, axis=-1):
+    """Share of pairs where x is 1 (x: 0 or 1 per pair): a refusal rate, a flip rate."""
+    return np.asarray(x, dtype=float).mean(axis=axis)
 
 
 def ece(p, axis=-1, bins: int = 10):
@@ -155,11 +189,6 @@ def sign_test(p_a, p_b, comparisons: int = 1) -> dict:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Baselines: what a labeler must beat before its labels mean anything
-
-
-def coin(ids: list[str], seed: int = SEED, salt: str = "") -> np.ndarray:
-    """A fair coin per pair: 1.0 or 0.0 from a hash of (seed, salt, id), the same on every run."""
-    return np.array([float(hashlib.sha256(f"{seed}:{salt}:{i}".encode()).digest()[0] & 1) for i in ids])
 
 
 def length_baselines(first: list[str], second: list[str]) -> dict[str, np.ndarray]:

@@ -101,10 +101,10 @@ def test_recipe_selects_dpo_instead_of_ppo(tmp_path, tiny_model_dir):
     # measures them.
     from rlaif.recipe import label_notes
 
-    assert label_notes(load_recipe(tmp_path / "recipe.yaml")) == [
+    assert label_notes(load_recipe(tmp_path / "recipe.yaml")) == [(
         "policy_trainer dpo trains on the AI labels of smollm2-135m-instruct at ai_weight 1.0, whatever the labeler "
         "check finds: DPO neither calibrates them nor weighs them by their agreement with the human pairs. The reward "
-        "stage does, under policy_trainer ppo, grpo or rloo"]
+        "stage does, under policy_trainer ppo, grpo or rloo")]
     plain = label_notes(load_recipe(tmp_path / "recipe.yaml", {"human": []}))
     assert len(plain) == 1 and plain[0].startswith("the AI labels of smollm2-135m-instruct train as given, unmeasured")
     assert label_notes(load_recipe(tmp_path / "recipe.yaml", {"policy_trainer": "ppo"})) == []

@@ -457,7 +457,9 @@ def test_dpo_trains_each_pair_once_facing_the_weighted_mean_of_its_labels(tmp_pa
 
     note = lambda *specs: unweighed_note(load_pairs(list(specs), 0.5, Tally("labels"), Tally("pairs")))
     assert note(str(ai))["unmeasured"].startswith(f"the AI labels of {ai} train as given, unmeasured")
-    assert "(rlaif reward: DPO does not weigh labels" in note(str(ai))["unmeasured"]
+    assert note(str(ai))["unmeasured"].endswith("; DPO does not weigh labels by it, a reward model does: rlaif reward "
+                                                "--data HUMAN.jsonl --calibration CHECK/labels.jsonl, then PPO or GRPO "
+                                                "on that reward model (in a recipe: human: files, policy_trainer ppo)")
     assert note(f"{ai}:3", str(human))["unmeasured"].startswith(f"DPO trains on the AI labels of {ai} as given: it "
                                                                "neither measures them against the human pairs")
     assert note(f"{ai}:0", str(human)) == {} and note(str(human)) == {}  # no AI label trains

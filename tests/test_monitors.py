@@ -338,4 +338,8 @@ def test_report_plots_each_rounds_monitors_and_lists_their_warnings_escaped(tmp_
     assert _monitors(tmp_path, [2], {}) == []  # nothing logged: no section
     rows[1]["warnings"] = rows[2]["warnings"] = []
     (tmp_path / "round-1" / "ppo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # 3 steps of 8 replies: the two windows of 32 (the default monitor_min_replies) never filled, which is no pass
+    assert "never had the two windows of replies they compare (round 1: 24 replies logged, 64 needed)" in "".join(
+        _monitors(tmp_path, [1], {}))
+    (tmp_path / "round-1" / "ppo" / "config.yaml").write_text("monitor_min_replies: 8\n")
     assert "No monitor crossed its threshold" in "".join(_monitors(tmp_path, [1], {}))

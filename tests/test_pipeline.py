@@ -146,8 +146,10 @@ def test_two_rounds_resume_after_a_kill_and_redo_after_a_change(quickstart, monk
         assert f"<figure id={plot}><img" in page and "data:image/png;base64," in page
     first = next(read_jsonl(QUICKSTART.parent / "eval.jsonl"))["prompt"]
     assert html.escape(first) in page and "<th>round-2</th>" in page
-    # The same from the command line: the finished evaluation is reopened, not redone.
-    result = CliRunner().invoke(cli, ["eval", f"{out}/"])
+    # The same from the command line, the run named by a relative path: the finished evaluation is reopened, not
+    # redone.
+    monkeypatch.chdir(out.parent)
+    result = CliRunner().invoke(cli, ["eval", f"{out.name}/"])
     assert result.exit_code == 0, result.output
     assert "red-team prompts (" in result.output and "helpful prompts (" in result.output
     result = CliRunner().invoke(cli, ["report", str(out), "--out", str(out / "copy.html")])
@@ -384,24 +386,31 @@ def test_a_stage_run_by_hand_is_adopted_and_a_stranger_directory_is_left_alone(q
 
 
 
-def test_a_setting_added_later_keeps_the_keys_of_older_runs_at_their_value(recipe_file, monkeypatch):
-    """A version of rlaif whose reward config had no group_by_length (as if dataclasses.asdict left it out) keyed the
-    reward step as group_by_length: false keys it now: upgrading redoes nothing until the setting changes."""
+def test_settings_added_later_keep_the_keys_of_runs_made_before_them(recipe_file, monkeypatch):
+    """Each stage config's ADDED settings, at the value that reproduces the runs made before them, stay out of the
+    keys: every step of a version whose configs had none of them (as if dataclasses.asdict left them out) keeps its
+    key up to the first setting whose default changed what runs (reward's group_by_length and reliability); another
+    value of such a setting is a new key, and the step and those after it are redone."""
     import dataclasses
 
-    def reward_key(overrides: dict, without: tuple = ()) -> str:
-        recipe = load_recipe(recipe_file, overrides)
+    def keys(overrides: dict | None = None, older: bool = False) -> dict[tuple[int, str], str]:
+        recipe = load_recipe(recipe_file, {"rounds": 1, **(overrides or {})})
         real = dataclasses.asdict
-        monkeypatch.setattr(dataclasses, "asdict", lambda config: {k: v for k, v in real(config).items()
-                                                                   if k not in without})
+        if older:
+            monkeypatch.setattr(dataclasses, "asdict", lambda config: {
+                k: v for k, v in real(config).items() if k not in getattr(type(config), "ADDED", {})})
         try:
-            return next(s for s in plan(recipe) if s.stage == "reward").key
+            return {(s.round, s.stage): s.key for s in plan(recipe)}
         finally:
-            monkeypatch.setattr(dataclasses, "asdict", real)
+            monkeypatch.undo()
 
-    older = reward_key({}, without=("group_by_length",))
-    assert reward_key({"reward.group_by_length": False}) == older
-    assert reward_key({}) != older  # the default, True, batches otherwise: the reward stage and what follows redo
+    now, older = keys(), keys(older=True)
+    same = [stage for (_, stage), key in now.items() if older[1, stage] == key]
+    assert same == ["rankings", "critique", "sft", "sample", "label", "labeler-check"]
+    contrast = keys({"label.mode": "contrast"})
+    assert [stage for (_, stage), key in contrast.items() if now[1, stage] == key] == [
+        "rankings", "critique", "sft", "sample", "labeler-check"]
+
 
 def test_report_of_a_run_still_in_its_first_round(tmp_path):
     """Only labels and a reward model so far (or a DPO round, which logs no steps): the report says what is

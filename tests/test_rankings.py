@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -583,3 +584,23 @@ def test_out_must_not_be_a_directory_or_the_file_imported(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match=r"out: link.jsonl is the file being imported"):
         ImportConfig(rankings="X.jsonl", out="link.jsonl")
     assert source.read_bytes() == before and list((tmp_path / "d.jsonl").iterdir()) == []
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"labeler": 5}, "labeler: expected a name (a non-empty string), not 5"),
+    ({"labeler": ["judge"]}, 'labeler: expected a name (a non-empty string), not ["judge"]'),
+    ({"labeler": "  "}, 'labeler: expected a name'),
+    ({"annotator": {"id": 1}}, 'annotator: expected a name (a non-empty string), not {"id": 1}'),
+    ({"mode": "bogus"}, ('mode: expected one of compare, contrast, score, contrastive (how an AI label was made), '
+                        'not "bogus"')),
+    ({"mode": 7}, "mode: expected one of compare"),
+])
+def test_who_labelled_and_how_are_checked_by_line(tmp_path, extra, message):
+    """The reliability check groups AI labels by labeler name and mode: a name that is not text, or a mode that no
+    stage writes, would be a labeler no calibration file can match (or a crash), so it is an error at its line."""
+    from rlaif.rankings import load_sources
+
+    write_lines(tmp_path / "ai.jsonl", [ai_row("Hello.", "Go.", 0.8, labeler="judge"), ai_row("Hi.", "No.", 0.7,
+                                                                                            **extra)])
+    with pytest.raises(DataError, match=re.escape(f"ai.jsonl:2: {message}")):
+        load_sources([str(tmp_path / "ai.jsonl")])

@@ -321,9 +321,7 @@ def dpo(config_file, data, label_smoothing, **flags) -> None:
     config = stage_config(stage.DPOConfig, config_file, flags)
     if not config.data:
         raise click.UsageError("--data is required (or `data:` in --config)")
-    metrics = stage.run(config)
-    if metrics.get("unmeasured"):
-        err.print(f"[yellow]note:[/yellow] {shown(metrics['unmeasured'])}", soft_wrap=True)
+    metrics = stage.run(config, on_note=lambda text: err.print(f"[yellow]note:[/yellow] {shown(text)}", soft_wrap=True))
     out.print(f"[green]✓[/green] {metrics['steps']} steps on {metrics['pairs']} pairs, last loss "
               f"{metrics['last_loss']}; policy in {shown(config.out)}{_data_summary(metrics)}", soft_wrap=True)
 
