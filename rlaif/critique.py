@@ -22,7 +22,13 @@ A conversation grows with every turn; one with no room left in the model's conte
 the few-shot block's and max_new_tokens) cannot go on: the prompt is left out and counted (`too_long`) in the
 manifest and the closing line, as the rest of the stage's tally of prompts read, used and left out.
 
+Where the replies come from is `engine`: rlaif (the model here, as above), vllm (vLLM in this process, on a GPU) or
+openai (OpenAI-compatible servers over HTTP, `concurrency` requests in flight, each turn written as it comes back;
+`model` is the name the server serves). See rlaif.engines.
+
     rlaif critique --prompts examples/prompts/red-team.jsonl --out runs/x
+    rlaif critique --prompts examples/prompts/red-team.jsonl --engine openai --base-url http://127.0.0.1:8000/v1 \\
+        -m Qwen/Qwen2.5-7B-Instruct --out runs/y
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from rlaif import engines
 from rlaif.constitution import Constitution, Principle, load_constitution
 from rlaif.generate import Generation, GenerationConfig, derive_seed, indexed, progress_bar
 from rlaif.loaders import load_prompts
@@ -77,15 +85,28 @@ class CritiqueConfig:
     chunk_size: int = 64  # prompts taken through the rounds together, their keys and values kept from turn to turn
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
     kv_memory_gb: float = 2.0  # keys/values kept between turns, so a conversation's history is not recomputed; 0: off
+    engine: str = "rlaif"  # rlaif (the model here), vllm (vLLM in this process, on a GPU), or openai (HTTP to
+    #   OpenAI-compatible servers, rlaif.engines: `model` is then the name the server serves)
+    base_url: list[str] = field(default_factory=list)  # openai: the servers' API addresses (http://HOST:PORT/v1);
+    #   several share the requests, each request going to the least busy
+    api_key_env: str = engines.API_KEY_ENV  # openai: the environment variable holding the API key (sent as a Bearer
+    #   token, never printed or saved); OPENAI_API_KEY unset: no key is sent
+    concurrency: int = 8  # openai: requests in flight at once, over all servers
+    request_timeout: float = 600.0  # openai: seconds to wait for a reply (asked twice before the stage stops)
 
     # Settings that change how the work runs but not what it produces; a run may resume with others.
-    VOLATILE = ("batch_size", "chunk_size", "device", "kv_memory_gb")
+    VOLATILE = ("batch_size", "chunk_size", "device", "kv_memory_gb", "base_url", "api_key_env", "concurrency",
+                "request_timeout")
+    # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default);
+    # volatile ones need none, since they are never compared
+    ADDED: ClassVar[dict] = {"engine": "rlaif"}
 
     def __post_init__(self):
         check_numbers(self, "critique", at_least_one=["rounds", "max_new_tokens", "batch_size", "chunk_size"],
                       nonnegative=["temperature", "kv_memory_gb"], finite=["top_p", "seed"])
         if not 0 < self.top_p <= 1:
             raise DataError("critique settings", None, "top_p", f"expected a share in (0, 1], got {self.top_p:g}")
+        engines.check_settings(self, "critique", local=["device", "kv_memory_gb"])
         if self.temperature == 0 and not self.retry_flagged:  # a retry samples, with top_p and its own seed
             unused_settings(self, ["top_p", "seed"], "no effect with temperature 0 (greedy) and no retries",
                             ("temperature",))
@@ -260,19 +281,19 @@ class _Generator:
 def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool = False) -> dict:
     """Run (or resume) the critique stage. Returns the manifest's counts, with the tally of prompts read, used and
     left out (too long for the model's context), and `summary`, the tally's line. Raises DataError when every prompt
-    is left out."""
+    is left out, ConfigError when an engine cannot start or a server fails (rlaif.engines)."""
     constitution = load_constitution(config.constitution)
     prompts = load_prompts(config.prompts)
     rounds = constitution.critique.rounds if config.rounds is None else config.rounds
     stage_dir = Path(config.out) / "critique"
     # The digest covers everything the constitution resolves to, included files too: editing it means a new run.
     resolved = {**asdict(config), "rounds": rounds, "constitution_digest": constitution.digest()}
-    manifest = open_stage(stage_dir, "critique", resolved, volatile=CritiqueConfig.VOLATILE)
+    manifest = open_stage(stage_dir, "critique", resolved, volatile=CritiqueConfig.VOLATILE, added=CritiqueConfig.ADDED)
     manifest.status = "running"  # even when finished before: prompts added to the file since are new work
     manifest.add_input(config.prompts)
     manifest.add_input(constitution.path)
     if complete is None:
-        complete = _model_complete(config)
+        complete = _model_complete(config) if config.engine == "rlaif" else engines.open_engine(config)
 
     prefix = few_shot_messages(constitution) if config.few_shot else None
     weighted = constitution.critique.sampling == "weighted"
@@ -317,11 +338,11 @@ def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool
                 for step in range(steps):
                     live = [t for t in chunk if t.step == step and t.first is None and not t.too_long]
                     for trace, reply, flags in generate(live, prefix if step else None):
-                        record(trace, reply, _turn(trace, reply.text, flags, len(reply.token_ids),
+                        record(trace, reply, _turn(trace, reply.text, flags, reply.tokens,
                                                    generate.retries(flags)))
                     waiting = [t for t in chunk if t.step == step and t.first is not None]
                     for trace, reply, flags in generate(waiting, prefix if step else None, attempt=1):
-                        first, tokens = trace.first, trace.first["tokens"] + len(reply.token_ids)
+                        first, tokens = trace.first, trace.first["tokens"] + reply.tokens
                         text, flags = (reply.text, flags) if len(flags) < len(first["flags"]) else \
                             (first["text"], first["flags"])
                         record(trace, reply, _turn(trace, text, flags + ["retried"], tokens))
@@ -334,6 +355,7 @@ def run(config: CritiqueConfig, complete: Complete | None = None, progress: bool
     manifest.counts.update(_write_derived(stage_dir, config, [p["id"] for p in prompts]))
     manifest.counts.update(tally.counts())
     manifest.seconds += elapsed
+    engines.save_counts(manifest, complete)
     manifest.save(stage_dir)
     tally.require_some(config.prompts, f"every conversation outgrew the model's context; lower max_new_tokens "
                                        f"({config.max_new_tokens}) or rounds ({rounds}), or turn few_shot off")

@@ -66,10 +66,16 @@ class GenerationConfig:
 @dataclass
 class Generation:
     text: str  # the reply, without special tokens
-    token_ids: list[int]  # generated ids, ending with the EOS token when finish_reason is "stop"
+    token_ids: list[int]  # generated ids, ending with the EOS token when finish_reason is "stop"; [] from a server
     finish_reason: str  # "stop" (EOS), "length" (hit max_new_tokens) or "too_long" (no room in the context: not run)
     prompt_tokens: int = 0
     logprobs: list[float] | None = field(default=None, repr=False)  # one per token_ids entry
+    completion_tokens: int | None = None  # tokens generated, as a server counts them (it sends no ids); None: ids
+
+    @property
+    def tokens(self) -> int:
+        """How many tokens the reply took: its ids, or the count a server reported (rlaif.engines)."""
+        return len(self.token_ids) if self.completion_tokens is None else self.completion_tokens
 
 
 def derive_seed(*parts) -> int:

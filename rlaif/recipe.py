@@ -243,6 +243,10 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         stage_config(recipe, stage, {})  # every section checked before anything runs
     if stage_config(recipe, "sample", {}).n < 2:
         raise DataError(*recipe_line(recipe, "sample.n"), "the labeler compares two responses to a prompt: use at least 2")
+    if recipe.sample.get("engine") == "openai":  # the name sent would be a directory the run has yet to write
+        raise DataError(*recipe_line(recipe, "sample.engine"), "openai: a recipe samples from the policy it has just "
+                        "trained (round 1: its SFT model), which no server serves yet; use rlaif or vllm here, and "
+                        "rlaif sample --engine openai by hand for a policy a server serves")
     from rlaif.constitution import load_constitution
     from rlaif.label import resolved_settings
 
@@ -262,10 +266,11 @@ def label_notes(recipe: Recipe) -> list[str]:
     """What the recipe does with AI labels that a user should know before it runs, one line each: with no human
     files, nothing measures the labels (reliability.UNMEASURED); with policy_trainer dpo, they train at ai_weight
     whatever the labeler check finds (only the reward stage calibrates and weighs them)."""
-    from rlaif.reliability import TRAIN_REWARD, UNMEASURED
+    from rlaif.reliability import THEN_DPO, THEN_REWARD, UNMEASURED
 
     if not recipe.human:
-        return [UNMEASURED.format(labelers=recipe.labeler, then=TRAIN_REWARD if recipe.policy_trainer == "dpo" else "")]
+        return [UNMEASURED.format(labelers=recipe.labeler, then=THEN_DPO if recipe.policy_trainer == "dpo" else
+                                  THEN_REWARD)]
     if recipe.policy_trainer == "dpo":
         return [(f"policy_trainer dpo trains on the AI labels of {recipe.labeler} at ai_weight {recipe.ai_weight}, "
                  "whatever the labeler check finds: DPO neither calibrates them nor weighs them by their agreement "

@@ -6,7 +6,8 @@ Each prompt is repeated K times and sampled at the given temperature, response k
 derive_seed(seed, id, k), so the random draws behind it do not depend on the batch it shares or on where a run was
 resumed (the probabilities they are drawn against can differ in their last digits from one batch shape to another:
 see rlaif.generate). On a GPU with vLLM installed, `engine: vllm` samples with vLLM instead (the same seed per
-request). Temperature 0 (greedy) is for n = 1 only: it would give the K responses to a prompt one text.
+request), and `engine: openai` sends the requests to OpenAI-compatible servers (rlaif.engines; `model` is then the
+name the server serves). Temperature 0 (greedy) is for n = 1 only: it would give the K responses to a prompt one text.
 
 The prompts not yet written go to the model together, sorted by length and cut into batches of `batch_size`
 sequences (little padding), and each prompt's row goes to OUT/sample/candidates.jsonl as soon as its K responses
@@ -28,10 +29,11 @@ is left out and counted (records.reply_problem), and sampled again by a rerun, w
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from rlaif import engines
 from rlaif.constitution import load_constitution
 from rlaif.generate import Generation, GenerationConfig, derive_seed, indexed, progress_bar
 from rlaif.label import sample_label_principles, with_system
@@ -63,12 +65,21 @@ class SampleConfig:
     seed: int = 0
     batch_size: int = 16  # sequences per forward pass; a prompt's row is written once its n responses are done
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
-    engine: str = "rlaif"  # rlaif (batched generation here), or vllm (on a GPU, where vLLM is installed)
+    engine: str = "rlaif"  # rlaif (batched generation here), vllm (on a GPU, where vLLM is installed), or openai
+    #   (HTTP to OpenAI-compatible servers, rlaif.engines: `model` is then the name the server serves)
+    base_url: list[str] = field(default_factory=list)  # openai: the servers' API addresses (http://HOST:PORT/v1);
+    #   several share the requests, each request going to the least busy
+    api_key_env: str = engines.API_KEY_ENV  # openai: the environment variable holding the API key (sent as a Bearer
+    #   token, never printed or saved); OPENAI_API_KEY unset: no key is sent
+    concurrency: int = 8  # openai: requests in flight at once, over all servers
+    request_timeout: float = 600.0  # openai: seconds to wait for a reply (asked twice before the stage stops)
     contrastive: bool = False  # RLCD: per prompt, one reply under a principle's follows and one under its violates
     constitution: str = "default"  # contrastive: the principles and their system prompts (shipped name or path)
 
-    VOLATILE = ("batch_size", "chunk_size", "device")  # chunk_size: saved by earlier versions; it never changed a row
-    # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default)
+    # How the work runs, not what it makes (chunk_size: saved by earlier versions; it never changed a row)
+    VOLATILE = ("batch_size", "chunk_size", "device", "base_url", "api_key_env", "concurrency", "request_timeout")
+    # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default);
+    # volatile ones need none, since they are never compared
     ADDED: ClassVar[dict] = {"contrastive": False, "constitution": "default"}
 
     def __post_init__(self):
@@ -76,13 +87,7 @@ class SampleConfig:
                       finite=["top_p", "seed"])
         if not 0 < self.top_p <= 1:
             raise DataError("sample settings", None, "top_p", f"expected a share in (0, 1], got {self.top_p:g}")
-        if self.engine not in ("rlaif", "vllm"):
-            raise DataError("sample settings", None, "engine", f"expected rlaif or vllm, not {self.engine!r}")
-        if self.engine == "vllm":
-            if not _installed("vllm"):
-                raise DataError("sample settings", None, "engine", "vllm is not installed here (pip install vllm, "
-                                "on a machine with a GPU); or use engine: rlaif")
-            unused_settings(self, ["device"], "not used with engine: vllm, which places the model itself")
+        engines.check_settings(self, "sample", local=["device"])
         if self.contrastive:
             unused_settings(self, ["n"], "contrastive sampling writes one pair per prompt: one reply under each of "
                             "a principle's two system prompts", ("contrastive",))
@@ -97,22 +102,13 @@ class SampleConfig:
             unused_settings(self, ["top_p", "seed"], "no effect with temperature 0 (greedy)", ("temperature",))
 
 
-def _installed(module: str) -> bool:
-    """Whether `module` can be imported, without importing it (vLLM takes seconds)."""
-    import importlib.util
-    import sys
-
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    return importlib.util.find_spec(module) is not None
-
-
 def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
     """Sample (or resume sampling) candidates, or with `contrastive` RLCD pairs; returns the manifest's counts, with
     the tally of prompts read, used and left out (too long for the model's context; in contrastive sampling also a
     pair with an empty reply or two equal ones, records.reply_problem), and `summary`, the tally's line.
     `complete(conversations, generation)` replaces the model (tests use a scripted one): it returns the replies in
-    order, or (index, reply) pairs as batches finish. Raises DataError when every prompt is left out."""
+    order, or (index, reply) pairs as batches finish. Raises DataError when every prompt is left out, ConfigError
+    when an engine cannot start or a server fails (rlaif.engines)."""
     prompts = load_prompts(config.prompts)
     constitution = load_constitution(config.constitution) if config.contrastive else None
     stage_dir = Path(config.out) / "sample"
@@ -123,7 +119,7 @@ def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
     manifest.status = "running"
     manifest.add_input(config.prompts)
     if complete is None:
-        complete = _vllm_complete(config) if config.engine == "vllm" else _model_complete(config)
+        complete = _model_complete(config) if config.engine == "rlaif" else engines.open_engine(config)
     started = time.time()
     output = "preferences.jsonl" if config.contrastive else "candidates.jsonl"
     path = stage_dir / output
@@ -161,7 +157,7 @@ def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
                                               constitution.label.contrastive_p, config.model))
                 else:
                     out.write({"id": prompt["id"], "prompt": prompt["prompt"], "responses": [r.text for r in mine],
-                               "policy": config.model, "tokens": [len(r.token_ids) for r in mine],
+                               "policy": config.model, "tokens": [r.tokens for r in mine],
                                "finished": [r.finish_reason == "stop" for r in mine]})
                 bar(1)
         tally.read, tally.used = len(prompts), sum(p["id"] in out.done for p in prompts)
@@ -176,6 +172,7 @@ def run(config: SampleConfig, complete=None, progress: bool = False) -> dict:
                                finished_with_eos=sum(sum(r.get("finished", [])) for r in rows))
     manifest.counts.update(tally.counts())
     manifest.seconds += time.time() - started
+    engines.save_counts(manifest, complete)
     manifest.save(stage_dir)
     tally.require_some(config.prompts, {
         "too_long": f"each prompt and max_new_tokens ({config.max_new_tokens}) must fit in the model's context",
@@ -201,7 +198,7 @@ def contrastive_row(prompt: PromptRow, principle: str, follows: Generation, viol
             "rejected": [{"role": "assistant", "content": violates.text}],
             "p_chosen": float(p_chosen), "source": "ai", "labeler": "rlcd", "mode": "contrastive",  # type: ignore[typeddict-unknown-key]
             "principles": [principle], "policy": policy,
-            "tokens": {"chosen": len(follows.token_ids), "rejected": len(violates.token_ids)},
+            "tokens": {"chosen": follows.tokens, "rejected": violates.tokens},
             "finished": {"chosen": follows.finish_reason == "stop", "rejected": violates.finish_reason == "stop"}}
 
 
@@ -211,36 +208,3 @@ def _model_complete(config: SampleConfig):
 
     model, tokenizer = load_model(config.model, device=config.device)
     return lambda conversations, generation: iter_generate(model, tokenizer, conversations, generation)
-
-
-def _vllm_complete(config: SampleConfig):
-    """The same `complete` on vLLM: each request gets its own seed (`generation.seeds`), so the K copies of a prompt
-    differ and a rerun samples them again alike. vLLM is called with `batch_size` requests at a time (it batches
-    them itself), so a killed run loses at most one call's; a request too long for the model's context is not sent
-    (finish_reason "too_long", as rlaif.generate gives it)."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError:
-        raise ConfigError("engine: vllm is not installed here (pip install vllm, on a machine with a GPU); "
-                          "or use engine: rlaif") from None
-    from rlaif.models import chat_ids, resolve
-
-    llm = LLM(model=resolve(config.model), seed=config.seed)
-    tokenizer, context = llm.get_tokenizer(), llm.llm_engine.model_config.max_model_len
-
-    def complete(conversations, generation: GenerationConfig):
-        for start in range(0, len(conversations), generation.batch_size):
-            batch = range(start, min(start + generation.batch_size, len(conversations)))
-            sizes = {i: len(chat_ids(tokenizer, conversations[i], add_generation_prompt=True)) for i in batch}
-            sent = [i for i in batch if sizes[i] + generation.max_new_tokens <= context]
-            for i in sorted(set(batch) - set(sent)):
-                yield i, Generation(text="", token_ids=[], finish_reason="too_long", prompt_tokens=sizes[i])
-            params = [SamplingParams(temperature=generation.temperature, top_p=generation.top_p,
-                                     max_tokens=generation.max_new_tokens, seed=generation.seeds[i]) for i in sent]
-            results = llm.chat([conversations[i] for i in sent], params, use_tqdm=False) if sent else []
-            for i, r in zip(sent, results):
-                yield i, Generation(text=r.outputs[0].text.strip(), token_ids=list(r.outputs[0].token_ids),
-                                    finish_reason="stop" if r.outputs[0].finish_reason == "stop" else "length",
-                                    prompt_tokens=len(r.prompt_token_ids))
-
-    return complete

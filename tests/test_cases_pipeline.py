@@ -192,7 +192,9 @@ def _principles(spec: str) -> int:
     ("sample: {temperature: -1}", "sample.temperature: expected a finite number >= 0, got -1"),
     ("sample: {top_p: 0}", "sample.top_p: expected a share in (0, 1], got 0"),
     ("sample: {engine: vllm}", "sample.engine: vllm is not installed here"),
-    ("sample: {engine: hf}", "sample.engine: expected rlaif or vllm, not 'hf'"),
+    ("sample: {engine: hf}", "sample.engine: expected rlaif, vllm or openai, not 'hf'"),
+    ("critique: {engine: openai}", "critique: base_url: engine openai sends its requests to a server"),
+    ("sample: {concurrency: 4}", "sample: concurrency: used only with engine: openai"),
     ("label: {principles_per_comparison: 0}", ("label.principles_per_comparison: expected a whole number >= 1 or all, "
                                                "not 0; leave it unset to use the constitution's")),
     ("label: {principles_per_comparison: MANY}", ("label.principles_per_comparison: asks for MANY principles per pair "

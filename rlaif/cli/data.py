@@ -35,8 +35,20 @@ from rlaif.cli import _Group, cli, out, recipe_option, shown, stage_config
 @click.option("--kv-memory-gb", type=float,
               help="Keys/values kept between turns so history is not recomputed; 0 turns it off.  [default: 2]")
 @click.option("--device", help="cpu, cuda, cuda:1, ...  [default: a GPU if there is one]")
+@click.option("--engine", type=click.Choice(["rlaif", "vllm", "openai"]),
+              help="Where the replies are generated: rlaif (the model, here), vllm (vLLM in this process, on a GPU) "
+                   "or openai (an OpenAI-compatible server: vllm serve, SGLang, llama.cpp, transformers serve; -m is "
+                   "then the name the server serves).  [default: rlaif]")
+@click.option("--base-url", "base_url", multiple=True, metavar="URL",
+              help="With --engine openai: the server's API address, e.g. http://127.0.0.1:8000/v1. Repeat it to share "
+                   "the requests among several servers (each request goes to the least busy).")
+@click.option("--api-key-env", metavar="VAR", help="With --engine openai: the environment variable holding the API "
+              "key, sent as a Bearer token, never printed or saved (unset OPENAI_API_KEY: no key is sent, as local "
+              "servers need none).  [default: OPENAI_API_KEY]")
+@click.option("--concurrency", type=int, help="With --engine openai: requests in flight at once, over all servers; "
+              "each reply is written as it comes back, so a rerun sends only what is missing.  [default: 8]")
 @recipe_option
-def critique(config_file, **flags) -> None:
+def critique(config_file, base_url, **flags) -> None:
     """Critique and revise answers under the constitution's principles; write SFT data.
 
     For each prompt the model answers, then for each round critiques its latest answer under a principle drawn
@@ -50,9 +62,15 @@ def critique(config_file, **flags) -> None:
     Examples:
       rlaif critique --prompts examples/prompts/red-team.jsonl --out runs/x
       rlaif critique --prompts prompts.csv -c harmless --rounds 2 -t 0 --out runs/y --prefs
+
+    \b
+    On a server (`vllm serve Qwen/Qwen2.5-7B-Instruct` running; see the README's "Inference servers"):
+      rlaif critique --prompts examples/prompts/red-team.jsonl --engine openai \\
+          --base-url http://127.0.0.1:8000/v1 -m Qwen/Qwen2.5-7B-Instruct --concurrency 32 --out runs/z
     """
     from rlaif import critique as stage
 
+    flags.update(base_url=list(base_url) or None)
     config = stage_config(stage.CritiqueConfig, config_file, flags)
     if not config.prompts:
         raise click.UsageError("--prompts is required (or `prompts:` in --config)")
@@ -95,15 +113,25 @@ def _show_trace(row: dict | None) -> None:
 @click.option("--batch-size", type=int, help="Sequences per forward pass; each batch's rows are written as it "
               "finishes (a rerun resumes after the last).  [default: 16]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
-@click.option("--engine", type=click.Choice(["rlaif", "vllm"]), help="vllm: sample with vLLM where installed.  "
-              "[default: rlaif]")
+@click.option("--engine", type=click.Choice(["rlaif", "vllm", "openai"]),
+              help="Where the replies are generated: rlaif (the model, here), vllm (vLLM in this process, on a GPU) "
+                   "or openai (an OpenAI-compatible server: vllm serve, SGLang, llama.cpp, transformers serve; -m is "
+                   "then the name the server serves).  [default: rlaif]")
+@click.option("--base-url", "base_url", multiple=True, metavar="URL",
+              help="With --engine openai: the server's API address, e.g. http://127.0.0.1:8000/v1. Repeat it to share "
+                   "the requests among several servers (each request goes to the least busy).")
+@click.option("--api-key-env", metavar="VAR", help="With --engine openai: the environment variable holding the API "
+              "key, sent as a Bearer token, never printed or saved (unset OPENAI_API_KEY: no key is sent, as local "
+              "servers need none).  [default: OPENAI_API_KEY]")
+@click.option("--concurrency", type=int, help="With --engine openai: requests in flight at once, over all servers; "
+              "each reply is written as it comes back, so a rerun sends only what is missing.  [default: 8]")
 @click.option("--contrastive", is_flag=True, default=None,
               help="RLCD: per prompt, one reply under a principle's follows system prompt (chosen) and one under its "
                    "violates prompt (rejected), written as preference rows to OUT/sample/preferences.jsonl.")
 @click.option("-c", "--constitution", help="With --contrastive: the principles and their system prompts, a shipped "
               "name or a path.  [default: default]")
 @recipe_option
-def sample(config_file, **flags) -> None:
+def sample(config_file, base_url, **flags) -> None:
     """Sample K responses per prompt from a policy: the candidates `rlaif label` compares.
 
     With --contrastive (RLCD), sample a labelled pair per prompt instead: one reply under a principle's "follows"
@@ -115,9 +143,15 @@ def sample(config_file, **flags) -> None:
       rlaif sample --prompts examples/prompts/red-team.jsonl --n 2 --out runs/x
       rlaif sample -m runs/x/sft --prompts prompts.jsonl --n 4 -t 1.0 --out runs/x
       rlaif sample --prompts examples/prompts/red-team.jsonl --contrastive -c harmless --out runs/rlcd
+
+    \b
+    On two servers (`vllm serve Qwen/Qwen2.5-7B-Instruct` on gpu1 and gpu2; see the README's "Inference servers"):
+      rlaif sample -m Qwen/Qwen2.5-7B-Instruct --prompts prompts.jsonl --n 4 --engine openai \\
+          --base-url http://gpu1:8000/v1 --base-url http://gpu2:8000/v1 --out runs/x
     """
     from rlaif import sample as stage
 
+    flags.update(base_url=list(base_url) or None)
     config = stage_config(stage.SampleConfig, config_file, flags)
     if not config.prompts:
         raise click.UsageError("--prompts is required (or `prompts:` in --config)")

@@ -1,0 +1,333 @@
+"""Where the generation stages (`rlaif critique`, `rlaif sample`) run their requests: the engines.
+
+    complete = open_engine(config)  # a CritiqueConfig or SampleConfig whose engine is vllm or openai
+    for index, reply in complete(conversations, GenerationConfig(max_new_tokens=64, seeds=seeds), prefix):
+        ...                         # reply: an rlaif.generate.Generation, as each finishes, in no set order
+
+A stage's `complete(conversations, generation, prefix=None)` takes chat conversations (lists of {"role", "content"}
+messages), a GenerationConfig (max_new_tokens, temperature, top_p and `seeds`, one per conversation) and messages
+every conversation starts with (critique's few-shot block), and yields (index into conversations, Generation) pairs
+as replies finish, so that the stage writes each row once it is whole: a killed run loses the requests in flight,
+and the rerun sends only the work not yet written. `engine` picks one of three:
+
+- rlaif: batched generation in this process (rlaif.generate), each stage's own `_model_complete`.
+- vllm: vLLM in this process, on a GPU where it is installed (`vllm_complete`).
+- openai: HTTP to any OpenAI-compatible server (`OpenAIEngine`): `vllm serve`, SGLang, llama.cpp's llama-server,
+  TGI, `transformers serve`. The stage's `model` setting is the name sent to the server.
+
+**What openai sends.** One POST BASE_URL/chat/completions per reply with the standard fields only: model, messages
+(the prefix, then the conversation), max_tokens, temperature, top_p and the reply's own seed (`n` is left out:
+llama-cpp-python and `transformers serve` ignore it). Anything else is refused by some server: `transformers serve`
+answers HTTP 422 to a field outside OpenAI's (transformers 5.24, cli/serving/utils.py), OpenAI's API 400, while vLLM
+ignores it (vllm 0.33, entrypoints/serve/engine/protocol.py: extra="allow"). So `transformers serve`'s own
+`generation_config` field is not sent, and that server samples at temperature > 0 only when the model's
+generation_config.json says `do_sample: true` (instruct models ship it; without it, replies are greedy whatever the
+temperature). Its `seed` seeds torch globally, so its draws repeat only when requests go one at a time
+(concurrency 1). The model must be one the server lists at GET BASE_URL/models, checked once at start:
+`vllm serve ORG/NAME` serves ORG/NAME, `transformers serve PATH` exactly PATH as typed (any other name: HTTP 400).
+
+**What comes back.** The reply's text, stripped as rlaif.generate strips it; finish_reason "length" where the server
+says so, else "stop"; token counts from `usage` and no token ids (`Generation.tokens` is the server's
+completion_tokens). A prompt too long for the server's context is an HTTP 400 saying so (vLLM "Input length (N)
+exceeds model's maximum context length (M)", OpenAI "This model's maximum context length is ...", llama-server "the
+request exceeds the available context size"; `TOO_LONG` reads these and others' wording): it comes back with
+finish_reason "too_long", and the stage leaves the prompt out and counts it, as with the local engine. Servers
+draw that line in other places: vLLM shortens max_tokens to the room left and refuses only a prompt longer than the
+context (entrypoints/serve/utils/api_utils.py, get_max_tokens), and `transformers serve` checks nothing.
+
+**Servers, retries, errors.** `concurrency` requests are in flight at once over all the servers, each sent to the
+server with the fewest in flight (on a tie, the one sent fewer so far). A connection error and HTTP 408, 429, 500,
+502, 503 and 504 are retried up to 5 times, after the server's Retry-After (429, 503) or an exponential backoff
+(0.5 s * 2^(n-1) plus up to 0.5 s of jitter; the first retry at once) (urllib3.util.Retry, as TRL 1.16's
+generation/vllm_client.py does); a reply that is not back within request_timeout seconds is asked once more. The API
+key comes from the environment variable api_key_env names and goes out as a Bearer token; it is never printed, logged
+or saved (config.yaml holds the variable's name). What cannot go on stops the stage with a ConfigError naming what to
+change: a server that cannot be reached (its URL), a model it does not serve (with the ones it does), HTTP 401 or 403
+(the variable the key is read from), no reply within request_timeout, any other error (the server's own message).
+
+**What is counted** (`OpenAIEngine.stats`, added to the stage's manifest.json under extra.engine, summed over the
+runs that finished): requests, retries, bytes_sent (request bodies, retries included), bytes_received (the bodies
+of the replies read), prompt_tokens and completion_tokens (from `usage`), and the requests each server was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from rlaif.generate import Generation, GenerationConfig, derive_seed
+from rlaif.models import check_numbers, unused_settings
+from rlaif.records import ConfigError, DataError, Message
+
+ENGINES = ("rlaif", "vllm", "openai")
+API_KEY_ENV = "OPENAI_API_KEY"  # api_key_env's default; unset, no key is sent (a local server needs none)
+RETRIED = (408, 429, 500, 502, 503, 504)
+# How servers say a prompt does not fit their context (see the module docstring); TGI: "... must be <= 4096".
+TOO_LONG = re.compile(r"context (length|size|window)|too long|longer than|must be <=", re.IGNORECASE)
+
+
+def check_settings(config, stage: str, local: list[str]) -> None:
+    """A stage config's engine settings (engine, base_url, api_key_env, concurrency, request_timeout), checked when
+    the config is built, as its other settings are; `local` names the settings only the rlaif engine reads."""
+    if config.engine not in ENGINES:
+        raise DataError(f"{stage} settings", None, "engine", f"expected rlaif, vllm or openai, not {config.engine!r}")
+    check_numbers(config, stage, at_least_one=["concurrency"], positive=["request_timeout"])
+    if config.engine == "openai":
+        if not config.base_url:
+            raise ConfigError("base_url: engine openai sends its requests to a server: give its address, e.g. "
+                              "--base-url http://127.0.0.1:8000/v1", ["base_url", "engine"])
+        for url in config.base_url:
+            if not re.match(r"https?://[^/\s]+", url):
+                raise DataError(f"{stage} settings", None, "base_url", f"expected an http:// or https:// address, "
+                                                                      f"not {url!r}")
+        unused_settings(config, [*local, "batch_size"], "not used with engine: openai (the server batches its "
+                        "requests and places the model)", ("engine",))
+        return
+    if config.base_url:
+        raise ConfigError("base_url: used only with engine: openai (--engine openai)", ["base_url", "engine"])
+    unused_settings(config, ["api_key_env", "concurrency", "request_timeout"],
+                    "used only with engine: openai (--engine openai)", ("engine",))
+    if config.engine == "vllm":
+        if not installed("vllm"):
+            raise DataError(f"{stage} settings", None, "engine", "vllm is not installed here (pip install vllm, "
+                            "on a machine with a GPU); or use engine: rlaif")
+        unused_settings(config, local, "not used with engine: vllm, which places the model itself", ("engine",))
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (vLLM takes seconds)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
+def open_engine(config):
+    """The `complete` of a stage config whose engine is vllm or openai (rlaif is the stage's own). Raises
+    ConfigError when it cannot start: vLLM not installed; a key variable named but unset, a server out of reach or
+    not serving `model` (OpenAIEngine)."""
+    if config.engine == "vllm":
+        return vllm_complete(config.model, config.seed)
+    key = os.environ.get(config.api_key_env, "")
+    if not key and config.api_key_env != API_KEY_ENV:
+        raise ConfigError(f"api_key_env: the environment variable {config.api_key_env} is not set: export the "
+                          f"server's API key in it, or leave api_key_env out for a server that needs no key",
+                          ["api_key_env"])
+    return OpenAIEngine(config.base_url, config.model, api_key=key, api_key_env=config.api_key_env,
+                        concurrency=config.concurrency, timeout=config.request_timeout)
+
+
+def save_counts(manifest, complete) -> None:
+    """Add what an HTTP engine counted (`OpenAIEngine.stats`) to a stage's manifest, under extra["engine"], to the
+    counts of the runs before it; a `complete` that counts nothing (the local engines, a test's) adds nothing."""
+    def summed(before: dict, now: dict) -> dict:
+        return {**before, **{key: summed(before.get(key, {}), value) if isinstance(value, dict)
+                             else before.get(key, 0) + value for key, value in now.items()}}
+
+    if hasattr(complete, "stats"):
+        manifest.extra["engine"] = summed(manifest.extra.get("engine", {}), complete.stats())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# openai: any OpenAI-compatible server, over HTTP
+
+
+class OpenAIEngine:
+    """A stage's `complete` over HTTP to one or more OpenAI-compatible servers (see the module docstring).
+
+        complete = OpenAIEngine(["http://127.0.0.1:8000/v1"], "Qwen/Qwen2.5-7B-Instruct", concurrency=16)
+
+    Checks each server once when made (GET /models: it answers, it serves `model`, it takes the key); a server
+    address without a path gets /v1. `retries` and `backoff` (seconds) set urllib3's Retry."""
+
+    def __init__(self, base_urls: list[str], model: str, api_key: str = "", api_key_env: str = API_KEY_ENV,
+                 concurrency: int = 8, timeout: float = 600.0, retries: int = 5, backoff: float = 0.5):
+        import requests
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        stripped = [url.rstrip("/") for url in base_urls]
+        self.urls = list(dict.fromkeys(url + "/v1" if url.count("/") == 2 else url for url in stripped))
+        self.model, self.has_key, self.key_env, self.concurrency = model, bool(api_key), api_key_env, concurrency
+        self.timeout, self.retries = (min(10.0, timeout), timeout), retries  # (connect, read) seconds
+        # Retry-After is honoured on 429 and 503 (Retry.RETRY_AFTER_STATUS_CODES); read=1: a reply that does not
+        # come in time, or a kept-alive connection the server closed meanwhile, is asked once more.
+        retry = Retry(total=retries, connect=retries, read=1, status=retries, status_forcelist=RETRIED,
+                      allowed_methods={"GET", "POST"}, backoff_factor=backoff, backoff_jitter=backoff, backoff_max=60,
+                      raise_on_status=False)
+        self.session = requests.Session()
+        for scheme in ("http://", "https://"):
+            self.session.mount(scheme, HTTPAdapter(max_retries=retry, pool_maxsize=concurrency))
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.lock = threading.Lock()
+        self.counts = Counter(dict.fromkeys(("requests", "retries", "bytes_sent", "bytes_received", "prompt_tokens",
+                                             "completion_tokens"), 0))
+        self.sent = Counter(dict.fromkeys(self.urls, 0))  # requests per server
+        self.busy = Counter(dict.fromkeys(self.urls, 0))  # requests in flight per server
+        for url in self.urls:
+            self._check(url)
+
+    def __call__(self, conversations: list[list[Message]], generation: GenerationConfig,
+                 prefix: list[Message] | None = None) -> Iterator[tuple[int, Generation]]:
+        """(index, reply) for each conversation, as the replies come back."""
+        seeds = generation.seeds or [None if generation.seed is None else derive_seed(generation.seed, i)
+                                     for i in range(len(conversations))]
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="rlaif-openai")
+        try:
+            jobs = {pool.submit(self._ask, [*(prefix or []), *conversation], generation, seed): i
+                    for i, (conversation, seed) in enumerate(zip(conversations, seeds, strict=True))}
+            for job in as_completed(jobs):
+                yield jobs[job], job.result()
+        finally:  # stopped early (Ctrl-C, an error): the requests not yet sent never are; the process ends when
+            pool.shutdown(wait=False, cancel_futures=True)  # those in flight are back (Python joins the workers)
+
+    def stats(self) -> dict:
+        """What was counted so far: requests, retries, bytes_sent, bytes_received, prompt_tokens, completion_tokens,
+        and `servers`, the requests each server was sent."""
+        with self.lock:
+            return {**self.counts, "servers": dict(self.sent)}
+
+    def _ask(self, messages: list[Message], generation: GenerationConfig, seed: int | None) -> Generation:
+        import requests
+
+        body = {"model": self.model, "messages": messages, "max_tokens": generation.max_new_tokens,
+                "temperature": generation.temperature, "top_p": generation.top_p}
+        if seed is not None:
+            body["seed"] = seed
+        payload = json.dumps(body).encode("utf-8")
+        with self.lock:  # the server with the fewest requests in flight; on a tie, the one sent fewer so far
+            url = min(self.urls, key=lambda u: (self.busy[u], self.sent[u]))
+            self.busy[url] += 1
+            self.sent[url] += 1
+        try:
+            response = self.session.post(f"{url}/chat/completions", data=payload, timeout=self.timeout,
+                                         headers={"Content-Type": "application/json"})
+            retries = len(response.raw.retries.history) if getattr(response.raw, "retries", None) else 0
+            with self.lock:
+                self.counts.update(requests=1, retries=retries, bytes_sent=len(payload) * (1 + retries),
+                                   bytes_received=len(response.content))
+        except requests.RequestException as e:
+            raise self._unreachable(url, e) from None
+        finally:
+            with self.lock:
+                self.busy[url] -= 1
+        if response.status_code in (400, 413, 422) and TOO_LONG.search(_message(response)):
+            return Generation(text="", token_ids=[], finish_reason="too_long")
+        self._refuse(url, response)
+        try:
+            reply = response.json()
+            choice, usage = reply["choices"][0], reply.get("usage") or {}
+            text = choice["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ConfigError(f"base_url: {url} answered with no chat completion ({response.text[:200]!r}); is it "
+                              "an OpenAI-compatible server?", ["base_url"]) from None
+        with self.lock:
+            self.counts.update(prompt_tokens=usage.get("prompt_tokens") or 0,
+                               completion_tokens=usage.get("completion_tokens") or 0)
+        return Generation(text=text.strip(), token_ids=[],
+                          finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+                          prompt_tokens=usage.get("prompt_tokens") or 0,
+                          completion_tokens=usage.get("completion_tokens"))
+
+    def _check(self, url: str) -> None:
+        """That the server answers, takes the key and serves the model: GET /models, once and without retries, so
+        that a server not running is an error at once, not after minutes of retries."""
+        import requests
+
+        try:
+            response = requests.get(f"{url}/models", headers=self.session.headers, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise self._unreachable(url, e) from None
+        self._refuse(url, response)
+        try:
+            served = [str(m["id"]) for m in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"base_url: {url}/models is not a list of models ({response.text[:200]!r}); is it an "
+                              "OpenAI-compatible server?", ["base_url"]) from None
+        if self.model not in served:
+            raise ConfigError(f"model: {url} serves {', '.join(map(repr, served)) or 'no model'}, not "
+                              f"{self.model!r}; with engine openai, model is the name sent to the server: give one "
+                              "of those", ["model"])
+
+    def _refuse(self, url: str, response) -> None:
+        """A ConfigError for an answer that is an error, once retries are spent."""
+        if response.ok:
+            return
+        code, message = response.status_code, _message(response)
+        if code in (401, 403):
+            key = "was refused" if self.has_key else "is not set"
+            raise ConfigError(f"api_key_env: {url} answered HTTP {code} ({message}); the API key is read from the "
+                              f"environment variable {self.key_env}, which {key}", ["api_key_env"])
+        retried = f" after {self.retries} retries" if code in RETRIED else ""
+        hint = " (does base_url end with the API's path, usually /v1?)" if code == 404 else ""
+        raise ConfigError(f"base_url: {url} answered HTTP {code}{retried}: {message}{hint}", ["base_url"])
+
+    def _unreachable(self, url: str, error: Exception) -> ConfigError:
+        from urllib3.exceptions import ReadTimeoutError
+
+        reason = getattr(error.args[0], "reason", error.args[0]) if error.args else error
+        if isinstance(reason, ReadTimeoutError):
+            return ConfigError(f"request_timeout: {url} sent no reply within {self.timeout[1]:g} s, twice; raise "
+                               "request_timeout, or lower concurrency (requests wait in the server's queue)",
+                               ["request_timeout"])
+        why = str(reason).partition("): ")[2] or str(reason)
+        return ConfigError(f"base_url: cannot reach {url} ({why}); is the server running? (README: \"Inference "
+                           "servers\")", ["base_url"])
+
+
+def _message(response) -> str:
+    """The error message in a server's answer: OpenAI's and vLLM's {"error": {"message"}}, FastAPI's {"detail"}
+    (transformers serve), else the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message or (body.get("detail") if isinstance(body, dict) else None) or body)[:500]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# vllm: vLLM in this process
+
+
+def vllm_complete(model: str, seed: int):
+    """The `complete` of vLLM in this process (`vllm.LLM(model, seed)`): each request gets its own seed
+    (`generation.seeds`), so the K copies of a prompt differ and a rerun samples them again alike. vLLM is called
+    with `batch_size` requests at a time (it batches them itself), so a killed run loses at most one call's; a
+    request too long for the model's context is not sent (finish_reason "too_long", as rlaif.generate gives it)."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError:
+        raise ConfigError("engine: vllm is not installed here (pip install vllm, on a machine with a GPU); "
+                          "or use engine: rlaif") from None
+    from rlaif.models import chat_ids, resolve
+
+    llm = LLM(model=resolve(model), seed=seed)
+    tokenizer, context = llm.get_tokenizer(), llm.llm_engine.model_config.max_model_len
+
+    def complete(conversations, generation: GenerationConfig, prefix=None):
+        conversations = [[*(prefix or []), *c] for c in conversations]
+        for start in range(0, len(conversations), generation.batch_size):
+            batch = range(start, min(start + generation.batch_size, len(conversations)))
+            sizes = {i: len(chat_ids(tokenizer, conversations[i], add_generation_prompt=True)) for i in batch}
+            sent = [i for i in batch if sizes[i] + generation.max_new_tokens <= context]
+            for i in sorted(set(batch) - set(sent)):
+                yield i, Generation(text="", token_ids=[], finish_reason="too_long", prompt_tokens=sizes[i])
+            params = [SamplingParams(temperature=generation.temperature, top_p=generation.top_p,
+                                     max_tokens=generation.max_new_tokens, seed=generation.seeds[i]) for i in sent]
+            results = llm.chat([conversations[i] for i in sent], params, use_tqdm=False) if sent else []
+            for i, r in zip(sent, results):
+                yield i, Generation(text=r.outputs[0].text.strip(), token_ids=list(r.outputs[0].token_ids),
+                                    finish_reason="stop" if r.outputs[0].finish_reason == "stop" else "length",
+                                    prompt_tokens=len(r.prompt_token_ids))
+
+    return complete
