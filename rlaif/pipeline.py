@@ -25,11 +25,11 @@ used and left out, and why (`summary`).
 How a recipe is read and checked before anything runs is in rlaif.recipe.
 
 **The labeler check.** With human files, a step before the first reward stage asks whether the AI labeler can be
-trusted: rlaif.report_card.evaluate_labeler on the human pairs (the recipe's constitution and labeler, no chain of
-thought, no injection suite, as many principles per pair as the label stage draws), into OUT/labeler-check/:
-labeler_report.json, whose verdict says whether its best mode beats the best baseline on the same pairs (prefer the
-shorter reply, the longer, the first position, a coin) with 95% confidence, and labels.jsonl, its labels of those
-pairs with people's choice. It labels up to `label.gate_pairs` (default 200) pairs where people chose (ties name no
+trusted: rlaif.report_card.evaluate_labeler on the human pairs (the recipe's constitution, labeler and label mode,
+no chain of thought, no injection suite, as many principles per pair as the label stage draws), into
+OUT/labeler-check/: labeler_report.json, whose verdict says whether the mode the label stage trains with beats the
+best baseline on the same pairs (prefer the shorter reply, the longer, a coin) with 95% confidence, and
+labels.jsonl, its labels of those pairs in that mode, with people's choice. It labels up to `label.gate_pairs` (default 200) pairs where people chose (ties name no
 choice), drawn evenly from every human file by a hash of the pair, and never one the reward stage holds out
 (`reward.eval_fraction`), so that every label it makes can calibrate the reward stage. `label.gate`, read by the
 pipeline (the label stage never sees it), decides what the verdict does:
@@ -268,8 +268,8 @@ def _check_config(recipe: Recipe, out: Path, constitution: str, human: list) -> 
     config = LabelerEvalConfig(pairs=str(directory / "human-pairs.jsonl"), out=str(directory),
                                constitution=constitution, labeler=model_spec(recipe, recipe.labeler),
                                limit=pipeline_setting(recipe, "label", "gate_pairs"), ensemble=ensemble,
-                               chain_of_thought=False, injection_pairs=0, order_free_modes=False,
-                               batch_size=label.batch_size,
+                               chain_of_thought=False, injection_pairs=0, order_free_modes=label.mode != "compare",
+                               label_mode=label.mode, trained_mode_only=True, batch_size=label.batch_size,
                                device=label.device)
     inputs = {"human_files": [path for path, _, _ in human],
               "held_out_fraction": stage_config(recipe, "reward", {}).eval_fraction}

@@ -240,11 +240,13 @@ def _reward(run: Path, rounds: list[int]) -> list[str]:
         if not metrics:
             continue
         train, held = metrics["train"], (metrics.get("heldout") or {}).get("overall") or {}
+        length = (metrics.get("heldout") or {}).get("length") or {}
         rows.append([f"round {k}", str(train["pairs"]), _num(train.get("first_loss")), _num(train.get("last_loss")),
                      str(held.get("pairs", 0)),
-                     Estimate(**held["accuracy_interval"]).number() if held.get("accuracy_interval")
-                     else _num(held.get("accuracy")), _num(held.get("ece")),
-                     _num(((metrics.get("heldout") or {}).get("length") or {}).get("reward_length_correlation"))])
+                     Estimate(**held["accuracy_interval"]).percent() if held.get("accuracy_interval")
+                     else _num(held.get("accuracy")),
+                     Estimate(**length["shorter_wins"]).percent() if length.get("shorter_wins") else "-",
+                     _num(held.get("ece")), _num(length.get("reward_length_correlation"))])
         if held.get("calibration"):
             calibration[f"round {k}"] = held["calibration"]
         section = metrics.get("reliability") or {}
@@ -254,7 +256,7 @@ def _reward(run: Path, rounds: list[int]) -> list[str]:
     if not rows:
         return parts + ["<p class=note>No reward model yet.</p>"]
     parts.append(_table(["round", "train pairs", "first loss", "last loss", "held-out pairs", "held-out accuracy",
-                         "ECE", "reward-length r"], rows))
+                         "prefer the shorter reply (baseline)", "ECE", "reward-length r"], rows))
     rate = lambda e: _interval({key: e[key] for key in ("value", "low", "high", "n")}) if e and \
         e.get("value") is not None else "-"
     for k, section, sources in reliability:

@@ -77,13 +77,14 @@ import hashlib
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from rlaif import stats
 from rlaif.label import to_preference
 from rlaif.models import check_numbers, unused_settings
-from rlaif.records import DataError, Tally, dumps_json, outcome, read_jsonl, write_atomic, write_jsonl
+from rlaif.records import ConfigError, DataError, Tally, dumps_json, outcome, read_jsonl, write_atomic, write_jsonl
 
 
 @dataclass
@@ -98,14 +99,30 @@ class LabelerEvalConfig:
     max_new_tokens: int = 96  # rationale length (chain of thought)
     injection_pairs: int = 8  # pairs attacked by each injection style; 0 skips the injection suite
     order_free_modes: bool = True  # also the likelihood contrast and score difference modes (a pass over the pairs each)
+    label_mode: str = "compare"  # the mode labels.jsonl labels in, as `rlaif label --mode` (contrast and score need
+    #   order_free_modes), so that the reward stage can measure labels of that mode against people
+    trained_mode_only: bool = False  # the verdict judges the one mode `rlaif label` trains with (label_mode, and the
+    #   constitution's principles per pair and orders), not the best of all: a recipe's labeler check
     batch_size: int = 8
     device: str | None = None
+
+    # Settings added after the first checks, each with the value that reproduces them (rlaif.records.added_default)
+    ADDED: ClassVar[dict] = {"label_mode": "compare", "trained_mode_only": False}
 
     def __post_init__(self):
         check_numbers(self, "eval labeler", at_least_one=["limit", "ensemble", "max_new_tokens", "batch_size"],
                       nonnegative=["injection_pairs"])
         if not self.chain_of_thought:
             unused_settings(self, ["max_new_tokens"], "the rationale's length limit, used only with chain of thought")
+        if self.label_mode not in ("compare", *ORDER_FREE):
+            raise DataError("eval labeler settings", None, "label_mode",
+                            f"expected compare, contrast or score, not {self.label_mode!r}")
+        if self.label_mode in ORDER_FREE and not self.order_free_modes:
+            raise ConfigError(f"label_mode: {self.label_mode} labels come from the order-free modes; turn "
+                              "order_free_modes on", ["label_mode", "order_free_modes"])
+
+
+ORDER_FREE = {"contrast": "likelihood contrast", "score": "score difference"}  # label mode -> its report card mode
 
 
 def calibration_bins(probs: list[float], bins: int = 10) -> list[dict]:
@@ -162,13 +179,15 @@ def mode_predictions(ids: list[str], judged: list[list], ensemble: int, seed: in
     the first judgement of a pair is its single principle."""
     firsts = [js[0] for js in judged]
     shown_a = human_choice_shown_first(ids, seed)
-    return {
+    modes = {
         "single order": ([j.shown_first if a else j.shown_second for j, a in zip(firsts, shown_a)], None),
         "both orders": ([j.p for j in firsts], [(j.shown_first, j.shown_second) for j in firsts]),
-        f"ensemble of {ensemble}": (
-            [sum(x.p for x in js) / len(js) for js in judged],
-            [(sum(x.shown_first for x in js) / len(js), sum(x.shown_second for x in js) / len(js)) for js in judged]),
     }
+    if ensemble > 1:  # an ensemble of 1 is "both orders" again
+        modes[f"ensemble of {ensemble}"] = (
+            [sum(x.p for x in js) / len(js) for js in judged],
+            [(sum(x.shown_first for x in js) / len(js), sum(x.shown_second for x in js) / len(js)) for js in judged])
+    return modes
 
 
 def labeler_modes(ids: list[str], judged: list[list], ensemble: int, seed: int = 0) -> dict:
@@ -236,6 +255,22 @@ def label_rows(pairs: list, judged: list[list], k: int | str, both_orders: bool,
             used = [replace(j, shown_second=None) for j in used]
         row = to_preference(pair, used, labeler, min_margin)
         rows.append({**row, "human_chosen": "chosen" if row["chosen"][0]["content"] == pair.first else "rejected"})
+    return rows
+
+
+def order_free_rows(pairs: list, p_human: list[float], principles: list[list[str]], labeler: str,
+                    mode: str) -> list[dict]:
+    """labels.jsonl in an order-free mode (contrast, score): each pair's row facing the reply its P(human-chosen is
+    better) favours, p_chosen = max(p, 1 - p), tagged with the mode so that the reward stage measures these labels
+    apart from compare ones (rlaif.reliability.labeler_of), plus `human_chosen` as in `label_rows`."""
+    rows = []
+    for pair, p, drawn in zip(pairs, p_human, principles):
+        first_wins = p >= 0.5
+        chosen, rejected = (pair.first, pair.second) if first_wins else (pair.second, pair.first)
+        rows.append({"id": pair.id, "prompt": pair.prompt, "chosen": [{"role": "assistant", "content": chosen}],
+                     "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": float(max(p, 1 - p)),
+                     "source": "ai", "labeler": labeler, "mode": mode, "principles": drawn[:1] if mode == "contrast"
+                     else [], "human_chosen": "chosen" if first_wins else "rejected"})
     return rows
 
 
@@ -332,12 +367,30 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
     for js in judged:
         for j in js:
             per_principle.setdefault(j.principle, []).append(j.p)
+    # labels.jsonl: the judgement `rlaif label` would make in label_mode, as far as the modes above measured it
+    if config.label_mode in ORDER_FREE:
+        trained = ORDER_FREE[config.label_mode]
+        rows = order_free_rows(pairs, predictions[trained][0], principles, config.labeler, config.label_mode)
+        judgement = f"mode {config.label_mode}: the {trained}, first principle"
+    else:
+        if cot_labels and cot:
+            source, used, how = [[j] for j in cot], 1, ", chain of thought (first principle, clamped)"
+            trained = "chain of thought"
+        else:
+            source, used = judged, ensemble if k == "all" else min(k, ensemble)
+            how = " (chain of thought is off in this evaluation)" if cot_labels else ""
+            trained = ("both orders" if both else "single order") if used == 1 else f"ensemble of {ensemble}"
+        rows = label_rows(pairs, source, used, both, config.labeler, as_labeled.min_margin)
+        wanted = len(constitution.principles) if k == "all" else k
+        asked = "" if cot_labels and cot or wanted <= used else f"; the constitution asks for {k}, --ensemble drew {used}"
+        judgement = (f"{used} principle{'' if used == 1 else 's'} per pair, "
+                     f"{'both orders' if both else 'the first order only'}{how}{asked}")
     report = {
         "config": asdict(config),
         "pairs": len(pairs),
         "counts": tally.counts(),
         "summary": tally.summary(),
-        "verdict": verdict(predictions, skeptics),
+        "verdict": verdict({trained: predictions[trained]} if config.trained_mode_only else predictions, skeptics),
         "modes": {name: mode_metrics(*prediction) for name, prediction in predictions.items()},
         "baselines": {name: mode_metrics(*prediction) for name, prediction in skeptics.items()},
         "per_principle": {pid: {"pairs": len(ps), "agreement": _interval(stats.agreement, ps)}
@@ -345,18 +398,7 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
     }
     if config.injection_pairs:
         report["injection"] = injection_report(labeler, pairs[: config.injection_pairs], principles[0][0])
-    # labels.jsonl: the judgement `rlaif label` would make, as far as the modes above measured it
-    if cot_labels and cot:
-        source, used, how = [[j] for j in cot], 1, ", chain of thought (first principle, clamped)"
-    else:
-        source, used = judged, ensemble if k == "all" else min(k, ensemble)
-        how = " (chain of thought is off in this evaluation)" if cot_labels else ""
-    rows = label_rows(pairs, source, used, both, config.labeler, as_labeled.min_margin)
-    wanted = len(constitution.principles) if k == "all" else k
-    asked = "" if cot_labels and cot or wanted <= used else f"; the constitution asks for {k}, --ensemble drew {used}"
-    report["labels"] = {"file": "labels.jsonl", "rows": len(rows),
-                        "judgement": f"{used} principle{'' if used == 1 else 's'} per pair, "
-                                     f"{'both orders' if both else 'the first order only'}{how}{asked}"}
+    report["labels"] = {"file": "labels.jsonl", "rows": len(rows), "judgement": judgement}
     report["method"] = stats.method(len(pairs))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -528,6 +528,10 @@ def evaluate_reward_model(scorer: RewardModel, rows: list[PreferenceRow]) -> dic
         "longer_wins_accuracy": (sum((a > b) + 0.5 * (a == b) for a, b in
                                      ((lengths[i], lengths[len(rows) + i]) for i, _ in decided)) / len(decided)
                                  if decided else None),
+        # the rule a reward model must beat (docs/reward-table.md): prefer the shorter reply, in tokens, a tie half
+        "shorter_wins": stats.bootstrap(stats.agreement, [
+            1.0 if a < b else 0.5 if a == b else 0.0
+            for a, b in ((lengths[i], lengths[len(rows) + i]) for i, _ in decided)]).as_dict() if decided else None,
         "mean_tokens_chosen": sum(lengths[: len(rows)]) / len(rows),
         "mean_tokens_rejected": sum(lengths[len(rows) :]) / len(rows),
     }

@@ -550,3 +550,18 @@ def test_report_card_adds_the_order_free_modes(roomy_model_dir, tmp_path):
     off = evaluate_labeler(LabelerEvalConfig(**{**config.__dict__, "order_free_modes": False,
                                                 "out": str(tmp_path / "off")}))
     assert "likelihood contrast" not in off["modes"] and "score difference" not in off["modes"]
+    assert "ensemble of 1" not in report["modes"]  # it would be "both orders" again, and one more mode to pick from
+    # A recipe that labels in mode score checks the labeler in that mode: labels.jsonl holds score labels, which
+    # the reward stage measures the score labels against (rlaif.reliability.labeler_of), and the verdict is on it.
+    from rlaif.reliability import labeler_of
+
+    scored = evaluate_labeler(LabelerEvalConfig(**{**config.__dict__, "label_mode": "score", "trained_mode_only": True,
+                                                   "out": str(tmp_path / "score")}))
+    assert scored["verdict"]["best_mode"] == "score difference" and "best of 1 mode:" in scored["verdict"]["text"]
+    rows = list(read_jsonl(tmp_path / "score" / "labels.jsonl"))
+    p = scored["modes"]["score difference"]["agreement"]
+    assert len(rows) == 3 and {labeler_of(r, "labels.jsonl") for r in rows} == {f"{roomy_model_dir} (score)"}
+    assert all(r["p_chosen"] >= 0.5 and r["source"] == "ai" for r in rows)
+    assert sum((r["human_chosen"] == "chosen") * 1.0 for r in rows) / 3 == pytest.approx(p["value"], abs=1 / 6)
+    with pytest.raises(ConfigError, match="label_mode: score labels come from the order-free modes"):
+        LabelerEvalConfig(**{**config.__dict__, "label_mode": "score", "order_free_modes": False})

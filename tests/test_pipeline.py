@@ -406,10 +406,11 @@ def test_settings_added_later_keep_the_keys_of_runs_made_before_them(recipe_file
 
     now, older = keys(), keys(older=True)
     same = [stage for (_, stage), key in now.items() if older[1, stage] == key]
-    assert same == ["rankings", "critique", "sft", "sample", "label", "labeler-check"]
-    contrast = keys({"label.mode": "contrast"})
+    # the labeler check now judges the mode the label stage trains with (trained_mode_only), which older checks did not
+    assert same == ["rankings", "critique", "sft", "sample", "label"]
+    contrast = keys({"label.mode": "contrast"})  # the check labels in the label stage's mode: it is redone too
     assert [stage for (_, stage), key in contrast.items() if now[1, stage] == key] == [
-        "rankings", "critique", "sft", "sample", "labeler-check"]
+        "rankings", "critique", "sft", "sample"]
 
 
 def test_report_of_a_run_still_in_its_first_round(tmp_path):
@@ -430,7 +431,7 @@ def test_report_of_a_run_still_in_its_first_round(tmp_path):
     page = render(tmp_path / "run").read_text()
     assert "Not evaluated yet" in page and "No PPO, GRPO or RLOO steps logged" in page
     assert "No held-out pairs, so no calibration plot" in page
-    assert page.count("<figure id=") == 2 and "<td class=num>50.0% [0.0, 100.0]</td>" in page  # 1 of 2 consistent
+    assert page.count("<figure id=") == 2 and "<td class=num>50.0% [9.5, 90.5]</td>" in page  # 1 of 2 consistent
     with pytest.raises(ConfigError, match="not a run directory"):
         render(tmp_path)
 

@@ -161,6 +161,10 @@ def test_training_learns_a_separable_preference(tmp_path, tiny_model_dir):
     assert held["overall"]["accuracy"] >= 0.9, held
     assert held["human"]["accuracy"] >= 0.9 and held["ai"]["accuracy"] >= 0.9
     assert -1.0 <= held["length"]["reward_length_correlation"] <= 1.0
+    # the baseline beside the accuracy: prefer the shorter reply, on the same pairs (a tie half, as the longer rule)
+    shorter = held["length"]["shorter_wins"]
+    assert shorter["value"] == pytest.approx(1 - held["length"]["longer_wins_accuracy"])
+    assert shorter["n"] == held["overall"]["pairs"] and shorter["low"] <= shorter["value"] <= shorter["high"]
     stats = json.loads((tmp_path / "rm" / "reward_stats.json").read_text())
     assert stats["responses"] == 64 and stats["std"] > 0
 

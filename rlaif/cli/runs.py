@@ -220,6 +220,9 @@ def report(run_dir: str, out_path: str | None) -> None:
 @click.option("--order-free/--no-order-free", "order_free_modes", default=None,
               help="Also the likelihood contrast and score difference modes, which show no reply beside the other."
                    "  [default: on]")
+@click.option("--label-mode", type=click.Choice(["compare", "contrast", "score"]),
+              help="The mode of the labels in labels.jsonl (as `rlaif label --mode`): pass that file to `rlaif "
+                   "reward --calibration` to measure labels made in that mode.  [default: compare]")
 @click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
 @recipe_option

@@ -137,7 +137,7 @@ def reward(config_file, data, eval_data, calibration, **flags) -> None:
         for name, m in held.items():
             if name != "length":
                 fmt = lambda v: "-" if v is None else f"{v:.3f}"
-                accuracy = (Estimate(**m["accuracy_interval"]).number() if m.get("accuracy_interval")
+                accuracy = (Estimate(**m["accuracy_interval"]).percent() if m.get("accuracy_interval")
                             else fmt(m["accuracy"]))
                 ece = fmt(m["ece"]) + (f" ({m['ece_floor']:.3f})" if m.get("ece_floor") is not None else "")
                 table.add_row(shown(name), str(m["pairs"]), accuracy, fmt(m["mean_margin"]), ece)
@@ -146,6 +146,10 @@ def reward(config_file, data, eval_data, calibration, **flags) -> None:
         if length["reward_length_correlation"] is not None:
             out.print(f"reward vs response length: r = {length['reward_length_correlation']:+.2f} "
                       f"(the longer response is the chosen one in {length['longer_wins_accuracy']:.0%} of pairs)")
+        if length.get("shorter_wins"):
+            out.print(f"baseline on the same pairs: prefer the shorter reply, "
+                      f"{Estimate(**length['shorter_wins']).percent()}; a reward model below it has learnt less "
+                      "than reply length tells")
     print_reliability(metrics.get("reliability", {}))
     agreement = metrics["agreement"]
     if agreement["pairs_labeled_by_both"]:
