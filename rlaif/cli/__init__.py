@@ -3,7 +3,7 @@
 Here: the `rlaif` group, the user errors it turns into a message and exit 1, `stage_config` (dataclass defaults <
 recipe file < flags) and `main`. The commands, by what users do: project.py (init, constitution, generate),
 data.py (critique, sample, label, score, rankings), training.py (sft, reward, ppo, dpo, grpo) and runs.py (run,
-eval, report).
+eval, report, export).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Whole runs: `rlaif run` (a recipe: every stage, in rounds), `rlaif eval` and `rlaif report`."""
+"""Whole runs: `rlaif run` (a recipe: every stage, in rounds), `rlaif eval`, `rlaif report` and `rlaif export`."""
 
 from __future__ import annotations
 
@@ -251,3 +251,107 @@ def eval_labeler(config_file, **flags) -> None:
     injection = f"; injection: {report['injection']['summary']}" if "injection" in report else ""
     out.print(f"[green]✓[/green] report → {shown(config.out)}/labeler_report.json ({shown(report['summary'])}"
               f"{shown(injection)})", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif export verl | openrlhf
+
+
+@cli.group(name="export", cls=_Group)
+def export_group() -> None:
+    """Hand a round's RL step to verl or OpenRLHF, and bring the policy back for `rlaif eval`.
+
+    For a policy too large for rlaif's own PPO. Run the recipe until the round's reward stage has finished (stop
+    `rlaif run` when it prints `round K · ppo`: finished stages are kept, and the ppo stage has written the
+    config.yaml whose settings the export maps), then export the round: its reward model and starting policy
+    (hard-linked, readable by transformers 4 and 5), its prompts in the engine's format and a launch script with
+    the round's PPO settings. Train with the engine, then compare the policy it trained with the others:
+
+    \b
+      rlaif export verl runs/gpu                      -> runs/gpu/export-verl-round-1/
+      bash runs/gpu/export-verl-round-1/run_verl.sh   (where verl and Ray are installed)
+      rlaif eval runs/gpu --config runs/gpu/export-verl-round-1/eval.yaml
+
+    The export's README.txt says what was mapped, what was not, and how to get the trained policy back.
+    """
+
+
+def _export_options(command):
+    for option in reversed([
+        click.argument("run_dir", metavar="RUN", type=click.Path()),
+        click.option("--round", "round_", type=click.IntRange(min=1),
+                     help="The round to export (RUN/round-K may also be given as RUN).  [default: the last round "
+                          "with a finished reward model]"),
+        click.option("--out", type=click.Path(file_okay=False),
+                     help="Where the files go; the engine's checkpoints and trained policy go there too.  "
+                          "[default: RUN/export-ENGINE-round-K]"),
+        click.option("--prompts", type=click.Path(),
+                     help="Training prompts (any file `rlaif ppo --prompts` reads).  [default: the round's]"),
+        click.option("--policy", type=click.Path(),
+                     help="The policy to start from, a Hugging Face directory: for round K > 1 the policy round "
+                          "K-1 trained with an engine.  [default: round-1/sft, or round K-1's policy]"),
+    ]):
+        command = option(command)
+    return command
+
+
+def _export(engine: str, run_dir: str, round_: int | None, out_dir: str | None, prompts: str | None,
+            policy: str | None, eval_prompts: str | None = None) -> None:
+    from rlaif.export import export, find_round
+
+    handoff = find_round(run_dir, round_, prompts=prompts, eval_prompts=eval_prompts, policy=policy)
+    summary = export(engine, handoff, out_dir)
+    out.print(f"[green]✓[/green] round {summary['round']} → {shown(summary['out'])}", soft_wrap=True)
+    out.print(f"  prompts: {shown(summary['prompts'])}"
+              + (f"; eval prompts: {shown(summary['eval_prompts'])}" if summary["eval_prompts"] else ""),
+              soft_wrap=True)
+    out.print(f"  reward model: {shown(handoff.reward_model)} ({summary['models']['reward model']}); start policy: "
+              f"{shown(handoff.policy)} ({summary['models']['start policy']})", soft_wrap=True)
+    out.print(f"  PPO settings from {shown(handoff.ppo_source)}", soft_wrap=True)
+    for note in summary["notes"]:
+        err.print(f"[yellow]note:[/yellow] {shown(note)}", soft_wrap=True)
+    out.print(f"  next: bash {shown(summary['script'])}   (README.txt beside it: how to bring the policy back)",
+              soft_wrap=True)
+
+
+@export_group.command(name="verl")
+@_export_options
+@click.option("--eval-prompts", type=click.Path(),
+              help="Held-out prompts, for val.parquet.  [default: PPO's eval_prompts, else those `rlaif eval` used]")
+def export_verl(run_dir, round_, out, prompts, policy, eval_prompts) -> None:
+    """Export a round for verl: parquet prompts, the reward model, run_verl.sh.
+
+    Writes train.parquet (and val.parquet from the held-out prompts): one row per prompt with data_source
+    (rlaif/red-team or rlaif/helpful), prompt (the chat list), ability, reward_model {style: model} and extra_info
+    {split, index, id}. run_verl.sh runs `python3 -m verl.trainer.main_ppo` with the reward model as verl's reward
+    worker, reading replies through its chat template as rlaif does, and the round's PPO settings where verl has the
+    same one (KL penalty in the reward, estimator, gamma, lam, clip ranges, lengths, temperature, learning rates,
+    steps); verl does not normalise a model's reward, so the KL coefficient is scaled by the reward's std instead.
+
+    \b
+    Examples:
+      rlaif export verl runs/gpu
+      rlaif export verl runs/gpu --round 2 --out /shared/handoff/round-2
+      rlaif export verl runs/gpu/round-2 --policy /shared/handoff/round-1/trained-policy
+    """
+    _export("verl", run_dir, round_, out, prompts, policy, eval_prompts)
+
+
+@export_group.command(name="openrlhf")
+@_export_options
+def export_openrlhf(run_dir, round_, out, prompts, policy) -> None:
+    """Export a round for OpenRLHF: prompts.jsonl, the reward model, run_openrlhf.sh.
+
+    Writes prompts.jsonl (each prompt's chat list under `input`, with its id and tags) and run_openrlhf.sh:
+    `python3 -m openrlhf.cli.train_ppo_ray` with the dotted flags of OpenRLHF 0.10.2 and later (the script lists
+    the older names), --data.apply_chat_template, --reward.normalize_enable with the reward model's mean and std
+    written into its config.json, and the round's PPO settings where OpenRLHF has the same one. OpenRLHF reads the
+    reward at the policy's EOS token: where the chat template closes a reply with more (ChatML: a newline), that
+    is not where rlaif's reward model reads it, and the export says so.
+
+    \b
+    Examples:
+      rlaif export openrlhf runs/gpu
+      rlaif export openrlhf runs/gpu --round 1 --out /shared/handoff/openrlhf
+    """
+    _export("openrlhf", run_dir, round_, out, prompts, policy)
