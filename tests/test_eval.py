@@ -298,3 +298,27 @@ def test_the_report_says_when_ai_labels_trained_unmeasured(tmp_path):
     page = render(tmp_path / "run").read_text()
     assert "train as given, unmeasured: no pair people labelled checks them" in page
     assert "the AI labels of &lt;i&gt;judge&lt;/i&gt;" in page and "<i>judge</i>" not in page
+
+
+def test_the_alignment_table_names_policies_by_directory_with_intervals(tmp_path):
+    """examples/alignment/table.py, docs/alignment.md's table: one row per policy of an eval.json, named by its
+    directory, each figure with its interval."""
+    import subprocess
+    import sys
+
+    def entry(reward: float) -> dict:
+        figures = {"reward": reward, "rm_win_vs_base": 0.6, "kl": 0.1, "tokens": 40.0, "refusal_rate": 0.0}
+        return {"prompts": 100, **figures, "intervals": {k: {"value": v, "low": v - 0.05, "high": v + 0.05, "n": 100}
+                                                         for k, v in figures.items()}}
+
+    summary = {"policies": {"base": "m", "sft": "aln/round-1/sft", "round-1": "aln/ppo_human"},
+               "results": {"all": {"base": entry(0.1), "sft": entry(0.2), "round-1": entry(0.3)}},
+               "method": "95% intervals", "reward_model": "aln/judge", "labeler": "m"}
+    (tmp_path / "eval.json").write_text(json.dumps(summary))
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "examples" / "alignment" / "table.py"
+    shown = subprocess.run([sys.executable, str(script), str(tmp_path / "eval.json")], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert shown[2].startswith("| base | 0.100 [0.050, 0.150] | 60.0% [55.0, 65.0] | - |")
+    assert shown[4].startswith("| ppo_human | 0.300 [0.250, 0.350] |") and shown[-1].startswith("n = 100 prompts")
