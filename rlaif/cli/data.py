@@ -12,6 +12,31 @@ from rlaif.cli import _Group, cli, out, recipe_option, shown, stage_config
 # rlaif critique
 
 
+# The engine flags of the generation stages (rlaif.engines), in this order in their help
+ENGINE_OPTIONS = [
+    click.option("--engine", type=click.Choice(["rlaif", "vllm", "openai"]),
+                 help="Where the replies are generated: rlaif (the model, here), vllm (vLLM in this process, on a "
+                      "GPU) or openai (an OpenAI-compatible server: vllm serve, SGLang, llama.cpp, transformers serve; "
+                      "-m is then the name the server serves).  [default: rlaif]"),
+    click.option("--base-url", "base_url", multiple=True, metavar="URL",
+                 help="With --engine openai: the server's API address, e.g. http://127.0.0.1:8000/v1. Repeat it to "
+                      "share the requests among several servers (each request goes to the least busy)."),
+    click.option("--api-key-env", metavar="VAR", help="With --engine openai: the environment variable holding the "
+                 "API key, sent as a Bearer token, never printed or saved (unset OPENAI_API_KEY: no key is sent, as "
+                 "local servers need none).  [default: OPENAI_API_KEY]"),
+    click.option("--concurrency", type=int, help="With --engine openai: requests in flight at once, over all "
+                 "servers; each reply is written as it comes back, so a rerun sends only what is missing.  "
+                 "[default: 8]"),
+]
+
+
+def engine_options(command):
+    """Add ENGINE_OPTIONS to a command, as a stack of @click.option decorators would."""
+    for option in reversed(ENGINE_OPTIONS):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.option("--prompts", help="Prompt file: JSONL, CSV or TSV (a prompt column), plain text (one per line, no "
                                 "header) or hh-rlhf transcripts.")
@@ -35,18 +60,7 @@ from rlaif.cli import _Group, cli, out, recipe_option, shown, stage_config
 @click.option("--kv-memory-gb", type=float,
               help="Keys/values kept between turns so history is not recomputed; 0 turns it off.  [default: 2]")
 @click.option("--device", help="cpu, cuda, cuda:1, ...  [default: a GPU if there is one]")
-@click.option("--engine", type=click.Choice(["rlaif", "vllm", "openai"]),
-              help="Where the replies are generated: rlaif (the model, here), vllm (vLLM in this process, on a GPU) "
-                   "or openai (an OpenAI-compatible server: vllm serve, SGLang, llama.cpp, transformers serve; -m is "
-                   "then the name the server serves).  [default: rlaif]")
-@click.option("--base-url", "base_url", multiple=True, metavar="URL",
-              help="With --engine openai: the server's API address, e.g. http://127.0.0.1:8000/v1. Repeat it to share "
-                   "the requests among several servers (each request goes to the least busy).")
-@click.option("--api-key-env", metavar="VAR", help="With --engine openai: the environment variable holding the API "
-              "key, sent as a Bearer token, never printed or saved (unset OPENAI_API_KEY: no key is sent, as local "
-              "servers need none).  [default: OPENAI_API_KEY]")
-@click.option("--concurrency", type=int, help="With --engine openai: requests in flight at once, over all servers; "
-              "each reply is written as it comes back, so a rerun sends only what is missing.  [default: 8]")
+@engine_options
 @recipe_option
 def critique(config_file, base_url, **flags) -> None:
     """Critique and revise answers under the constitution's principles; write SFT data.
@@ -113,18 +127,7 @@ def _show_trace(row: dict | None) -> None:
 @click.option("--batch-size", type=int, help="Sequences per forward pass; each batch's rows are written as it "
               "finishes (a rerun resumes after the last).  [default: 16]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
-@click.option("--engine", type=click.Choice(["rlaif", "vllm", "openai"]),
-              help="Where the replies are generated: rlaif (the model, here), vllm (vLLM in this process, on a GPU) "
-                   "or openai (an OpenAI-compatible server: vllm serve, SGLang, llama.cpp, transformers serve; -m is "
-                   "then the name the server serves).  [default: rlaif]")
-@click.option("--base-url", "base_url", multiple=True, metavar="URL",
-              help="With --engine openai: the server's API address, e.g. http://127.0.0.1:8000/v1. Repeat it to share "
-                   "the requests among several servers (each request goes to the least busy).")
-@click.option("--api-key-env", metavar="VAR", help="With --engine openai: the environment variable holding the API "
-              "key, sent as a Bearer token, never printed or saved (unset OPENAI_API_KEY: no key is sent, as local "
-              "servers need none).  [default: OPENAI_API_KEY]")
-@click.option("--concurrency", type=int, help="With --engine openai: requests in flight at once, over all servers; "
-              "each reply is written as it comes back, so a rerun sends only what is missing.  [default: 8]")
+@engine_options
 @click.option("--contrastive", is_flag=True, default=None,
               help="RLCD: per prompt, one reply under a principle's follows system prompt (chosen) and one under its "
                    "violates prompt (rejected), written as preference rows to OUT/sample/preferences.jsonl.")
