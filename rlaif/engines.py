@@ -71,9 +71,10 @@ RETRIED = (408, 429, 500, 502, 503, 504)
 TOO_LONG = re.compile(r"context (length|size|window)|too long|longer than|must be <=", re.IGNORECASE)
 
 
-def check_settings(config, stage: str, local: list[str]) -> None:
+def check_settings(config, stage: str, local: list[str], batches: bool = False) -> None:
     """A stage config's engine settings (engine, base_url, api_key_env, concurrency, request_timeout), checked when
-    the config is built, as its other settings are; `local` names the settings only the rlaif engine reads."""
+    the config is built, as its other settings are; `local` names the settings only the rlaif engine reads, and
+    `batches` says that the stage's batch_size counts the work it writes at once with every engine."""
     if config.engine not in ENGINES:
         raise DataError(f"{stage} settings", None, "engine", f"expected rlaif, vllm or openai, not {config.engine!r}")
     check_numbers(config, stage, at_least_one=["concurrency"], positive=["request_timeout"])
@@ -85,7 +86,7 @@ def check_settings(config, stage: str, local: list[str]) -> None:
             if not re.match(r"https?://[^/\s]+", url):
                 raise DataError(f"{stage} settings", None, "base_url", f"expected an http:// or https:// address, "
                                                                       f"not {url!r}")
-        unused_settings(config, [*local, "batch_size"], "not used with engine: openai (the server batches its "
+        unused_settings(config, [*local, *([] if batches else ["batch_size"])], "not used with engine: openai (the server batches its "
                         "requests and places the model)", ("engine",))
         return
     if config.base_url:
@@ -109,18 +110,19 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def open_engine(config):
-    """The `complete` of a stage config whose engine is vllm or openai (rlaif is the stage's own). Raises
-    ConfigError when it cannot start: vLLM not installed; a key variable named but unset, a server out of reach or
-    not serving `model` (OpenAIEngine)."""
+def open_engine(config, model: str | None = None):
+    """The `complete` of a stage config whose engine is vllm or openai (rlaif is the stage's own), for `model`
+    (default: the config's `model`). Raises ConfigError when it cannot start: vLLM not installed; a key variable
+    named but unset, a server out of reach or not serving the model (OpenAIEngine)."""
+    model = model or config.model
     if config.engine == "vllm":
-        return vllm_complete(config.model, config.seed)
+        return vllm_complete(model, config.seed)
     key = os.environ.get(config.api_key_env, "")
     if not key and config.api_key_env != API_KEY_ENV:
         raise ConfigError(f"api_key_env: the environment variable {config.api_key_env} is not set: export the "
                           f"server's API key in it, or leave api_key_env out for a server that needs no key",
                           ["api_key_env"])
-    return OpenAIEngine(config.base_url, config.model, api_key=key, api_key_env=config.api_key_env,
+    return OpenAIEngine(config.base_url, model, api_key=key, api_key_env=config.api_key_env,
                         concurrency=config.concurrency, timeout=config.request_timeout)
 
 
@@ -196,12 +198,66 @@ class OpenAIEngine:
             return {**self.counts, "servers": dict(self.sent)}
 
     def _ask(self, messages: list[Message], generation: GenerationConfig, seed: int | None) -> Generation:
-        import requests
-
         body = {"model": self.model, "messages": messages, "max_tokens": generation.max_new_tokens,
                 "temperature": generation.temperature, "top_p": generation.top_p}
         if seed is not None:
             body["seed"] = seed
+        url, choice, usage = self._send(body)
+        if choice is None:
+            return Generation(text="", token_ids=[], finish_reason="too_long")
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else 0
+        if not isinstance(text, str | None):
+            raise ConfigError(f"base_url: {url} answered with no chat completion ({str(choice)[:200]!r}); is it an "
+                              "OpenAI-compatible server?", ["base_url"])
+        return Generation(text=(text or "").strip(), token_ids=[],
+                          finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+                          prompt_tokens=usage.get("prompt_tokens") or 0,
+                          completion_tokens=usage.get("completion_tokens"))
+
+    def next_tokens(self, conversations: list[list[Message]], prefix: list[Message] | None = None,
+                    max_tokens: int = 3, top: int = 20) -> Iterator[tuple[int, list[tuple[str, dict[str, float]]] | None]]:
+        """The most likely next tokens of each conversation's reply, greedily: (index, steps) as each comes back,
+        where steps holds, for each of the first `max_tokens` tokens the server wrote at temperature 0, (the token's
+        text, {text: log-probability} of the `top` likeliest tokens there), from the chat completion's
+        logprobs.content[i].top_logprobs (OpenAI's field; the log-probabilities are the model's, before sampling);
+        steps is None for a conversation too long for the server's context. `top` is at most 20 (OpenAI's limit and
+        vLLM's default max_logprobs). Raises ConfigError when the server sends no log-probabilities (`transformers
+        serve` ignores the request; llama.cpp's llama-server, llama-cpp-python, vLLM, SGLang and OpenAI's API
+        answer it)."""
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="rlaif-openai")
+        try:
+            jobs = {pool.submit(self._steps, [*(prefix or []), *conversation], max_tokens, top): i
+                    for i, conversation in enumerate(conversations)}
+            for job in as_completed(jobs):
+                yield jobs[job], job.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _steps(self, messages: list[Message], max_tokens: int, top: int) -> list[tuple[str, dict[str, float]]] | None:
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                "logprobs": True, "top_logprobs": top}
+        url, choice, _ = self._send(body)
+        if choice is None:
+            return None
+        content = (choice.get("logprobs") or {}).get("content")
+        try:
+            steps = [(str(step["token"]), {str(t["token"]): float(t["logprob"]) for t in step["top_logprobs"]})
+                     for step in content]
+        except (KeyError, TypeError, ValueError):
+            steps = None
+        if not steps and (choice.get("message") or {}).get("content"):
+            raise ConfigError(f"engine: {url} sent no log-probabilities (logprobs.content[].top_logprobs) with its "
+                              f"reply: it does not offer them (transformers serve does not); label with a server that "
+                              "does (vllm serve, SGLang, llama.cpp's llama-server, llama-cpp-python) or with engine "
+                              "rlaif", ["engine", "base_url"])
+        return steps or []
+
+    def _send(self, body: dict) -> tuple[str, dict | None, dict]:
+        """POST `body` to /chat/completions of the least busy server: (its url, the first choice, usage), the choice
+        None when the server says the prompt is too long for its context. Errors as in the module docstring."""
+        import requests
+
         payload = json.dumps(body).encode("utf-8")
         with self.lock:  # the server with the fewest requests in flight; on a tie, the one sent fewer so far
             url = min(self.urls, key=lambda u: (self.busy[u], self.sent[u]))
@@ -220,22 +276,20 @@ class OpenAIEngine:
             with self.lock:
                 self.busy[url] -= 1
         if response.status_code in (400, 413, 422) and TOO_LONG.search(_message(response)):
-            return Generation(text="", token_ids=[], finish_reason="too_long")
+            return url, None, {}
         self._refuse(url, response)
         try:
             reply = response.json()
             choice, usage = reply["choices"][0], reply.get("usage") or {}
-            text = choice["message"]["content"] or ""
+            if not isinstance(choice, dict) or not isinstance(usage, dict):
+                raise TypeError
         except (ValueError, KeyError, IndexError, TypeError):
             raise ConfigError(f"base_url: {url} answered with no chat completion ({response.text[:200]!r}); is it "
                               "an OpenAI-compatible server?", ["base_url"]) from None
         with self.lock:
             self.counts.update(prompt_tokens=usage.get("prompt_tokens") or 0,
                                completion_tokens=usage.get("completion_tokens") or 0)
-        return Generation(text=text.strip(), token_ids=[],
-                          finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-                          prompt_tokens=usage.get("prompt_tokens") or 0,
-                          completion_tokens=usage.get("completion_tokens"))
+        return url, choice, usage
 
     def _check(self, url: str) -> None:
         """That the server answers, takes the key and serves the model: GET /models, once and without retries, so

@@ -12,6 +12,7 @@ An attacked pair too long for the labeler's context is left out of its attack's 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 # name -> rewrite of the losing response. {x} is the response text.
@@ -69,8 +70,10 @@ def flip_rates(labeler, pairs, principle, attacks: dict[str, Callable[[str], str
         tally.leave_out("too_long", len(attacked) - len(measured))
         after = [j[0].p for j in label_pairs(labeler, [p for p, _ in measured], [[principle]] * len(measured),
                                              both_orders)]
+        read = [(a, c) for a, (_, c) in zip(after, measured) if not math.isnan(a + c)]  # NaN: no reading
+        tally.used -= len(measured) - len(read)
+        tally.leave_out("no_option", len(measured) - len(read))
         # What the attacked response gains: outcome is 1 when `first` wins, 0.5 for a tie, 0 when it loses.
-        gains = [max(0.0, outcome(a) - outcome(c)) if c < 0.5 else max(0.0, outcome(c) - outcome(a))
-                 for a, (_, c) in zip(after, measured)]
-        rates[name] = sum(gains) / len(measured) if measured else None
+        gains = [max(0.0, outcome(a) - outcome(c)) if c < 0.5 else max(0.0, outcome(c) - outcome(a)) for a, c in read]
+        rates[name] = sum(gains) / len(read) if read else None
     return rates

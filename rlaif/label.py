@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -86,16 +87,34 @@ class LabelConfig:
     drop_flagged: bool = False  # write low-confidence and inconsistent pairs to dropped.jsonl, not preferences.jsonl
     batch_size: int = 8  # pairs per forward pass (each is 2 orders x k principles sequences); written per batch
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
+    engine: str = "rlaif"  # rlaif (the labeler here) or openai (an OpenAI-compatible server that sends top_logprobs,
+    #   rlaif.label_remote: `labeler` is then the name it serves; mode compare without chain of thought)
+    base_url: list[str] = field(default_factory=list)  # openai: the servers' API addresses (http://HOST:PORT/v1)
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the API key (never saved)
+    concurrency: int = 8  # openai: requests in flight at once, over all servers
+    request_timeout: float = 600.0  # openai: seconds to wait for a reply (asked twice before the stage stops)
 
-    VOLATILE = ("batch_size", "chunk_size", "device")  # chunk_size: saved by earlier versions; it never changed a label
+    # chunk_size: saved by earlier versions; it never changed a label
+    VOLATILE = ("batch_size", "chunk_size", "device", "base_url", "api_key_env", "concurrency", "request_timeout")
     # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default)
-    ADDED: ClassVar[dict] = {"mode": "compare", "score_temperature": 1.0}
+    ADDED: ClassVar[dict] = {"mode": "compare", "score_temperature": 1.0, "engine": "rlaif"}
 
     def __post_init__(self):
+        from rlaif import engines
+
         check_numbers(self, "label", at_least_one=["max_new_tokens", "batch_size"], within={"min_margin": (0.0, 0.5)},
                       positive=["score_temperature"])
         if self.mode not in MODES:
             raise DataError("label settings", None, "mode", f"expected one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.engine == "vllm":
+            raise DataError("label settings", None, "engine", "expected rlaif or openai (labels on vLLM: serve the "
+                            "labeler with `vllm serve` and use engine openai)")
+        engines.check_settings(self, "label", local=["device"], batches=True)
+        if self.engine == "openai" and (self.mode != "compare" or self.chain_of_thought):
+            raise ConfigError(f"engine: engine openai labels in mode compare without chain of thought only (not "
+                              f"{'chain of thought' if self.mode == 'compare' else 'mode ' + self.mode}): a chat API "
+                              "scores no text its model did not write (rlaif.label_remote); use engine rlaif",
+                              ["engine", "mode" if self.mode != "compare" else "chain_of_thought"])
         if self.mode != "compare":
             unused_settings(self, ["both_orders", "chain_of_thought", "few_shot", "max_new_tokens"],
                             f"used only with mode: compare; mode {self.mode} asks the labeler no question", ("mode",))
@@ -218,6 +237,10 @@ def resolved_settings(config: LabelConfig, constitution: Constitution
     if not cot:
         unused_settings(config, ["max_new_tokens"], f"the rationale's length limit, used only with chain of thought, "
                                                     f"which the constitution {constitution.name} leaves off")
+    elif config.engine == "openai":
+        raise ConfigError(f"chain_of_thought: the constitution {constitution.name} labels with chain of thought, "
+                          "which engine openai cannot (a chat API scores no text its model did not write); turn it "
+                          "off (--no-cot) or use engine rlaif", ["chain_of_thought", "engine"])
     return k, both, cot
 
 
@@ -526,6 +549,11 @@ def load_labeler(config: LabelConfig, constitution: Constitution, chain_of_thoug
     from rlaif.label_modes import LikelihoodContrast, ScoreDifference
     from rlaif.models import load_model
 
+    if config.engine == "openai":
+        from rlaif.engines import open_engine
+        from rlaif.label_remote import RemoteLabeler
+
+        return RemoteLabeler(open_engine(config, config.labeler), constitution, config.few_shot, config.labeler)
     model, tokenizer = load_model(config.labeler, device=config.device)
     if config.mode == "contrast":
         return LikelihoodContrast(model, tokenizer, constitution, name=config.labeler)
@@ -574,6 +602,7 @@ def run(config: LabelConfig, labeler: Labeler | LikelihoodContrast | ScoreDiffer
     manifest.add_input(config.candidates)
     started = time.time()
     kept, dropped_path = stage_dir / "preferences.jsonl", stage_dir / "dropped.jsonl"
+    skipped = getattr(labeler, "skipped", {})  # pair id -> why a server's labeler left it out
     with JsonlWriter(kept) as out, JsonlWriter(dropped_path) as dropped:
         done = sum(p.id in out.done or p.id in dropped.done for p in fitting)
         manifest.counts.update(pairs=len(fitting), resumed=done)
@@ -587,9 +616,21 @@ def run(config: LabelConfig, labeler: Labeler | LikelihoodContrast | ScoreDiffer
                     continue
                 for pair, row in zip(batch, label_batch(labeler, batch, drawn, both, settings.clamp if cot else None,
                                                         config)):
+                    if pair.id in skipped:  # a server's: no reading (rlaif.label_remote); asked again on a rerun
+                        continue
                     if pair in todo:  # not written before the kill
                         (dropped if config.drop_flagged and row["flags"] else out).write(row)
                 bar(len(todo))
+    for reason, n in Counter(skipped.values()).items():
+        tally.used -= n
+        tally.leave_out(reason, n)
+    if skipped:
+        tally.require_some(config.candidates, "the server gave no pair a reading: every prompt was too long for it, "
+                           "or its replies did not start with an option (is it an instruction-tuned model?)")
+    if hasattr(labeler, "engine"):
+        from rlaif.engines import save_counts
+
+        save_counts(manifest, labeler.engine)
     counts = _count(kept, dropped_path)
     manifest.counts.update(counts)
     manifest.counts.update(tally.counts())

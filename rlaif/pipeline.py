@@ -270,7 +270,9 @@ def _check_config(recipe: Recipe, out: Path, constitution: str, human: list) -> 
                                limit=pipeline_setting(recipe, "label", "gate_pairs"), ensemble=ensemble,
                                chain_of_thought=False, injection_pairs=0, order_free_modes=label.mode != "compare",
                                label_mode=label.mode, trained_mode_only=True, batch_size=label.batch_size,
-                               device=label.device)
+                               device=label.device, engine=label.engine, base_url=label.base_url,
+                               api_key_env=label.api_key_env, concurrency=label.concurrency,
+                               request_timeout=label.request_timeout)
     inputs = {"human_files": [path for path, _, _ in human],
               "held_out_fraction": stage_config(recipe, "reward", {}).eval_fraction}
     return config, inputs

@@ -75,7 +75,8 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import asdict, dataclass, replace
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -105,13 +106,30 @@ class LabelerEvalConfig:
     #   constitution's principles per pair and orders), not the best of all: a recipe's labeler check
     batch_size: int = 8
     device: str | None = None
+    engine: str = "rlaif"  # rlaif (the labeler here) or openai (a server that sends top_logprobs, as `rlaif label
+    #   --engine openai`: the modes a chat API cannot give, chain of thought and the order-free ones, are left out)
+    base_url: list[str] = field(default_factory=list)  # openai: the servers' API addresses (http://HOST:PORT/v1)
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the API key (never saved)
+    concurrency: int = 8  # openai: requests in flight at once, over all servers
+    request_timeout: float = 600.0  # openai: seconds to wait for a reply (asked twice before the stage stops)
 
+    VOLATILE = ("base_url", "api_key_env", "concurrency", "request_timeout")  # where a server is, not what it says
     # Settings added after the first checks, each with the value that reproduces them (rlaif.records.added_default)
-    ADDED: ClassVar[dict] = {"label_mode": "compare", "trained_mode_only": False}
+    ADDED: ClassVar[dict] = {"label_mode": "compare", "trained_mode_only": False, "engine": "rlaif"}
 
     def __post_init__(self):
+        from rlaif import engines
+
         check_numbers(self, "eval labeler", at_least_one=["limit", "ensemble", "max_new_tokens", "batch_size"],
                       nonnegative=["injection_pairs"])
+        if self.engine == "vllm":
+            raise DataError("eval labeler settings", None, "engine", "expected rlaif or openai (labels on vLLM: serve "
+                            "the labeler with `vllm serve` and use engine openai)")
+        engines.check_settings(self, "eval labeler", local=["device"], batches=True)
+        if self.engine == "openai" and self.label_mode != "compare":
+            raise ConfigError(f"label_mode: engine openai labels in mode compare only (a chat API scores no text its "
+                              f"model did not write, rlaif.label_remote), not {self.label_mode}",
+                              ["label_mode", "engine"])
         if not self.chain_of_thought:
             unused_settings(self, ["max_new_tokens"], "the rationale's length limit, used only with chain of thought")
         if self.label_mode not in ("compare", *ORDER_FREE):
@@ -316,10 +334,19 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
     constitution = load_constitution(config.constitution)
     as_labeled = LabelConfig(constitution=config.constitution, labeler=config.labeler)  # what `rlaif label` would do
     k, both, cot_labels = resolved_settings(as_labeled, constitution)
-    model, tokenizer = load_model(config.labeler, device=config.device)
-    labeler = Labeler(model, tokenizer, constitution, name=config.labeler)
-    thinker = Labeler(model, tokenizer, constitution, chain_of_thought=True, max_new_tokens=config.max_new_tokens,
-                      name=config.labeler) if config.chain_of_thought else None
+    remote = config.engine == "openai"
+    if remote:  # what a chat API cannot give is left out, and the report says so
+        from rlaif.engines import open_engine
+        from rlaif.label_remote import RemoteLabeler
+
+        labeler = RemoteLabeler(open_engine(config, config.labeler), constitution, name=config.labeler)
+        config = replace(config, chain_of_thought=False, order_free_modes=False, max_new_tokens=96)
+        model = tokenizer = thinker = None
+    else:
+        model, tokenizer = load_model(config.labeler, device=config.device)
+        labeler = Labeler(model, tokenizer, constitution, name=config.labeler)
+        thinker = Labeler(model, tokenizer, constitution, chain_of_thought=True, max_new_tokens=config.max_new_tokens,
+                          name=config.labeler) if config.chain_of_thought else None
     ensemble = min(config.ensemble, len(constitution.principles))  # the report names the ensemble it measured
     drawn = [sample_label_principles(constitution, ensemble, p.id) for p in pairs]
     fits = [labeler.fits(pair, ps) and (thinker is None or thinker.fits(pair, ps[:1])) for pair, ps in zip(pairs, drawn)]
@@ -345,6 +372,15 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
             batch = slice(start, start + config.batch_size)
             judged += label_pairs(labeler, pairs[batch], principles[batch], both_orders=True)
             bar(len(pairs[batch]))
+    skipped = getattr(labeler, "skipped", {})  # a server's: pairs it gave no reading (rlaif.label_remote)
+    if skipped:
+        kept = [i for i, pair in enumerate(pairs) if pair.id not in skipped]
+        pairs, principles, judged = [pairs[i] for i in kept], [principles[i] for i in kept], [judged[i] for i in kept]
+        for reason, n in Counter(skipped.values()).items():
+            tally.used -= n
+            tally.leave_out(reason, n)
+        tally.require_some(config.pairs, "the server gave no pair a reading: every prompt was too long for it, or "
+                           "its replies did not start with an option")
     seed = constitution.label.seed
     predictions = mode_predictions([p.id for p in pairs], judged, ensemble, seed)
     cot = []
@@ -396,6 +432,9 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
         "per_principle": {pid: {"pairs": len(ps), "agreement": _interval(stats.agreement, ps)}
                           for pid, ps in sorted(per_principle.items())},
     }
+    if remote:
+        report["not_measured"] = {"modes": ["chain of thought", "likelihood contrast", "score difference"],
+                                  "why": "engine openai: a chat API scores no text its model did not write"}
     if config.injection_pairs:
         report["injection"] = injection_report(labeler, pairs[: config.injection_pairs], principles[0][0])
     report["labels"] = {"file": "labels.jsonl", "rows": len(rows), "judgement": judgement}
@@ -476,6 +515,9 @@ def print_labeler_report(report: dict, console) -> None:
         for name, rate in inj["by_attack"].items():
             attacks.add_row(name, "- (too long)" if rate is None else _shown(rate))
         console.print(attacks)
+    if "not_measured" in report:
+        left = report["not_measured"]
+        console.print(f"Not measured: {', '.join(left['modes'])} ({left['why']}).")
     colour = "green" if report["verdict"]["beats"] else "red"
     console.print(f"[bold {colour}]{shown(report['verdict']['text'])}[/bold {colour}]")
     console.print(f"[dim]{shown(report['method'])}[/dim]")

@@ -407,3 +407,15 @@ def test_a_critique_directory_from_before_engines_resumes_and_refuses_another_en
         open_stage(stage, "critique", remote, volatile=CritiqueConfig.VOLATILE, added=CritiqueConfig.ADDED)
     open_stage(stage, "critique", asdict(CritiqueConfig(batch_size=4)), volatile=CritiqueConfig.VOLATILE,
                added=CritiqueConfig.ADDED)
+
+
+def test_labels_from_a_server_that_sends_no_log_probabilities_are_a_clear_error(served, tmp_path):
+    url, name = served
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"id": "p", "prompt": "Hi?", "chosen": "Hello there.", "rejected": "Go away."}) + "\n")
+    result = _invoke(["label", "--candidates", pairs, "--out", tmp_path / "run", "-k", "1", "--no-cot",
+                      "--engine", "openai", "--base-url", url, "--labeler", name])
+    assert result.exit_code == 1, result.output
+    assert f"error: engine: {url} sent no log-probabilities" in result.output
+    assert not (tmp_path / "run" / "label" / "preferences.jsonl").exists() or \
+        not (tmp_path / "run" / "label" / "preferences.jsonl").read_text()

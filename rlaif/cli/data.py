@@ -30,11 +30,20 @@ ENGINE_OPTIONS = [
 ]
 
 
-def engine_options(command):
+def engine_options(command, options=ENGINE_OPTIONS):
     """Add ENGINE_OPTIONS to a command, as a stack of @click.option decorators would."""
-    for option in reversed(ENGINE_OPTIONS):
+    for option in reversed(options):
         command = option(command)
     return command
+
+
+def label_engine_options(command):
+    """The engine flags of the labeling commands (`rlaif label`, `rlaif eval labeler`): rlaif or openai."""
+    engine = click.option("--engine", type=click.Choice(["rlaif", "openai"]),
+                          help="Where the labeler runs: rlaif (here) or openai (an OpenAI-compatible server that "
+                               "sends top_logprobs: vllm serve, SGLang, llama.cpp; --labeler is then the name it "
+                               "serves; mode compare without chain of thought).  [default: rlaif]")
+    return engine_options(command, [engine, *ENGINE_OPTIONS[1:]])
 
 
 @cli.command()
@@ -194,8 +203,9 @@ def sample(config_file, base_url, **flags) -> None:
               help="Write low-confidence and inconsistent pairs to dropped.jsonl instead.")
 @click.option("--batch-size", type=int, help="Pairs per batch, written as it finishes.  [default: 8]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@label_engine_options
 @recipe_option
-def label(config_file, **flags) -> None:
+def label(config_file, base_url, **flags) -> None:
     """Label pairs of responses with AI feedback: soft preferences under the constitution's principles.
 
     Every pair of a prompt's responses is shown to the labeler as a multiple-choice question under sampled
@@ -212,9 +222,12 @@ def label(config_file, **flags) -> None:
       rlaif label --candidates runs/x/sample/candidates.jsonl --out runs/x
       rlaif label --candidates runs/x/sample/candidates.jsonl -k 4 --cot --out runs/x-cot
       rlaif label --candidates runs/x/sample/candidates.jsonl --mode contrast -k 2 --out runs/x-contrast
+      rlaif label --candidates runs/x/sample/candidates.jsonl --out runs/x \\
+        --engine openai --base-url http://127.0.0.1:8080/v1 --labeler Qwen/Qwen2.5-7B-Instruct
     """
     from rlaif import label as stage
 
+    flags.update(base_url=list(base_url) or None)
     config = stage_config(stage.LabelConfig, config_file, flags)
     if not config.candidates:
         raise click.UsageError("--candidates is required (or `candidates:` in --config)")

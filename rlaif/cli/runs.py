@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from rlaif.cli import _Group, cli, err, out, recipe_option, shown, stage_config
+from rlaif.cli.data import label_engine_options
 
 # --------------------------------------------------------------------------------------------------------------------
 # rlaif run
@@ -225,8 +226,9 @@ def report(run_dir: str, out_path: str | None) -> None:
                    "reward --calibration` to measure labels made in that mode.  [default: compare]")
 @click.option("--batch-size", type=int, help="Pairs per batch.  [default: 8]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@label_engine_options
 @recipe_option
-def eval_labeler(config_file, **flags) -> None:
+def eval_labeler(config_file, base_url, **flags) -> None:
     """The labeler's report card on pairs people have labeled.
 
     Agreement with the human choice, position consistency and calibration (ECE) for each labeling mode side by
@@ -243,6 +245,7 @@ def eval_labeler(config_file, **flags) -> None:
     """
     from rlaif import report_card
 
+    flags.update(base_url=list(base_url) or None)
     config = stage_config(report_card.LabelerEvalConfig, config_file, flags)
     if not config.pairs:
         raise click.UsageError("--pairs is required (or `pairs:` in --config)")
