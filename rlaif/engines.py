@@ -354,34 +354,69 @@ def _message(response) -> str:
 
 
 def vllm_complete(model: str, seed: int):
-    """The `complete` of vLLM in this process (`vllm.LLM(model, seed)`): each request gets its own seed
-    (`generation.seeds`), so the K copies of a prompt differ and a rerun samples them again alike. vLLM is called
-    with `batch_size` requests at a time (it batches them itself), so a killed run loses at most one call's; a
-    request too long for the model's context is not sent (finish_reason "too_long", as rlaif.generate gives it)."""
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError:
-        raise ConfigError("engine: vllm is not installed here (pip install vllm, on a machine with a GPU); "
-                          "or use engine: rlaif") from None
-    from rlaif.models import chat_ids, resolve
+    """The `complete` of vLLM in this process (`vllm.LLM(model, seed)`, see VLLMModel.complete)."""
+    return VLLMModel(model, seed).complete
 
-    llm = LLM(model=resolve(model), seed=seed)
-    tokenizer, context = llm.get_tokenizer(), llm.llm_engine.model_config.max_model_len
 
-    def complete(conversations, generation: GenerationConfig, prefix=None):
+class VLLMModel:
+    """vLLM in this process, as a stage's `complete` and as the `model` of rlaif's scorers.
+
+        model = VLLMModel("smollm2-135m-instruct", seed=0)  # vllm.LLM(resolved path, seed, prefix caching on)
+        Labeler(model, model.tokenizer, constitution)       # rlaif.label; DirectScore and LikelihoodContrast alike
+
+    The scorers read log-probabilities of given tokens through rlaif.prefix_tree.tree_logprobs, which hands them to
+    `sequence_logprobs` here (vLLM's prompt_logprobs); rlaif.label.Labeler writes its chain-of-thought rationales
+    with `complete`. `config.max_position_embeddings` is vLLM's max_model_len, the context the scorers fit prompts
+    in. Raises ConfigError when vLLM is not installed."""
+
+    def __init__(self, model: str, seed: int = 0):
+        import types
+
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ConfigError("engine: vllm is not installed here (pip install vllm, on a machine with a GPU); "
+                              "or use engine: rlaif") from None
+        from rlaif.models import resolve
+
+        self.llm = LLM(model=resolve(model), seed=seed, enable_prefix_caching=True)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.config = types.SimpleNamespace(max_position_embeddings=self.llm.llm_engine.model_config.max_model_len)
+
+    def sequence_logprobs(self, sequences: list[list[int]], n_scored: list[int]) -> list[list[float]]:
+        """For each token-id sequence, the log-probabilities of its last n_scored[i] tokens, each given the tokens
+        before it, as rlaif.prefix_tree.tree_logprobs returns them: one vLLM call, prompt_logprobs=0 (vLLM always
+        includes the prompt's own token at each position; entry 0 is None) and one generated token, unread."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False)
+        return [[out.prompt_logprobs[i][s[i]].logprob for i in range(len(s) - n, len(s))]
+                for out, s, n in zip(outputs, sequences, n_scored, strict=True)]
+
+    def complete(self, conversations, generation: GenerationConfig, prefix=None):
+        """A stage's `complete`: each request gets its own seed (`generation.seeds`), so the K copies of a prompt
+        differ and a rerun samples them again alike. vLLM is called with `batch_size` requests at a time (it batches
+        them itself), so a killed run loses at most one call's; a request too long for the model's context is not
+        sent (finish_reason "too_long", as rlaif.generate gives it)."""
+        from vllm import SamplingParams
+
+        from rlaif.models import chat_ids
+
+        context = self.config.max_position_embeddings
         conversations = [[*(prefix or []), *c] for c in conversations]
+        seeds = generation.seeds or [None if generation.seed is None else derive_seed(generation.seed, i)
+                                     for i in range(len(conversations))]
         for start in range(0, len(conversations), generation.batch_size):
             batch = range(start, min(start + generation.batch_size, len(conversations)))
-            sizes = {i: len(chat_ids(tokenizer, conversations[i], add_generation_prompt=True)) for i in batch}
+            sizes = {i: len(chat_ids(self.tokenizer, conversations[i], add_generation_prompt=True)) for i in batch}
             sent = [i for i in batch if sizes[i] + generation.max_new_tokens <= context]
             for i in sorted(set(batch) - set(sent)):
                 yield i, Generation(text="", token_ids=[], finish_reason="too_long", prompt_tokens=sizes[i])
             params = [SamplingParams(temperature=generation.temperature, top_p=generation.top_p,
-                                     max_tokens=generation.max_new_tokens, seed=generation.seeds[i]) for i in sent]
-            results = llm.chat([conversations[i] for i in sent], params, use_tqdm=False) if sent else []
+                                     max_tokens=generation.max_new_tokens, seed=seeds[i]) for i in sent]
+            results = self.llm.chat([conversations[i] for i in sent], params, use_tqdm=False) if sent else []
             for i, r in zip(sent, results):
                 yield i, Generation(text=r.outputs[0].text.strip(), token_ids=list(r.outputs[0].token_ids),
                                     finish_reason="stop" if r.outputs[0].finish_reason == "stop" else "length",
                                     prompt_tokens=len(r.prompt_token_ids))
-
-    return complete

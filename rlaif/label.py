@@ -87,8 +87,9 @@ class LabelConfig:
     drop_flagged: bool = False  # write low-confidence and inconsistent pairs to dropped.jsonl, not preferences.jsonl
     batch_size: int = 8  # pairs per forward pass (each is 2 orders x k principles sequences); written per batch
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one
-    engine: str = "rlaif"  # rlaif (the labeler here) or openai (an OpenAI-compatible server that sends top_logprobs,
-    #   rlaif.label_remote: `labeler` is then the name it serves; mode compare without chain of thought)
+    engine: str = "rlaif"  # rlaif (the labeler here), vllm (vLLM in this process, on a GPU: every mode) or openai (an
+    #   OpenAI-compatible server that sends top_logprobs, rlaif.label_remote: `labeler` is then the name it serves;
+    #   mode compare without chain of thought)
     base_url: list[str] = field(default_factory=list)  # openai: the servers' API addresses (http://HOST:PORT/v1)
     api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the API key (never saved)
     concurrency: int = 8  # openai: requests in flight at once, over all servers
@@ -106,14 +107,11 @@ class LabelConfig:
                       positive=["score_temperature"])
         if self.mode not in MODES:
             raise DataError("label settings", None, "mode", f"expected one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.engine == "vllm":
-            raise DataError("label settings", None, "engine", "expected rlaif or openai (labels on vLLM: serve the "
-                            "labeler with `vllm serve` and use engine openai)")
         engines.check_settings(self, "label", local=["device"], batches=True)
         if self.engine == "openai" and (self.mode != "compare" or self.chain_of_thought):
             raise ConfigError(f"engine: engine openai labels in mode compare without chain of thought only (not "
                               f"{'chain of thought' if self.mode == 'compare' else 'mode ' + self.mode}): a chat API "
-                              "scores no text its model did not write (rlaif.label_remote); use engine rlaif",
+                              "scores no text its model did not write (rlaif.label_remote); use engine rlaif or vllm",
                               ["engine", "mode" if self.mode != "compare" else "chain_of_thought"])
         if self.mode != "compare":
             unused_settings(self, ["both_orders", "chain_of_thought", "few_shot", "max_new_tokens"],
@@ -240,7 +238,7 @@ def resolved_settings(config: LabelConfig, constitution: Constitution
     elif config.engine == "openai":
         raise ConfigError(f"chain_of_thought: the constitution {constitution.name} labels with chain of thought, "
                           "which engine openai cannot (a chat API scores no text its model did not write); turn it "
-                          "off (--no-cot) or use engine rlaif", ["chain_of_thought", "engine"])
+                          "off (--no-cot) or use engine rlaif or vllm", ["chain_of_thought", "engine"])
     return k, both, cot
 
 
@@ -437,7 +435,8 @@ class Labeler:
         full = [self.tokenizer.apply_chat_template(self.prefix + m, tokenize=False, add_generation_prompt=True)
                 for m in messages]
         prefix_text = self.tokenizer.apply_chat_template(self.prefix, tokenize=False) if self.prefix else ""
-        if not prefix_text or not self.share_prefix or not all(t.startswith(prefix_text) for t in full):
+        engine = hasattr(self.model, "sequence_logprobs")  # vLLM keeps its own prefix cache (rlaif.engines)
+        if not prefix_text or not self.share_prefix or engine or not all(t.startswith(prefix_text) for t in full):
             return None, full
         if self._prefix_text != prefix_text:
             ids = self.tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
@@ -451,7 +450,11 @@ class Labeler:
         from rlaif.generate import GenerationConfig, generate
 
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0, batch_size=16)
-        replies = generate(self.model, self.tokenizer, messages, config, prefix=self.prefix or None)
+        if hasattr(self.model, "complete"):  # vLLM (rlaif.engines.VLLMModel)
+            replies = [reply for _, reply in sorted(self.model.complete(messages, config, self.prefix or None),
+                                                    key=lambda done: done[0])]
+        else:
+            replies = generate(self.model, self.tokenizer, messages, config, prefix=self.prefix or None)
         # Whatever the rationale says after "The answer is" is cut: the options are scored in its place. Its own
         # "(A)" and "(B)" stay as written, as in the few-shot rationales.
         return [quote(re.split(r"the answer is", r.text, flags=re.IGNORECASE)[0].strip(), self.special, options=False)
@@ -554,7 +557,13 @@ def load_labeler(config: LabelConfig, constitution: Constitution, chain_of_thoug
         from rlaif.label_remote import RemoteLabeler
 
         return RemoteLabeler(open_engine(config, config.labeler), constitution, config.few_shot, config.labeler)
-    model, tokenizer = load_model(config.labeler, device=config.device)
+    if config.engine == "vllm":
+        from rlaif.engines import VLLMModel
+
+        model = VLLMModel(config.labeler)
+        tokenizer = model.tokenizer
+    else:
+        model, tokenizer = load_model(config.labeler, device=config.device)
     if config.mode == "contrast":
         return LikelihoodContrast(model, tokenizer, constitution, name=config.labeler)
     if config.mode == "score":

@@ -73,11 +73,15 @@ def tree_logprobs(model, sequences: list[list[int]], n_scored: list[int], prefix
     sequences: token-id lists, each longer than its n_scored (the first token is never scored).
     row_tokens: a subtree up to this many tokens is packed into one row; a larger one is split below its root.
     batch_tokens: rows per forward pass, counting padding.
-    Returns: per sequence, n_scored floats."""
+    Returns: per sequence, n_scored floats.
+    A model that scores sequences itself (rlaif.engines.VLLMModel: `sequence_logprobs`) is handed them whole; it
+    keeps its own prefix cache, so `prefix_cache` is not used."""
     if any(not 1 <= n < len(s) for s, n in zip(sequences, n_scored)):
         raise ValueError("each sequence needs 1 or more scored tokens and at least one token before them")
     if not sequences:
         return []
+    if hasattr(model, "sequence_logprobs"):
+        return model.sequence_logprobs(sequences, n_scored)
     fed = [s[:-1] for s in sequences]  # the last token is only predicted, never fed
     root = _Node(tokens=[])
     for seq in fed:

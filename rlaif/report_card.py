@@ -106,8 +106,9 @@ class LabelerEvalConfig:
     #   constitution's principles per pair and orders), not the best of all: a recipe's labeler check
     batch_size: int = 8
     device: str | None = None
-    engine: str = "rlaif"  # rlaif (the labeler here) or openai (a server that sends top_logprobs, as `rlaif label
-    #   --engine openai`: the modes a chat API cannot give, chain of thought and the order-free ones, are left out)
+    engine: str = "rlaif"  # rlaif (the labeler here), vllm (vLLM in this process, on a GPU) or openai (a server that
+    #   sends top_logprobs, as `rlaif label --engine openai`: the modes a chat API cannot give, chain of thought and
+    #   the order-free ones, are left out)
     base_url: list[str] = field(default_factory=list)  # openai: the servers' API addresses (http://HOST:PORT/v1)
     api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable holding the API key (never saved)
     concurrency: int = 8  # openai: requests in flight at once, over all servers
@@ -122,9 +123,6 @@ class LabelerEvalConfig:
 
         check_numbers(self, "eval labeler", at_least_one=["limit", "ensemble", "max_new_tokens", "batch_size"],
                       nonnegative=["injection_pairs"])
-        if self.engine == "vllm":
-            raise DataError("eval labeler settings", None, "engine", "expected rlaif or openai (labels on vLLM: serve "
-                            "the labeler with `vllm serve` and use engine openai)")
         engines.check_settings(self, "eval labeler", local=["device"], batches=True)
         if self.engine == "openai" and self.label_mode != "compare":
             raise ConfigError(f"label_mode: engine openai labels in mode compare only (a chat API scores no text its "
@@ -343,7 +341,13 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
         config = replace(config, chain_of_thought=False, order_free_modes=False, max_new_tokens=96)
         model = tokenizer = thinker = None
     else:
-        model, tokenizer = load_model(config.labeler, device=config.device)
+        if config.engine == "vllm":
+            from rlaif.engines import VLLMModel
+
+            model = VLLMModel(config.labeler)
+            tokenizer = model.tokenizer
+        else:
+            model, tokenizer = load_model(config.labeler, device=config.device)
         labeler = Labeler(model, tokenizer, constitution, name=config.labeler)
         thinker = Labeler(model, tokenizer, constitution, chain_of_thought=True, max_new_tokens=config.max_new_tokens,
                           name=config.labeler) if config.chain_of_thought else None

@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from rlaif.constitution import Constitution, load_constitution, render
 from rlaif.label import format_conversation, quote, tokenizer_specials
@@ -42,11 +43,24 @@ class ScoreConfig:
     labeler: str = "smollm2-135m-instruct"  # the scoring model (any model spec)
     batch_size: int = 8  # responses per forward pass (rows of candidates per batch, in the stage)
     device: str | None = None
+    engine: str = "rlaif"  # rlaif (the labeler here) or vllm (vLLM in this process, on a GPU: rlaif.engines.VLLMModel)
 
     VOLATILE = ("batch_size", "device")
+    ADDED: ClassVar[dict] = {"engine": "rlaif"}  # each with the value that reproduces older runs
 
     def __post_init__(self):
+        from rlaif.engines import installed
+        from rlaif.models import unused_settings
+
         check_numbers(self, "score", at_least_one=["batch_size"])
+        if self.engine not in ("rlaif", "vllm"):
+            raise DataError("score settings", None, "engine", f"expected rlaif or vllm, not {self.engine!r} (a chat "
+                            "API scores no text its model did not write)")
+        if self.engine == "vllm":
+            if not installed("vllm"):
+                raise DataError("score settings", None, "engine", "vllm is not installed here (pip install vllm, on "
+                                "a machine with a GPU); or use engine: rlaif")
+            unused_settings(self, ["device"], "not used with engine: vllm, which places the model itself", ("engine",))
 
 
 def expected_score(logprobs: dict[int, float], prefixes: dict[int, list[int]]) -> tuple[float, dict[int, float]]:
@@ -170,13 +184,19 @@ def run(config: ScoreConfig, scorer: DirectScore | None = None, progress: bool =
     constitution = load_constitution(config.constitution)
     stage_dir = Path(config.out) / "score"
     manifest = open_stage(stage_dir, "score", {**asdict(config), "constitution_digest": constitution.digest()},
-                          volatile=ScoreConfig.VOLATILE)
+                          volatile=ScoreConfig.VOLATILE, added=ScoreConfig.ADDED)
     manifest.status = "running"
     manifest.add_input(path)
     if scorer is None:
         from rlaif.models import load_model
 
-        model, tokenizer = load_model(config.labeler, device=config.device)
+        if config.engine == "vllm":
+            from rlaif.engines import VLLMModel
+
+            model = VLLMModel(config.labeler)
+            tokenizer = model.tokenizer
+        else:
+            model, tokenizer = load_model(config.labeler, device=config.device)
         scorer = DirectScore(model, tokenizer, constitution, config.batch_size)
     started = time.time()
     with JsonlWriter(stage_dir / "scores.jsonl") as out:

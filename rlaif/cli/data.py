@@ -39,10 +39,11 @@ def engine_options(command, options=ENGINE_OPTIONS):
 
 def label_engine_options(command):
     """The engine flags of the labeling commands (`rlaif label`, `rlaif eval labeler`): rlaif or openai."""
-    engine = click.option("--engine", type=click.Choice(["rlaif", "openai"]),
-                          help="Where the labeler runs: rlaif (here) or openai (an OpenAI-compatible server that "
-                               "sends top_logprobs: vllm serve, SGLang, llama.cpp; --labeler is then the name it "
-                               "serves; mode compare without chain of thought).  [default: rlaif]")
+    engine = click.option("--engine", type=click.Choice(["rlaif", "vllm", "openai"]),
+                          help="Where the labeler runs: rlaif (here), vllm (vLLM in this process, on a GPU) or openai "
+                               "(an OpenAI-compatible server that sends top_logprobs: vllm serve, SGLang, llama.cpp; "
+                               "--labeler is then the name it serves; mode compare without chain of thought).  "
+                               "[default: rlaif]")
     return engine_options(command, [engine, *ENGINE_OPTIONS[1:]])
 
 
@@ -245,6 +246,8 @@ def label(config_file, base_url, **flags) -> None:
 @click.option("--labeler", help="The scoring model.  [default: smollm2-135m-instruct]")
 @click.option("--batch-size", type=int, help="Rows per batch.  [default: 8]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@click.option("--engine", type=click.Choice(["rlaif", "vllm"]),
+              help="Where the scorer runs: rlaif (here) or vllm (vLLM in this process, on a GPU).  [default: rlaif]")
 @recipe_option
 def score(config_file, **flags) -> None:
     """Direct RLAIF: rate each response from 1 to 10 under the constitution.
