@@ -101,10 +101,10 @@ def test_labels_on_vllm_are_the_local_engines(vllm_calls, roomy_model_dir, tmp_p
     local = {r["id"]: r for r in read_jsonl(tmp_path / "local" / "label" / "preferences.jsonl")}
     served = {r["id"]: r for r in read_jsonl(tmp_path / "vllm" / "label" / "preferences.jsonl")}
     assert sorted(served) == sorted(local) == (["a", "b"] if mode == "contrast" else ["a"])
-    for key in local:
-        assert served[key]["chosen"] == local[key]["chosen"]
-        assert served[key]["p_chosen"] == pytest.approx(local[key]["p_chosen"], abs=1e-4)
-        assert served[key].get("rationales") == local[key].get("rationales")
+    for key, row in local.items():
+        assert served[key]["chosen"] == row["chosen"]
+        assert served[key]["p_chosen"] == pytest.approx(row["p_chosen"], abs=1e-4)
+        assert served[key].get("rationales") == row.get("rationales")
     assert vllm_calls[0][2] is True  # prefix caching on
     kinds = {call[0] for call in vllm_calls[1:]}
     assert kinds == ({"generate", "chat"} if extra.get("chain_of_thought") else {"generate"})
