@@ -61,7 +61,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from rlaif.generate import Generation, GenerationConfig, derive_seed
-from rlaif.models import check_numbers, unused_settings
+from rlaif.models import check_numbers, installed, unused_settings
 from rlaif.records import ConfigError, DataError, Message
 
 ENGINES = ("rlaif", "vllm", "openai")
@@ -100,20 +100,11 @@ def check_settings(config, stage: str, local: list[str], batches: bool = False) 
         unused_settings(config, local, "not used with engine: vllm, which places the model itself", ("engine",))
 
 
-def installed(module: str) -> bool:
-    """Whether `module` can be imported, without importing it (vLLM takes seconds)."""
-    import importlib.util
-    import sys
-
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    return importlib.util.find_spec(module) is not None
-
-
 def open_engine(config, model: str | None = None):
     """The `complete` of a stage config whose engine is vllm or openai (rlaif is the stage's own), for `model`
     (default: the config's `model`). Raises ConfigError when it cannot start: vLLM not installed; a key variable
     named but unset, a server out of reach or not serving the model (OpenAIEngine)."""
+    setting = "labeler" if model else "model"
     model = model or config.model
     if config.engine == "vllm":
         return vllm_complete(model, config.seed)
@@ -123,7 +114,7 @@ def open_engine(config, model: str | None = None):
                           f"server's API key in it, or leave api_key_env out for a server that needs no key",
                           ["api_key_env"])
     return OpenAIEngine(config.base_url, model, api_key=key, api_key_env=config.api_key_env,
-                        concurrency=config.concurrency, timeout=config.request_timeout)
+                        concurrency=config.concurrency, timeout=config.request_timeout, setting=setting)
 
 
 def save_counts(manifest, complete) -> None:
@@ -150,7 +141,8 @@ class OpenAIEngine:
     address without a path gets /v1. `retries` and `backoff` (seconds) set urllib3's Retry."""
 
     def __init__(self, base_urls: list[str], model: str, api_key: str = "", api_key_env: str = API_KEY_ENV,
-                 concurrency: int = 8, timeout: float = 600.0, retries: int = 5, backoff: float = 0.5):
+                 concurrency: int = 8, timeout: float = 600.0, retries: int = 5, backoff: float = 0.5,
+                 setting: str = "model"):
         import requests
         from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
@@ -158,6 +150,7 @@ class OpenAIEngine:
         stripped = [url.rstrip("/") for url in base_urls]
         self.urls = list(dict.fromkeys(url + "/v1" if url.count("/") == 2 else url for url in stripped))
         self.model, self.has_key, self.key_env, self.concurrency = model, bool(api_key), api_key_env, concurrency
+        self.setting = setting  # the stage setting `model` comes from (labeler for the labeling stages)
         self.timeout, self.retries = (min(10.0, timeout), timeout), retries  # (connect, read) seconds
         # Retry-After is honoured on 429 and 503 (Retry.RETRY_AFTER_STATUS_CODES); read=1: a reply that does not
         # come in time, or a kept-alive connection the server closed meanwhile, is asked once more.
@@ -216,15 +209,17 @@ class OpenAIEngine:
                           completion_tokens=usage.get("completion_tokens"))
 
     def next_tokens(self, conversations: list[list[Message]], prefix: list[Message] | None = None,
-                    max_tokens: int = 3, top: int = 20) -> Iterator[tuple[int, list[tuple[str, dict[str, float]]] | None]]:
+                    max_tokens: int = 3, top: int = 20
+                    ) -> Iterator[tuple[int, list[tuple[str, float, list[tuple[str, float]]]] | None]]:
         """The most likely next tokens of each conversation's reply, greedily: (index, steps) as each comes back,
-        where steps holds, for each of the first `max_tokens` tokens the server wrote at temperature 0, (the token's
-        text, {text: log-probability} of the `top` likeliest tokens there), from the chat completion's
-        logprobs.content[i].top_logprobs (OpenAI's field; the log-probabilities are the model's, before sampling);
-        steps is None for a conversation too long for the server's context. `top` is at most 20 (OpenAI's limit and
-        vLLM's default max_logprobs). Raises ConfigError when the server sends no log-probabilities (`transformers
-        serve` ignores the request; llama.cpp's llama-server, llama-cpp-python, vLLM, SGLang and OpenAI's API
-        answer it)."""
+        where steps holds, for each of the first `max_tokens` tokens the server wrote at temperature 0, (its text,
+        its log-probability, [(text, log-probability)] of the `top` likeliest tokens there, the written one added
+        where the server left it out), read from the chat completion's logprobs.content[i] (OpenAI's shape; also
+        the completions shape, tokens/token_logprobs/top_logprobs, that older llama-cpp-python sent); the
+        log-probabilities are the model's, before sampling. steps is None for a conversation too long for the
+        server's context. `top` is at most 20 (OpenAI's limit and vLLM's default max_logprobs). Raises ConfigError
+        when the server sends no log-probabilities, or empty lists of them (`transformers serve` ignores the request;
+        llama.cpp's llama-server, llama-cpp-python, vLLM, SGLang and OpenAI's API answer it)."""
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="rlaif-openai")
         try:
             jobs = {pool.submit(self._steps, [*(prefix or []), *conversation], max_tokens, top): i
@@ -234,23 +229,23 @@ class OpenAIEngine:
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _steps(self, messages: list[Message], max_tokens: int, top: int) -> list[tuple[str, dict[str, float]]] | None:
+    def _steps(self, messages: list[Message], max_tokens: int, top: int):
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
                 "logprobs": True, "top_logprobs": top}
         url, choice, _ = self._send(body)
         if choice is None:
             return None
-        content = (choice.get("logprobs") or {}).get("content")
-        try:
-            steps = [(str(step["token"]), {str(t["token"]): float(t["logprob"]) for t in step["top_logprobs"]})
-                     for step in content]
-        except (KeyError, TypeError, ValueError):
-            steps = None
-        if not steps and (choice.get("message") or {}).get("content"):
+        steps = _logprob_steps(choice.get("logprobs"))
+        message = choice.get("message")
+        if not steps and isinstance(message, dict) and message.get("content"):
             raise ConfigError(f"engine: {url} sent no log-probabilities (logprobs.content[].top_logprobs) with its "
                               f"reply: it does not offer them (transformers serve does not); label with a server that "
                               "does (vllm serve, SGLang, llama.cpp's llama-server, llama-cpp-python) or with engine "
                               "rlaif", ["engine", "base_url"])
+        if steps and not any(listed for _, _, listed in steps if len(listed) > 1):
+            raise ConfigError(f"engine: {url} sent log-probabilities of the written tokens only, no top_logprobs "
+                              "lists: it ignores top_logprobs (for vLLM, is --max-logprobs 0?); label with a server "
+                              "that sends them, or with engine rlaif", ["engine", "base_url"])
         return steps or []
 
     def _send(self, body: dict) -> tuple[str, dict | None, dict]:
@@ -307,9 +302,9 @@ class OpenAIEngine:
             raise ConfigError(f"base_url: {url}/models is not a list of models ({response.text[:200]!r}); is it an "
                               "OpenAI-compatible server?", ["base_url"]) from None
         if self.model not in served:
-            raise ConfigError(f"model: {url} serves {', '.join(map(repr, served)) or 'no model'}, not "
-                              f"{self.model!r}; with engine openai, model is the name sent to the server: give one "
-                              "of those", ["model"])
+            raise ConfigError(f"{self.setting}: {url} serves {', '.join(map(repr, served)) or 'no model'}, not "
+                              f"{self.model!r}; with engine openai, {self.setting} is the name sent to the server: "
+                              "give one of those", [self.setting])
 
     def _refuse(self, url: str, response) -> None:
         """A ConfigError for an answer that is an error, once retries are spent."""
@@ -335,6 +330,30 @@ class OpenAIEngine:
         why = str(reason).partition("): ")[2] or str(reason)
         return ConfigError(f"base_url: cannot reach {url} ({why}); is the server running? (README: \"Inference "
                            "servers\")", ["base_url"])
+
+
+def _logprob_steps(logprobs) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """A chat choice's `logprobs` as [(written text, its log-probability, [(text, log-probability) listed])], the
+    written token added to its list where missing; [] for anything else. OpenAI's shape: {"content": [{"token",
+    "logprob", "top_logprobs": [{"token", "logprob"}]}]}; the completions shape: {"tokens", "token_logprobs",
+    "top_logprobs": [{text: log-probability}]}."""
+    def step(token, logprob, listed) -> tuple[str, float, list[tuple[str, float]]]:
+        listed = [(str(t), float(lp)) for t, lp in listed]
+        if token not in {t for t, _ in listed}:
+            listed.append((token, logprob))
+        return token, logprob, listed
+
+    try:
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+            return [step(str(s["token"]), float(s["logprob"]),
+                         [(t["token"], t["logprob"]) for t in s.get("top_logprobs") or []])
+                    for s in logprobs["content"]]
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("tokens"), list):
+            return [step(str(token), float(logprob), (listed or {}).items()) for token, logprob, listed
+                    in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True)]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    return []
 
 
 def _message(response) -> str:
@@ -367,10 +386,14 @@ class VLLMModel:
     The scorers read log-probabilities of given tokens through rlaif.prefix_tree.tree_logprobs, which hands them to
     `sequence_logprobs` here (vLLM's prompt_logprobs); rlaif.label.Labeler writes its chain-of-thought rationales
     with `complete`. `config.max_position_embeddings` is vLLM's max_model_len, the context the scorers fit prompts
-    in. Raises ConfigError when vLLM is not installed."""
+    in. `options` go to vllm.LLM (gpu_memory_utilization, logprobs_mode, ...). Raises ConfigError when vLLM is
+    not installed."""
 
-    def __init__(self, model: str, seed: int = 0):
+    def __init__(self, model: str, seed: int = 0, in_process: bool = False, **options):
         import types
+
+        if in_process:  # the engine core in this process, so that push_weights reaches its model (as TRL sets it)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
         try:
             from vllm import LLM
@@ -379,7 +402,7 @@ class VLLMModel:
                               "or use engine: rlaif") from None
         from rlaif.models import resolve
 
-        self.llm = LLM(model=resolve(model), seed=seed, enable_prefix_caching=True)
+        self.llm = LLM(model=resolve(model), seed=seed, enable_prefix_caching=True, **options)
         self.tokenizer = self.llm.get_tokenizer()
         self.config = types.SimpleNamespace(max_position_embeddings=self.llm.llm_engine.model_config.max_model_len)
 
@@ -414,9 +437,36 @@ class VLLMModel:
             for i in sorted(set(batch) - set(sent)):
                 yield i, Generation(text="", token_ids=[], finish_reason="too_long", prompt_tokens=sizes[i])
             params = [SamplingParams(temperature=generation.temperature, top_p=generation.top_p,
-                                     max_tokens=generation.max_new_tokens, seed=seeds[i]) for i in sent]
+                                     max_tokens=generation.max_new_tokens, seed=seeds[i],
+                                     logprobs=0 if generation.logprobs else None) for i in sent]
             results = self.llm.chat([conversations[i] for i in sent], params, use_tqdm=False) if sent else []
             for i, r in zip(sent, results):
-                yield i, Generation(text=r.outputs[0].text.strip(), token_ids=list(r.outputs[0].token_ids),
-                                    finish_reason="stop" if r.outputs[0].finish_reason == "stop" else "length",
-                                    prompt_tokens=len(r.prompt_token_ids))
+                out = r.outputs[0]
+                logprobs = [step[t].logprob for step, t in zip(out.logprobs, out.token_ids)] if generation.logprobs \
+                    else None  # the sampled token is always among a step's entries
+                yield i, Generation(text=out.text.strip(), token_ids=list(out.token_ids),
+                                    finish_reason="stop" if out.finish_reason == "stop" else "length",
+                                    prompt_tokens=len(r.prompt_token_ids), logprobs=logprobs)
+
+    def push_weights(self, policy) -> int:
+        """Load a trained policy's weights into the engine, in place, and drop its prefix cache (computed with the
+        old weights); returns the tensors pushed. As TRL 1.16's colocate mode does (trl/generation/
+        vllm_generation.py, sync_weights): each (name, tensor) goes to the model's own `load_weights`, under its
+        Hugging Face name; a PEFT policy has its adapters merged for the push and unmerged after, and only the base
+        weights go (LoRA's own tensors have no place in the engine). Needs vLLM's engine in this process
+        (VLLM_ENABLE_V1_MULTIPROCESSING=0 before the engine is made, as `VLLMModel(..., in_process=True)` sets)."""
+        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        merged = hasattr(policy, "merge_adapter")
+        if merged:
+            policy.merge_adapter()
+        try:
+            weights = [(name.removeprefix("base_model.model.").replace(".base_layer", "")
+                        .replace("modules_to_save.default.", ""), tensor.data)
+                       for name, tensor in policy.named_parameters()
+                       if not merged or ("lora_" not in name and "original_module" not in name)]
+            model.load_weights(weights)
+        finally:
+            if merged:
+                policy.unmerge_adapter()
+        self.llm.reset_prefix_cache()
+        return len(weights)

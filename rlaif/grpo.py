@@ -29,9 +29,10 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from rlaif.loaders import load_prompts
-from rlaif.models import check_numbers, fitting_prompts, lora_unused
+from rlaif.models import check_numbers, fitting_prompts, installed, lora_unused, unused_settings
 from rlaif.ppo import monitors as M
 from rlaif.rankings import parse_weighted
 from rlaif.records import ConfigError, DataError, JsonlWriter, Tally, open_stage
@@ -64,8 +65,14 @@ class GRPOConfig:
     # (why, and the false-alarm rate it gives: rlaif/ppo/monitors.py)
     seed: int = 0
     device: str | None = None  # cpu or cuda; default: a GPU if there is one
+    engine: str = "rlaif"  # where replies are sampled: rlaif (TRL's trainer generates with the policy) or vllm (TRL's
+    # use_vllm in colocate mode: vLLM on the same GPU, given the policy's weights after every step, with TRL's
+    # importance-sampling correction for the engines' differing log-probabilities)
+    vllm_gpu_memory_utilization: float = 0.3  # engine vllm: the share of the GPU's memory vLLM takes
 
-    VOLATILE = ("device", "monitor_length_corr", "monitor_truncated", "monitor_min_replies")
+    VOLATILE = ("device", "monitor_length_corr", "monitor_truncated", "monitor_min_replies",
+                "vllm_gpu_memory_utilization")
+    ADDED: ClassVar[dict] = {"engine": "rlaif"}  # settings added later, each with the value that reproduces old runs
 
     def __post_init__(self):
         check_numbers(self, "grpo", positive=["steps", "prompts_per_step", "max_new_tokens", "temperature", "learning_rate",
@@ -81,6 +88,17 @@ class GRPOConfig:
         if idle:
             raise ConfigError(f"reward_model: {', '.join(idle)}: a reward model of weight 0 does nothing; leave it out")
         lora_unused(self)
+        if self.engine not in ("rlaif", "vllm"):
+            raise DataError("grpo settings", None, "engine", f"expected rlaif or vllm, not {self.engine!r}")
+        if self.engine == "vllm":
+            if not installed("vllm"):
+                raise DataError("grpo settings", None, "engine", "vllm is not installed here (pip install vllm, on a "
+                                "machine with a GPU); or use engine: rlaif")
+            if not 0 < self.vllm_gpu_memory_utilization < 1:
+                raise DataError("grpo settings", None, "vllm_gpu_memory_utilization", "expected a share in (0, 1), "
+                                f"got {self.vllm_gpu_memory_utilization:g}")
+        else:
+            unused_settings(self, ["vllm_gpu_memory_utilization"], "used only with engine: vllm", ("engine",))
 
 
 class RewardModels:
@@ -188,7 +206,7 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
     out = Path(config.out)
     learning_rate = config.learning_rate or (5e-5 if config.lora else 1e-6)
     manifest = open_stage(out, config.algorithm, {**asdict(config), "learning_rate": learning_rate},
-                          volatile=GRPOConfig.VOLATILE)
+                          volatile=GRPOConfig.VOLATILE, added=GRPOConfig.ADDED)
     if manifest.status == "complete" and (out / "model.safetensors").is_file():
         return manifest.extra.get("last", {})
     manifest.add_input(config.prompts)
@@ -207,6 +225,8 @@ def run(config: GRPOConfig, progress: bool = True) -> dict:
         max_completion_length=config.max_new_tokens, temperature=config.temperature, beta=config.beta,
         save_steps=config.save_steps, save_total_limit=2, logging_steps=1, report_to="none", seed=config.seed,
         disable_tqdm=not progress, **precision_args(device),
+        **({"use_vllm": True, "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": config.vllm_gpu_memory_utilization} if config.engine == "vllm" else {}),
     )
     trainer = Trainer(model=model, reward_funcs=RewardModels(config.reward_model, device), args=args,
                       train_dataset=Dataset.from_list([{"prompt": p["prompt"]} for p in prompts]),

@@ -611,7 +611,9 @@ def run(config: LabelConfig, labeler: Labeler | LikelihoodContrast | ScoreDiffer
     manifest.add_input(config.candidates)
     started = time.time()
     kept, dropped_path = stage_dir / "preferences.jsonl", stage_dir / "dropped.jsonl"
-    skipped = getattr(labeler, "skipped", {})  # pair id -> why a server's labeler left it out
+    skipped = getattr(labeler, "skipped", {})  # pair id -> why a server's labeler left it out (this run's)
+    skipped.clear()
+    getattr(labeler, "unread", []).clear()
     with JsonlWriter(kept) as out, JsonlWriter(dropped_path) as dropped:
         done = sum(p.id in out.done or p.id in dropped.done for p in fitting)
         manifest.counts.update(pairs=len(fitting), resumed=done)
@@ -623,7 +625,9 @@ def run(config: LabelConfig, labeler: Labeler | LikelihoodContrast | ScoreDiffer
                 todo = [p for p in batch if p.id not in out.done and p.id not in dropped.done]
                 if not todo:
                     continue
-                for pair, row in zip(batch, label_batch(labeler, batch, drawn, both, settings.clamp if cot else None,
+                # A server answers each request alone: only the pairs not yet written are asked.
+                asked = todo if hasattr(labeler, "engine") else batch
+                for pair, row in zip(asked, label_batch(labeler, asked, drawn, both, settings.clamp if cot else None,
                                                         config)):
                     if pair.id in skipped:  # a server's: no reading (rlaif.label_remote); asked again on a rerun
                         continue
@@ -634,8 +638,7 @@ def run(config: LabelConfig, labeler: Labeler | LikelihoodContrast | ScoreDiffer
         tally.used -= n
         tally.leave_out(reason, n)
     if skipped:
-        tally.require_some(config.candidates, "the server gave no pair a reading: every prompt was too long for it, "
-                           "or its replies did not start with an option (is it an instruction-tuned model?)")
+        tally.require_some(config.candidates, f"the server gave no pair a reading: {labeler.why_unread()}")
     if hasattr(labeler, "engine"):
         from rlaif.engines import save_counts
 

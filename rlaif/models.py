@@ -292,6 +292,16 @@ def lora_unused(config) -> None:
                         "used only with lora: true (--lora)")
 
 
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (vLLM takes seconds)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
 def context_length(spec: str | os.PathLike) -> int | None:
     """The positions a model spec's config declares (`max_position_embeddings`), or None; reads the config only."""
     from transformers import AutoConfig

@@ -383,8 +383,7 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
         for reason, n in Counter(skipped.values()).items():
             tally.used -= n
             tally.leave_out(reason, n)
-        tally.require_some(config.pairs, "the server gave no pair a reading: every prompt was too long for it, or "
-                           "its replies did not start with an option")
+        tally.require_some(config.pairs, f"the server gave no pair a reading: {labeler.why_unread()}")
     seed = constitution.label.seed
     predictions = mode_predictions([p.id for p in pairs], judged, ensemble, seed)
     cot = []

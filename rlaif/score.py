@@ -49,8 +49,7 @@ class ScoreConfig:
     ADDED: ClassVar[dict] = {"engine": "rlaif"}  # each with the value that reproduces older runs
 
     def __post_init__(self):
-        from rlaif.engines import installed
-        from rlaif.models import unused_settings
+        from rlaif.models import installed, unused_settings
 
         check_numbers(self, "score", at_least_one=["batch_size"])
         if self.engine not in ("rlaif", "vllm"):

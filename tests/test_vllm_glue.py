@@ -4,11 +4,15 @@ tiny Hugging Face model in this process. vLLM needs a GPU; this checks rlaif's g
 log-probabilities are read back, where rationales come from) by asking for labels and scores both ways from the same
 weights: they must match the local engine's. bench/gpu_check.sh runs the real vLLM."""
 
+import os
 import sys
 import types
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from trl import GRPOTrainer  # imported before a test puts the stand-in in sys.modules: TRL looks for vLLM
 
 from rlaif.records import read_jsonl, write_jsonl
 
@@ -20,7 +24,7 @@ class Logprob:
 
 class SamplingParams:
     def __init__(self, **kwargs):
-        self.__dict__.update({"temperature": 1.0, "prompt_logprobs": None, "seed": None, **kwargs})
+        self.__dict__.update({"temperature": 1.0, "prompt_logprobs": None, "seed": None, "logprobs": None, **kwargs})
 
 
 def stand_in_vllm(calls: list) -> types.ModuleType:
@@ -28,12 +32,26 @@ def stand_in_vllm(calls: list) -> types.ModuleType:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     class LLM:
-        def __init__(self, model: str, seed: int = 0, enable_prefix_caching: bool | None = None):
-            calls.append(("init", model, enable_prefix_caching))
-            self.model = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32).eval()
+        def __init__(self, model: str, seed: int = 0, enable_prefix_caching: bool | None = None, **options):
+            calls.append(("init", model, enable_prefix_caching, options))
+            module.instances.append(self)
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(model)
+            weights = self.model.state_dict()
+
+            def load_weights(pairs):  # vLLM's model.load_weights: Hugging Face names, values copied in place
+                pairs = list(pairs)
+                calls.append(("load_weights", len(pairs), None))
+                for name, tensor in pairs:
+                    weights[name].copy_(tensor)
+
+            runner = types.SimpleNamespace(model=types.SimpleNamespace(load_weights=load_weights))
             self.llm_engine = types.SimpleNamespace(
-                model_config=types.SimpleNamespace(max_model_len=self.model.config.max_position_embeddings))
+                model_config=types.SimpleNamespace(max_model_len=self.model.config.max_position_embeddings),
+                model_executor=types.SimpleNamespace(driver_worker=types.SimpleNamespace(model_runner=runner)))
+
+        def reset_prefix_cache(self):
+            calls.append(("reset_prefix_cache", 0, None))
 
         def get_tokenizer(self):
             return self.tokenizer
@@ -53,23 +71,35 @@ def stand_in_vllm(calls: list) -> types.ModuleType:
             return outputs
 
         def chat(self, conversations, params, use_tqdm=True):
-            """Greedy replies only (what the labeler's rationales ask for)."""
+            """Replies sampled token by token from full forward passes (greedy at temperature 0), each request with
+            its own seed; with `logprobs` set, each sampled token's log-probability after temperature (vLLM's
+            processed_logprobs)."""
             calls.append(("chat", len(conversations), params))
             outputs = []
             for conversation, p in zip(conversations, params):
-                assert p.temperature == 0
                 ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
                                                          return_dict=False)
-                with torch.inference_mode():
-                    out = self.model.generate(torch.tensor([ids]), max_new_tokens=p.max_tokens, do_sample=False,
-                                              pad_token_id=self.tokenizer.eos_token_id)[0, len(ids):].tolist()
-                text = self.tokenizer.decode(out, skip_special_tokens=True)
+                generator = torch.Generator().manual_seed(p.seed or 0)
+                out, logprobs = [], []
+                for _ in range(p.max_tokens):
+                    with torch.inference_mode():
+                        logits = self.model(torch.tensor([ids + out])).logits[0, -1].float()
+                    scaled = torch.log_softmax(logits / (p.temperature or 1.0), dim=-1)
+                    token = int(logits.argmax()) if p.temperature == 0 else \
+                        int(torch.multinomial(scaled.exp(), 1, generator=generator))
+                    out.append(token)
+                    logprobs.append({token: Logprob(scaled[token].item())})
+                    if token == self.tokenizer.eos_token_id:
+                        break
                 done = out[-1] == self.tokenizer.eos_token_id
                 outputs.append(types.SimpleNamespace(prompt_token_ids=ids, outputs=[types.SimpleNamespace(
-                    text=text, token_ids=out, finish_reason="stop" if done else "length")]))
+                    text=self.tokenizer.decode(out, skip_special_tokens=True), token_ids=out,
+                    logprobs=logprobs if p.logprobs is not None else None,
+                    finish_reason="stop" if done else "length")]))
             return outputs
 
-    return types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, __name__="vllm")
+    module = types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, __name__="vllm", instances=[])
+    return module
 
 
 @pytest.fixture
@@ -143,3 +173,68 @@ def test_vllm_settings_are_checked_when_the_config_is_built(monkeypatch, tmp_pat
         LabelConfig(candidates="c.jsonl", engine="vllm", device="cuda:1")
     with pytest.raises(DataError, match="expected rlaif or vllm, not 'openai'"):
         ScoreConfig(candidates="c.jsonl", engine="openai")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# PPO rollouts on vLLM
+
+
+def test_ppo_rollouts_on_vllm_get_the_policys_weights_after_every_step(vllm_calls, tiny_model_dir, tmp_path,
+                                                                        monkeypatch):
+    """Each step's rollout is sampled by the engine, which is given the policy's weights after every step (and
+    after a resume); PPO's old log-probabilities are recomputed by a full pass, and their gap to the engine's is
+    logged: here the same float32 weights, so it is all but zero. The engine ends holding the trained policy."""
+    from safetensors.torch import load_file
+
+    from rlaif.ppo.config import PPOConfig
+    from rlaif.ppo.trainer import run
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("How do I bake bread?\nWhat is science?\nTell me about travel.\nMix flour and water.\n")
+    config = PPOConfig(prompts=str(prompts), out=str(tmp_path / "ppo"), policy=str(tiny_model_dir),
+                       reward_fn=["toy_rewards:fl"], steps=2, batch_size=4, max_new_tokens=8, learning_rate=1e-3,
+                       lr_schedule="constant", save_steps=1, engine="vllm", vllm_gpu_memory_utilization=0.4)
+    run(replace(config, steps=1), progress=False)
+    init = vllm_calls[0]
+    assert init[3] == {"gpu_memory_utilization": 0.4, "logprobs_mode": "processed_logprobs"}
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    push = ["load_weights", "reset_prefix_cache"]
+    assert [call[0] for call in vllm_calls[1:]] == ["chat", *push]  # step 1's rollout, then a push
+    del vllm_calls[:]
+    run(config, progress=False)  # one step more: resumed from step 1's checkpoint, which vLLM is then given
+    assert [call[0] for call in vllm_calls] == ["init", *push, "chat", *push]
+    assert all(p.logprobs == 0 and p.temperature == config.temperature and p.seed is not None
+               for call in vllm_calls if call[0] == "chat" for p in call[2])
+    rows = list(read_jsonl(tmp_path / "ppo" / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["rollout/logprob_gap"] < 1e-4 for r in rows)
+    trained = load_file(str(tmp_path / "ppo" / "model.safetensors"))  # the engine's weights are the saved policy's
+    held = sys.modules["vllm"].instances[-1].model.state_dict()
+    for name, tensor in trained.items():
+        assert torch.allclose(held[name], tensor), name
+
+
+def test_grpo_on_vllm_is_trls_colocate_mode(vllm_calls, tiny_model_dir, tmp_path, monkeypatch):
+    """engine: vllm hands GRPO's sampling to TRL's own vLLM support (use_vllm, colocate), which needs a GPU: what
+    rlaif passes to TRL is checked, the trainer is not run."""
+    import rlaif.grpo
+    from rlaif.grpo import GRPOConfig, run
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(self, **kwargs):
+        seen["args"] = kwargs["args"]
+        raise Stop
+
+    monkeypatch.setattr(GRPOTrainer, "__init__", capture)
+    monkeypatch.setattr(rlaif.grpo, "RewardModels", lambda specs, device: None)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello?\nWhat is rain?\n")
+    with pytest.raises(Stop):
+        run(GRPOConfig(prompts=str(prompts), out=str(tmp_path / "grpo"), policy=str(tiny_model_dir),
+                       reward_model=[str(tmp_path / "rm")], steps=1, engine="vllm", vllm_gpu_memory_utilization=0.5), progress=False)
+    args = seen["args"]
+    assert (args.use_vllm, args.vllm_mode, args.vllm_gpu_memory_utilization) == (True, "colocate", 0.5)

@@ -44,7 +44,11 @@ def label_engine_options(command):
                                "(an OpenAI-compatible server that sends top_logprobs: vllm serve, SGLang, llama.cpp; "
                                "--labeler is then the name it serves; mode compare without chain of thought).  "
                                "[default: rlaif]")
-    return engine_options(command, [engine, *ENGINE_OPTIONS[1:]])
+    concurrency = click.option("--concurrency", type=int, help="With --engine openai: requests in flight at once, "
+                               "over all servers: at most a batch's (--batch-size pairs x principles x orders), so "
+                               "raise --batch-size with it. Labels are written per batch; a rerun asks again the "
+                               "batch a kill cut short.  [default: 8]")
+    return engine_options(command, [engine, *ENGINE_OPTIONS[1:3], concurrency])
 
 
 @cli.command()

@@ -232,6 +232,10 @@ def print_reliability(reliability: dict) -> None:
 @click.option("--log-with", help="Also log to an accelerate tracker (tensorboard, wandb, ...).")
 @click.option("--seed", type=int, help="[default: 0]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@click.option("--engine", type=click.Choice(["rlaif", "vllm"]),
+              help="Where rollouts are sampled: rlaif (here) or vllm (vLLM on the same GPU, given the policy's weights "
+                   "after every step; PPO's log-probabilities recomputed, the gap logged as rollout/logprob_gap).  "
+                   "[default: rlaif]")
 @recipe_option
 def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
     """Reinforcement learning with PPO against a reward, with a KL penalty to the starting policy.
@@ -347,6 +351,9 @@ def dpo(config_file, data, label_smoothing, **flags) -> None:
 @click.option("--learning-rate", type=float, help="[default: 5e-5 with LoRA, 1e-6 without]")
 @click.option("--seed", type=int, help="[default: 0]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@click.option("--engine", type=click.Choice(["rlaif", "vllm"]),
+              help="Where replies are sampled: rlaif (TRL's trainer, with the policy) or vllm (TRL's vLLM colocate "
+                   "mode, on the same GPU).  [default: rlaif]")
 @recipe_option
 def grpo(config_file, reward_model, **flags) -> None:
     """GRPO or RLOO against reward models (TRL's trainers): PPO without a value model.

@@ -74,12 +74,17 @@ class PPOConfig:
     log_with: str | None = None  # also log to an accelerate tracker: tensorboard, wandb, ...
     seed: int = 0
     device: str | None = None  # cpu, cuda, ...; default: a GPU if there is one (one per process under accelerate)
+    engine: str = "rlaif"  # where rollouts are sampled: rlaif (rlaif.generate, here) or vllm (vLLM on the same GPU,
+    # the policy's weights pushed to it after every step, as TRL's GRPO colocate mode does; the log-probabilities
+    # PPO uses are recomputed by a full forward pass, and their gap to vLLM's logged as rollout/logprob_gap)
+    vllm_gpu_memory_utilization: float = 0.3  # engine vllm: the share of the GPU's memory vLLM takes (its weights
+    # and KV cache); training keeps the rest
 
     VOLATILE = ("steps", "micro_batch_size", "save_steps", "save_total_limit", "sample_every", "eval_every",
                 "log_with", "device", "monitor_length_corr", "monitor_truncated", "monitor_min_replies",
-                "monitor_gap_rise")  # the thresholds only decide what is warned about
+                "monitor_gap_rise", "vllm_gpu_memory_utilization")  # the thresholds only decide what is warned about
     # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default)
-    ADDED: ClassVar[dict] = {"monitor_judge": None}
+    ADDED: ClassVar[dict] = {"monitor_judge": None, "engine": "rlaif"}
 
     def __post_init__(self):
         """Every setting in its range, and no setting that would do nothing: a DataError naming the field, or a
@@ -104,6 +109,19 @@ class PPOConfig:
                 raise DataError("ppo settings", None, name, f"expected {' or '.join(choices)}, not "
                                 f"{getattr(self, name)!r}")
         lora_unused(self)
+        if self.engine not in ("rlaif", "vllm"):
+            raise DataError("ppo settings", None, "engine", f"expected rlaif or vllm, not {self.engine!r}")
+        if self.engine == "vllm":
+            from rlaif.models import installed
+
+            if not installed("vllm"):
+                raise DataError("ppo settings", None, "engine", "vllm is not installed here (pip install vllm, on a "
+                                "machine with a GPU); or use engine: rlaif")
+            if not 0 < self.vllm_gpu_memory_utilization < 1:
+                raise DataError("ppo settings", None, "vllm_gpu_memory_utilization", "expected a share in (0, 1), "
+                                f"got {self.vllm_gpu_memory_utilization:g}")
+        else:
+            unused_settings(self, ["vllm_gpu_memory_utilization"], "used only with engine: vllm", ("engine",))
         if self.lora_dropout:
             raise ConfigError("lora_dropout: PPO turns every dropout off, so that the policy being trained computes "
                               "what the policy that sampled did (a ratio of 1 before the first update); leave it at 0")

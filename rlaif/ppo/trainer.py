@@ -118,6 +118,18 @@ class PPOTrainer:
                        if config.kl_target else L.FixedKLController(config.kl_coef))
         self.step = 0
         self.timing: dict[str, float] = {}  # seconds per phase of the last step
+        self.engine = None  # engine vllm: rollouts sampled by vLLM, which gets the policy's weights after each step
+        self.logprob_gap = None  # engine vllm: the last rollout's mean |log p(vLLM) - log p(full pass)| per token
+        if config.engine == "vllm":
+            from rlaif.engines import VLLMModel
+
+            if accelerator.num_processes > 1:
+                raise ConfigError("engine: vllm samples PPO's rollouts in one process (its own GPU share, "
+                                  "vllm_gpu_memory_utilization); run with one process, or engine: rlaif under "
+                                  "accelerate launch")
+            self.engine = VLLMModel(config.policy, seed=config.seed, in_process=True,
+                                    gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                                    logprobs_mode="processed_logprobs")  # after temperature, as PPO's are
 
     # -- rollout -----------------------------------------------------------------------------------------------------
 
@@ -133,21 +145,29 @@ class PPOTrainer:
         # Eval mode while generating: a layer checkpointed in training mode may drop the KV cache generation reads.
         # Dropout is off in both modes, so the numbers are those of training mode.
         with _eval_mode(policy, value), accelerator.autocast():
-            replies = generate(policy, self.tokenizer, prompts, generation)
+            if self.engine is not None:
+                done = dict(self.engine.complete(prompts, generation))
+                replies = [done[i] for i in range(len(prompts))]
+            else:
+                replies = generate(policy, self.tokenizer, prompts, generation)
             self.timing["generate"] = time.perf_counter() - started
             queries = [encode_chat(self.tokenizer, p) for p in prompts]
             batch = pack(queries, [r.token_ids for r in replies], self.tokenizer.pad_token_id).to(device)
             width = batch.response.shape[1]
             logprobs = torch.tensor([r.logprobs + [0.0] * (width - len(r.logprobs)) for r in replies], device=device)
             hidden = None
-            if accelerator.mixed_precision != "no" or config.shared_value_head:  # the hidden states only for the head
+            # In bf16 or fp16, decoding token by token from a KV cache rounds otherwise than a full forward pass, by
+            # more than a ratio that must start at 1 allows, and another engine's kernels differ more: the old
+            # log-probabilities are then those of a full pass, as the reference's below and the training pass's are.
+            recompute = accelerator.mixed_precision != "no" or self.engine is not None
+            if recompute or config.shared_value_head:  # the hidden states only for the head
                 logits, hidden = response_logits(policy, batch, hidden=True) if config.shared_value_head \
                     else (response_logits(policy, batch), None)
-                if accelerator.mixed_precision != "no":
-                    # In bf16 or fp16, decoding token by token from a KV cache rounds otherwise than a full forward
-                    # pass, by more than a ratio that must start at 1 allows: the old log-probabilities are then those
-                    # of a full pass, as the reference's below and the training pass's are.
-                    logprobs = L.logprobs_from_logits(logits, batch.response, config.temperature)
+                if recompute:
+                    full = L.logprobs_from_logits(logits, batch.response, config.temperature)
+                    if self.engine is not None:
+                        self.logprob_gap = ((full - logprobs).abs() * batch.mask).sum() / batch.mask.sum()
+                    logprobs = full
                 del logits
             if self.reference is None:
                 with policy.disable_adapter():
@@ -211,6 +231,8 @@ class PPOTrainer:
         self.sched_policy.step()
         self.sched_value.step()
         self.kl_ctl.update(mean_kl, all_rows)
+        if self.engine is not None:  # the next rollout samples from the policy as it is now
+            self.engine.push_weights(accelerator.unwrap_model(self.policy))
 
         # name: (sum, count) on this process; the logged mean is the sum over all processes over their count
         lengths = mask.sum(1)
@@ -227,6 +249,7 @@ class PPOTrainer:
             "response_tokens": (mask.sum(), 1),
             "mean_context": ((ro.batch.position_ids[attended] + 1).sum(), attended.sum()),
             "eos_rate": (ro.eos.sum(), rows),
+            **({"rollout/logprob_gap": (self.logprob_gap, 1)} if self.engine is not None else {}),
         }
         totals = self.all_sum([x for pair in local.values() for x in pair])
         metrics = {name: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else None
@@ -350,6 +373,8 @@ class PPOTrainer:
         self.accelerator.load_state(str(directory))
         state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
         self.step = state["step"]
+        if self.engine is not None:  # resumed: vLLM loaded the starting policy
+            self.engine.push_weights(self.accelerator.unwrap_model(self.policy))
         self.kl_ctl.load_state_dict(state["kl_controller"])
 
 
