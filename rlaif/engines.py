@@ -1,4 +1,4 @@
-"""Where the generation stages (`rlaif critique`, `rlaif sample`) run their requests: the engines.
+"""Where the stages that generate or score (`rlaif critique`, `sample`, `label`, `score`, `ppo`) run: the engines.
 
     complete = open_engine(config)  # a CritiqueConfig or SampleConfig whose engine is vllm or openai
     for index, reply in complete(conversations, GenerationConfig(max_new_tokens=64, seeds=seeds), prefix):
@@ -11,9 +11,11 @@ as replies finish, so that the stage writes each row once it is whole: a killed 
 and the rerun sends only the work not yet written. `engine` picks one of three:
 
 - rlaif: batched generation in this process (rlaif.generate), each stage's own `_model_complete`.
-- vllm: vLLM in this process, on a GPU where it is installed (`vllm_complete`).
+- vllm: vLLM in this process, on a GPU where it is installed (`VLLMModel`), which is also the `model` the scoring
+  stages (label in every mode, score, eval labeler) read log-probabilities from, and PPO's rollout sampler.
 - openai: HTTP to any OpenAI-compatible server (`OpenAIEngine`): `vllm serve`, SGLang, llama.cpp's llama-server,
-  TGI, `transformers serve`. The stage's `model` setting is the name sent to the server.
+  TGI, `transformers serve`. The stage's `model` setting is the name sent to the server. The labeling stages read
+  option probabilities from its top_logprobs (`OpenAIEngine.next_tokens`, rlaif.label_remote).
 
 **What openai sends.** One POST BASE_URL/chat/completions per reply with the standard fields only: model, messages
 (the prefix, then the conversation), max_tokens, temperature, top_p and the reply's own seed (`n` is left out:
