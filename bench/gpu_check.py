@@ -7,7 +7,7 @@ Each phase runs the rlaif CLI twice in fresh processes, once per engine, on the 
 has the GPU to itself and frees it when its process ends:
 
   critique   `rlaif critique --rounds 1 -t 0 --prefs` on --prompts prompts (examples/prompts, red-team and helpful
-             in turn), batch 64: generated tokens per second of the stage's own time (manifest `seconds`: loading
+             in turn), batch 64 on both engines: generated tokens per second of the stage's own time (manifest `seconds`: loading
              the model or starting vLLM apart), and how many greedy turns are the same text;
   label      `rlaif label -k 1 --both-orders --no-cot` of the rlaif run's prefs.jsonl (final revision against first
              answer): the share of pairs with the same winner, and the largest and mean |p_chosen difference| over
@@ -76,7 +76,7 @@ def critique(model: str, prompts: Path, out: Path) -> dict:
         run = out / f"critique-{engine}"
         wall = rlaif(["critique", "--prompts", prompts, "-m", model, "--rounds", "1", "-t", "0", "--prefs",
                       "--max-new-tokens", "128", "--chunk-size", "64", "--out", run, "--engine", engine,
-                      *(["--batch-size", "64", "--device", "cuda"] if engine == "rlaif" else [])],
+                      "--batch-size", "64", *(["--device", "cuda"] if engine == "rlaif" else [])],
                      out / f"{engine}-critique.log")
         manifest = json.loads((run / "critique" / "manifest.json").read_text())
         turns = {t["id"]: t["text"] for t in jsonl(run / "critique" / "turns.jsonl")}
@@ -152,24 +152,27 @@ def main() -> None:
     started = time.perf_counter()
     result = {"model": args.model, "prompts": args.prompts, "gpu": torch.cuda.get_device_name(0),
               "vllm": vllm.__version__, "torch": torch.__version__, "python": platform.python_version()}
-    result["critique"] = critique(args.model, prompts, args.work)
-    result["label"] = label(args.model, args.work / "critique-rlaif" / "critique" / "prefs.jsonl", args.work)
-    result["ppo"] = ppo(args.model, prompts, args.work)
-    result["seconds"] = time.perf_counter() - started
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    phases = (("critique", lambda: critique(args.model, prompts, args.work)),
+              ("label", lambda: label(args.model, args.work / "critique-rlaif" / "critique" / "prefs.jsonl", args.work)),
+              ("ppo", lambda: ppo(args.model, prompts, args.work)))
+    for name, phase in phases:  # each phase's results written as it ends, so that a later failure keeps them
+        result[name] = phase()
+        result["seconds"] = time.perf_counter() - started
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     c, lab, p = result["critique"], result["label"], result["ppo"]
-    gaps = [g for g in p["vllm"]["logprob_gap"] if g is not None]
+    gaps = [g for g in p["vllm"]["logprob_gap"] if g is not None] or [float("nan")]
     critique_line = (f"critique  {c['rlaif']['tokens_per_second']:8.1f} tokens/s     "
                      f"{c['vllm']['tokens_per_second']:8.1f} tokens/s     {c['speedup']:.2f}x   "
                      f"({c['identical_turns']} of {c['rlaif']['turns']} greedy turns identical)")
     label_line = (f"label     {lab['pairs']} pairs both labeled: same winner {lab['same_winner']:.1%}, |p difference| "
-                  f"max {lab['max_gap']:.2e}, mean {lab['mean_gap']:.2e}")
+                  f"max {lab['max_gap'] or 0:.2e}, mean {lab['mean_gap'] or 0:.2e}")
     ppo_line = (f"ppo       {p['rlaif']['samples_per_second']:8.2f} samples/s    {p['vllm']['samples_per_second']:8.2f} "
                 f"samples/s    {p['speedup']:.2f}x   (rollout log-prob gap per token {min(gaps):.2e} to "
                 f"{max(gaps):.2e})")
     lines = [f"GPU check: {args.model} on {result['gpu']}, vLLM {result['vllm']} ({result['seconds']:.0f} s)",
              "phase     rlaif                 vllm                  ratio", critique_line, label_line, ppo_line]
     print("\n".join(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**result, "table": lines}, indent=2) + "\n")
     print(f"-> {args.out}")
 

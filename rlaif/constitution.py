@@ -260,6 +260,9 @@ class ConstitutionError(Exception):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    def __reduce__(self):
+        return type(self), (self.problems,)
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # YAML with positions: every value and key remembers its line and column, duplicate keys are caught, and plain

@@ -386,9 +386,11 @@ class VLLMModel:
         Labeler(model, model.tokenizer, constitution)       # rlaif.label; DirectScore and LikelihoodContrast alike
 
     The scorers read log-probabilities of given tokens through rlaif.prefix_tree.tree_logprobs, which hands them to
-    `sequence_logprobs` here (vLLM's prompt_logprobs); rlaif.label.Labeler writes its chain-of-thought rationales
-    with `complete`. `config.max_position_embeddings` is vLLM's max_model_len, the context the scorers fit prompts
-    in. `options` go to vllm.LLM (gpu_memory_utilization, logprobs_mode, ...). Raises ConfigError when vLLM is
+    `sequence_logprobs` here (vLLM's prompt_logprobs; vLLM computes those without its prefix cache, so scoring
+    shares no prefix); rlaif.label.Labeler writes its chain-of-thought rationales with `complete`. Prompts go to
+    vLLM as token ids built with rlaif's tokenizer (rlaif.generate.encode_chat), the ids the local engine and PPO's
+    trainer use. `config.max_position_embeddings` is vLLM's max_model_len less one (it writes a token past every
+    prompt), the context the scorers fit prompts in. `options` go to vllm.LLM (gpu_memory_utilization, logprobs_mode, ...). Raises ConfigError when vLLM is
     not installed."""
 
     def __init__(self, model: str, seed: int = 0, in_process: bool = False, **options):
@@ -402,11 +404,16 @@ class VLLMModel:
         except ImportError:
             raise ConfigError("engine: vllm is not installed here (pip install vllm, on a machine with a GPU); "
                               "or use engine: rlaif") from None
-        from rlaif.models import resolve
+        from rlaif.models import load_tokenizer, resolve
 
-        self.llm = LLM(model=resolve(model), seed=seed, enable_prefix_caching=True, **options)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.config = types.SimpleNamespace(max_position_embeddings=self.llm.llm_engine.model_config.max_model_len)
+        path = resolve(model)
+        self.llm = LLM(model=path, seed=seed, enable_prefix_caching=True, **options)
+        # rlaif's tokenizer (its chat template, or rlaif's fallback), so that every prompt is the token ids the
+        # local engine and PPO's trainer build; vLLM is sent those ids, never text to template itself
+        self.tokenizer = load_tokenizer(path)
+        # the longest prompt vLLM scores or extends: it generates at least one token past the prompt
+        self.config = types.SimpleNamespace(
+            max_position_embeddings=self.llm.llm_engine.model_config.max_model_len - 1)
 
     def sequence_logprobs(self, sequences: list[list[int]], n_scored: list[int]) -> list[list[float]]:
         """For each token-id sequence, the log-probabilities of its last n_scored[i] tokens, each given the tokens
@@ -426,22 +433,23 @@ class VLLMModel:
         sent (finish_reason "too_long", as rlaif.generate gives it)."""
         from vllm import SamplingParams
 
-        from rlaif.models import chat_ids
+        from rlaif.generate import encode_chat
 
-        context = self.config.max_position_embeddings
+        context = self.config.max_position_embeddings + 1
         conversations = [[*(prefix or []), *c] for c in conversations]
         seeds = generation.seeds or [None if generation.seed is None else derive_seed(generation.seed, i)
                                      for i in range(len(conversations))]
         for start in range(0, len(conversations), generation.batch_size):
             batch = range(start, min(start + generation.batch_size, len(conversations)))
-            sizes = {i: len(chat_ids(self.tokenizer, conversations[i], add_generation_prompt=True)) for i in batch}
-            sent = [i for i in batch if sizes[i] + generation.max_new_tokens <= context]
+            ids = {i: encode_chat(self.tokenizer, conversations[i]) for i in batch}
+            sent = [i for i in batch if len(ids[i]) + generation.max_new_tokens <= context]
             for i in sorted(set(batch) - set(sent)):
-                yield i, Generation(text="", token_ids=[], finish_reason="too_long", prompt_tokens=sizes[i])
+                yield i, Generation(text="", token_ids=[], finish_reason="too_long", prompt_tokens=len(ids[i]))
             params = [SamplingParams(temperature=generation.temperature, top_p=generation.top_p,
                                      max_tokens=generation.max_new_tokens, seed=seeds[i],
                                      logprobs=0 if generation.logprobs else None) for i in sent]
-            results = self.llm.chat([conversations[i] for i in sent], params, use_tqdm=False) if sent else []
+            prompts = [{"prompt_token_ids": ids[i]} for i in sent]
+            results = self.llm.generate(prompts, params, use_tqdm=False) if sent else []
             for i, r in zip(sent, results):
                 out = r.outputs[0]
                 logprobs = [step[t].logprob for step, t in zip(out.logprobs, out.token_ids)] if generation.logprobs \

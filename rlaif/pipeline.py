@@ -300,19 +300,6 @@ def _write_check_pairs(step: Step) -> int:
     return len(ordered)
 
 
-def _run_check(step: Step, progress: bool) -> dict:
-    """The labeler check: its human pairs written, then rlaif.report_card.evaluate_labeler (labeler_report.json and
-    labels.jsonl in its directory). Returns the report, with `summary`: what it read and its verdict."""
-    from rlaif.report_card import evaluate_labeler
-
-    if not _write_check_pairs(step):
-        raise DataError(step.config.pairs, None, None, "no human pair to check the labeler on: every pair of the "
-                        "human files is a tie or held out by the reward stage (reward.eval_fraction); add human "
-                        "pairs, or lower reward.eval_fraction")
-    report = evaluate_labeler(step.config, progress=progress)
-    return {**report, "summary": f"{report['summary']}; {report['verdict']['text']}"}
-
-
 def check_verdict(step: Step) -> dict | None:
     """The finished labeler check's verdict (labeler_report.json's `verdict`: beats, text), or None."""
     path = step.directory / "labeler_report.json"
@@ -427,21 +414,54 @@ def _ran_with(step: Step) -> bool:
     return all(added_default(saved, k, added) == v for k, v in wanted.items() if k not in volatile and v is not None)
 
 
+STAGE_RUNS = {"critique": ("rlaif.critique", "run"), "sft": ("rlaif.sft", "run"), "rankings": ("rlaif.rankings", "run"),
+              "sample": ("rlaif.sample", "run"), "label": ("rlaif.label", "run"), "reward": ("rlaif.reward", "run"),
+              "ppo": ("rlaif.ppo.trainer", "run"), "dpo": ("rlaif.dpo", "run"), "grpo": ("rlaif.grpo", "run"),
+              "eval": ("rlaif.evaluate", "evaluate_policies"), CHECK: ("rlaif.report_card", "evaluate_labeler")}
+
+
 def _execute(step: Step, progress: bool) -> dict:
-    """Run one step's stage; returns what the stage returns (its counts, with `summary`: read, used, left out)."""
+    """Run one step's stage; returns what the stage returns (its counts, with `summary`: read, used, left out). A
+    stage on vLLM (engine: vllm) runs in a child process of its own (`_in_child`)."""
+    if step.stage == CHECK and not _write_check_pairs(step):
+        raise DataError(step.config.pairs, None, None, "no human pair to check the labeler on: every pair of the "
+                        "human files is a tie or held out by the reward stage (reward.eval_fraction); add human "
+                        "pairs, or lower reward.eval_fraction")
+    if getattr(step.config, "engine", "rlaif") == "vllm":
+        result = _in_child(step, progress)
+    else:
+        result = _run_stage(step.stage, step.config, progress)
+    if step.stage == CHECK:  # the report card (rlaif.report_card), with what it read and its verdict
+        result = {**result, "summary": f"{result['summary']}; {result['verdict']['text']}"}
+    return result
+
+
+def _run_stage(stage: str, config, progress: bool) -> dict:
     from importlib import import_module
 
-    if step.stage == CHECK:
-        return _run_check(step, progress)
-    module, function = {"critique": ("rlaif.critique", "run"), "sft": ("rlaif.sft", "run"),
-                        "rankings": ("rlaif.rankings", "run"), "sample": ("rlaif.sample", "run"),
-                        "label": ("rlaif.label", "run"), "reward": ("rlaif.reward", "run"),
-                        "ppo": ("rlaif.ppo.trainer", "run"), "dpo": ("rlaif.dpo", "run"),
-                        "grpo": ("rlaif.grpo", "run"), "eval": ("rlaif.evaluate", "evaluate_policies")}[step.stage]
+    module, function = STAGE_RUNS[stage]
     run = getattr(import_module(module), function)
-    if step.stage == "rankings":
-        return run(step.config)
-    return run(step.config, progress=progress)
+    return run(config) if stage == "rankings" else run(config, progress=progress)
+
+
+def _in_child(step: Step, progress: bool) -> dict:
+    """Run a stage in a fresh child process (spawned, so that it starts with no CUDA state) and return its result;
+    its errors are raised here. vLLM takes its share of the GPU's memory when it starts (by default 0.92 of it for
+    generation and scoring, vllm_gpu_memory_utilization for PPO) and gives it back only when its process ends, so
+    a stage on vLLM must neither find the memory of the stages before it held by this process nor keep its own for
+    the stages after. The stage directory's lock passes to the child for the stage's run (the run's own lock stays
+    here)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from rlaif.records import lock_stage, release_stage
+
+    release_stage(step.directory)
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_run_stage, step.stage, step.config, progress).result()
+    finally:
+        lock_stage(step.directory)
 
 
 def summary(step: Step, result: dict) -> str:

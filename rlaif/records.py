@@ -135,6 +135,9 @@ class ConfigError(Exception):
             fields = head.split(", ") if sep and re.fullmatch(r"[a-z_]+(, [a-z_]+)*", head) else []
         self.fields = list(fields)
 
+    def __reduce__(self):  # raised in a child process (rlaif.pipeline._in_child) and again here
+        return type(self), (str(self), self.fields)
+
 
 class DataError(Exception):
     """A problem with a user's data file. The message names the file, line and field."""
@@ -143,6 +146,9 @@ class DataError(Exception):
         self.path, self.line, self.field, self.message = Path(path), line, field, message
         where = f"{path}:{line}" if line else str(path)
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.line, self.field, self.message)
 
 
 def number(value: Any, path: Path | str, line: int | None, field: str, minimum: float | None = None,

@@ -556,20 +556,21 @@ def test_sample_with_vllm_engine_seeds_each_request(tmp_path, monkeypatch, tiny_
 
     calls = []
 
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
     class LLM:
         llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=512))
 
-        def __init__(self, model, seed):
+        def __init__(self, model, seed, enable_prefix_caching):
             calls.append(("init", model, seed))
 
-        def get_tokenizer(self):
-            return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-        def chat(self, conversations, params, use_tqdm):
-            calls.append(("chat", [p.seed for p in params]))
+        def generate(self, prompts, params, use_tqdm):
+            calls.append(("generate", [p.seed for p in params]))
+            for prompt in prompts:  # rlaif's own chat rendering, as token ids
+                assert tokenizer.decode(prompt["prompt_token_ids"]).endswith("<|im_start|>assistant\n")
             out = types.SimpleNamespace
-            return [out(prompt_token_ids=[1, 2], outputs=[out(text=f" reply {p.seed} ", token_ids=[5, 6],
-                                                               finish_reason="stop")]) for p in params]
+            return [out(prompt_token_ids=prompt["prompt_token_ids"], outputs=[out(
+                text=f" reply {p.seed} ", token_ids=[5, 6], finish_reason="stop")]) for prompt, p in zip(prompts, params)]
 
     class SamplingParams:
         def __init__(self, **kwargs):

@@ -1,5 +1,5 @@
 """engine: vllm for the scoring stages (rlaif.engines.VLLMModel), against a STAND-IN for vLLM, not vLLM: a module with
-vLLM's `LLM` and `SamplingParams` names that computes what vLLM's prompt_logprobs and greedy chat return, with the
+vLLM's `LLM` and `SamplingParams` names that computes what vLLM's prompt_logprobs and sampling return, with the
 tiny Hugging Face model in this process. vLLM needs a GPU; this checks rlaif's glue (which tokens are sent, which
 log-probabilities are read back, where rationales come from) by asking for labels and scores both ways from the same
 weights: they must match the local engine's. bench/gpu_check.sh runs the real vLLM."""
@@ -57,46 +57,42 @@ def stand_in_vllm(calls: list) -> types.ModuleType:
             return self.tokenizer
 
         def generate(self, prompts, params, use_tqdm=True):
-            """prompt_logprobs as vLLM returns them: entry 0 None, entry i {prompt token i: its Logprob}."""
-            calls.append(("generate", len(prompts), params))
-            assert params.prompt_logprobs == 0 and params.max_tokens == 1
-            outputs = []
-            for prompt in prompts:
-                ids = prompt["prompt_token_ids"]
-                with torch.inference_mode():
-                    logits = self.model(torch.tensor([ids])).logits[0].float()
-                logprobs = torch.log_softmax(logits[:-1], dim=-1)
-                entries = [None] + [{t: Logprob(logprobs[i, t].item())} for i, t in enumerate(ids[1:])]
-                outputs.append(types.SimpleNamespace(prompt_token_ids=ids, prompt_logprobs=entries))
-            return outputs
+            """Token-id prompts only. With prompt_logprobs (0, and one token to generate): the prompt's
+            log-probabilities as vLLM returns them, entry 0 None, entry i {prompt token i: its Logprob}. Otherwise
+            (one SamplingParams per prompt): replies sampled token by token from full forward passes (greedy at
+            temperature 0), each with its own seed, and with `logprobs` set each sampled token's log-probability
+            after temperature (vLLM's processed_logprobs)."""
+            calls.append(("generate" if not isinstance(params, list) else "sample", len(prompts), params))
+            if not isinstance(params, list):
+                assert params.prompt_logprobs == 0 and params.max_tokens == 1
+                return [self._prompt_logprobs(prompt["prompt_token_ids"]) for prompt in prompts]
+            return [self._sample(prompt["prompt_token_ids"], p) for prompt, p in zip(prompts, params, strict=True)]
 
-        def chat(self, conversations, params, use_tqdm=True):
-            """Replies sampled token by token from full forward passes (greedy at temperature 0), each request with
-            its own seed; with `logprobs` set, each sampled token's log-probability after temperature (vLLM's
-            processed_logprobs)."""
-            calls.append(("chat", len(conversations), params))
-            outputs = []
-            for conversation, p in zip(conversations, params):
-                ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
-                                                         return_dict=False)
-                generator = torch.Generator().manual_seed(p.seed or 0)
-                out, logprobs = [], []
-                for _ in range(p.max_tokens):
-                    with torch.inference_mode():
-                        logits = self.model(torch.tensor([ids + out])).logits[0, -1].float()
-                    scaled = torch.log_softmax(logits / (p.temperature or 1.0), dim=-1)
-                    token = int(logits.argmax()) if p.temperature == 0 else \
-                        int(torch.multinomial(scaled.exp(), 1, generator=generator))
-                    out.append(token)
-                    logprobs.append({token: Logprob(scaled[token].item())})
-                    if token == self.tokenizer.eos_token_id:
-                        break
-                done = out[-1] == self.tokenizer.eos_token_id
-                outputs.append(types.SimpleNamespace(prompt_token_ids=ids, outputs=[types.SimpleNamespace(
-                    text=self.tokenizer.decode(out, skip_special_tokens=True), token_ids=out,
-                    logprobs=logprobs if p.logprobs is not None else None,
-                    finish_reason="stop" if done else "length")]))
-            return outputs
+        def _prompt_logprobs(self, ids):
+            assert len(ids) < self.llm_engine.model_config.max_model_len  # vLLM writes a token past the prompt
+            with torch.inference_mode():
+                logits = self.model(torch.tensor([ids])).logits[0].float()
+            logprobs = torch.log_softmax(logits[:-1], dim=-1)
+            entries = [None] + [{t: Logprob(logprobs[i, t].item())} for i, t in enumerate(ids[1:])]
+            return types.SimpleNamespace(prompt_token_ids=ids, prompt_logprobs=entries)
+
+        def _sample(self, ids, p):
+            generator = torch.Generator().manual_seed(p.seed or 0)
+            out, logprobs = [], []
+            for _ in range(p.max_tokens):
+                with torch.inference_mode():
+                    logits = self.model(torch.tensor([ids + out])).logits[0, -1].float()
+                scaled = torch.log_softmax(logits / (p.temperature or 1.0), dim=-1)
+                token = int(logits.argmax()) if p.temperature == 0 else \
+                    int(torch.multinomial(scaled.exp(), 1, generator=generator))
+                out.append(token)
+                logprobs.append({token: Logprob(scaled[token].item())})
+                if token == self.tokenizer.eos_token_id:
+                    break
+            done = out[-1] == self.tokenizer.eos_token_id
+            return types.SimpleNamespace(prompt_token_ids=ids, outputs=[types.SimpleNamespace(
+                text=self.tokenizer.decode(out, skip_special_tokens=True), token_ids=out,
+                logprobs=logprobs if p.logprobs is not None else None, finish_reason="stop" if done else "length")])
 
     module = types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, __name__="vllm", instances=[])
     return module
@@ -137,7 +133,7 @@ def test_labels_on_vllm_are_the_local_engines(vllm_calls, roomy_model_dir, tmp_p
         assert served[key].get("rationales") == row.get("rationales")
     assert vllm_calls[0][2] is True  # prefix caching on
     kinds = {call[0] for call in vllm_calls[1:]}
-    assert kinds == ({"generate", "chat"} if extra.get("chain_of_thought") else {"generate"})
+    assert kinds == ({"generate", "sample"} if extra.get("chain_of_thought") else {"generate"})
     assert "engine: vllm" in (tmp_path / "vllm" / "label" / "config.yaml").read_text()
 
 
@@ -200,12 +196,12 @@ def test_ppo_rollouts_on_vllm_get_the_policys_weights_after_every_step(vllm_call
     assert init[3] == {"gpu_memory_utilization": 0.4, "logprobs_mode": "processed_logprobs"}
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     push = ["load_weights", "reset_prefix_cache"]
-    assert [call[0] for call in vllm_calls[1:]] == ["chat", *push]  # step 1's rollout, then a push
+    assert [call[0] for call in vllm_calls[1:]] == ["sample", *push]  # step 1's rollout, then a push
     del vllm_calls[:]
     run(config, progress=False)  # one step more: resumed from step 1's checkpoint, which vLLM is then given
-    assert [call[0] for call in vllm_calls] == ["init", *push, "chat", *push]
+    assert [call[0] for call in vllm_calls] == ["init", *push, "sample", *push]
     assert all(p.logprobs == 0 and p.temperature == config.temperature and p.seed is not None
-               for call in vllm_calls if call[0] == "chat" for p in call[2])
+               for call in vllm_calls if call[0] == "sample" for p in call[2])
     rows = list(read_jsonl(tmp_path / "ppo" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["rollout/logprob_gap"] < 1e-4 for r in rows)
     trained = load_file(str(tmp_path / "ppo" / "model.safetensors"))  # the engine's weights are the saved policy's
@@ -238,3 +234,39 @@ def test_grpo_on_vllm_is_trls_colocate_mode(vllm_calls, tiny_model_dir, tmp_path
                        reward_model=[str(tmp_path / "rm")], steps=1, engine="vllm", vllm_gpu_memory_utilization=0.5), progress=False)
     args = seen["args"]
     assert (args.use_vllm, args.vllm_mode, args.vllm_gpu_memory_utilization) == (True, "colocate", 0.5)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A recipe's stages on vLLM run in a child process each
+
+
+def test_a_stage_on_vllm_runs_in_a_child_process_whose_errors_come_back_whole(tiny_model_dir, tmp_path):
+    """rlaif.pipeline._in_child, with a stage on the local engine (vLLM needs a GPU): the result comes back, the
+    stage directory's lock passes to the child and back, and a user's mistake is raised here as the same error,
+    file, line and field included, so that the CLI prints it as it prints any other."""
+    import pickle
+
+    from rlaif.constitution import ConstitutionError, Problem
+    from rlaif.label import LabelConfig
+    from rlaif.pipeline import _in_child
+    from rlaif.records import ConfigError, DataError, lock_stage
+
+    for error in (DataError("a.jsonl", 3, "prompt", "missing"), ConfigError("top_p: no effect", ["top_p"])):
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error) and vars(again) == vars(error)
+    problems = [Problem(file="c.yaml", line=2, column=1, field="id", message="duplicate")]
+    assert pickle.loads(pickle.dumps(ConstitutionError(problems))).problems == problems
+
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, PAIRS[:1])
+    directory = tmp_path / "run" / "label"
+    directory.mkdir(parents=True)
+    lock_stage(directory)  # as rlaif.pipeline.run holds a step's directory
+    config = LabelConfig(candidates=str(pairs), out=str(tmp_path / "run"), labeler=str(tiny_model_dir),
+                         few_shot=False, principles_per_comparison=1, device="cpu")
+    step = types.SimpleNamespace(stage="label", config=config, directory=directory)
+    assert _in_child(step, progress=False)["labeled"] == 1
+    step.config = LabelConfig(**{**vars(config), "candidates": str(tmp_path / "missing.jsonl")})
+    with pytest.raises(DataError, match="missing.jsonl: file not found") as raised:
+        _in_child(step, progress=False)
+    assert raised.value.path == tmp_path / "missing.jsonl"
