@@ -4,7 +4,7 @@
     rlaif constitution diff default my-constitution.yaml --candidates runs/x/round-1/sample/candidates.jsonl
 
 What changed from A to B: principles added, removed and edited (each edited field's text under A and B), label
-settings, templates, and the few-shot label examples *as the labeler reads them* (rlaif.label.few_shot_block). An
+settings, templates, and the few-shot label examples *as the labeler reads them* (rlaif.label_prompt.few_shot_block). An
 example is asked with the comparison question of the principle it names, so editing that question changes the
 few-shot block that every pair is labeled after, whichever principles the pair draws. The critique stage's examples
 are compared the same way (they ask their principle's critique and revision requests). No model is needed for this.
@@ -75,7 +75,7 @@ def edits(a, b) -> dict:
     {name: [A, B]} (null where a constitution has none of that name)."""
     from rlaif.constitution import Principle
     from rlaif.critique import few_shot_messages
-    from rlaif.label import few_shot_block
+    from rlaif.label_prompt import few_shot_block
 
     old = {p.id: p for p in a.principles}
     principles = {p.id: {f.name: [getattr(old[p.id], f.name), getattr(p, f.name)] for f in fields(Principle)
@@ -154,7 +154,8 @@ def run(config: DiffConfig, progress: bool = False, model=None) -> dict:
 
 def _relabel(config: DiffConfig, a, b, diff: dict, model, progress: bool) -> dict:
     """Label the candidates under A and under B; the report's keys from `labeler` on."""
-    from rlaif.label import Labeler, label_template, load_pairs, sample_label_principles
+    from rlaif.label import Labeler, load_pairs, sample_label_principles
+    from rlaif.label_prompt import label_template
 
     tally = Tally("pairs")
     pairs = load_pairs(config.candidates, tally, config.limit)

@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlaif.constitution import Constitution, Principle
-from rlaif.label import Pair, defuse, mean, option_probability, tokenizer_specials, with_system
+from rlaif.label import Pair, mean, option_probability
+from rlaif.label_prompt import defuse, tokenizer_specials, with_system
 from rlaif.records import ConfigError, Message, PreferenceRow
 
 # --------------------------------------------------------------------------------------------------------------------

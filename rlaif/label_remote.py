@@ -18,7 +18,7 @@ listed log-probability, a bound above its own, so that label is less extreme tha
 What a chat API cannot do: score text it did not write. So chain of thought (options scored after the labeler's
 own rationale), mode contrast (a reply's likelihood) and mode score need engine rlaif or vllm; asking for them
 with engine openai is a ConfigError. The server's special tokens are not known here, so untrusted text has the
-markers of the common chat templates broken up (`server_specials`; rlaif.label.quote).
+markers of the common chat templates broken up (`server_specials`; rlaif.label_prompt.quote).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ import math
 import re
 
 from rlaif.constitution import Constitution, Principle
-from rlaif.label import Labeler, Pair, answer, few_shot_block, label_message, label_template, option_probability
+from rlaif.label import Labeler, Pair, option_probability
+from rlaif.label_prompt import answer, few_shot_block, label_message, label_template
 
 # Chat-template markers of the common model families, broken up in untrusted text when the server's own tokenizer
-# is not at hand: these, and whatever `MARKERS` finds (rlaif.label.quote, `server_specials`).
+# is not at hand: these, and whatever `MARKERS` finds (rlaif.label_prompt.quote, `server_specials`).
 SERVER_SPECIALS = sorted({
     "<s>", "</s>", "<bos>", "<eos>", "<pad>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<think>", "</think>",
     "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>",

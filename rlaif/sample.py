@@ -36,7 +36,8 @@ from typing import ClassVar
 from rlaif import engines
 from rlaif.constitution import load_constitution
 from rlaif.generate import Generation, GenerationConfig, derive_seed, indexed, progress_bar
-from rlaif.label import sample_label_principles, with_system
+from rlaif.label import sample_label_principles
+from rlaif.label_prompt import with_system
 from rlaif.loaders import load_prompts
 from rlaif.models import check_numbers, unused_settings
 from rlaif.records import (

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from rlaif.constitution import Constitution, load_constitution, render
-from rlaif.label import format_conversation, quote, tokenizer_specials
+from rlaif.label_prompt import format_conversation, quote, tokenizer_specials
 from rlaif.models import check_numbers
 from rlaif.records import ConfigError, DataError, JsonlWriter, Message, Tally, iter_jsonl, open_stage
 

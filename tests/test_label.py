@@ -375,7 +375,7 @@ def test_direct_score_matches_plain_forward_and_is_a_reward(roomy):
     assert rewards[0].item() == pytest.approx((score - 5.5) / 4.5, abs=1e-5)
     # P("7") from a plain forward pass over the same text, normalised the same way.
     from rlaif.constitution import render
-    from rlaif.label import format_conversation, quote
+    from rlaif.label_prompt import format_conversation, quote
 
     content = render(scorer.template, principles=scorer.rubric, conversation=format_conversation(PAIR.prompt),
                      response=quote(PAIR.first))

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from rlaif.cli import cli
 from rlaif.constitution import ConstitutionError, load_constitution
 from rlaif.generate import Generation
-from rlaif.label import LabelConfig, Pair, run, sample_label_principles, with_system
+from rlaif.label import LabelConfig, Pair, run, sample_label_principles
 from rlaif.label_modes import (
     Contrast,
     LikelihoodContrast,
@@ -26,6 +26,7 @@ from rlaif.label_modes import (
     score_difference_probabilities,
     score_preference,
 )
+from rlaif.label_prompt import with_system
 from rlaif.records import ConfigError, DataError, read_jsonl, read_yaml, write_jsonl
 from rlaif.sample import SampleConfig
 from rlaif.sample import run as sample_run
