@@ -414,6 +414,19 @@ class VLLMModel:
         # the longest prompt vLLM scores or extends: it generates at least one token past the prompt
         self.config = types.SimpleNamespace(
             max_position_embeddings=self.llm.llm_engine.model_config.max_model_len - 1)
+        if in_process and self._model() is None:
+            import vllm
+
+            raise ConfigError(f"engine: vLLM {vllm.__version__} keeps its model out of reach of this process "
+                              "(llm.llm_engine.model_executor.driver_worker.model_runner.model), where PPO pushes the "
+                              "policy's weights after every step; use the vLLM versions TRL supports, or engine rlaif")
+
+    def _model(self):
+        """The model inside the engine (what `push_weights` loads into), or None where vLLM hides it."""
+        try:
+            return self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        except AttributeError:
+            return None
 
     def sequence_logprobs(self, sequences: list[list[int]], n_scored: list[int]) -> list[list[float]]:
         """For each token-id sequence, the log-probabilities of its last n_scored[i] tokens, each given the tokens
@@ -465,7 +478,7 @@ class VLLMModel:
         Hugging Face name; a PEFT policy has its adapters merged for the push and unmerged after, and only the base
         weights go (LoRA's own tensors have no place in the engine). Needs vLLM's engine in this process
         (VLLM_ENABLE_V1_MULTIPROCESSING=0 before the engine is made, as `VLLMModel(..., in_process=True)` sets)."""
-        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        model = self._model()
         merged = hasattr(policy, "merge_adapter")
         if merged:
             policy.merge_adapter()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from rlaif.loaders import load_prompts
-from rlaif.models import check_numbers, fitting_prompts, installed, lora_unused, unused_settings
+from rlaif.models import check_engine, check_numbers, fitting_prompts, lora_unused
 from rlaif.ppo import monitors as M
 from rlaif.rankings import parse_weighted
 from rlaif.records import ConfigError, DataError, JsonlWriter, Tally, open_stage
@@ -88,17 +88,7 @@ class GRPOConfig:
         if idle:
             raise ConfigError(f"reward_model: {', '.join(idle)}: a reward model of weight 0 does nothing; leave it out")
         lora_unused(self)
-        if self.engine not in ("rlaif", "vllm"):
-            raise DataError("grpo settings", None, "engine", f"expected rlaif or vllm, not {self.engine!r}")
-        if self.engine == "vllm":
-            if not installed("vllm"):
-                raise DataError("grpo settings", None, "engine", "vllm is not installed here (pip install vllm, on a "
-                                "machine with a GPU); or use engine: rlaif")
-            if not 0 < self.vllm_gpu_memory_utilization < 1:
-                raise DataError("grpo settings", None, "vllm_gpu_memory_utilization", "expected a share in (0, 1), "
-                                f"got {self.vllm_gpu_memory_utilization:g}")
-        else:
-            unused_settings(self, ["vllm_gpu_memory_utilization"], "used only with engine: vllm", ("engine",))
+        check_engine(self, "grpo", memory=True)
 
 
 class RewardModels:

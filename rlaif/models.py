@@ -21,7 +21,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from rlaif.records import ConfigError
+from rlaif.records import ConfigError, DataError
 
 EMBEDDED: dict[str, tuple[str, str]] = {
     # name: (PyPI distribution, file inside it)
@@ -300,6 +300,22 @@ def installed(module: str) -> bool:
     if module in sys.modules:
         return sys.modules[module] is not None
     return importlib.util.find_spec(module) is not None
+
+
+def check_engine(config, stage: str, memory: bool = False) -> None:
+    """A training or scoring stage's `engine`, rlaif or vllm, checked when its config is built: a DataError for any
+    other, or for vllm where vLLM is not installed; with `memory`, `vllm_gpu_memory_utilization` a share in (0, 1)
+    with vllm, and a ConfigError when it is changed with rlaif (it would do nothing)."""
+    if config.engine not in ("rlaif", "vllm"):
+        raise DataError(f"{stage} settings", None, "engine", f"expected rlaif or vllm, not {config.engine!r}")
+    if config.engine == "vllm" and not installed("vllm"):
+        raise DataError(f"{stage} settings", None, "engine", "vllm is not installed here (pip install vllm, on a "
+                        "machine with a GPU); or use engine: rlaif")
+    if memory and config.engine == "vllm" and not 0 < config.vllm_gpu_memory_utilization < 1:
+        raise DataError(f"{stage} settings", None, "vllm_gpu_memory_utilization", "expected a share in (0, 1), "
+                        f"got {config.vllm_gpu_memory_utilization:g}")
+    if memory and config.engine == "rlaif":
+        unused_settings(config, ["vllm_gpu_memory_utilization"], "used only with engine: vllm", ("engine",))
 
 
 def context_length(spec: str | os.PathLike) -> int | None:

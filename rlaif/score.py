@@ -49,16 +49,11 @@ class ScoreConfig:
     ADDED: ClassVar[dict] = {"engine": "rlaif"}  # each with the value that reproduces older runs
 
     def __post_init__(self):
-        from rlaif.models import installed, unused_settings
+        from rlaif.models import check_engine, unused_settings
 
         check_numbers(self, "score", at_least_one=["batch_size"])
-        if self.engine not in ("rlaif", "vllm"):
-            raise DataError("score settings", None, "engine", f"expected rlaif or vllm, not {self.engine!r} (a chat "
-                            "API scores no text its model did not write)")
+        check_engine(self, "score")  # no openai: a chat API scores no text its model did not write
         if self.engine == "vllm":
-            if not installed("vllm"):
-                raise DataError("score settings", None, "engine", "vllm is not installed here (pip install vllm, on "
-                                "a machine with a GPU); or use engine: rlaif")
             unused_settings(self, ["device"], "not used with engine: vllm, which places the model itself", ("engine",))
 
 

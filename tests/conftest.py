@@ -3,6 +3,7 @@ real model: random weights, and a real byte-level BPE tokenizer trained on a few
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -101,3 +102,45 @@ def hh_data() -> Path:
     if not HH_DATA.is_file():
         pytest.skip(f"{HH_DATA} not present")
     return HH_DATA
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], ready_url: str, log_path: Path, env: dict | None = None, timeout: float = 120):
+    """A server started by `command` in a subprocess, its output to `log_path`, yielded once `ready_url` answers
+    HTTP 200 (the test fails with the log's end when it exits first or does not answer within `timeout` seconds),
+    and stopped when the block ends."""
+    import subprocess
+    import time
+    import urllib.request
+
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                state = f"no answer at {ready_url} in {timeout:g} s" if server.returncode is None \
+                    else f"exit {server.returncode}"
+                pytest.fail(f"{command[0]} did not start ({state}); its log:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()

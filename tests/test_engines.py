@@ -7,15 +7,14 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import running_server
 
 from rlaif.cli import cli
 from rlaif.engines import OpenAIEngine
@@ -65,28 +64,8 @@ def served(tiny_model_dir, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
     command = [str(Path(sys.executable).parent / "transformers"), "serve", str(directory), "--host", "127.0.0.1",
                "--port", str(port), "--device", "cpu"]
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                state = "no answer at /health in 120 s" if server.returncode is None else f"exit {server.returncode}"
-                pytest.fail(f"transformers serve did not start ({state}); its log:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
+    with running_server(command, f"http://127.0.0.1:{port}/health", log_path, env):
         yield f"http://127.0.0.1:{port}/v1", str(directory)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def _schema(path: Path) -> list[list[str]]:

@@ -5,14 +5,11 @@ embedded model's GGUF."""
 import json
 import math
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import free_port, running_server
 
 from rlaif.cli import cli
 from rlaif.label_remote import option_logprobs
@@ -206,34 +203,12 @@ def llama_server(tmp_path_factory):
         if "llama_cpp" in os.environ.get("RLAIF_TESTS_REQUIRE", ""):
             pytest.fail(f"{python} is missing, and RLAIF_TESTS_REQUIRE asks for llama_cpp (make llama-cpp)")
         pytest.skip(f"llama-cpp-python's server is not installed at {python} (make llama-cpp)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log_path = tmp_path_factory.mktemp("llama") / "server.log"
+    port, log_path = free_port(), tmp_path_factory.mktemp("llama") / "server.log"
     command = [str(python), "-m", "llama_cpp.server", "--model", str(embedded_gguf("smollm2-135m-instruct")),
                "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192",
                "--n_threads", "2", "--seed", "0"]
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not start; its log:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
+    with running_server(command, f"http://127.0.0.1:{port}/v1/models", log_path):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def _pairs(tmp_path: Path) -> Path:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from rlaif.models import check_numbers, lora_unused, unused_settings
+from rlaif.models import check_engine, check_numbers, lora_unused, unused_settings
 from rlaif.records import ConfigError, DataError
 
 
@@ -109,19 +109,7 @@ class PPOConfig:
                 raise DataError("ppo settings", None, name, f"expected {' or '.join(choices)}, not "
                                 f"{getattr(self, name)!r}")
         lora_unused(self)
-        if self.engine not in ("rlaif", "vllm"):
-            raise DataError("ppo settings", None, "engine", f"expected rlaif or vllm, not {self.engine!r}")
-        if self.engine == "vllm":
-            from rlaif.models import installed
-
-            if not installed("vllm"):
-                raise DataError("ppo settings", None, "engine", "vllm is not installed here (pip install vllm, on a "
-                                "machine with a GPU); or use engine: rlaif")
-            if not 0 < self.vllm_gpu_memory_utilization < 1:
-                raise DataError("ppo settings", None, "vllm_gpu_memory_utilization", "expected a share in (0, 1), "
-                                f"got {self.vllm_gpu_memory_utilization:g}")
-        else:
-            unused_settings(self, ["vllm_gpu_memory_utilization"], "used only with engine: vllm", ("engine",))
+        check_engine(self, "ppo", memory=True)
         if self.lora_dropout:
             raise ConfigError("lora_dropout: PPO turns every dropout off, so that the policy being trained computes "
                               "what the policy that sampled did (a ratio of 1 before the first update); leave it at 0")

@@ -148,6 +148,10 @@ class PPOTrainer:
             if self.engine is not None:
                 done = dict(self.engine.complete(prompts, generation))
                 replies = [done[i] for i in range(len(prompts))]
+                if any(r.finish_reason == "too_long" for r in replies):
+                    raise ConfigError(f"engine: a prompt and max_new_tokens ({config.max_new_tokens}) do not fit in "
+                                      f"vLLM's context ({self.engine.config.max_position_embeddings + 1} tokens); "
+                                      "lower max_new_tokens or shorten the prompts")
             else:
                 replies = generate(policy, self.tokenizer, prompts, generation)
             self.timing["generate"] = time.perf_counter() - started
