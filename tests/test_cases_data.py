@@ -318,7 +318,7 @@ def test_an_undecodable_byte_is_named_by_file_line_and_column(tmp_path):
 
 def test_rows_with_every_line_break_round_trip_through_writers_and_readers(tmp_path):
     from rlaif.label import load_pairs as label_pairs
-    from rlaif.ppo.trainer import truncate_log
+    from rlaif.ppo.checkpoints import truncate_log
     from rlaif.rankings import ImportConfig, load_mix, load_preferences
     from rlaif.rankings import run as import_run
     from rlaif.records import Manifest, open_stage, parse_yaml, read_text, write_config

@@ -61,8 +61,9 @@ from rlaif.loaders import load_prompts
 from rlaif.ppo import losses as L
 from rlaif.ppo import monitors as M
 from rlaif.ppo.build import build_judge, build_models, build_reward
+from rlaif.ppo.checkpoints import checkpoints, finished_metrics, save_checkpoint, save_final, truncate_log
 from rlaif.ppo.config import PPOConfig, check, default_lr, schedule
-from rlaif.ppo.rollout import Batch, CombinedReward, ValueHead, pack, response_logits
+from rlaif.ppo.rollout import Batch, CombinedReward, pack, response_logits
 from rlaif.records import (
     ConfigError,
     JsonlWriter,
@@ -72,7 +73,6 @@ from rlaif.records import (
     open_stage,
     read_jsonl,
     write_atomic,
-    write_jsonl,
 )
 
 
@@ -417,20 +417,6 @@ def prompt_order(n: int, step: int, batch: int, seed: int) -> list[int]:
     return indices
 
 
-def checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    found = [p for p in (out / "checkpoints").glob("step-*") if (p / "trainer_state.json").is_file()
-             and not p.name.endswith(".tmp")]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def truncate_log(path: Path, last_step: int) -> None:
-    """Drop rows written after `last_step` (work a crash threw away, which the resumed run redoes)."""
-    if path.is_file():
-        rows = [row for row in read_jsonl(path) if row["step"] <= last_step]
-        write_jsonl(path, rows)
-
-
 def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None = None, on_step=None) -> dict:
     """Train (or resume training) with PPO; returns the last step's metrics, with `summary`: the prompts read, used
     and left out (also in the manifest's counts). `reward` replaces the configured rewards (a Python object);
@@ -459,7 +445,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
         eval_prompts = fitting_prompts(load_prompts(config.eval_prompts), tokenizer, room, eval_tally)
         eval_tally.require_some(config.eval_prompts, advice)
     summary = "; ".join(t.summary() for t in (tally, eval_tally) if t.read)
-    done = _finished(out, config.steps)
+    done = finished_metrics(out, config.steps)
     if done is not None:
         return {**done, "summary": summary}
     device = trainer_device(config.device)  # accelerate places each process on its own GPU: cuda:N is refused
@@ -536,7 +522,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
                 if config.log_with:
                     accelerator.log({k: v for k, v in metrics.items() if isinstance(v, float)}, step=step)
                 if step % config.save_steps == 0 or step == config.steps:
-                    _save(trainer, out, config.save_total_limit)
+                    save_checkpoint(trainer, out, config.save_total_limit)
                 bar(1, f"reward {metrics['score']:+.3f}  kl {metrics['kl']:.3f}  beta {metrics['beta']:.4f}  "
                        f"len {metrics['response_length']:.0f}")
                 if on_step:
@@ -547,7 +533,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
                 log.close()
     if config.log_with:
         accelerator.end_training()
-    _save_final(trainer, out)
+    save_final(trainer, out)
     if main:
         manifest.counts.update(tally.counts(), **(eval_tally.counts("eval_") if eval_tally.read else {}),
                                steps=trainer.step, processes=world, monitor_warnings=watch.total())
@@ -586,59 +572,14 @@ def _evaluate(trainer: PPOTrainer, rows: list[dict], log: JsonlWriter | None, ju
     return row
 
 
-def _finished(out: Path, steps: int) -> dict | None:
-    """The last metrics row of a run that completed at least `steps` steps; None if there is work to do."""
-    from rlaif.records import Manifest
-
-    if not (out / "manifest.json").is_file():
-        return None
-    manifest = Manifest.load(out)
-    if manifest.status != "complete" or manifest.counts.get("steps", 0) < steps:
-        return None
-    rows = list(read_jsonl(out / "metrics.jsonl")) if (out / "metrics.jsonl").is_file() else []
-    return rows[-1] if rows else {}
-
-
-def _save(trainer: PPOTrainer, out: Path, keep: int) -> None:
-    trainer.save(out / "checkpoints" / f"step-{trainer.step}")
-    if trainer.accelerator.is_main_process:
-        for old in checkpoints(out)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
-
-
 def _stopped(trainer: PPOTrainer, out: Path, step: int, stop: _Stop) -> PPOStopped:
     """Keep a checkpoint and explain. A rollout guard fires before any update, so the state is that after the last
     finished step: a regular checkpoint to resume from. A loss guard fires mid-step: that state goes to
     checkpoints/stopped-step-N for inspection, and the last regular checkpoint stays the one a rerun resumes."""
     if stop.what in ("rewards", "kl"):
-        _save(trainer, out, trainer.config.save_total_limit)
+        save_checkpoint(trainer, out, trainer.config.save_total_limit)
         where = out / "checkpoints" / f"step-{trainer.step}"
     else:
         where = out / "checkpoints" / f"stopped-step-{step}"
         trainer.save(where)
     return PPOStopped(f"PPO stopped at step {step}: {stop.message}. Checkpoint: {where}. Try: {stop.advice}.")
-
-
-def _save_final(trainer: PPOTrainer, out: Path) -> None:
-    accelerator = trainer.accelerator
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    policy = accelerator.unwrap_model(trainer.policy)
-    if trainer.config.lora:
-        policy = policy.merge_and_unload()
-    policy.save_pretrained(out, safe_serialization=True)
-    trainer.tokenizer.save_pretrained(out)
-    value = accelerator.unwrap_model(trainer.value)
-    if isinstance(value, ValueHead):
-        from safetensors.torch import save_file
-
-        (out / "value").mkdir(exist_ok=True)
-        save_file({k: v.contiguous() for k, v in value.state_dict().items()}, out / "value" / "value_head.safetensors")
-    else:
-        value.save_pretrained(out / "value")  # LoRA merged in, like the policy's
-        trainer.tokenizer.save_pretrained(out / "value")  # it reads the policy's tokens: value_model: OUT/value loads
-    if trainer.config.lora:
-        trainer.policy = None  # merged: the adapter-wrapped models are gone
-        if not isinstance(value, ValueHead):
-            trainer.value = None

@@ -1,0 +1,75 @@
+"""A PPO run's files: its checkpoints (every `save_steps`, the newest `save_total_limit` kept), the logs a resumed run
+cuts back to its checkpoint, and the trained policy and value model saved at the end (rlaif.ppo.trainer.run)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rlaif.ppo.rollout import ValueHead
+from rlaif.records import read_jsonl, write_jsonl
+
+if TYPE_CHECKING:
+    from rlaif.ppo.trainer import PPOTrainer
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    found = [p for p in (out / "checkpoints").glob("step-*") if (p / "trainer_state.json").is_file()
+             and not p.name.endswith(".tmp")]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Drop rows written after `last_step` (work a crash threw away, which the resumed run redoes)."""
+    if path.is_file():
+        rows = [row for row in read_jsonl(path) if row["step"] <= last_step]
+        write_jsonl(path, rows)
+
+
+def finished_metrics(out: Path, steps: int) -> dict | None:
+    """The last metrics row of a run that completed at least `steps` steps; None if there is work to do."""
+    from rlaif.records import Manifest
+
+    if not (out / "manifest.json").is_file():
+        return None
+    manifest = Manifest.load(out)
+    if manifest.status != "complete" or manifest.counts.get("steps", 0) < steps:
+        return None
+    rows = list(read_jsonl(out / "metrics.jsonl")) if (out / "metrics.jsonl").is_file() else []
+    return rows[-1] if rows else {}
+
+
+def save_checkpoint(trainer: PPOTrainer, out: Path, keep: int) -> None:
+    """A checkpoint of the trainer's step, keeping the newest `keep` (all when 0)."""
+    trainer.save(out / "checkpoints" / f"step-{trainer.step}")
+    if trainer.accelerator.is_main_process:
+        for old in checkpoints(out)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+
+
+def save_final(trainer: PPOTrainer, out: Path) -> None:
+    """The trained policy to OUT (LoRA merged in) with its tokenizer, and the value model to OUT/value."""
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    policy = accelerator.unwrap_model(trainer.policy)
+    if trainer.config.lora:
+        policy = policy.merge_and_unload()
+    policy.save_pretrained(out, safe_serialization=True)
+    trainer.tokenizer.save_pretrained(out)
+    value = accelerator.unwrap_model(trainer.value)
+    if isinstance(value, ValueHead):
+        from safetensors.torch import save_file
+
+        (out / "value").mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in value.state_dict().items()}, out / "value" / "value_head.safetensors")
+    else:
+        value.save_pretrained(out / "value")  # LoRA merged in, like the policy's
+        trainer.tokenizer.save_pretrained(out / "value")  # it reads the policy's tokens: value_model: OUT/value loads
+    if trainer.config.lora:
+        trainer.policy = None  # merged: the adapter-wrapped models are gone
+        if not isinstance(value, ValueHead):
+            trainer.value = None
