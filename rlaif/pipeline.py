@@ -110,6 +110,7 @@ class Step:
     state: str = ""  # what running it would do: run, resume, done, redo, or conflict (a directory it did not make)
     note: str = ""  # what else the plan should say: the file a rankings step imports, a longer run kept
     inputs: dict = field(default_factory=dict)  # what it reads that its config does not name (the labeler check's)
+    processes: int = 1  # a training stage under `accelerate launch` with this many processes (`_launched`)
 
     def describe(self) -> str:
         return f"round {self.round}  {self.stage:9} {self.state:7} {shown_path(str(self.directory))}" + (
@@ -141,6 +142,9 @@ def plan(recipe: Recipe) -> list[Step]:
         added = getattr(type(config), "ADDED", {})
         settings = {k: v for k, v in dataclasses.asdict(config).items()
                     if k not in volatile and not (k in added and v == added[k])} | (inputs or {})
+        processes = recipe.num_processes if stage in LAUNCHED else 1
+        if processes > 1:  # PPO trains on every process's batch: a run on N processes is another run
+            settings["num_processes"] = processes
         for name in ("constitution", "judge"):  # an edited constitution or principle file is a changed setting
             spec = settings.get(name)
             if isinstance(spec, str):
@@ -159,7 +163,7 @@ def plan(recipe: Recipe) -> list[Step]:
         done = _trained(directory, key) if EXTENDS.get(stage) else {}
         extends = {name: max(getattr(config, name), done.get(name, 0)) for name in EXTENDS.get(stage, ())}
         step = Step(round_, stage, directory, config, key, _hash([key, extends]) if extends else key,
-                    inputs=inputs or {})
+                    inputs=inputs or {}, processes=processes)
         steps.append(step)
         return step
 
@@ -427,13 +431,56 @@ def _execute(step: Step, progress: bool) -> dict:
         raise DataError(step.config.pairs, None, None, "no human pair to check the labeler on: every pair of the "
                         "human files is a tie or held out by the reward stage (reward.eval_fraction); add human "
                         "pairs, or lower reward.eval_fraction")
-    if getattr(step.config, "engine", "rlaif") == "vllm":
+    if step.processes > 1:
+        result = _launched(step)
+    elif getattr(step.config, "engine", "rlaif") == "vllm":
         result = _in_child(step, progress)
     else:
         result = _run_stage(step.stage, step.config, progress)
     if step.stage == CHECK:  # the report card (rlaif.report_card), with what it read and its verdict
         result = {**result, "summary": f"{result['summary']}; {result['verdict']['text']}"}
     return result
+
+
+LAUNCHED = ("sft", "reward", "ppo", "dpo", "grpo")  # the stages `num_processes` spreads over processes
+
+
+def _launched(step: Step) -> dict:
+    """Run a training stage as `accelerate launch --num_processes N -m rlaif STAGE --config FILE` (FILE: the step's
+    settings), as examples/gpu/README.md shows it by hand, its output shown as it comes; returns the counts of its
+    manifest.json, with `summary`. The stage directory's lock passes to the launched processes for the run. Raises
+    ConfigError when accelerate is not there or the stage fails (its own message is in the output above)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    from rlaif.records import Manifest, lock_stage, release_stage
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    if not accelerate.is_file():
+        raise ConfigError(f"num_processes: {step.processes} processes need accelerate's launcher, not found at "
+                          f"{accelerate} (pip install accelerate)", ["num_processes"])
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(step.config).items()
+                if v is not None}
+    # the precision a stage picks for itself, as in the run's own process (TRL's from the device; PPO's float32)
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(step.processes), "--num_machines",
+               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", step.stage, "--config"]
+    release_stage(step.directory)
+    try:
+        with tempfile.TemporaryDirectory(prefix="rlaif-launch-") as scratch:
+            config = Path(scratch) / f"{step.stage}.yaml"
+            config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+            done = subprocess.run([*command, str(config)], check=False)
+    finally:
+        lock_stage(step.directory)
+    if done.returncode:
+        raise ConfigError(f"num_processes: {step.stage} under accelerate launch with {step.processes} processes "
+                          f"failed (exit {done.returncode}); its output is above", ["num_processes"])
+    counts = Manifest.load(step.directory).counts
+    used = f"; read {counts['read']}, used {counts['used']}" if "read" in counts and "used" in counts else ""
+    return {**counts, "summary": f"{step.processes} processes{used}"}
 
 
 def _run_stage(stage: str, config, progress: bool) -> dict:

@@ -60,6 +60,8 @@ class Recipe:
     ai_weight: float = 1.0  # weight of the AI labels when the reward model (or DPO) mixes them with human pairs
     rounds: int = 1  # sample -> label -> reward -> ppo rounds
     policy_trainer: str = "ppo"  # ppo (ours), or TRL's dpo (on the labels), grpo or rloo (against the reward model)
+    num_processes: int = 1  # the training stages (sft, reward, ppo, dpo, grpo) run under `accelerate launch` with this
+    # many processes, one per GPU (rlaif.pipeline); 1: in the run's own process
     critique: dict = field(default_factory=dict)  # settings of each stage (its config fields), by stage name
     sft: dict = field(default_factory=dict)
     rankings: dict = field(default_factory=dict)
@@ -229,6 +231,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     if not recipe.prompts:
         raise DataError(path, None, "prompts", "missing: the prompt file for critique, sampling and PPO")
     number(recipe.rounds, *recipe_line(recipe, "rounds"), minimum=1)
+    number(recipe.num_processes, *recipe_line(recipe, "num_processes"), minimum=1)
     number(recipe.ai_weight, *recipe_line(recipe, "ai_weight"), minimum=0)
     if not recipe.name or recipe.name in (".", "..") or any(c in recipe.name for c in "/\\"):
         raise DataError(*recipe_line(recipe, "name"), f"{recipe.name!r}: the run's name is a folder under runs/, so one "

@@ -767,3 +767,26 @@ def test_what_moved_to_rlaif_recipe_still_imports_from_rlaif_pipeline():
     assert pipeline.load_recipe is recipe.load_recipe and pipeline.check_settings is recipe.check_settings
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         pipeline.nothing  # noqa: B018
+
+
+def test_training_stages_run_under_accelerate_launch_with_num_processes(recipe_file):
+    """--num-processes 2: sft, reward and ppo each run as `accelerate launch --num_processes 2 -m rlaif STAGE`
+    (two CPU processes here), the other stages in the run's process; their keys change (PPO trains on both
+    processes' batches), and so do those of the stages that read them, while the stages before SFT keep theirs; a
+    rerun finds every step done."""
+    one = {(s.round, s.stage): s.key for s in plan(load_recipe(recipe_file, {"rounds": 1}))}
+    two = {(s.round, s.stage): s.key for s in plan(load_recipe(recipe_file, {"rounds": 1, "num_processes": 2}))}
+    assert {step for step in one if one[step] != two[step]} >= {(1, "sft"), (1, "reward"), (1, "ppo")}
+    assert one[(1, "critique")] == two[(1, "critique")]
+    result = CliRunner().invoke(cli, ["run", str(recipe_file), "--rounds", "1", "--num-processes", "2"])
+    assert result.exit_code == 0, result.output
+    out = Path(load_recipe(recipe_file).out) / "round-1"
+    for line in ("sft: 2 processes; read 4, used 3", "reward: 2 processes; read 7, used 3",
+                 "ppo: 2 processes; read 4, used 4"):
+        assert f"\n  {line}\n" in result.output, result.output
+    ppo = json.loads((out / "ppo" / "manifest.json").read_text())
+    assert ppo["status"] == "complete" and ppo["counts"]["processes"] == 2
+    assert {p.name for p in (out / "ppo" / "checkpoints" / "step-2").glob("random_states_*")} == {
+        "random_states_0.pkl", "random_states_1.pkl"}
+    again = load_recipe(recipe_file, {"rounds": 1, "num_processes": 2})
+    assert {s.state for s in plan(again)} == {"done"}

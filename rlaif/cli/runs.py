@@ -41,7 +41,11 @@ def _parse_set(values: tuple[str, ...]) -> dict:
               help="Override a recipe field: rounds=2, ppo.steps=20, label.both_orders=false; repeatable.")
 @click.option("--rounds", type=click.IntRange(min=1),
               help="Rounds of sample -> label -> reward -> ppo (overrides the recipe).")
-def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], rounds: int | None) -> None:
+@click.option("--num-processes", type=click.IntRange(min=1),
+              help="Run each training stage (sft, reward, ppo, dpo, grpo) under `accelerate launch` with this many "
+                   "processes, one per GPU (overrides the recipe's num_processes).  [default: 1, in this process]")
+def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], rounds: int | None,
+               num_processes: int | None) -> None:
     """Run a recipe: every stage of the loop, in rounds, resumable.
 
     (rankings import) -> critique -> sft -> sample -> label -> (labeler check) -> reward -> ppo, then for each
@@ -61,6 +65,7 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
       rlaif run examples/quickstart/recipe.yaml --dry-run
       rlaif run examples/quickstart/recipe.yaml
       rlaif run my-project/recipe.yaml --rounds 2 --set ppo.steps=50
+      rlaif run examples/gpu/recipe.yaml --num-processes 8
       rlaif run examples/human-mix/recipe.yaml --set label.gate=stop
     """
     from rlaif import pipeline
@@ -69,6 +74,8 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
     overrides = _parse_set(settings)
     if rounds is not None:
         overrides["rounds"] = rounds
+    if num_processes is not None:
+        overrides["num_processes"] = num_processes
     from rlaif.records import stage_writer
 
     recipe = recipes.load_recipe(recipe_file, overrides)
