@@ -142,9 +142,19 @@ def plan(recipe: Recipe) -> list[Step]:
         added = getattr(type(config), "ADDED", {})
         settings = {k: v for k, v in dataclasses.asdict(config).items()
                     if k not in volatile and not (k in added and v == added[k])} | (inputs or {})
+        # How many processes train is not in the key (as the device is not): a finished stage is kept whatever
+        # num_processes a rerun gives, never cleared for it.
         processes = recipe.num_processes if stage in LAUNCHED else 1
-        if processes > 1:  # PPO trains on every process's batch: a run on N processes is another run
-            settings["num_processes"] = processes
+        if processes > 1 and stage == "ppo":  # what `rlaif ppo` refuses that a run in one process only warns about
+            from rlaif.ppo.config import check_alone
+
+            try:
+                if config.engine == "vllm":
+                    raise ConfigError("engine: vllm samples PPO's rollouts in one process; use engine rlaif")
+                check_alone(config)
+            except ConfigError as e:
+                raise ConfigError(f"ppo.{e} (with num_processes {processes}, PPO runs as `rlaif ppo` under "
+                                  "accelerate launch, which refuses this)", [f"ppo.{f}" for f in e.fields]) from None
         for name in ("constitution", "judge"):  # an edited constitution or principle file is a changed setting
             spec = settings.get(name)
             if isinstance(spec, str):
@@ -462,8 +472,7 @@ def _launched(step: Step) -> dict:
     if not accelerate.is_file():
         raise ConfigError(f"num_processes: {step.processes} processes need accelerate's launcher, not found at "
                           f"{accelerate} (pip install accelerate)", ["num_processes"])
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(step.config).items()
-                if v is not None}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(step.config).items()}
     # the precision a stage picks for itself, as in the run's own process (TRL's from the device; PPO's float32)
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(step.processes), "--num_machines",
                "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", step.stage, "--config"]

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -769,16 +770,19 @@ def test_what_moved_to_rlaif_recipe_still_imports_from_rlaif_pipeline():
         pipeline.nothing  # noqa: B018
 
 
-def test_training_stages_run_under_accelerate_launch_with_num_processes(recipe_file):
+def test_training_stages_run_under_accelerate_launch_with_num_processes(recipe_file, monkeypatch):
     """--num-processes 2: sft, reward and ppo each run as `accelerate launch --num_processes 2 -m rlaif STAGE`
-    (two CPU processes here), the other stages in the run's process; their keys change (PPO trains on both
-    processes' batches), and so do those of the stages that read them, while the stages before SFT keep theirs; a
-    rerun finds every step done."""
+    (two CPU processes here), every setting passed (a fixed beta's kl_target: null too), the other stages in the
+    run's process. The number of processes is not in any key: a rerun with another number keeps every step."""
     one = {(s.round, s.stage): s.key for s in plan(load_recipe(recipe_file, {"rounds": 1}))}
     two = {(s.round, s.stage): s.key for s in plan(load_recipe(recipe_file, {"rounds": 1, "num_processes": 2}))}
-    assert {step for step in one if one[step] != two[step]} >= {(1, "sft"), (1, "reward"), (1, "ppo")}
-    assert one[(1, "critique")] == two[(1, "critique")]
-    result = CliRunner().invoke(cli, ["run", str(recipe_file), "--rounds", "1", "--num-processes", "2"])
+    assert one == two
+    with monkeypatch.context() as patched, pytest.raises(ConfigError, match=r"ppo.engine: vllm samples PPO's "
+                                                                             r"rollouts in one process"):
+        patched.setitem(sys.modules, "vllm", types.ModuleType("vllm"))  # as if installed: refused when planned
+        plan(load_recipe(recipe_file, {"rounds": 1, "num_processes": 2, "ppo.engine": "vllm"}))
+    result = CliRunner().invoke(cli, ["run", str(recipe_file), "--rounds", "1", "--num-processes", "2",
+                                      "--set", "ppo.kl_target=null"])
     assert result.exit_code == 0, result.output
     out = Path(load_recipe(recipe_file).out) / "round-1"
     for line in ("sft: 2 processes; read 4, used 3", "reward: 2 processes; read 7, used 3",
@@ -788,5 +792,5 @@ def test_training_stages_run_under_accelerate_launch_with_num_processes(recipe_f
     assert ppo["status"] == "complete" and ppo["counts"]["processes"] == 2
     assert {p.name for p in (out / "ppo" / "checkpoints" / "step-2").glob("random_states_*")} == {
         "random_states_0.pkl", "random_states_1.pkl"}
-    again = load_recipe(recipe_file, {"rounds": 1, "num_processes": 2})
-    assert {s.state for s in plan(again)} == {"done"}
+    assert "kl_target: null" in (out / "ppo" / "config.yaml").read_text()  # the fixed beta, not the default target
+    assert {s.state for s in plan(load_recipe(recipe_file, {"rounds": 1, "ppo.kl_target": None}))} == {"done"}
