@@ -460,6 +460,7 @@ def _launched(step: Step) -> dict:
     settings), as examples/gpu/README.md shows it by hand, its output shown as it comes; returns the counts of its
     manifest.json, with `summary`. The stage directory's lock passes to the launched processes for the run. Raises
     ConfigError when accelerate is not there or the stage fails (its own message is in the output above)."""
+    import signal
     import subprocess
     import sys
     import tempfile
@@ -477,16 +478,23 @@ def _launched(step: Step) -> dict:
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(step.processes), "--num_machines",
                "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", step.stage, "--config"]
     release_stage(step.directory)
-    try:
-        with tempfile.TemporaryDirectory(prefix="rlaif-launch-") as scratch:
-            config = Path(scratch) / f"{step.stage}.yaml"
-            config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
-            done = subprocess.run([*command, str(config)], check=False)
-    finally:
-        lock_stage(step.directory)
-    if done.returncode:
+    with tempfile.TemporaryDirectory(prefix="rlaif-launch-") as scratch:
+        config = Path(scratch) / f"{step.stage}.yaml"
+        config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+        launcher = subprocess.Popen([*command, str(config)])
+        try:
+            code = launcher.wait()
+        except KeyboardInterrupt:  # the launcher stops its workers on SIGINT (Ctrl-C sends it to it too)
+            launcher.send_signal(signal.SIGINT)
+            try:
+                launcher.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+            raise
+    lock_stage(step.directory)
+    if code:
         raise ConfigError(f"num_processes: {step.stage} under accelerate launch with {step.processes} processes "
-                          f"failed (exit {done.returncode}); its output is above", ["num_processes"])
+                          f"failed (exit {code}); its output is above", ["num_processes"])
     counts = Manifest.load(step.directory).counts
     used = f"; read {counts['read']}, used {counts['used']}" if "read" in counts and "used" in counts else ""
     return {**counts, "summary": f"{step.processes} processes{used}"}
