@@ -109,7 +109,7 @@ def open_engine(config, model: str | None = None):
     setting = "labeler" if model else "model"
     model = model or config.model
     if config.engine == "vllm":
-        return vllm_complete(model, config.seed)
+        return VLLMModel(model, config.seed).complete
     key = os.environ.get(config.api_key_env, "")
     if not key and config.api_key_env != API_KEY_ENV:
         raise ConfigError(f"api_key_env: the environment variable {config.api_key_env} is not set: export the "
@@ -372,11 +372,6 @@ def _message(response) -> str:
 
 # --------------------------------------------------------------------------------------------------------------------
 # vllm: vLLM in this process
-
-
-def vllm_complete(model: str, seed: int):
-    """The `complete` of vLLM in this process (`vllm.LLM(model, seed)`, see VLLMModel.complete)."""
-    return VLLMModel(model, seed).complete
 
 
 class VLLMModel:
