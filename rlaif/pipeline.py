@@ -145,6 +145,13 @@ def plan(recipe: Recipe) -> list[Step]:
         # How many processes train is not in the key (as the device is not): a finished stage is kept whatever
         # num_processes a rerun gives, never cleared for it.
         processes = recipe.num_processes if stage in LAUNCHED else 1
+        if stage == "ppo" and config.fsdp:
+            from rlaif.ppo import fsdp
+
+            try:
+                fsdp.check(config, processes)
+            except ConfigError as e:
+                raise ConfigError(f"ppo.{e}", [f"ppo.{f}" for f in e.fields]) from None
         if processes > 1 and stage == "ppo":  # what `rlaif ppo` refuses that a run in one process only warns about
             from rlaif.ppo.config import check_alone
 
@@ -458,15 +465,20 @@ LAUNCHED = ("sft", "reward", "ppo", "dpo", "grpo")  # the stages `num_processes`
 def _launched(step: Step) -> dict:
     """Run a training stage as `accelerate launch --num_processes N -m rlaif STAGE --config FILE` (FILE: the step's
     settings), as examples/gpu/README.md shows it by hand, its output shown as it comes; returns the counts of its
-    manifest.json, with `summary`. The stage directory's lock passes to the launched processes for the run. Raises
-    ConfigError when accelerate is not there or the stage fails (its own message is in the output above)."""
+    manifest.json, with `summary`. The stage directory's lock passes to the launched processes for the run. The
+    stage's own error comes back through a file (rlaif.cli.fail) and is raised here as it was there: a user error as
+    ConfigError, a PPO guard's stop as PPOStopped. Raises ConfigError when accelerate is not there or the launch
+    fails otherwise (its output is above)."""
+    import os
     import signal
+    import socket
     import subprocess
     import sys
     import tempfile
 
     import yaml
 
+    from rlaif.cli import LAUNCH_RESULT
     from rlaif.records import Manifest, lock_stage, release_stage
 
     accelerate = Path(sys.executable).with_name("accelerate")
@@ -474,14 +486,18 @@ def _launched(step: Step) -> dict:
         raise ConfigError(f"num_processes: {step.processes} processes need accelerate's launcher, not found at "
                           f"{accelerate} (pip install accelerate)", ["num_processes"])
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(step.config).items()}
+    with socket.socket() as probe:  # a free port for the processes to meet on, so that two runs can share a machine
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     # the precision a stage picks for itself, as in the run's own process (TRL's from the device; PPO's float32)
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(step.processes), "--num_machines",
-               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", step.stage, "--config"]
+               "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+               "rlaif", step.stage, "--config"]
     release_stage(step.directory)
     with tempfile.TemporaryDirectory(prefix="rlaif-launch-") as scratch:
-        config = Path(scratch) / f"{step.stage}.yaml"
+        config, result = Path(scratch) / f"{step.stage}.yaml", Path(scratch) / "result.json"
         config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
-        launcher = subprocess.Popen([*command, str(config)])
+        launcher = subprocess.Popen([*command, str(config)], env={**os.environ, LAUNCH_RESULT: str(result)})
         try:
             code = launcher.wait()
         except KeyboardInterrupt:  # the launcher stops its workers on SIGINT (Ctrl-C sends it to it too)
@@ -491,7 +507,14 @@ def _launched(step: Step) -> dict:
             except subprocess.TimeoutExpired:
                 launcher.kill()
             raise
+        failure = json.loads(result.read_text(encoding="utf-8")) if result.is_file() else None
     lock_stage(step.directory)
+    if failure and failure["exit"] == 2:
+        from rlaif.ppo.trainer import PPOStopped
+
+        raise PPOStopped(failure["message"])
+    if failure:
+        raise ConfigError(failure["message"], [])
     if code:
         raise ConfigError(f"num_processes: {step.stage} under accelerate launch with {step.processes} processes "
                           f"failed (exit {code}); its output is above", ["num_processes"])

@@ -794,3 +794,35 @@ def test_training_stages_run_under_accelerate_launch_with_num_processes(recipe_f
         "random_states_0.pkl", "random_states_1.pkl"}
     assert "kl_target: null" in (out / "ppo" / "config.yaml").read_text()  # the fixed beta, not the default target
     assert {s.state for s in plan(load_recipe(recipe_file, {"rounds": 1, "ppo.kl_target": None}))} == {"done"}
+
+
+def test_a_launched_stage_s_error_and_a_ppo_stop_come_back_once_with_their_exit_code(recipe_file, tmp_path, capfd,
+                                                                                      tiny_model_dir):
+    """A stage under accelerate launch that meets a user error, or a PPO guard that stops it: the run prints the
+    stage's own message once, with no traceback from the launcher, and exits as `rlaif run` would in one process (a
+    user error raised as ConfigError, a stop with exit status 2)."""
+    from rlaif.pipeline import Step, _launched
+    from rlaif.sft import SFTConfig
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"messages": "not a list"}\n')
+    step = Step(1, "sft", tmp_path / "sft-out", SFTConfig(data=str(data), out=str(tmp_path / "sft-out"),
+                                                          model=str(tiny_model_dir), device="cpu"), processes=2)
+    step.directory.mkdir()
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(data))}:1: messages"):
+        _launched(step)
+    printed = capfd.readouterr()
+    assert "messages" not in printed.err + printed.out and "Traceback" not in printed.err
+
+    result = CliRunner().invoke(cli, ["run", str(recipe_file), "--rounds", "1", "--num-processes", "2",
+                                      "--set", "ppo.max_kl=1e-9"])
+    printed = capfd.readouterr()
+    assert result.exit_code == 2, result.output
+    assert "stopped:" in result.output and "KL" in result.output
+    assert "stopped" not in printed.err + printed.out and "ChildFailedError" not in printed.err
+
+
+def test_ppo_under_fsdp_needs_num_processes(recipe_file):
+    with pytest.raises(ConfigError, match=r"^ppo.fsdp: shards the models across processes, and this run has one"):
+        plan(load_recipe(recipe_file, {"rounds": 1, "ppo.fsdp": True}))
+    assert {s.stage for s in plan(load_recipe(recipe_file, {"rounds": 1, "ppo.fsdp": True, "num_processes": 2}))}

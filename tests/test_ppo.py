@@ -389,3 +389,57 @@ def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts,
     assert [r["lr"] for r in metrics(str(out))] == pytest.approx([0.5e-5, 0.0])
     evals = list(read_jsonl(out / "eval.jsonl"))
     assert [e["step"] for e in evals] == [0, 2] and all(e["prompts"] == 3 for e in evals)
+
+
+def test_fsdp_trains_as_ddp_does_and_resumes_from_its_sharded_checkpoints(tiny_model_dir, prompts, tmp_path):
+    """fsdp: true with two CPU processes (torch's FSDP2 over gloo): three steps, the first two in one run and the
+    third after a resume from the sharded checkpoint, give the metrics and the final policy of three steps under DDP.
+    The 3 eval prompts in batches of 2 are two batches, both on one process under DDP: under FSDP the other repeats
+    one, so that the processes' all-gathers match, and scores nothing from it."""
+    eval_prompts = tmp_path / "eval.txt"
+    eval_prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    settings = tmp_path / "ppo.yaml"
+    settings.write_text("lr_schedule: constant\n")  # the same learning rate at step 3 whether 2 or 3 are planned
+
+    def launch(out: Path, steps: int, *extra: str) -> None:
+        command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", "ppo", "--policy",
+                   str(tiny_model_dir), "--reward-fn", "toy_rewards:fl", "--prompts", str(prompts), "--out", str(out),
+                   "--steps", str(steps), "--batch-size", "2", "--max-new-tokens", "8", "--save-steps", "1",
+                   "--learning-rate", "1e-3", "--device", "cpu", "--eval-prompts", str(eval_prompts),
+                   "--eval-every", "1", "--config", str(settings), *extra]
+        result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, "\n".join(line for line in result.stderr.splitlines() if "Warning" not in line)[-3000:]
+
+    launch(tmp_path / "ddp", 3)
+    launch(tmp_path / "fsdp", 2, "--fsdp")
+    assert (tmp_path / "fsdp" / "checkpoints" / "step-2" / "fsdp" / "__1_0.distcp").is_file()
+    launch(tmp_path / "fsdp", 3, "--fsdp")  # resumed at step 2
+    ddp, sharded = metrics(str(tmp_path / "ddp")), metrics(str(tmp_path / "fsdp"))
+    assert [r["step"] for r in sharded] == [1, 2, 3]
+    for a, b in zip(ddp, sharded):
+        for key in ("score", "kl", "policy_loss", "value_loss", "response_length"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), (a["step"], key)
+    evals = [list(read_jsonl(tmp_path / name / "eval.jsonl")) for name in ("ddp", "fsdp")]
+    assert [e["prompts"] for e in evals[1]] == [3, 3, 3, 3]
+    assert [e["score"] for e in evals[1]] == pytest.approx([e["score"] for e in evals[0]], rel=1e-3, abs=1e-4)
+    from safetensors.torch import load_file
+
+    want, got = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "fsdp" / "model.safetensors")
+    start = load_file(tiny_model_dir / "model.safetensors")
+    assert want.keys() == got.keys()
+    assert max((want[k] - start[k]).abs().max() for k in want) > 1e-3  # trained
+    assert max((want[k] - got[k]).abs().max() for k in want) < 1e-4
+    config = json.loads((tmp_path / "fsdp" / "config.json").read_text())
+    assert config["architectures"] == json.loads((tmp_path / "ddp" / "config.json").read_text())["architectures"]
+    assert (tmp_path / "fsdp" / "value" / "model.safetensors").is_file()
+
+
+def test_fsdp_refuses_what_it_does_not_do(config, tmp_path):
+    with pytest.raises(ConfigError, match=r"^fsdp, lora: "):
+        replace(config, fsdp=True, lora=True)
+    with pytest.raises(ConfigError, match=r"^fsdp: shards the models across processes, and this run has one"):
+        run(replace(config, fsdp=True, out=str(tmp_path / "one")), progress=False)
+    assert not (tmp_path / "one").exists()  # refused before anything is written

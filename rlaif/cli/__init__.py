@@ -56,8 +56,33 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except _user_errors() as e:
-            err.print(f"[bold red]error:[/bold red] {shown(e)}", soft_wrap=True)
-            ctx.exit(1)
+            fail("error", str(e), 1)
+
+
+# Set by `rlaif run --num-processes` (rlaif.pipeline._launched) for the stages it starts under accelerate launch.
+LAUNCH_RESULT = "RLAIF_LAUNCH_RESULT"
+
+
+def fail(kind: str, message: str, code: int) -> None:
+    """Print `kind: message` and exit with `code`: 1 for a user error, 2 for a stop (a PPO guard). Under accelerate
+    launch, one process says it: the first (RANK 0); the others exit quietly, as every process meets the same
+    settings and data. Under `rlaif run --num-processes`, the first process writes {kind, message, exit} to the
+    file LAUNCH_RESULT names and every process exits 0, so that the launcher adds no traceback of its own: the run
+    prints the error once and exits with its code."""
+    import json
+    import os
+    import sys
+
+    first = os.environ.get("RANK", "0") == "0"
+    if os.environ.get(LAUNCH_RESULT):
+        if first:
+            from rlaif.records import write_atomic
+
+            write_atomic(os.environ[LAUNCH_RESULT], json.dumps({"kind": kind, "message": message, "exit": code}))
+        sys.exit(0)
+    if first:
+        err.print(f"[bold red]{kind}:[/bold red] {shown(message)}", soft_wrap=True)
+    sys.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 from rich.table import Table
 
-from rlaif.cli import cli, err, out, recipe_option, shown, stage_config
+from rlaif.cli import cli, err, fail, out, recipe_option, shown, stage_config
 
 # --------------------------------------------------------------------------------------------------------------------
 # rlaif sft
@@ -223,6 +222,8 @@ def print_reliability(reliability: dict) -> None:
 @click.option("--fixed-kl", is_flag=True, default=False, help="Keep beta fixed at --kl-coef (no target).")
 @click.option("--kl-estimator", type=click.Choice(["k1", "k2", "k3"]), help="Per-token KL estimate.  [default: k1]")
 @click.option("--lora/--full", default=None, help="Train LoRA adapters (reference = adapter off) or every weight.")
+@click.option("--fsdp", is_flag=True, default=None, help="Shard policy, value model and reference across the processes "
+              "of accelerate launch (PyTorch FSDP2): each GPU keeps 1/N of the weights, gradients and optimizer state.")
 @click.option("--shared-value-head/--value-model", default=None,
               help="Value as a head on the policy's own trunk (one forward and backward per minibatch, not two; "
                    "starts at zero) or a separate value model (from the reward model).  [default: value model]")
@@ -272,8 +273,7 @@ def ppo(config_file, reward_model, reward_fn, fixed_kl, **flags) -> None:
     try:
         metrics = stage.run(config)
     except stage.PPOStopped as e:
-        err.print(f"[bold red]stopped:[/bold red] {shown(str(e))}", soft_wrap=True)
-        sys.exit(2)
+        fail("stopped", str(e), 2)
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch, one process reports
         return
     if "step" in metrics:

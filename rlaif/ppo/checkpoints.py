@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlaif.ppo import fsdp
 from rlaif.ppo.rollout import ValueHead
 from rlaif.records import read_jsonl, write_jsonl
 
@@ -50,24 +51,30 @@ def save_checkpoint(trainer: PPOTrainer, out: Path, keep: int) -> None:
 
 
 def save_final(trainer: PPOTrainer, out: Path) -> None:
-    """The trained policy to OUT (LoRA merged in) with its tokenizer, and the value model to OUT/value."""
+    """The trained policy to OUT (LoRA merged in) with its tokenizer, and the value model to OUT/value. Under FSDP
+    every process takes part in gathering the models whole, and the main process writes them."""
     accelerator = trainer.accelerator
     accelerator.wait_for_everyone()
+    policy, value = accelerator.unwrap_model(trainer.policy), accelerator.unwrap_model(trainer.value)
+    full = {"policy": fsdp.full_state(policy), "value": fsdp.full_state(value)} if trainer.config.fsdp else None
     if not accelerator.is_main_process:
         return
-    policy = accelerator.unwrap_model(trainer.policy)
     if trainer.config.lora:
         policy = policy.merge_and_unload()
-    policy.save_pretrained(out, safe_serialization=True)
+    policy.save_pretrained(out, safe_serialization=True, **({"state_dict": full["policy"]} if full else {}))
     trainer.tokenizer.save_pretrained(out)
-    value = accelerator.unwrap_model(trainer.value)
     if isinstance(value, ValueHead):
         from safetensors.torch import save_file
 
         (out / "value").mkdir(exist_ok=True)
-        save_file({k: v.contiguous() for k, v in value.state_dict().items()}, out / "value" / "value_head.safetensors")
+        save_file({k: v.contiguous() for k, v in (full["value"] if full else value.state_dict()).items()},
+                  out / "value" / "value_head.safetensors")
     else:
-        value.save_pretrained(out / "value")  # LoRA merged in, like the policy's
+        if full:
+            value.classifier.save_pretrained(out / "value", safe_serialization=True, state_dict={
+                k.removeprefix("classifier."): v for k, v in full["value"].items()})
+        else:
+            value.save_pretrained(out / "value")  # LoRA merged in, like the policy's
         trainer.tokenizer.save_pretrained(out / "value")  # it reads the policy's tokens: value_model: OUT/value loads
     if trainer.config.lora:
         trainer.policy = None  # merged: the adapter-wrapped models are gone

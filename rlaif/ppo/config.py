@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from rlaif.models import check_engine, check_numbers, lora_unused, unused_settings
+from rlaif.ppo import fsdp
 from rlaif.records import ConfigError, DataError
 
 
@@ -66,6 +67,8 @@ class PPOConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # must stay 0: PPO turns every dropout off (the first ratio to the sampler must be 1)
     gradient_checkpointing: bool = False  # less activation memory for more compute (every decoder layer)
+    fsdp: bool = False  # shard policy, value model and reference across the processes (PyTorch FSDP2, rlaif/ppo/fsdp.py):
+    # each GPU keeps 1/N of the weights, gradients and optimizer state, for a policy too large to train on one
     max_kl: float = 50.0  # guard: stop when the mean KL per response passes this
     max_ratio: float = 5.0  # guard: stop when a minibatch's mean probability ratio passes this
     save_steps: int = 10  # checkpoint every N steps (and at the end)
@@ -84,7 +87,7 @@ class PPOConfig:
                 "log_with", "device", "monitor_length_corr", "monitor_truncated", "monitor_min_replies",
                 "monitor_gap_rise", "vllm_gpu_memory_utilization")  # the thresholds only decide what is warned about
     # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default)
-    ADDED: ClassVar[dict] = {"monitor_judge": None, "engine": "rlaif"}
+    ADDED: ClassVar[dict] = {"monitor_judge": None, "engine": "rlaif", "fsdp": False}
 
     def __post_init__(self):
         """Every setting in its range, and no setting that would do nothing: a DataError naming the field, or a
@@ -110,6 +113,7 @@ class PPOConfig:
                                 f"{getattr(self, name)!r}")
         lora_unused(self)
         check_engine(self, "ppo", memory=True)
+        fsdp.check(self)
         if self.lora_dropout:
             raise ConfigError("lora_dropout: PPO turns every dropout off, so that the policy being trained computes "
                               "what the policy that sampled did (a ratio of 1 before the first update); leave it at 0")

@@ -50,7 +50,7 @@ import json
 import logging
 import shutil
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,6 +58,7 @@ import torch
 
 from rlaif.generate import progress_bar
 from rlaif.loaders import load_prompts
+from rlaif.ppo import fsdp
 from rlaif.ppo import losses as L
 from rlaif.ppo import monitors as M
 from rlaif.ppo.build import build_judge, build_models, build_reward
@@ -103,6 +104,10 @@ class PPOTrainer:
         self.config, self.accelerator = config, accelerator
         device = accelerator.device
         policy, self.reference, value, self.tokenizer = build_models(config, device)
+        if config.fsdp:  # sharded before the optimizers are built on their (sharded) parameters
+            policy, value = fsdp.shard(policy, accelerator), fsdp.shard(value, accelerator)
+            if self.reference is not None:
+                self.reference = fsdp.shard(self.reference, accelerator)
         self.reward = reward or build_reward(config, device)
         lr = default_lr(config)
         fused = device.type in ("cpu", "cuda")  # one kernel for the whole update: several times faster on CPU
@@ -112,8 +117,10 @@ class PPOTrainer:
         opt_value = torch.optim.AdamW(trainable(value), lr=value_lr, eps=1e-5, weight_decay=0.0, fused=fused)
         sched_policy = torch.optim.lr_scheduler.LambdaLR(opt_policy, schedule(config))
         sched_value = torch.optim.lr_scheduler.LambdaLR(opt_value, schedule(config))
+        objects = (policy, value, opt_policy, opt_value, sched_policy, sched_value)
+        # under FSDP, the models are sharded already, and their checkpoints are fsdp.save's, not accelerate's
         (self.policy, self.value, self.opt_policy, self.opt_value, self.sched_policy,
-         self.sched_value) = accelerator.prepare(policy, value, opt_policy, opt_value, sched_policy, sched_value)
+         self.sched_value) = objects if config.fsdp else accelerator.prepare(*objects)
         self.kl_ctl = (L.AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
                        if config.kl_target else L.FixedKLController(config.kl_coef))
         self.step = 0
@@ -153,7 +160,8 @@ class PPOTrainer:
                                       f"vLLM's context ({self.engine.config.max_position_embeddings + 1} tokens); "
                                       "lower max_new_tokens or shorten the prompts")
             else:
-                replies = generate(policy, self.tokenizer, prompts, generation)
+                with fsdp.gathered(policy) if config.fsdp else nullcontext():
+                    replies = generate(policy, self.tokenizer, prompts, generation)
             self.timing["generate"] = time.perf_counter() - started
             queries = [encode_chat(self.tokenizer, p) for p in prompts]
             batch = pack(queries, [r.token_ids for r in replies], self.tokenizer.pad_token_id).to(device)
@@ -361,12 +369,16 @@ class PPOTrainer:
         quiet = logging.getLogger("accelerate.utils.other")
         level, quiet.level = quiet.level, logging.ERROR
         try:
-            accelerator.save_state(str(tmp), safe_serialization=True)
+            accelerator.save_state(str(tmp), safe_serialization=True)  # under FSDP: the RNG states only
         finally:
             quiet.setLevel(level)
+        if self.config.fsdp:
+            fsdp.save(self, tmp)
         accelerator.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
         if accelerator.is_main_process:
             state = {"step": self.step, "kl_controller": self.kl_ctl.state_dict()}
+            if self.config.fsdp:
+                state["schedulers"] = [self.sched_policy.state_dict(), self.sched_value.state_dict()]
             write_atomic(tmp / "trainer_state.json", dumps_json(state))
             if directory.exists():
                 shutil.rmtree(directory)
@@ -377,6 +389,10 @@ class PPOTrainer:
         self.accelerator.load_state(str(directory))
         state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
         self.step = state["step"]
+        if self.config.fsdp:
+            fsdp.load(self, directory)
+            self.sched_policy.load_state_dict(state["schedulers"][0])
+            self.sched_value.load_state_dict(state["schedulers"][1])
         if self.engine is not None:  # resumed: vLLM loaded the starting policy
             self.engine.push_weights(self.accelerator.unwrap_model(self.policy))
         self.kl_ctl.load_state_dict(state["kl_controller"])
@@ -456,6 +472,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     if accelerator.mixed_precision == "fp16":
         raise ConfigError("ppo: fp16 mixed precision is not supported (its loss scaler is shared by the policy's and "
                           "the value's optimizers); use accelerate launch --mixed_precision bf16, or no")
+    fsdp.check(config, accelerator.num_processes)
     reward = reward or build_reward(config, accelerator.device)  # a reward that cannot load fails before OUT is made
     judge = build_judge(config, accelerator.device) if eval_prompts else None
     lr = default_lr(config)
@@ -553,9 +570,17 @@ def _evaluate(trainer: PPOTrainer, rows: list[dict], log: JsonlWriter | None, ju
     the one a single process would draw. Means are all-reduced (sum, count): shards of any size, empty ones, hold."""
     config, accelerator = trainer.config, trainer.accelerator
     starts = list(range(0, len(rows), config.batch_size))
+    mine = starts[accelerator.process_index :: accelerator.num_processes]
+    if config.fsdp:  # the same number of rollouts on every process: a process with fewer batches repeats its first
+        # (or the first) and scores nothing from it (`None` below)
+        rounds = -(-len(starts) // accelerator.num_processes)
+        mine = mine + [None] * (rounds - len(mine))
     score = kl = count = paid = judged = 0.0
-    for start in starts[accelerator.process_index :: accelerator.num_processes]:
-        ro = trainer.rollout([r["prompt"] for r in rows[start : start + config.batch_size]], seed=config.seed + start)
+    for start in mine:
+        ro = trainer.rollout([r["prompt"] for r in rows[start or 0 : (start or 0) + config.batch_size]],
+                             seed=config.seed + (start or 0))
+        if start is None:
+            continue
         score = score + ro.scores.sum()
         kl = kl + ((ro.logprobs - ro.ref_logprobs) * ro.batch.mask).sum()
         count += len(ro.scores)
