@@ -16,8 +16,12 @@ none). Accepted input, JSONL, CSV or TSV:
 | labels | preference rows that carry `p_chosen` (`rlaif label`'s, an earlier import's, a script's) |
 | CSV, long | one response per line: `prompt`, `response`, `rank` or `score`; optional `id` and `annotator` |
 | CSV, pairs | `prompt`, `chosen`, `rejected`; optional `id`, `annotator`, and `p_chosen`, `source`, `labeler` |
+| rank page answers | `rlaif rank serve`'s `rankings.jsonl`: `answer` and `undo` events (rows with `event`) |
+| Label Studio | its JSON export (a JSON list) of the tasks `rlaif rankings export` wrote: `data`, `annotations` |
 
-Any of them may give a `weight`.
+Any of the first six may give a `weight`. The last two (rlaif.rank_export, recognised by their content) give one
+pair per annotator and task, from each one's final answer, with the `annotator` and the `seconds` they took; skips
+(Label Studio: cancelled annotations) are left out and counted.
 
 **Labels stay labels.** A row that carries `p_chosen` is a label, never turned into a hard human one: it is checked
 and kept as it is (`p_chosen`, `source`, `labeler` and every other field; `--ties` is for rankings, and `--annotator`
@@ -249,6 +253,12 @@ def _read(path: Path | str, ties: str, annotator: str | None, skip_empty: bool, 
     path = Path(path)
     if ties not in TIES:
         raise DataError(path, None, "ties", f"expected one of {', '.join(TIES)}, not {ties!r}")
+    if path.suffix.lower() not in CSV_SUFFIXES:  # the rank page's answers, or a Label Studio export
+        from rlaif.rank_export import human_kind, import_answers
+
+        kind = human_kind(path)
+        if kind:
+            return import_answers(path, kind, ties, tally), False
     items = _csv_items(path, ties, annotator, skip_empty) if path.suffix.lower() in CSV_SUFFIXES else iter_jsonl(path)
     counted = Tally(tally.noun if tally is not None else "pairs")
     kept: list[tuple[int, str | None, PreferenceRow, str]] = []  # (line, own id or None, pair, what its row is about)

@@ -99,6 +99,7 @@ class PreferenceRow(TypedDict):
     source: Literal["ai", "human", "critique"]
     weight: NotRequired[float]
     annotator: NotRequired[str]  # human rater id, when known
+    seconds: NotRequired[float]  # how long the person took to answer (the rank page, Label Studio's lead_time)
     labeler: NotRequired[str]  # AI labeler model id
     principles: NotRequired[list[str]]  # principle ids used by the AI labeler
     principle_p: NotRequired[dict[str, float]]  # p_chosen under each principle

@@ -2,8 +2,8 @@
 
 Here: the `rlaif` group, the user errors it turns into a message and exit 1, `stage_config` (dataclass defaults <
 recipe file < flags) and `main`. The commands, by what users do: project.py (init, constitution, generate),
-data.py (critique, sample, label, score, rankings), training.py (sft, reward, ppo, dpo, grpo) and runs.py (run,
-eval, report, export).
+data.py (critique, sample, label, score, rankings), human.py (rank serve), training.py (sft, reward, ppo, dpo,
+grpo) and runs.py (run, eval, report, export).
 """
 
 from __future__ import annotations
@@ -168,4 +168,4 @@ def main() -> None:
 
 
 # Importing the command modules registers their commands on `cli` (they need the names above).
-from rlaif.cli import data, project, runs, training  # noqa: F401
+from rlaif.cli import data, human, project, runs, training  # noqa: F401

@@ -1,4 +1,5 @@
-"""The data stages: `rlaif critique`, `sample`, `label`, `score` and `rankings import`; each writes JSONL rows."""
+"""The data stages: `rlaif critique`, `sample`, `label`, `score` and `rankings import` / `export`; each writes JSONL
+rows."""
 
 from __future__ import annotations
 
@@ -279,7 +280,7 @@ def score(config_file, **flags) -> None:
 
 @cli.group(cls=_Group)
 def rankings() -> None:
-    """Bring human rankings in as preference pairs (docs/data-contract.md)."""
+    """Choose the pairs people should rank, and bring their rankings in as preference pairs (docs/humans.md)."""
 
 
 @rankings.command(name="import")
@@ -305,6 +306,12 @@ def rankings_import(rankings_file, out_path: str, ties: str, annotator: str | No
     never made hard human labels. Every row is checked before anything is written.
 
     \b
+    People's answers to the tasks of `rlaif rankings export` are read too, one pair per
+    annotator and task (skips left out and counted), with the seconds each took:
+      TASKS/rankings.jsonl          the answers of `rlaif rank serve`
+      a Label Studio JSON export    of a project that imported TASKS/label-studio.json
+
+    \b
     Example:
       rlaif rankings import team_rankings.jsonl --out runs/x/human.jsonl
     """
@@ -316,3 +323,63 @@ def rankings_import(rankings_file, out_path: str, ties: str, annotator: str | No
     noun = "pair" if counts["pairs"] == 1 else "pairs"
     out.print(f"[green]✓[/green] {counts['pairs']} {noun}{extra} → {shown(out_path)} ({shown(counts['summary'])})",
               soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rlaif rankings export
+
+
+@rankings.command(name="export")
+@click.argument("preference_files", metavar="PREFS.jsonl...", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", required=True,
+              help="Directory for tasks.jsonl, label-studio.json, label-studio.xml and README.txt.")
+@click.option("--budget", type=int, default=200, show_default=True,
+              help="Pairs to export (all of them when fewer are left).")
+@click.option("--random-share", type=float, default=0.2, show_default=True,
+              help="Share of the budget drawn uniformly at random, to measure the AI's agreement with people "
+                   "without bias.")
+@click.option("--overlap", type=int, default=2, show_default=True,
+              help="Annotators per task on the overlap share (inter-annotator agreement).")
+@click.option("--overlap-share", type=float, default=0.2, show_default=True,
+              help="Share of the tasks that go to --overlap annotators; the others go to one.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the random share, the overlap tasks and which reply Label Studio shows as A.")
+def rankings_export(preference_files, out_dir: str, budget: int, random_share: float, overlap: int,
+                    overlap_share: float, seed: int) -> None:
+    """Choose the pairs people should rank first, and write them for the rank page and Label Studio.
+
+    \b
+    Of the AI's labels (rows with source=human are left out), the budget goes to:
+      inconsistent          the two orders pick different winners (consistent: false)
+      principles_disagree   one principle prefers each reply (principle_p on both sides of 0.5)
+      uncertain             the rest, least certain first (p_chosen closest to 0.5)
+      random                --random-share of the budget, drawn uniformly from every pair
+    taken in turns across principles, so that no principle takes the whole budget.
+
+    \b
+    Then rank them in rlaif's page, or in Label Studio (OUT/README.txt says how):
+      rlaif rank serve OUT
+      rlaif rankings import OUT/rankings.jsonl --out runs/x/human.jsonl
+      rlaif rankings import label-studio-export.json --out runs/x/human.jsonl
+
+    \b
+    Example:
+      rlaif rankings export runs/x/label/preferences.jsonl --budget 200 --out tasks/
+    """
+    from rich.table import Table
+
+    from rlaif import rank_export as stage
+
+    counts = stage.run(stage.ExportConfig(preferences=list(preference_files), out=out_dir, budget=budget,
+                                          random_share=random_share, overlap=overlap, overlap_share=overlap_share,
+                                          seed=seed))
+    table = Table("why", "principle", "tasks")
+    for (why, principle), n in sorted(counts["table"].items(), key=lambda item: (stage.WHY.index(item[0][0]),
+                                                                                   str(item[0][1]))):
+        table.add_row(why, shown(principle if principle is not None else "-"), str(n))
+    out.print(table)
+    short = (f"; the budget ({budget}) is more than the {counts['available']} pairs available: all exported"
+             if budget > counts["available"] else "")
+    out.print(f"[green]✓[/green] {counts['tasks']} tasks ({counts['random']} random, {counts['overlapping']} for "
+              f"{overlap} annotators) → {shown(out_dir)}: tasks.jsonl, label-studio.json, label-studio.xml, README.txt "
+              f"({shown(counts['summary'])}){short}", soft_wrap=True)

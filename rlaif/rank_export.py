@@ -1,0 +1,386 @@
+"""Choose the pairs people should rank, hand them out, and read the answers back.
+
+    rlaif rankings export runs/x/label/preferences.jsonl --budget 200 --out tasks/
+    rlaif rank serve tasks/                        # or Label Studio, with the files export writes
+    rlaif rankings import tasks/rankings.jsonl --out runs/x/human.jsonl
+
+**Selection.** With a weak labeler, a few hundred well-chosen human pairs are worth most. From the preference files,
+every pair the AI labelled is a candidate; rows with `source: human` are not, nor is an AI row of a pair that people
+already labelled in the same files, nor a second label of the same pair (same prompt and replies). A random share of
+the budget (`random_share`) is drawn first, uniformly from all candidates, so that it is an unbiased sample of what
+the AI labelled: the agreement measured on it holds for the whole file (drawn from what the active pick leaves, it
+would miss the least certain pairs). The rest of the budget goes to the pairs whose label is least trustworthy:
+first those the labeler contradicts itself on (`consistent: false`, why `inconsistent`) or where principles
+disagree (`principle_p` on both sides of 0.5, why `principles_disagree`), then the others, each group least certain
+first (|p_chosen - 0.5| smallest, why `uncertain`). Pairs are filed under a principle (of a row's `principle_p`, the
+one closest to 0.5; else its first `principles`; else none) and taken in turns across principles, so that no single
+principle takes the whole budget. Of the exported tasks, a share (`overlap_share`) goes to `overlap` annotators, for
+inter-annotator agreement; the others to one. The tasks come in the order of the pick, the random ones spread
+evenly among them, so that any first part of the file holds its share of both. Everything random is drawn from
+`seed`.
+
+**Files** (in `out`): `tasks.jsonl` (docs/data-contract.md, "tasks"), read by `rlaif rank serve`;
+`label-studio.json` and `label-studio.xml`, the same pairs as Label Studio tasks and their labeling config; and
+`README.txt`, how to rank them. Label Studio's formats are taken from its documentation, in HumanSignal/label-studio:
+the task import format from docs/source/guide/tasks.md ("Basic Label Studio JSON format": a list of `{"data": {...}}`),
+the export from docs/source/guide/export.md and docs/source/includes/task_format.md ("Label Studio JSON format of
+annotated tasks": `annotations[].result[]`, `completed_by`, `lead_time`, `was_cancelled`), a Choices result's value
+(`{"choices": [...]}`) from docs/source/guide/predictions.md and tasks.md, and the tags from docs/source/tags/
+(choices.md, choice.md, paragraphs.md, textarea.md, pairwise.md) and the pairwise templates
+(docs/source/templates/generative-pairwise-human-preference.md, llm_side_by_side.md).
+
+**Reading answers back** (`rlaif rankings import`, which detects these files by their content): the rank page's
+answers file (`rankings.jsonl`, events, folded by `rank_serve.final_answers`) or Label Studio's JSON export of the
+tasks. Each annotator's final answer
+to a task becomes a preference row with `source: human`, `p_chosen: 1.0` (a tie: left out, 0.5 or an error, as
+`--ties` says), the `annotator` and the `seconds` they took. Skipped answers (Label Studio: cancelled annotations)
+are left out and counted as `skipped`. A row's id is its task's; a task several people answered gives each of them
+a row, its id ending in `-ANNOTATOR`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlaif.loaders import as_prompt
+from rlaif.rank_serve import ANSWERS_FILE, final_answers
+from rlaif.rankings import TIES_HINT, load_preferences, pair_key
+from rlaif.records import (
+    ConfigError,
+    DataError,
+    PreferenceRow,
+    Tally,
+    dumps_json,
+    iter_jsonl,
+    number,
+    read_text,
+    write_atomic,
+    write_jsonl,
+)
+
+WHY = ("inconsistent", "principles_disagree", "uncertain", "random")
+LS_FIELDS = ("rlaif_task", "prompt", "a", "b")  # what our Label Studio tasks carry in `data`
+LS_CHOICES = {"A": "first", "B": "second", "tie": "tie"}  # the config's Choice aliases; A is `data.a`
+
+
+@dataclass
+class ExportConfig:
+    preferences: list[str] = field(default_factory=list)  # preference files: rlaif label's, or any labels
+    out: str = "tasks"  # directory for tasks.jsonl, label-studio.json, label-studio.xml and README.txt
+    budget: int = 200  # pairs to export; all of them when fewer are left
+    random_share: float = 0.2  # share of the budget drawn uniformly from all candidates (why: random)
+    overlap: int = 2  # annotators per task on the overlap share
+    overlap_share: float = 0.2  # share of the tasks that go to `overlap` annotators; the others go to one
+    seed: int = 0  # the random share, the tie order, which tasks overlap and which reply Label Studio shows as A
+
+    def __post_init__(self):
+        if not self.preferences:
+            raise ConfigError("preferences: give at least one preferences file")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise ConfigError(f"budget: expected a whole number of pairs >= 1, not {self.budget!r}")
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or self.overlap < 1:
+            raise ConfigError(f"overlap: expected a whole number of annotators >= 1, not {self.overlap!r}")
+        for name in ("random_share", "overlap_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"{name}: expected a share between 0 and 1 (0.2 is a fifth), not {value!r}")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out: {self.out} is a file; give a directory for the tasks")
+        if (out / ANSWERS_FILE).exists():
+            raise ConfigError(f"out: {out / ANSWERS_FILE} holds people's answers to the tasks there; export to "
+                              "another directory (import those answers first: rlaif rankings import)")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Selection
+
+
+def why(row: PreferenceRow) -> str:
+    """Why a pair's AI label wants a person: `inconsistent` (the two orders pick different winners),
+    `principles_disagree` (one principle prefers each reply) or plain `uncertain`."""
+    if row.get("consistent") is False:
+        return "inconsistent"
+    principle_p = (row.get("principle_p") or {}).values()
+    if any(p > 0.5 for p in principle_p) and any(p < 0.5 for p in principle_p):
+        return "principles_disagree"
+    return "uncertain"
+
+
+def principle_of(row: PreferenceRow) -> str | None:
+    """The principle a pair is filed under: of its `principle_p`, the one whose label is closest to 0.5; else its
+    first principle; else None (a `score` label, or rows from elsewhere)."""
+    principle_p = row.get("principle_p") or {}
+    if principle_p:
+        return min(principle_p, key=lambda name: abs(principle_p[name] - 0.5))
+    return (row.get("principles") or [None])[0]
+
+
+def select(rows: list[tuple[str, PreferenceRow]], budget: int, random_share: float = 0.2, overlap: int = 2,
+           overlap_share: float = 0.2, seed: int = 0, tally: Tally | None = None) -> list[dict]:
+    """The tasks to rank (docs/data-contract.md, "tasks") from (file, row) pairs, as the module docstring says: the
+    active pick (flagged pairs, then the others, least certain first, in turns across principles), then the random
+    share. `tally` counts the rows left out: `human`, `human_labelled` (an AI row of a pair people labelled),
+    `same_pair` (a second label of a pair), moving them from its `used` (give it the tally that read the rows).
+    Fewer candidates than `budget`: all of them."""
+    tally = tally if tally is not None else Tally("pairs")
+    rng = random.Random(seed)
+    by_people = {pair_key(row) for _, row in rows if row["source"] == "human"}
+    pool, seen = [], set()
+    for file, row in rows:
+        key = pair_key(row)
+        reason = ("human" if row["source"] == "human" else "human_labelled" if key in by_people
+                  else "same_pair" if key in seen else None)
+        if reason:
+            tally.used -= 1
+            tally.leave_out(reason)
+            continue
+        seen.add(key)
+        pool.append({"id": row["id"], "prompt": row["prompt"],
+                     "responses": [row["chosen"][-1]["content"], row["rejected"][-1]["content"]], "overlap": 1,
+                     "why": why(row), "principle": principle_of(row), "ai_p": row["p_chosen"], "source_file": file})
+    n = min(budget, len(pool))
+    random_set = set(rng.sample(range(len(pool)), round(n * random_share)))
+    random_tasks = [pool[i] for i in sorted(random_set)]
+    for task in random_tasks:
+        task["why"] = "random"
+    rest = [task for i, task in enumerate(pool) if i not in random_set]
+    rng.shuffle(rest)  # pairs equally certain come in a seeded order, not the file's
+    rest.sort(key=lambda task: (task["why"] == "uncertain", abs(task["ai_p"] - 0.5)))
+    turn: Counter = Counter()  # each principle's queue: the first of every principle, then the second, ...
+    places = []
+    for task in rest:
+        turn[task["principle"]] += 1
+        places.append(turn[task["principle"]])
+    rest = [task for _, task in sorted(zip(places, rest), key=lambda pair: pair[0])]  # stable within a turn
+    # The random tasks spread evenly among the others (in their order), so that people who stop early leave a
+    # random share answered too (the page offers tasks in file order).
+    spread = [((i + 0.5) / len(group), task) for group in (rest[: n - len(random_tasks)], random_tasks)
+              for i, task in enumerate(group)]
+    tasks = [task for _, task in sorted(spread, key=lambda pair: pair[0])]
+    for i in rng.sample(range(len(tasks)), round(len(tasks) * overlap_share)):
+        tasks[i]["overlap"] = overlap
+    used: Counter = Counter()  # two files may use the same row id for different pairs: task ids stay unique
+    for task in tasks:
+        used[task["id"]] += 1
+        if used[task["id"]] > 1:
+            task["id"] = f"{task['id']}~{used[task['id']]}"
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+
+
+# The labeling config: the conversation as a dialogue (Paragraphs, whose data is a list of {role, content}), the two
+# replies side by side, then the choice and an optional note. Choices, not Pairwise: Label Studio's Pairwise tag "is
+# used to compare two different objects and select one item" (docs/source/tags/pairwise.md); its result is left or
+# right, with no tie, and the docs send comparisons that need another answer to Choices. A skip is Label Studio's own
+# Skip button (an annotation with was_cancelled: true, docs/source/guide/export.md). The aliases are what the export
+# holds (docs/source/tags/choice.md), whatever the buttons say. Model text goes into the task data, never in here.
+LABEL_STUDIO_CONFIG = """\
+<View>
+  <Header value="The conversation"/>
+  <Paragraphs name="prompt" value="$prompt" layout="dialogue" nameKey="role" textKey="content"/>
+  <View style="display: flex; gap: 1em;">
+    <View style="flex: 1;">
+      <Header value="Reply A"/>
+      <Text name="a" value="$a"/>
+    </View>
+    <View style="flex: 1;">
+      <Header value="Reply B"/>
+      <Text name="b" value="$b"/>
+    </View>
+  </View>
+  <Header value="Which reply is better? (Skip if you cannot tell.)"/>
+  <Choices name="preference" toName="prompt" choice="single-radio" required="true" showInline="true">
+    <Choice value="A is better" alias="A" hotkey="1"/>
+    <Choice value="B is better" alias="B" hotkey="2"/>
+    <Choice value="About the same (a tie)" alias="tie" hotkey="3"/>
+  </Choices>
+  <TextArea name="note" toName="prompt" placeholder="Optional: why?" rows="2" maxSubmissions="1"/>
+</View>
+"""
+
+README = """\
+{n} pairs for people to rank, chosen by `rlaif rankings export` from {files} (seed {seed}).
+
+  tasks.jsonl          the pairs, one a line (docs/data-contract.md, "tasks")
+  label-studio.json    the same pairs as Label Studio tasks
+  label-studio.xml     Label Studio's labeling config for them
+
+In rlaif's page:
+  rlaif rank serve {out}
+  rlaif rankings import {out}/rankings.jsonl --out human.jsonl
+
+In Label Studio:
+  1. Create a project.
+  2. Settings > Labeling Interface: paste label-studio.xml in the code view; save.
+  3. Import label-studio.json.
+  4. Rank: A, B or a tie; Skip when you cannot tell. A note is optional.
+  5. Export the project as JSON, then:
+     rlaif rankings import the-export.json --out human.jsonl
+  Label Studio sets how many people annotate a task for a whole project; the tasks that want more than one
+  carry it in data.overlap (a column of the Data Manager).
+
+Answer whichever reply is better for the person asking; a tie when neither is. People who disagree are data too.
+"""
+
+
+def label_studio_tasks(tasks: list[dict], seed: int = 0) -> list[dict]:
+    """Label Studio import tasks (docs/source/guide/tasks.md, "Basic Label Studio JSON format"): `data` holds the
+    task id, the conversation, the two replies as `a` and `b` (which reply is A is drawn per task from `seed`, so
+    that the AI's pick is not always A), and the task's overlap."""
+    rng = random.Random(seed)
+    ls_tasks = []
+    for task in tasks:
+        first_is_a = rng.random() < 0.5
+        a, b = task["responses"] if first_is_a else task["responses"][::-1]
+        ls_tasks.append({"data": {"rlaif_task": task["id"], "prompt": task["prompt"], "a": a, "b": b,
+                                  "overlap": task["overlap"]}})
+    return ls_tasks
+
+
+def run(config: ExportConfig) -> dict:
+    """Choose the tasks and write them into `config.out`; returns counts: `tasks`, `available` (candidates),
+    `random`, `overlapping`, `table` ({(why, principle): tasks}) and `summary` (the rows read, used, left out)."""
+    tally = Tally("pairs")
+    rows = [(file, row) for file in config.preferences
+            for row in load_preferences(file, skip_empty=True, tally=tally)]
+    tasks = select(rows, config.budget, config.random_share, config.overlap, config.overlap_share, config.seed,
+                   tally)
+    tally.require_some(", ".join(config.preferences), "export takes AI labels (rlaif label's preferences.jsonl); "
+                       "rows with source human, and pairs people labelled, are left out")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "tasks.jsonl", tasks)
+    write_atomic(out / "label-studio.json", dumps_json(label_studio_tasks(tasks, config.seed)))
+    write_atomic(out / "label-studio.xml", LABEL_STUDIO_CONFIG)
+    write_atomic(out / "README.txt", README.format(n=len(tasks), files=", ".join(config.preferences),
+                                                   seed=config.seed, out=config.out.rstrip("/")))
+    return {"tasks": len(tasks), "available": tally.used, "random": sum(t["why"] == "random" for t in tasks),
+            "overlapping": sum(t["overlap"] > 1 for t in tasks),
+            "table": Counter((t["why"], t["principle"]) for t in tasks), "summary": tally.summary()}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Answers back: the rank page's events and Label Studio's export
+
+
+def human_kind(path: Path) -> str | None:
+    """"label-studio" for a JSON list (Label Studio's export), "answers" for JSONL whose first row is an event (the
+    rank page's answers file), else None (a file `rlaif rankings import` reads as before)."""
+    if read_text(path).lstrip().startswith("["):
+        return "label-studio"
+    first = next(iter_jsonl(path, torn_tail_ok=True), None)
+    return "answers" if first is not None and "event" in first[1] else None
+
+
+def _answers(path: Path) -> list[tuple[str, dict]]:
+    """("answer ID", answer) for each final answer in the rank page's answers file (`rank_serve.final_answers`, the
+    fold of its events), its annotator, prompt and replies checked."""
+    items = []
+    for answer in final_answers(path):
+        at = f"answer {answer['answer_id']}"
+        if not answer["annotator"].strip():
+            raise DataError(path, None, f"{at}.annotator", "is empty: expected the annotator's name")
+        responses = answer.get("responses")
+        if not isinstance(responses, list) or len(responses) != 2 or not all(isinstance(r, str) for r in responses):
+            raise DataError(path, None, f"{at}.responses", "expected the task's two replies (text)")
+        prompt = as_prompt(answer.get("prompt"), path, None, f"{at}.prompt")
+        items.append((at, {**answer, "prompt": prompt, "responses": responses}))
+    return items
+
+
+def _label_studio(path: Path) -> list[tuple[str, dict]]:
+    """("[TASK].annotations[N]", answer) for each annotator's last annotation of each task in Label Studio's JSON export
+    (docs/source/guide/export.md): `completed_by` (a user id) the annotator, `lead_time` the seconds, a cancelled
+    annotation a skip, and the choice from the `preference` Choices result (`value.choices`). The replies are the
+    task's `data.a` and `data.b`: "first" below is A."""
+    try:
+        tasks = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(path, e.lineno, None, f"not valid JSON: {e.msg} (column {e.colno})") from None
+    if not all(isinstance(task, dict) for task in tasks):
+        raise DataError(path, None, None, "expected Label Studio's JSON export: a list of tasks")
+    final: dict[tuple, tuple] = {}
+    for i, task in enumerate(tasks):
+        data = task.get("data")
+        where = f"[{i}].data"
+        if not isinstance(data, dict) or not set(LS_FIELDS) <= set(data):
+            missing = ", ".join(name for name in LS_FIELDS if not isinstance(data, dict) or name not in data)
+            raise DataError(path, None, where, f"has no {missing}: not a task of `rlaif rankings export`'s "
+                                               "label-studio.json; export the project that imported it, as JSON")
+        prompt = as_prompt(data["prompt"], path, None, f"{where}.prompt")
+        for name in ("a", "b"):
+            if not isinstance(data[name], str):
+                raise DataError(path, None, f"{where}.{name}", "expected the reply (text)")
+        for j, annotation in enumerate(task.get("annotations") or []):
+            at = f"[{i}].annotations[{j}]"
+            if not isinstance(annotation, dict):
+                raise DataError(path, None, at, "expected an annotation (an object)")
+            who = annotation.get("completed_by")
+            who = (who.get("email") or who.get("id")) if isinstance(who, dict) else who
+            if who is None or str(who) == "":
+                raise DataError(path, None, f"{at}.completed_by", "missing: expected the annotator's user id")
+            choice = "skip" if annotation.get("was_cancelled") else _choice(annotation.get("result"), path, at)
+            answer = {"task": str(data["rlaif_task"]), "annotator": str(who), "choice": choice, "prompt": prompt,
+                      "responses": [data["a"], data["b"]]}
+            if annotation.get("lead_time") is not None:
+                answer["seconds"] = annotation["lead_time"]
+            final[(answer["task"], answer["annotator"])] = (at, answer)
+    return list(final.values())
+
+
+def _choice(result: Any, path: Path, at: str) -> str:
+    """first (A), second (B) or tie: the one choice of the `preference` Choices in an annotation's result."""
+    picked = [r["value"].get("choices") for r in result if isinstance(r, dict) and isinstance(r.get("value"), dict)
+              and r.get("from_name") == "preference" and r.get("type") == "choices"] if isinstance(result, list) else []
+    if len(picked) != 1 or not isinstance(picked[0], list) or len(picked[0]) != 1 or picked[0][0] not in LS_CHOICES:
+        raise DataError(path, None, f"{at}.result", f"expected one choice ({', '.join(LS_CHOICES)}) from "
+                                                    f"'preference', found {json.dumps(picked)}: label with the "
+                                                    "label-studio.xml that rlaif rankings export wrote")
+    return LS_CHOICES[picked[0][0]]
+
+
+def import_answers(path: Path, kind: str, ties: str = "skip", tally: Tally | None = None) -> list[PreferenceRow]:
+    """Preference rows from the rank page's answers (`kind` "answers") or Label Studio's export ("label-studio"),
+    as the module docstring says. `tally` counts the answers read, used and left out (`skipped`, `tie`); none left
+    is a DataError, as is a tie with `ties="error"`."""
+    counted = Tally("pairs")
+    rows: list[PreferenceRow] = []
+    choice_field, seconds_field = ("choice", "seconds") if kind == "answers" else ("result", "lead_time")
+    for at, answer in _answers(path) if kind == "answers" else _label_studio(path):
+        counted.read += 1
+        choice = answer["choice"]
+        if choice == "skip" or (choice == "tie" and ties == "skip"):
+            counted.leave_out("skipped" if choice == "skip" else "tie")
+            continue
+        if choice == "tie" and ties == "error":
+            raise DataError(path, None, f"{at}.{choice_field}", "a tie (ties are off; --ties skip or half allows "
+                                                                "them)")
+        chosen, rejected = answer["responses"][::-1] if choice == "second" else answer["responses"]
+        row: PreferenceRow = {"id": answer["task"], "prompt": answer["prompt"],
+                              "chosen": [{"role": "assistant", "content": chosen}],
+                              "rejected": [{"role": "assistant", "content": rejected}],
+                              "p_chosen": 0.5 if choice == "tie" else 1.0, "source": "human",
+                              "annotator": answer["annotator"]}
+        if "seconds" in answer:
+            row["seconds"] = number(answer["seconds"], path, None, f"{at}.{seconds_field}", 0.0)
+        counted.used += 1
+        rows.append(row)
+    if tally is not None:
+        tally.read, tally.used = tally.read + counted.read, tally.used + counted.used
+        for reason, n in counted.left_out.items():
+            tally.leave_out(reason, n)
+    counted.require_some(path, TIES_HINT if "tie" in counted.left_out else "")
+    people = Counter(row["id"] for row in rows)
+    for row in rows:  # one task, several people: an id each, as rankings import gives them
+        if people[row["id"]] > 1:
+            row["id"] = f"{row['id']}-{row['annotator']}"
+    return rows
