@@ -374,6 +374,18 @@ def _message(response) -> str:
 # vllm: vLLM in this process
 
 
+def spawned(function, *args):
+    """function(*args) in a fresh child process (spawned, so that it starts with no CUDA state), its result returned
+    and its exception raised here (pickled whole: rlaif's errors keep their class and fields). vLLM takes its share
+    of the GPU's memory when it starts and gives it back reliably only when its process ends: each use of vLLM that
+    must free the GPU for what comes next runs this way (rlaif.pipeline._in_child, rlaif.evaluate)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
 class VLLMModel:
     """vLLM in this process, as a stage's `complete` and as the `model` of rlaif's scorers.
 

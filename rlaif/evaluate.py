@@ -51,6 +51,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -101,13 +102,20 @@ class EvalConfig:
     max_new_tokens: int | None = None  # reply length; default: PPO's
     temperature: float | None = None  # sampling temperature; default: PPO's (the KL is measured at it)
     seed: int = 0
-    batch_size: int = 8  # replies per forward pass
+    batch_size: int = 8  # replies per forward pass (with engine vllm: requests handed to vLLM at once)
     device: str | None = None
+    engine: str = "rlaif"  # who samples the policies' replies: rlaif (here) or vllm (vLLM, each policy in a process of
+    # its own, before any model is loaded here); the log-probabilities of the KL, the rewards and the judge are
+    # computed here either way, by full forward passes
 
     VOLATILE = ("batch_size", "device")
+    ADDED: ClassVar[dict] = {"engine": "rlaif"}  # each with the value that reproduces older evaluations
 
     def __post_init__(self):
+        from rlaif.models import check_engine
+
         check_numbers(self, "eval", at_least_one=["max_new_tokens", "batch_size"], finite=["seed"])
+        check_engine(self, "eval")
         if self.temperature is not None and not self.temperature > 0:
             raise DataError("eval settings", None, "temperature", "the KL to the base model is measured on sampled "
                             f"replies: expected a temperature > 0, got {self.temperature:g}")
@@ -197,6 +205,16 @@ def sequence_logprobs(model, prompt_ids: list[list[int]], responses: list[list[i
     return out
 
 
+def vllm_replies(spec: str, conversations: list, generation) -> list:
+    """One policy's replies (rlaif.generate.Generation, in order) sampled by vLLM (rlaif.engines.VLLMModel), each
+    conversation with its own seed (`generation.seeds`): run in a child process of its own (rlaif.engines.spawned),
+    which gives vLLM's GPU memory back when it ends."""
+    from rlaif.engines import VLLMModel
+
+    done = dict(VLLMModel(spec, seed=0).complete(conversations, generation))
+    return [done[i] for i in range(len(conversations))]
+
+
 def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
     """Answer, score and judge; writes OUT/responses.jsonl, judgements.jsonl and eval.json; returns the summary."""
     from rlaif.constitution import load_constitution
@@ -218,7 +236,7 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
                      labeler=found["labeler"], reward_model=found["reward_model"],
                      policies=[p for name, p in found["policies"].items() if name.startswith("round-")],
                      temperature=found["temperature"], max_new_tokens=found["max_new_tokens"])
-    manifest = open_stage(out, "eval", asdict(config), volatile=EvalConfig.VOLATILE)
+    manifest = open_stage(out, "eval", asdict(config), volatile=EvalConfig.VOLATILE, added=EvalConfig.ADDED)
     manifest.add_input(found["prompts"])
     if manifest.status == "complete" and (out / "eval.json").is_file():  # finished with these settings: as it was
         return json.loads(read_text(out / "eval.json"))
@@ -229,8 +247,21 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
         missing = any(f"{name}/{p['id']}" not in writer.done for name in policies for p in prompts)
         batches = _batches(prompts, [*policies.values(), found["reward_model"]], found["max_new_tokens"],
                            config.batch_size) if missing else []
+        todos = {name: [batch for batch in batches if any(f"{name}/{p['id']}" not in writer.done for p in batch)]
+                 for name in policies}
+        sampled = {}  # engine vllm: {policy: {prompt id: Generation}}, all sampled before a model is loaded here
+        if config.engine == "vllm":
+            from rlaif.engines import spawned
+
+            for name, todo in todos.items():
+                chunk = [p for batch in todo for p in batch]
+                if chunk:
+                    sampled[name] = dict(zip([p["id"] for p in chunk], spawned(
+                        vllm_replies, policies[name], [p["prompt"] for p in chunk], GenerationConfig(
+                            max_new_tokens=found["max_new_tokens"], temperature=temperature,
+                            batch_size=config.batch_size, seeds=[derive_seed(config.seed, p["id"]) for p in chunk]))))
         for name, spec in policies.items():
-            todo = [batch for batch in batches if any(f"{name}/{p['id']}" not in writer.done for p in batch)]
+            todo = todos[name]
             if not todo:
                 continue
             if base is None:
@@ -242,10 +273,13 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
                 # is missing. A reply's seed is its prompt's, the same for every policy.
                 for chunk in todo:
                     conversations = [p["prompt"] for p in chunk]
-                    generation = GenerationConfig(max_new_tokens=found["max_new_tokens"], temperature=temperature,
-                                                  batch_size=config.batch_size, logprobs=True,
-                                                  seeds=[derive_seed(config.seed, p["id"]) for p in chunk])
-                    replies = generate(model, tokenizer, conversations, generation)
+                    if name in sampled:
+                        replies = [sampled[name][p["id"]] for p in chunk]
+                    else:
+                        generation = GenerationConfig(max_new_tokens=found["max_new_tokens"], temperature=temperature,
+                                                      batch_size=config.batch_size, logprobs=True,
+                                                      seeds=[derive_seed(config.seed, p["id"]) for p in chunk])
+                        replies = generate(model, tokenizer, conversations, generation)
                     for p, r in zip(chunk, replies):
                         if r.finish_reason == "too_long":  # this policy's tokenizer counts more than the base's
                             raise DataError(found["prompts"], None, None, f"prompt {p['id']}: {r.prompt_tokens} "
@@ -254,9 +288,11 @@ def evaluate_policies(config: EvalConfig, progress: bool = False) -> dict:
                     prompt_ids = [encode_chat(base[1], c) for c in conversations]
                     tokens = [r.token_ids for r in replies]
                     base_logprobs = sequence_logprobs(base[0], prompt_ids, tokens, temperature, config.batch_size)
+                    logprobs = [sum(r.logprobs) for r in replies] if name not in sampled else sequence_logprobs(
+                        model, [encode_chat(tokenizer, c) for c in conversations], tokens, temperature,
+                        config.batch_size)  # vLLM's kernels round otherwise: both sides of the KL computed here
                     rewards = reward.score(conversations, [r.text for r in replies], normalize=bool(reward.stats))
-                    for p, r, lp, blp, rw in zip(chunk, replies, [sum(r.logprobs) for r in replies], base_logprobs,
-                                                 rewards.tolist()):
+                    for p, r, lp, blp, rw in zip(chunk, replies, logprobs, base_logprobs, rewards.tolist()):
                         if f"{name}/{p['id']}" in writer.done:
                             continue
                         writer.write({"id": f"{name}/{p['id']}", "policy": name, "prompt_id": p["id"],

@@ -302,10 +302,24 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+# Why a stage that runs on rlaif or vllm cannot run over HTTP (engine: openai): what a chat API does not give
+NOT_OVER_HTTP = {
+    "score": "the score's probability is read from the ten scores' tokens, \"10\" included (its second token after "
+             "\"1\"), and a chat completions API gives top_logprobs only along the reply its model wrote",
+    "ppo": "PPO trains the policy in this process, and its rollouts must come from that policy as it trains",
+    "grpo": "GRPO trains the policy in this process, and its rollouts must come from that policy as it trains",
+    "eval": "the KL to the base model needs the policies' log-probabilities of their own replies, here",
+}
+
+
 def check_engine(config, stage: str, memory: bool = False) -> None:
     """A training or scoring stage's `engine`, rlaif or vllm, checked when its config is built: a DataError for any
-    other, or for vllm where vLLM is not installed; with `memory`, `vllm_gpu_memory_utilization` a share in (0, 1)
-    with vllm, and a ConfigError when it is changed with rlaif (it would do nothing)."""
+    other (for openai, saying what the stage needs that a chat API does not give), or for vllm where vLLM is not
+    installed; with `memory`, `vllm_gpu_memory_utilization` a share in (0, 1) with vllm, and a ConfigError when it
+    is changed with rlaif (it would do nothing)."""
+    if config.engine == "openai" and stage in NOT_OVER_HTTP:
+        raise DataError(f"{stage} settings", None, "engine", f"expected rlaif or vllm: not openai, as "
+                        f"{NOT_OVER_HTTP[stage]}")
     if config.engine not in ("rlaif", "vllm"):
         raise DataError(f"{stage} settings", None, "engine", f"expected rlaif or vllm, not {config.engine!r}")
     if config.engine == "vllm" and not installed("vllm"):

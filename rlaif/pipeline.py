@@ -538,15 +538,12 @@ def _in_child(step: Step, progress: bool) -> dict:
     a stage on vLLM must neither find the memory of the stages before it held by this process nor keep its own for
     the stages after. The stage directory's lock passes to the child for the stage's run (the run's own lock stays
     here)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+    from rlaif.engines import spawned
     from rlaif.records import lock_stage, release_stage
 
     release_stage(step.directory)
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(_run_stage, step.stage, step.config, progress).result()
+        return spawned(_run_stage, step.stage, step.config, progress)
     finally:
         lock_stage(step.directory)
 

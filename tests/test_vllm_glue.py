@@ -167,8 +167,15 @@ def test_vllm_settings_are_checked_when_the_config_is_built(monkeypatch, tmp_pat
     monkeypatch.setitem(sys.modules, "vllm", stand_in_vllm([]))
     with pytest.raises(ConfigError, match="device: not used with engine: vllm"):
         LabelConfig(candidates="c.jsonl", engine="vllm", device="cuda:1")
-    with pytest.raises(DataError, match="expected rlaif or vllm, not 'openai'"):
+    with pytest.raises(DataError, match=r"engine: expected rlaif or vllm: not openai, as the score's probability is "
+                                        r"read from the ten scores' tokens"):
         ScoreConfig(candidates="c.jsonl", engine="openai")
+    from rlaif.evaluate import EvalConfig
+
+    with pytest.raises(DataError, match="not openai, as the KL to the base model needs"):
+        EvalConfig(run="r", engine="openai")
+    with pytest.raises(DataError, match="expected rlaif or vllm, not 'tgi'"):
+        EvalConfig(run="r", engine="tgi")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -270,3 +277,47 @@ def test_a_stage_on_vllm_runs_in_a_child_process_whose_errors_come_back_whole(ti
     with pytest.raises(DataError, match="missing.jsonl: file not found") as raised:
         _in_child(step, progress=False)
     assert raised.value.path == tmp_path / "missing.jsonl"
+
+
+def test_eval_samples_each_policy_on_vllm_and_computes_the_rest_here(vllm_calls, tiny_model_dir, tmp_path,
+                                                                      monkeypatch):
+    """`rlaif eval RUN --engine vllm`: each policy's replies sampled by vLLM with the prompt's own seed, one engine
+    per policy (a child process each: run in this process here, where the stand-in lives), all before a model is
+    loaded here; the KL's log-probabilities are full passes here (base and sft have the same weights here: equal)."""
+    import shutil
+
+    import rlaif.engines
+    import rlaif.models
+    from rlaif.evaluate import EvalConfig, evaluate_policies
+    from rlaif.records import Manifest, write_jsonl
+    from rlaif.reward import load_backbone
+
+    order = []
+    monkeypatch.setattr(rlaif.engines, "spawned", lambda function, *args: order.append("vllm") or function(*args))
+    load_model = rlaif.models.load_model
+    monkeypatch.setattr(rlaif.models, "load_model", lambda *a, **k: order.append("load") or load_model(*a, **k))
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run_dir / "round-1" / "sft")
+    (run_dir / "round-1" / "sft" / "config.yaml").write_text(f"model: {tiny_model_dir}\n")
+    classifier, tokenizer = load_backbone(str(tiny_model_dir), "cpu")
+    classifier.save_pretrained(run_dir / "round-1" / "reward")
+    tokenizer.save_pretrained(run_dir / "round-1" / "reward")
+    (run_dir / "round-1" / "reward" / "config.yaml").write_text("{}\n")
+    for stage in ("sft", "reward"):
+        Manifest(stage=stage, status="complete").save(run_dir / "round-1" / stage)
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"id": "a", "prompt": "Hello?"}, {"id": "b", "prompt": "What is rain?"},
+                          {"id": "c", "prompt": "Name a color."}])
+    evaluate_policies(EvalConfig(run=str(run_dir), prompts=str(prompts), labeler=str(tiny_model_dir), engine="vllm",
+                                 temperature=1.0, max_new_tokens=6, batch_size=2, device="cpu"))
+    assert order[:2] == ["vllm", "vllm"] and "vllm" not in order[2:]  # base's and sft's, before any load here
+    inits = [call for call in vllm_calls if call[0] == "init"]
+    assert [Path(call[1]).name for call in inits] == [tiny_model_dir.name, "sft"]
+    sampled = [call for call in vllm_calls if call[0] == "sample"]
+    assert [p.seed for call in sampled[:2] for p in call[2]] == [p.seed for call in sampled[2:] for p in call[2]]
+    rows = list(read_jsonl(run_dir / "eval" / "responses.jsonl"))
+    assert {r["policy"] for r in rows} == {"base", "sft"} and len(rows) == 6
+    # the same weights and seeds: base and sft sample the same replies; the policy's log-probability is the base's
+    for r in rows:
+        assert r["logprob"] == pytest.approx(r["base_logprob"], abs=1e-5) and r["tokens"] > 0
+    assert "engine: vllm" in (run_dir / "eval" / "config.yaml").read_text()

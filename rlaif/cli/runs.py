@@ -151,6 +151,9 @@ def eval_group() -> None:
 @click.option("--seed", type=int, help="Sampling seed.  [default: 0]")
 @click.option("--batch-size", type=int, help="Replies per forward pass.  [default: 8]")
 @click.option("--device", help="cpu, cuda, ...  [default: a GPU if there is one]")
+@click.option("--engine", type=click.Choice(["rlaif", "vllm"]),
+              help="Who samples the replies: rlaif (here) or vllm (vLLM, each policy in a process of its own); "
+                   "log-probabilities, rewards and the judge are computed here either way.  [default: rlaif]")
 @recipe_option
 def eval_policies(run_dir, config_file, **flags) -> None:
     """Compare a run's base, SFT and per-round policies on held-out prompts.
