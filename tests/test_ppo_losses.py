@@ -21,6 +21,7 @@ from rlaif.ppo.losses import (
     masked_whiten,
     per_token_rewards,
     policy_loss,
+    sampler_weights,
     value_loss,
 )
 
@@ -227,6 +228,20 @@ def test_policy_loss_clipping_by_hand():
     assert close(stats["clipfrac"], 1 / 3) and close(stats["ratio_max"], 1.5) and close(stats["ratio_mean"], 3.1 / 3)
     loss.backward()
     assert logprobs.grad[0, 0] == 0 and logprobs.grad[0, 1] != 0 and logprobs.grad[0, 2] != 0
+
+
+def test_sampler_weights_truncate_and_weigh_each_token():
+    """min(pi_old / pi_sampler, cap) by hand, and each token's term of the surrogate multiplied by its weight."""
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    sampler = torch.log(torch.tensor([[0.5, 0.8, 0.1]]))
+    weights = sampler_weights(old, sampler, cap=2.0)
+    assert torch.allclose(weights, torch.tensor([[1.0, 0.25, 2.0]]))  # 0.9 / 0.1 = 9, truncated at 2
+    logprobs = torch.log(torch.tensor([[0.5, 0.2, 0.99]]))  # ratios 1, 1, 1.1
+    advantages = torch.tensor([[1.0, -1.0, 2.0]])
+    loss, _ = policy_loss(logprobs, old, advantages, torch.ones(1, 3), 0.2, weights)
+    assert close(loss, (-1.0 * 1.0 + 1.0 * 0.25 - 2.2 * 2.0) / 3)
+    plain, _ = policy_loss(logprobs, old, advantages, torch.ones(1, 3), 0.2)
+    assert close(plain, (-1.0 + 1.0 - 2.2) / 3)
 
 
 def test_value_loss_matches_loop(batch):

@@ -4,6 +4,7 @@ tiny Hugging Face model in this process. vLLM needs a GPU; this checks rlaif's g
 log-probabilities are read back, where rationales come from) by asking for labels and scores both ways from the same
 weights: they must match the local engine's. bench/gpu_check.sh runs the real vLLM."""
 
+import math
 import os
 import sys
 import types
@@ -211,10 +212,36 @@ def test_ppo_rollouts_on_vllm_get_the_policys_weights_after_every_step(vllm_call
                for call in vllm_calls if call[0] == "sample" for p in call[2])
     rows = list(read_jsonl(tmp_path / "ppo" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2] and all(0 <= r["rollout/logprob_gap"] < 1e-4 for r in rows)
+    # the sampler's and the trainer's probabilities agree: every truncated importance weight is 1 (cap 2 by default)
+    assert all(r["rollout/sampler_weight"] == pytest.approx(1.0, abs=1e-4) for r in rows)
     trained = load_file(str(tmp_path / "ppo" / "model.safetensors"))  # the engine's weights are the saved policy's
     held = sys.modules["vllm"].instances[-1].model.state_dict()
     for name, tensor in trained.items():
         assert torch.allclose(held[name], tensor), name
+
+
+def test_ppo_weighs_each_token_by_the_truncated_importance_weight(vllm_calls, tiny_model_dir, tmp_path,
+                                                                  monkeypatch):
+    """A sampler whose log-probabilities are 0.1 below the trainer's: every token's weight is e^0.1 (under the cap of
+    2), and step 1's policy loss is e^0.1 times the loss without the correction (cap null), on the same samples."""
+    from rlaif.ppo.config import PPOConfig
+    from rlaif.ppo.trainer import run
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    reported = Logprob.__init__
+    monkeypatch.setattr(Logprob, "__init__", lambda self, logprob: reported(self, logprob - 0.1))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("How do I bake bread?\nWhat is science?\nTell me about travel.\nMix flour and water.\n")
+    config = PPOConfig(prompts=str(prompts), out=str(tmp_path / "on"), policy=str(tiny_model_dir),
+                       reward_fn=["toy_rewards:fl"], steps=1, batch_size=4, max_new_tokens=8, learning_rate=1e-3,
+                       ppo_epochs=1, whiten_advantages=False, engine="vllm")  # whitened, the loss starts at 0
+    run(config, progress=False)
+    run(replace(config, out=str(tmp_path / "off"), vllm_importance_sampling_cap=None), progress=False)
+    on, off = (next(read_jsonl(tmp_path / name / "metrics.jsonl")) for name in ("on", "off"))
+    assert on["rollout/sampler_weight"] == pytest.approx(math.exp(0.1), rel=1e-4)
+    assert "rollout/sampler_weight" not in off
+    assert on["policy_loss"] == pytest.approx(math.exp(0.1) * off["policy_loss"], rel=1e-4)
+    assert abs(off["policy_loss"]) > 1e-3
 
 
 def test_grpo_on_vllm_is_trls_colocate_mode(vllm_calls, tiny_model_dir, tmp_path, monkeypatch):

@@ -82,12 +82,15 @@ class PPOConfig:
     # PPO uses are recomputed by a full forward pass, and their gap to vLLM's logged as rollout/logprob_gap)
     vllm_gpu_memory_utilization: float = 0.3  # engine vllm: the share of the GPU's memory vLLM takes (its weights
     # and KV cache); training keeps the rest
+    vllm_importance_sampling_cap: float | None = 2.0  # engine vllm: each token's policy-gradient term weighed by
+    # min(pi_old / pi_vLLM, cap), truncated importance sampling for vLLM's rounding (losses.sampler_weights); null: off
 
     VOLATILE = ("steps", "micro_batch_size", "save_steps", "save_total_limit", "sample_every", "eval_every",
                 "log_with", "device", "monitor_length_corr", "monitor_truncated", "monitor_min_replies",
                 "monitor_gap_rise", "vllm_gpu_memory_utilization")  # the thresholds only decide what is warned about
     # Settings added after the first runs, each with the value that reproduces them (rlaif.records.added_default)
-    ADDED: ClassVar[dict] = {"monitor_judge": None, "engine": "rlaif", "fsdp": False}
+    ADDED: ClassVar[dict] = {"monitor_judge": None, "engine": "rlaif", "fsdp": False,
+                             "vllm_importance_sampling_cap": 2.0}
 
     def __post_init__(self):
         """Every setting in its range, and no setting that would do nothing: a DataError naming the field, or a
@@ -114,6 +117,12 @@ class PPOConfig:
         lora_unused(self)
         check_engine(self, "ppo", memory=True)
         fsdp.check(self)
+        cap = self.vllm_importance_sampling_cap
+        if cap is not None and not cap >= 1:
+            raise DataError("ppo settings", None, "vllm_importance_sampling_cap", "expected a number >= 1 (the "
+                            f"weights' upper bound; null turns the correction off), got {cap:g}")
+        if self.engine == "rlaif":
+            unused_settings(self, ["vllm_importance_sampling_cap"], "used only with engine: vllm", ("engine",))
         if self.lora_dropout:
             raise ConfigError("lora_dropout: PPO turns every dropout off, so that the policy being trained computes "
                               "what the policy that sampled did (a ratio of 1 before the first update); leave it at 0")

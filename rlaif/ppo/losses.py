@@ -119,18 +119,21 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
 
 
 def policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float = 0.2
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float = 0.2,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The clipped surrogate of PPO (Schulman et al. 2017, eq. 7), negated to be minimised, averaged over real tokens.
 
     logprobs (B, T) float under the policy being trained, old_logprobs and advantages (B, T) float from the rollout,
-    mask (B, T) bool or 0/1 float. Returns (loss scalar, stats): detached scalars "clipfrac" (share of tokens where
+    mask (B, T) bool or 0/1 float; weights (B, T) float, optional: each token's term multiplied by it (the sampler
+    correction, `sampler_weights`). Returns (loss scalar, stats): detached scalars "clipfrac" (share of tokens where
     the clipped term won), "approx_kl" (k3 estimate of KL(old || new)), "ratio_max" and "ratio_mean"."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)  # PPO eq. 7: min of the two, as a loss a max
+    terms = torch.maximum(unclipped, clipped)  # PPO eq. 7: min of the two, as a loss a max
+    loss = masked_mean(terms if weights is None else terms * weights, mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
@@ -139,6 +142,16 @@ def policy_loss(
             "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, stats
+
+
+def sampler_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, cap: float) -> Tensor:
+    """Truncated importance-sampling weights for replies sampled by another engine than the one PPO's ratio is taken
+    against: min(pi_old(y_t) / pi_sampler(y_t), cap) per token, which makes the expectation over the sampler's
+    tokens one over the old policy's, with the variance bounded by `cap` (Yao et al. 2025, "Your Efficient RL
+    Framework Secretly Brings You Off-Policy RL Training", truncated importance sampling; TRL's GRPOTrainer applies
+    the same to vLLM's samples, vllm_importance_sampling_cap). old_logprobs, sampler_logprobs (B, T) float -> (B, T)
+    float, not differentiated."""
+    return torch.exp(old_logprobs - sampler_logprobs).clamp(max=cap).detach()
 
 
 def value_loss(

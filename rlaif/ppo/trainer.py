@@ -97,6 +97,7 @@ class Rollout:
     parts: dict[str, torch.Tensor]  # each reward's own scores
     eos: torch.Tensor  # (B,) bool: the response ended with EOS
     paid: torch.Tensor | None = None  # (B,) what the rewards paid, before the missing-EOS penalty (the monitors')
+    weights: torch.Tensor | None = None  # (B, T) engine vllm: truncated importance weights (losses.sampler_weights)
 
 
 class PPOTrainer:
@@ -167,7 +168,7 @@ class PPOTrainer:
             batch = pack(queries, [r.token_ids for r in replies], self.tokenizer.pad_token_id).to(device)
             width = batch.response.shape[1]
             logprobs = torch.tensor([r.logprobs + [0.0] * (width - len(r.logprobs)) for r in replies], device=device)
-            hidden = None
+            hidden = weights = None
             # In bf16 or fp16, decoding token by token from a KV cache rounds otherwise than a full forward pass, by
             # more than a ratio that must start at 1 allows, and another engine's kernels differ more: the old
             # log-probabilities are then those of a full pass, as the reference's below and the training pass's are.
@@ -179,6 +180,8 @@ class PPOTrainer:
                     full = L.logprobs_from_logits(logits, batch.response, config.temperature)
                     if self.engine is not None:
                         self.logprob_gap = ((full - logprobs).abs() * batch.mask).sum() / batch.mask.sum()
+                        if config.vllm_importance_sampling_cap is not None:
+                            weights = L.sampler_weights(full, logprobs, config.vllm_importance_sampling_cap)
                     logprobs = full
                 del logits
             if self.reference is None:
@@ -197,7 +200,7 @@ class PPOTrainer:
         parts = {name: part.to(device) for name, part in self.reward.last.items()}
         self.timing["score"] = time.perf_counter() - started - self.timing["generate"]
         return Rollout(prompts, texts, batch, logprobs * batch.mask, ref_logprobs * batch.mask, values * batch.mask,
-                       scores, parts, eos, paid)
+                       scores, parts, eos, paid, None if weights is None else weights * batch.mask)
 
     # -- one PPO step ------------------------------------------------------------------------------------------------
 
@@ -262,6 +265,7 @@ class PPOTrainer:
             "mean_context": ((ro.batch.position_ids[attended] + 1).sum(), attended.sum()),
             "eos_rate": (ro.eos.sum(), rows),
             **({"rollout/logprob_gap": (self.logprob_gap, 1)} if self.engine is not None else {}),
+            **({"rollout/sampler_weight": (ro.weights.sum(), mask.sum())} if ro.weights is not None else {}),
         }
         totals = self.all_sum([x for pair in local.values() for x in pair])
         metrics = {name: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else None
@@ -311,7 +315,8 @@ class PPOTrainer:
                 entropy = L.entropy_from_logits(logits if config.entropy_coef else logits.detach(), config.temperature)
                 del logits
                 pg_loss, pg_stats = L.policy_loss(logprobs, ro.logprobs[index, :width], advantages[index, :width],
-                                                  batch.mask, config.clip_range)
+                                                  batch.mask, config.clip_range,
+                                                  None if ro.weights is None else ro.weights[index, :width])
                 mean_entropy = L.masked_mean(entropy, batch.mask)
                 policy_part = (pg_loss - config.entropy_coef * mean_entropy) * share
                 if config.shared_value_head:  # one graph: one backward for both losses
