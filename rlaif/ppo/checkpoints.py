@@ -3,13 +3,15 @@ cuts back to its checkpoint, and the trained policy and value model saved at the
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlaif.ppo import fsdp
 from rlaif.ppo.rollout import ValueHead
-from rlaif.records import read_jsonl, write_jsonl
+from rlaif.records import dumps_json, read_jsonl, write_atomic, write_jsonl
 
 if TYPE_CHECKING:
     from rlaif.ppo.trainer import PPOTrainer
@@ -42,9 +44,53 @@ def finished_metrics(out: Path, steps: int) -> dict | None:
     return rows[-1] if rows else {}
 
 
+def save_state(trainer: PPOTrainer, directory: Path) -> None:
+    """accelerate's save_state (models as safetensors, optimizers, schedulers, RNG states; under FSDP the RNG states
+    only, the shards being fsdp.save's) plus the trainer's own state, into a temporary directory renamed into place:
+    a checkpoint is complete or absent."""
+    accelerator = trainer.accelerator
+    tmp = directory.with_name(directory.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    # Tied input and output embeddings are stored once; accelerate warns about the dropped alias every time.
+    quiet = logging.getLogger("accelerate.utils.other")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    finally:
+        quiet.setLevel(level)
+    if trainer.config.fsdp:
+        fsdp.save(trainer, tmp)
+    accelerator.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
+    if accelerator.is_main_process:
+        state = {"step": trainer.step, "kl_controller": trainer.kl_ctl.state_dict()}
+        if trainer.config.fsdp:
+            state["schedulers"] = [trainer.sched_policy.state_dict(), trainer.sched_value.state_dict()]
+        write_atomic(tmp / "trainer_state.json", dumps_json(state))
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(trainer: PPOTrainer, directory: Path) -> None:
+    """The trainer as `save_state` left it in `directory`; an engine (vLLM) is given the resumed policy's weights."""
+    trainer.accelerator.load_state(str(directory))
+    state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+    trainer.step = state["step"]
+    if trainer.config.fsdp:
+        fsdp.load(trainer, directory)
+        trainer.sched_policy.load_state_dict(state["schedulers"][0])
+        trainer.sched_value.load_state_dict(state["schedulers"][1])
+    if trainer.engine is not None:  # resumed: vLLM loaded the starting policy
+        trainer.engine.push_weights(trainer.accelerator.unwrap_model(trainer.policy))
+    trainer.kl_ctl.load_state_dict(state["kl_controller"])
+
+
 def save_checkpoint(trainer: PPOTrainer, out: Path, keep: int) -> None:
     """A checkpoint of the trainer's step, keeping the newest `keep` (all when 0)."""
-    trainer.save(out / "checkpoints" / f"step-{trainer.step}")
+    save_state(trainer, out / "checkpoints" / f"step-{trainer.step}")
     if trainer.accelerator.is_main_process:
         for old in checkpoints(out)[:-keep] if keep > 0 else []:
             shutil.rmtree(old)

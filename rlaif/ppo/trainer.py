@@ -46,9 +46,6 @@ a row past a threshold lists it in `warnings`, the first of each kind is printed
 
 from __future__ import annotations
 
-import json
-import logging
-import shutil
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -62,7 +59,15 @@ from rlaif.ppo import fsdp
 from rlaif.ppo import losses as L
 from rlaif.ppo import monitors as M
 from rlaif.ppo.build import build_judge, build_models, build_reward
-from rlaif.ppo.checkpoints import checkpoints, finished_metrics, save_checkpoint, save_final, truncate_log
+from rlaif.ppo.checkpoints import (
+    checkpoints,
+    finished_metrics,
+    load_checkpoint,
+    save_checkpoint,
+    save_final,
+    save_state,
+    truncate_log,
+)
 from rlaif.ppo.config import PPOConfig, check, default_lr, schedule
 from rlaif.ppo.rollout import Batch, CombinedReward, pack, response_logits
 from rlaif.records import (
@@ -70,10 +75,8 @@ from rlaif.records import (
     JsonlWriter,
     Message,
     Tally,
-    dumps_json,
     open_stage,
     read_jsonl,
-    write_atomic,
 )
 
 
@@ -360,48 +363,6 @@ class PPOTrainer:
                         f"{self.config.max_ratio}: the policy moved far from the one that sampled",
                         "lower the learning rate or ppo_epochs, or use more minibatches")
 
-    # -- checkpoints -------------------------------------------------------------------------------------------------
-
-    def save(self, directory: Path) -> None:
-        """accelerate's save_state (models as safetensors, optimizers, schedulers, RNG states) plus our own state,
-        into a temporary directory renamed into place: a checkpoint is complete or absent."""
-        accelerator = self.accelerator
-        tmp = directory.with_name(directory.name + ".tmp")
-        if accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.wait_for_everyone()
-        # Tied input and output embeddings are stored once; accelerate warns about the dropped alias every time.
-        quiet = logging.getLogger("accelerate.utils.other")
-        level, quiet.level = quiet.level, logging.ERROR
-        try:
-            accelerator.save_state(str(tmp), safe_serialization=True)  # under FSDP: the RNG states only
-        finally:
-            quiet.setLevel(level)
-        if self.config.fsdp:
-            fsdp.save(self, tmp)
-        accelerator.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
-        if accelerator.is_main_process:
-            state = {"step": self.step, "kl_controller": self.kl_ctl.state_dict()}
-            if self.config.fsdp:
-                state["schedulers"] = [self.sched_policy.state_dict(), self.sched_value.state_dict()]
-            write_atomic(tmp / "trainer_state.json", dumps_json(state))
-            if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
-        accelerator.wait_for_everyone()
-
-    def load(self, directory: Path) -> None:
-        self.accelerator.load_state(str(directory))
-        state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
-        self.step = state["step"]
-        if self.config.fsdp:
-            fsdp.load(self, directory)
-            self.sched_policy.load_state_dict(state["schedulers"][0])
-            self.sched_value.load_state_dict(state["schedulers"][1])
-        if self.engine is not None:  # resumed: vLLM loaded the starting policy
-            self.engine.push_weights(self.accelerator.unwrap_model(self.policy))
-        self.kl_ctl.load_state_dict(state["kl_controller"])
-
 
 @contextmanager
 def _eval_mode(*modules: torch.nn.Module):
@@ -497,7 +458,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     newest = checkpoints(out)[-1:] if main else []
     resumed = broadcast_object_list([str(newest[0]) if newest else None])[0]
     if resumed:
-        trainer.load(Path(resumed))
+        load_checkpoint(trainer, Path(resumed))
     if main:
         # A checkpoint at step N comes after every row up to N, evals included (each is written before the save of
         # its step); without one, nothing is done. The rows after that are work the resumed run redoes.
@@ -611,5 +572,5 @@ def _stopped(trainer: PPOTrainer, out: Path, step: int, stop: _Stop) -> PPOStopp
         where = out / "checkpoints" / f"step-{trainer.step}"
     else:
         where = out / "checkpoints" / f"stopped-step-{step}"
-        trainer.save(where)
+        save_state(trainer, where)
     return PPOStopped(f"PPO stopped at step {step}: {stop.message}. Checkpoint: {where}. Try: {stop.advice}.")
