@@ -15,7 +15,8 @@ has the GPU to itself and frees it when its process ends:
   ppo        `rlaif ppo --steps 5` from the model against a Python reward (`bench/gpu_check.py:reward`, shorter
              replies score higher, so the 5 steps have something to move), batch 64, 64 new tokens: samples per
              second, seconds generating per step, and with vllm `rollout/logprob_gap`, the mean |log p| gap per
-             token between vLLM's sampling log-probabilities and the trainer's full pass, which PPO uses.
+             token between vLLM's sampling log-probabilities and the trainer's full pass, which PPO uses, and
+             `rollout/sampler_weight`, the mean truncated importance weight that corrects for it.
 
 Prints a table and writes bench/results/gpu_check.json (or --out). Takes 5 to 8 minutes on one H100-class GPU for
 the 135M model, most of it starting the engines. Needs vLLM (`pip install vllm`, which brings its own torch).
@@ -127,7 +128,8 @@ def ppo(model: str, prompts: Path, out: Path) -> dict:
             "wall_seconds": wall, "samples_per_second": sum(m["samples_per_second"] for m in metrics) / len(metrics),
             "generate_seconds": sum(m.get("time/generate", 0) for m in metrics) / len(metrics),
             "score_first_last": [metrics[0]["score"], metrics[-1]["score"]],
-            "logprob_gap": [m.get("rollout/logprob_gap") for m in metrics] if engine == "vllm" else None}
+            "logprob_gap": [m.get("rollout/logprob_gap") for m in metrics] if engine == "vllm" else None,
+            "sampler_weight": [m.get("rollout/sampler_weight") for m in metrics] if engine == "vllm" else None}
     results["speedup"] = results["vllm"]["samples_per_second"] / results["rlaif"]["samples_per_second"]
     return results
 
@@ -162,6 +164,7 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     c, lab, p = result["critique"], result["label"], result["ppo"]
     gaps = [g for g in p["vllm"]["logprob_gap"] if g is not None] or [float("nan")]
+    weights = [w for w in p["vllm"]["sampler_weight"] if w is not None] or [float("nan")]
     critique_line = (f"critique  {c['rlaif']['tokens_per_second']:8.1f} tokens/s     "
                      f"{c['vllm']['tokens_per_second']:8.1f} tokens/s     {c['speedup']:.2f}x   "
                      f"({c['identical_turns']} of {c['rlaif']['turns']} greedy turns identical)")
@@ -169,7 +172,7 @@ def main() -> None:
                   f"max {lab['max_gap'] or 0:.2e}, mean {lab['mean_gap'] or 0:.2e}")
     ppo_line = (f"ppo       {p['rlaif']['samples_per_second']:8.2f} samples/s    {p['vllm']['samples_per_second']:8.2f} "
                 f"samples/s    {p['speedup']:.2f}x   (rollout log-prob gap per token {min(gaps):.2e} to "
-                f"{max(gaps):.2e})")
+                f"{max(gaps):.2e}; mean importance weight {min(weights):.4f} to {max(weights):.4f})")
     lines = [f"GPU check: {args.model} on {result['gpu']}, vLLM {result['vllm']} ({result['seconds']:.0f} s)",
              "phase     rlaif                 vllm                  ratio", critique_line, label_line, ppo_line]
     print("\n".join(lines))
