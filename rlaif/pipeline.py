@@ -13,14 +13,16 @@ The stages of round k write to OUT/round-k/:
 | critique, sft | critique-and-revise data and supervised fine-tuning (round 1 only) | - |
 | sample | K responses per prompt from the current policy | from round k-1's PPO policy |
 | label | AI preference labels of those responses | the new pairs |
+| human, answers | with `human.route`: the round's least certain pairs exported for people, the run stopped until they answer, their answers imported (rlaif.human_route) | alike |
 | labeler-check | with human files: the labeler's report card on their pairs, into OUT/labeler-check/ (round 1, before reward) | - |
-| reward | a reward model on every AI label so far and the human pairs | retrained from scratch |
+| reward | a reward model on every AI label so far, the human pairs and the answers so far | retrained from scratch |
 | ppo | PPO from the current policy against that reward model | from round k-1's PPO policy |
 | dpo, grpo | instead of PPO with `policy_trainer: dpo`, `grpo` or `rloo` (TRL; rlaif.dpo, rlaif.grpo) | alike |
 | eval | base, SFT and every round's policy on the held-out prompts (after the last round; rlaif.evaluate) | - |
 
 The run ends by writing OUT/report.html (rlaif.report); after each step, `rlaif run` prints what its stage read,
-used and left out, and why (`summary`).
+used and left out, and why (`summary`). A round whose pairs wait for people (`human.route`) stops the run after its
+human step (HumanRouteStopped, exit status 2) until they answer or `--skip-human` says to go on: rlaif.human_route.
 
 How a recipe is read and checked before anything runs is in rlaif.recipe.
 
@@ -74,6 +76,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlaif import human_route
+from rlaif.human_route import HumanRouteStopped  # noqa: F401  (rlaif run's stop, with LabelerGateStopped)
 from rlaif.recipe import (
     EXTENDS,
     Recipe,
@@ -117,9 +121,10 @@ class Step:
             f"  ({self.note})" if self.note else "")
 
 
-def plan(recipe: Recipe) -> list[Step]:
+def plan(recipe: Recipe, skip_human: bool = False) -> list[Step]:
     """Every step of every round, wired to the files of the steps before it, each with its key and state. No two
-    steps share a directory (a human file listed twice is a DataError naming the recipe's line)."""
+    steps share a directory (a human file listed twice is a DataError naming the recipe's line). `skip_human`: the
+    human steps' notes say the run goes on without answers (rlaif run --skip-human)."""
     from rlaif.rankings import parse_weighted
     from rlaif.records import file_sha256
 
@@ -192,11 +197,12 @@ def plan(recipe: Recipe) -> list[Step]:
         directory = r1 / "human" / f"{Path(path).stem}-{place}"
         same = next((j for j, (_, _, step) in enumerate(human) if step.directory == directory), None)
         if same is not None:
-            raise DataError(*recipe_line(recipe, f"human[{i}]"), f"{spec} is the file {recipe.human[same]} names too; "
-                                                             "list it once, with the weight it should have")
+            raise DataError(*recipe_line(recipe, f"{recipe.human_key}[{i}]"), f"{spec} is the file "
+                            f"{recipe.human[same]} names too; list it once, with the weight it should have")
         target = directory / "preferences.jsonl"
         human.append((str(target), weight, add(1, "rankings", directory, {"rankings": path, "out": str(target)}, [])))
-    if recipe.ai_weight == 0 and not any(weight > 0 for _, weight, _ in human):
+    route = recipe.human_route
+    if recipe.ai_weight == 0 and not any(weight > 0 for _, weight, _ in human) and not (route and route.weight > 0):
         raise DataError(*recipe_line(recipe, "ai_weight"), "0, and no human file with a weight above 0: the reward model "
                         f"{'and DPO have' if recipe.policy_trainer == 'dpo' else 'has'} no label to train on; raise "
                         "ai_weight or add human files (human: [FILE:WEIGHT])")
@@ -210,6 +216,7 @@ def plan(recipe: Recipe) -> list[Step]:
     policy, policy_step, labels, policies = str(r1 / "sft"), sft, [], []
     gated: dict = {}  # the reward stage's settings from the labeler check, once there is one
     check: list[Step] = []
+    routed: list[tuple[str, Step]] = []  # people's answers to the rounds' pairs so far (human.route)
     for k in range(1, recipe.rounds + 1):
         rk = out / f"round-{k}"
         sample = add(k, "sample", rk / "sample", {"prompts": prompts, "out": str(rk), "model": policy}, [policy_step])
@@ -217,14 +224,18 @@ def plan(recipe: Recipe) -> list[Step]:
                                                "constitution": constitution,
                                                "labeler": model_spec(recipe, recipe.labeler)}, [sample])
         labels.append((str(rk / "label" / "preferences.jsonl"), label))
+        if route:  # the round's least certain pairs to people, and their answers once there are some
+            routed += human_route.add_round(add, recipe, k, label)[1]
         if human and not check:  # before the first reward stage: the labeler's report card on the human pairs
             check_config, also_reads = _check_config(recipe, out, constitution, human)
             check = [add(1, CHECK, out / CHECK, {}, [s for _, _, s in human], check_config, also_reads)]
             gated = {"calibration": [str(check[0].directory / "labels.jsonl")],
                      "reliability": "warn" if pipeline_setting(recipe, "label", "gate") == "warn" else "weight"}
-        data = [f"{path}:{recipe.ai_weight}" for path, _ in labels] + [f"{path}:{w}" for path, w, _ in human]
+        data = [f"{path}:{recipe.ai_weight}" for path, _ in labels] + [f"{path}:{w}" for path, w, _ in human] + [
+            f"{path}:{route.weight}" for path, _ in routed]
+        people = [s for _, _, s in human] + [s for _, s in routed]
         reward = add(k, "reward", rk / "reward", {"data": data, "out": str(rk / "reward"), "model": model, **gated},
-                     [s for _, s in labels] + [s for _, _, s in human] + check)
+                     [s for _, s in labels] + people + check)
         trainer = recipe.policy_trainer
         if trainer == "ppo":
             trained = add(k, "ppo", rk / "ppo", {"prompts": prompts, "eval_prompts": eval_prompts,
@@ -232,7 +243,7 @@ def plan(recipe: Recipe) -> list[Step]:
                                                  "reward_model": [str(rk / "reward")], **rubric}, [policy_step, reward])
         elif trainer == "dpo":
             trained = add(k, "dpo", rk / "dpo", {"data": data, "out": str(rk / "dpo"), "policy": policy},
-                          [policy_step] + [s for _, s in labels] + [s for _, _, s in human])
+                          [policy_step] + [s for _, s in labels] + people)
         else:
             trained = add(k, "grpo", rk / trainer, {"prompts": prompts, "out": str(rk / trainer), "policy": policy,
                                                     "reward_model": [str(rk / "reward")], "algorithm": trainer},
@@ -251,11 +262,13 @@ def plan(recipe: Recipe) -> list[Step]:
         if other is not step:
             raise ConfigError(f"{recipe.path}: the {other.stage} and {step.stage} steps would both write "
                               f"{step.directory}")
-        step.state = _state(step)
-        if step.stage == "rankings":
+        step.state = human_route.state(step) if step.stage == "human" else _state(step)
+        if step.stage in ("rankings", "answers"):
             step.note = f"imports {shown_path(step.config.rankings)}"
         elif step.stage == CHECK:
             step.note = _check_note(recipe, step)
+        elif step.stage == "human":
+            step.note = human_route.note(step, _answers(steps, step), skip_human)
         elif step.state == "done":
             step.note = _kept(step)
     return steps
@@ -389,7 +402,7 @@ def _state(step: Step) -> str:
             return "conflict"
     elif key_file.read_text().strip() != step.key:
         return "redo"
-    if step.stage == "rankings":
+    if step.stage in ("rankings", "answers"):
         return "done" if Path(step.config.out).is_file() else "run"
     if step.stage == CHECK:  # the report card is written last, whole
         return "done" if (step.directory / "labeler_report.json").is_file() else "run"
@@ -436,6 +449,7 @@ def _ran_with(step: Step) -> bool:
 
 
 STAGE_RUNS = {"critique": ("rlaif.critique", "run"), "sft": ("rlaif.sft", "run"), "rankings": ("rlaif.rankings", "run"),
+              "human": ("rlaif.human_route", "export"), "answers": ("rlaif.rankings", "run"),
               "sample": ("rlaif.sample", "run"), "label": ("rlaif.label", "run"), "reward": ("rlaif.reward", "run"),
               "ppo": ("rlaif.ppo.trainer", "run"), "dpo": ("rlaif.dpo", "run"), "grpo": ("rlaif.grpo", "run"),
               "eval": ("rlaif.evaluate", "evaluate_policies"), CHECK: ("rlaif.report_card", "evaluate_labeler")}
@@ -465,16 +479,20 @@ LAUNCHED = ("sft", "reward", "ppo", "dpo", "grpo")  # the stages `num_processes`
 def _launched(step: Step) -> dict:
     """Run a training stage as `accelerate launch --num_processes N -m rlaif STAGE --config FILE` (FILE: the step's
     settings), as examples/gpu/README.md shows it by hand, its output shown as it comes; returns the counts of its
-    manifest.json, with `summary`. The stage directory's lock passes to the launched processes for the run. The
-    stage's own error comes back through a file (rlaif.cli.fail) and is raised here as it was there: a user error as
-    ConfigError, a PPO guard's stop as PPOStopped. Raises ConfigError when accelerate is not there or the launch
-    fails otherwise (its output is above)."""
+    manifest.json, with `summary`. The stage directory's lock passes to the launched processes for the run.
+
+    A process that fails on a user error or a PPO guard writes why to a file (rlaif.cli.fail) and exits non-zero,
+    which makes the launcher stop the others; the lowest rank's reason is raised here as it was there (a user error
+    as ConfigError, a stop as PPOStopped), and the launcher's own traceback about the failed process, which would
+    only repeat it, is not shown. Raises ConfigError when accelerate is not there or the launch fails otherwise (its
+    output, traceback included, above)."""
     import os
     import signal
     import socket
     import subprocess
     import sys
     import tempfile
+    import threading
 
     import yaml
 
@@ -495,9 +513,14 @@ def _launched(step: Step) -> dict:
                "rlaif", step.stage, "--config"]
     release_stage(step.directory)
     with tempfile.TemporaryDirectory(prefix="rlaif-launch-") as scratch:
-        config, result = Path(scratch) / f"{step.stage}.yaml", Path(scratch) / "result.json"
+        config, results = Path(scratch) / f"{step.stage}.yaml", Path(scratch) / "results"
         config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
-        launcher = subprocess.Popen([*command, str(config)], env={**os.environ, LAUNCH_RESULT: str(result)})
+        results.mkdir()
+        launcher = subprocess.Popen([*command, str(config)], env={**os.environ, LAUNCH_RESULT: str(results)},
+                                    stderr=subprocess.PIPE)
+        held: list[bytes] = []  # the output from the first traceback or launcher warning on, kept until the end
+        forward = threading.Thread(target=_forward_stderr, args=(launcher.stderr, held), daemon=True)
+        forward.start()
         try:
             code = launcher.wait()
         except KeyboardInterrupt:  # the launcher stops its workers on SIGINT (Ctrl-C sends it to it too)
@@ -507,7 +530,12 @@ def _launched(step: Step) -> dict:
             except subprocess.TimeoutExpired:
                 launcher.kill()
             raise
-        failure = json.loads(result.read_text(encoding="utf-8")) if result.is_file() else None
+        finally:
+            forward.join(timeout=10)
+        failures = sorted(results.glob("rank-*.json"), key=lambda f: int(f.stem.partition("-")[2]))
+        failure = json.loads(failures[0].read_text(encoding="utf-8")) if failures else None
+    if not failure and held:  # the output of a failure that is not a user's: shown whole
+        _write_stderr(b"".join(held))
     lock_stage(step.directory)
     if failure and failure["exit"] == 2:
         from rlaif.ppo.trainer import PPOStopped
@@ -523,12 +551,38 @@ def _launched(step: Step) -> dict:
     return {**counts, "summary": f"{step.processes} processes{used}"}
 
 
+# What starts the output of a failing launch: a process's traceback, or the launcher's report of it
+_FAILING = (b"Traceback (most recent call last)", b"torch.distributed.elastic", b"torch/distributed/elastic")
+
+
+def _forward_stderr(stream, held: list[bytes]) -> None:
+    """Copy a launch's error output to ours as it comes (progress bars included), until something in it says a
+    process failed: from there it is kept in `held`, for `_launched` to show or, when a process said why, drop."""
+    import os
+
+    while chunk := os.read(stream.fileno(), 65536):
+        if not held and not any(mark in chunk for mark in _FAILING):
+            _write_stderr(chunk)
+        else:
+            held.append(chunk)
+
+
+def _write_stderr(data: bytes) -> None:
+    import sys
+
+    if hasattr(sys.stderr, "buffer"):
+        sys.stderr.buffer.write(data)
+    else:  # a text stream standing in for stderr (a test runner's)
+        sys.stderr.write(data.decode("utf-8", "replace"))
+    sys.stderr.flush()
+
+
 def _run_stage(stage: str, config, progress: bool) -> dict:
     from importlib import import_module
 
     module, function = STAGE_RUNS[stage]
     run = getattr(import_module(module), function)
-    return run(config) if stage == "rankings" else run(config, progress=progress)
+    return run(config) if stage in ("rankings", "answers") else run(config, progress=progress)
 
 
 def _in_child(step: Step, progress: bool) -> dict:
@@ -583,25 +637,40 @@ def _require_sft_data(critique: Step) -> None:
         + ", ".join(f"{flag} {n}" for flag, n in sorted(flags.items())) + f") and left out; {advice}"))
 
 
-def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None, on_warning=None) -> list[Step]:
+def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None, on_warning=None, on_note=None,
+        skip_human: bool = False, command: str | None = None) -> list[Step]:
     """Run every step that is not done, in order; a step whose key changed starts from an empty directory (and
     every step after it has a new key too, so it is redone in turn). `on_step(step)` is called before each one and
     `on_done(step, summary)` after it (`summary`: its closing line). After the labeler check, run now or before,
     its gate (`gate`): LabelerGateStopped with gate stop when the labeler does not beat the best baseline, else
-    `on_warning(step, text)` with the verdict. Every input is read first (`check_inputs`):
+    `on_warning(step, text)` with the verdict. After a round's human step (human.route), run now or before:
+    HumanRouteStopped when the round has no answers yet and not `skip_human` (its message tells people what to do
+    and to rerun `command`, by default `rlaif run RECIPE`), else `on_note(step, text)` with how many tasks people
+    answered (rlaif.human_route.arrived). Every input is read first (`check_inputs`):
     bad data stops the run before anything is created under OUT. One process runs a recipe's OUT at a time, and no
     stage run by hand may be writing a step's directory (records.lock_stage): a DataError at once, naming the
     other process. Ends by writing OUT/report.html."""
     from rlaif import report
     from rlaif.records import lock_stage, release_stage
 
-    steps = plan(recipe)
+    steps = plan(recipe, skip_human)
     check_inputs(recipe, steps)
     conflicts = [step for step in steps if step.state == "conflict"]
     if conflicts:
         raise ConfigError("\n".join(
+            human_route.conflict(step) if step.stage == "human" else
             f"{step.directory}: holds a {step.stage} run this recipe did not make, with other settings; move it "
             "away (or rerun that stage by hand with the recipe's settings) and run again" for step in conflicts))
+    command = command or f"rlaif run {shown_path(recipe.path)}"
+
+    def passed(step: Step) -> None:  # what follows a finished step, done now or before
+        if step.stage == CHECK and (warning := gate(recipe, step)) and on_warning:
+            on_warning(step, warning)
+        if step.stage == "human":
+            text = human_route.arrived(step, _answers(steps, step), recipe.human_route.weight, skip_human, command)
+            if on_note:
+                on_note(step, text)
+
     out = output_dir(recipe)
     lock_stage(out)
     try:
@@ -610,15 +679,15 @@ def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None, on_wa
             if step.state == "done":
                 if not key_file.is_file():  # a finished run made by hand with these settings: adopted
                     key_file.write_text(step.key + "\n")
-                if step.stage == CHECK and (warning := gate(recipe, step)) and on_warning:
-                    on_warning(step, warning)
+                passed(step)
                 continue
             if step.stage == "sft":
                 _require_sft_data(next(s for s in steps if s.stage == "critique"))
             lock_stage(step.directory)
             if step.state == "redo":
                 for entry in step.directory.iterdir():  # everything but the lock this process now holds
-                    if entry.name in LOCK_FILES:
+                    if entry.name in LOCK_FILES or (step.stage == "human" and entry.name not in
+                                                    human_route.EXPORT_FILES):  # round-1/human holds human files
                         continue
                     if entry.is_dir() and not entry.is_symlink():
                         shutil.rmtree(entry)
@@ -632,12 +701,16 @@ def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None, on_wa
             step.state = "done"
             if on_done:
                 on_done(step, summary(step, result or {}))
-            if step.stage == CHECK and (warning := gate(recipe, step)) and on_warning:
-                on_warning(step, warning)
+            passed(step)
         report.render(out)
     finally:
         release_stage(out)
     return steps
+
+
+def _answers(steps: list[Step], asked: Step) -> list[Step]:
+    """The answers steps of a human step's round (none while people have not answered)."""
+    return [step for step in steps if step.stage == "answers" and step.round == asked.round]
 
 
 def __getattr__(name: str):

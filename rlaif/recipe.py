@@ -18,6 +18,10 @@ and the constitutions with the loaders their stages use, and finds every model (
 Hugging Face cache: a misspelt name stops here, with the embedded name it is closest to), so bad data stops the run
 before the first model loads; its errors name the recipe line and the input's resolved path. `unused_settings`
 lists settings that nothing in this recipe reads (a `dpo:` section under `policy_trainer: ppo`).
+
+`human` is a list of files (`human: [team.jsonl:2]`) or a section: `human: {files: [team.jsonl:2], route: {...}}`,
+whose `route` sends each round's least certain pairs to people and waits for their answers (HumanRoute,
+rlaif.human_route). `--set human.route.budget=50` reaches into it (a list of files becomes `human.files`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,20 @@ POLICY_TRAINERS = ("ppo", "dpo", "grpo", "rloo")
 
 
 @dataclass
+class HumanRoute:
+    """`human.route`: each round, after its label step, the pairs its AI labels were least sure of go to people
+    (`rlaif rankings export`'s choice) and the run waits for their answers, which the reward stages then mix in
+    (rlaif.human_route)."""
+
+    budget: int = 200  # pairs exported each round for people to rank (all of the round's when fewer)
+    random_share: float = 0.2  # share of the budget drawn uniformly, so that agreement measured on it is unbiased
+    overlap: int = 2  # annotators per task on the overlap share (inter-annotator agreement)
+    overlap_share: float = 0.2  # share of the tasks that go to `overlap` annotators; the others go to one
+    seed: int = 0  # the random share, the overlap tasks and which reply Label Studio shows as A
+    weight: float = 1.0  # weight of the answers in the reward stages' mix, as a human file's FILE:WEIGHT (default 1)
+
+
+@dataclass
 class Recipe:
     name: str = "run"  # the run's name; OUT defaults to runs/NAME
     out: str | None = None  # where the rounds go; default runs/NAME
@@ -56,7 +74,8 @@ class Recipe:
     labeler: str = "smollm2-135m-instruct"  # the AI labeler
     prompts: str = ""  # prompts for critique, sampling and PPO
     eval_prompts: str | None = None  # held-out prompts PPO reports its reward on
-    human: list[str] = field(default_factory=list)  # human rankings files, "FILE[:WEIGHT]" (rlaif rankings import)
+    human: list[str] = field(default_factory=list)  # human rankings files, "FILE[:WEIGHT]" (rlaif rankings import);
+    # or a section, {files: [...], route: {...}}: the files, and human.route (HumanRoute)
     ai_weight: float = 1.0  # weight of the AI labels when the reward model (or DPO) mixes them with human pairs
     rounds: int = 1  # sample -> label -> reward -> ppo rounds
     policy_trainer: str = "ppo"  # ppo (ours), or TRL's dpo (on the labels), grpo or rloo (against the reward model)
@@ -74,8 +93,11 @@ class Recipe:
     eval: dict = field(default_factory=dict)
 
     path: Path | None = None  # the recipe file (derived); relative paths in it are relative to its folder
-    lines: dict[str, int] = field(default_factory=dict)  # "section.key", "human[i]" -> line in the file (derived)
+    lines: dict[str, int] = field(default_factory=dict)  # "section.key", "human[i]", "human.route.budget" -> line
+    # in the file (derived)
     overridden: set[str] = field(default_factory=set)  # keys given as overrides (`--set`), not by the file (derived)
+    human_route: HumanRoute | None = None  # `human.route`, in the section form of `human` (derived)
+    human_key: str = "human"  # where the human files are written: `human`, or `human.files` in the section form
 
 
 # Fields the pipeline sets: a recipe that sets them inside a stage section gets an error naming the recipe field.
@@ -211,22 +233,36 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     data, lines = read_yaml(path)
     if not isinstance(data, dict):
         raise DataError(path, 1, None, "expected a mapping of setting: value")
+    if isinstance(data.get("human"), dict):  # the section form: the lines of its files and route settings too
+        lines.update(_human_lines(path))
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if key:
-            data.setdefault(section, {})
-            if not isinstance(data[section], dict):
-                raise ConfigError(f"--set {dotted}: {section} is not a section")
-            data[section][key] = value
+            # human.route.budget=50 reaches into the human section; a list of files becomes its `files`
+            keys = key.split(".") if section == "human" else [key]
+            if section == "human" and isinstance(data.get("human"), list):
+                data["human"] = {"files": data["human"]}
+            node = data.setdefault(section, {})
+            for part in keys[:-1]:
+                node = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {dotted.rpartition('.')[0]} is not a section")
+            node[keys[-1]] = value
         else:
             data[section] = value
-    fields = {f.name for f in dataclasses.fields(Recipe)} - {"path", "lines", "overridden"}
+    fields = {f.name for f in dataclasses.fields(Recipe)} - {"path", "lines", "overridden", "human_route", "human_key"}
     recipe = Recipe(path=path, lines=lines, overridden=set(overrides or ()))
     for key in data:
         if key not in fields:
             raise DataError(*recipe_line(recipe, str(key))[:2], key,
                             f"unknown setting; expected one of: {', '.join(sorted(fields))}")
-    for key, value in check_settings(Recipe, data, lambda key: recipe_line(recipe, key)).items():
+    if isinstance(data.get("human"), dict):
+        data["human"] = _human_section(recipe, data["human"])
+
+    def where(key: str) -> tuple:  # the human files' items are human.files[i] in the section form
+        return recipe_line(recipe, recipe.human_key + key[5:] if re.match(r"human(\[|$)", key) else key)
+
+    for key, value in check_settings(Recipe, data, where).items():
         setattr(recipe, key, value)
     if not recipe.prompts:
         raise DataError(path, None, "prompts", "missing: the prompt file for critique, sampling and PPO")
@@ -265,13 +301,64 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     return recipe
 
 
+def _human_lines(path: Path) -> dict[str, int]:
+    """The lines of the section form of `human`, a level deeper than read_yaml goes: "human.files[0]",
+    "human.route.budget"."""
+    import yaml
+
+    from rlaif.records import parse_yaml, read_text
+
+    node = parse_yaml(read_text(path), path)[1]
+    section = next(value for key, value in node.value if isinstance(key, yaml.ScalarNode) and key.value == "human")
+    lines = {}
+    for key, item in section.value:
+        if isinstance(item, yaml.SequenceNode):
+            lines.update({f"human.{key.value}[{i}]": entry.start_mark.line + 1 for i, entry in enumerate(item.value)})
+        elif isinstance(item, yaml.MappingNode):
+            lines.update({f"human.{key.value}.{sub.value}": sub.start_mark.line + 1 for sub, _ in item.value})
+    return lines
+
+
+def _human_section(recipe: Recipe, section: dict) -> Any:
+    """The section form of `human` ({files, route}): sets `recipe.human_route` (checked: a DataError at the line, or
+    `--set`, of the setting) and `human_key`; returns the files, for check_settings to check as `human`."""
+    for key in section:
+        if key not in ("files", "route"):
+            raise DataError(*recipe_line(recipe, f"human.{key}"), "unknown setting of human; expected files (human "
+                            "rankings files, FILE[:WEIGHT]) or route (each round's least certain pairs sent to people)")
+    recipe.human_key = "human.files"
+    route = section.get("route")
+    known = [f.name for f in dataclasses.fields(HumanRoute)]
+    if route is not None:
+        if not isinstance(route, dict):
+            raise DataError(*recipe_line(recipe, "human.route"), f"expected a section of settings ({', '.join(known)}"
+                            f"), e.g. route: {{budget: 200, weight: 2}}, not {route!r}")
+        for key in route:
+            if key not in known:
+                raise DataError(*recipe_line(recipe, f"human.route.{key}"), "unknown setting of human.route; expected "
+                                f"one of: {', '.join(known)}")
+
+        def where(key: str) -> tuple:
+            return recipe_line(recipe, f"human.route.{key}")
+
+        route = check_settings(HumanRoute, route, where)
+        for name, bounds in {"budget": (1, None), "overlap": (1, None), "random_share": (0, 1),
+                             "overlap_share": (0, 1), "weight": (0, None)}.items():
+            if name in route:
+                checked = number(route[name], *where(name), *bounds)
+                if name not in ("budget", "overlap"):  # a number: `weight: 3` is 3.0, as a file's `:3` is
+                    route[name] = checked
+        recipe.human_route = HumanRoute(**route)
+    return section.get("files", [])
+
+
 def label_notes(recipe: Recipe) -> list[str]:
     """What the recipe does with AI labels that a user should know before it runs, one line each: with no human
-    files, nothing measures the labels (reliability.UNMEASURED); with policy_trainer dpo, they train at ai_weight
+    files and no human.route, nothing measures the labels (reliability.UNMEASURED); with policy_trainer dpo, they train at ai_weight
     whatever the labeler check finds (only the reward stage calibrates and weighs them)."""
     from rlaif.reliability import THEN_DPO, THEN_REWARD, UNMEASURED
 
-    if not recipe.human:
+    if not recipe.human and not recipe.human_route:  # a route's answers measure the labels in the reward stage
         return [UNMEASURED.format(labelers=recipe.labeler, then=THEN_DPO if recipe.policy_trainer == "dpo" else
                                   THEN_REWARD)]
     if recipe.policy_trainer == "dpo":
@@ -296,12 +383,16 @@ def unused_settings(recipe: Recipe) -> list[str]:
             notes.append(f"{at(section)}: {section}: not used: policy_trainer is {trainer} (these settings take "
                          f"effect with policy_trainer: {'grpo or rloo' if section == 'grpo' else section})")
     if not recipe.human:
-        given = {"rankings": recipe.rankings, "reward.human_overrides": "human_overrides" in recipe.reward,
-                 "ai_weight": recipe.ai_weight not in (0, 1),  # weights are relative: alone, AI labels weigh 1
+        routed = recipe.human_route is not None  # its answers are human pairs the reward stages mix in
+        given = {"rankings": recipe.rankings and not routed,
+                 "reward.human_overrides": "human_overrides" in recipe.reward and not routed,
+                 "ai_weight": recipe.ai_weight not in (0, 1) and not routed,  # relative: alone, AI labels weigh 1
                  "label.gate": "gate" in recipe.label, "label.gate_pairs": "gate_pairs" in recipe.label,
-                 "reward.reliability_min_pairs": "reliability_min_pairs" in recipe.reward}  # no labeler check
+                 "reward.reliability_min_pairs": "reliability_min_pairs" in recipe.reward and not routed}
+        why = ("the labeler check reads human files (human.files), not the answers human.route brings" if routed else
+               "the recipe names no human rankings (human: [FILE:WEIGHT])")
         for key in [key for key, value in given.items() if value]:
-            notes.append(f"{at(key)}: {key}: not used: the recipe names no human rankings (human: [FILE:WEIGHT])")
+            notes.append(f"{at(key)}: {key}: not used: {why}")
     if recipe.critique.get("prefs"):
         notes.append(f"{at('critique.prefs')}: critique.prefs: prefs.jsonl is written, but no later step of the recipe "
                      "reads it (the reward model trains on the AI labels and the human files)")
@@ -401,9 +492,9 @@ def check_inputs(recipe: Recipe, steps: list[Step]) -> list[str]:
     named = {"model": recipe.model, "labeler": recipe.labeler}  # recipe key -> model spec, as written
     for step in steps:
         config = step.config
-        if step.stage == "rankings":
+        if step.stage in ("rankings", "answers"):  # a human file, or people's answers to a round's pairs
             tally = Tally("pairs")
-            with reading(recipe, f"human[{next(human)}]"):
+            with reading(recipe, f"{recipe.human_key}[{next(human)}]" if step.stage == "rankings" else "human.route"):
                 import_rankings(config.rankings, config.ties, config.annotator, config.skip_empty, tally=tally)
             read.append(f"{shown_path(config.rankings)}: {tally.summary()}")
         for name in ("prompts", "eval_prompts"):

@@ -10,6 +10,7 @@ It reads only files the stages wrote, so it takes seconds and can be rebuilt at 
 | win rates per round, reward, KL, length and refusals (red-team and helpful apart) | eval/eval.json |
 | PPO (or GRPO, RLOO) over steps: reward, KL, beta, entropy, reply length, rounds end to end | round-K/ppo/metrics.jsonl |
 | reward-model calibration on held-out pairs, and its metrics per round | round-K/reward/metrics.json |
+| human data: rows, annotators, people's agreement with each other, each principle against people | round-K/reward/metrics.json, labeler-check/labeler_report.json (`human_agreement`) |
 | labeler consistency and confidence, per round and per principle | round-K/label/preferences.jsonl |
 | the same held-out prompts answered by the base, SFT and final policy | eval/responses.jsonl |
 
@@ -65,6 +66,7 @@ def render(run: str | Path, out: str | Path | None = None) -> Path:
     parts += _ppo(run, rounds, trained)
     parts += _monitors(run, rounds, trained)
     parts += _reward(run, rounds)
+    parts += _human_data(run, rounds)
     parts += _labeler(run, rounds)
     parts += _samples(run, evaluation)
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>rlaif report: {_e(run.name)}</title>"
@@ -107,6 +109,11 @@ def _labeler_check(run: Path) -> list[str]:
     parts.append("<p class=note>Consistency '-': one order shown, or a mode that shows no order (consistent by "
                  "construction). ECE floor: what a perfectly calibrated labeler with the same confidences would "
                  "score on these pairs; ECE is biased upward on few pairs.</p>")
+    agreement = report.get("human_agreement") or {}
+    if agreement.get("inter_annotator"):  # the ceiling a labeler can reach
+        from rlaif.agreement import inter_annotator_line
+
+        parts.append(f"<p>{_e(inter_annotator_line(agreement))}</p>")
     principles = report.get("per_principle", {})
     if principles:
         parts.append(_table(["principle", "pairs", "agreement (both orders)"],
@@ -288,6 +295,55 @@ def _reward(run: Path, rounds: list[int]) -> list[str]:
     else:
         parts.append("<p class=note>No held-out pairs, so no calibration plot: set the reward stage's "
                      "<code>eval_fraction</code> or <code>eval_data</code>.</p>")
+    return parts
+
+
+def _human_data(run: Path, rounds: list[int]) -> list[str]:
+    """People's labels, as each round's reward stage read them (round-K/reward/metrics.json) and as the labeler
+    check read them (labeler-check/labeler_report.json), from their `human_agreement` (rlaif.agreement): how many
+    human rows and annotators, people's agreement with each other (percent agreement, Cohen's kappa, Krippendorff's
+    alpha, with intervals), and each principle of each AI labeler against people's majority beside the length
+    baselines on the same pairs. Nothing for runs with no human rows."""
+    from rlaif.agreement import HUMAN_AI_COLUMNS, human_ai_rows, shown_estimate
+
+    found = []
+    for k in rounds:
+        agreement = (_json(run / f"round-{k}" / "reward" / "metrics.json") or {}).get("human_agreement")
+        if agreement and agreement["rows"]["human"]:
+            found.append((f"round {k}, reward model's data", agreement))
+    check = (_json(run / "labeler-check" / "labeler_report.json") or {}).get("human_agreement")
+    if check and check["rows"]["human"]:
+        found.append(("labeler check's pairs", check))
+    if not found:
+        return []
+    parts = ["<h2>Human data</h2>",
+             ("<p>People's agreement with each other, where two or more answered the same pair, is the ceiling an AI "
+              "labeler or a reward model can reach. Percent agreement: how often two people's answers to a pair agree. "
+              "Kappa (two annotators) and alpha (any number, missing answers allowed) correct it for chance: 1 is full "
+              "agreement, 0 what chance gives; Krippendorff takes alpha of at least 0.8 as reliable and 0.667 as the "
+              "lowest for tentative conclusions (docs/humans.md, \"Agreement\"). Each principle's agreement with "
+              "people's majority stands beside the length baselines on the same pairs.</p>")]
+    people = []
+    for name, agreement in found:
+        inter = agreement.get("inter_annotator") or {}
+        people.append([name, str(agreement["rows"]["human"]), str(agreement["annotators"]),
+                       str(agreement["human_pairs"]), str(inter.get("pairs", 0)),
+                       shown_estimate(inter.get("percent_agreement"), percent=True), shown_estimate(inter.get("kappa")),
+                       shown_estimate(inter.get("alpha"))])
+    parts.append(_table(["data", "human rows", "annotators", "pairs people labelled", "pairs two or more answered",
+                         "percent agreement", "Cohen's kappa", "Krippendorff's alpha"], people))
+    for name, agreement in found:
+        rows = human_ai_rows(agreement)
+        if rows:
+            parts.append(f"<h3>{_e(name)}: each principle against people's majority</h3>")
+            parts.append(_table(HUMAN_AI_COLUMNS, rows))
+        left = {f"{part}: {key}": n for part, counts in agreement.get("left_out", {}).items()
+                for key, n in counts.items() if n}
+        notes = agreement.get("notes", []) + ([f"{name}, left out: " + ", ".join(f"{key} {n}" for key, n in
+                                                                                 left.items())] if left else [])
+        if notes:
+            parts.append("<ul class=note>" + "".join(f"<li>{_e(note)}</li>" for note in notes) + "</ul>")
+    parts.append(f"<p class=note>{_e(found[0][1]['method'])}.</p>")
     return parts
 
 

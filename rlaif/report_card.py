@@ -54,6 +54,7 @@ run's report (rlaif.report) when the pipeline checked the labeler.
       "modes": {NAME: {"pairs", "agreement", "consistency", "ece", "mean_confidence"}},   (each an interval;
       "baselines": {NAME: the same},                                                     a single order's
       "per_principle": {ID: {"pairs", "agreement"}},                                     consistency null)
+      "human_agreement": rlaif.agreement.agreement_report's {"inter_annotator", "human_ai", "left_out", ...},
       "injection": {"pairs", "flip_rate", "by_attack": {ATTACK: interval or null}, "counts", "summary"},
       "labels": {"file", "judgement", "rows"}, "method"}
 
@@ -65,6 +66,14 @@ larger or "all"), both orders or the first only, and with chain of thought the c
 (first principle, clamped; the plain one under `--no-cot`). Each row adds `human_chosen`: "chosen" when people
 chose the row's own chosen reply, "rejected" when they chose its rejected one. labeler_report.json's `labels` names
 the judgement used.
+
+People's agreement with each other is the ceiling a labeler can reach: where the human file's rows name their
+`annotator` and two or more people answered the same pair (`rlaif rankings export --overlap`), the report card sets
+their percent agreement, Cohen's kappa (two annotators) or Krippendorff's alpha beside the labeler's agreement, on
+the judged pairs (rlaif.agreement). It also measures each principle against people's majority, each pair counted
+once, beside the length baselines on the same pairs: labeler_report.json's `human_agreement`
+(`rlaif.agreement.agreement_report`, the labeler's both-order judgement under every principle drawn; its own label
+is the ensemble's).
 
 A pair that says nothing (an empty reply, or two replies equal after stripping) is never judged: the report counts
 it as left out, with its reason. Nothing is read past the labeler's context: a human pair whose labeling prompt does
@@ -319,6 +328,22 @@ def load_human_pairs(path: Path | str, limit: int | None = None, tally: Tally | 
     return load_pairs(path, tally, limit)
 
 
+def human_agreement(path: Path | str, pairs: list, judged: list[list], labeler: str) -> dict:
+    """rlaif.agreement's report on the judged pairs (rlaif.label.Pair, `first` the reply people chose): each pair
+    as people's row, with the `annotator` its row in the file names (hh-rlhf transcripts name none), and the
+    labeler's both-order judgement under every principle drawn for it (`label_rows`, all principles)."""
+    from rlaif.agreement import agreement_report
+
+    first = next(read_jsonl(path), {})
+    annotators = {} if "prompt" not in first else {
+        str(row["id"]): str(row["annotator"]) for row in read_jsonl(path)
+        if "id" in row and row.get("annotator") not in (None, "")}
+    people = [{"id": pair.id, "prompt": pair.prompt, "chosen": [{"role": "assistant", "content": pair.first}],
+               "rejected": [{"role": "assistant", "content": pair.second}], "p_chosen": 1.0, "source": "human",
+               **({"annotator": annotators[pair.id]} if pair.id in annotators else {})} for pair in pairs]
+    return agreement_report(people + label_rows(pairs, judged, "all", True, labeler, 0.0))
+
+
 def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
     """Build the labeler report card; writes OUT/labeler_report.json and OUT/labels.jsonl, returns the report."""
     from rlaif.constitution import load_constitution
@@ -434,6 +459,7 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
         "baselines": {name: mode_metrics(*prediction) for name, prediction in skeptics.items()},
         "per_principle": {pid: {"pairs": len(ps), "agreement": _interval(stats.agreement, ps)}
                           for pid, ps in sorted(per_principle.items())},
+        "human_agreement": human_agreement(config.pairs, pairs, judged, config.labeler),
     }
     if remote:
         report["not_measured"] = {"modes": ["chain of thought", "likelihood contrast", "score difference"],
@@ -474,6 +500,31 @@ def flip_rate(*flips, axis=-1):
         return np.nanmean(np.nanmean(np.stack(flips), axis=axis), axis=0)
 
 
+def print_human_agreement(agreement: dict | None, console) -> None:
+    """rlaif.agreement's per-principle table (each labeler's label and principles against people's majority, beside
+    the length baselines on the same pairs), and what was left out; nothing when no pair was measured."""
+    from rich.table import Table
+
+    from rlaif.agreement import HUMAN_AI_COLUMNS, human_ai_rows
+    from rlaif.cli import shown
+
+    rows = human_ai_rows(agreement or {})
+    if not rows:
+        return
+    one = len({row[0] for row in rows}) == 1  # one labeler: named in the title, not in every row
+    table = Table(title="Per principle against people's majority (each pair once), beside the baselines on the same "
+                        "pairs" + (f": {rows[0][0]}" if one else ""))
+    columns = HUMAN_AI_COLUMNS[1:] if one else HUMAN_AI_COLUMNS
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("labeler", "principle") else "right")
+    for row in rows:
+        table.add_row(*(shown(cell) for cell in (row[1:] if one else row)))
+    console.print(table)
+    left = {key: n for key, n in agreement["left_out"]["human_ai"].items() if n}
+    if left:
+        console.print(f"[dim]left out: {', '.join(f'{key} {n}' for key, n in left.items())}[/dim]")
+
+
 def _shown(interval: dict | None) -> str:
     """'46.2% [39.1, 53.0]', or '-' for a figure not measured."""
     return "-" if interval is None else stats.Estimate(**interval).percent()
@@ -503,12 +554,18 @@ def print_labeler_report(report: dict, console) -> None:
     console.print("[dim]consistency -: one order shown, or a mode that shows no order (consistent by construction). "
                   "ECE floor: what a perfectly calibrated labeler with the same confidences would score on these "
                   "pairs; ECE is biased upward on few pairs.[/dim]")
+    agreement = report.get("human_agreement") or {}
+    if agreement.get("inter_annotator"):  # the ceiling, beside the labeler's agreement
+        from rlaif.agreement import inter_annotator_line
+
+        console.print(shown(inter_annotator_line(agreement)))
     principles = Table(title="Per principle (both orders)")
     for column in ("principle", "pairs", "agreement"):
         principles.add_column(column, justify="left" if column == "principle" else "right")
     for pid, m in report["per_principle"].items():
         principles.add_row(shown(pid), str(m["pairs"]), _shown(m["agreement"]))
     console.print(principles)
+    print_human_agreement(report.get("human_agreement"), console)
     if "injection" in report:
         inj = report["injection"]
         attacks = Table(title=f"Injection: label flips over {inj['pairs']} pairs (overall {_shown(inj['flip_rate'])}; "

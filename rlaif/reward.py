@@ -21,11 +21,16 @@ runs with the same settings draw the same new head (and LoRA adapters) and write
 |---|---|
 | `model.safetensors`, `config.json`, tokenizer | the reward model (a LoRA adapter is merged in) |
 | `reward_stats.json` | mean and std of its rewards on training responses, for PPO's reward normalisation |
-| `metrics.json` | held-out accuracy, mean margin and calibration per source and overall, reward-length correlation, the human/AI agreement table, each AI labeler's reliability, training losses |
+| `metrics.json` | held-out accuracy, mean margin and calibration per source and overall, reward-length correlation, the human/AI agreement table, each AI labeler's reliability, people's agreement with each other and each principle against people (`human_agreement`), training losses |
 | `checkpoints/` | Trainer checkpoints (safetensors); a rerun resumes from the latest |
 
 How each AI labeler is measured against people, calibrated and weighed before the mix (`calibration`, `reliability`,
-`reliability_min_pairs`) is in rlaif.reliability.
+`reliability_min_pairs`) is in rlaif.reliability. Beside it, metrics.json's `human_agreement` (rlaif.agreement) reads
+the same training-side pairs (held-out pairs left out, counted as `held_out_rows`), before any calibration: how
+often the people in `data` agree with each other where two or more answered a pair (percent agreement, Cohen's kappa
+or Krippendorff's alpha), and how often each AI labeler's principles (`principle_p`) pick people's majority, beside
+the length baselines. The calibration files' rows count toward people's majority and the AI's labels, never toward
+people's agreement with each other.
 
 Scoring API: `RewardModel.load(OUT).score(prompts, responses)` -> one reward per response (a tensor).
 """
@@ -338,6 +343,7 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
         is_held_out = partial(held_out_key, fraction=config.eval_fraction)
     calibration = [(path, rows) for path, rows, _ in load_sources(config.calibration, config.ties,
                                                                   calibration_labels, setting="calibration")]
+    as_read = sources  # the labels as the files hold them, before calibration, for `human_agreement`
     sources, reliability = weigh_sources(sources, calibration, is_held_out, config.reliability,
                                          config.reliability_min_pairs)
     if progress:
@@ -413,7 +419,9 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
                          "loss": result.training_loss, "first_loss": losses[0] if losses else None,
                          "last_loss": losses[-1] if losses else None, "resumed_from": checkpoint},
                "heldout": evaluate_reward_model(scorer, [row for row, _, _ in held_pairs]) if held_pairs else None,
-               "agreement": agreement, "reliability": reliability, "reward_stats": reward_stats, "counts": counts,
+               "agreement": agreement, "reliability": reliability,
+               "human_agreement": human_agreement(as_read, calibration, is_held_out),
+               "reward_stats": reward_stats, "counts": counts,
                "summary": summary,
                "seconds": time.time() - started}
     write_atomic(out / "metrics.json", dumps_json(metrics))
@@ -423,6 +431,35 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
     manifest.status = "complete"
     manifest.save(out)
     return metrics
+
+
+def human_agreement(sources: list[tuple[str, list[PreferenceRow], float]],
+                    calibration: list[tuple[str, list[PreferenceRow]]], is_held_out) -> dict:
+    """rlaif.agreement's report on the training-side pairs of the data files (`sources`, as read) and of the
+    calibration files (read only to measure: their people count toward people's majority, not toward people's
+    agreement with each other). A pair held out for evaluation is left out (`left_out.reward_stage.held_out_rows`), as the
+    reliability measure leaves it out; an AI row that names no labeler is its file's (rlaif.reliability.labeler_of).
+    """
+    from rlaif.agreement import agreement_report
+    from rlaif.rankings import pair_key
+
+    held_out = 0
+
+    def training_side(file: str, rows: list[PreferenceRow]) -> list[PreferenceRow]:
+        nonlocal held_out
+        kept = []
+        for row in rows:
+            if is_held_out(pair_key(row)):
+                held_out += 1
+            else:
+                kept.append({**row, "labeler": file} if row.get("source") == "ai" and not row.get("labeler") else row)
+        return kept
+
+    rows = [row for file, file_rows, _ in sources for row in training_side(file, file_rows)]
+    measure_only = [row for file, file_rows in calibration for row in training_side(file, file_rows)]
+    report = agreement_report(rows, measure_only)
+    report["left_out"]["reward_stage"] = {"held_out_rows": held_out}
+    return report
 
 
 def load_backbone(spec: str, device: str, dtype: str = "auto"):

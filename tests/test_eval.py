@@ -322,3 +322,130 @@ def test_the_alignment_table_names_policies_by_directory_with_intervals(tmp_path
                            check=True).stdout.splitlines()
     assert shown[2].startswith("| base | 0.100 [0.050, 0.150] | 60.0% [55.0, 65.0] | - |")
     assert shown[4].startswith("| ppo_human | 0.300 [0.250, 0.350] |") and shown[-1].startswith("n = 100 prompts")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# People's agreement with each other beside the labeler's, and each principle against people (rlaif.agreement)
+
+
+def overlapping_pairs(path) -> None:
+    """Six pairs, each answered by ana and ben (ids TASK-ANNOTATOR, as `rlaif rankings import` names them): both
+    choose the longer reply, but for ben on the last pair."""
+    rows = []
+    for i in range(6):
+        longer, shorter = f"Keep bottle {i} sealed, upright and away from heat.", "Mix it."
+        for who in ("ana", "ben"):
+            chosen, rejected = (shorter, longer) if (i == 5 and who == "ben") else (longer, shorter)
+            rows.append({"id": f"t{i}-{who}", "prompt": f"How do I store bottle {i}?", "chosen": chosen,
+                         "rejected": rejected, "annotator": who})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_the_report_card_sets_peoples_agreement_beside_the_labelers(tmp_path):
+    from rlaif.report_card import human_agreement, load_human_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    overlapping_pairs(path)
+    pairs = load_human_pairs(path)
+    # harm always prefers the longer reply, help the shorter; a Judgement is P(first, the reply people chose)
+    longer_first = [pair.first.startswith("Keep") for pair in pairs]
+    judged = [[Judgement("harm", 0.8 if yes else 0.2, 0.9 if yes else 0.1),
+               Judgement("help", 0.3 if yes else 0.7, 0.2 if yes else 0.8)] for yes in longer_first]
+    agreement = human_agreement(path, pairs, judged, "lab")
+    inter = agreement["inter_annotator"]
+    assert inter["pairs"] == 6 and inter["annotators"] == 2
+    assert inter["percent_agreement"]["value"] == pytest.approx(5 / 6) and inter["kappa"]["value"] == pytest.approx(2 / 3)
+    lab = agreement["human_ai"]["lab"]  # the last pair people tied: left out
+    assert lab["pairs"] == 5 and lab["left_out"]["people_tied"] == 1
+    harm = lab["principles"]["harm"]
+    assert harm["agreement"]["value"] == 1.0 and lab["principles"]["help"]["agreement"]["value"] == 0.0
+    # harm agrees with people exactly as often as "prefer the longer reply": the baseline says so beside it
+    assert harm["baselines"]["prefer the longer reply"]["value"] == 1.0 and harm["baselines"]["prefer the shorter reply"]["value"] == 0.0
+
+    modes = {"both orders": ([j[0].p for j in judged], [(j[0].shown_first, j[0].shown_second) for j in judged])}
+    skeptics = baselines(pairs)
+    report = {"pairs": len(pairs), "verdict": verdict(modes, skeptics),
+              "modes": {name: mode_metrics(*m) for name, m in modes.items()},
+              "baselines": {name: mode_metrics(*m) for name, m in skeptics.items()},
+              "per_principle": {}, "human_agreement": agreement, "method": stats.method(len(pairs))}
+    console = Console(record=True, width=400)
+    print_labeler_report(report, console)
+    text = " ".join(console.export_text().split())
+    ceiling = "People with each other, on the 6 pairs two or more of 2 annotators answered: percent agreement 83.3% ["
+    assert ceiling in text and "Cohen's kappa 0.67 [" in text
+    assert text.index("a fair coin") < text.index(ceiling) < text.index(" ".join(report["verdict"]["text"].split()))
+    assert "Per principle against people's majority (each pair once), beside the baselines on the same pairs: lab" in text
+    assert "harm │ 5 │ 100.0% [" in text and "help │ 5 │ 0.0% [" in text and "left out: people_tied 1" in text
+    # a report card without it (hh-rlhf pairs name no annotator) prints neither
+    console = Console(record=True, width=400)
+    print_labeler_report({**report, "human_agreement": human_agreement(path, pairs[:1], judged[:1], "lab")}, console)
+    assert "People with each other" not in console.export_text()
+
+
+def test_eval_labeler_measures_people_and_principles_on_a_tiny_model(tmp_path, roomy_model_dir):
+    from rlaif.evaluate import LabelerEvalConfig, evaluate_labeler
+
+    path = tmp_path / "pairs.jsonl"
+    overlapping_pairs(path)
+    report = evaluate_labeler(LabelerEvalConfig(pairs=str(path), out=str(tmp_path / "out"), constitution="judge",
+                                                labeler=str(roomy_model_dir), ensemble=2, chain_of_thought=False,
+                                                injection_pairs=0, order_free_modes=False, device="cpu"))
+    saved = json.loads((tmp_path / "out" / "labeler_report.json").read_text())["human_agreement"]
+    assert saved == json.loads(json.dumps(report["human_agreement"]))
+    assert saved["inter_annotator"]["kappa"]["value"] == pytest.approx(2 / 3) and saved["annotators"] == 2
+    (entry,) = saved["human_ai"].values()
+    assert entry["pairs"] == 5 and entry["overall"]["pairs"] == 5
+    drawn = {pid for m in [report["per_principle"]] for pid in m}
+    assert set(entry["principles"]) == drawn  # every principle the ensemble drew, against people's majority
+    for figures in entry["principles"].values():
+        assert set(figures["baselines"]) == {"prefer the shorter reply", "prefer the longer reply"}
+        assert figures["agreement"]["low"] <= figures["agreement"]["value"] <= figures["agreement"]["high"]
+
+
+def test_the_report_has_a_human_data_section(tmp_path):
+    from rlaif.agreement import agreement_report
+    from rlaif.records import dumps_json
+    from rlaif.report import render
+
+    hostile = "<script>alert('x')</script>"
+    prompt = [{"role": "user", "content": "How do I store bleach?"}]
+
+    def row(i, who, chosen, rejected, source="human", **extra):
+        return {"id": f"{i}-{who}", "prompt": prompt + [{"role": "user", "content": str(i)}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}], "p_chosen": 1.0, "source": source,
+                **({"annotator": who} if source == "human" else {}), **extra}
+
+    rows = []
+    for i in range(8):
+        good, bad = f"Sealed, upright, away from heat ({i}).", "Anywhere."
+        rows += [row(i, "ana", good, bad), row(i, hostile, *((bad, good) if i == 7 else (good, bad))),
+                 row(i, "ai", good, bad, source="ai", p_chosen=0.8, labeler="judge", principle_p={hostile: 0.8})]
+    reward = tmp_path / "run" / "round-1" / "reward"
+    reward.mkdir(parents=True)
+    agreement = agreement_report(rows)
+    metrics = {"train": {"pairs": 8, "first_loss": 0.7, "last_loss": 0.6}, "heldout": None,
+               "human_agreement": agreement}
+    (reward / "metrics.json").write_text(dumps_json(metrics))
+    page = render(tmp_path / "run").read_text()
+    assert "<h2>Human data</h2>" in page and "<script>" not in page
+    inter = agreement["inter_annotator"]
+    assert f"<td class=num>{stats.Estimate(**inter['kappa']).number(2)}</td>" in page  # Cohen's kappa, interval
+    assert f"<td class=num>{stats.Estimate(**inter['alpha']).number(2)}</td>" in page
+    assert "<td class=>round 1, reward model&#x27;s data</td><td class=num>16</td><td class=num>2</td>" in page
+    principle = agreement["human_ai"]["judge"]["principles"][hostile]
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page  # the principle id, escaped
+    assert stats.Estimate(**principle["agreement"]).percent() in page
+    assert stats.Estimate(**principle["baselines"]["prefer the shorter reply"]).percent() in page
+    assert "people_tied 1" in page
+    # the labeler check's pairs too, and its verdict section gets the ceiling beside the labeler's agreement
+    (tmp_path / "run" / "labeler-check").mkdir()
+    (tmp_path / "run" / "labeler-check" / "labeler_report.json").write_text(dumps_json({"human_agreement": agreement}))
+    page = render(tmp_path / "run").read_text()
+    assert page.index("<p>People with each other, on the 8 pairs two or more of 2 annotators answered") < \
+        page.index("<h2>Human data</h2>") < page.index("<td class=>labeler check&#x27;s pairs</td>")
+    (tmp_path / "run" / "labeler-check" / "labeler_report.json").unlink()
+    # a run without human rows has no such section
+    metrics["human_agreement"] = agreement_report([r for r in rows if r["source"] == "ai"])
+    (reward / "metrics.json").write_text(dumps_json(metrics))
+    assert "Human data" not in render(tmp_path / "run").read_text()

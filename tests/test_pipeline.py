@@ -797,11 +797,13 @@ def test_training_stages_run_under_accelerate_launch_with_num_processes(recipe_f
 
 
 def test_a_launched_stage_s_error_and_a_ppo_stop_come_back_once_with_their_exit_code(recipe_file, tmp_path, capfd,
-                                                                                      tiny_model_dir):
-    """A stage under accelerate launch that meets a user error, or a PPO guard that stops it: the run prints the
-    stage's own message once, with no traceback from the launcher, and exits as `rlaif run` would in one process (a
+                                                                                      tiny_model_dir, monkeypatch):
+    """A stage under accelerate launch that meets a user error (in every process, or in the second only, the first
+    going on into a collective it would wait in), or a PPO guard that stops it: the run prints the stage's own message
+    once, with no traceback from the launcher or the other process, and exits as `rlaif run` would in one process (a
     user error raised as ConfigError, a stop with exit status 2)."""
     from rlaif.pipeline import Step, _launched
+    from rlaif.ppo.config import PPOConfig
     from rlaif.sft import SFTConfig
 
     data = tmp_path / "sft.jsonl"
@@ -814,6 +816,17 @@ def test_a_launched_stage_s_error_and_a_ppo_stop_come_back_once_with_their_exit_
     printed = capfd.readouterr()
     assert "messages" not in printed.err + printed.out and "Traceback" not in printed.err
 
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))  # toy_rewards
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    ppo = PPOConfig(prompts=str(prompts), out=str(tmp_path / "ppo"), policy=str(tiny_model_dir), steps=1,
+                    reward_fn=["toy_rewards:refused_on_rank_one"], batch_size=2, max_new_tokens=4, device="cpu")
+    (tmp_path / "ppo").mkdir()
+    with pytest.raises(ConfigError, match="^reward: refused_on_rank_one says no on rank 1$"):
+        _launched(Step(1, "ppo", tmp_path / "ppo", ppo, processes=2))
+    printed = capfd.readouterr()
+    assert "refused_on_rank_one" not in printed.err + printed.out and "Traceback" not in printed.err
+
     result = CliRunner().invoke(cli, ["run", str(recipe_file), "--rounds", "1", "--num-processes", "2",
                                       "--set", "ppo.max_kl=1e-9"])
     printed = capfd.readouterr()
@@ -821,8 +834,255 @@ def test_a_launched_stage_s_error_and_a_ppo_stop_come_back_once_with_their_exit_
     assert "stopped:" in result.output and "KL" in result.output
     assert "stopped" not in printed.err + printed.out and "ChildFailedError" not in printed.err
 
-
 def test_ppo_under_fsdp_needs_num_processes(recipe_file):
     with pytest.raises(ConfigError, match=r"^ppo.fsdp: shards the models across processes, and this run has one"):
         plan(load_recipe(recipe_file, {"rounds": 1, "ppo.fsdp": True}))
     assert {s.stage for s in plan(load_recipe(recipe_file, {"rounds": 1, "ppo.fsdp": True, "num_processes": 2}))}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# human.route: each round's least certain pairs to people; the run waits for their answers
+
+
+ROUTE = "human:\n  files: [human.jsonl:2]\n  route: {budget: 3, random_share: 0.34, overlap: 2, overlap_share: 0.34, weight: 3}"
+
+
+@pytest.fixture
+def routed(recipe_file):
+    """The toy recipe in one round, its human files in the section form, with a route of 3 pairs a round."""
+    recipe_file.write_text(recipe_file.read_text().replace("human: [human.jsonl:2]", ROUTE).replace("rounds: 2",
+                                                                                                   "rounds: 1"))
+    return recipe_file
+
+
+def answer(folder: Path, annotator: str, choices: list[str]) -> list[dict]:
+    """People's answers to the first tasks of FOLDER/tasks.jsonl, given through the rank page's app."""
+    from fastapi.testclient import TestClient
+
+    from rlaif.rank_serve import create_app
+
+    client = TestClient(create_app(folder), base_url="http://127.0.0.1")
+    pages = []
+    for i, choice in enumerate(choices):
+        task = client.get("/api/state", params={"annotator": annotator}).json()["task"]
+        response = client.post("/api/answer", json={"answer_id": f"{annotator}{i}".encode().hex().ljust(32, "0")[:32],
+                                                    "task": task["id"], "annotator": annotator, "side": choice,
+                                                    "seconds": 4.5})
+        assert response.status_code == 200, response.text
+        pages.append(task)
+    return pages
+
+
+def test_a_route_stops_after_label_until_people_answer(routed, monkeypatch):
+    from rlaif import pipeline
+
+    real, ran = pipeline._execute, []
+
+    def execute(step, progress):  # the real stages up to the stop
+        ran.append((step.round, step.stage))
+        return real(step, progress)
+
+    monkeypatch.setattr(pipeline, "_execute", execute)
+    monkeypatch.chdir(routed.parent)
+    result = CliRunner().invoke(cli, ["run", "recipe.yaml", "--set", "ppo.steps=1"])
+    assert result.exit_code == 2, result.output
+    assert ran == [(1, "rankings"), (1, "critique"), (1, "sft"), (1, "sample"), (1, "label"), (1, "human")]
+    folder = Path("runs/toy/round-1/human")
+    tasks = list(read_jsonl(folder / "tasks.jsonl"))
+    assert len(tasks) == 3 and {"label-studio.json", "label-studio.xml", "README.txt"} <= {
+        p.name for p in folder.iterdir()}
+    output = " ".join(result.output.split())
+    assert "human: 3 of the round's 4 pairs exported for people" in output
+    assert ("stopped: round 1 waits for people: rank the 3 pairs its AI labels were least sure of (and a random "
+            "share), exported to runs/toy/round-1/human.") in output
+    assert "In rlaif's page: rlaif rank serve runs/toy/round-1/human" in output
+    assert ("import runs/toy/round-1/human/label-studio.json, and when done export the project as JSON and save it "
+            "as runs/toy/round-1/human/label-studio-export.json") in output
+    assert "Then rerun the same command: rlaif run recipe.yaml --set ppo.steps=1" in output
+    assert "at weight 3;" in output and "To go on without waiting: rlaif run recipe.yaml --set ppo.steps=1 " \
+                                       "--skip-human" in output
+    # A rerun without answers stops again, and runs nothing again.
+    again = CliRunner().invoke(cli, ["run", "recipe.yaml", "--set", "ppo.steps=1"])
+    assert again.exit_code == 2 and "stopped: round 1 waits for people" in again.output
+    assert len(ran) == 6 and list(read_jsonl(folder / "tasks.jsonl")) == tasks
+    # Two people answer on the page (ben skips his task); the rerun imports their answers, and the reward stage
+    # trains on them with the AI labels and the human file.
+    pairs = answer(folder, "ana", ["left", "right"]) + answer(folder, "ben", ["skip"])
+    notes: list[str] = []
+
+    def stop_at_ppo(step, progress):
+        if step.stage == "ppo":
+            raise KeyboardInterrupt("ppo")
+        return execute(step, progress)
+
+    monkeypatch.setattr(pipeline, "_execute", stop_at_ppo)
+    recipe = load_recipe("recipe.yaml", {"ppo.steps": 1})
+    with pytest.raises(KeyboardInterrupt, match="ppo"):
+        run(recipe, progress=False, on_note=lambda step, text: notes.append(text))
+    assert ran[6:] == [(1, "answers"), (1, "labeler-check"), (1, "reward")]
+    assert notes == [(f"2 of 3 tasks answered in {folder}; the reward stages from round 1 on mix the answers in at "
+                     "weight 3")]
+    reward = next(s for s in plan(recipe) if s.stage == "reward")
+    imported = str(Path.cwd() / folder / "answers-page" / "preferences.jsonl")
+    assert reward.config.data[-1] == f"{imported}:3.0"
+    rows = list(read_jsonl(imported))
+    assert [(r["id"], r["source"], r["annotator"]) for r in rows] == [(t["id"], "human", "ana") for t in pairs[:2]]
+    assert {(r["prompt"][-1]["content"], r["chosen"][-1]["content"]) for r in rows} == {
+        (t["prompt"][-1]["content"], t["replies"][side]) for t, side in zip(pairs, (0, 1))}  # left, then right
+    counts = json.loads((Path(reward.directory) / "metrics.json").read_text())["counts"]
+    assert counts["labels_read"] == 4 + 4 + 2  # the round's AI labels, the human file's pairs, the answers
+    agreement = json.loads((Path(reward.directory) / "metrics.json").read_text())["agreement"]
+    assert agreement["pairs_labeled_by_both"] == 2  # people answered pairs the AI labelled
+
+
+def scripted_route(monkeypatch) -> list[tuple[int, str]]:
+    """Stages replaced by a script but for the imports and the human route's export: each label stage writes AI
+    labels of four pairs (of its round), the labeler check a passing verdict, the others nothing. Returns the steps
+    run."""
+    from rlaif import pipeline
+
+    real, ran = pipeline._execute, []
+
+    def execute(step, progress):
+        ran.append((step.round, step.stage))
+        if step.stage in ("rankings", "human", "answers"):
+            return real(step, progress)
+        if step.stage == "label":
+            rows = [{"id": f"r{step.round}-{i}", "prompt": [{"role": "user", "content": p}],
+                     "chosen": [{"role": "assistant", "content": f"Round {step.round}: a careful answer."}],
+                     "rejected": [{"role": "assistant", "content": f"Round {step.round}: no."}],
+                     "p_chosen": 0.55 + 0.1 * i, "source": "ai", "labeler": "toy"} for i, p in enumerate(PROMPTS)]
+            (step.directory / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if step.stage == "labeler-check":
+            (step.directory / "labels.jsonl").write_text("")
+            (step.directory / "labeler_report.json").write_text(json.dumps({"config": {}, "verdict": {
+                "beats": True, "text": "The labeler beats the baseline."}}))
+        return {}
+
+    monkeypatch.setattr(pipeline, "_execute", execute)
+    return ran
+
+
+def test_skip_human_goes_on_and_answers_given_later_retrain(routed, monkeypatch):
+    ran = scripted_route(monkeypatch)
+    monkeypatch.chdir(routed.parent)
+    stopped = CliRunner().invoke(cli, ["run", "recipe.yaml", "--rounds", "2"])
+    assert stopped.exit_code == 2 and "stopped: round 1 waits for people" in stopped.output
+    assert "rlaif run recipe.yaml --rounds 2 --skip-human" in " ".join(stopped.output.split())
+    dry = CliRunner().invoke(cli, ["run", "recipe.yaml", "--rounds", "2", "--dry-run"])
+    lines = [line for line in dry.output.splitlines() if re.match(r"round \d  human ", line)]
+    assert lines[0].startswith("round 1  human     done    runs/toy/round-1/human") and lines[0].endswith(
+        "(3 tasks, no answers yet: the run stops here until people answer)")
+    assert lines[1].startswith("round 2  human     run     runs/toy/round-2/human") and lines[1].endswith(
+        "(exports up to 3 of the round's pairs for people to rank; no answers yet: the run stops here until people "
+        "answer)")
+    dry = CliRunner().invoke(cli, ["run", "recipe.yaml", "--rounds", "2", "--dry-run", "--skip-human"])
+    assert "(3 tasks, no answers yet: --skip-human: the run goes on without them)" in dry.output
+
+    # --skip-human: both rounds export their pairs and go on, their reward stages without answers.
+    went_on = CliRunner().invoke(cli, ["run", "recipe.yaml", "--rounds", "2", "--skip-human"])
+    assert went_on.exit_code == 0, went_on.output
+    output = " ".join(went_on.output.split())
+    for k in (1, 2):
+        assert (f"round {k} · human: no answers yet to the 3 tasks in runs/toy/round-{k}/human; --skip-human: the "
+                f"run goes on without them. Rerun once people have answered, and the reward stages from round {k} on "
+                "retrain with their answers") in output
+    assert ran.count((1, "human")) == 1 and (2, "human") in ran and (2, "ppo") in ran
+    recipe = load_recipe("recipe.yaml", {"rounds": 2})
+    before = {(s.round, s.stage): s.key for s in plan(recipe)}
+    assert [Path(spec).parent.name[:6] for spec in next(s for s in plan(recipe) if (s.round, s.stage) == (2, "reward"))
+            .config.data] == ["label", "label", "human-"]  # both rounds' AI labels and the human file, no answers
+
+    # People answer round 1's pairs on the page, round 2's in Label Studio: each round imports its answers, and
+    # each reward stage mixes in those of its round and the rounds before it; nothing before them is redone.
+    answer(Path("runs/toy/round-1/human"), "ana", ["left"])
+    tasks = json.loads(Path("runs/toy/round-2/human/label-studio.json").read_text())
+    tasks[0]["annotations"] = [{"completed_by": 7, "lead_time": 3.0, "was_cancelled": False, "result": [
+        {"from_name": "preference", "to_name": "prompt", "type": "choices", "value": {"choices": ["B"]}}]}]
+    Path("runs/toy/round-2/human/label-studio-export.json").write_text(json.dumps(tasks))
+    steps = {(s.round, s.stage): s for s in plan(recipe)}
+    after = {key: s.key for key, s in steps.items()}
+    assert [key for key in after if key not in before] == [(1, "answers"), (2, "answers")]
+    assert [key for key in before if after[key] != before[key]] == [(1, "reward"), (1, "ppo"), (2, "sample"),
+                                                                     (2, "label"), (2, "human"), (2, "reward"),
+                                                                     (2, "ppo"), (2, "eval")]
+    assert steps[2, "answers"].directory.name == "answers-label-studio"
+    assert steps[1, "reward"].config.data[-1] == f"{steps[1, 'answers'].config.out}:3.0"
+    assert steps[2, "reward"].config.data[-2:] == [f"{steps[1, 'answers'].config.out}:3.0",
+                                                   f"{steps[2, 'answers'].config.out}:3.0"]
+    # More answers later: round 1's import and every step after it again, not its export.
+    answer(Path("runs/toy/round-1/human"), "ben", ["right"])
+    more = {(s.round, s.stage): s.key for s in plan(recipe)}
+    assert more[1, "human"] == after[1, "human"] and more[1, "answers"] != after[1, "answers"]
+    assert more[1, "reward"] != after[1, "reward"] and more[2, "reward"] != after[2, "reward"]
+    # Round 1's answers change the policy that sampled round 2, so round 2 would export other pairs than the ones
+    # people answered in Label Studio: the run stops before anything runs, and says what to do with the answers.
+    assert steps[2, "human"].state == "conflict"
+    ran.clear()
+    refused = CliRunner().invoke(cli, ["run", "recipe.yaml", "--rounds", "2"])
+    assert refused.exit_code == 1 and ran == [] and "Traceback" not in refused.output
+    assert ("runs/toy/round-2/human: holds people's answers (label-studio-export.json) to pairs exported before the "
+            "round's labels or human.route's export settings changed, and the round would now export other pairs; "
+            "move the answers out of the folder (to keep them in the mix, list them under human.files, e.g. human: "
+            "{files: [round-2-answers.jsonl:2]}) and run again") in " ".join(refused.output.split())
+    Path("runs/toy/round-2/human/label-studio-export.json").rename("round-2-answers.json")
+    assert {s.stage: s.state for s in plan(recipe) if s.round == 2}["human"] == "redo"
+
+
+@pytest.mark.parametrize("edit, error", [
+    (("budget: 3", "budget: 0"), r"recipe.yaml:10: human.route.budget: expected a finite number >= 1, got 0"),
+    (("budget: 3", "budget: all"), r"recipe.yaml:10: human.route.budget: expected a whole number, not 'all'"),
+    (("random_share: 0.34", "random_share: 1.5"),
+     r"recipe.yaml:10: human.route.random_share: expected a finite number between 0 and 1, got 1.5"),
+    (("overlap: 2", "overlap: 1.5"), r"recipe.yaml:10: human.route.overlap: expected a whole number, not 1.5"),
+    (("weight: 3", "weight: -1"), r"recipe.yaml:10: human.route.weight: expected a finite number >= 0, got -1"),
+    (("weight: 3", "wieght: 3"), (r"recipe.yaml:10: human.route.wieght: unknown setting of human.route; expected one "
+                                 r"of: budget, random_share, overlap, overlap_share, seed, weight")),
+    (("route: {budget: 3, random_share: 0.34, overlap: 2, overlap_share: 0.34, weight: 3}", "route: 200"),
+     (r"recipe.yaml:10: human.route: expected a section of settings \(budget, .*\), e.g. route: \{budget: 200, "
+     r"weight: 2\}, not 200")),
+    (("files:", "file:"), r"recipe.yaml:9: human.file: unknown setting of human; expected files"),
+    (("human.jsonl:2", "human.jsonl:nan"),
+     r"recipe.yaml:9: human.files\[0\]: human.jsonl: weight: expected a finite number >= 0, got nan"),
+    # in block style, each on its own line
+    ((ROUTE, "human:\n  files:\n    - human.jsonl:2\n  route:\n    budget: 3\n    seed: 0.5"),
+     r"recipe.yaml:13: human.route.seed: expected a whole number, not 0.5"),
+    ((ROUTE, "human:\n  files:\n    - other.jsonl\n    - human.jsonl:-2\n  route: {}"),
+     r"recipe.yaml:11: human.files\[1\]: human.jsonl: weight: expected a finite number >= 0, got -2"),
+])
+def test_route_settings_are_checked_at_their_line(routed, edit, error):
+    routed.write_text(routed.read_text().replace(*edit))
+    with pytest.raises(DataError, match=error):
+        load_recipe(routed)
+    result = CliRunner().invoke(cli, ["run", str(routed), "--dry-run"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_route_settings_by_set_and_what_a_route_uses(recipe_file):
+    with pytest.raises(DataError, match=r"^--set: human.route.overlap_share: expected a finite number between 0 and "
+                                        r"1, got -0.1$"):
+        load_recipe(recipe_file, {"human.route.overlap_share": -0.1})
+    # --set reaches into the section; a list of files becomes its files
+    recipe = load_recipe(recipe_file, {"human.route.budget": 50, "human.route.weight": 2})
+    assert recipe.human == ["human.jsonl:2"] and recipe.human_key == "human.files"
+    assert (recipe.human_route.budget, recipe.human_route.weight, recipe.human_route.random_share) == (50, 2.0, 0.2)
+    assert [s.stage for s in plan(recipe) if s.round == 1][:8] == [
+        "rankings", "critique", "sft", "sample", "label", "human", "labeler-check", "reward"]
+    # A route without human files: its answers are the human pairs the reward stage mixes (and measures the AI
+    # labels on); the labeler check, which reads human files, does not run.
+    alone = load_recipe(recipe_file, {"human": {"route": {}}, "label.gate": "stop", "ai_weight": 2})
+    assert alone.human == [] and alone.human_route.budget == 200
+    assert unused_settings(alone) == [("--set: label.gate: not used: the labeler check reads human files "
+                                      "(human.files), not the answers human.route brings")]
+    assert "labeler-check" not in [s.stage for s in plan(alone)]
+    result = CliRunner().invoke(cli, ["run", str(recipe_file), "--dry-run", "--skip-human"])
+    assert result.exit_code == 0 and "warning: --skip-human: not used: the recipe has no human.route" in result.output
+    # Answers that cannot be read stop the run before anything runs, at the setting that asked for them.
+    folder = Path(alone.out) / "round-1" / "human"
+    folder.mkdir(parents=True)
+    (folder / "rankings.jsonl").write_text('{"event": "vote"}\n')
+    with pytest.raises(DataError, match=rf"^--set: human.route: {folder}/rankings.jsonl:1: event: expected 'answer' "
+                                        "or 'undo'$"):
+        check_inputs(alone, plan(alone))
+    with pytest.raises(DataError, match=r"ai_weight: 0, and no human file with a weight above 0"):
+        plan(load_recipe(recipe_file, {"human": {"route": {"weight": 0}}, "ai_weight": 0}))

@@ -394,10 +394,10 @@ def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts,
 def test_fsdp_trains_as_ddp_does_and_resumes_from_its_sharded_checkpoints(tiny_model_dir, prompts, tmp_path):
     """fsdp: true with two CPU processes (torch's FSDP2 over gloo): three steps, the first two in one run and the
     third after a resume from the sharded checkpoint, give the metrics and the final policy of three steps under DDP.
-    The 3 eval prompts in batches of 2 are two batches, both on one process under DDP: under FSDP the other repeats
-    one, so that the processes' all-gathers match, and scores nothing from it."""
+    The 5 eval prompts in batches of 2 are three batches, two on the first process and one on the second: under FSDP
+    the second repeats one, so that the processes' all-gathers match, and scores nothing from it."""
     eval_prompts = tmp_path / "eval.txt"
-    eval_prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
+    eval_prompts.write_text("\n".join(PROMPTS[:5]) + "\n")
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     accelerate = Path(sys.executable).with_name("accelerate")
     settings = tmp_path / "ppo.yaml"
@@ -415,7 +415,10 @@ def test_fsdp_trains_as_ddp_does_and_resumes_from_its_sharded_checkpoints(tiny_m
 
     launch(tmp_path / "ddp", 3)
     launch(tmp_path / "fsdp", 2, "--fsdp")
-    assert (tmp_path / "fsdp" / "checkpoints" / "step-2" / "fsdp" / "__1_0.distcp").is_file()
+    checkpoint = tmp_path / "fsdp" / "checkpoints" / "step-2"
+    assert (checkpoint / "fsdp" / "__1_0.distcp").is_file()
+    schedulers = json.loads((checkpoint / "trainer_state.json").read_text())["schedulers"]
+    assert [s["last_epoch"] for s in schedulers] == [2, 2]  # restored on resume, with the optimizers' shards
     launch(tmp_path / "fsdp", 3, "--fsdp")  # resumed at step 2
     ddp, sharded = metrics(str(tmp_path / "ddp")), metrics(str(tmp_path / "fsdp"))
     assert [r["step"] for r in sharded] == [1, 2, 3]
@@ -423,7 +426,7 @@ def test_fsdp_trains_as_ddp_does_and_resumes_from_its_sharded_checkpoints(tiny_m
         for key in ("score", "kl", "policy_loss", "value_loss", "response_length"):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), (a["step"], key)
     evals = [list(read_jsonl(tmp_path / name / "eval.jsonl")) for name in ("ddp", "fsdp")]
-    assert [e["prompts"] for e in evals[1]] == [3, 3, 3, 3]
+    assert [e["prompts"] for e in evals[1]] == [5, 5, 5, 5]
     assert [e["score"] for e in evals[1]] == pytest.approx([e["score"] for e in evals[0]], rel=1e-3, abs=1e-4)
     from safetensors.torch import load_file
 

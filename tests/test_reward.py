@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import math
 import random
+from functools import partial
 
 import pytest
 import torch
 
+from rlaif.rankings import pair_key
 from rlaif.reward import (
     RewardConfig,
     RewardModel,
@@ -156,6 +158,11 @@ def test_training_learns_a_separable_preference(tmp_path, tiny_model_dir):
     entry = metrics["reliability"]["sources"][str(ai)]  # rows that name no labeler: their file's
     assert entry["pairs"] == 0 and entry["decision"] == "too few pairs" and entry["weight_used"] == {str(ai): 1.0}
     assert metrics["train"]["last_loss"] < metrics["train"]["first_loss"]
+    # people's agreement (rlaif.agreement) beside the reliability: on the training-side pairs, held-out ones counted
+    people = metrics["human_agreement"]
+    assert people["rows"]["human"] + people["rows"]["ai"] + people["left_out"]["reward_stage"]["held_out_rows"] == 96
+    assert 0 < people["left_out"]["reward_stage"]["held_out_rows"] < 48 and people["inter_annotator"] is None
+    assert "no row names its annotator" in people["notes"][0]
     held = metrics["heldout"]
     assert held["overall"]["pairs"] == held["human"]["pairs"] + held["ai"]["pairs"]
     assert held["overall"]["accuracy"] >= 0.9, held
@@ -173,6 +180,38 @@ def test_training_learns_a_separable_preference(tmp_path, tiny_model_dir):
     assert good > bad
     # A finished stage is not trained again.
     assert run(config, progress=False) == json.loads((tmp_path / "rm" / "metrics.json").read_text())
+
+
+def test_human_agreement_reads_the_training_side_pairs_and_calibration_files_only_to_measure():
+    from rlaif.reward import held_out_key, human_agreement
+
+    def row(i, who, chosen="A careful, complete answer.", rejected="No."):
+        out = pref(f"Question {i}?", chosen, rejected)
+        out.update(id=f"{i}-{who}", source="human", annotator=who)
+        return out
+
+    # pairs 0-39: ana and ben choose the longer reply, cy the shorter on 0-3; pairs 40-45: only dee, in the
+    # calibration file; the AI labelled all 46, its harm principle for the longer reply, help for the shorter
+    people = [row(i, who) for i in range(40) for who in ("ana", "ben")]
+    people += [row(i, "cy", "No.", "A careful, complete answer.") for i in range(4)]
+    ai = [{**pref(f"Question {i}?", "A careful, complete answer.", "No.", p=0.8), "id": f"ai{i}", "source": "ai",
+           "principle_p": {"harm": 0.8, "help": 0.3}} for i in range(46)]
+    calibration = [row(i, "dee") for i in range(40, 46)]
+    held = partial(held_out_key, fraction=0.25)
+    report = human_agreement([("human.jsonl", people, 1.0), ("ai.jsonl", ai, 1.0)], [("check.jsonl", calibration)],
+                             held)
+    kept = [i for i in range(46) if not held(pair_key(row(i, "x")))]
+    assert 5 < len(kept) < 46
+    held_rows = sum(3 + (i < 4) if i < 40 else 2 for i in range(46) if i not in kept)  # as reliability leaves them
+    assert report["left_out"]["reward_stage"]["held_out_rows"] == held_rows
+    inter = report["inter_annotator"]  # dee, read only to measure, is not among the annotators
+    assert inter["pairs"] == sum(i < 40 for i in kept) and report["annotators"] == 2 + any(i < 4 for i in kept)
+    (name,) = report["human_ai"]
+    assert name == "ai.jsonl"  # rows that name no labeler: their file's, as rlaif.reliability names them
+    entry = report["human_ai"][name]
+    assert entry["pairs"] == len(kept)  # dee's pairs measured too
+    assert entry["principles"]["harm"]["agreement"]["value"] == 1.0
+    assert entry["principles"]["help"]["agreement"]["value"] == 0.0
 
 
 def test_lora_and_cli(tmp_path, tiny_model_dir):

@@ -16,3 +16,14 @@ def not_a_number(prompts, responses):
 
 def fl(prompts, responses):
     return torch.tensor([r.count("fl") / 4 for r in responses])
+
+
+def refused_on_rank_one(prompts, responses):
+    """A user error in the second process only (under accelerate launch), the first going on."""
+    import os
+
+    from rlaif.records import ConfigError
+
+    if os.environ.get("RANK") == "1":
+        raise ConfigError("reward: refused_on_rank_one says no on rank 1")
+    return torch.zeros(len(responses))

@@ -59,29 +59,29 @@ class _Group(click.Group):
             fail("error", str(e), 1)
 
 
-# Set by `rlaif run --num-processes` (rlaif.pipeline._launched) for the stages it starts under accelerate launch.
+# Set by `rlaif run --num-processes` (rlaif.pipeline._launched) for the stages it starts under accelerate launch: a
+# directory where each process that fails writes why.
 LAUNCH_RESULT = "RLAIF_LAUNCH_RESULT"
 
 
 def fail(kind: str, message: str, code: int) -> None:
     """Print `kind: message` and exit with `code`: 1 for a user error, 2 for a stop (a PPO guard). Under accelerate
-    launch, one process says it: the first (RANK 0); the others exit quietly, as every process meets the same
-    settings and data. Under `rlaif run --num-processes`, the first process writes {kind, message, exit} to the
-    file LAUNCH_RESULT names and every process exits 0, so that the launcher adds no traceback of its own: the run
-    prints the error once and exits with its code."""
+    launch, each process that fails says so (RANK 0 plainly, the others as "[rank N] ..."), and its non-zero exit
+    makes the launcher stop the others, which would wait for it. Under `rlaif run --num-processes`, the process
+    writes {kind, message, exit} to LAUNCH_RESULT/rank-N.json instead, for the run to print once."""
     import json
     import os
     import sys
 
-    first = os.environ.get("RANK", "0") == "0"
+    rank = os.environ.get("RANK", "0")
     if os.environ.get(LAUNCH_RESULT):
-        if first:
-            from rlaif.records import write_atomic
+        from rlaif.records import write_atomic
 
-            write_atomic(os.environ[LAUNCH_RESULT], json.dumps({"kind": kind, "message": message, "exit": code}))
-        sys.exit(0)
-    if first:
-        err.print(f"[bold red]{kind}:[/bold red] {shown(message)}", soft_wrap=True)
+        write_atomic(os.path.join(os.environ[LAUNCH_RESULT], f"rank-{rank}.json"),
+                     json.dumps({"kind": kind, "message": message, "exit": code}))
+    else:
+        err.print(f"{'' if rank == '0' else f'[rank {rank}] '}[bold red]{kind}:[/bold red] {shown(message)}",
+                  soft_wrap=True)
     sys.exit(code)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import click
@@ -44,8 +45,11 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option("--num-processes", type=click.IntRange(min=1),
               help="Run each training stage (sft, reward, ppo, dpo, grpo) under `accelerate launch` with this many "
                    "processes, one per GPU (overrides the recipe's num_processes).  [default: 1, in this process]")
+@click.option("--skip-human", is_flag=True,
+              help="With human.route: go on without waiting for people's answers to a round's pairs (its reward "
+                   "stage trains on what there is); a later rerun picks up answers given since.")
 def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], rounds: int | None,
-               num_processes: int | None) -> None:
+               num_processes: int | None, skip_human: bool) -> None:
     """Run a recipe: every stage of the loop, in rounds, resumable.
 
     (rankings import) -> critique -> sft -> sample -> label -> (labeler check) -> reward -> ppo, then for each
@@ -54,7 +58,11 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
     OUT/report.html is written. With human files, the labeler check first scores the labeler against people on
     their pairs (OUT/labeler-check/) and `label.gate` decides: weight (default; the reward stage weighs the AI
     labels by their measured reliability), warn (a warning; they train at ai_weight) or stop (the run stops when
-    the labeler does not beat the baselines: prefer the shorter reply, the longer, the first position, a coin). Before anything runs, every setting is checked and every file the recipe names is read (prompts,
+    the labeler does not beat the baselines: prefer the shorter reply, the longer, the first position, a coin).
+    With `human: {files: [...], route: {budget: 200, weight: 2}}`, each round exports the pairs its labeler was
+    least sure of to OUT/round-K/human/ and stops (exit status 2) until people rank them there (`rlaif rank serve
+    OUT/round-K/human`, or Label Studio); rerun then, and the round's reward stage mixes their answers in
+    (--skip-human goes on without them). Before anything runs, every setting is checked and every file the recipe names is read (prompts,
     human rankings with the recipe's `rankings` settings, constitutions): a problem stops it at once, naming the
     file, line and the setting that fixes it. Settings nothing reads are reported as warnings.
     Rerun the same command after a crash: finished stages are kept, a half-finished one resumes.
@@ -67,6 +75,7 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
       rlaif run my-project/recipe.yaml --rounds 2 --set ppo.steps=50
       rlaif run examples/gpu/recipe.yaml --num-processes 8
       rlaif run examples/human-mix/recipe.yaml --set label.gate=stop
+      rlaif run my-project/recipe.yaml --set human.route.budget=100 --skip-human
     """
     from rlaif import pipeline
     from rlaif import recipe as recipes
@@ -83,9 +92,12 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
         err.print(f"[yellow]warning:[/yellow] {shown(note)}", soft_wrap=True)
     for note in recipes.label_notes(recipe):
         err.print(f"[yellow]note:[/yellow] {shown(note)}", soft_wrap=True)
+    if skip_human and recipe.human_route is None:
+        err.print("[yellow]warning:[/yellow] --skip-human: not used: the recipe has no human.route, so no round waits "
+                  "for people", soft_wrap=True)
     run_dir = pipeline.output_dir(recipe)
     if dry_run:
-        steps = pipeline.plan(recipe)
+        steps = pipeline.plan(recipe, skip_human)
         for line in recipes.check_inputs(recipe, steps):
             out.print(shown(line), soft_wrap=True)
         out.print(f"out: {shown(str(run_dir.resolve()))}", soft_wrap=True)
@@ -109,12 +121,19 @@ def run_recipe(recipe_file: str, dry_run: bool, settings: tuple[str, ...], round
     def warn(step, text: str) -> None:
         err.print(f"[yellow]warning:[/yellow] {shown(text)}", soft_wrap=True)
 
+    def note(step, text: str) -> None:
+        out.print(f"[bold]round {step.round} · {step.stage}:[/bold] {shown(text)}", soft_wrap=True)
+
     from rlaif.ppo.trainer import PPOStopped
 
     out.print(f"out: {shown(str(run_dir.resolve()))}", soft_wrap=True)
+    command = shlex.join(["rlaif", "run", recipe_file, *(a for s in settings for a in ("--set", s)),
+                          *(["--rounds", str(rounds)] if rounds is not None else []),
+                          *(["--num-processes", str(num_processes)] if num_processes is not None else [])])
     try:
-        steps = pipeline.run(recipe, on_step=announce, on_done=report, on_warning=warn)
-    except (PPOStopped, pipeline.LabelerGateStopped) as e:
+        steps = pipeline.run(recipe, on_step=announce, on_done=report, on_warning=warn, on_note=note,
+                             skip_human=skip_human, command=command)
+    except (PPOStopped, pipeline.LabelerGateStopped, pipeline.HumanRouteStopped) as e:
         err.print(f"[bold red]stopped:[/bold red] {shown(str(e))}", soft_wrap=True)
         sys.exit(2)
     out.print(f"[green]✓[/green] {len(steps)} steps done; report → {shown(str(run_dir.resolve() / 'report.html'))}",

@@ -98,27 +98,31 @@ def save_checkpoint(trainer: PPOTrainer, out: Path, keep: int) -> None:
 
 def save_final(trainer: PPOTrainer, out: Path) -> None:
     """The trained policy to OUT (LoRA merged in) with its tokenizer, and the value model to OUT/value. Under FSDP
-    every process takes part in gathering the models whole, and the main process writes them."""
+    every process takes part in gathering each model whole, one at a time, and the main process writes it."""
     accelerator = trainer.accelerator
     accelerator.wait_for_everyone()
     policy, value = accelerator.unwrap_model(trainer.policy), accelerator.unwrap_model(trainer.value)
-    full = {"policy": fsdp.full_state(policy), "value": fsdp.full_state(value)} if trainer.config.fsdp else None
-    if not accelerator.is_main_process:
-        return
-    if trainer.config.lora:
+    main, sharded = accelerator.is_main_process, trainer.config.fsdp
+    if main and trainer.config.lora:
         policy = policy.merge_and_unload()
-    policy.save_pretrained(out, safe_serialization=True, **({"state_dict": full["policy"]} if full else {}))
-    trainer.tokenizer.save_pretrained(out)
+    full = fsdp.full_state(policy) if sharded else None
+    if main:
+        policy.save_pretrained(out, safe_serialization=True, **({"state_dict": full} if sharded else {}))
+        trainer.tokenizer.save_pretrained(out)
+    del full
+    full = fsdp.full_state(value) if sharded else None
+    if not main:
+        return
     if isinstance(value, ValueHead):
         from safetensors.torch import save_file
 
         (out / "value").mkdir(exist_ok=True)
-        save_file({k: v.contiguous() for k, v in (full["value"] if full else value.state_dict()).items()},
+        save_file({k: v.contiguous() for k, v in (full if sharded else value.state_dict()).items()},
                   out / "value" / "value_head.safetensors")
     else:
-        if full:
+        if sharded:
             value.classifier.save_pretrained(out / "value", safe_serialization=True, state_dict={
-                k.removeprefix("classifier."): v for k, v in full["value"].items()})
+                k.removeprefix("classifier."): v for k, v in full.items()})
         else:
             value.save_pretrained(out / "value")  # LoRA merged in, like the policy's
         trainer.tokenizer.save_pretrained(out / "value")  # it reads the policy's tokens: value_model: OUT/value loads

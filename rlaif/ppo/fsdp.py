@@ -19,22 +19,31 @@ What differs from PPO under DDP, and why:
   full weights (not the optimizer state or gradients) must fit on each GPU while sampling.
 - **Every process runs the same passes.** The scoring passes over a rollout and the minibatch updates are the same
   number on every process already; the eval rollouts are made so (rlaif.ppo.trainer._evaluate).
-- **Checkpoints are sharded**: each process writes its shard with torch.distributed.checkpoint (`.distcp` files,
-  read back by the same number of processes or another), beside accelerate's RNG states. The final policy and value
-  model are gathered once and written as safetensors, as without FSDP.
+- **Models load on the CPU** and each unit moves to its GPU as it is sharded, so that no GPU ever holds a whole
+  float32 model; each process then needs the host memory of one copy of the policy, reference and value model.
+- **Checkpoints are sharded**: each process writes its shard of the policy, the value model and their optimizers
+  with torch.distributed.checkpoint (`.distcp` files) beside accelerate's RNG states; the frozen reference is not
+  saved (it is reloaded from the starting policy). A run resumes with the number of processes it started with, as
+  under DDP. The final policy and value model are gathered one at a time and written as safetensors.
+- **Gradients are reduce-scattered after every micro-batch** (FSDP has no DDP-style no_sync here): the same
+  gradients as under DDP, at some more communication with micro_batch_size.
+- **bf16** (accelerate launch --mixed_precision bf16) computes in bf16 from float32 shards: the numbers differ from
+  DDP's bf16 autocast by rounding. `rlaif run --num-processes` launches without mixed precision (float32).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from rlaif.records import ConfigError
 
-MODELS = ("policy", "value", "reference")  # the trainer's models that are sharded (reference: None with LoRA)
+if TYPE_CHECKING:  # torch is imported where it is used: a recipe's checks import this module
+    import torch
+    from torch import nn
+
+SAVED = ("policy", "value")  # the trained models, in checkpoints (the frozen reference is rebuilt from the policy)
 
 
 def check(config, processes: int | None = None) -> None:
@@ -55,8 +64,11 @@ def check(config, processes: int | None = None) -> None:
 
 def shard(model: nn.Module, accelerator) -> nn.Module:
     """Shard `model` in place across all processes, each module of a class the model names in `_no_split_modules`
-    (its decoder layers; a value model's classifier's too) one unit, then the model. Its parameters become DTensors:
-    build the optimizers after this."""
+    (its decoder layers; a value model's classifier's too) one unit, innermost first, then the model, resharded
+    after each forward too (the frozen reference has no backward to free it). Its parameters become DTensors on
+    the process's device (FSDP moves each unit there as it shards it: load the model on the CPU): build the
+    optimizers after this."""
+    import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -64,10 +76,10 @@ def shard(model: nn.Module, accelerator) -> nn.Module:
     precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if accelerator.mixed_precision == "bf16" else MixedPrecisionPolicy()
     layers = {name for m in model.modules() for name in getattr(m, "_no_split_modules", None) or ()}
-    for module in model.modules():
-        if type(module).__name__ in layers:
+    for module in reversed(list(model.modules())):  # a unit inside another is sharded before it
+        if module is not model and type(module).__name__ in layers:
             fully_shard(module, mesh=mesh, mp_policy=precision)
-    return fully_shard(model, mesh=mesh, mp_policy=precision)
+    return fully_shard(model, mesh=mesh, mp_policy=precision, reshard_after_forward=True)
 
 
 @contextmanager
@@ -91,7 +103,7 @@ def gathered(model: nn.Module):
 def _state(trainer) -> dict:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    state = {name: get_model_state_dict(getattr(trainer, name)) for name in MODELS if getattr(trainer, name)}
+    state = {name: get_model_state_dict(getattr(trainer, name)) for name in SAVED}
     state["opt_policy"] = get_optimizer_state_dict(trainer.policy, trainer.opt_policy)
     state["opt_value"] = get_optimizer_state_dict(trainer.value, trainer.opt_value)
     return state
@@ -106,15 +118,14 @@ def save(trainer, directory: Path) -> None:
 
 
 def load(trainer, directory: Path) -> None:
-    """The shards `save` wrote, read into the trainer's sharded models and optimizers (any number of processes)."""
+    """The shards `save` wrote, read into the trainer's sharded models and optimizers."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     state = _state(trainer)
     dcp.load(state, checkpoint_id=str(directory / "fsdp"))
-    for name in MODELS:
-        if getattr(trainer, name):
-            set_model_state_dict(getattr(trainer, name), state[name])
+    for name in SAVED:
+        set_model_state_dict(getattr(trainer, name), state[name])
     set_optimizer_state_dict(trainer.policy, trainer.opt_policy, state["opt_policy"])
     set_optimizer_state_dict(trainer.value, trainer.opt_value, state["opt_value"])
 

@@ -100,7 +100,8 @@ class ValueModel(nn.Module):
         backbone = getattr(base, base.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
-        return base.score(hidden[:, -width - 1 : -1]).squeeze(-1).float()
+        # a copy, not a view of the head's output: FSDP2 hooks a sharded module's output for its backward
+        return base.score(hidden[:, -width - 1 : -1]).squeeze(-1).float().clone()
 
     def values(self, batch: Batch) -> Tensor:
         return self(batch.input_ids, batch.attention_mask, batch.position_ids, batch.response.shape[1])

@@ -107,7 +107,9 @@ class PPOTrainer:
     def __init__(self, config: PPOConfig, accelerator, reward: CombinedReward | None = None):
         self.config, self.accelerator = config, accelerator
         device = accelerator.device
-        policy, self.reference, value, self.tokenizer = build_models(config, device)
+        # under FSDP loaded on the CPU, each unit moved to this process's device as it is sharded (rlaif/ppo/fsdp.py)
+        policy, self.reference, value, self.tokenizer = build_models(config, torch.device("cpu") if config.fsdp
+                                                                     else device)
         if config.fsdp:  # sharded before the optimizers are built on their (sharded) parameters
             policy, value = fsdp.shard(policy, accelerator), fsdp.shard(value, accelerator)
             if self.reference is not None:
@@ -303,7 +305,8 @@ class PPOTrainer:
         parts = minibatch.split(micro)
         for k, part in enumerate(parts):
             with ExitStack() as unsynced:
-                if k < len(parts) - 1:  # under DDP, gradients are all-reduced once, by the last backward
+                if k < len(parts) - 1:  # under DDP, gradients are all-reduced once, by the last backward (under
+                    # FSDP reduce-scattered after each: rlaif/ppo/fsdp.py)
                     for model in (self.policy, self.value):
                         unsynced.enter_context(accelerator.no_sync(model))
                 index = part.to(device)
