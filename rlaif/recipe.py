@@ -81,6 +81,8 @@ class Recipe:
     policy_trainer: str = "ppo"  # ppo (ours), or TRL's dpo (on the labels), grpo or rloo (against the reward model)
     num_processes: int = 1  # the training stages (sft, reward, ppo, dpo, grpo) run under `accelerate launch` with this
     # many processes, one per GPU (rlaif.pipeline); 1: in the run's own process
+    engine: str | None = None  # rlaif or vllm: the engine of every stage that takes one (critique, sample, label, ppo,
+    # grpo and rloo, eval) whose section sets none; unset, each stage's own default (rlaif)
     critique: dict = field(default_factory=dict)  # settings of each stage (its config fields), by stage name
     sft: dict = field(default_factory=dict)
     rankings: dict = field(default_factory=dict)
@@ -278,6 +280,9 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     if recipe.policy_trainer not in POLICY_TRAINERS:
         raise DataError(*recipe_line(recipe, "policy_trainer"),
                         f"expected one of {', '.join(POLICY_TRAINERS)}, not {recipe.policy_trainer!r}")
+    if recipe.engine not in (None, "rlaif", "vllm"):  # openai needs a server and model name per stage: in its section
+        raise DataError(*recipe_line(recipe, "engine"), f"expected rlaif or vllm, not {recipe.engine!r} (engine: "
+                        "openai is set in a stage's section, with its base_url and model)")
     for stage in STAGES:
         stage_config(recipe, stage, {})  # every section checked before anything runs
     if stage_config(recipe, "sample", {}).n < 2:
@@ -450,8 +455,16 @@ def stage_config(recipe: Recipe, stage: str, wiring: dict[str, Any]):
         if section.get(key):
             spec = split_weight(section[key])[0]
             section[key] = model_spec(recipe, spec) + section[key][len(spec):]  # and its ":WEIGHT", if any
-    with _blame(recipe, stage):
-        return cls(**{**section, **wiring})
+    inherited = recipe.engine is not None and "engine" in known and "engine" not in section
+    if inherited:  # the recipe's own engine, for a stage whose section names none
+        section["engine"] = recipe.engine
+    try:
+        with _blame(recipe, stage):
+            return cls(**{**section, **wiring})
+    except DataError as e:
+        if inherited and e.field == "engine":  # (vllm not installed): the recipe's line that asked for it
+            raise DataError(*recipe_line(recipe, "engine"), e.message) from None
+        raise
 
 
 # Models and constitutions a stage's section names: like the recipe's own, a path relative to the recipe's folder

@@ -1086,3 +1086,20 @@ def test_route_settings_by_set_and_what_a_route_uses(recipe_file):
         check_inputs(alone, plan(alone))
     with pytest.raises(DataError, match=r"ai_weight: 0, and no human file with a weight above 0"):
         plan(load_recipe(recipe_file, {"human": {"route": {"weight": 0}}, "ai_weight": 0}))
+
+
+def test_the_recipe_s_engine_is_each_stage_s_unless_its_section_says_otherwise(recipe_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))  # as if installed (only plans are made here)
+    placed = {f"{stage}.device": None for stage in ("critique", "sample", "ppo", "eval")}  # vLLM places its model
+    steps = plan(load_recipe(recipe_file, {"rounds": 1, "engine": "vllm", "label.engine": "rlaif",
+                                           "ppo.vllm_gpu_memory_utilization": 0.4, **placed}))
+    engines = {s.stage: getattr(s.config, "engine", None) for s in steps}
+    assert engines == {"critique": "vllm", "sft": None, "rankings": None, "sample": "vllm", "label": "rlaif",
+                       "reward": None, "ppo": "vllm", "eval": "vllm", "labeler-check": "rlaif"}  # as label
+    recipe_file.write_text(recipe_file.read_text() + "engine: openai\n")
+    with pytest.raises(DataError, match=r"recipe.yaml:\d+: engine: expected rlaif or vllm, not 'openai'"):
+        load_recipe(recipe_file)
+    recipe_file.write_text(recipe_file.read_text().replace("engine: openai", "engine: vllm"))
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed: the recipe's line that asked for it
+    with pytest.raises(DataError, match=r"recipe.yaml:\d+: engine: vllm is not installed here"):
+        load_recipe(recipe_file)
