@@ -378,7 +378,7 @@ def spawned(function, *args):
     """function(*args) in a fresh child process (spawned, so that it starts with no CUDA state), its result returned
     and its exception raised here (pickled whole: rlaif's errors keep their class and fields). vLLM takes its share
     of the GPU's memory when it starts and gives it back reliably only when its process ends: each use of vLLM that
-    must free the GPU for what comes next runs this way (rlaif.pipeline._in_child, rlaif.evaluate)."""
+    must free the GPU for what comes next runs this way (rlaif.launch.in_child, rlaif.evaluate)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 

@@ -78,6 +78,7 @@ from typing import Any
 
 from rlaif import human_route
 from rlaif.human_route import HumanRouteStopped  # noqa: F401  (rlaif run's stop, with LabelerGateStopped)
+from rlaif.launch import LAUNCHED, in_child, launched, run_stage
 from rlaif.recipe import (
     EXTENDS,
     Recipe,
@@ -114,7 +115,7 @@ class Step:
     state: str = ""  # what running it would do: run, resume, done, redo, or conflict (a directory it did not make)
     note: str = ""  # what else the plan should say: the file a rankings step imports, a longer run kept
     inputs: dict = field(default_factory=dict)  # what it reads that its config does not name (the labeler check's)
-    processes: int = 1  # a training stage under `accelerate launch` with this many processes (`_launched`)
+    processes: int = 1  # a training stage under `accelerate launch` with this many processes (rlaif.launch)
 
     def describe(self) -> str:
         return f"round {self.round}  {self.stage:9} {self.state:7} {shown_path(str(self.directory))}" + (
@@ -448,158 +449,22 @@ def _ran_with(step: Step) -> bool:
     return all(added_default(saved, k, added) == v for k, v in wanted.items() if k not in volatile and v is not None)
 
 
-STAGE_RUNS = {"critique": ("rlaif.critique", "run"), "sft": ("rlaif.sft", "run"), "rankings": ("rlaif.rankings", "run"),
-              "human": ("rlaif.human_route", "export"), "answers": ("rlaif.rankings", "run"),
-              "sample": ("rlaif.sample", "run"), "label": ("rlaif.label", "run"), "reward": ("rlaif.reward", "run"),
-              "ppo": ("rlaif.ppo.trainer", "run"), "dpo": ("rlaif.dpo", "run"), "grpo": ("rlaif.grpo", "run"),
-              "eval": ("rlaif.evaluate", "evaluate_policies"), CHECK: ("rlaif.report_card", "evaluate_labeler")}
-
-
 def _execute(step: Step, progress: bool) -> dict:
     """Run one step's stage; returns what the stage returns (its counts, with `summary`: read, used, left out). A
-    stage on vLLM (engine: vllm) runs in a child process of its own (`_in_child`)."""
+    stage on vLLM (engine: vllm) runs in a child process of its own (rlaif.launch.in_child)."""
     if step.stage == CHECK and not _write_check_pairs(step):
         raise DataError(step.config.pairs, None, None, "no human pair to check the labeler on: every pair of the "
                         "human files is a tie or held out by the reward stage (reward.eval_fraction); add human "
                         "pairs, or lower reward.eval_fraction")
     if step.processes > 1:
-        result = _launched(step)
+        result = launched(step)
     elif getattr(step.config, "engine", "rlaif") == "vllm":
-        result = _in_child(step, progress)
+        result = in_child(step, progress)
     else:
-        result = _run_stage(step.stage, step.config, progress)
+        result = run_stage(step.stage, step.config, progress)
     if step.stage == CHECK:  # the report card (rlaif.report_card), with what it read and its verdict
         result = {**result, "summary": f"{result['summary']}; {result['verdict']['text']}"}
     return result
-
-
-LAUNCHED = ("sft", "reward", "ppo", "dpo", "grpo")  # the stages `num_processes` spreads over processes
-
-
-def _launched(step: Step) -> dict:
-    """Run a training stage as `accelerate launch --num_processes N -m rlaif STAGE --config FILE` (FILE: the step's
-    settings), as examples/gpu/README.md shows it by hand, its output shown as it comes; returns the counts of its
-    manifest.json, with `summary`. The stage directory's lock passes to the launched processes for the run.
-
-    A process that fails on a user error or a PPO guard writes why to a file (rlaif.cli.fail) and exits non-zero,
-    which makes the launcher stop the others; the lowest rank's reason is raised here as it was there (a user error
-    as ConfigError, a stop as PPOStopped), and the launcher's own traceback about the failed process, which would
-    only repeat it, is not shown. Raises ConfigError when accelerate is not there or the launch fails otherwise (its
-    output, traceback included, above)."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import tempfile
-    import threading
-
-    import yaml
-
-    from rlaif.cli import LAUNCH_RESULT
-    from rlaif.records import Manifest, lock_stage, release_stage
-
-    accelerate = Path(sys.executable).with_name("accelerate")
-    if not accelerate.is_file():
-        raise ConfigError(f"num_processes: {step.processes} processes need accelerate's launcher, not found at "
-                          f"{accelerate} (pip install accelerate)", ["num_processes"])
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(step.config).items()}
-    with socket.socket() as probe:  # a free port for the processes to meet on, so that two runs can share a machine
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    # the precision a stage picks for itself, as in the run's own process (TRL's from the device; PPO's float32)
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(step.processes), "--num_machines",
-               "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
-               "rlaif", step.stage, "--config"]
-    release_stage(step.directory)
-    with tempfile.TemporaryDirectory(prefix="rlaif-launch-") as scratch:
-        config, results = Path(scratch) / f"{step.stage}.yaml", Path(scratch) / "results"
-        config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
-        results.mkdir()
-        launcher = subprocess.Popen([*command, str(config)], env={**os.environ, LAUNCH_RESULT: str(results)},
-                                    stderr=subprocess.PIPE)
-        held: list[bytes] = []  # the output from the first traceback or launcher warning on, kept until the end
-        forward = threading.Thread(target=_forward_stderr, args=(launcher.stderr, held), daemon=True)
-        forward.start()
-        try:
-            code = launcher.wait()
-        except KeyboardInterrupt:  # the launcher stops its workers on SIGINT (Ctrl-C sends it to it too)
-            launcher.send_signal(signal.SIGINT)
-            try:
-                launcher.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
-            raise
-        finally:
-            forward.join(timeout=10)
-        failures = sorted(results.glob("rank-*.json"), key=lambda f: int(f.stem.partition("-")[2]))
-        failure = json.loads(failures[0].read_text(encoding="utf-8")) if failures else None
-    if not failure and held:  # the output of a failure that is not a user's: shown whole
-        _write_stderr(b"".join(held))
-    lock_stage(step.directory)
-    if failure and failure["exit"] == 2:
-        from rlaif.ppo.trainer import PPOStopped
-
-        raise PPOStopped(failure["message"])
-    if failure:
-        raise ConfigError(failure["message"], [])
-    if code:
-        raise ConfigError(f"num_processes: {step.stage} under accelerate launch with {step.processes} processes "
-                          f"failed (exit {code}); its output is above", ["num_processes"])
-    counts = Manifest.load(step.directory).counts
-    used = f"; read {counts['read']}, used {counts['used']}" if "read" in counts and "used" in counts else ""
-    return {**counts, "summary": f"{step.processes} processes{used}"}
-
-
-# What starts the output of a failing launch: a process's traceback, or the launcher's report of it
-_FAILING = (b"Traceback (most recent call last)", b"torch.distributed.elastic", b"torch/distributed/elastic")
-
-
-def _forward_stderr(stream, held: list[bytes]) -> None:
-    """Copy a launch's error output to ours as it comes (progress bars included), until something in it says a
-    process failed: from there it is kept in `held`, for `_launched` to show or, when a process said why, drop."""
-    import os
-
-    while chunk := os.read(stream.fileno(), 65536):
-        if not held and not any(mark in chunk for mark in _FAILING):
-            _write_stderr(chunk)
-        else:
-            held.append(chunk)
-
-
-def _write_stderr(data: bytes) -> None:
-    import sys
-
-    if hasattr(sys.stderr, "buffer"):
-        sys.stderr.buffer.write(data)
-    else:  # a text stream standing in for stderr (a test runner's)
-        sys.stderr.write(data.decode("utf-8", "replace"))
-    sys.stderr.flush()
-
-
-def _run_stage(stage: str, config, progress: bool) -> dict:
-    from importlib import import_module
-
-    module, function = STAGE_RUNS[stage]
-    run = getattr(import_module(module), function)
-    return run(config) if stage in ("rankings", "answers") else run(config, progress=progress)
-
-
-def _in_child(step: Step, progress: bool) -> dict:
-    """Run a stage in a fresh child process (spawned, so that it starts with no CUDA state) and return its result;
-    its errors are raised here. vLLM takes its share of the GPU's memory when it starts (by default 0.92 of it for
-    generation and scoring, vllm_gpu_memory_utilization for PPO) and gives it back only when its process ends, so
-    a stage on vLLM must neither find the memory of the stages before it held by this process nor keep its own for
-    the stages after. The stage directory's lock passes to the child for the stage's run (the run's own lock stays
-    here)."""
-    from rlaif.engines import spawned
-    from rlaif.records import lock_stage, release_stage
-
-    release_stage(step.directory)
-    try:
-        return spawned(_run_stage, step.stage, step.config, progress)
-    finally:
-        lock_stage(step.directory)
 
 
 def summary(step: Step, result: dict) -> str:

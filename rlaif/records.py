@@ -136,7 +136,7 @@ class ConfigError(Exception):
             fields = head.split(", ") if sep and re.fullmatch(r"[a-z_]+(, [a-z_]+)*", head) else []
         self.fields = list(fields)
 
-    def __reduce__(self):  # raised in a child process (rlaif.pipeline._in_child) and again here
+    def __reduce__(self):  # raised in a child process (rlaif.launch.in_child) and again here
         return type(self), (str(self), self.fields)
 
 

@@ -802,7 +802,8 @@ def test_a_launched_stage_s_error_and_a_ppo_stop_come_back_once_with_their_exit_
     going on into a collective it would wait in), or a PPO guard that stops it: the run prints the stage's own message
     once, with no traceback from the launcher or the other process, and exits as `rlaif run` would in one process (a
     user error raised as ConfigError, a stop with exit status 2)."""
-    from rlaif.pipeline import Step, _launched
+    from rlaif.launch import launched
+    from rlaif.pipeline import Step
     from rlaif.ppo.config import PPOConfig
     from rlaif.sft import SFTConfig
 
@@ -812,7 +813,7 @@ def test_a_launched_stage_s_error_and_a_ppo_stop_come_back_once_with_their_exit_
                                                           model=str(tiny_model_dir), device="cpu"), processes=2)
     step.directory.mkdir()
     with pytest.raises(ConfigError, match=rf"{re.escape(str(data))}:1: messages"):
-        _launched(step)
+        launched(step)
     printed = capfd.readouterr()
     assert "messages" not in printed.err + printed.out and "Traceback" not in printed.err
 
@@ -823,7 +824,7 @@ def test_a_launched_stage_s_error_and_a_ppo_stop_come_back_once_with_their_exit_
                     reward_fn=["toy_rewards:refused_on_rank_one"], batch_size=2, max_new_tokens=4, device="cpu")
     (tmp_path / "ppo").mkdir()
     with pytest.raises(ConfigError, match="^reward: refused_on_rank_one says no on rank 1$"):
-        _launched(Step(1, "ppo", tmp_path / "ppo", ppo, processes=2))
+        launched(Step(1, "ppo", tmp_path / "ppo", ppo, processes=2))
     printed = capfd.readouterr()
     assert "refused_on_rank_one" not in printed.err + printed.out and "Traceback" not in printed.err
 

@@ -275,14 +275,14 @@ def test_grpo_on_vllm_is_trls_colocate_mode(vllm_calls, tiny_model_dir, tmp_path
 
 
 def test_a_stage_on_vllm_runs_in_a_child_process_whose_errors_come_back_whole(tiny_model_dir, tmp_path):
-    """rlaif.pipeline._in_child, with a stage on the local engine (vLLM needs a GPU): the result comes back, the
+    """rlaif.launch.in_child, with a stage on the local engine (vLLM needs a GPU): the result comes back, the
     stage directory's lock passes to the child and back, and a user's mistake is raised here as the same error,
     file, line and field included, so that the CLI prints it as it prints any other."""
     import pickle
 
     from rlaif.constitution import ConstitutionError, Problem
     from rlaif.label import LabelConfig
-    from rlaif.pipeline import _in_child
+    from rlaif.launch import in_child
     from rlaif.records import ConfigError, DataError, lock_stage
 
     for error in (DataError("a.jsonl", 3, "prompt", "missing"), ConfigError("top_p: no effect", ["top_p"])):
@@ -299,10 +299,10 @@ def test_a_stage_on_vllm_runs_in_a_child_process_whose_errors_come_back_whole(ti
     config = LabelConfig(candidates=str(pairs), out=str(tmp_path / "run"), labeler=str(tiny_model_dir),
                          few_shot=False, principles_per_comparison=1, device="cpu")
     step = types.SimpleNamespace(stage="label", config=config, directory=directory)
-    assert _in_child(step, progress=False)["labeled"] == 1
+    assert in_child(step, progress=False)["labeled"] == 1
     step.config = LabelConfig(**{**vars(config), "candidates": str(tmp_path / "missing.jsonl")})
     with pytest.raises(DataError, match="missing.jsonl: file not found") as raised:
-        _in_child(step, progress=False)
+        in_child(step, progress=False)
     assert raised.value.path == tmp_path / "missing.jsonl"
 
 

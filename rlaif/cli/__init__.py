@@ -59,7 +59,7 @@ class _Group(click.Group):
             fail("error", str(e), 1)
 
 
-# Set by `rlaif run --num-processes` (rlaif.pipeline._launched) for the stages it starts under accelerate launch: a
+# Set by `rlaif run --num-processes` (rlaif.launch.launched) for the stages it starts under accelerate launch: a
 # directory where each process that fails writes why.
 LAUNCH_RESULT = "RLAIF_LAUNCH_RESULT"
 
