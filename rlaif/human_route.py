@@ -180,6 +180,13 @@ def arrived(step: Step, answers: list[Step], weight: float, skip_human: bool, co
                 f"once people have answered, and {later} retrain with their answers")
     so_far = f" (so far {done} answered, with no pair to train on: ties, which rankings.ties skip leaves out)" \
         if done else ""
+    drawn = sum(row.get("why") == "random" for row in read_jsonl(step.directory / TASKS_FILE))
+    measure = (f"\nOnly the {drawn} drawn at random measure the AI labeler (the others were chosen because it was "
+               "unsure, where it would look worse than it is)")
+    if drawn < 20:  # reward.reliability_min_pairs' default, on the training side
+        measure += (": fewer than the 20 pairs the reward stage needs to measure it (reliability_min_pairs), so its "
+                    "labels stay unmeasured (weight 0 under label.gate: weight); raise human.route.budget or "
+                    "random_share for a later round")
     raise HumanRouteStopped(
         f"round {step.round} waits for people: rank the {total} pairs its AI labels were least sure of (and a random "
         f"share), exported to {folder}{so_far}.\n"
@@ -189,4 +196,5 @@ def arrived(step: Step, answers: list[Step], weight: float, skip_human: bool, co
         f"{folder}/{LABEL_STUDIO_EXPORT}\n"
         f"Then rerun the same command: {command}\n"
         f"The answers join the reward stage of round {step.round} and of every round after it, at weight {weight:g}; "
-        f"answers given later retrain them at the next rerun. To go on without waiting: {command} --skip-human")
+        f"answers given later retrain them at the next rerun. To go on without waiting: {command} --skip-human"
+        f"{measure}.")

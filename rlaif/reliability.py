@@ -12,7 +12,10 @@ the rows of source ai that name it in `labeler` (a row that names none belongs t
 and carry its `mode` (rlaif.label: compare, contrast or score; a row without one is compare), across every file: the
 same model's compare labels of round 1 and round 2 are one labeler, measured once, and its score labels another
 ("judge-7b (score)"), measured on its own score labels only. A pair is matched as `rankings.mix` matches it (same
-prompt, same two replies, either order); pairs people tied are left out; and a pair held out for evaluation
+prompt, same two replies, either order); pairs people tied are left out; pairs people answered because `rlaif rankings export` chose them for the labeler's
+doubt (a human row whose `why` is other than `random`) are left out, as a test of the labeler on the pairs it was
+least sure of would understate it (the export's random share is the unbiased sample; counted as `chosen_for_doubt`);
+and a pair held out for evaluation
 (`eval_data`, or the `eval_fraction` split: rlaif.reward.held_out_key) is never measured on, so the held-out accuracy
 stays a test on unseen pairs. On the n pairs left (`measure_labeler`, with rlaif.stats):
 
@@ -153,6 +156,7 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
     rows_of: Counter = Counter()  # labeler -> its rows in data
     origins: dict[str, set[str]] = defaultdict(set)  # labeler -> the calibration files that label for it
     model_mode: dict[str, tuple[str, str]] = {}  # labeler -> (model name, mode)
+    chosen_for_doubt: set[str] = set()  # pairs people answered that `rankings export` chose for the labeler's doubt
     for file, rows, weight, in_data in [(f, r, w, True) for f, r, w in sources] + [(f, r, 0.0, False)
                                                                                     for f, r in calibration]:
         for row in rows:
@@ -160,7 +164,9 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
             pair = texts.setdefault(key, tuple(sorted([row["chosen"][-1]["content"], row["rejected"][-1]["content"]])))
             toward = row["p_chosen"] if row["chosen"][-1]["content"] == pair[0] else 1.0 - row["p_chosen"]
             source = row.get("source", "human")
-            if source == "human":
+            if source == "human" and row.get("why") not in (None, "random"):
+                chosen_for_doubt.add(key)  # chosen because the labeler was unsure of it: not a fair test of it
+            elif source == "human":
                 people[key].append(toward)
             elif source == "ai":
                 name = labeler_of(row, file)
@@ -178,7 +184,7 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
         people.setdefault(key, ps)
     decided = {key for key, ps in people.items() if sum(ps) / len(ps) != 0.5}  # people's tie: no choice to agree with
     report: dict = {"mode": mode, "min_pairs": min_pairs, "human_pairs": sum(not is_held_out(k) for k in decided),
-                    "sources": {}, "warnings": []}
+                    "chosen_for_doubt": len(chosen_for_doubt - set(people)), "sources": {}, "warnings": []}
     slopes: dict[str, float | None] = {}  # labeler -> the slope its labels are calibrated with (None: as they are)
     zeroed: set[str] = set()
     explained: set[str] = set()  # calibration labelers a mode mismatch warning already names
@@ -198,7 +204,8 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
             other_modes = sorted(n for n in origins if n != name and model_mode[n][0] == model)
             explained.update(other_modes)
             entry["warning"] = _unmeasured_warning(name, len(measured), min_pairs, mode, label_mode,
-                                                   [(model_mode[n][1], sorted(origins[n])) for n in other_modes])
+                                                   [(model_mode[n][1], sorted(origins[n])) for n in other_modes],
+                                                   report["chosen_for_doubt"])
             if mode == "weight":
                 zeroed.add(name)
         else:
@@ -282,11 +289,15 @@ def _finding(m: dict) -> str:
 
 
 def _unmeasured_warning(name: str, pairs: int, min_pairs: int, mode: str, label_mode: str,
-                        other_modes: list[tuple[str, list[str]]]) -> str:
+                        other_modes: list[tuple[str, list[str]]], chosen_for_doubt: int = 0) -> str:
     """The warning for a labeler with too few measured pairs: what it gets under `mode`, how to go on, and where
     calibration files measured the same model in another mode, that they do not measure this one."""
     found = (f"only {pairs} training-side pair{'' if pairs == 1 else 's'} people also labelled were measured, and at "
              f"least {min_pairs} are needed to measure it (reliability_min_pairs)")
+    if chosen_for_doubt:
+        found += (f"; {chosen_for_doubt} more pairs people answered were chosen because the labeler was unsure of "
+                  "them (rankings export), which would understate it, so only the export's random share measures it "
+                  "(raise the budget or --random-share)")
     if mode == "weight":
         text = (f"AI labels of {name} get weight 0: {found}, so it cannot be shown to beat the baselines and its "
                 "labels are left out of training (reliability: weight). To train on them: give more human pairs it "

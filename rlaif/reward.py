@@ -25,12 +25,12 @@ runs with the same settings draw the same new head (and LoRA adapters) and write
 | `checkpoints/` | Trainer checkpoints (safetensors); a rerun resumes from the latest |
 
 How each AI labeler is measured against people, calibrated and weighed before the mix (`calibration`, `reliability`,
-`reliability_min_pairs`) is in rlaif.reliability. Beside it, metrics.json's `human_agreement` (rlaif.agreement) reads
-the same training-side pairs (held-out pairs left out, counted as `held_out_rows`), before any calibration: how
-often the people in `data` agree with each other where two or more answered a pair (percent agreement, Cohen's kappa
-or Krippendorff's alpha), and how often each AI labeler's principles (`principle_p`) pick people's majority, beside
-the length baselines. The calibration files' rows count toward people's majority and the AI's labels, never toward
-people's agreement with each other.
+`reliability_min_pairs`) is in rlaif.reliability. Beside it, metrics.json's `human_agreement` (rlaif.agreement),
+before any calibration: how often the people in `data` agree with each other where two or more answered a pair
+(percent agreement, Cohen's kappa or Krippendorff's alpha; every pair, held out or not), and how often each AI
+labeler's principles (`principle_p`) pick people's majority, beside the length baselines, on the pairs the reliability
+measure reads (training side, not chosen for the labeler's doubt: `human_agreement`). The calibration files' rows
+count toward people's majority and the AI's labels, never toward people's agreement with each other.
 
 Scoring API: `RewardModel.load(OUT).score(prompts, responses)` -> one reward per response (a tensor).
 """
@@ -435,30 +435,41 @@ def run(config: RewardConfig, progress: bool = True) -> dict:
 
 def human_agreement(sources: list[tuple[str, list[PreferenceRow], float]],
                     calibration: list[tuple[str, list[PreferenceRow]]], is_held_out) -> dict:
-    """rlaif.agreement's report on the training-side pairs of the data files (`sources`, as read) and of the
-    calibration files (read only to measure: their people count toward people's majority, not toward people's
-    agreement with each other). A pair held out for evaluation is left out (`left_out.reward_stage.held_out_rows`), as the
-    reliability measure leaves it out; an AI row that names no labeler is its file's (rlaif.reliability.labeler_of).
-    """
+    """rlaif.agreement's report on the data files (`sources`, as read) and the calibration files (read only to
+    measure: their people count toward people's majority, not toward people's agreement with each other).
+
+    People's agreement with each other is measured on every human row, held-out pairs included: it involves no
+    model, and pairs several people answered are few. Each AI labeler against people is measured on the
+    training-side pairs only (`left_out.reward_stage.held_out_rows`), as the reliability measure is, and, as it is,
+    not on pairs people answered because `rankings export` chose them for the labeler's doubt (a human row whose
+    `why` is other than random: `left_out.reward_stage.chosen_for_doubt_rows`). An AI row that names no labeler is
+    its file's (rlaif.reliability.labeler_of)."""
     from rlaif.agreement import agreement_report
     from rlaif.rankings import pair_key
 
-    held_out = 0
+    def named(file: str, rows: list[PreferenceRow]) -> list[PreferenceRow]:
+        return [{**row, "labeler": file} if row.get("source") == "ai" and not row.get("labeler") else row
+                for row in rows]
 
-    def training_side(file: str, rows: list[PreferenceRow]) -> list[PreferenceRow]:
-        nonlocal held_out
-        kept = []
-        for row in rows:
-            if is_held_out(pair_key(row)):
-                held_out += 1
-            else:
-                kept.append({**row, "labeler": file} if row.get("source") == "ai" and not row.get("labeler") else row)
-        return kept
-
-    rows = [row for file, file_rows, _ in sources for row in training_side(file, file_rows)]
-    measure_only = [row for file, file_rows in calibration for row in training_side(file, file_rows)]
-    report = agreement_report(rows, measure_only)
-    report["left_out"]["reward_stage"] = {"held_out_rows": held_out}
+    every = [row for file, rows, _ in sources for row in named(file, rows)]
+    extra = [row for file, rows in calibration for row in named(file, rows)]
+    held = [row for row in every + extra if is_held_out(pair_key(row))]
+    doubt = [row for row in every + extra if row.get("source") == "human" and row.get("why") not in (None, "random")
+             and not is_held_out(pair_key(row))]
+    fair = lambda rows: [r for r in rows if not is_held_out(pair_key(r)) and not (
+        r.get("source") == "human" and r.get("why") not in (None, "random"))]
+    report = agreement_report(fair(every), fair(extra))
+    people = agreement_report(every, extra)  # people with each other: every human row
+    report.update(inter_annotator=people["inter_annotator"], annotators=people["annotators"],
+                  human_pairs=people["human_pairs"], rows=people["rows"])
+    report["left_out"]["inter_annotator"] = people["left_out"]["inter_annotator"]
+    report["notes"] = [n for n in report["notes"] if not n.startswith("people's agreement with each other")] + [
+        n for n in people["notes"] if n.startswith("people's agreement with each other")]
+    report["left_out"]["reward_stage"] = {"held_out_rows": len(held), "chosen_for_doubt_rows": len(doubt)}
+    if doubt:
+        report["notes"].append(f"{len(doubt)} human rows answer pairs chosen for the labeler's doubt (rankings export): "
+                               "they train, and count in people's agreement with each other, but do not measure the "
+                               "AI labels, which would look worse on them than they are")
     return report
 
 

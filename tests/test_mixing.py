@@ -497,3 +497,22 @@ def test_the_report_shows_each_rounds_reliability_decision(tmp_path):
     warnings = re.search(r"<ul class=note>(.*?)</ul>", page).group(1)
     assert warnings.count("<li>") == 2 and "AI labels of HuggingFaceTB/SmolLM2-135M-Instruct (score) get weight 0" \
         in warnings and "AI labels of &lt;b&gt;tiny&lt;/b&gt; get weight 0: only 3 training-side pairs" in warnings
+
+
+def test_pairs_people_answered_because_the_labeler_doubted_them_do_not_measure_it():
+    """Human rows that `rankings export` chose for the labeler's doubt (why: uncertain, inconsistent, ...) train but
+    never measure: on them a labeler is near chance by construction. Its random share measures it."""
+    humans = people(40)
+    routed = [{**h, "why": "random" if i < 20 else "uncertain"} for i, h in enumerate(humans)]
+    ai = labels(humans[:20], 18) + labels(humans[20:], 10)  # right on 18 of the random 20, 10 of the doubted 20
+    sources, report = weigh_sources([("human.jsonl", routed, 1.0), ("ai.jsonl", ai, 1.0)], [], never)
+    entry = report["sources"][LABELER]
+    assert report["chosen_for_doubt"] == 20 and report["human_pairs"] == 20
+    assert entry["pairs"] == 20 and entry["agreement"]["value"] == pytest.approx(0.9) and entry["beats"]
+    assert sources[0][1] == routed  # they still train
+    # measured on every pair, the same labeler would be at 28 of 40
+    plain, mixed = weigh_sources([("human.jsonl", humans, 1.0), ("ai.jsonl", ai, 1.0)], [], never)
+    assert mixed["sources"][LABELER]["agreement"]["value"] == pytest.approx(0.7)
+    few = weigh_sources([("human.jsonl", routed[15:], 1.0), ("ai.jsonl", ai[15:], 1.0)], [], never)[1]
+    assert few["sources"][LABELER]["decision"] == "too few pairs"
+    assert "20 more pairs people answered were chosen because the labeler was unsure" in few["warnings"][0]

@@ -902,6 +902,9 @@ def test_a_route_stops_after_label_until_people_answer(routed, monkeypatch):
     assert "Then rerun the same command: rlaif run recipe.yaml --set ppo.steps=1" in output
     assert "at weight 3;" in output and "To go on without waiting: rlaif run recipe.yaml --set ppo.steps=1 " \
                                        "--skip-human" in output
+    drawn = sum(t.get("why") == "random" for t in read_jsonl(folder / "tasks.jsonl"))
+    assert f"Only the {drawn} drawn at random measure the AI labeler" in output
+    assert "fewer than the 20 pairs the reward stage needs to measure it (reliability_min_pairs)" in output
     # A rerun without answers stops again, and runs nothing again.
     again = CliRunner().invoke(cli, ["run", "recipe.yaml", "--set", "ppo.steps=1"])
     assert again.exit_code == 2 and "stopped: round 1 waits for people" in again.output

@@ -182,7 +182,7 @@ def test_training_learns_a_separable_preference(tmp_path, tiny_model_dir):
     assert run(config, progress=False) == json.loads((tmp_path / "rm" / "metrics.json").read_text())
 
 
-def test_human_agreement_reads_the_training_side_pairs_and_calibration_files_only_to_measure():
+def test_human_agreement_measures_people_on_every_pair_and_the_ai_on_the_training_side_fair_pairs():
     from rlaif.reward import held_out_key, human_agreement
 
     def row(i, who, chosen="A careful, complete answer.", rejected="No."):
@@ -204,14 +204,21 @@ def test_human_agreement_reads_the_training_side_pairs_and_calibration_files_onl
     assert 5 < len(kept) < 46
     held_rows = sum(3 + (i < 4) if i < 40 else 2 for i in range(46) if i not in kept)  # as reliability leaves them
     assert report["left_out"]["reward_stage"]["held_out_rows"] == held_rows
-    inter = report["inter_annotator"]  # dee, read only to measure, is not among the annotators
-    assert inter["pairs"] == sum(i < 40 for i in kept) and report["annotators"] == 2 + any(i < 4 for i in kept)
+    inter = report["inter_annotator"]  # every pair, held out or not; dee, read only to measure, not among them
+    assert inter["pairs"] == 40 and report["annotators"] == 3
     (name,) = report["human_ai"]
     assert name == "ai.jsonl"  # rows that name no labeler: their file's, as rlaif.reliability names them
     entry = report["human_ai"][name]
     assert entry["pairs"] == len(kept)  # dee's pairs measured too
     assert entry["principles"]["harm"]["agreement"]["value"] == 1.0
     assert entry["principles"]["help"]["agreement"]["value"] == 0.0
+    # pairs people answered because the labeler doubted them (rankings export's `why`) do not measure it
+    doubted = [{**r, "why": "uncertain"} if int(r["id"].split("-")[0]) < 20 else r for r in people]
+    report = human_agreement([("human.jsonl", doubted, 1.0), ("ai.jsonl", ai, 1.0)], [("check.jsonl", calibration)],
+                             held)
+    assert report["human_ai"][name]["pairs"] == sum(i >= 20 for i in kept)
+    assert report["left_out"]["reward_stage"]["chosen_for_doubt_rows"] == sum(2 + (i < 4) for i in kept if i < 20)
+    assert report["inter_annotator"]["pairs"] == 40  # people with each other: every pair still
 
 
 def test_lora_and_cli(tmp_path, tiny_model_dir):
