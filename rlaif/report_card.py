@@ -83,6 +83,7 @@ not fit in it is left out of the report card (`too_long`).
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -301,12 +302,16 @@ def order_free_rows(pairs: list, p_human: list[float], principles: list[list[str
 
 def load_human_pairs(path: Path | str, limit: int | None = None, tally: Tally | None = None):
     """Human-labelled pairs as rlaif.label.Pair with `first` the response people chose, from the first `limit`
-    pairs of the file. A pair with an empty reply, or two replies equal after stripping, is left out and counted in
-    `tally` under its reason (`records.reply_problem`): it would ask the labeler to judge nothing. A row with a
-    `p_chosen` other than 1 or a `source` other than human (a soft, tied or AI label) is a DataError: it names no
-    person's choice."""
+    rows of the file. A pair with an empty reply, or two replies equal after stripping, is left out and counted in
+    `tally` under its reason (`records.reply_problem`): it would ask the labeler to judge nothing. A pair several
+    people answered (several rows with the same prompt and replies, in either order) is one pair, `first` their
+    majority's choice (a tie row, p_chosen 0.5, counts half each way); the rows after its first are counted as
+    `answered_again`, and a pair on which people are even (`people_tied`) is left out: it names no choice. A row
+    with a `source` other than human (an AI label), or a `p_chosen` other than 1, 0.5 or 0, is a DataError: it names
+    no person's choice."""
     from rlaif.label import Pair, load_pairs
     from rlaif.loaders import load_hh_preferences
+    from rlaif.records import iter_jsonl
 
     path = Path(path)
     tally = tally if tally is not None else Tally("pairs")
@@ -318,29 +323,59 @@ def load_human_pairs(path: Path | str, limit: int | None = None, tally: Tally | 
     if isinstance(first.get("chosen"), str) and "prompt" not in first:
         rows = load_hh_preferences(path, limit, skip_empty=True, tally=tally)
         return [Pair(r["id"], r["prompt"], r["chosen"][-1]["content"], r["rejected"][-1]["content"]) for r in rows]
-    from rlaif.records import iter_jsonl
-
-    for line, row in iter_jsonl(path):  # `first` is people's choice: a soft, tied or AI label names none
-        if "p_chosen" in row and (row.get("source", "human") != "human" or row["p_chosen"] != 1):
+    p_of = {}
+    for line, row in iter_jsonl(path):  # `first` is people's choice: an AI label names none
+        if "p_chosen" in row and (row.get("source", "human") != "human" or row["p_chosen"] not in (0, 0.5, 1)):
             raise DataError(path, line, "p_chosen", f"{row['p_chosen']!r} from source {row.get('source', 'human')!r} "
-                                                    "is not a person's choice; give pairs people chose between (`rlaif "
-                                                    "rankings import` with --ties skip writes them)")
-    return load_pairs(path, tally, limit)
+                            "is not a person's choice (1, or 0.5 for a tie); give pairs people chose between (`rlaif "
+                            "rankings import` writes them)")
+        p_of[str(row.get("id"))] = outcome(row["p_chosen"]) if "p_chosen" in row else 1.0
+    loaded = load_pairs(path, tally, limit)
+    groups: dict[tuple, list] = {}
+    for pair in loaded:
+        groups.setdefault((json.dumps(pair.prompt, sort_keys=True), *sorted((pair.first, pair.second))), []).append(pair)
+    pairs = []
+    for (_, reference, _other), members in groups.items():
+        toward = [p_of.get(m.id, 1.0) if m.first == reference else 1.0 - p_of.get(m.id, 1.0) for m in members]
+        mean = sum(toward) / len(toward)
+        head = members[0]
+        tally.used -= len(members)
+        if len(members) > 1:
+            tally.leave_out("answered_again", len(members) - 1)
+        if mean == 0.5:
+            tally.leave_out("people_tied")
+            continue
+        tally.used += 1
+        winner, loser = (head.first, head.second) if (head.first == reference) == (mean > 0.5) else \
+            (head.second, head.first)
+        pairs.append(Pair(head.id, head.prompt, winner, loser))
+    return pairs
 
 
-def human_agreement(path: Path | str, pairs: list, judged: list[list], labeler: str) -> dict:
-    """rlaif.agreement's report on the judged pairs (rlaif.label.Pair, `first` the reply people chose): each pair
-    as people's row, with the `annotator` its row in the file names (hh-rlhf transcripts name none), and the
-    labeler's both-order judgement under every principle drawn for it (`label_rows`, all principles)."""
+def human_agreement(path: Path | str, pairs: list, judged: list[list], labeler: str, limit: int | None = None) -> dict:
+    """rlaif.agreement's report on the file's pairs (its first `limit` rows, as `load_human_pairs` reads them):
+    every person's row, with the `annotator` it names (hh-rlhf transcripts name none; a pair people split evenly
+    counts in their agreement with each other), and the labeler's both-order judgement of the judged pairs
+    (rlaif.label.Pair, `first` the reply people chose) under every principle drawn for it (`label_rows`, all
+    principles)."""
     from rlaif.agreement import agreement_report
 
+    def as_row(pair, **more) -> dict:
+        return {"id": pair.id, "prompt": pair.prompt, "chosen": [{"role": "assistant", "content": pair.first}],
+                "rejected": [{"role": "assistant", "content": pair.second}], "p_chosen": 1.0, "source": "human",
+                **more}
+
     first = next(read_jsonl(path), {})
-    annotators = {} if "prompt" not in first else {
-        str(row["id"]): str(row["annotator"]) for row in read_jsonl(path)
-        if "id" in row and row.get("annotator") not in (None, "")}
-    people = [{"id": pair.id, "prompt": pair.prompt, "chosen": [{"role": "assistant", "content": pair.first}],
-               "rejected": [{"role": "assistant", "content": pair.second}], "p_chosen": 1.0, "source": "human",
-               **({"annotator": annotators[pair.id]} if pair.id in annotators else {})} for pair in pairs]
+    if "prompt" in first:  # every person's row
+        from rlaif.label import load_pairs
+
+        rows = {str(row.get("id")): row for row in read_jsonl(path)}
+        people = [as_row(pair, p_chosen=rows[pair.id].get("p_chosen", 1.0),
+                         **({"annotator": str(rows[pair.id]["annotator"])}
+                            if rows[pair.id].get("annotator") not in (None, "") else {}))
+                  for pair in load_pairs(path, limit=limit)]
+    else:
+        people = [as_row(pair) for pair in pairs]
     return agreement_report(people + label_rows(pairs, judged, "all", True, labeler, 0.0))
 
 
@@ -459,7 +494,7 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
         "baselines": {name: mode_metrics(*prediction) for name, prediction in skeptics.items()},
         "per_principle": {pid: {"pairs": len(ps), "agreement": _interval(stats.agreement, ps)}
                           for pid, ps in sorted(per_principle.items())},
-        "human_agreement": human_agreement(config.pairs, pairs, judged, config.labeler),
+        "human_agreement": human_agreement(config.pairs, pairs, judged, config.labeler, config.limit),
     }
     if remote:
         report["not_measured"] = {"modes": ["chain of thought", "likelihood contrast", "score difference"],

@@ -76,7 +76,7 @@ def test_label_and_constitution_diff_read_preference_rows_given_as_text(tmp_path
 
 @pytest.mark.parametrize(("row", "shown"), [({"p_chosen": 0.3, "source": "ai"}, "0.3 from source 'ai'"),
                                              ({"p_chosen": 0.9, "source": "ai"}, "0.9 from source 'ai'"),
-                                             ({"p_chosen": 0.5, "source": "human"}, "0.5 from source 'human'")])
+                                             ({"p_chosen": 0.8, "source": "human"}, "0.8 from source 'human'")])
 def test_the_labeler_report_card_takes_only_peoples_choices(tmp_path, row, shown):
     from rlaif.evaluate import load_human_pairs
 
@@ -86,6 +86,27 @@ def test_the_labeler_report_card_takes_only_peoples_choices(tmp_path, row, shown
         load_human_pairs(path)
     assert [(p.first, p.second) for p in load_human_pairs(save(tmp_path / "hard.jsonl", jsonl(hard)))] == [
         ("Hello", "Go.")]
+
+
+def test_a_pair_several_people_answered_is_one_pair_facing_their_majority(tmp_path):
+    """Rows of one pair (either order) are one pair, its `first` people's majority (a tie counting half each way);
+    people evenly split leave it out. Ties are people's answers: read, not refused."""
+    from rlaif.evaluate import load_human_pairs
+    from rlaif.records import Tally
+
+    ana = {"id": "t1-ana", "prompt": "Hi", "chosen": "Hello", "rejected": "Go.", "p_chosen": 1.0, "source": "human"}
+    ben = ana | {"id": "t1-ben", "chosen": "Go.", "rejected": "Hello"}  # the other way
+    cy = ana | {"id": "t1-cy", "p_chosen": 0.5}  # a tie
+    dee = {"id": "t2-dee", "prompt": "Bye", "chosen": "Farewell.", "rejected": "Later.", "p_chosen": 1.0,
+           "source": "human"}
+    eve = dee | {"id": "t2-eve", "chosen": "Later.", "rejected": "Farewell."}
+    tally = Tally("pairs")
+    pairs = load_human_pairs(save(tmp_path / "pairs.jsonl", jsonl(ana, ben, dee, eve, cy)), tally=tally)
+    assert pairs == []  # t1: 1 + 0 + 0.5 of 3 is even; t2: one each way
+    assert tally.counts() == {"read": 5, "used": 0, "left_out": 5, "left_out_answered_again": 3,
+                              "left_out_people_tied": 2}
+    pairs = load_human_pairs(save(tmp_path / "two.jsonl", jsonl(ana, dee, cy)))
+    assert [(p.id, p.first, p.second) for p in pairs] == [("t1-ana", "Hello", "Go."), ("t2-dee", "Farewell.", "Later.")]
 
 
 def test_preferences_written_by_label_read_back_by_reward_and_dpo(tmp_path):

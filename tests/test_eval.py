@@ -355,8 +355,9 @@ def test_the_report_card_sets_peoples_agreement_beside_the_labelers(tmp_path):
     inter = agreement["inter_annotator"]
     assert inter["pairs"] == 6 and inter["annotators"] == 2
     assert inter["percent_agreement"]["value"] == pytest.approx(5 / 6) and inter["kappa"]["value"] == pytest.approx(2 / 3)
-    lab = agreement["human_ai"]["lab"]  # the last pair people tied: left out
-    assert lab["pairs"] == 5 and lab["left_out"]["people_tied"] == 1
+    assert len(pairs) == 5  # the last pair people split evenly: not put to the labeler, in their agreement still
+    lab = agreement["human_ai"]["lab"]
+    assert lab["pairs"] == 5 and agreement["left_out"]["human_ai"]["people_tied"] == 1
     harm = lab["principles"]["harm"]
     assert harm["agreement"]["value"] == 1.0 and lab["principles"]["help"]["agreement"]["value"] == 0.0
     # harm agrees with people exactly as often as "prefer the longer reply": the baseline says so beside it
@@ -376,9 +377,12 @@ def test_the_report_card_sets_peoples_agreement_beside_the_labelers(tmp_path):
     assert text.index("a fair coin") < text.index(ceiling) < text.index(" ".join(report["verdict"]["text"].split()))
     assert "Per principle against people's majority (each pair once), beside the baselines on the same pairs: lab" in text
     assert "harm │ 5 │ 100.0% [" in text and "help │ 5 │ 0.0% [" in text and "left out: people_tied 1" in text
-    # a report card without it (hh-rlhf pairs name no annotator) prints neither
+    # a report card without it (pairs that name no annotator, as hh-rlhf's) prints neither
+    anonymous = tmp_path / "anonymous.jsonl"
+    anonymous.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "annotator"}) + "\n"
+                                 for line in path.read_text().splitlines()))
     console = Console(record=True, width=400)
-    print_labeler_report({**report, "human_agreement": human_agreement(path, pairs[:1], judged[:1], "lab")}, console)
+    print_labeler_report({**report, "human_agreement": human_agreement(anonymous, pairs, judged, "lab")}, console)
     assert "People with each other" not in console.export_text()
 
 
