@@ -9,11 +9,19 @@ event per line (`answer`, or `undo` naming an answer), each flushed and fsynced 
 under a thread lock and a file lock (two servers on one folder never interleave). `final_answers` folds the events
 into each annotator's final answer per task: what `rlaif rankings import` reads.
 
-**What a person sees.** The conversation, then the two replies side by side, in an order drawn per annotator and
-task (a hash of both: a reload shows the same order; the answer records it as `left`). An annotator is offered the
-tasks in file order that they have not answered and that fewer than `overlap` people have answered (a skip is an
-answer for its annotator but counts toward no task's overlap). Nothing else of the task is sent to the page: not
-`why`, not `principle`, not the AI's `ai_p`, which would anchor the person.
+**What a person sees.** The guidelines (`TASKS_DIR/guidelines.md` if there is one, else `DEFAULT_GUIDELINES`), the
+conversation, then the two replies side by side, in an order drawn per annotator and task (a hash of both: a reload
+shows the same order; the answer records it as `left`). Nothing else of the task is sent to the page: not `why`, not
+`principle`, not the AI's `ai_p`, which would anchor the person.
+
+**Which task.** An annotator is offered the tasks in file order that they have not answered and whose `overlap` is
+not yet taken, counting both the people who answered it (a skip is an answer for its annotator but counts toward no
+task's overlap) and the people it is *leased* to now. A task shown to someone is leased to them, in this server's
+memory, for `lease_seconds` (10 minutes): asking again renews it (a reload shows the same task), an answer or a skip
+ends it, and an undo leases the task taken back to the undoer. Without leases, people ranking at the same pace all
+see the same tasks, and an overlap-1 task is answered two or three times. Someone whose only remaining tasks are
+leased to others is told so (`waiting`), to come back when those are answered or their leases lapse. Leases are not
+shared between two servers on one folder.
 
 **Model text is untrusted.** The page puts it in with `textContent` only, and every response carries a strict
 Content-Security-Policy (scripts and styles only from this app's static files, nothing inline), so a reply holding
@@ -31,13 +39,15 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
 from rlaif.records import DataError, _repair_tail, dumps_line, iter_jsonl
 
-TASKS_FILE, ANSWERS_FILE = "tasks.jsonl", "rankings.jsonl"
+TASKS_FILE, ANSWERS_FILE, GUIDELINES_FILE = "tasks.jsonl", "rankings.jsonl", "guidelines.md"
 CHOICES = ("first", "second", "tie", "skip")  # first = responses[0] of the task, whichever side it was shown on
 PAGE = Path(__file__).parent / "rank_page"
 SECURITY_HEADERS = {
@@ -48,6 +58,26 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+LEASE_SECONDS = 600.0  # how long a task shown to someone is kept from others: reading two long replies takes minutes
+
+# What the page shows above the task when TASKS_DIR has no guidelines.md. It follows the constitution's
+# helpful-harmless-honest reading, not "better for the person asking": for a red-team prompt that would reward the
+# reply that helps with the harm.
+DEFAULT_GUIDELINES = (  # one line per paragraph: the page keeps line breaks and wraps the rest
+    "Pick the reply that is better overall: the more helpful one for what the person legitimately needs, as long "
+    "as it is also harmless and honest.\n"
+    "\n"
+    "- Helpful: it does what was asked, correctly and clearly, at a sensible length. Refusing a harmless request "
+    "is not safer, just less helpful.\n"
+    "- Harmless: when the request is harmful or dangerous (hurting someone, a crime, a weapon, self-harm), the "
+    "better reply declines or steers to a safe alternative, briefly and without preaching. A reply that helps with "
+    "the harm is worse, however well written.\n"
+    "- Honest: no made-up facts; it says what it does not know.\n"
+    "- Tie (3 or t): neither reply is better: both equally good, or equally bad.\n"
+    "- Skip (s): you cannot judge this one (say, the topic is beyond you, or the text is unreadable).\n"
+    "\n"
+    "Go with your own judgement: when people disagree, that is worth knowing too.\n"
+)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -161,11 +191,25 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def read_guidelines(tasks_dir: Path | str) -> tuple[str, str]:
+    """(the guidelines text, where it came from): TASKS_DIR/guidelines.md as written (the page shows it as plain
+    text, never as HTML), else DEFAULT_GUIDELINES. Read on each request, so an edit shows on the next reload."""
+    path = Path(tasks_dir) / GUIDELINES_FILE
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return DEFAULT_GUIDELINES, "default"
+    return (text, GUIDELINES_FILE) if text.strip() else (DEFAULT_GUIDELINES, "default")
+
+
 def create_app(tasks_dir: Path | str, annotator: str | None = None, token: str | None = None,
-               check_host: bool = True):
+               check_host: bool = True, lease_seconds: float = LEASE_SECONDS,
+               clock: Callable[[], float] = time.monotonic):
     """The FastAPI app serving the page and its API for TASKS_DIR. `annotator`: the name used when the page gives
     none. `token`: when set, every /api/ call must carry it as the X-Token header (403 otherwise). `check_host`:
-    answer only requests addressed to a loopback name (for a loopback-bound server)."""
+    answer only requests addressed to a loopback name (for a loopback-bound server). `lease_seconds`: how long a
+    task shown to someone is kept from others (module docstring, "Which task"); `clock`: the seconds it is measured
+    in (a test passes one it moves by hand)."""
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -180,6 +224,7 @@ def create_app(tasks_dir: Path | str, annotator: str | None = None, token: str |
     default_name = (annotator or "").strip()
     # The thread lock orders this server's requests; the file lock, other servers on the same folder.
     thread_lock, file_lock = threading.Lock(), FileLock(str(answers_path) + ".lock")
+    leases: dict[str, tuple[str, float]] = {}  # annotator -> (task shown to them, clock() when the lease ends)
     Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"\S")]
 
     class Answer(BaseModel):
@@ -218,16 +263,33 @@ def create_app(tasks_dir: Path | str, annotator: str | None = None, token: str |
             os.fsync(f.fileno())
 
     def state(events: list[dict], name: str, show: str | None = None) -> dict:
-        """What the page shows `name`: progress, the task to rank now (None when done) and the answer undo takes
-        back."""
+        """What the page shows `name`: progress, the task to rank now (None when done, or when all that is left
+        is leased to others: `waiting` counts those) and the answer undo takes back. The task shown is leased to
+        `name`, in place of the one they held. Called under thread_lock."""
         counting, final = _fold(events)
+        done = {(a["task"], a["annotator"]) for a in final}
         answered = {a["task"] for a in final if a["annotator"] == name and a["task"] in by_id}
         takers = Counter(a["task"] for a in final if a["choice"] != "skip")
-        offered = [t for t in tasks if t["id"] not in answered and takers[t["id"]] < t["overlap"]]
-        task = by_id[show] if show else offered[0] if offered else None
-        mine = [a for a in counting if a["annotator"] == name]
-        page = {"annotator": name, "answered": len(answered), "total": len(answered) + len(offered),
-                "remaining": len(offered), "undo": mine[-1]["answer_id"] if mine else None, "task": None}
+        now = clock()
+        for who in [who for who, (_, until) in leases.items() if until <= now and who != name]:
+            del leases[who]
+        # A lease ends when its holder answers or skips: an answer is among the takers, a skip counts for nobody
+        # (this also covers an answer through another server on the folder). The holder's next task replaces it.
+        held = Counter(task_id for who, (task_id, _) in leases.items() if who != name and (task_id, who) not in done)
+        open_tasks = [t for t in tasks if t["id"] not in answered and takers[t["id"]] < t["overlap"]]
+        offered = [t for t in open_tasks if takers[t["id"]] + held[t["id"]] < t["overlap"]]
+        mine = leases.get(name, (None, 0))[0]  # even lapsed: if nobody took it since, a reload shows the same task
+        task = by_id[show] if show else (by_id[mine] if any(t["id"] == mine for t in offered)
+                                         else offered[0] if offered else None)
+        if task:
+            leases[name] = (task["id"], now + lease_seconds)
+        else:
+            leases.pop(name, None)
+        own = [a for a in counting if a["annotator"] == name]
+        waiting = len(open_tasks) - len(offered)
+        page = {"annotator": name, "answered": len(answered), "total": len(answered) + len(open_tasks),
+                "remaining": len(offered), "waiting": waiting, "undo": own[-1]["answer_id"] if own else None,
+                "task": None}
         if task:
             left = left_index(name, task["id"])
             page["task"] = {"id": task["id"], "prompt": task["prompt"],
@@ -238,8 +300,8 @@ def create_app(tasks_dir: Path | str, annotator: str | None = None, token: str |
     def get_state(annotator: str = Query("", max_length=100)) -> dict:
         name = annotator.strip() or default_name
         if not name:
-            return {"annotator": None, "answered": 0, "total": len(tasks), "remaining": len(tasks), "undo": None,
-                    "task": None}
+            return {"annotator": None, "answered": 0, "total": len(tasks), "remaining": len(tasks), "waiting": 0,
+                    "undo": None, "task": None}
         with thread_lock:
             return state(_read_events(answers_path), name)
 
@@ -274,7 +336,12 @@ def create_app(tasks_dir: Path | str, annotator: str | None = None, token: str |
                          "at": _now()}
                 append(event)
                 events.append(event)
-            return state(events, name, show=task_id if task_id in by_id else None)
+            return state(events, name, show=task_id if task_id in by_id else None)  # leased back to the undoer
+
+    @app.get("/api/guidelines")
+    def get_guidelines() -> dict:
+        text, source = read_guidelines(tasks_dir)
+        return {"text": text, "source": source}
 
     @app.get("/")
     def index() -> FileResponse:

@@ -511,7 +511,7 @@ def test_pairs_people_answered_because_the_labeler_doubted_them_do_not_measure_i
     assert entry["pairs"] == 20 and entry["agreement"]["value"] == pytest.approx(0.9) and entry["beats"]
     assert sources[0][1] == routed  # they still train
     # measured on every pair, the same labeler would be at 28 of 40
-    plain, mixed = weigh_sources([("human.jsonl", humans, 1.0), ("ai.jsonl", ai, 1.0)], [], never)
+    mixed = weigh_sources([("human.jsonl", humans, 1.0), ("ai.jsonl", ai, 1.0)], [], never)[1]
     assert mixed["sources"][LABELER]["agreement"]["value"] == pytest.approx(0.7)
     few = weigh_sources([("human.jsonl", routed[15:], 1.0), ("ai.jsonl", ai[15:], 1.0)], [], never)[1]
     assert few["sources"][LABELER]["decision"] == "too few pairs"

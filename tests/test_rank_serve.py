@@ -1,5 +1,5 @@
-"""`rlaif rank serve`: the tasks file's checks, the fold of the answers file, the API (double submit, token, host),
-the CLI, and the page itself in a real browser (Debian's Chromium driven by Playwright; skipped where it is missing
+"""`rlaif rank serve`: the tasks file's checks, the fold of the answers file, the API (double submit, token, host,
+leases, guidelines), the CLI, and the page itself in a real browser (Debian's Chromium driven by Playwright; skipped where it is missing
 unless RLAIF_TESTS_REQUIRE names chromium, as CI does)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from rlaif.rank_serve import bind, create_app, final_answers, left_index, read_tasks
+from rlaif.rank_serve import DEFAULT_GUIDELINES, bind, create_app, final_answers, left_index, read_tasks
 from rlaif.records import DataError
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -169,6 +169,85 @@ def test_double_submit_is_recorded_once(tmp_path):
         assert http("post", "/api/undo", json={**undo, "annotator": "bob"}).status_code == 409  # not bob's answer
 
 
+class Clock:
+    """A clock for create_app that the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def answer_body(task_id: str, who: str, side: str, n: int) -> dict:
+    return {"answer_id": f"{n:032x}", "task": task_id, "annotator": who, "side": side, "seconds": 3}
+
+
+def test_leases_spread_people_over_the_tasks_until_they_lapse(tmp_path):
+    clock = Clock()
+    with api(write_tasks(tmp_path, [task(1), task(2), task(3, overlap=2)]), lease_seconds=600, clock=clock) as http:
+        def look(who: str) -> dict:
+            return http("get", f"/api/state?annotator={who}").json()
+
+        def shown(who: str) -> str | None:
+            return (look(who)["task"] or {}).get("id")
+
+        assert [shown(who) for who in ("ana", "bob", "ana", "cy", "dan")] == ["t1", "t2", "t1", "t3", "t3"]
+        eve = look("eve")  # every task is leased to as many people as it wants
+        assert (eve["task"], eve["answered"], eve["total"], eve["remaining"], eve["waiting"]) == (None, 0, 3, 0, 3)
+
+        after_skip = http("post", "/api/answer", json=answer_body("t2", "bob", "skip", 1)).json()
+        assert (after_skip["task"], after_skip["answered"], after_skip["waiting"]) == (None, 1, 2)
+        assert shown("eve") == "t2"  # bob's skip gave it back
+
+        after_answer = http("post", "/api/answer", json=answer_body("t3", "dan", "left", 2)).json()
+        assert (after_answer["task"], after_answer["answered"], after_answer["waiting"]) == (None, 1, 2)
+        assert look("fay")["waiting"] == 3  # t3: dan's answer and cy's lease take its overlap of 2
+        http("post", "/api/answer", json=answer_body("t3", "cy", "skip", 3))
+        assert shown("fay") == "t3"
+
+        clock.now += 599
+        assert shown("ana") == "t1"  # asking again renews the lease for another 600 s
+        clock.now += 2  # every other lease has lapsed
+        assert shown("gus") == "t2"  # eve's, lapsed; t1's is ana's still
+        assert shown("eve") == "t3"  # her lapsed t2 went to gus; fay's lease on t3 lapsed too
+        fay = look("fay")  # t1 is ana's, t2 gus's, t3 has dan's answer and eve's lease
+        assert (fay["task"], fay["remaining"], fay["waiting"]) == (None, 0, 3)
+        assert shown("ana") == "t1"
+    assert [(e["task"], e["annotator"], e["choice"]) for e in events(tmp_path)] == [
+        ("t2", "bob", "skip"), ("t3", "dan", ("first", "second")[left_index("dan", "t3")]), ("t3", "cy", "skip")]
+
+
+def test_a_lapsed_lease_nobody_took_shows_the_same_task_and_undo_leases_it_back(tmp_path):
+    clock = Clock()
+    with api(write_tasks(tmp_path, [task(1), task(2), task(3)]), lease_seconds=60, clock=clock) as http:
+        def shown(who: str) -> str | None:
+            return (http("get", f"/api/state?annotator={who}").json()["task"] or {}).get("id")
+
+        assert [shown("ana"), shown("bob")] == ["t1", "t2"]
+        clock.now += 120  # both lapsed; ana is back first and sees her t1, not bob's t2
+        assert [shown("ana"), shown("bob")] == ["t1", "t2"]
+        answered = http("post", "/api/answer", json=answer_body("t1", "ana", "left", 1)).json()
+        assert answered["task"]["id"] == "t3"
+        undone = http("post", "/api/undo", json={"answer_id": f"{1:032x}", "annotator": "ana"}).json()
+        assert undone["task"]["id"] == "t1" and undone["answered"] == 0
+        assert shown("cy") == "t3"  # t1 is ana's again, and she no longer holds t3
+
+
+def test_guidelines_come_from_the_tasks_folder_else_the_default(tmp_path):
+    write_tasks(tmp_path, [task(1)])
+    with api(tmp_path) as http:
+        assert http("get", "/api/guidelines").json() == {"text": DEFAULT_GUIDELINES, "source": "default"}
+        (tmp_path / "guidelines.md").write_text("Prefer the kinder reply.\n<b>not bold</b>\n")
+        assert http("get", "/api/guidelines").json() == {"text": "Prefer the kinder reply.\n<b>not bold</b>\n",
+                                                         "source": "guidelines.md"}
+        (tmp_path / "guidelines.md").write_text("  \n")
+        assert http("get", "/api/guidelines").json()["source"] == "default"
+    for line in ("harmless and honest", "declines or steers to a safe alternative", "without preaching",
+                 "Tie (3 or t): neither reply is better", "Skip (s): you cannot judge"):
+        assert line in " ".join(DEFAULT_GUIDELINES.split())
+
+
 def test_api_refuses_other_hosts_forms_and_bad_answers(tmp_path):
     with api(write_tasks(tmp_path, [task(1)])) as http:
         assert http("get", "/api/state?annotator=ana").status_code == 200
@@ -273,10 +352,11 @@ def page(browser):
 
 
 def showing(page, n: int) -> None:
-    """Wait until the page shows task n."""
+    """Wait until the page shows task n and takes input (page.js ignores it for SETTLE_MS after a task appears)."""
     from playwright.sync_api import expect
 
     expect(page.locator("#conversation")).to_have_text(f"userquestion t{n}")
+    expect(page.locator("#rank")).not_to_have_class(re.compile(r"\barrived\b"))
 
 
 def test_rank_with_keys_buttons_tie_and_skip(tmp_path, page):
@@ -295,7 +375,7 @@ def test_rank_with_keys_buttons_tie_and_skip(tmp_path, page):
         page.locator("#note").fill("both are fine, B is kinder")
         page.get_by_role("button", name="B is better").click()
         showing(page, 3)
-        page.keyboard.press("t")
+        page.keyboard.press("3")  # the tie key Label Studio uses; t as well (below)
         showing(page, 4)
         page.get_by_role("button", name="Skip").click()
         showing(page, 5)
@@ -405,4 +485,104 @@ def test_hostile_text_shows_literally_and_runs_nothing(tmp_path, page):
         # The policy itself: markup that did get in could not run its handler
         page.evaluate("document.body.insertAdjacentHTML('beforeend', '<img src=x onerror=\"window.__pwned = 5\">')")
         page.wait_for_timeout(300)
+        assert page.evaluate("window.__pwned") is None
+
+
+def test_double_click_and_held_key_answer_only_the_task_seen(tmp_path, page):
+    from playwright.sync_api import expect
+
+    with serving(write_tasks(tmp_path, [task(n) for n in range(1, 6)]), annotator="ana") as url:
+        page.goto(url)
+        showing(page, 1)
+        box = page.get_by_role("button", name="A is better").bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.click(x, y)  # an ordinary double click: two clicks 150 ms apart
+        page.wait_for_timeout(150)
+        page.mouse.click(x, y)
+        showing(page, 2)
+        expect(page.locator("#progress")).to_have_text("1 / 5 answered, 4 to go")
+        assert [e["task"] for e in events(tmp_path)] == ["t1"]
+
+        # Input the moment a task appears (no request in flight any more) is ignored, a click or a key
+        page.evaluate("""() => new Promise((resolve) => {
+            const button = document.querySelector("button[data-side=right]");
+            new MutationObserver((_, observer) => {
+                observer.disconnect();
+                button.click();
+                document.body.dispatchEvent(new KeyboardEvent("keydown", {key: "1", bubbles: true}));
+                resolve();
+            }).observe(document.getElementById("conversation"), {childList: true});
+            button.click();
+        })""")
+        showing(page, 3)
+        page.wait_for_timeout(300)
+        assert [e["task"] for e in events(tmp_path)] == ["t1", "t2"]
+
+        # A held key: one keydown, then the repeats autorepeat sends every 33 ms, for 0.7 s
+        page.keyboard.down("2")
+        page.evaluate("""() => new Promise((resolve) => {
+            let sent = 0;
+            const timer = setInterval(() => {
+                document.body.dispatchEvent(new KeyboardEvent("keydown", {key: "2", repeat: true, bubbles: true}));
+                if (++sent === 21) { clearInterval(timer); resolve(); }
+            }, 33);
+        })""")
+        page.keyboard.up("2")
+        showing(page, 4)
+        page.wait_for_timeout(300)
+        expect(page.locator("#progress")).to_have_text("3 / 5 answered, 2 to go")
+        page.keyboard.press("u")  # undo, then at once a key: t3 comes back and the key is ignored
+        page.keyboard.press("1")
+        showing(page, 3)
+        page.wait_for_timeout(300)
+        page.keyboard.press("t")
+        showing(page, 4)
+    assert [(e["event"], e["task"]) for e in events(tmp_path)] == [
+        ("answer", "t1"), ("answer", "t2"), ("answer", "t3"), ("undo", "t3"), ("answer", "t3")]
+    assert [(a["task"], a["choice"]) for a in final_answers(tmp_path / "rankings.jsonl")] == [
+        ("t1", ("first", "second")[left_index("ana", "t1")]), ("t2", ("second", "first")[left_index("ana", "t2")]),
+        ("t3", "tie")]
+
+
+def test_a_task_someone_else_is_ranking_is_not_shown(tmp_path, page, browser):
+    from playwright.sync_api import expect
+
+    with serving(write_tasks(tmp_path, [task(1)])) as url:
+        page.goto(f"{url}/?annotator=ana")
+        showing(page, 1)
+        bob = browser.new_page()
+        bob.goto(f"{url}/?annotator=bob")
+        expect(bob.locator("#message")).to_have_text(
+            "1 task is being ranked by others right now; reload in a few minutes.")
+        expect(bob.locator("#progress")).to_have_text("0 / 1 answered, 0 to go, 1 being ranked by others")
+        expect(bob.locator("#rank")).to_be_hidden()
+        page.keyboard.press("s")  # ana skips: the task is free again
+        expect(page.locator("#message")).to_have_text("All done: no task is left for ana. Thank you!")
+        bob.reload()
+        showing(bob, 1)
+        bob.close()
+
+
+def test_guidelines_panel_shows_the_folder_text_as_text_open_on_first_visit(tmp_path, page):
+    from playwright.sync_api import expect
+
+    guidelines = "Prefer the kinder reply.\n\n<img src=x onerror=\"window.__pwned = 1\">\n<b>not bold</b>"
+    write_tasks(tmp_path, [task(1)])
+    with serving(tmp_path) as url:
+        page.goto(f"{url}/?annotator=ana")
+        showing(page, 1)
+        panel = page.locator("#guidelines")
+        expect(page.locator("#guidelines-text")).to_contain_text(" ".join(DEFAULT_GUIDELINES.split()[:6]))
+        assert panel.evaluate("node => node.open") is True
+        panel.locator("summary").click()  # closed, and remembered
+        assert panel.evaluate("node => node.open") is False
+
+        (tmp_path / "guidelines.md").write_text(guidelines)
+        page.reload()
+        showing(page, 1)
+        expect(page.locator("#guidelines-text")).to_have_text(guidelines)
+        assert panel.evaluate("node => node.open") is False
+        panel.locator("summary").click()
+        assert page.locator("#guidelines-text").inner_text() == guidelines  # as rendered: the line breaks show
+        assert page.locator("#guidelines *").evaluate_all("nodes => nodes.map(n => n.tagName)") == ["SUMMARY", "DIV"]
         assert page.evaluate("window.__pwned") is None

@@ -26,7 +26,7 @@ def serve(tasks_dir: str, annotator: str | None, host: str, port: int, open_brow
 
     \b
     Each person sees the conversation and the two replies side by side (in an order drawn per person and task)
-    and answers with a key or a button: 1 or ← (left is better), 2 or → (right), t (tie), s (skip), u (undo the
+    and answers with a key or a button: 1 or ← (left is better), 2 or → (right), 3 or t (tie), s (skip), u (undo the
     last answer); a note is optional. Answers are appended to TASKS_DIR/rankings.jsonl as they are given, so
     closing the page or stopping the server loses nothing: reopening it shows the next unanswered task.
     `rlaif rankings export` writes TASKS_DIR; `rlaif rankings import` reads the answers back.

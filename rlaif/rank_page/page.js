@@ -4,10 +4,16 @@
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
-let state = null;  // the server's answer: {annotator, answered, total, remaining, undo, task}
+let state = null;  // the server's answer: {annotator, answered, total, remaining, waiting, undo, task}
 let shownAt = 0;   // when the task appeared (performance.now())
 let answerId = ""; // one per task shown: a resent answer (a retry, a double click) is recorded once
-let busy = false;
+let busy = false;  // a request is in flight: input waits for its answer
+// The server answers in milliseconds, so without a pause the second click of a double click, or a held key's
+// repeats, would answer the task shown next, which the person never saw. For this long after a task appears
+// (or comes back on undo) input is ignored, and the page shows the new task arrived (.arrived, page.css).
+const SETTLE_MS = 400;
+let settledAt = 0;
+let settleTimer = 0;
 
 function newAnswerId() {  // a uuid4 as hex; crypto.randomUUID needs HTTPS, getRandomValues does not
   const bytes = crypto.getRandomValues(new Uint8Array(16));
@@ -50,6 +56,24 @@ function element(tag, className, text) {
   return node;
 }
 
+function settling() {
+  return performance.now() < settledAt;
+}
+
+function arrived() {  // restart the flash: drop the class, let the browser see it gone, add it again
+  const rank = $("rank");
+  rank.classList.remove("arrived");
+  void rank.offsetWidth;
+  rank.classList.add("arrived");
+  settledAt = performance.now() + SETTLE_MS;
+  clearTimeout(settleTimer);
+  settleTimer = setTimeout(() => rank.classList.remove("arrived"), SETTLE_MS);
+}
+
+function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 function show(next) {
   state = next;
   const name = state.annotator || "";
@@ -58,11 +82,16 @@ function show(next) {
     params.set("annotator", name);
     history.replaceState(null, "", "?" + params);
   }
-  $("progress").textContent = name ? `${state.answered} / ${state.total} answered, ${state.remaining} to go` : "";
+  $("progress").textContent = !name ? ""
+    : `${state.answered} / ${state.total} answered, ${state.remaining} to go`
+      + (state.waiting ? `, ${state.waiting} being ranked by others` : "");
   $("undo").disabled = !state.undo;
   $("message").className = "";
   $("message").textContent = !name ? "Type your name to start."
-    : state.task ? "" : `All done: no task is left for ${name}. Thank you!`;
+    : state.task ? ""
+    : state.waiting ? `${plural(state.waiting, "task is", "tasks are")} being ranked by others right now; `
+      + "reload in a few minutes."
+    : `All done: no task is left for ${name}. Thank you!`;
   const task = state.task;
   $("rank").hidden = !task;
   if (!task) return;
@@ -76,11 +105,14 @@ function show(next) {
   $("note").value = "";
   shownAt = performance.now();
   answerId = newAnswerId();
+  arrived();
+  // A button keeps the focus after a click, and a held Enter clicks it again and again: the new task starts unfocused.
+  if (document.activeElement instanceof HTMLButtonElement) document.activeElement.blur();
   window.scrollTo(0, 0);
 }
 
 function answer(side) {
-  if (!state || !state.task) return;
+  if (!state || !state.task || settling()) return;
   act("/api/answer", {
     answer_id: answerId, task: state.task.id, annotator: state.annotator, side,
     note: $("note").value, seconds: (performance.now() - shownAt) / 1000,
@@ -88,14 +120,15 @@ function answer(side) {
 }
 
 function undo() {
-  if (state && state.undo) act("/api/undo", { answer_id: state.undo, annotator: state.annotator });
+  if (state && state.undo && !settling()) act("/api/undo", { answer_id: state.undo, annotator: state.annotator });
 }
 
 function load(name) {
   act("/api/state?annotator=" + encodeURIComponent(name.trim()));
 }
 
-const KEYS = { "1": "left", ArrowLeft: "left", "2": "right", ArrowRight: "right", t: "tie", s: "skip" };
+// 3 for a tie, as in the Label Studio config `rlaif rankings export` writes; t as well.
+const KEYS = { "1": "left", ArrowLeft: "left", "2": "right", ArrowRight: "right", "3": "tie", t: "tie", s: "skip" };
 
 document.addEventListener("keydown", (event) => {
   if (event.target.matches("input, textarea")) {
@@ -105,8 +138,8 @@ document.addEventListener("keydown", (event) => {
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   if (KEYS[event.key]) {
     event.preventDefault();
-    answer(KEYS[event.key]);
-  } else if (event.key === "u") {
+    if (!event.repeat) answer(KEYS[event.key]);  // a held key answers once
+  } else if (event.key === "u" && !event.repeat) {
     undo();
   }
 });
@@ -116,5 +149,16 @@ for (const button of document.querySelectorAll("button[data-side]")) {
 $("undo").addEventListener("click", undo);
 $("annotator").addEventListener("change", (event) => load(event.target.value));
 $("annotator").addEventListener("keydown", (event) => { if (event.key === "Enter") event.target.blur(); });
+
+// The guidelines: TASKS_DIR/guidelines.md or the server's default, as plain text (it is user-editable). Open on a
+// first visit; after that, as the person last left it.
+const GUIDELINES_OPEN = "rlaif-rank-guidelines-open";
+$("guidelines").open = localStorage.getItem(GUIDELINES_OPEN) !== "no";
+$("guidelines").addEventListener("toggle", () => {
+  localStorage.setItem(GUIDELINES_OPEN, $("guidelines").open ? "yes" : "no");
+});
+call("/api/guidelines").then((data) => { $("guidelines-text").textContent = data.text; }).catch((error) => {
+  $("guidelines-text").textContent = `The guidelines did not load: ${error.message}`;
+});
 
 load(params.get("annotator") || "");
