@@ -42,6 +42,12 @@ score interval over the n pairs (percent agreement with three or more annotators
 Wilson interval is conservative); kappa and alpha a 95% percentile bootstrap over the pairs (each resample draws
 whole pairs, both ways round together), seeded, so a rerun prints the same interval.
 
+**Small samples.** Kappa and alpha (value and interval, headline and pairwise) are reported only on at least
+MIN_COMMON_PAIRS pairs: on fewer, where every pair agrees, every resample agrees too and the bootstrap says [1, 1],
+certainty that three pairs cannot give (percent agreement, with its Wilson interval, is reported at any n). Nor is a
+zero-width bootstrap interval ever reported: where every resample gives the same figure (say, 12 pairs that all
+agree), the figure keeps its value and its interval is None (`low`, `high`), with a note saying why.
+
 This module imports numpy and rlaif's own light modules; scikit-learn and krippendorff are imported where used.
 """
 
@@ -59,7 +65,9 @@ from rlaif.records import PreferenceRow, outcome
 
 FIRST, SECOND, TIE = 0, 1, 2  # an answer's category: the reply that sorts first is better, the other is, a tie
 CATEGORIES = (FIRST, SECOND, TIE)
-MIN_COMMON_PAIRS = 5  # two annotators sharing fewer pairs get no pairwise kappa (counted): it would say little
+# Kappa and alpha need at least this many pairs (two annotators' common pairs for a kappa, pairs two or more answered
+# for alpha): on fewer, their bootstrap interval collapses to a point ([1, 1] where all agree), and they say little.
+MIN_COMMON_PAIRS = 10
 UNNAMED_LABELER = "(unnamed labeler)"  # AI rows that name no `labeler`
 
 
@@ -141,9 +149,16 @@ def _resampled(compute, undefined: float = 1.0):
     return statistic
 
 
+def without_zero_width(estimate: dict) -> dict:
+    """A bootstrap estimate {"value", "low", "high", "n"} with `low` and `high` None where they are equal: every
+    resample gave the same figure, and a zero-width interval would claim a certainty the n pairs cannot give."""
+    return {**estimate, "low": None, "high": None} if estimate["low"] == estimate["high"] else estimate
+
+
 def kappa_interval(a, b, resamples: int = stats.RESAMPLES, seed: int = stats.SEED) -> dict | None:
     """Cohen's kappa of two annotators on their n common pairs with its 95% percentile bootstrap interval over the
-    pairs (rlaif.stats.bootstrap), as {"value", "low", "high", "n"}; None where kappa is 0/0."""
+    pairs (rlaif.stats.bootstrap), as {"value", "low", "high", "n"} (`low`, `high` None where every resample gives
+    the same figure: `without_zero_width`); None where kappa is 0/0."""
     if cohen_kappa(a, b) is None:
         return None
     known: dict[bytes, float | None] = {}
@@ -157,12 +172,13 @@ def kappa_interval(a, b, resamples: int = stats.RESAMPLES, seed: int = stats.SEE
             known[key] = cohen_kappa(cells // len(CATEGORIES), cells % len(CATEGORIES), counts[cells])
         return known[key]
 
-    return stats.bootstrap(_resampled(of_resample), a, b, resamples=resamples, seed=seed).as_dict()
+    return without_zero_width(stats.bootstrap(_resampled(of_resample), a, b, resamples=resamples, seed=seed).as_dict())
 
 
 def alpha_interval(matrix, resamples: int = stats.RESAMPLES, seed: int = stats.SEED) -> dict | None:
     """Krippendorff's alpha of (annotators, pairs) answers with its 95% percentile bootstrap interval over the pairs
-    (whole columns drawn), as {"value", "low", "high", "n"}; None where alpha is 0/0."""
+    (whole columns drawn), as {"value", "low", "high", "n"} (`low`, `high` None where every resample gives the same
+    figure); None where alpha is 0/0."""
     matrix = np.asarray(matrix, dtype=float)
     if krippendorff_alpha(matrix) is None:
         return None
@@ -171,8 +187,8 @@ def alpha_interval(matrix, resamples: int = stats.RESAMPLES, seed: int = stats.S
         return krippendorff_alpha(matrix[:, index.astype(int)])
 
     # the pairs' indices are the sample: a resample of them is a resample of whole pairs
-    return stats.bootstrap(_resampled(of_columns), np.arange(matrix.shape[1]), resamples=resamples,
-                           seed=seed).as_dict()
+    return without_zero_width(stats.bootstrap(_resampled(of_columns), np.arange(matrix.shape[1]), resamples=resamples,
+                                              seed=seed).as_dict())
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -191,15 +207,17 @@ def collect(rows: Iterable[PreferenceRow], measure_only: Iterable[PreferenceRow]
     order: {key: {"texts": (first, second), "people": {annotator: category}, "unnamed": [outcome], "recorded":
     [outcome], "ai": {labeler: {"p": [P(first)], "principles": {id: [P(first)]}}}}} and counts of the rows read.
     A second answer by the same annotator to the same pair is left out and counted (`repeated_answers`), the first
-    kept; so is a person's row whose id the pair already had (a file read twice, a calibration file repeating a
-    data file's rows). `measure_only`: rows read only to measure the AI against people (a reward stage's
+    kept; so is an unnamed answer (a calibration file's, or a row naming no annotator) whose row id the pair already
+    had (a file read twice, a calibration file repeating a data file's rows). Named rows are told apart by their
+    annotator alone: two imports of the same tasks (the rank page's and Label Studio's) give different people's
+    answers the same bare task id. `measure_only`: rows read only to measure the AI against people (a reward stage's
     calibration files): their people's answers count toward people's majority as unnamed ones (counted apart,
     `measure_only_answers`), not toward people's agreement with each other."""
     from rlaif.rankings import pair_key
 
     pairs: dict[str, dict] = {}
     counts: Counter = Counter()
-    seen_rows: set[tuple[str, str]] = set()  # (pair, row id) of every person's answer kept
+    seen_rows: set[tuple[str, str]] = set()  # (pair, row id) of every person's answer kept, named or not
     for row, measuring in itertools.chain(((row, False) for row in rows), ((row, True) for row in measure_only)):
         key = pair_key(row)
         chosen = row["chosen"][-1]["content"]
@@ -217,9 +235,9 @@ def collect(rows: Iterable[PreferenceRow], measure_only: Iterable[PreferenceRow]
             answer = outcome(toward_first(row["p_chosen"]))
             who = None if measuring else row.get("annotator")
             named = who not in (None, "")
-            # the same person twice, or the same row twice (a file given twice, a calibration file repeating data)
+            # the same person twice, or an unnamed row twice (a file given twice, a calibration file repeating data)
             row_id = None if row.get("id") is None else (key, str(row["id"]))
-            if (named and str(who) in pair["people"]) or row_id in seen_rows:
+            if (named and str(who) in pair["people"]) or (not named and row_id in seen_rows):
                 counts["repeated_answers"] += 1
                 continue
             if row_id is not None:
@@ -261,9 +279,10 @@ def inter_annotator(pairs: dict[str, dict], resamples: int = stats.RESAMPLES, se
     left out). Figures (None when no pair has two): {"pairs", "annotators", "answers", "tie_answers",
     "percent_agreement", "kappa" (Cohen's, when exactly two annotators answered them; else None), "alpha"
     (Krippendorff's), "pairwise_kappa": [{"annotators": [a, b], "pairs", "kappa"}] for every two annotators sharing
-    at least MIN_COMMON_PAIRS pairs (with only two annotators, theirs whatever the count)}, each figure {"value", "low", "high", "n"} (n: pairs). Left out: pairs one named
-    annotator answered (`single_annotator`), and two annotators sharing too few pairs for a kappa
-    (`annotator_pairs_too_few`)."""
+    at least MIN_COMMON_PAIRS pairs, "min_common_pairs"}, each figure {"value", "low", "high", "n"} (n: pairs; `low`
+    and `high` None where every resample gives the same figure). Kappa and alpha are None on fewer than
+    MIN_COMMON_PAIRS pairs (module docstring, "Small samples"). Left out: pairs one named annotator answered
+    (`single_annotator`), and two annotators sharing too few pairs for a kappa (`annotator_pairs_too_few`)."""
     overlapping = [key for key, pair in pairs.items() if len(pair["people"]) >= 2]
     left_out = {"single_annotator": sum(len(pair["people"]) == 1 for pair in pairs.values()),
                 "annotator_pairs_too_few": 0}
@@ -279,7 +298,7 @@ def inter_annotator(pairs: dict[str, dict], resamples: int = stats.RESAMPLES, se
         common = ~np.isnan(matrix[i]) & ~np.isnan(matrix[k])
         if common.sum() == 0:
             continue
-        if common.sum() < MIN_COMMON_PAIRS and len(annotators) > 2:
+        if common.sum() < MIN_COMMON_PAIRS:
             left_out["annotator_pairs_too_few"] += 1
             continue
         pairwise.append({"annotators": [annotators[i], annotators[k]], "pairs": int(common.sum()),
@@ -288,8 +307,9 @@ def inter_annotator(pairs: dict[str, dict], resamples: int = stats.RESAMPLES, se
     figures = {"pairs": len(overlapping), "annotators": len(annotators), "answers": int(answered.sum()),
                "tie_answers": int((matrix == TIE).sum()),
                "percent_agreement": stats.bootstrap(stats.share, percent_agreement(matrix)).as_dict(),
-               "kappa": pairwise[0]["kappa"] if len(annotators) == 2 else None,
-               "alpha": alpha_interval(matrix, resamples, seed), "pairwise_kappa": pairwise,
+               "kappa": pairwise[0]["kappa"] if len(annotators) == 2 and pairwise else None,
+               "alpha": alpha_interval(matrix, resamples, seed) if len(overlapping) >= MIN_COMMON_PAIRS else None,
+               "pairwise_kappa": pairwise,
                "min_common_pairs": MIN_COMMON_PAIRS}
     return figures, left_out
 
@@ -377,8 +397,19 @@ def agreement_report(rows: Iterable[PreferenceRow], measure_only: Iterable[Prefe
                f"{'' if len(annotators) == 1 else 's'}, {inter_left['single_annotator']} pairs answered by one)")
         notes.append(f"people's agreement with each other not measured: {why}; `rlaif rankings export --overlap-share` "
                      "sends a share of the pairs to several people")
-    elif inter["kappa"] is None and inter["annotators"] == 2:
-        notes.append("Cohen's kappa is 0/0: every answer is a tie")
+    elif inter["pairs"] < MIN_COMMON_PAIRS:
+        notes.append(f"Cohen's kappa and Krippendorff's alpha not reported (n too small): {inter['pairs']} pair"
+                     f"{'' if inter['pairs'] == 1 else 's'} two or more people answered, fewer than "
+                     f"{MIN_COMMON_PAIRS}; percent agreement's interval shows how little they say")
+    else:
+        if inter["kappa"] is None and inter["annotators"] == 2:
+            notes.append("Cohen's kappa is 0/0: every answer is a tie")
+        flat = [name for name in ("kappa", "alpha") if inter[name] and inter[name]["low"] is None]
+        if flat:
+            names = " and ".join({"kappa": "Cohen's kappa", "alpha": "Krippendorff's alpha"}[name] for name in flat)
+            notes.append(f"{names}: no interval, as every bootstrap resample of the {inter['pairs']} pairs gives the "
+                         "same figure (a zero-width interval would claim certainty); read percent agreement's "
+                         "interval")
     if counts["ai"] and not any(entry["pairs"] for entry in labelers.values()):
         notes.append("the AI labels were not measured against people: no pair both labelled with principle_p and "
                      "decided by people")
@@ -387,8 +418,9 @@ def agreement_report(rows: Iterable[PreferenceRow], measure_only: Iterable[Prefe
             "human_ai": labelers, "left_out": {"inter_annotator": inter_left, "human_ai": ai_left}, "notes": notes,
             "method": (f"{stats.CONFIDENCE:.0%} intervals: Wilson score intervals for rates (percent agreement, "
                        f"agreement with people and its baselines), percentile bootstrap over the pairs for kappa and "
-                       f"alpha ({resamples} resamples of whole pairs, seed {seed}); kappa and alpha count each pair "
-                       "both ways round")}
+                       f"alpha ({resamples} resamples of whole pairs, seed {seed}; none where every resample gives the "
+                       f"same figure); kappa and alpha count each pair both ways round, and need "
+                       f"{MIN_COMMON_PAIRS} pairs or more")}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -397,11 +429,21 @@ def agreement_report(rows: Iterable[PreferenceRow], measure_only: Iterable[Prefe
 
 def shown_estimate(estimate: dict | None, percent: bool = False) -> str:
     """A figure with its interval: "46.2% [39.1, 53.0]" for a rate (`percent`), "0.62 [0.41, 0.80]" otherwise; "-"
-    for None."""
+    for None; "1.00 (no interval)" for a figure whose interval is None (every resample the same)."""
     if estimate is None:
         return "-"
+    if estimate["low"] is None or estimate["high"] is None:
+        return f"{estimate['value']:.1%} (no interval)" if percent else f"{estimate['value']:.2f} (no interval)"
     e = stats.Estimate(**estimate)
     return e.percent() if percent else e.number(2)
+
+
+def shown_chance(inter: dict | None, name: str) -> str:
+    """`inter_annotator`'s "kappa" or "alpha" for a table cell: `shown_estimate`'s, or "- (n too small)" on fewer
+    pairs than it needs."""
+    if inter and inter["pairs"] < inter.get("min_common_pairs", 0):
+        return "- (n too small)"
+    return shown_estimate((inter or {}).get(name))
 
 
 def inter_annotator_line(report: dict) -> str:
@@ -409,8 +451,11 @@ def inter_annotator_line(report: dict) -> str:
     inter = report.get("inter_annotator")
     if inter is None:
         return next((note for note in report.get("notes", []) if note.startswith("people's agreement")), "")
-    chance = (f"Cohen's kappa {shown_estimate(inter['kappa'])}; " if inter.get("kappa") else "") + \
-        f"Krippendorff's alpha {shown_estimate(inter['alpha'])}"
+    if inter["pairs"] < inter.get("min_common_pairs", 0):
+        chance = f"Cohen's kappa and Krippendorff's alpha - (n too small: they need {inter['min_common_pairs']} pairs)"
+    else:
+        chance = (f"Cohen's kappa {shown_estimate(inter['kappa'])}; " if inter.get("kappa") else "") + \
+            f"Krippendorff's alpha {shown_estimate(inter['alpha'])}"
     return (f"People with each other, on the {inter['pairs']} pair{'' if inter['pairs'] == 1 else 's'} two or more "
             f"of {inter['annotators']} annotators answered: percent agreement {shown_estimate(inter['percent_agreement'], True)}"
             f"; {chance} (1: full agreement, 0: what chance gives). A labeler's agreement with people is read "

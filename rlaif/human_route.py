@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 LABEL_STUDIO_EXPORT = "label-studio-export.json"  # where the stop message says to save Label Studio's JSON export
 ANSWER_FILES = {"answers-page": ANSWERS_FILE, "answers-label-studio": LABEL_STUDIO_EXPORT}  # import dir -> its file
-EXPORT_FILES = (TASKS_FILE, "label-studio.json", "label-studio.xml", "README.txt")  # the export's, README.txt last
+# the export's files, README.txt last; not its guidelines.md, which a team may have edited: a redo keeps it
+EXPORT_FILES = (TASKS_FILE, "label-studio.json", "label-studio.xml", "README.txt")
 
 
 class HumanRouteStopped(Exception):

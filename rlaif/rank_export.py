@@ -9,33 +9,42 @@ every pair the AI labelled is a candidate; rows with `source: human` are not, no
 already labelled in the same files, nor a second label of the same pair (same prompt and replies). A random share of
 the budget (`random_share`) is drawn first, uniformly from all candidates, so that it is an unbiased sample of what
 the AI labelled: the agreement measured on it holds for the whole file (drawn from what the active pick leaves, it
-would miss the least certain pairs). The rest of the budget goes to the pairs whose label is least trustworthy:
-first those the labeler contradicts itself on (`consistent: false`, why `inconsistent`) or where principles
-disagree (`principle_p` on both sides of 0.5, why `principles_disagree`), then the others, each group least certain
-first (|p_chosen - 0.5| smallest, why `uncertain`). Pairs are filed under a principle (of a row's `principle_p`, the
-one closest to 0.5; else its first `principles`; else none) and taken in turns across principles, so that no single
-principle takes the whole budget. Of the exported tasks, a share (`overlap_share`) goes to `overlap` annotators, for
-inter-annotator agreement; the others to one. The tasks come in the order of the pick, the random ones spread
-evenly among them, so that any first part of the file holds its share of both. Everything random is drawn from
-`seed`.
+would miss the least certain pairs). The rest of the budget (the active pick) goes where a person's answer is worth
+most, in this order: (1) pairs the labeler contradicts itself on (`consistent: false`, why `inconsistent`) or where
+principles disagree (`principle_p` on both sides of 0.5, why `principles_disagree`), least certain first
+(|p_chosen - 0.5| smallest); (2) pairs the AI doubts, whose |p_chosen - 0.5| is below UNCERTAIN_MARGIN (why
+`uncertain`); (3) when the budget goes further, the others (why `stratified`: picked for coverage, not doubt). In
+(2) and (3), pairs are filed under a principle (of a row's `principle_p`, the one closest to 0.5; else its first
+`principles`; else none) and the principles take turns, each its least certain pair first, so that no principle
+takes a whole group; but a confident pair never comes before a doubtful one, whatever its principle. Of the exported
+tasks, a share (`overlap_share`) goes to `overlap` annotators, for inter-annotator agreement; the others to one. The
+tasks come in the order of the pick, the random ones spread evenly among them, so that any first part of the file
+holds its share of both. Everything random is drawn from `seed`.
 
 **Files** (in `out`): `tasks.jsonl` (docs/data-contract.md, "tasks"), read by `rlaif rank serve`;
-`label-studio.json` and `label-studio.xml`, the same pairs as Label Studio tasks and their labeling config; and
-`README.txt`, how to rank them. Label Studio's formats are taken from its documentation, in HumanSignal/label-studio:
-the task import format from docs/source/guide/tasks.md ("Basic Label Studio JSON format": a list of `{"data": {...}}`),
-the export from docs/source/guide/export.md and docs/source/includes/task_format.md ("Label Studio JSON format of
-annotated tasks": `annotations[].result[]`, `completed_by`, `lead_time`, `was_cancelled`), a Choices result's value
-(`{"choices": [...]}`) from docs/source/guide/predictions.md and tasks.md, and the tags from docs/source/tags/
-(choices.md, choice.md, paragraphs.md, textarea.md, pairwise.md) and the pairwise templates
+`label-studio.json` and `label-studio.xml`, the same pairs as Label Studio tasks and their labeling config;
+`guidelines.md`, what "better" means (the page shows it; written only when the folder has none, so a team's edited
+copy stays); and `README.txt`, how to rank them, written last. Label Studio's formats are taken from its
+documentation, in HumanSignal/label-studio: the task import format from docs/source/guide/tasks.md ("Basic Label
+Studio JSON format": a list of `{"data": {...}}`), the export from docs/source/guide/export.md and
+docs/source/includes/task_format.md ("Label Studio JSON format of annotated tasks": `annotations[].result[]`,
+`completed_by`, `lead_time`, `was_cancelled`), a Choices result's value (`{"choices": [...]}`) from
+docs/source/guide/predictions.md and tasks.md, and the tags from docs/source/tags/ (choices.md, choice.md,
+paragraphs.md, textarea.md, pairwise.md) and the pairwise templates
 (docs/source/templates/generative-pairwise-human-preference.md, llm_side_by_side.md).
 
 **Reading answers back** (`rlaif rankings import`, which detects these files by their content): the rank page's
 answers file (`rankings.jsonl`, events, folded by `rank_serve.final_answers`) or Label Studio's JSON export of the
-tasks. Each annotator's final answer
-to a task becomes a preference row with `source: human`, `p_chosen: 1.0` (a tie: left out, 0.5 or an error, as
-`--ties` says), the `annotator` and the `seconds` they took. Skipped answers (Label Studio: cancelled annotations)
-are left out and counted as `skipped`. A row's id is its task's; a task several people answered gives each of them
-a row, its id ending in `-ANNOTATOR`.
+tasks. Each annotator's final answer to a task becomes a preference row with `source: human`, `p_chosen: 1.0` (a
+tie: left out, 0.5 or an error, as `--ties` says), the `annotator`, the `seconds` they took and their `note` when
+they wrote one. Where the export's tasks.jsonl sits next to the file (the page's answers always do; save Label
+Studio's export into the tasks folder) and holds the task with the same two replies, the row carries the task's
+`why` and `ai_p` (turned to face the row's `chosen`); a Label Studio task carries its `why` in its data too
+(`rlaif_why`, which the labeling config never shows), so its rows carry `why` wherever the export is saved.
+Skipped answers (Label Studio: cancelled annotations) are left out and counted as `skipped`. A row's id is its
+task's; a task several people answered gives each of them a row, its id ending in `-ANNOTATOR`. The wrong file
+(the tasks themselves, the label-studio.json export wrote, Label Studio's JSON-MIN export, a folder) is an error
+saying what it is and which file to give instead.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.loaders import as_prompt
-from rlaif.rank_serve import ANSWERS_FILE, final_answers
+from rlaif.rank_serve import ANSWERS_FILE, DEFAULT_GUIDELINES, GUIDELINES_FILE, TASKS_FILE, final_answers
 from rlaif.rankings import TIES_HINT, load_preferences, pair_key
 from rlaif.records import (
     ConfigError,
@@ -63,7 +72,10 @@ from rlaif.records import (
     write_jsonl,
 )
 
-WHY = ("inconsistent", "principles_disagree", "uncertain", "random")
+WHY = ("inconsistent", "principles_disagree", "uncertain", "stratified", "random")  # a task's `why`, in pick order
+# A pair whose AI label is closer than this to 0.5 is one the AI doubts (`uncertain`); the others are picked only for
+# coverage of the principles (`stratified`). rlaif label's default min_margin: the labels it flags low_confidence.
+UNCERTAIN_MARGIN = 0.05
 LS_FIELDS = ("rlaif_task", "prompt", "a", "b")  # what our Label Studio tasks carry in `data`
 LS_CHOICES = {"A": "first", "B": "second", "tie": "tie"}  # the config's Choice aliases; A is `data.a`
 
@@ -71,7 +83,7 @@ LS_CHOICES = {"A": "first", "B": "second", "tie": "tie"}  # the config's Choice 
 @dataclass
 class ExportConfig:
     preferences: list[str] = field(default_factory=list)  # preference files: rlaif label's, or any labels
-    out: str = "tasks"  # directory for tasks.jsonl, label-studio.json, label-studio.xml and README.txt
+    out: str = "tasks"  # directory for tasks.jsonl, label-studio.json, label-studio.xml, guidelines.md and README.txt
     budget: int = 200  # pairs to export; all of them when fewer are left
     random_share: float = 0.2  # share of the budget drawn uniformly from all candidates (why: random)
     overlap: int = 2  # annotators per task on the overlap share
@@ -103,7 +115,8 @@ class ExportConfig:
 
 def why(row: PreferenceRow) -> str:
     """Why a pair's AI label wants a person: `inconsistent` (the two orders pick different winners),
-    `principles_disagree` (one principle prefers each reply) or plain `uncertain`."""
+    `principles_disagree` (one principle prefers each reply) or else `uncertain` (which `select` makes `stratified`
+    where the label is UNCERTAIN_MARGIN or more from 0.5)."""
     if row.get("consistent") is False:
         return "inconsistent"
     principle_p = (row.get("principle_p") or {}).values()
@@ -121,13 +134,25 @@ def principle_of(row: PreferenceRow) -> str | None:
     return (row.get("principles") or [None])[0]
 
 
+def in_turns(tasks: list[dict]) -> list[dict]:
+    """`tasks` with their principles taking turns: the first task of every principle, then the second, ...; within a
+    turn, and within a principle, in the order given."""
+    turn: Counter = Counter()
+    places = []
+    for task in tasks:
+        turn[task["principle"]] += 1
+        places.append(turn[task["principle"]])
+    return [task for _, task in sorted(zip(places, tasks), key=lambda pair: pair[0])]  # sorted() is stable
+
+
 def select(rows: list[tuple[str, PreferenceRow]], budget: int, random_share: float = 0.2, overlap: int = 2,
            overlap_share: float = 0.2, seed: int = 0, tally: Tally | None = None) -> list[dict]:
     """The tasks to rank (docs/data-contract.md, "tasks") from (file, row) pairs, as the module docstring says: the
-    active pick (flagged pairs, then the others, least certain first, in turns across principles), then the random
-    share. `tally` counts the rows left out: `human`, `human_labelled` (an AI row of a pair people labelled),
-    `same_pair` (a second label of a pair), moving them from its `used` (give it the tally that read the rows).
-    Fewer candidates than `budget`: all of them."""
+    random share, then the active pick: flagged pairs (least certain first), pairs within UNCERTAIN_MARGIN of 0.5
+    (principles in turns, each least certain first), then the others (`stratified`: principles in turns). `tally`
+    counts the rows left out: `human`, `human_labelled` (an AI row of a pair people labelled), `same_pair` (a second
+    label of a pair), moving them from its `used` (give it the tally that read the rows). Fewer candidates than
+    `budget`: all of them."""
     tally = tally if tally is not None else Tally("pairs")
     rng = random.Random(seed)
     by_people = {pair_key(row) for _, row in rows if row["source"] == "human"}
@@ -151,17 +176,16 @@ def select(rows: list[tuple[str, PreferenceRow]], budget: int, random_share: flo
         task["why"] = "random"
     rest = [task for i, task in enumerate(pool) if i not in random_set]
     rng.shuffle(rest)  # pairs equally certain come in a seeded order, not the file's
-    rest.sort(key=lambda task: (task["why"] == "uncertain", abs(task["ai_p"] - 0.5)))
-    turn: Counter = Counter()  # each principle's queue: the first of every principle, then the second, ...
-    places = []
-    for task in rest:
-        turn[task["principle"]] += 1
-        places.append(turn[task["principle"]])
-    rest = [task for _, task in sorted(zip(places, rest), key=lambda pair: pair[0])]  # stable within a turn
+    rest.sort(key=lambda task: abs(task["ai_p"] - 0.5))  # least certain first
+    flagged = [task for task in rest if task["why"] != "uncertain"]
+    doubtful = [task for task in rest if task["why"] == "uncertain" and abs(task["ai_p"] - 0.5) < UNCERTAIN_MARGIN]
+    others = [task for task in rest if task["why"] == "uncertain" and abs(task["ai_p"] - 0.5) >= UNCERTAIN_MARGIN]
+    for task in others:  # chosen so that every principle gets some, not because the AI doubts them
+        task["why"] = "stratified"
+    active = (flagged + in_turns(doubtful) + in_turns(others))[: n - len(random_tasks)]
     # The random tasks spread evenly among the others (in their order), so that people who stop early leave a
     # random share answered too (the page offers tasks in file order).
-    spread = [((i + 0.5) / len(group), task) for group in (rest[: n - len(random_tasks)], random_tasks)
-              for i, task in enumerate(group)]
+    spread = [((i + 0.5) / len(group), task) for group in (active, random_tasks) for i, task in enumerate(group)]
     tasks = [task for _, task in sorted(spread, key=lambda pair: pair[0])]
     for i in rng.sample(range(len(tasks)), round(len(tasks) * overlap_share)):
         tasks[i]["overlap"] = overlap
@@ -198,6 +222,8 @@ LABEL_STUDIO_CONFIG = """\
     </View>
   </View>
   <Header value="Which reply is better? (Skip if you cannot tell.)"/>
+  <Header size="6" value="Better: more helpful to a legitimate need, and harmless and honest."/>
+  <Header size="6" value="For a harmful request, the better reply declines or redirects safely."/>
   <Choices name="preference" toName="prompt" choice="single-radio" required="true" showInline="true">
     <Choice value="A is better" alias="A" hotkey="1"/>
     <Choice value="B is better" alias="B" hotkey="2"/>
@@ -213,6 +239,7 @@ README = """\
   tasks.jsonl          the pairs, one a line (docs/data-contract.md, "tasks")
   label-studio.json    the same pairs as Label Studio tasks
   label-studio.xml     Label Studio's labeling config for them
+  guidelines.md        what "better" means; edit it for your team (the page shows it, a re-export keeps it)
 
 In rlaif's page:
   rlaif rank serve {out}
@@ -221,34 +248,42 @@ In rlaif's page:
 In Label Studio:
   1. Create a project.
   2. Settings > Labeling Interface: paste label-studio.xml in the code view; save.
+     Paste guidelines.md into the labeling instructions (Settings > Annotation; Instructions in older
+     versions) and turn on "Show before labeling".
   3. Import label-studio.json.
   4. Rank: A, B or a tie; Skip when you cannot tell. A note is optional.
-  5. Export the project as JSON, then:
-     rlaif rankings import the-export.json --out human.jsonl
+  5. Export the project as JSON (not JSON-MIN), save it in this folder, then:
+     rlaif rankings import {out}/the-export.json --out human.jsonl
   Label Studio sets how many people annotate a task for a whole project; the tasks that want more than one
   carry it in data.overlap (a column of the Data Manager).
 
-Answer whichever reply is better for the person asking; a tie when neither is. People who disagree are data too.
+Which reply is better: the more helpful one for what the person legitimately needs, as long as it is also harmless
+and honest. For a harmful request (hurting someone, a crime, a weapon), the better reply declines or redirects
+safely; a reply that helps with the harm is worse, however well written. A tie when neither is better. People who
+disagree are data too.
 """
 
 
 def label_studio_tasks(tasks: list[dict], seed: int = 0) -> list[dict]:
     """Label Studio import tasks (docs/source/guide/tasks.md, "Basic Label Studio JSON format"): `data` holds the
     task id, the conversation, the two replies as `a` and `b` (which reply is A is drawn per task from `seed`, so
-    that the AI's pick is not always A), and the task's overlap."""
+    that the AI's pick is not always A), the task's overlap, and its `why` as `rlaif_why`, for the import (the
+    labeling config shows only what it names: `prompt`, `a`, `b`). The AI's `ai_p` stays out: it would anchor
+    anyone who reads the Data Manager's columns."""
     rng = random.Random(seed)
     ls_tasks = []
     for task in tasks:
         first_is_a = rng.random() < 0.5
         a, b = task["responses"] if first_is_a else task["responses"][::-1]
         ls_tasks.append({"data": {"rlaif_task": task["id"], "prompt": task["prompt"], "a": a, "b": b,
-                                  "overlap": task["overlap"]}})
+                                  "overlap": task["overlap"], "rlaif_why": task["why"]}})
     return ls_tasks
 
 
 def run(config: ExportConfig) -> dict:
-    """Choose the tasks and write them into `config.out`; returns counts: `tasks`, `available` (candidates),
-    `random`, `overlapping`, `table` ({(why, principle): tasks}) and `summary` (the rows read, used, left out)."""
+    """Choose the tasks and write them into `config.out` (README.txt last: a folder that has it is complete);
+    returns counts: `tasks`, `available` (candidates), `random`, `overlapping`, `table` ({(why, principle): tasks})
+    and `summary` (the rows read, used, left out)."""
     tally = Tally("pairs")
     rows = [(file, row) for file in config.preferences
             for row in load_preferences(file, skip_empty=True, tally=tally)]
@@ -258,9 +293,11 @@ def run(config: ExportConfig) -> dict:
                        "rows with source human, and pairs people labelled, are left out")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "tasks.jsonl", tasks)
+    write_jsonl(out / TASKS_FILE, tasks)
     write_atomic(out / "label-studio.json", dumps_json(label_studio_tasks(tasks, config.seed)))
     write_atomic(out / "label-studio.xml", LABEL_STUDIO_CONFIG)
+    if not (out / GUIDELINES_FILE).exists():  # a team's own guidelines stay
+        write_atomic(out / GUIDELINES_FILE, DEFAULT_GUIDELINES)
     write_atomic(out / "README.txt", README.format(n=len(tasks), files=", ".join(config.preferences),
                                                    seed=config.seed, out=config.out.rstrip("/")))
     return {"tasks": len(tasks), "available": tally.used, "random": sum(t["why"] == "random" for t in tasks),
@@ -274,11 +311,56 @@ def run(config: ExportConfig) -> dict:
 
 def human_kind(path: Path) -> str | None:
     """"label-studio" for a JSON list (Label Studio's export), "answers" for JSONL whose first row is an event (the
-    rank page's answers file), else None (a file `rlaif rankings import` reads as before)."""
+    rank page's answers file), else None (a file `rlaif rankings import` reads as before). The export's own files
+    (tasks.jsonl, or a folder of them) are DataErrors that say which file to give instead."""
+    if path.is_dir():
+        if (path / ANSWERS_FILE).is_file():
+            hint = f"give the rank page's answers in it, {path / ANSWERS_FILE}"
+        elif (path / TASKS_FILE).is_file():
+            hint = (f"its tasks have no answers from the rank page yet ({ANSWERS_FILE}): rank them (rlaif rank serve "
+                    f"{path}), or import Label Studio's JSON export of them")
+        else:
+            hint = "give a file"
+        raise DataError(path, None, None, f"is a folder: {hint}")
     if read_text(path).lstrip().startswith("["):
         return "label-studio"
     first = next(iter_jsonl(path, torn_tail_ok=True), None)
-    return "answers" if first is not None and "event" in first[1] else None
+    if first is None:
+        return None
+    line, row = first
+    if "event" in row:
+        return "answers"
+    if "responses" in row and not {"ranks", "scores"} & set(row) and {"why", "overlap"} & set(row):
+        raise DataError(path, line, None, (
+            f"is the tasks file of `rlaif rankings export`: the pairs for people to rank, with no answers. Rank them "
+            f"(rlaif rank serve {path.parent}, or in Label Studio) and import the answers: "
+            f"{path.parent / ANSWERS_FILE}, or Label Studio's JSON export; export and the reward stage read labels "
+            "(rlaif label's preferences.jsonl)"))
+    return None
+
+
+def exported_tasks(path: Path) -> dict[str, dict]:
+    """The tasks of the export an answers file belongs to: {task id: task} of the tasks.jsonl in the same folder
+    ({} when there is none)."""
+    tasks_path = path.parent / TASKS_FILE
+    if not tasks_path.is_file():
+        return {}
+    return {row["id"]: row for _, row in iter_jsonl(tasks_path) if isinstance(row.get("id"), str)}
+
+
+def selection(answer: dict, tasks: dict[str, dict], chosen: str) -> dict:
+    """How the export chose an answer's pair: {"why", "ai_p"} from its task in `tasks` (the same id and two
+    replies), `ai_p` turned to face `chosen` (the row's chosen reply); else {"why"} from the answer itself (a Label
+    Studio task's `rlaif_why`); else {}."""
+    task = tasks.get(answer["task"])
+    if task is not None and isinstance(task.get("responses"), list) and \
+            sorted(task["responses"]) == sorted(answer["responses"]) and task.get("why") in WHY:
+        found = {"why": task["why"]}
+        ai_p = task.get("ai_p")
+        if isinstance(ai_p, (int, float)) and not isinstance(ai_p, bool) and 0 <= ai_p <= 1:
+            found["ai_p"] = ai_p if chosen == task["responses"][0] else 1.0 - ai_p
+        return found
+    return {"why": answer["why"]} if answer.get("why") in WHY else {}
 
 
 def _answers(path: Path) -> list[tuple[str, dict]]:
@@ -293,21 +375,33 @@ def _answers(path: Path) -> list[tuple[str, dict]]:
         if not isinstance(responses, list) or len(responses) != 2 or not all(isinstance(r, str) for r in responses):
             raise DataError(path, None, f"{at}.responses", "expected the task's two replies (text)")
         prompt = as_prompt(answer.get("prompt"), path, None, f"{at}.prompt")
-        items.append((at, {**answer, "prompt": prompt, "responses": responses}))
+        note = answer.get("note")
+        items.append((at, {**answer, "prompt": prompt, "responses": responses,
+                           "note": note if isinstance(note, str) else ""}))
     return items
 
 
 def _label_studio(path: Path) -> list[tuple[str, dict]]:
     """("[TASK].annotations[N]", answer) for each annotator's last annotation of each task in Label Studio's JSON export
     (docs/source/guide/export.md): `completed_by` (a user id) the annotator, `lead_time` the seconds, a cancelled
-    annotation a skip, and the choice from the `preference` Choices result (`value.choices`). The replies are the
-    task's `data.a` and `data.b`: "first" below is A."""
+    annotation a skip, the choice from the `preference` Choices result (`value.choices`) and the note from the
+    `note` TextArea's (`value.text`). The replies are the task's `data.a` and `data.b`: "first" below is A. The
+    label-studio.json that export wrote (no annotations) and Label Studio's JSON-MIN export are DataErrors that say
+    so."""
     try:
         tasks = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(path, e.lineno, None, f"not valid JSON: {e.msg} (column {e.colno})") from None
-    if not all(isinstance(task, dict) for task in tasks):
+    if not isinstance(tasks, list) or not all(isinstance(task, dict) for task in tasks):
         raise DataError(path, None, None, "expected Label Studio's JSON export: a list of tasks")
+    if tasks and all("data" not in task and set(LS_FIELDS) <= set(task) for task in tasks):
+        raise DataError(path, None, None, "is Label Studio's JSON-MIN export (each task's fields at the top level, no "
+                                          "`data` or `annotations`); export the project again as JSON (not JSON-MIN) "
+                                          "and import that: it holds every annotator's answer")
+    if tasks and all(set(task) == {"data"} for task in tasks):
+        raise DataError(path, None, None, "is the label-studio.json that `rlaif rankings export` wrote: the tasks to "
+                                          "import into Label Studio, with no answers. Import it into a project, "
+                                          "annotate, then export the project as JSON and import that file")
     final: dict[tuple, tuple] = {}
     for i, task in enumerate(tasks):
         data = task.get("data")
@@ -328,9 +422,10 @@ def _label_studio(path: Path) -> list[tuple[str, dict]]:
             who = (who.get("email") or who.get("id")) if isinstance(who, dict) else who
             if who is None or str(who) == "":
                 raise DataError(path, None, f"{at}.completed_by", "missing: expected the annotator's user id")
-            choice = "skip" if annotation.get("was_cancelled") else _choice(annotation.get("result"), path, at)
+            result = annotation.get("result")
+            choice = "skip" if annotation.get("was_cancelled") else _choice(result, path, at)
             answer = {"task": str(data["rlaif_task"]), "annotator": str(who), "choice": choice, "prompt": prompt,
-                      "responses": [data["a"], data["b"]]}
+                      "responses": [data["a"], data["b"]], "note": _note(result), "why": data.get("rlaif_why")}
             if annotation.get("lead_time") is not None:
                 answer["seconds"] = annotation["lead_time"]
             final[(answer["task"], answer["annotator"])] = (at, answer)
@@ -348,14 +443,28 @@ def _choice(result: Any, path: Path, at: str) -> str:
     return LS_CHOICES[picked[0][0]]
 
 
+def _note(result: Any) -> str:
+    """The text of the `note` TextArea in an annotation's result ("" when none): its lines joined."""
+    texts = [r["value"].get("text") for r in result if isinstance(r, dict) and isinstance(r.get("value"), dict)
+             and r.get("from_name") == "note"] if isinstance(result, list) else []
+    return "\n".join(t for text in texts if isinstance(text, list) for t in text if isinstance(t, str))
+
+
 def import_answers(path: Path, kind: str, ties: str = "skip", tally: Tally | None = None) -> list[PreferenceRow]:
     """Preference rows from the rank page's answers (`kind` "answers") or Label Studio's export ("label-studio"),
-    as the module docstring says. `tally` counts the answers read, used and left out (`skipped`, `tie`); none left
-    is a DataError, as is a tie with `ties="error"`."""
+    as the module docstring says: with `why` and `ai_p` where the export's tasks.jsonl is next to `path`
+    (`selection`), and the annotator's `note` when they wrote one. `tally` counts the answers read, used and left
+    out (`skipped`, `tie`); none left is a DataError, as is a tie with `ties="error"`."""
     counted = Tally("pairs")
     rows: list[PreferenceRow] = []
     choice_field, seconds_field = ("choice", "seconds") if kind == "answers" else ("result", "lead_time")
-    for at, answer in _answers(path) if kind == "answers" else _label_studio(path):
+    tasks = exported_tasks(path)
+    answers = _answers(path) if kind == "answers" else _label_studio(path)
+    if not answers:
+        raise DataError(path, None, None, "no answers in it yet (every one undone)" if kind == "answers" else
+                        "no annotations in it: nobody has answered these tasks in Label Studio yet; export the "
+                        "project again once they have")
+    for at, answer in answers:
         counted.read += 1
         choice = answer["choice"]
         if choice == "skip" or (choice == "tie" and ties == "skip"):
@@ -372,6 +481,9 @@ def import_answers(path: Path, kind: str, ties: str = "skip", tally: Tally | Non
                               "annotator": answer["annotator"]}
         if "seconds" in answer:
             row["seconds"] = number(answer["seconds"], path, None, f"{at}.{seconds_field}", 0.0)
+        row.update(selection(answer, tasks, chosen))  # type: ignore[typeddict-item]
+        if answer["note"].strip():
+            row["note"] = answer["note"]
         counted.used += 1
         rows.append(row)
     if tally is not None:

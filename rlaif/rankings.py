@@ -20,8 +20,10 @@ none). Accepted input, JSONL, CSV or TSV:
 | Label Studio | its JSON export (a JSON list) of the tasks `rlaif rankings export` wrote: `data`, `annotations` |
 
 Any of the first six may give a `weight`. The last two (rlaif.rank_export, recognised by their content) give one
-pair per annotator and task, from each one's final answer, with the `annotator` and the `seconds` they took; skips
-(Label Studio: cancelled annotations) are left out and counted.
+pair per annotator and task, from each one's final answer, with the `annotator`, the `seconds` they took and their
+`note`, and, where the export's tasks.jsonl is in the same folder, how the export chose the pair (`why`) and the AI's
+label of it (`ai_p`, facing `chosen`; `mix` turns it with the row); skips (Label Studio: cancelled annotations) are
+left out and counted.
 
 **Labels stay labels.** A row that carries `p_chosen` is a label, never turned into a hard human one: it is checked
 and kept as it is (`p_chosen`, `source`, `labeler` and every other field; `--ties` is for rankings, and `--annotator`
@@ -579,6 +581,8 @@ def mix(sources: list[tuple[str, list[PreferenceRow], float]], human_overrides: 
                 row["p_orders"] = {_OTHER_ORDER.get(k, k): 1.0 - v for k, v in row["p_orders"].items()}
             if "principle_p" in row:
                 row["principle_p"] = {k: 1.0 - v for k, v in row["principle_p"].items()}
+            if "ai_p" in row:  # an imported answer's AI label (rank_export.selection) faces chosen too
+                row["ai_p"] = 1.0 - row["ai_p"]
         row.update(p_chosen=p, weight=total, provenance=provenance,
                    source="human" if any(e["source"] == "human" for e in provenance) else provenance[0]["source"])
         merged.append(row)

@@ -100,6 +100,11 @@ class PreferenceRow(TypedDict):
     weight: NotRequired[float]
     annotator: NotRequired[str]  # human rater id, when known
     seconds: NotRequired[float]  # how long the person took to answer (the rank page, Label Studio's lead_time)
+    # How `rlaif rankings export` chose the pair a person answered (its task's `why`): random (an unbiased sample, the
+    # only rows that measure the AI labeler fairly), uncertain, inconsistent, principles_disagree or stratified.
+    why: NotRequired[str]
+    ai_p: NotRequired[float]  # the AI's p_chosen of that task, turned to face this row's `chosen`
+    note: NotRequired[str]  # the annotator's note on their answer (non-empty)
     labeler: NotRequired[str]  # AI labeler model id
     principles: NotRequired[list[str]]  # principle ids used by the AI labeler
     principle_p: NotRequired[dict[str, float]]  # p_chosen under each principle

@@ -304,7 +304,7 @@ def _human_data(run: Path, rounds: list[int]) -> list[str]:
     human rows and annotators, people's agreement with each other (percent agreement, Cohen's kappa, Krippendorff's
     alpha, with intervals), and each principle of each AI labeler against people's majority beside the length
     baselines on the same pairs. Nothing for runs with no human rows."""
-    from rlaif.agreement import HUMAN_AI_COLUMNS, human_ai_rows, shown_estimate
+    from rlaif.agreement import HUMAN_AI_COLUMNS, human_ai_rows, shown_chance, shown_estimate
 
     found = []
     for k in rounds:
@@ -328,8 +328,8 @@ def _human_data(run: Path, rounds: list[int]) -> list[str]:
         inter = agreement.get("inter_annotator") or {}
         people.append([name, str(agreement["rows"]["human"]), str(agreement["annotators"]),
                        str(agreement["human_pairs"]), str(inter.get("pairs", 0)),
-                       shown_estimate(inter.get("percent_agreement"), percent=True), shown_estimate(inter.get("kappa")),
-                       shown_estimate(inter.get("alpha"))])
+                       shown_estimate(inter.get("percent_agreement"), percent=True), shown_chance(inter, "kappa"),
+                       shown_chance(inter, "alpha")])
     parts.append(_table(["data", "human rows", "annotators", "pairs people labelled", "pairs two or more answered",
                          "percent agreement", "Cohen's kappa", "Krippendorff's alpha"], people))
     for name, agreement in found:

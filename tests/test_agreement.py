@@ -12,6 +12,7 @@ import pytest
 
 from rlaif.agreement import (
     FIRST,
+    MIN_COMMON_PAIRS,
     SECOND,
     TIE,
     agreement_report,
@@ -22,6 +23,7 @@ from rlaif.agreement import (
     krippendorff_alpha,
     nominal_alpha,
     percent_agreement,
+    shown_estimate,
 )
 
 F, S, T = FIRST, SECOND, TIE
@@ -127,7 +129,9 @@ def test_perfect_agreement_is_one_and_chance_is_about_zero():
     assert cohen_kappa(perfect, perfect) == 1.0 and krippendorff_alpha([perfect, perfect, perfect]) == 1.0
     assert list(percent_agreement([perfect, perfect])) == [1.0] * 8
     kappa = kappa_interval(perfect, perfect)
-    assert kappa == {"value": 1.0, "low": 1.0, "high": 1.0, "n": 8}  # every resample agrees perfectly too
+    # every resample agrees perfectly too: no interval, rather than [1, 1], a certainty 8 pairs cannot give
+    assert kappa == {"value": 1.0, "low": None, "high": None, "n": 8}
+    assert alpha_interval([perfect, perfect]) == {"value": 1.0, "low": None, "high": None, "n": 8}
     # Every answer a tie: kappa and alpha are 0/0, not 1 and not 0.
     assert cohen_kappa([T, T], [T, T]) is None and krippendorff_alpha([[T, T], [T, T]]) is None
     assert kappa_interval([T, T], [T, T]) is None
@@ -202,13 +206,12 @@ def test_report_from_rows_by_hand():
     # q0, q1, q2 answered by ana and ben: they agree on 2 of 3
     assert inter["pairs"] == 3 and inter["annotators"] == 2 and inter["answers"] == 6 and inter["tie_answers"] == 0
     assert inter["percent_agreement"]["value"] == pytest.approx(2 / 3)
-    assert inter["kappa"]["value"] == pytest.approx(2 * 2 / 3 - 1)  # no ties: 2 p_o - 1
-    # alpha, both ways round: o_FF = o_SS = 4, o_FS = o_SF = 2, n_F = n_S = 6, n = 12: 1 - 11 * 4 / 72 = 7/18
-    assert inter["alpha"]["value"] == pytest.approx(7 / 18)
-    assert [p["annotators"] for p in inter["pairwise_kappa"]] == [["ana", "ben"]]
-    for figure in (inter["percent_agreement"], inter["kappa"], inter["alpha"]):
-        assert figure["low"] <= figure["value"] <= figure["high"] and figure["n"] == 3
-    assert report["left_out"]["inter_annotator"] == {"single_annotator": 3, "annotator_pairs_too_few": 0,
+    figure = inter["percent_agreement"]  # Wilson: honest on 3 pairs
+    assert figure["low"] < figure["value"] < figure["high"] and figure["n"] == 3
+    # 3 pairs are too few for kappa and alpha (MIN_COMMON_PAIRS): not reported, counted, and said
+    assert inter["kappa"] is None and inter["alpha"] is None and inter["pairwise_kappa"] == []
+    assert inter["min_common_pairs"] == MIN_COMMON_PAIRS == 10
+    assert report["left_out"]["inter_annotator"] == {"single_annotator": 3, "annotator_pairs_too_few": 1,
                                                       "unnamed_answers": 1, "repeated_answers": 2}
 
     judge = report["human_ai"]["judge"]
@@ -227,9 +230,67 @@ def test_report_from_rows_by_hand():
         assert figure["low"] <= figure["value"] <= figure["high"] and figure["n"] == 3 and figure["low"] < figure["high"]
     assert report["left_out"]["human_ai"] == {"people_tied": 1, "no_ai_label": 1, "no_human_label": 1,
                                               "no_principle_p": 1}
-    assert report["notes"] == []
-    assert "Cohen's kappa 0.33 [" in inter_annotator_line(report) and "on the 3 pairs two or more of 2" in \
-        inter_annotator_line(report)
+    assert report["notes"] == [("Cohen's kappa and Krippendorff's alpha not reported (n too small): 3 pairs two or "
+                               "more people answered, fewer than 10; percent agreement's interval shows how little "
+                               "they say")]
+    line = inter_annotator_line(report)
+    assert "on the 3 pairs two or more of 2" in line and "percent agreement 66.7% [" in line
+    assert "Cohen's kappa and Krippendorff's alpha - (n too small: they need 10 pairs)" in line
+
+
+def twelve_pairs(disagree: int) -> list[dict]:
+    """ana and ben on 12 pairs, ben answering the other reply on the first `disagree`."""
+    rows = []
+    for i in range(12):
+        x, y = f"reply {i}", f"another reply {i}"
+        rows += [person(f"q{i}", x, y, "ana"), person(f"q{i}", *((y, x) if i < disagree else (x, y)), "ben")]
+    return rows
+
+
+def test_kappa_and_alpha_from_rows_by_hand_on_enough_pairs():
+    report = agreement_report(twelve_pairs(disagree=4), resamples=500)
+    inter = report["inter_annotator"]
+    assert inter["pairs"] == 12 and inter["percent_agreement"]["value"] == pytest.approx(8 / 12)
+    assert inter["kappa"]["value"] == pytest.approx(2 * 8 / 12 - 1)  # no ties: 2 p_o - 1
+    # alpha, both ways round (24 units): o_FF = o_SS = 16, o_FS = o_SF = 8, n_F = n_S = 24, n = 48:
+    # 1 - 47 * 16 / (2 * 24 * 24) = 25/72
+    assert inter["alpha"]["value"] == pytest.approx(25 / 72)
+    assert [p["annotators"] for p in inter["pairwise_kappa"]] == [["ana", "ben"]]
+    for figure in (inter["percent_agreement"], inter["kappa"], inter["alpha"]):
+        assert figure["low"] < figure["value"] < figure["high"] and figure["n"] == 12
+    assert report["notes"] == [] and "Cohen's kappa 0.33 [" in inter_annotator_line(report)
+
+
+def test_no_zero_width_interval_where_every_resample_agrees():
+    # 12 pairs, all agreeing, no ties: every resample's kappa and alpha is 1, so the bootstrap says [1, 1]
+    report = agreement_report(twelve_pairs(disagree=0), resamples=300)
+    inter = report["inter_annotator"]
+    assert inter["kappa"] == {"value": 1.0, "low": None, "high": None, "n": 12}
+    assert inter["alpha"] == {"value": 1.0, "low": None, "high": None, "n": 12}
+    low, high = inter["percent_agreement"]["low"], inter["percent_agreement"]["high"]
+    assert low == pytest.approx(0.7575, abs=1e-4) and high == 1.0  # Wilson for 12 of 12: the honest interval stays
+    assert report["notes"] == [("Cohen's kappa and Krippendorff's alpha: no interval, as every bootstrap resample of "
+                               "the 12 pairs gives the same figure (a zero-width interval would claim certainty); "
+                               "read percent agreement's interval")]
+    assert "Cohen's kappa 1.00 (no interval); Krippendorff's alpha 1.00 (no interval)" in inter_annotator_line(report)
+    assert shown_estimate(inter["percent_agreement"], percent=True) == "100.0% [75.8, 100.0]"
+
+
+def test_the_report_shows_too_few_pairs_and_a_missing_interval(tmp_path):
+    from rlaif.records import dumps_json
+    from rlaif.report import render
+
+    reward = tmp_path / "run" / "round-1" / "reward"
+    reward.mkdir(parents=True)
+    small = agreement_report(twelve_pairs(disagree=0)[:6])  # 3 pairs, all agreeing: once kappa 1.00 [1.00, 1.00]
+    (reward / "metrics.json").write_text(dumps_json({"train": {"pairs": 3}, "human_agreement": small}))
+    page = render(tmp_path / "run").read_text()
+    assert page.count("<td class=num>- (n too small)</td>") == 2 and "[1.00, 1.00]" not in page
+    assert "<td class=num>100.0% [43.9, 100.0]</td>" in page and "(n too small): 3 pairs two or more" in page
+    flat = agreement_report(twelve_pairs(disagree=0), resamples=200)
+    (reward / "metrics.json").write_text(dumps_json({"train": {"pairs": 12}, "human_agreement": flat}))
+    page = render(tmp_path / "run").read_text()
+    assert page.count("<td class=num>1.00 (no interval)</td>") == 2 and "[1.00, 1.00]" not in page
 
 
 def test_the_report_does_not_depend_on_which_reply_a_row_calls_chosen():
@@ -243,7 +304,7 @@ def test_ties_are_answers_and_three_annotators_get_alpha_and_pairwise_kappa():
     for i, (q, x, y) in enumerate(texts):
         rows.append(person(q, x, y, "ana"))
         rows.append(person(q, x, y, "ben", p=0.5 if i % 4 == 0 else 1.0))  # ben ties every fourth pair
-        if i < 8:
+        if i < 10:
             rows.append(person(q, y if i % 3 == 0 else x, x if i % 3 == 0 else y, "cy"))
     rows.append(person("q0", "x", "y", "dee"))  # dee answered one pair, alone
     rows.append(person("q0", "reply 0", "another reply 0", "eve"))  # eve shares one pair with the others
@@ -299,6 +360,25 @@ def test_recorded_choices_and_measure_only_rows_count_toward_the_majority_only()
     assert report["human_ai"]["judge"]["pairs"] == 2
     assert report["human_ai"]["judge"]["principles"]["harm"]["agreement"]["value"] == 0.5  # right on q0, not q1
     assert report["left_out"]["inter_annotator"]["repeated_answers"] == 1
+
+
+def test_two_imports_of_the_same_tasks_share_ids_but_not_people():
+    # The page's answers and Label Studio's, each imported alone: every row has its bare task id. Named rows are the
+    # same answer only when the same person gave it; unnamed rows, when the row id repeats.
+    page = [person(f"q{i}", f"reply {i}", f"other {i}", "ana", row_id=f"t{i}") for i in range(12)]
+    label_studio = [person(f"q{i}", f"reply {i}", f"other {i}", "7", row_id=f"t{i}") for i in range(12)]
+    report = agreement_report(page + label_studio, resamples=200)
+    assert report["inter_annotator"]["pairs"] == 12 and report["annotators"] == 2
+    assert report["left_out"]["inter_annotator"]["repeated_answers"] == 0
+    assert report["inter_annotator"]["kappa"]["value"] == 1.0
+    # the same file twice: ana's answers again are repeats, by her name
+    again = agreement_report(page + page + label_studio, resamples=200)
+    assert again["left_out"]["inter_annotator"]["repeated_answers"] == 12 and again["inter_annotator"]["pairs"] == 12
+    # unnamed rows: the same id is the same row; another id is another answer
+    unnamed = [person("q0", "reply 0", "other 0", None, row_id="t0")]
+    report = agreement_report(unnamed * 2 + [person("q0", "reply 0", "other 0", None, row_id="t0-b")])
+    assert report["left_out"]["inter_annotator"] == {"single_annotator": 0, "annotator_pairs_too_few": 0,
+                                                      "unnamed_answers": 2, "repeated_answers": 1}
 
 
 def test_each_labeler_is_measured_apart():

@@ -329,13 +329,13 @@ def test_the_alignment_table_names_policies_by_directory_with_intervals(tmp_path
 
 
 def overlapping_pairs(path) -> None:
-    """Six pairs, each answered by ana and ben (ids TASK-ANNOTATOR, as `rlaif rankings import` names them): both
-    choose the longer reply, but for ben on the last pair."""
+    """Twelve pairs (enough for kappa: rlaif.agreement.MIN_COMMON_PAIRS), each answered by ana and ben (ids
+    TASK-ANNOTATOR, as `rlaif rankings import` names them): both choose the longer reply, but for ben on the last."""
     rows = []
-    for i in range(6):
+    for i in range(12):
         longer, shorter = f"Keep bottle {i} sealed, upright and away from heat.", "Mix it."
         for who in ("ana", "ben"):
-            chosen, rejected = (shorter, longer) if (i == 5 and who == "ben") else (longer, shorter)
+            chosen, rejected = (shorter, longer) if (i == 11 and who == "ben") else (longer, shorter)
             rows.append({"id": f"t{i}-{who}", "prompt": f"How do I store bottle {i}?", "chosen": chosen,
                          "rejected": rejected, "annotator": who})
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -353,11 +353,11 @@ def test_the_report_card_sets_peoples_agreement_beside_the_labelers(tmp_path):
                Judgement("help", 0.3 if yes else 0.7, 0.2 if yes else 0.8)] for yes in longer_first]
     agreement = human_agreement(path, pairs, judged, "lab")
     inter = agreement["inter_annotator"]
-    assert inter["pairs"] == 6 and inter["annotators"] == 2
-    assert inter["percent_agreement"]["value"] == pytest.approx(5 / 6) and inter["kappa"]["value"] == pytest.approx(2 / 3)
-    assert len(pairs) == 5  # the last pair people split evenly: not put to the labeler, in their agreement still
+    assert inter["pairs"] == 12 and inter["annotators"] == 2  # kappa both ways round, no ties: 2 * 11/12 - 1
+    assert inter["percent_agreement"]["value"] == pytest.approx(11 / 12) and inter["kappa"]["value"] == pytest.approx(5 / 6)
+    assert len(pairs) == 11  # the last pair people split evenly: not put to the labeler, in their agreement still
     lab = agreement["human_ai"]["lab"]
-    assert lab["pairs"] == 5 and agreement["left_out"]["human_ai"]["people_tied"] == 1
+    assert lab["pairs"] == 11 and agreement["left_out"]["human_ai"]["people_tied"] == 1
     harm = lab["principles"]["harm"]
     assert harm["agreement"]["value"] == 1.0 and lab["principles"]["help"]["agreement"]["value"] == 0.0
     # harm agrees with people exactly as often as "prefer the longer reply": the baseline says so beside it
@@ -372,11 +372,11 @@ def test_the_report_card_sets_peoples_agreement_beside_the_labelers(tmp_path):
     console = Console(record=True, width=400)
     print_labeler_report(report, console)
     text = " ".join(console.export_text().split())
-    ceiling = "People with each other, on the 6 pairs two or more of 2 annotators answered: percent agreement 83.3% ["
-    assert ceiling in text and "Cohen's kappa 0.67 [" in text
+    ceiling = "People with each other, on the 12 pairs two or more of 2 annotators answered: percent agreement 91.7% ["
+    assert ceiling in text and "Cohen's kappa 0.83 [" in text
     assert text.index("a fair coin") < text.index(ceiling) < text.index(" ".join(report["verdict"]["text"].split()))
     assert "Per principle against people's majority (each pair once), beside the baselines on the same pairs: lab" in text
-    assert "harm │ 5 │ 100.0% [" in text and "help │ 5 │ 0.0% [" in text and "left out: people_tied 1" in text
+    assert "harm │ 11 │ 100.0% [" in text and "help │ 11 │ 0.0% [" in text and "left out: people_tied 1" in text
     # a report card without it (pairs that name no annotator, as hh-rlhf's) prints neither
     anonymous = tmp_path / "anonymous.jsonl"
     anonymous.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "annotator"}) + "\n"
@@ -396,9 +396,9 @@ def test_eval_labeler_measures_people_and_principles_on_a_tiny_model(tmp_path, r
                                                 injection_pairs=0, order_free_modes=False, device="cpu"))
     saved = json.loads((tmp_path / "out" / "labeler_report.json").read_text())["human_agreement"]
     assert saved == json.loads(json.dumps(report["human_agreement"]))
-    assert saved["inter_annotator"]["kappa"]["value"] == pytest.approx(2 / 3) and saved["annotators"] == 2
+    assert saved["inter_annotator"]["kappa"]["value"] == pytest.approx(5 / 6) and saved["annotators"] == 2
     (entry,) = saved["human_ai"].values()
-    assert entry["pairs"] == 5 and entry["overall"]["pairs"] == 5
+    assert entry["pairs"] == 11 and entry["overall"]["pairs"] == 11
     drawn = {pid for m in [report["per_principle"]] for pid in m}
     assert set(entry["principles"]) == drawn  # every principle the ensemble drew, against people's majority
     for figures in entry["principles"].values():
@@ -421,14 +421,14 @@ def test_the_report_has_a_human_data_section(tmp_path):
                 **({"annotator": who} if source == "human" else {}), **extra}
 
     rows = []
-    for i in range(8):
+    for i in range(12):
         good, bad = f"Sealed, upright, away from heat ({i}).", "Anywhere."
-        rows += [row(i, "ana", good, bad), row(i, hostile, *((bad, good) if i == 7 else (good, bad))),
+        rows += [row(i, "ana", good, bad), row(i, hostile, *((bad, good) if i == 11 else (good, bad))),
                  row(i, "ai", good, bad, source="ai", p_chosen=0.8, labeler="judge", principle_p={hostile: 0.8})]
     reward = tmp_path / "run" / "round-1" / "reward"
     reward.mkdir(parents=True)
     agreement = agreement_report(rows)
-    metrics = {"train": {"pairs": 8, "first_loss": 0.7, "last_loss": 0.6}, "heldout": None,
+    metrics = {"train": {"pairs": 12, "first_loss": 0.7, "last_loss": 0.6}, "heldout": None,
                "human_agreement": agreement}
     (reward / "metrics.json").write_text(dumps_json(metrics))
     page = render(tmp_path / "run").read_text()
@@ -436,7 +436,7 @@ def test_the_report_has_a_human_data_section(tmp_path):
     inter = agreement["inter_annotator"]
     assert f"<td class=num>{stats.Estimate(**inter['kappa']).number(2)}</td>" in page  # Cohen's kappa, interval
     assert f"<td class=num>{stats.Estimate(**inter['alpha']).number(2)}</td>" in page
-    assert "<td class=>round 1, reward model&#x27;s data</td><td class=num>16</td><td class=num>2</td>" in page
+    assert "<td class=>round 1, reward model&#x27;s data</td><td class=num>24</td><td class=num>2</td>" in page
     principle = agreement["human_ai"]["judge"]["principles"][hostile]
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page  # the principle id, escaped
     assert stats.Estimate(**principle["agreement"]).percent() in page
@@ -446,7 +446,7 @@ def test_the_report_has_a_human_data_section(tmp_path):
     (tmp_path / "run" / "labeler-check").mkdir()
     (tmp_path / "run" / "labeler-check" / "labeler_report.json").write_text(dumps_json({"human_agreement": agreement}))
     page = render(tmp_path / "run").read_text()
-    assert page.index("<p>People with each other, on the 8 pairs two or more of 2 annotators answered") < \
+    assert page.index("<p>People with each other, on the 12 pairs two or more of 2 annotators answered") < \
         page.index("<h2>Human data</h2>") < page.index("<td class=>labeler check&#x27;s pairs</td>")
     (tmp_path / "run" / "labeler-check" / "labeler_report.json").unlink()
     # a run without human rows has no such section

@@ -41,9 +41,10 @@ def test_least_certain_first():
     rows = [("f", pref(i, p)) for i, p in enumerate([0.9, 0.55, 0.7, 0.51, 0.8])]
     tasks = select(rows, budget=3, random_share=0)
     assert ids(tasks) == ["q3-0-1", "q1-0-1", "q2-0-1"]  # p 0.51, 0.55, 0.7
+    # only 0.51 is within UNCERTAIN_MARGIN (0.05) of 0.5: the others fill the budget, least certain first
     assert [(t["why"], t["ai_p"], t["principle"]) for t in tasks] == [("uncertain", 0.51, "harmless"),
-                                                                      ("uncertain", 0.55, "harmless"),
-                                                                      ("uncertain", 0.7, "harmless")]
+                                                                      ("stratified", 0.55, "harmless"),
+                                                                      ("stratified", 0.7, "harmless")]
     assert tasks[0]["responses"] == ["good 3", "bad 3"] and tasks[0]["source_file"] == "f"
 
 
@@ -57,13 +58,44 @@ def test_inconsistent_and_disagreeing_pairs_come_before_uncertain_ones():
         ("q0-0-1", "uncertain", "harmless")]
 
 
-def test_principles_take_turns():
-    # harmless has ten pairs closer to 0.5 than any of helpful's: unstratified, it would take the whole budget.
+def test_principles_take_turns_among_the_doubtful_pairs():
+    # harmless has ten pairs closer to 0.5 than any of helpful's, all doubtful: unstratified, it would take the
+    # whole budget
     rows = [("f", pref(i, 0.501 + i / 1000, "harmless")) for i in range(10)]
-    rows += [("f", pref(10 + i, 0.8 + i / 100, "helpful")) for i in range(10)]
+    rows += [("f", pref(10 + i, 0.52 + i / 1000, "helpful")) for i in range(10)]
     tasks = select(rows, budget=10, random_share=0)
-    assert Counter(t["principle"] for t in tasks) == {"harmless": 5, "helpful": 5}
+    assert Counter((t["principle"], t["why"]) for t in tasks) == {("harmless", "uncertain"): 5,
+                                                                  ("helpful", "uncertain"): 5}
     assert ids(tasks)[:4] == ["q0-0-1", "q10-0-1", "q1-0-1", "q11-0-1"]  # in turns, each the least certain left
+
+
+def test_uncertainty_comes_before_coverage():
+    # The review's case: 30 harassment pairs the AI doubts (p 0.50-0.52) and 33 directness pairs it is sure of
+    # (0.95-0.99). Every exported pair is a doubtful one; none of the confident ones is called uncertain.
+    rows = [("f", pref(i, 0.5 + 0.02 * i / 29, "harassment")) for i in range(30)]
+    rows += [("f", pref(30 + i, 0.95 + 0.04 * i / 32, "directness")) for i in range(33)]
+    tasks = select(rows, budget=20, random_share=0)
+    assert ids(tasks) == [f"q{i}-0-1" for i in range(20)]  # the 20 closest to 0.5, least certain first
+    assert {(t["principle"], t["why"]) for t in tasks} == {("harassment", "uncertain")}
+    # A budget past the doubtful pairs: the confident ones come after them all, as `stratified`, least certain first
+    tasks = select(rows, budget=40, random_share=0)
+    assert [t["why"] for t in tasks] == ["uncertain"] * 30 + ["stratified"] * 10
+    assert ids(tasks)[30:] == [f"q{i}-0-1" for i in range(30, 40)]
+    assert all(t["ai_p"] >= 0.95 for t in tasks if t["why"] == "stratified")
+    # Principles with no doubtful pair at all still take turns, but as `stratified`
+    confident = [("f", pref(i, 0.9 + i / 100, "harmless")) for i in range(5)]
+    confident += [("f", pref(5 + i, 0.7 + i / 100, "helpful")) for i in range(5)]
+    tasks = select(confident, budget=4, random_share=0)
+    assert [(t["id"], t["why"]) for t in tasks] == [("q5-0-1", "stratified"), ("q0-0-1", "stratified"),
+                                                    ("q6-0-1", "stratified"), ("q1-0-1", "stratified")]
+
+
+def test_flagged_pairs_come_first_whatever_their_principle():
+    rows = [("f", pref(i, 0.5 + i / 1000, "harmless")) for i in range(6)]  # doubtful
+    rows += [("f", pref(6 + i, 0.9, "helpful", consistent=False)) for i in range(3)]  # confident but inconsistent
+    tasks = select(rows, budget=5, random_share=0)
+    assert [(t["why"], t["principle"]) for t in tasks] == [("inconsistent", "helpful")] * 3 + [
+        ("uncertain", "harmless")] * 2
 
 
 def test_random_share_size_and_seed():
@@ -153,8 +185,25 @@ def test_cli_export_prints_the_table(tmp_path):
         ["inconsistent", "harmless", "1"], ["principles_disagree", "honest", "1"], ["uncertain", "helpful", "1"]]
     assert "3 tasks (0 random, 1 for 2 annotators)" in result.output
     assert {p.name for p in (tmp_path / "t").iterdir()} == {"tasks.jsonl", "label-studio.json", "label-studio.xml",
-                                                            "README.txt"}
-    assert "rlaif rank serve" in (tmp_path / "t" / "README.txt").read_text(encoding="utf-8")
+                                                            "guidelines.md", "README.txt"}
+    readme = " ".join((tmp_path / "t" / "README.txt").read_text(encoding="utf-8").split())
+    assert "rlaif rank serve" in readme and "better for the person asking" not in readme
+    # better is helpful to a legitimate need and harmless and honest: on a red-team prompt, declining wins
+    assert "helpful one for what the person legitimately needs, as long as it is also harmless and honest" in readme
+    assert "the better reply declines or redirects safely" in readme
+
+
+def test_guidelines_are_written_once_and_a_teams_copy_stays(tmp_path):
+    from rlaif.rank_serve import DEFAULT_GUIDELINES
+
+    path = write_lines(tmp_path / "p.jsonl", [pref(0, 0.6)])
+    run(ExportConfig(preferences=[str(path)], out=str(tmp_path / "t")))
+    guidelines = tmp_path / "t" / "guidelines.md"
+    assert guidelines.read_text(encoding="utf-8") == DEFAULT_GUIDELINES
+    assert "declines or steers to a safe alternative" in DEFAULT_GUIDELINES  # the harmless reading, not the asker's
+    guidelines.write_text("Our own: prefer the shorter reply when both are right.\n", encoding="utf-8")
+    run(ExportConfig(preferences=[str(path)], out=str(tmp_path / "t")))
+    assert guidelines.read_text(encoding="utf-8") == "Our own: prefer the shorter reply when both are right.\n"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -163,7 +212,7 @@ def test_cli_export_prints_the_table(tmp_path):
 
 def export(tmp_path, n=3, **settings):
     path = write_lines(tmp_path / "p.jsonl", [pref(i, 0.5 + (i + 1) / 100) for i in range(n)])
-    run(ExportConfig(preferences=[str(path)], out=str(tmp_path / "t"), random_share=0, **settings))
+    run(ExportConfig(preferences=[str(path)], out=str(tmp_path / "t"), **{"random_share": 0, **settings}))
     tasks = list(read_jsonl(tmp_path / "t" / "tasks.jsonl"))
     return tasks, json.loads((tmp_path / "t" / "label-studio.json").read_text(encoding="utf-8"))
 
@@ -175,7 +224,8 @@ def test_label_studio_tasks_follow_the_documented_import_format(tmp_path):
     for task, ls in zip(tasks, ls_tasks, strict=True):
         assert ls["data"]["rlaif_task"] == task["id"] and ls["data"]["prompt"] == task["prompt"]
         assert sorted([ls["data"]["a"], ls["data"]["b"]]) == sorted(task["responses"])
-        assert ls["data"]["overlap"] == task["overlap"]
+        assert ls["data"]["overlap"] == task["overlap"] and ls["data"]["rlaif_why"] == task["why"]
+        assert "ai_p" not in ls["data"]  # the Data Manager shows data's columns: the AI's label would anchor
     shown_first = [ls["data"]["a"] == task["responses"][0] for task, ls in zip(tasks, ls_tasks)]
     assert 0 < sum(shown_first) < len(shown_first)  # the AI's pick is A on some tasks, B on others
 
@@ -193,6 +243,7 @@ def test_label_studio_config_uses_the_documented_tags(tmp_path):
     choices = tags["preference"]
     assert (choices.get("choice"), choices.get("required")) == ("single-radio", "true")
     assert [c.get("alias") for c in choices.findall("Choice")] == ["A", "B", "tie"]
+    assert "$rlaif_why" not in ET.tostring(root, encoding="unicode")  # the config never shows why a pair was chosen
     assert all(e.get("toName") in tags and tags[e.get("toName")].tag in ("Paragraphs", "Text")
                for e in root.iter() if e.get("toName"))
 
@@ -246,6 +297,75 @@ def test_label_studio_round_trip(tmp_path):
     result = CliRunner().invoke(cli, ["rankings", "import", str(path), "--out", str(tmp_path / "human.jsonl")])
     assert result.exit_code == 0, result.output
     assert [r["annotator"] for r in read_jsonl(tmp_path / "human.jsonl")] == ["10", "11"]
+
+
+def test_label_studio_rows_carry_why_the_pair_was_chosen_and_the_note(tmp_path):
+    tasks, ls_tasks = export(tmp_path, random_share=0.34)  # one of the three drawn at random
+    assert sorted(t["why"] for t in tasks) == ["random", "uncertain", "uncertain"]
+    ai_pick = ["A" if ls["data"]["a"] == t["responses"][0] else "B" for t, ls in zip(tasks, ls_tasks)]
+    other = {"A": "B", "B": "A"}
+    exported = ls_export(ls_tasks, [[(10, ai_pick[0], 4.0), (11, other[ai_pick[0]], 6.0)], [(10, ai_pick[1], 3.0)],
+                                    [(11, other[ai_pick[2]], 2.0)]])
+    exported[2]["annotations"][0]["result"].pop()  # no note on this one
+    # Saved elsewhere (a Downloads folder): `why` from the task's data, no `ai_p` without tasks.jsonl
+    away = tmp_path / "downloads" / "export.json"
+    away.parent.mkdir()
+    away.write_text(json.dumps(exported), encoding="utf-8")
+    rows = import_rankings(away)
+    assert [(r["why"], r.get("note")) for r in rows] == [(tasks[0]["why"], "B rambles"), (tasks[0]["why"], "B rambles"),
+                                                         (tasks[1]["why"], "B rambles"), (tasks[2]["why"], None)]
+    assert not any("ai_p" in r for r in rows)
+    # Saved in the tasks folder: `ai_p` too, the AI's P(this row's chosen is better)
+    beside = tmp_path / "t" / "export.json"
+    beside.write_text(json.dumps(exported), encoding="utf-8")
+    rows = import_rankings(beside)
+    assert [(r["annotator"], r["why"]) for r in rows] == [("10", tasks[0]["why"]), ("11", tasks[0]["why"]),
+                                                          ("10", tasks[1]["why"]), ("11", tasks[2]["why"])]
+    assert [r["ai_p"] for r in rows] == pytest.approx([tasks[0]["ai_p"], 1 - tasks[0]["ai_p"], tasks[1]["ai_p"],
+                                                       1 - tasks[2]["ai_p"]])
+    assert rows[1]["chosen"][0]["content"] == tasks[0]["responses"][1]  # 11 chose against the AI: ai_p < 0.5
+    # A tasks.jsonl of another export (other replies under the same id) lends nothing but the data's `why`
+    other_tasks = [{**t, "responses": ["x", "y"], "why": "stratified", "ai_p": 0.9} for t in tasks]
+    write_lines(tmp_path / "t" / "tasks.jsonl", other_tasks)
+    rows = import_rankings(beside)
+    assert [r["why"] for r in rows] == [tasks[0]["why"], tasks[0]["why"], tasks[1]["why"], tasks[2]["why"]]
+    assert not any("ai_p" in r for r in rows)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda t: json.loads((t / "t" / "label-studio.json").read_text(encoding="utf-8")),
+     (r"is the label-studio.json that `rlaif rankings export` wrote: the tasks to import into Label Studio, with no "
+     r"answers")),
+    # JSON-MIN: each task's data and its answer at the top level (Label Studio's "JSON-MIN" export)
+    (lambda t: [{**ls["data"], "id": i, "preference": "A", "annotator": "ana@example.org", "lead_time": 3.0}
+                for i, ls in enumerate(json.loads((t / "t" / "label-studio.json").read_text(encoding="utf-8")))],
+     r"is Label Studio's JSON-MIN export .*export the project again as JSON \(not JSON-MIN\)"),
+    (lambda t: ls_export(json.loads((t / "t" / "label-studio.json").read_text(encoding="utf-8")), [[], [], []]),
+     r"no annotations in it: nobody has answered these tasks in Label Studio yet"),
+])
+def test_the_wrong_label_studio_file_says_what_it_is(tmp_path, make, message):
+    export(tmp_path)
+    path = tmp_path / "wrong.json"
+    path.write_text(json.dumps(make(tmp_path)), encoding="utf-8")
+    with pytest.raises(DataError, match=r"wrong.json: " + message):
+        import_rankings(path)
+
+
+def test_the_export_folder_and_its_tasks_file_are_not_answers(tmp_path):
+    export(tmp_path)
+    folder = tmp_path / "t"
+    with pytest.raises(DataError, match=r"t: is a folder: its tasks have no answers from the rank page yet "
+                                        r"\(rankings.jsonl\): rank them \(rlaif rank serve "):
+        import_rankings(folder)
+    tasks_named = r"tasks.jsonl:1: is the tasks file of `rlaif rankings export`: the pairs for people to rank, with no " \
+                  r"answers. Rank them \(rlaif rank serve .*\) and import the answers: .*rankings.jsonl"
+    with pytest.raises(DataError, match=tasks_named):
+        import_rankings(folder / "tasks.jsonl")
+    with pytest.raises(DataError, match=tasks_named):  # nor are they labels to export from
+        run(ExportConfig(preferences=[str(folder / "tasks.jsonl")], out=str(tmp_path / "u")))
+    write_lines(folder / "rankings.jsonl", [answer("a1", "t1", "alice", "first")])
+    with pytest.raises(DataError, match=r"t: is a folder: give the rank page's answers in it, .*rankings.jsonl$"):
+        import_rankings(folder)
 
 
 def test_a_label_studio_file_without_our_fields_is_a_clear_error(tmp_path):
@@ -322,6 +442,49 @@ def test_page_answers_fold_into_rows(tmp_path):
 def test_bad_answers_name_the_line_or_answer_and_field(tmp_path, event, message):
     with pytest.raises(DataError, match=message):
         import_rankings(write_lines(tmp_path / "rankings.jsonl", [event]))
+
+
+def test_page_rows_carry_the_tasks_why_ai_p_and_note(tmp_path):
+    tasks = [{"id": "t1", "prompt": [{"role": "user", "content": "About t1?"}], "responses": ["t1 first", "t1 second"],
+              "overlap": 2, "why": "random", "principle": "harm", "ai_p": 0.8, "source_file": "p.jsonl"},
+             {"id": "t2", "prompt": [{"role": "user", "content": "About t2?"}], "responses": ["t2 first", "t2 second"],
+              "overlap": 1, "why": "uncertain", "principle": "harm", "ai_p": 0.52, "source_file": "p.jsonl"}]
+    events = [answer("a1", "t1", "alice", "first"), {**answer("a2", "t1", "bob", "second"), "note": "A lectures"},
+              {**answer("a3", "t2", "alice", "first"), "note": "  "}, answer("a4", "t3", "bob", "first")]
+    path = write_lines(tmp_path / "rankings.jsonl", events)
+    # no tasks.jsonl beside them (answers copied elsewhere): no `why`, no `ai_p`
+    assert not any({"why", "ai_p"} & set(r) for r in import_rankings(path))
+    write_lines(tmp_path / "tasks.jsonl", tasks)
+    rows = {r["id"]: r for r in import_rankings(path)}
+    assert (rows["t1-alice"]["why"], rows["t1-alice"]["ai_p"]) == ("random", 0.8)
+    assert (rows["t1-bob"]["why"], rows["t1-bob"]["ai_p"]) == ("random", pytest.approx(0.2))  # bob chose t1 second
+    assert rows["t1-bob"]["note"] == "A lectures" and "note" not in rows["t1-alice"] and "note" not in rows["t2"]
+    assert (rows["t2"]["why"], rows["t2"]["ai_p"]) == ("uncertain", 0.52)
+    assert not {"why", "ai_p"} & set(rows["t3"])  # a task the file no longer holds
+
+
+def test_page_and_label_studio_answers_to_the_same_tasks_all_count_toward_agreement(tmp_path):
+    from rlaif.agreement import agreement_report
+
+    tasks, ls_tasks = export(tmp_path, n=12, random_share=0.25)
+    folder = tmp_path / "t"
+    # ana on the page, user 7 in Label Studio, each the only one per task in their file: bare task ids in both
+    write_lines(folder / "rankings.jsonl", [
+        {**answer(f"a{i}", task["id"], "ana", "first" if i < 9 else "second"), "prompt": task["prompt"],
+         "responses": task["responses"]} for i, task in enumerate(tasks)])
+    ai_pick = ["A" if ls["data"]["a"] == t["responses"][0] else "B" for t, ls in zip(tasks, ls_tasks)]
+    (folder / "export.json").write_text(json.dumps(ls_export(ls_tasks, [[(7, pick, 3.0)] for pick in ai_pick])),
+                                        encoding="utf-8")
+    page, label_studio = import_rankings(folder / "rankings.jsonl"), import_rankings(folder / "export.json")
+    assert [r["id"] for r in page] == [r["id"] for r in label_studio] == [t["id"] for t in tasks]
+    assert [r["why"] for r in page] == [r["why"] for r in label_studio] == [t["why"] for t in tasks]
+    assert Counter(t["why"] for t in tasks)["random"] == 3
+    report = agreement_report(page + label_studio, resamples=200)
+    assert report["left_out"]["inter_annotator"]["repeated_answers"] == 0
+    inter = report["inter_annotator"]
+    assert (inter["pairs"], inter["annotators"]) == (12, 2)
+    assert inter["percent_agreement"]["value"] == pytest.approx(9 / 12)  # ana went against the AI on the last 3
+    assert inter["kappa"]["value"] == pytest.approx(2 * 9 / 12 - 1)
 
 
 def test_only_skips_is_nothing_to_import(tmp_path):

@@ -289,6 +289,19 @@ def test_mix_flips_a_single_order_ai_label():
     assert rows[0]["p_chosen"] == pytest.approx((0.3 * 1 + 1.0 * 2) / 3)
 
 
+def test_an_imported_answers_ai_p_turns_with_its_row_and_its_why_and_note_stay(tmp_path):
+    # ana chose "one" (the AI gave it 0.8, so ai_p 0.8 on her row); bob and cy chose "two": the mix faces "two"
+    ana = {**human_row("one", "two"), "annotator": "ana", "why": "random", "ai_p": 0.8, "note": "shorter"}
+    others = [{**human_row("two", "one"), "id": f"h-two-{who}", "annotator": who} for who in ("bob", "cy")]
+    rows, _ = mix([("page.jsonl", [ana], 1.0), ("ls.jsonl", others, 1.0)])
+    assert len(rows) == 1 and rows[0]["chosen"][0]["content"] == "two"
+    assert rows[0]["ai_p"] == pytest.approx(0.2) and rows[0]["why"] == "random" and rows[0]["note"] == "shorter"
+    # read back as labels (an earlier import), the fields are kept as they are
+    path = write_lines(tmp_path / "human.jsonl", [ana])
+    (row,) = load_preferences(path)
+    assert (row["why"], row["ai_p"], row["note"]) == ("random", 0.8, "shorter")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Labels stay labels; every weight is checked; ties are counted
 

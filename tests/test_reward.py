@@ -158,11 +158,11 @@ def test_training_learns_a_separable_preference(tmp_path, tiny_model_dir):
     entry = metrics["reliability"]["sources"][str(ai)]  # rows that name no labeler: their file's
     assert entry["pairs"] == 0 and entry["decision"] == "too few pairs" and entry["weight_used"] == {str(ai): 1.0}
     assert metrics["train"]["last_loss"] < metrics["train"]["first_loss"]
-    # people's agreement (rlaif.agreement) beside the reliability: on the training-side pairs, held-out ones counted
+    # people's agreement (rlaif.agreement) beside the reliability: people on every row, the AI on the training side
     people = metrics["human_agreement"]
-    assert people["rows"]["human"] + people["rows"]["ai"] + people["left_out"]["reward_stage"]["held_out_rows"] == 96
-    assert 0 < people["left_out"]["reward_stage"]["held_out_rows"] < 48 and people["inter_annotator"] is None
-    assert "no row names its annotator" in people["notes"][0]
+    assert people["rows"]["human"] + people["rows"]["ai"] == 96
+    assert 0 < people["left_out"]["reward_stage"]["held_out_rows"] < 96 and people["inter_annotator"] is None
+    assert any("no row names its annotator" in note for note in people["notes"])
     held = metrics["heldout"]
     assert held["overall"]["pairs"] == held["human"]["pairs"] + held["ai"]["pairs"]
     assert held["overall"]["accuracy"] >= 0.9, held

@@ -332,7 +332,7 @@ def rankings_import(rankings_file, out_path: str, ties: str, annotator: str | No
 @rankings.command(name="export")
 @click.argument("preference_files", metavar="PREFS.jsonl...", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", required=True,
-              help="Directory for tasks.jsonl, label-studio.json, label-studio.xml and README.txt.")
+              help="Directory for tasks.jsonl, label-studio.json, label-studio.xml, guidelines.md and README.txt.")
 @click.option("--budget", type=int, default=200, show_default=True,
               help="Pairs to export (all of them when fewer are left).")
 @click.option("--random-share", type=float, default=0.2, show_default=True,
@@ -352,9 +352,10 @@ def rankings_export(preference_files, out_dir: str, budget: int, random_share: f
     Of the AI's labels (rows with source=human are left out), the budget goes to:
       inconsistent          the two orders pick different winners (consistent: false)
       principles_disagree   one principle prefers each reply (principle_p on both sides of 0.5)
-      uncertain             the rest, least certain first (p_chosen closest to 0.5)
-      random                --random-share of the budget, drawn uniformly from every pair
-    taken in turns across principles, so that no principle takes the whole budget.
+      uncertain             p_chosen within 0.05 of 0.5, least certain first, principles taking turns
+      stratified            what budget is left, the other pairs, principles taking turns
+      random                --random-share of the budget, drawn first, uniformly from every pair
+    People's agreement with the AI is measured on the random ones only: the others were chosen for its doubt.
 
     \b
     Then rank them in rlaif's page, or in Label Studio (OUT/README.txt says how):
@@ -381,5 +382,5 @@ def rankings_export(preference_files, out_dir: str, budget: int, random_share: f
     short = (f"; the budget ({budget}) is more than the {counts['available']} pairs available: all exported"
              if budget > counts["available"] else "")
     out.print(f"[green]✓[/green] {counts['tasks']} tasks ({counts['random']} random, {counts['overlapping']} for "
-              f"{overlap} annotators) → {shown(out_dir)}: tasks.jsonl, label-studio.json, label-studio.xml, README.txt "
+              f"{overlap} annotators) → {shown(out_dir)}: tasks.jsonl, label-studio.json, label-studio.xml, guidelines.md, README.txt "
               f"({shown(counts['summary'])}){short}", soft_wrap=True)
