@@ -496,6 +496,13 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
                           for pid, ps in sorted(per_principle.items())},
         "human_agreement": human_agreement(config.pairs, pairs, judged, config.labeler, config.limit),
     }
+    doubted = sum(row.get("why") not in (None, "random") for row in read_jsonl(config.pairs)
+                  if isinstance(row, dict) and row.get("source", "human") == "human")
+    if doubted:  # rows of `rankings export` tasks that were chosen because the AI labeler was unsure of them
+        report["chosen_for_doubt"] = {
+            "rows": doubted, "note": f"{doubted} of the file's rows answer pairs `rankings export` chose because the "
+            "AI labeler was unsure of them (why other than random): on them any labeler looks worse than it is. For "
+            "its agreement on pairs like those it labels, evaluate on the rows with why: random only"}
     if remote:
         report["not_measured"] = {"modes": ["chain of thought", "likelihood contrast", "score difference"],
                                   "why": "engine openai: a chat API scores no text its model did not write"}
@@ -589,6 +596,8 @@ def print_labeler_report(report: dict, console) -> None:
     console.print("[dim]consistency -: one order shown, or a mode that shows no order (consistent by construction). "
                   "ECE floor: what a perfectly calibrated labeler with the same confidences would score on these "
                   "pairs; ECE is biased upward on few pairs.[/dim]")
+    if report.get("chosen_for_doubt"):
+        console.print(f"[yellow]note:[/yellow] {shown(report['chosen_for_doubt']['note'])}")
     agreement = report.get("human_agreement") or {}
     if agreement.get("inter_annotator"):  # the ceiling, beside the labeler's agreement
         from rlaif.agreement import inter_annotator_line

@@ -391,9 +391,14 @@ def test_eval_labeler_measures_people_and_principles_on_a_tiny_model(tmp_path, r
 
     path = tmp_path / "pairs.jsonl"
     overlapping_pairs(path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]  # the first 3 pairs chosen for doubt
+    path.write_text("".join(json.dumps({**r, "why": "uncertain" if int(r["id"][1:].split("-")[0]) < 3 else "random"})
+                            + "\n" for r in rows))
     report = evaluate_labeler(LabelerEvalConfig(pairs=str(path), out=str(tmp_path / "out"), constitution="judge",
                                                 labeler=str(roomy_model_dir), ensemble=2, chain_of_thought=False,
                                                 injection_pairs=0, order_free_modes=False, device="cpu"))
+    assert report["chosen_for_doubt"]["rows"] == 6 and "evaluate on the rows with why: random" in \
+        report["chosen_for_doubt"]["note"]
     saved = json.loads((tmp_path / "out" / "labeler_report.json").read_text())["human_agreement"]
     assert saved == json.loads(json.dumps(report["human_agreement"]))
     assert saved["inter_annotator"]["kappa"]["value"] == pytest.approx(5 / 6) and saved["annotators"] == 2
