@@ -469,7 +469,7 @@ def human_ai_rows(report: dict) -> list[list[str]]:
     for name, entry in report.get("human_ai", {}).items():
         if not entry["pairs"]:
             continue
-        for principle, figures in [("(its label)", entry["overall"]), *entry["principles"].items()]:
+        for principle, figures in [("(all its principles: its p_chosen)", entry["overall"]), *entry["principles"].items()]:
             base = figures["baselines"]
             rows.append([name, principle, str(figures["pairs"]), shown_estimate(figures["agreement"], True),
                          shown_estimate(base["prefer the shorter reply"], True), shown_estimate(base["prefer the longer reply"], True)])
