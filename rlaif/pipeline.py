@@ -316,21 +316,26 @@ def _check_config(recipe: Recipe, out: Path, constitution: str, human: list) -> 
 def _write_check_pairs(step: Step) -> int:
     """The pairs the labeler check labels, to its `pairs` file: every imported human file's pairs where people
     chose (a tie names no choice), one row per pair (the first file's), none the reward stage holds out
-    (rlaif.reward.held_out_key), in the order of a hash of the pair, so that the first `limit` of them are drawn
-    evenly from every file. Returns how many."""
+    (rlaif.reward.held_out_key) and none `rankings export` chose for the labeler's doubt (records.chosen_for_doubt:
+    the check would understate it there, and its labels.jsonl measures the labeler in the reward stage), in the
+    order of a hash of the pair, so that the first `limit` of them are drawn evenly from every file. Returns how
+    many."""
     from rlaif.rankings import pair_key
-    from rlaif.records import read_jsonl, write_jsonl
+    from rlaif.records import chosen_for_doubt, read_jsonl, write_jsonl
     from rlaif.reward import held_out_key
 
     fraction = step.inputs["held_out_fraction"]
     rows: dict[str, dict] = {}
+    doubted = set()
     for path in step.inputs["human_files"]:
         for row in read_jsonl(path):
             key = pair_key(row)
-            if row.get("source", "human") == "human" and row["p_chosen"] == 1.0 and not held_out_key(key, fraction):
+            if chosen_for_doubt(row):
+                doubted.add(key)
+            elif row.get("source", "human") == "human" and row["p_chosen"] == 1.0 and not held_out_key(key, fraction):
                 rows.setdefault(key, {"id": key, "prompt": row["prompt"], "chosen": row["chosen"],
                                       "rejected": row["rejected"], "p_chosen": 1.0, "source": "human"})
-    ordered = [rows[key] for key in sorted(rows, key=lambda key: hashlib.sha256(key.encode()).hexdigest())]
+    ordered = [rows[key] for key in sorted(set(rows) - doubted, key=lambda key: hashlib.sha256(key.encode()).hexdigest())]
     write_jsonl(step.config.pairs, ordered)
     return len(ordered)
 
@@ -454,8 +459,8 @@ def _execute(step: Step, progress: bool) -> dict:
     stage on vLLM (engine: vllm) runs in a child process of its own (rlaif.launch.in_child)."""
     if step.stage == CHECK and not _write_check_pairs(step):
         raise DataError(step.config.pairs, None, None, "no human pair to check the labeler on: every pair of the "
-                        "human files is a tie or held out by the reward stage (reward.eval_fraction); add human "
-                        "pairs, or lower reward.eval_fraction")
+                        "human files is a tie, held out by the reward stage (reward.eval_fraction) or chosen for the "
+                        "labeler's doubt (rankings export's why); add human pairs, or lower reward.eval_fraction")
     if step.processes > 1:
         result = launched(step)
     elif getattr(step.config, "engine", "rlaif") == "vllm":

@@ -21,7 +21,7 @@ memory, for `lease_seconds` (10 minutes): asking again renews it (a reload shows
 ends it, and an undo leases the task taken back to the undoer. Without leases, people ranking at the same pace all
 see the same tasks, and an overlap-1 task is answered two or three times. Someone whose only remaining tasks are
 leased to others is told so (`waiting`), to come back when those are answered or their leases lapse. Leases are not
-shared between two servers on one folder.
+shared between servers, so `rlaif rank serve` refuses a folder another server serves.
 
 **Model text is untrusted.** The page puts it in with `textContent` only, and every response carries a strict
 Content-Security-Policy (scripts and styles only from this app's static files, nothing inline), so a reply holding

@@ -101,7 +101,8 @@ class PreferenceRow(TypedDict):
     annotator: NotRequired[str]  # human rater id, when known
     seconds: NotRequired[float]  # how long the person took to answer (the rank page, Label Studio's lead_time)
     # How `rlaif rankings export` chose the pair a person answered (its task's `why`): random (an unbiased sample, the
-    # only rows that measure the AI labeler fairly), uncertain, inconsistent, principles_disagree or stratified.
+    # only rows that measure the AI labeler fairly), uncertain, inconsistent, principles_disagree or stratified
+    # (`chosen_for_doubt`)
     why: NotRequired[str]
     ai_p: NotRequired[float]  # the AI's p_chosen of that task, turned to face this row's `chosen`
     note: NotRequired[str]  # the annotator's note on their answer (non-empty)
@@ -197,6 +198,13 @@ def split_weight(spec: str, minimum: float | None = None) -> tuple[str, float]:
             raise DataError(head, None, "weight", f"expected a number, not {tail!r}") from None
         return spec, 1.0
     return head, number(weight, head, None, "weight", minimum=minimum)
+
+
+def chosen_for_doubt(row: dict) -> bool:
+    """A person's row of a pair `rlaif rankings export` chose for the AI labeler's doubt (its `why` other than
+    random): it trains, but measuring the labeler on it would understate it. Rows without `why` (human files from
+    elsewhere) are taken as they come."""
+    return row.get("source", "human") == "human" and row.get("why") not in (None, "random")
 
 
 def outcome(p: float) -> float:

@@ -82,7 +82,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from rlaif import stats
-from rlaif.records import PreferenceRow
+from rlaif.records import PreferenceRow, chosen_for_doubt
 
 COIN = "a coin (0.5)"
 
@@ -156,7 +156,7 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
     rows_of: Counter = Counter()  # labeler -> its rows in data
     origins: dict[str, set[str]] = defaultdict(set)  # labeler -> the calibration files that label for it
     model_mode: dict[str, tuple[str, str]] = {}  # labeler -> (model name, mode)
-    chosen_for_doubt: set[str] = set()  # pairs people answered that `rankings export` chose for the labeler's doubt
+    chosen_for_doubt_keys: set[str] = set()  # pairs people answered that `rankings export` chose for the labeler's doubt
     for file, rows, weight, in_data in [(f, r, w, True) for f, r, w in sources] + [(f, r, 0.0, False)
                                                                                     for f, r in calibration]:
         for row in rows:
@@ -164,8 +164,8 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
             pair = texts.setdefault(key, tuple(sorted([row["chosen"][-1]["content"], row["rejected"][-1]["content"]])))
             toward = row["p_chosen"] if row["chosen"][-1]["content"] == pair[0] else 1.0 - row["p_chosen"]
             source = row.get("source", "human")
-            if source == "human" and row.get("why") not in (None, "random"):
-                chosen_for_doubt.add(key)  # chosen because the labeler was unsure of it: not a fair test of it
+            if chosen_for_doubt(row):
+                chosen_for_doubt_keys.add(key)  # chosen because the labeler was unsure of it: not a fair test of it
             elif source == "human":
                 people[key].append(toward)
             elif source == "ai":
@@ -181,10 +181,11 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
                 else:
                     origins[name].add(file)
     for key, ps in recorded.items():  # people's own rows, where there are some, count once
-        people.setdefault(key, ps)
+        if key not in chosen_for_doubt_keys:  # (a labeler check's labels of a pair chosen for doubt: not either)
+            people.setdefault(key, ps)
     decided = {key for key, ps in people.items() if sum(ps) / len(ps) != 0.5}  # people's tie: no choice to agree with
     report: dict = {"mode": mode, "min_pairs": min_pairs, "human_pairs": sum(not is_held_out(k) for k in decided),
-                    "chosen_for_doubt": len(chosen_for_doubt - set(people)), "sources": {}, "warnings": []}
+                    "chosen_for_doubt": len(chosen_for_doubt_keys - set(people)), "sources": {}, "warnings": []}
     slopes: dict[str, float | None] = {}  # labeler -> the slope its labels are calibrated with (None: as they are)
     zeroed: set[str] = set()
     explained: set[str] = set()  # calibration labelers a mode mismatch warning already names
@@ -197,7 +198,7 @@ def weigh_sources(sources: list[tuple[str, list[PreferenceRow], float]],
                  "held_out_left_out": len(both) - len(measured), "weight_given": dict(weights)}
         report["sources"][name] = entry
         slopes[name] = None
-        if len(measured) < min_pairs and not (people or calibration):  # plain RLAIF: nothing to measure against
+        if len(measured) < min_pairs and not (people or calibration or chosen_for_doubt_keys):  # plain RLAIF
             entry.update(decision="no human labels", slope=None, calibrated=False)
         elif len(measured) < min_pairs:
             entry.update(decision="too few pairs", slope=None, calibrated=False)

@@ -95,7 +95,17 @@ import numpy as np
 from rlaif import stats
 from rlaif.label import to_preference
 from rlaif.models import check_numbers, unused_settings
-from rlaif.records import ConfigError, DataError, Tally, dumps_json, outcome, read_jsonl, write_atomic, write_jsonl
+from rlaif.records import (
+    ConfigError,
+    DataError,
+    Tally,
+    chosen_for_doubt,
+    dumps_json,
+    outcome,
+    read_jsonl,
+    write_atomic,
+    write_jsonl,
+)
 
 
 @dataclass
@@ -496,8 +506,7 @@ def evaluate_labeler(config: LabelerEvalConfig, progress: bool = False) -> dict:
                           for pid, ps in sorted(per_principle.items())},
         "human_agreement": human_agreement(config.pairs, pairs, judged, config.labeler, config.limit),
     }
-    doubted = sum(row.get("why") not in (None, "random") for row in read_jsonl(config.pairs)
-                  if isinstance(row, dict) and row.get("source", "human") == "human")
+    doubted = sum(chosen_for_doubt(row) for row in read_jsonl(config.pairs))
     if doubted:  # rows of `rankings export` tasks that were chosen because the AI labeler was unsure of them
         report["chosen_for_doubt"] = {
             "rows": doubted, "note": f"{doubted} of the file's rows answer pairs `rankings export` chose because the "

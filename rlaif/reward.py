@@ -446,6 +446,7 @@ def human_agreement(sources: list[tuple[str, list[PreferenceRow], float]],
     its file's (rlaif.reliability.labeler_of)."""
     from rlaif.agreement import agreement_report
     from rlaif.rankings import pair_key
+    from rlaif.records import chosen_for_doubt
 
     def named(file: str, rows: list[PreferenceRow]) -> list[PreferenceRow]:
         return [{**row, "labeler": file} if row.get("source") == "ai" and not row.get("labeler") else row
@@ -454,10 +455,9 @@ def human_agreement(sources: list[tuple[str, list[PreferenceRow], float]],
     every = [row for file, rows, _ in sources for row in named(file, rows)]
     extra = [row for file, rows in calibration for row in named(file, rows)]
     held = [row for row in every + extra if is_held_out(pair_key(row))]
-    doubt = [row for row in every + extra if row.get("source") == "human" and row.get("why") not in (None, "random")
-             and not is_held_out(pair_key(row))]
-    fair = lambda rows: [r for r in rows if not is_held_out(pair_key(r)) and not (
-        r.get("source") == "human" and r.get("why") not in (None, "random"))]
+    doubt = [row for row in every + extra if chosen_for_doubt(row) and not is_held_out(pair_key(row))]
+    doubted = {pair_key(row) for row in doubt}  # their pairs measure no labeler, by any row (a check's labels too)
+    fair = lambda rows: [r for r in rows if not is_held_out(pair_key(r)) and pair_key(r) not in doubted]
     report = agreement_report(fair(every), fair(extra))
     people = agreement_report(every, extra)  # people with each other: every human row
     report.update(inter_annotator=people["inter_annotator"], annotators=people["annotators"],

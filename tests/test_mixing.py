@@ -516,3 +516,19 @@ def test_pairs_people_answered_because_the_labeler_doubted_them_do_not_measure_i
     few = weigh_sources([("human.jsonl", routed[15:], 1.0), ("ai.jsonl", ai[15:], 1.0)], [], never)[1]
     assert few["sources"][LABELER]["decision"] == "too few pairs"
     assert "20 more pairs people answered were chosen because the labeler was unsure" in few["warnings"][0]
+
+
+def test_no_side_door_for_pairs_chosen_for_doubt():
+    """Every human row chosen for the labeler's doubt: the labeler is not taken as plain RLAIF (full weight,
+    unmeasured) but as measured on too few pairs; and a labeler check's labels of those pairs (labels.jsonl,
+    `human_chosen`) do not bring them back as calibration."""
+    humans = [{**h, "why": "uncertain"} for h in people(30)]
+    ai = labels(humans, 27)
+    _, report = weigh_sources([("human.jsonl", humans, 1.0), ("ai.jsonl", ai, 1.0)], [], never)
+    assert report["sources"][LABELER]["decision"] == "too few pairs" and report["chosen_for_doubt"] == 30
+    check = [{**row, "human_chosen": "chosen"} for row in labels(humans, 27)]  # as `rlaif eval labeler` writes
+    _, report = weigh_sources([("human.jsonl", humans, 1.0), ("ai.jsonl", ai, 1.0)], [("labels.jsonl", check)], never)
+    assert report["sources"][LABELER]["pairs"] == 0 and report["sources"][LABELER]["decision"] == "too few pairs"
+    drawn = [{**h, "why": "random"} for h in people(30)]  # the random share: all of them measure it
+    _, report = weigh_sources([("human.jsonl", drawn, 1.0), ("ai.jsonl", ai, 1.0)], [], never)
+    assert report["sources"][LABELER]["pairs"] == 30 and report["chosen_for_doubt"] == 0

@@ -295,6 +295,10 @@ def test_serve_off_loopback_requires_the_token_and_stops_on_ctrl_c(tmp_path):
                             timeout=10).status_code == 403
         good = requests.get(f"{base}/api/state?annotator=ana", headers={"X-Token": token}, timeout=10)
         assert good.status_code == 200 and good.json()["task"]["id"] == "t1"
+        # a second server on the folder would hand out the same tasks (leases live in the first one's memory)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode == 1 and "another `rlaif rank serve` is serving this folder" in second.stderr + \
+            second.stdout
         server.send_signal(signal.SIGINT)
         rest = server.communicate(timeout=20)[0]
     finally:

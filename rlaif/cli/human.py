@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from rlaif.cli import _Group, cli, out, shown
@@ -41,6 +43,7 @@ def serve(tasks_dir: str, annotator: str | None, host: str, port: int, open_brow
     import webbrowser
 
     import uvicorn
+    from filelock import FileLock, Timeout
 
     from rlaif.rank_serve import ANSWERS_FILE, bind, create_app, is_loopback
     from rlaif.records import ConfigError
@@ -48,6 +51,15 @@ def serve(tasks_dir: str, annotator: str | None, host: str, port: int, open_brow
     loopback = is_loopback(host)
     token = None if loopback else secrets.token_urlsafe(16)
     app = create_app(tasks_dir, annotator=annotator, token=token, check_host=loopback)
+    # One server per folder: which task is shown to whom (its lease) lives in the server's memory, and a second
+    # server would hand out the same tasks again. Held until this process ends (released by the OS if it dies).
+    serving = FileLock(str(Path(tasks_dir) / ".rank-serve.lock"))
+    try:
+        serving.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(f"{tasks_dir}: another `rlaif rank serve` is serving this folder; open its address "
+                          "instead (everyone can rank through one server, on --host 0.0.0.0 for other machines)") \
+            from None
     try:
         sock = bind(host, port)
     except OSError as e:
