@@ -73,6 +73,7 @@ from rlaif.records import (
 )
 
 WHY = ("inconsistent", "principles_disagree", "uncertain", "stratified", "random")  # a task's `why`, in pick order
+FAST_SECONDS = 1.0  # an answer given sooner than this is flagged `fast_answer` (a slip, or not reading the replies)
 # A pair whose AI label is closer than this to 0.5 is one the AI doubts (`uncertain`); the others are picked only for
 # coverage of the principles (`stratified`). rlaif label's default min_margin: the labels it flags low_confidence.
 UNCERTAIN_MARGIN = 0.05
@@ -453,8 +454,9 @@ def _note(result: Any) -> str:
 def import_answers(path: Path, kind: str, ties: str = "skip", tally: Tally | None = None) -> list[PreferenceRow]:
     """Preference rows from the rank page's answers (`kind` "answers") or Label Studio's export ("label-studio"),
     as the module docstring says: with `why` and `ai_p` where the export's tasks.jsonl is next to `path`
-    (`selection`), and the annotator's `note` when they wrote one. `tally` counts the answers read, used and left
-    out (`skipped`, `tie`); none left is a DataError, as is a tie with `ties="error"`."""
+    (`selection`), the annotator's `note` when they wrote one, and `flags: ["fast_answer"]` when it was given in under
+    FAST_SECONDS. `tally` counts the answers read, used and left out (`skipped`, `tie`); none left is a DataError, as
+    is a tie with `ties="error"`."""
     counted = Tally("pairs")
     rows: list[PreferenceRow] = []
     choice_field, seconds_field = ("choice", "seconds") if kind == "answers" else ("result", "lead_time")
@@ -481,6 +483,8 @@ def import_answers(path: Path, kind: str, ties: str = "skip", tally: Tally | Non
                               "annotator": answer["annotator"]}
         if "seconds" in answer:
             row["seconds"] = number(answer["seconds"], path, None, f"{at}.{seconds_field}", 0.0)
+            if row["seconds"] < FAST_SECONDS:  # too quick to have read both replies: kept, and said so
+                row["flags"] = ["fast_answer"]
         row.update(selection(answer, tasks, chosen))  # type: ignore[typeddict-item]
         if answer["note"].strip():
             row["note"] = answer["note"]

@@ -421,6 +421,10 @@ def run(config: ImportConfig) -> dict:
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(config.out, rows)
     summary = tally.summary()
+    fast = sum("fast_answer" in r.get("flags", ()) for r in rows)
+    if fast:
+        summary += (f"; {fast} answer{'s' if fast > 1 else ''} given in under a second, kept and flagged fast_answer "
+                    "(a slip, or the replies not read)")
     if labels:
         sources = Counter(r["source"] for r in rows)
         summary += "; labels (p_chosen) kept as they are: " + ", ".join(f"source {s} {n}" for s, n in

@@ -491,3 +491,16 @@ def test_only_skips_is_nothing_to_import(tmp_path):
     path = write_lines(tmp_path / "rankings.jsonl", [answer("a1", "t1", "alice", "skip")])
     with pytest.raises(DataError, match=r"nothing left to use: read 1 pair, used 0, left out 1 \(skipped 1\)"):
         import_rankings(path)
+
+
+def test_an_answer_given_in_under_a_second_is_kept_and_flagged(tmp_path):
+    """Too quick to have read both replies (a slip, a held key on an old page): the row stays, flagged fast_answer,
+    and the import's closing line says how many."""
+    path = write_lines(tmp_path / "rankings.jsonl", [answer("a1", "t1", "ana", "first", seconds=0.3),
+                                                     answer("a2", "t2", "ana", "second", seconds=4.0)])
+    rows = {r["id"]: r for r in import_rankings(path)}
+    assert rows["t1"]["flags"] == ["fast_answer"] and "flags" not in rows["t2"]
+    result = CliRunner().invoke(cli, ["rankings", "import", str(path), "--out", str(tmp_path / "human.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "1 answer given in under a second, kept and flagged fast_answer" in " ".join(result.output.split())
+    assert [r.get("flags") for r in read_jsonl(tmp_path / "human.jsonl")] == [["fast_answer"], None]
