@@ -56,7 +56,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -371,7 +371,8 @@ def human_ai(pairs: dict[str, dict]) -> tuple[dict, dict]:
 
 
 def agreement_report(rows: Iterable[PreferenceRow], measure_only: Iterable[PreferenceRow] = (),
-                     resamples: int = stats.RESAMPLES, seed: int = stats.SEED) -> dict:
+                     resamples: int = stats.RESAMPLES, seed: int = stats.SEED,
+                     measures_ai: Callable[[str], bool] | None = None) -> dict:
     """Everything above from preference rows (human and AI mixed, from any files), as one JSON-able dict:
 
         {"rows": {"human", "ai", "other"}, "annotators": named annotators in the human rows, "human_pairs": distinct
@@ -381,11 +382,12 @@ def agreement_report(rows: Iterable[PreferenceRow], measure_only: Iterable[Prefe
          "notes": [why a figure is missing, in words], "method": how the intervals were computed}
 
     `measure_only`: rows read only to measure the AI against people (`collect`); `resamples`, `seed`: the
-    bootstrap's (rlaif.stats)."""
+    bootstrap's (rlaif.stats); `measures_ai(pair key)`: the pairs the AI labelers are measured on (default every
+    pair), people's agreement with each other being read on every pair."""
     pairs, counts = collect(rows, measure_only)
     inter, inter_left = inter_annotator(pairs, resamples, seed)
     inter_left.update(unnamed_answers=counts["unnamed_answers"], repeated_answers=counts["repeated_answers"])
-    labelers, ai_left = human_ai(pairs)
+    labelers, ai_left = human_ai(pairs if measures_ai is None else {k: p for k, p in pairs.items() if measures_ai(k)})
     annotators = {who for pair in pairs.values() for who in pair["people"]}
     human_pairs = sum(bool(pair["people"] or pair["unnamed"]) for pair in pairs.values())
     notes = []

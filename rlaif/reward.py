@@ -457,14 +457,7 @@ def human_agreement(sources: list[tuple[str, list[PreferenceRow], float]],
     held = [row for row in every + extra if is_held_out(pair_key(row))]
     doubt = [row for row in every + extra if chosen_for_doubt(row) and not is_held_out(pair_key(row))]
     doubted = {pair_key(row) for row in doubt}  # their pairs measure no labeler, by any row (a check's labels too)
-    fair = lambda rows: [r for r in rows if not is_held_out(pair_key(r)) and pair_key(r) not in doubted]
-    report = agreement_report(fair(every), fair(extra))
-    people = agreement_report(every, extra)  # people with each other: every human row
-    report.update(inter_annotator=people["inter_annotator"], annotators=people["annotators"],
-                  human_pairs=people["human_pairs"], rows=people["rows"])
-    report["left_out"]["inter_annotator"] = people["left_out"]["inter_annotator"]
-    report["notes"] = [n for n in report["notes"] if not n.startswith("people's agreement with each other")] + [
-        n for n in people["notes"] if n.startswith("people's agreement with each other")]
+    report = agreement_report(every, extra, measures_ai=lambda key: not is_held_out(key) and key not in doubted)
     report["left_out"]["reward_stage"] = {"held_out_rows": len(held), "chosen_for_doubt_rows": len(doubt)}
     if doubt:
         report["notes"].append(f"{len(doubt)} human rows answer pairs chosen for the labeler's doubt (rankings export): "
