@@ -272,3 +272,21 @@ def test_config_files_name_the_line_of_weights_duplicates_and_settings_that_cann
 def test_generate_refuses_what_would_do_nothing(args, error):
     result = CliRunner().invoke(cli, ["generate", *args])
     assert result.exit_code in (1, 2) and error in result.output, result.output
+
+
+def test_a_command_that_succeeds_leaves_its_process_group_and_a_failing_one_does_not(tmp_path):
+    """Under accelerate launch a process that exits with its gloo process group still up can abort in the
+    interpreter's shutdown (SIGABRT after the work succeeded); each command ends the group once it has succeeded. A
+    failing one exits at once, leaving the group to the launcher, which stops every process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        result = CliRunner().invoke(cli, ["sft", "--data", str(tmp_path / "missing.jsonl")])
+        assert result.exit_code == 1 and dist.is_initialized()
+        result = CliRunner().invoke(cli, ["constitution", "show", "default"])
+        assert result.exit_code == 0, result.output
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -50,13 +50,32 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 class _Group(click.Group):
-    """Turns the errors a user can fix into a clear message and exit status 1, never a traceback."""
+    """Turns the errors a user can fix into a clear message and exit status 1, never a traceback; and ends the
+    process group a command joined under accelerate launch (`leave_process_group`)."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except _user_errors() as e:
             fail("error", str(e), 1)
+        leave_process_group()
+        return result
+
+
+def leave_process_group() -> None:
+    """Destroy the torch.distributed process group, if this process joined one, once its work is done. A process
+    that exits without it can abort in the interpreter's shutdown (gloo's worker threads still hold tensors:
+    "terminate called without an active exception", SIGABRT), failing a launch whose work had all succeeded
+    (pytorch/pytorch#179291; PyTorch's "Shutdown" docs ask for it at the end of every trainer process). Only on
+    success: a failing process exits non-zero at once, and the launcher stops the others."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # Set by `rlaif run --num-processes` (rlaif.launch.launched) for the stages it starts under accelerate launch: a

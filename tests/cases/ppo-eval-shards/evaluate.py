@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from rlaif.cli import leave_process_group
 from rlaif.loaders import load_prompts
 from rlaif.ppo.config import PPOConfig
 from rlaif.ppo.trainer import PPOTrainer, _evaluate
@@ -35,6 +36,7 @@ def main(model: str, prompts: str, out: str) -> None:
         if log is not None:
             log.close()
     accelerator.wait_for_everyone()
+    leave_process_group()
 
 
 if __name__ == "__main__":
