@@ -53,6 +53,7 @@ import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -383,7 +384,7 @@ def _answers(path: Path) -> list[tuple[str, dict]]:
 
 
 def _label_studio(path: Path) -> list[tuple[str, dict]]:
-    """("[TASK].annotations[N]", answer) for each annotator's last annotation of each task in Label Studio's JSON export
+    """("[TASK].annotations[N]", answer) for each annotator's last annotation (by `updated_at`) of each task in Label Studio's JSON export
     (docs/source/guide/export.md): `completed_by` (a user id) the annotator, `lead_time` the seconds, a cancelled
     annotation a skip, the choice from the `preference` Choices result (`value.choices`) and the note from the
     `note` TextArea's (`value.text`). The replies are the task's `data.a` and `data.b`: "first" below is A. The
@@ -429,8 +430,23 @@ def _label_studio(path: Path) -> list[tuple[str, dict]]:
                       "responses": [data["a"], data["b"]], "note": _note(result), "why": data.get("rlaif_why")}
             if annotation.get("lead_time") is not None:
                 answer["seconds"] = annotation["lead_time"]
-            final[(answer["task"], answer["annotator"])] = (at, answer)
-    return list(final.values())
+            key, when = (answer["task"], answer["annotator"]), _when(annotation, path, at)
+            if key not in final or when >= final[key][2]:
+                final[key] = (at, answer, when)
+    return [(at, answer) for at, answer, _ in final.values()]
+
+
+def _when(annotation: dict, path: Path, at: str) -> datetime:
+    """When an annotation was last changed (`updated_at`, else `created_at`, ISO 8601 in Label Studio's export), for
+    the annotator's last answer to win whatever the list's order; without either, the list's order decides."""
+    stamp = annotation.get("updated_at") or annotation.get("created_at")
+    if stamp is None:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    try:
+        when = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        raise DataError(path, None, f"{at}.updated_at", f"expected an ISO 8601 time, found {stamp!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def _choice(result: Any, path: Path, at: str) -> str:

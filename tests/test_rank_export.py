@@ -332,6 +332,28 @@ def test_label_studio_rows_carry_why_the_pair_was_chosen_and_the_note(tmp_path):
     assert not any("ai_p" in r for r in rows)
 
 
+def test_an_annotators_latest_label_studio_answer_counts_whatever_the_lists_order(tmp_path):
+    """Label Studio lists a task's annotations in no documented order: of one annotator's two answers to a task, the
+    one with the later `updated_at` counts; a time that is not ISO 8601 is an error naming the annotation."""
+    tasks, ls_tasks = export(tmp_path)
+    ai_pick = "A" if ls_tasks[0]["data"]["a"] == tasks[0]["responses"][0] else "B"
+    exported = ls_export(ls_tasks[:1], [[(10, ai_pick, 4.0), (10, {"A": "B", "B": "A"}[ai_pick], 9.0)]])
+    newer, older = exported[0]["annotations"]
+    newer["updated_at"], older["updated_at"] = "2021-03-10T08:00:00Z", "2021-03-10T07:59:59.5+00:00"
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(exported), encoding="utf-8")
+    [row] = import_rankings(path)
+    assert (row["chosen"][0]["content"], row["seconds"]) == (tasks[0]["responses"][0], 4.0)
+    older["updated_at"] = "2021-03-10T08:00:01Z"
+    path.write_text(json.dumps(exported), encoding="utf-8")
+    [row] = import_rankings(path)
+    assert (row["chosen"][0]["content"], row["seconds"]) == (tasks[0]["responses"][1], 9.0)
+    newer["updated_at"] = "yesterday"
+    path.write_text(json.dumps(exported), encoding="utf-8")
+    with pytest.raises(DataError, match=r"export.json: \[0\].annotations\[0\].updated_at: expected an ISO 8601"):
+        import_rankings(path)
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda t: json.loads((t / "t" / "label-studio.json").read_text(encoding="utf-8")),
      (r"is the label-studio.json that `rlaif rankings export` wrote: the tasks to import into Label Studio, with no "
