@@ -274,16 +274,23 @@ def test_generate_refuses_what_would_do_nothing(args, error):
     assert result.exit_code in (1, 2) and error in result.output, result.output
 
 
-def test_a_command_that_succeeds_leaves_its_process_group_and_a_failing_one_does_not(tmp_path):
+def test_a_command_that_succeeds_leaves_its_process_group_and_a_failing_one_does_not(tmp_path, monkeypatch):
     """Under accelerate launch a process that exits with its gloo process group still up can abort in the
     interpreter's shutdown (SIGABRT after the work succeeded); each command ends the group once it has succeeded. A
-    failing one exits at once, leaving the group to the launcher, which stops every process."""
+    failing one leaves at once (os._exit, no shutdown), without a collective its peers may never join."""
+    import os
+
     import torch.distributed as dist
 
+    def leave(code):
+        raise SystemExit(f"os._exit({code})")
+
+    monkeypatch.setattr(os, "_exit", leave)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         result = CliRunner().invoke(cli, ["sft", "--data", str(tmp_path / "missing.jsonl")])
-        assert result.exit_code == 1 and dist.is_initialized()
+        assert str(result.exception) == "os._exit(1)" and "missing.jsonl" in result.output
+        assert dist.is_initialized()
         result = CliRunner().invoke(cli, ["constitution", "show", "default"])
         assert result.exit_code == 0, result.output
         assert not dist.is_initialized()

@@ -67,15 +67,22 @@ def leave_process_group() -> None:
     that exits without it can abort in the interpreter's shutdown (gloo's worker threads still hold tensors:
     "terminate called without an active exception", SIGABRT), failing a launch whose work had all succeeded
     (pytorch/pytorch#179291; PyTorch's "Shutdown" docs ask for it at the end of every trainer process). Only on
-    success: a failing process exits non-zero at once, and the launcher stops the others."""
+    success: a failing process leaves at once (`fail`: os._exit, no shutdown to abort in) with its exit status,
+    without a collective its peers might not join, and the launcher stops the others."""
+    if _in_process_group():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def _in_process_group() -> bool:
     import sys
 
-    if "torch" not in sys.modules:
-        return
+    if "torch" not in sys.modules:  # torch not even imported: no group
+        return False
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    return dist.is_available() and dist.is_initialized()
 
 
 # Set by `rlaif run --num-processes` (rlaif.launch.launched) for the stages it starts under accelerate launch: a
@@ -87,7 +94,8 @@ def fail(kind: str, message: str, code: int) -> None:
     """Print `kind: message` and exit with `code`: 1 for a user error, 2 for a stop (a PPO guard). Under accelerate
     launch, each process that fails says so (RANK 0 plainly, the others as "[rank N] ..."), and its non-zero exit
     makes the launcher stop the others, which would wait for it. Under `rlaif run --num-processes`, the process
-    writes {kind, message, exit} to LAUNCH_RESULT/rank-N.json instead, for the run to print once."""
+    writes {kind, message, exit} to LAUNCH_RESULT/rank-N.json instead, for the run to print once. A process in a
+    process group leaves with os._exit once its output is flushed (see `leave_process_group`)."""
     import json
     import os
     import sys
@@ -101,6 +109,10 @@ def fail(kind: str, message: str, code: int) -> None:
     else:
         err.print(f"{'' if rank == '0' else f'[rank {rank}] '}[bold red]{kind}:[/bold red] {shown(message)}",
                   soft_wrap=True)
+    if _in_process_group():  # leave at once: in the interpreter's shutdown gloo's threads can abort (SIGABRT)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 
