@@ -60,7 +60,8 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from multiprocessing.pool import ThreadPool
+from typing import Any
 
 from rlaif.generate import Generation, GenerationConfig, derive_seed
 from rlaif.models import check_numbers, installed, unused_settings
@@ -177,14 +178,19 @@ class OpenAIEngine:
         """(index, reply) for each conversation, as the replies come back."""
         seeds = generation.seeds or [None if generation.seed is None else derive_seed(generation.seed, i)
                                      for i in range(len(conversations))]
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="rlaif-openai")
+        yield from self._as_they_come(self._ask, [([*(prefix or []), *conversation], generation, seed) for
+                                                  conversation, seed in zip(conversations, seeds, strict=True)])
+
+    def _as_they_come(self, work, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
+        """(i, work(*calls[i])) for each call, in the order they finish, `concurrency` at a time; the first error is
+        raised. The threads are daemons (multiprocessing's ThreadPool, not concurrent.futures, whose threads Python
+        joins at exit): a stage stopped early (an error, Ctrl-C) ends at once, not when its requests in flight are
+        back (each up to request_timeout per try); those not yet sent never are."""
+        pool = ThreadPool(min(self.concurrency, max(len(calls), 1)))
         try:
-            jobs = {pool.submit(self._ask, [*(prefix or []), *conversation], generation, seed): i
-                    for i, (conversation, seed) in enumerate(zip(conversations, seeds, strict=True))}
-            for job in as_completed(jobs):
-                yield jobs[job], job.result()
-        finally:  # stopped early (Ctrl-C, an error): the requests not yet sent never are; the process ends when
-            pool.shutdown(wait=False, cancel_futures=True)  # those in flight are back (Python joins the workers)
+            yield from pool.imap_unordered(lambda indexed: (indexed[0], work(*indexed[1])), enumerate(calls))
+        finally:
+            pool.terminate()
 
     def stats(self) -> dict:
         """What was counted so far: requests, retries, bytes_sent, bytes_received, prompt_tokens, completion_tokens,
@@ -222,14 +228,8 @@ class OpenAIEngine:
         server's context. `top` is at most 20 (OpenAI's limit and vLLM's default max_logprobs). Raises ConfigError
         when the server sends no log-probabilities, or empty lists of them (`transformers serve` ignores the request;
         llama.cpp's llama-server, llama-cpp-python, vLLM, SGLang and OpenAI's API answer it)."""
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="rlaif-openai")
-        try:
-            jobs = {pool.submit(self._steps, [*(prefix or []), *conversation], max_tokens, top): i
-                    for i, conversation in enumerate(conversations)}
-            for job in as_completed(jobs):
-                yield jobs[job], job.result()
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        yield from self._as_they_come(self._steps, [([*(prefix or []), *conversation], max_tokens, top)
+                                                    for conversation in conversations])
 
     def _steps(self, messages: list[Message], max_tokens: int, top: int):
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -306,6 +307,26 @@ def test_other_refusals_say_what_the_server_said(stand_in):
     server.script = [{"status": 422, "body": {"detail": "Unexpected fields in the request: {'foo'}"}}]
     with pytest.raises(ConfigError, match=r"answered HTTP 422: Unexpected fields in the request: \{'foo'\}"):
         _ask(OpenAIEngine([server.url], "stand-in"))
+
+
+def test_a_failing_request_ends_the_process_at_once_not_when_the_others_in_flight_are_back(stand_in, tmp_path):
+    """One request refused while two others wait 30 s for their reply: the error comes at once, and the process
+    exits then (the requests' threads are daemons; Python would wait for others)."""
+    server = stand_in()
+    server.script = [{"status": 422, "body": {"detail": "no"}}, {"sleep": 30}, {"sleep": 30}]
+    script = tmp_path / "ask.py"
+    script.write_text(
+        "import sys\n"
+        "from rlaif.engines import OpenAIEngine\n"
+        "from rlaif.generate import GenerationConfig\n"
+        "engine = OpenAIEngine([sys.argv[1]], 'stand-in', concurrency=3)\n"
+        "prompts = [[{'role': 'user', 'content': f'prompt {i}'}] for i in range(3)]\n"
+        "dict(engine(prompts, GenerationConfig(max_new_tokens=8, seeds=[1, 2, 3])))\n")
+    started = time.monotonic()
+    ended = subprocess.run([sys.executable, str(script), server.url], capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert ended.returncode == 1 and "answered HTTP 422: no" in ended.stderr
+    assert time.monotonic() - started < 20 and len(server.bodies) == 3
 
 
 def test_a_refused_key_names_its_variable_never_its_value(stand_in, tmp_path):
