@@ -99,6 +99,31 @@ def launched(step: Step) -> dict:
     return {**counts, "summary": f"{step.processes} processes{used}"}
 
 
+def leave_process_group() -> None:
+    """Destroy the torch.distributed process group, if this process joined one, once its work is done. A process
+    that exits without it can abort in the interpreter's shutdown (gloo's worker threads still hold tensors:
+    "terminate called without an active exception", SIGABRT), failing a launch whose work had all succeeded
+    (pytorch/pytorch#179291; PyTorch's "Shutdown" docs ask for it at the end of every trainer process). Only on
+    success: a failing process leaves at once (rlaif.cli.main), without a collective its peers might not join. A
+    script of your own under accelerate launch calls it last."""
+    if in_process_group():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def in_process_group() -> bool:
+    """Whether this process is in a torch.distributed process group (False without importing torch when nothing
+    has)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 # What starts the output of a failing launch: a process's traceback, or the launcher's report of it
 _FAILING = (b"Traceback (most recent call last)", b"torch.distributed.elastic", b"torch/distributed/elastic")
 

@@ -274,25 +274,39 @@ def test_generate_refuses_what_would_do_nothing(args, error):
     assert result.exit_code in (1, 2) and error in result.output, result.output
 
 
-def test_a_command_that_succeeds_leaves_its_process_group_and_a_failing_one_does_not(tmp_path, monkeypatch):
+def test_a_command_that_succeeds_leaves_its_process_group_and_a_failing_one_leaves_at_once(tmp_path, monkeypatch,
+                                                                                          capsys):
     """Under accelerate launch a process that exits with its gloo process group still up can abort in the
-    interpreter's shutdown (SIGABRT after the work succeeded); each command ends the group once it has succeeded. A
-    failing one leaves at once (os._exit, no shutdown), without a collective its peers may never join."""
+    interpreter's shutdown (SIGABRT after the work succeeded): each command ends the group once it has succeeded. One
+    that fails (a user error, a bug) leaves at once with its exit status (os._exit, no shutdown), without a
+    collective its peers may never join."""
     import os
+    import sys
 
     import torch.distributed as dist
 
+    from rlaif.cli import main
+
     def leave(code):
-        raise SystemExit(f"os._exit({code})")
+        raise RuntimeError(f"os._exit({code})")
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["rlaif", *args])
+        with pytest.raises((RuntimeError, SystemExit)) as left:
+            main()
+        return left.value
 
     monkeypatch.setattr(os, "_exit", leave)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        result = CliRunner().invoke(cli, ["sft", "--data", str(tmp_path / "missing.jsonl")])
-        assert str(result.exception) == "os._exit(1)" and "missing.jsonl" in result.output
-        assert dist.is_initialized()
-        result = CliRunner().invoke(cli, ["constitution", "show", "default"])
-        assert result.exit_code == 0, result.output
+        assert str(run("sft", "--data", str(tmp_path / "missing.jsonl"))) == "os._exit(1)"
+        assert "missing.jsonl" in capsys.readouterr().err and dist.is_initialized()
+        with monkeypatch.context() as bug:
+            bug.setattr("rlaif.constitution.load_constitution", lambda *a, **k: 1 / 0)
+            assert str(run("constitution", "show", "default")) == "os._exit(1)"
+        assert "ZeroDivisionError" in capsys.readouterr().err and dist.is_initialized()
+        left = run("constitution", "show", "default")
+        assert isinstance(left, SystemExit) and left.code == 0
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():

@@ -365,7 +365,8 @@ def test_lora_reference_is_the_adapter_off(config):
 
 
 def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts, tmp_path):
-    """Also with 3 eval prompts in batches of 4: all of them on one process, none on the other."""
+    """Also with 3 eval prompts in batches of 4: all of them on one process, none on the other; and a tracker
+    (tensorboard), which the main process alone writes and ends before the final save's collectives."""
     out = tmp_path / "ddp"
     eval_prompts = tmp_path / "eval.txt"
     eval_prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
@@ -375,10 +376,11 @@ def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts,
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", "ppo", "--policy",
                str(tiny_model_dir), "--reward-fn", "toy_rewards:fl", "--prompts", str(prompts), "--out", str(out),
                "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8", "--save-steps", "1", "--device", "cpu",
-               "--eval-prompts", str(eval_prompts)]
+               "--eval-prompts", str(eval_prompts), "--log-with", "tensorboard"]
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("✓ step 2") == 1  # one process reports
+    assert len(list(out.glob("ppo/events.out.tfevents.*"))) == 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["processes"] == 2
     assert {p.name for p in (out / "checkpoints" / "step-2").glob("random_states_*")} == {

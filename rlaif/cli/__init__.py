@@ -51,38 +51,18 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 class _Group(click.Group):
     """Turns the errors a user can fix into a clear message and exit status 1, never a traceback; and ends the
-    process group a command joined under accelerate launch (`leave_process_group`)."""
+    process group a command joined under accelerate launch once it has succeeded (rlaif.launch.leave_process_group;
+    `main` sees to a command that fails)."""
 
     def invoke(self, ctx: click.Context):
         try:
             result = super().invoke(ctx)
         except _user_errors() as e:
             fail("error", str(e), 1)
+        from rlaif.launch import leave_process_group
+
         leave_process_group()
         return result
-
-
-def leave_process_group() -> None:
-    """Destroy the torch.distributed process group, if this process joined one, once its work is done. A process
-    that exits without it can abort in the interpreter's shutdown (gloo's worker threads still hold tensors:
-    "terminate called without an active exception", SIGABRT), failing a launch whose work had all succeeded
-    (pytorch/pytorch#179291; PyTorch's "Shutdown" docs ask for it at the end of every trainer process). Only on
-    success: a failing process leaves at once (`fail`: os._exit, no shutdown to abort in) with its exit status,
-    without a collective its peers might not join, and the launcher stops the others."""
-    if _in_process_group():
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-
-
-def _in_process_group() -> bool:
-    import sys
-
-    if "torch" not in sys.modules:  # torch not even imported: no group
-        return False
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
 
 
 # Set by `rlaif run --num-processes` (rlaif.launch.launched) for the stages it starts under accelerate launch: a
@@ -94,8 +74,7 @@ def fail(kind: str, message: str, code: int) -> None:
     """Print `kind: message` and exit with `code`: 1 for a user error, 2 for a stop (a PPO guard). Under accelerate
     launch, each process that fails says so (RANK 0 plainly, the others as "[rank N] ..."), and its non-zero exit
     makes the launcher stop the others, which would wait for it. Under `rlaif run --num-processes`, the process
-    writes {kind, message, exit} to LAUNCH_RESULT/rank-N.json instead, for the run to print once. A process in a
-    process group leaves with os._exit once its output is flushed (see `leave_process_group`)."""
+    writes {kind, message, exit} to LAUNCH_RESULT/rank-N.json instead, for the run to print once."""
     import json
     import os
     import sys
@@ -109,10 +88,6 @@ def fail(kind: str, message: str, code: int) -> None:
     else:
         err.print(f"{'' if rank == '0' else f'[rank {rank}] '}[bold red]{kind}:[/bold red] {shown(message)}",
                   soft_wrap=True)
-    if _in_process_group():  # leave at once: in the interpreter's shutdown gloo's threads can abort (SIGABRT)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
     sys.exit(code)
 
 
@@ -192,10 +167,30 @@ recipe_option = click.option("--config", "config_file", type=click.Path(exists=T
 
 
 def main() -> None:
+    """`rlaif`. A command that fails in a process group (under accelerate launch: a user error, a PPO stop, a bug,
+    Ctrl-C) leaves with its exit status through os._exit, once its output is flushed: without a collective its peers
+    may never join (destroying the group), and without the interpreter's shutdown, in which gloo's threads can abort
+    the process (rlaif.launch.leave_process_group); the launcher then stops the others."""
     import warnings
 
+    from rlaif.launch import in_process_group
+
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's business
-    cli()
+    try:
+        cli()
+    except BaseException as e:
+        if not in_process_group():
+            raise
+        import os
+        import sys
+        import traceback
+
+        if not isinstance(e, SystemExit):
+            traceback.print_exc()
+        code = e.code if isinstance(e, SystemExit) else 130 if isinstance(e, KeyboardInterrupt) else 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
 
 
 # Importing the command modules registers their commands on `cli` (they need the names above).

@@ -513,12 +513,12 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
                        f"len {metrics['response_length']:.0f}")
                 if on_step:
                     on_step(step, metrics)
-    finally:
-        for log in logs.values():
+    finally:  # a stop too: the tracker's last steps are flushed (not accelerator.end_training, which would also
+        for log in logs.values():  # end the process group that save_final's collectives need)
             if log:
                 log.close()
-    if config.log_with:
-        accelerator.end_training()
+        for tracker in accelerator.trackers:
+            tracker.finish()
     save_final(trainer, out)
     if main:
         manifest.counts.update(tally.counts(), **(eval_tally.counts("eval_") if eval_tally.read else {}),

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from rlaif.cli import leave_process_group
+from rlaif.launch import leave_process_group
 from rlaif.loaders import load_prompts
 from rlaif.ppo.config import PPOConfig
 from rlaif.ppo.trainer import PPOTrainer, _evaluate
