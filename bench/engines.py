@@ -61,17 +61,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rlaif.critique import CritiqueConfig, _model_complete, run
+from rlaif.launch import tied_to_this_process
 from rlaif.loaders import load_prompts
 from rlaif.models import device_dtype, resolve
 from rlaif.records import read_jsonl, write_jsonl
 
 SERVER_START_TIMEOUT = 300.0  # seconds for `transformers serve` to load the model and answer /health
-# Run in the server's process before it execs the server, so that the server is sent SIGTERM when this script dies,
-# even by SIGKILL (Linux's PR_SET_PDEATHSIG, kept across exec); a fresh interpreter, as no thread of this one may run
-# in a forked child (subprocess's preexec_fn is unsafe with threads). Exits if this script died before it was set.
-DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
-                   "os.getppid() == int(sys.argv[1]) or sys.exit(1); os.execv(sys.argv[2], sys.argv[2:])")
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # The server
@@ -99,7 +94,7 @@ def transformers_serve(model_dir: str, device: str, log_path: Path, cb_settings:
         command += ["--continuous-batching", "--cb-num-blocks", str(cb_settings["num_blocks"]),
                     "--cb-max-batch-tokens", str(cb_settings["max_batch_tokens"])]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launch = [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *command] if sys.platform == "linux" else command
+    launch = tied_to_this_process(command)  # the server is sent SIGTERM when this script dies, even by SIGKILL
     started = time.perf_counter()
     with open(log_path, "wb") as log:  # the same process group as this script: a group kill stops both
         server = subprocess.Popen(launch, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -382,7 +382,10 @@ def spawned(function, *args):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from rlaif.launch import die_with_parent
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:  # a parent killed outright takes the child with it
         return pool.submit(function, *args).result()
 
 

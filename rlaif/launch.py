@@ -1,6 +1,8 @@
 """How `rlaif run` runs a step's stage: in its own process (`run_stage`), in a child process of its own for a stage on
 vLLM (`in_child`), or under `accelerate launch` with several processes for a training stage (`launched`,
-`num_processes`). rlaif.pipeline decides which."""
+`num_processes`). rlaif.pipeline decides which. Also the care of the processes rlaif starts or runs in: stopping
+a launcher with its workers (`stop_launcher`), children that die with their parent (`tied_to_this_process`,
+`die_with_parent`), and leaving a process group (`leave_process_group`)."""
 
 from __future__ import annotations
 
@@ -66,19 +68,20 @@ def launched(step: Step) -> dict:
         results.mkdir()
         launcher = subprocess.Popen([*command, str(config)], env={**os.environ, LAUNCH_RESULT: str(results)},
                                     stderr=subprocess.PIPE)
+        main_thread = threading.current_thread() is threading.main_thread()
         held: list[bytes] = []  # the output from the first traceback or launcher warning on, kept until the end
         forward = threading.Thread(target=_forward_stderr, args=(launcher.stderr, held), daemon=True)
         forward.start()
+        # told to stop (SIGTERM: a scheduler, `kill`) while the stage runs: as Ctrl-C, so that the workers stop too
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
         try:
             code = launcher.wait()
-        except KeyboardInterrupt:  # the launcher stops its workers on SIGINT (Ctrl-C sends it to it too)
-            launcher.send_signal(signal.SIGINT)
-            try:
-                launcher.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
+        except KeyboardInterrupt:
+            stop_launcher(launcher)
             raise
         finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
             forward.join(timeout=10)
         failures = sorted(results.glob("rank-*.json"), key=lambda f: int(f.stem.partition("-")[2]))
         failure = json.loads(failures[0].read_text(encoding="utf-8")) if failures else None
@@ -97,6 +100,58 @@ def launched(step: Step) -> dict:
     counts = Manifest.load(step.directory).counts
     used = f"; read {counts['read']}, used {counts['used']}" if "read" in counts and "used" in counts else ""
     return {**counts, "summary": f"{step.processes} processes{used}"}
+
+
+def stop_launcher(launcher, patience: float = 60) -> None:
+    """Stop `accelerate launch` (a subprocess.Popen) and its workers: SIGINT (what Ctrl-C sends), then SIGTERM,
+    each given `patience` seconds, on which torch's launcher stops its workers and waits for them; SIGKILL last.
+    Never SIGKILL first: the workers run in sessions of their own (torch.distributed.elastic), and a launcher killed
+    outright leaves them running, waiting in a collective and holding the stage's lock."""
+    import signal
+    import subprocess
+
+    for sent in (signal.SIGINT, signal.SIGTERM):
+        if launcher.poll() is not None:
+            return
+        launcher.send_signal(sent)
+        try:
+            launcher.wait(timeout=patience)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    launcher.kill()
+    launcher.wait()
+
+
+def tied_to_this_process(command: list[str]) -> list[str]:
+    """`command`, started so that it gets SIGTERM when this process dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG, which exec keeps): a server or worker nobody would stop otherwise. A fresh interpreter sets it
+    and execs the command (subprocess's preexec_fn is unsafe in a process with threads); it exits at once when this
+    process died before it was set. Elsewhere than Linux, `command` as it is."""
+    import os
+    import sys
+
+    if sys.platform != "linux":
+        return command
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
+
+
+_DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+                    "os.getppid() == int(sys.argv[1]) or sys.exit(1); os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child process (a ProcessPoolExecutor's initializer): get SIGTERM when the parent, pid `parent`, dies
+    (Linux's PR_SET_PDEATHSIG), and exit now if it already has."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def leave_process_group() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def accelerate_launch(arguments: list[str], env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`accelerate launch ARGUMENTS` (this venv's), its output captured, as subprocess.run would; but on a timeout
+    the launcher is stopped with its workers (rlaif.launch.stop_launcher) before the test fails: killed alone, it
+    would leave them running (in sessions of their own), loading the machine for the tests after."""
+    from rlaif.launch import stop_launcher
+
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", *arguments]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as launcher:
+        try:
+            out, err = launcher.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_launcher(launcher, patience=30)
+            out, err = launcher.communicate()
+            pytest.fail(f"accelerate launch did not end within {timeout:g} s; its output:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(command, launcher.returncode, out, err)
+
+
 @contextlib.contextmanager
 def running_server(command: list[str], ready_url: str, log_path: Path, env: dict | None = None, timeout: float = 120):
     """A server started by `command` in a subprocess, its output to `log_path`, yielded once `ready_url` answers
@@ -121,8 +140,10 @@ def running_server(command: list[str], ready_url: str, log_path: Path, env: dict
     import time
     import urllib.request
 
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    from rlaif.launch import tied_to_this_process
+
+    with open(log_path, "wb") as log:  # tied to pytest: a test run killed outright stops its servers too
+        server = subprocess.Popen(tied_to_this_process(command), stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -144,3 +165,4 @@ def running_server(command: list[str], ready_url: str, log_path: Path, env: dict
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()

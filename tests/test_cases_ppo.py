@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import REPO, build_tiny_model
+from conftest import REPO, accelerate_launch, build_tiny_model
 
 from rlaif.ppo import losses as L
 from rlaif.ppo.build import build_models, build_reward
@@ -151,10 +151,8 @@ def test_evaluation_over_two_processes_with_uneven_and_empty_shards(tiny_model_d
     single = subprocess.run([sys.executable, str(script), *args, str(one)], env=env, capture_output=True,
                             text=True, timeout=300, check=False)
     assert single.returncode == 0, single.stderr[-3000:]
-    accelerate = Path(sys.executable).with_name("accelerate")
-    launched = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-                               "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args,
-                               str(two)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    launched = accelerate_launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+                                  "no", "--dynamo_backend", "no", str(script), *args, str(two)], env)
     assert launched.returncode == 0, launched.stderr[-3000:]
     for n in (1, 3, 5):
         [a], [b] = read_jsonl(one / f"eval-{n}.jsonl"), read_jsonl(two / f"eval-{n}.jsonl")

@@ -8,14 +8,12 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import accelerate_launch, build_tiny_model
 
 from rlaif.ppo import monitors as M
 from rlaif.ppo.config import PPOConfig, check_alone
@@ -371,13 +369,12 @@ def test_cli_under_accelerate_launch_with_two_processes(tiny_model_dir, prompts,
     eval_prompts = tmp_path / "eval.txt"
     eval_prompts.write_text("\n".join(PROMPTS[:3]) + "\n")
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    command = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", "ppo", "--policy",
                str(tiny_model_dir), "--reward-fn", "toy_rewards:fl", "--prompts", str(prompts), "--out", str(out),
                "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8", "--save-steps", "1", "--device", "cpu",
                "--eval-prompts", str(eval_prompts), "--log-with", "tensorboard"]
-    result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+    result = accelerate_launch(command, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("✓ step 2") == 1  # one process reports
     assert len(list(out.glob("ppo/events.out.tfevents.*"))) == 1
@@ -401,18 +398,17 @@ def test_fsdp_trains_as_ddp_does_and_resumes_from_its_sharded_checkpoints(tiny_m
     eval_prompts = tmp_path / "eval.txt"
     eval_prompts.write_text("\n".join(PROMPTS[:5]) + "\n")
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    accelerate = Path(sys.executable).with_name("accelerate")
     settings = tmp_path / "ppo.yaml"
     settings.write_text("lr_schedule: constant\n")  # the same learning rate at step 3 whether 2 or 3 are planned
 
     def launch(out: Path, steps: int, *extra: str) -> None:
-        command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        command = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlaif", "ppo", "--policy",
                    str(tiny_model_dir), "--reward-fn", "toy_rewards:fl", "--prompts", str(prompts), "--out", str(out),
                    "--steps", str(steps), "--batch-size", "2", "--max-new-tokens", "8", "--save-steps", "1",
                    "--learning-rate", "1e-3", "--device", "cpu", "--eval-prompts", str(eval_prompts),
                    "--eval-every", "1", "--config", str(settings), *extra]
-        result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
+        result = accelerate_launch(command, env)
         assert result.returncode == 0, "\n".join(line for line in result.stderr.splitlines() if "Warning" not in line)[-3000:]
 
     launch(tmp_path / "ddp", 3)
