@@ -100,14 +100,15 @@ def run_ours(args) -> None:
     from rlaif.ppo.config import PPOConfig
     from rlaif.ppo.trainer import run
 
-    prompts = Path(tempfile.mkdtemp()) / "prompts.jsonl"
+    scratch = tempfile.TemporaryDirectory()  # its models (hundreds of MB) gone when this process ends
+    prompts = Path(scratch.name) / "prompts.jsonl"
     prompts.write_text("".join(p.read_text() for p in PROMPTS))
     rows = []
 
     def record(step, metrics):
         rows.append(metrics)
 
-    out = Path(tempfile.mkdtemp()) / "ppo"
+    out = Path(scratch.name) / "ppo"
     config = PPOConfig(prompts=str(prompts), out=str(out), policy=args.policy, reward_model=[args.reward_model],
                        normalize_reward=False, steps=args.steps, batch_size=args.batch_size,
                        minibatches=args.minibatches, ppo_epochs=args.ppo_epochs, max_new_tokens=args.response_length,
@@ -154,7 +155,8 @@ def main() -> None:
     policy = resolve("smollm2-135m-instruct")
     reward = reward_model_dir(policy, cache_dir())
     trl_python = ensure_venv(ROOT)
-    work = Path(tempfile.mkdtemp())
+    scratch = tempfile.TemporaryDirectory()
+    work = Path(scratch.name)
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(p.read_text() for p in PROMPTS))
     common = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--response-length",
