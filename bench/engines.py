@@ -312,4 +312,4 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM, after every server was stopped and the temporary folder removed
         print("interrupted", file=sys.stderr)
-        os._exit(130)  # not waiting for the HTTP engine's threads, retrying requests no server will answer
+        sys.exit(130)

@@ -40,7 +40,6 @@ def launched(step: Step) -> dict:
     import signal
     import socket
     import subprocess
-    import sys
     import tempfile
     import threading
 
@@ -49,7 +48,7 @@ def launched(step: Step) -> dict:
     from rlaif.cli import LAUNCH_RESULT
     from rlaif.records import Manifest, lock_stage, release_stage
 
-    accelerate = Path(sys.executable).with_name("accelerate")
+    accelerate = accelerate_path()
     if not accelerate.is_file():
         raise ConfigError(f"num_processes: {step.processes} processes need accelerate's launcher, not found at "
                           f"{accelerate} (pip install accelerate)", ["num_processes"])
@@ -66,8 +65,11 @@ def launched(step: Step) -> dict:
         config, results = Path(scratch) / f"{step.stage}.yaml", Path(scratch) / "results"
         config.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
         results.mkdir()
-        launcher = subprocess.Popen([*command, str(config)], env={**os.environ, LAUNCH_RESULT: str(results)},
-                                    stderr=subprocess.PIPE)
+        # Tied to this process (a run killed outright, SIGKILL, takes the launcher with it, which stops its workers),
+        # and in a session of its own: a terminal's Ctrl-C comes to this process alone, which stops the launcher
+        # once (stop_launcher), not twice in a row, which would cut its workers' shutdown short.
+        launcher = subprocess.Popen(tied_to_this_process([*command, str(config)]), stderr=subprocess.PIPE,
+                                    env={**os.environ, LAUNCH_RESULT: str(results)}, start_new_session=True)
         main_thread = threading.current_thread() is threading.main_thread()
         held: list[bytes] = []  # the output from the first traceback or launcher warning on, kept until the end
         forward = threading.Thread(target=_forward_stderr, args=(launcher.stderr, held), daemon=True)
@@ -102,6 +104,13 @@ def launched(step: Step) -> dict:
     return {**counts, "summary": f"{step.processes} processes{used}"}
 
 
+def accelerate_path() -> Path:
+    """accelerate's launcher in this Python's environment (it may not be on PATH)."""
+    import sys
+
+    return Path(sys.executable).with_name("accelerate")
+
+
 def stop_launcher(launcher, patience: float = 60) -> None:
     """Stop `accelerate launch` (a subprocess.Popen) and its workers: SIGINT (what Ctrl-C sends), then SIGTERM,
     each given `patience` seconds, on which torch's launcher stops its workers and waits for them; SIGKILL last.
@@ -124,25 +133,25 @@ def stop_launcher(launcher, patience: float = 60) -> None:
 
 
 def tied_to_this_process(command: list[str]) -> list[str]:
-    """`command`, started so that it gets SIGTERM when this process dies, even by SIGKILL (Linux's
-    PR_SET_PDEATHSIG, which exec keeps): a server or worker nobody would stop otherwise. A fresh interpreter sets it
-    and execs the command (subprocess's preexec_fn is unsafe in a process with threads); it exits at once when this
-    process died before it was set. Elsewhere than Linux, `command` as it is."""
+    """`command`, started so that it gets SIGTERM when this process dies, even by SIGKILL (`die_with_parent`, which
+    exec keeps): a server or launcher nobody would stop otherwise. A fresh interpreter sets it and execs the command
+    (subprocess's preexec_fn is unsafe in a process with threads). Start it from the main thread, or from a thread
+    that outlives it: the signal comes when the thread that started it ends. Elsewhere than Linux, `command` as it
+    is."""
     import os
     import sys
 
     if sys.platform != "linux":
         return command
-    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
-
-
-_DIE_WITH_PARENT = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
-                    "os.getppid() == int(sys.argv[1]) or sys.exit(1); os.execvp(sys.argv[2], sys.argv[2:])")
+    start = ("import os, sys; from rlaif.launch import die_with_parent; die_with_parent(int(sys.argv[1])); "
+             "os.execvp(sys.argv[2], sys.argv[2:])")
+    return [sys.executable, "-c", start, str(os.getpid()), *command]
 
 
 def die_with_parent(parent: int) -> None:
-    """In a child process (a ProcessPoolExecutor's initializer): get SIGTERM when the parent, pid `parent`, dies
-    (Linux's PR_SET_PDEATHSIG), and exit now if it already has."""
+    """In a child process (a ProcessPoolExecutor's initializer, or before an exec): get SIGTERM when the parent, pid
+    `parent`, dies, and exit now if it already has. Linux's PR_SET_PDEATHSIG, which fires when the parent's thread
+    that started this process ends (the main thread: when the parent does); a no-op elsewhere."""
     import ctypes
     import os
     import signal

@@ -443,7 +443,7 @@ def _when(annotation: dict, path: Path, at: str) -> datetime:
     if stamp is None:
         return datetime.min.replace(tzinfo=timezone.utc)
     try:
-        when = datetime.fromisoformat(str(stamp))
+        when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))  # Python 3.10 reads no "Z"
     except ValueError:
         raise DataError(path, None, f"{at}.updated_at", f"expected an ISO 8601 time, found {stamp!r}") from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)

@@ -126,7 +126,10 @@ def accelerate_launch(arguments: list[str], env: dict, timeout: float = 300) -> 
             out, err = launcher.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             stop_launcher(launcher, patience=30)
-            out, err = launcher.communicate()
+            try:
+                out, err = launcher.communicate(timeout=30)
+            except subprocess.TimeoutExpired:  # workers left holding the pipes
+                out, err = "", ""
             pytest.fail(f"accelerate launch did not end within {timeout:g} s; its output:\n{err[-3000:]}")
     return subprocess.CompletedProcess(command, launcher.returncode, out, err)
 

@@ -20,10 +20,12 @@ def _gone(pid: int, within: float = 10.0) -> bool:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        # a child of the killed parent is reaped by init; until then it is a zombie, which counts as gone
-        with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().split(") ")[1].startswith("Z"):
-                return True
+        try:  # a child of the killed parent is reaped by init; until then it is a zombie, which counts as gone
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().split(") ")[1].startswith("Z"):
+                    return True
+        except FileNotFoundError:  # reaped since
+            return True
         time.sleep(0.1)
     return False
 
@@ -87,3 +89,36 @@ def test_a_launcher_is_asked_to_stop_before_it_is_killed(tmp_path, ignores, ende
     started = time.monotonic()
     stop_launcher(launcher, patience=1.0)
     assert launcher.returncode == ended_by and time.monotonic() - started < 10
+
+
+def test_sigterm_to_a_run_during_a_launched_stage_stops_the_launcher_as_ctrl_c_does(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM to `rlaif run` while a stage runs under accelerate launch: the launcher is sent SIGINT
+    (on which it stops its workers), the run ends as on Ctrl-C, and SIGTERM's handler is given back. The launcher
+    here is a stand-in script that records the signal, not accelerate's."""
+    import threading
+
+    import rlaif.launch
+    from rlaif.pipeline import Step
+    from rlaif.sft import SFTConfig
+
+    ready, got = tmp_path / "ready", tmp_path / "got"
+    fake = tmp_path / "accelerate"
+    fake.write_text(f"#!{sys.executable}\nimport signal, sys, time\n"
+                    f"signal.signal(signal.SIGINT, lambda *_: (open({str(got)!r}, 'w').write('SIGINT'), sys.exit(1)))\n"
+                    f"open({str(ready)!r}, 'w').close()\ntime.sleep(60)\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(rlaif.launch, "accelerate_path", lambda: fake)
+
+    def terminate():
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    step = Step(1, "sft", tmp_path / "sft", SFTConfig(data="sft.jsonl", out=str(tmp_path / "sft")), processes=2)
+    step.directory.mkdir()
+    threading.Thread(target=terminate, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        rlaif.launch.launched(step)
+    assert got.read_text() == "SIGINT" and signal.getsignal(signal.SIGTERM) is before

@@ -187,7 +187,7 @@ def main() -> None:
 
         if not isinstance(e, SystemExit):
             traceback.print_exc()
-        code = e.code if isinstance(e, SystemExit) else 130 if isinstance(e, KeyboardInterrupt) else 1
+        code = e.code if isinstance(e, SystemExit) else 1  # click makes Ctrl-C SystemExit(1) ("Aborted!")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code if isinstance(code, int) else 1)
