@@ -202,11 +202,10 @@ def read_guidelines(tasks_dir: Path | str) -> tuple[str, str]:
     return (text, GUIDELINES_FILE) if text.strip() else (DEFAULT_GUIDELINES, "default")
 
 
-def create_app(tasks_dir: Path | str, annotator: str | None = None, token: str | None = None,
-               check_host: bool = True, lease_seconds: float = LEASE_SECONDS,
-               clock: Callable[[], float] = time.monotonic):
-    """The FastAPI app serving the page and its API for TASKS_DIR. `annotator`: the name used when the page gives
-    none. `token`: when set, every /api/ call must carry it as the X-Token header (403 otherwise). `check_host`:
+def create_app(tasks_dir: Path | str, token: str | None = None, check_host: bool = True,
+               lease_seconds: float = LEASE_SECONDS, clock: Callable[[], float] = time.monotonic):
+    """The FastAPI app serving the page and its API for TASKS_DIR. Whom a page answers for is its own: the name
+    typed in it, or ?annotator=NAME in its address; none is assumed. `token`: when set, every /api/ call must carry it as the X-Token header (403 otherwise). `check_host`:
     answer only requests addressed to a loopback name (for a loopback-bound server). `lease_seconds`: how long a
     task shown to someone is kept from others (module docstring, "Which task"); `clock`: the seconds it is measured
     in (a test passes one it moves by hand)."""
@@ -221,7 +220,6 @@ def create_app(tasks_dir: Path | str, annotator: str | None = None, token: str |
     by_id = {task["id"]: task for task in tasks}
     answers_path = tasks_dir / ANSWERS_FILE
     _read_events(answers_path)  # a bad line is an error now, not on the first request
-    default_name = (annotator or "").strip()
     # The thread lock orders this server's requests; the file lock, other servers on the same folder.
     thread_lock, file_lock = threading.Lock(), FileLock(str(answers_path) + ".lock")
     leases: dict[str, tuple[str, float]] = {}  # annotator -> (task shown to them, clock() when the lease ends)
@@ -298,7 +296,7 @@ def create_app(tasks_dir: Path | str, annotator: str | None = None, token: str |
 
     @app.get("/api/state")
     def get_state(annotator: str = Query("", max_length=100)) -> dict:
-        name = annotator.strip() or default_name
+        name = annotator.strip()
         if not name:
             return {"annotator": None, "answered": 0, "total": len(tasks), "remaining": len(tasks), "waiting": 0,
                     "undo": None, "task": None}

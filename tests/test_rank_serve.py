@@ -281,15 +281,19 @@ def test_serve_off_loopback_requires_the_token_and_stops_on_ctrl_c(tmp_path):
     write_tasks(tmp_path, [task(1)])
     command = [sys.executable, "-m", "rlaif", "rank", "serve", str(tmp_path), "--host", "0.0.0.0", "--port", "0",
                "--no-open"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen([*command, "--annotator", "ana lee"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
     try:
         lines = [server.stdout.readline() for _ in range(3)]
-        match = re.search(r"http://\S+:(\d+)/\?token=(\S+)", "".join(lines))
+        match = re.search(r"Open (http://\S+:(\d+)/\?token=(\S+)) \(yours: (\S+)\)", "".join(lines))
         assert match, lines
+        assert match[4] == f"{match[1]}&annotator=ana+lee"  # the name in the address, not assumed for everyone
         assert "Ctrl-C" in lines[2]
         import requests
 
-        base, token = f"http://127.0.0.1:{match[1]}", match[2]
+        base, token = f"http://127.0.0.1:{match[2]}", match[3]
+        anyone = requests.get(f"{base}/api/state", headers={"X-Token": token}, timeout=10)
+        assert anyone.status_code == 200 and anyone.json()["annotator"] is None
         assert requests.get(f"{base}/api/state?annotator=ana", timeout=10).status_code == 403
         assert requests.get(f"{base}/api/state?annotator=ana", headers={"X-Token": "x" + token},
                             timeout=10).status_code == 403
@@ -366,8 +370,8 @@ def showing(page, n: int) -> None:
 def test_rank_with_keys_buttons_tie_and_skip(tmp_path, page):
     from playwright.sync_api import expect
 
-    with serving(write_tasks(tmp_path, [task(n) for n in range(1, 6)]), annotator="ana") as url:
-        page.goto(url)
+    with serving(write_tasks(tmp_path, [task(n) for n in range(1, 6)])) as url:
+        page.goto(f"{url}/?annotator=ana")
         showing(page, 1)
         left = left_index("ana", "t1")
         assert page.locator("#left").text_content() == task(1)["responses"][left]
@@ -495,8 +499,8 @@ def test_hostile_text_shows_literally_and_runs_nothing(tmp_path, page):
 def test_double_click_and_held_key_answer_only_the_task_seen(tmp_path, page):
     from playwright.sync_api import expect
 
-    with serving(write_tasks(tmp_path, [task(n) for n in range(1, 6)]), annotator="ana") as url:
-        page.goto(url)
+    with serving(write_tasks(tmp_path, [task(n) for n in range(1, 6)])) as url:
+        page.goto(f"{url}/?annotator=ana")
         showing(page, 1)
         box = page.get_by_role("button", name="A is better").bounding_box()
         x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2

@@ -16,8 +16,8 @@ def rank() -> None:
 
 @rank.command()
 @click.argument("tasks_dir", metavar="TASKS_DIR", type=click.Path(file_okay=False))
-@click.option("--annotator", help="Your name, used when the page gives none (the page can change it, and "
-                                  "?annotator=NAME in the URL picks it).")
+@click.option("--annotator", help="Your name, put in the address printed and opened (?annotator=NAME); others "
+                                  "who open the bare address type their own.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Any but a loopback one needs the random token in the printed URL.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port; 0 picks a free one.")
@@ -41,6 +41,7 @@ def serve(tasks_dir: str, annotator: str | None, host: str, port: int, open_brow
     import secrets
     import socket
     import webbrowser
+    from urllib.parse import urlencode
 
     import uvicorn
     from filelock import FileLock, Timeout
@@ -50,7 +51,7 @@ def serve(tasks_dir: str, annotator: str | None, host: str, port: int, open_brow
 
     loopback = is_loopback(host)
     token = None if loopback else secrets.token_urlsafe(16)
-    app = create_app(tasks_dir, annotator=annotator, token=token, check_host=loopback)
+    app = create_app(tasks_dir, token=token, check_host=loopback)
     # One server per folder: which task is shown to whom (its lease) lives in the server's memory, and a second
     # server would hand out the same tasks again. Held until this process ends (released by the OS if it dies).
     serving = FileLock(str(Path(tasks_dir) / ".rank-serve.lock"))
@@ -67,12 +68,16 @@ def serve(tasks_dir: str, annotator: str | None, host: str, port: int, open_brow
                           "port") from None
     shown_host = socket.gethostname() if host in ("0.0.0.0", "::") else host
     shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
-    url = f"http://{shown_host}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
+    base, access, name = f"http://{shown_host}:{sock.getsockname()[1]}/", {"token": token} if token else {}, \
+        (annotator or "").strip()
+    url = base + (f"?{urlencode(access)}" if access else "")
+    mine = f"{base}?{urlencode({**access, 'annotator': name})}" if name else url  # no name assumed for others
     tasks = len(app.state.tasks)
+    yours = f" (yours: {shown(mine)})" if mine != url else ""
     out.print(f"Ranking {tasks} task{'s' if tasks != 1 else ''}; answers go to {shown(tasks_dir)}/{ANSWERS_FILE}.\n"
-              f"Open [bold]{shown(url)}[/bold]\nPress Ctrl-C to stop.", soft_wrap=True)
+              f"Open [bold]{shown(url)}[/bold]{yours}\nPress Ctrl-C to stop.", soft_wrap=True)
     if open_browser:
-        webbrowser.open(url)
+        webbrowser.open(mine)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
     try:
         server.run(sockets=[sock])
