@@ -167,10 +167,12 @@ def export(config: RouteExport, progress: bool = True) -> dict:
                                  f"people each); {result['summary']}"}
 
 
-def arrived(step: Step, answers: list[Step], weight: float, skip_human: bool, command: str) -> str:
+def arrived(step: Step, answers: list[Step], weight: float, skip_human: bool, command: str,
+            min_pairs: int = 20) -> str:
     """After a round's human step, done now or before: a line saying how many tasks people answered and what the run
     does with them. When the plan found no answers in the folder and `skip_human` is off: HumanRouteStopped, saying
-    how many pairs, how to rank them, and how to go on (`command`, the `rlaif run` to rerun)."""
+    how many pairs, how to rank them, how to go on (`command`, the `rlaif run` to rerun) and whether the random ones
+    can measure the labeler (`min_pairs`: the reward stage's reliability_min_pairs)."""
     folder = shown_path(step.directory)
     done, total = tasks_answered(step.directory)
     later = f"the reward stages from round {step.round} on"
@@ -184,10 +186,10 @@ def arrived(step: Step, answers: list[Step], weight: float, skip_human: bool, co
     drawn = sum(row.get("why") == "random" for row in read_jsonl(step.directory / TASKS_FILE))
     measure = (f"\nOnly the {drawn} drawn at random measure the AI labeler (the others were chosen because it was "
                "unsure, where it would look worse than it is)")
-    if drawn < 20:  # reward.reliability_min_pairs' default, on the training side
-        measure += (": fewer than the 20 pairs the reward stage needs to measure it (reliability_min_pairs), so its "
-                    "labels stay unmeasured (weight 0 under label.gate: weight); raise human.route.budget or "
-                    "random_share for a later round")
+    if drawn < min_pairs:  # counted on the training side
+        measure += (f": fewer than the {min_pairs} pairs the reward stage needs to measure it "
+                    "(reliability_min_pairs), so its labels stay unmeasured (weight 0 under label.gate: weight); "
+                    "raise human.route.budget or random_share for a later round")
     raise HumanRouteStopped(
         f"round {step.round} waits for people: rank the {total} pairs its AI labels were least sure of (and a random "
         f"share), exported to {folder}{so_far}.\n"

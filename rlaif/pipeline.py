@@ -537,7 +537,8 @@ def run(recipe: Recipe, progress: bool = True, on_step=None, on_done=None, on_wa
         if step.stage == CHECK and (warning := gate(recipe, step)) and on_warning:
             on_warning(step, warning)
         if step.stage == "human":
-            text = human_route.arrived(step, _answers(steps, step), recipe.human_route.weight, skip_human, command)
+            text = human_route.arrived(step, _answers(steps, step), recipe.human_route.weight, skip_human, command,
+                                       stage_config(recipe, "reward", {}).reliability_min_pairs)
             if on_note:
                 on_note(step, text)
 

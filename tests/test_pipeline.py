@@ -910,6 +910,12 @@ def test_a_route_stops_after_label_until_people_answer(routed, monkeypatch):
     again = CliRunner().invoke(cli, ["run", "recipe.yaml", "--set", "ppo.steps=1"])
     assert again.exit_code == 2 and "stopped: round 1 waits for people" in again.output
     assert len(ran) == 6 and list(read_jsonl(folder / "tasks.jsonl")) == tasks
+    # The reward stage's own reliability_min_pairs says whether the random ones are enough to measure the labeler
+    assert drawn >= 1
+    enough = CliRunner().invoke(cli, ["run", "recipe.yaml", "--set", "ppo.steps=1", "--set",
+                                      f"reward.reliability_min_pairs={drawn}"])
+    assert enough.exit_code == 2 and f"Only the {drawn} drawn at random" in " ".join(enough.output.split())
+    assert "fewer than" not in enough.output and len(ran) == 6
     # Two people answer on the page (ben skips his task); the rerun imports their answers, and the reward stage
     # trains on them with the AI labels and the human file.
     pairs = answer(folder, "ana", ["left", "right"]) + answer(folder, "ben", ["skip"])
