@@ -11,15 +11,16 @@ the budget (`random_share`) is drawn first, uniformly from all candidates, so th
 the AI labelled: the agreement measured on it holds for the whole file (drawn from what the active pick leaves, it
 would miss the least certain pairs). The rest of the budget (the active pick) goes where a person's answer is worth
 most, in this order: (1) pairs the labeler contradicts itself on (`consistent: false`, why `inconsistent`) or where
-principles disagree (`principle_p` on both sides of 0.5, why `principles_disagree`), least certain first
-(|p_chosen - 0.5| smallest); (2) pairs the AI doubts, whose |p_chosen - 0.5| is below UNCERTAIN_MARGIN (why
-`uncertain`); (3) when the budget goes further, the others (why `stratified`: picked for coverage, not doubt). In
-(2) and (3), pairs are filed under a principle (of a row's `principle_p`, the one closest to 0.5; else its first
-`principles`; else none) and the principles take turns, each its least certain pair first, so that no principle
-takes a whole group; but a confident pair never comes before a doubtful one, whatever its principle. Of the exported
-tasks, a share (`overlap_share`) goes to `overlap` annotators, for inter-annotator agreement; the others to one. The
-tasks come in the order of the pick, the random ones spread evenly among them, so that any first part of the file
-holds its share of both. Everything random is drawn from `seed`.
+principles disagree (`principle_p` on both sides of 0.5, why `principles_disagree`), least certain first (|p_chosen
+- 0.5| smallest); (2) pairs the AI doubts (why `uncertain`): flagged `low_confidence` by `rlaif label` (under its
+min_margin), or for rows without flags, |p_chosen - 0.5| below UNCERTAIN_MARGIN; (3) when the budget goes further,
+the others (why `stratified`: picked for coverage, not doubt). In (2) and (3), pairs are filed under a principle (of
+a row's `principle_p`, the one closest to 0.5; else its first `principles`; else none) and the principles take
+turns, each its least certain pair first, so that no principle takes a whole group; but a confident pair never comes
+before a doubtful one, whatever its principle. Of the exported tasks, a share (`overlap_share`) goes to `overlap`
+annotators, for inter-annotator agreement; the others to one. The tasks come in the order of the pick, the random
+ones spread evenly among them, so that any first part of the file holds its share of both. Everything random is
+drawn from `seed`.
 
 **Files** (in `out`): `tasks.jsonl` (docs/data-contract.md, "tasks"), read by `rlaif rank serve`;
 `label-studio.json` and `label-studio.xml`, the same pairs as Label Studio tasks and their labeling config;
@@ -117,14 +118,17 @@ class ExportConfig:
 
 def why(row: PreferenceRow) -> str:
     """Why a pair's AI label wants a person: `inconsistent` (the two orders pick different winners),
-    `principles_disagree` (one principle prefers each reply) or else `uncertain` (which `select` makes `stratified`
-    where the label is UNCERTAIN_MARGIN or more from 0.5)."""
+    `principles_disagree` (one principle prefers each reply), `uncertain` (the AI doubts it: the `low_confidence`
+    flag of `rlaif label`, set under the label stage's own min_margin; for a row without `flags`, |p_chosen - 0.5|
+    below UNCERTAIN_MARGIN), or else `stratified` (a person's answer for coverage, not doubt)."""
     if row.get("consistent") is False:
         return "inconsistent"
     principle_p = (row.get("principle_p") or {}).values()
     if any(p > 0.5 for p in principle_p) and any(p < 0.5 for p in principle_p):
         return "principles_disagree"
-    return "uncertain"
+    doubts = "low_confidence" in row["flags"] if isinstance(row.get("flags"), list) else \
+        abs(row["p_chosen"] - 0.5) < UNCERTAIN_MARGIN
+    return "uncertain" if doubts else "stratified"
 
 
 def principle_of(row: PreferenceRow) -> str | None:
@@ -150,8 +154,8 @@ def in_turns(tasks: list[dict]) -> list[dict]:
 def select(rows: list[tuple[str, PreferenceRow]], budget: int, random_share: float = 0.2, overlap: int = 2,
            overlap_share: float = 0.2, seed: int = 0, tally: Tally | None = None) -> list[dict]:
     """The tasks to rank (docs/data-contract.md, "tasks") from (file, row) pairs, as the module docstring says: the
-    random share, then the active pick: flagged pairs (least certain first), pairs within UNCERTAIN_MARGIN of 0.5
-    (principles in turns, each least certain first), then the others (`stratified`: principles in turns). `tally`
+    random share, then the active pick: flagged pairs (least certain first), pairs the AI doubts (`why`;
+    principles in turns, each least certain first), then the others (`stratified`: principles in turns). `tally`
     counts the rows left out: `human`, `human_labelled` (an AI row of a pair people labelled), `same_pair` (a second
     label of a pair), moving them from its `used` (give it the tally that read the rows). Fewer candidates than
     `budget`: all of them."""
@@ -179,11 +183,9 @@ def select(rows: list[tuple[str, PreferenceRow]], budget: int, random_share: flo
     rest = [task for i, task in enumerate(pool) if i not in random_set]
     rng.shuffle(rest)  # pairs equally certain come in a seeded order, not the file's
     rest.sort(key=lambda task: abs(task["ai_p"] - 0.5))  # least certain first
-    flagged = [task for task in rest if task["why"] != "uncertain"]
-    doubtful = [task for task in rest if task["why"] == "uncertain" and abs(task["ai_p"] - 0.5) < UNCERTAIN_MARGIN]
-    others = [task for task in rest if task["why"] == "uncertain" and abs(task["ai_p"] - 0.5) >= UNCERTAIN_MARGIN]
-    for task in others:  # chosen so that every principle gets some, not because the AI doubts them
-        task["why"] = "stratified"
+    flagged = [task for task in rest if task["why"] in ("inconsistent", "principles_disagree")]
+    doubtful = [task for task in rest if task["why"] == "uncertain"]
+    others = [task for task in rest if task["why"] == "stratified"]  # so that every principle gets some
     active = (flagged + in_turns(doubtful) + in_turns(others))[: n - len(random_tasks)]
     # The random tasks spread evenly among the others (in their order), so that people who stop early leave a
     # random share answered too (the page offers tasks in file order).
@@ -384,12 +386,12 @@ def _answers(path: Path) -> list[tuple[str, dict]]:
 
 
 def _label_studio(path: Path) -> list[tuple[str, dict]]:
-    """("[TASK].annotations[N]", answer) for each annotator's last annotation (by `updated_at`) of each task in Label Studio's JSON export
-    (docs/source/guide/export.md): `completed_by` (a user id) the annotator, `lead_time` the seconds, a cancelled
-    annotation a skip, the choice from the `preference` Choices result (`value.choices`) and the note from the
-    `note` TextArea's (`value.text`). The replies are the task's `data.a` and `data.b`: "first" below is A. The
-    label-studio.json that export wrote (no annotations) and Label Studio's JSON-MIN export are DataErrors that say
-    so."""
+    """("[TASK].annotations[N]", answer) for each annotator's last annotation (by `updated_at`) of each task in Label
+    Studio's JSON export (docs/source/guide/export.md): `completed_by` (a user id) the annotator, `lead_time`
+    the seconds, a cancelled annotation a skip, the choice from the `preference` Choices result
+    (`value.choices`) and the note from the `note` TextArea's (`value.text`). The replies are the task's
+    `data.a` and `data.b`: "first" below is A. The label-studio.json that export wrote (no annotations) and
+    Label Studio's JSON-MIN export are DataErrors that say so."""
     try:
         tasks = json.loads(read_text(path))
     except json.JSONDecodeError as e:

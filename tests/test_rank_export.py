@@ -48,6 +48,17 @@ def test_least_certain_first():
     assert tasks[0]["responses"] == ["good 3", "bad 3"] and tasks[0]["source_file"] == "f"
 
 
+def test_doubt_is_the_label_stages_own_flag_where_the_row_has_flags():
+    """`rlaif label` flags low_confidence under its own min_margin (a recipe may set 0.1, or 0): a row with flags is
+    doubted as the label stage said; one without (from elsewhere) by UNCERTAIN_MARGIN."""
+    rows = [("f", {**pref(0, 0.58), "flags": ["low_confidence"]}),  # label.min_margin 0.1
+            ("f", {**pref(1, 0.51), "flags": []}),  # label.min_margin 0
+            ("f", pref(2, 0.52)), ("f", pref(3, 0.57))]
+    tasks = select(rows, budget=4, random_share=0)
+    assert [(t["id"], t["why"]) for t in tasks] == [("q2-0-1", "uncertain"), ("q0-0-1", "uncertain"),
+                                                    ("q1-0-1", "stratified"), ("q3-0-1", "stratified")]
+
+
 def test_inconsistent_and_disagreeing_pairs_come_before_uncertain_ones():
     rows = [("f", pref(0, 0.51)), ("f", pref(1, 0.9, consistent=False)),
             ("f", pref(2, 0.6, principle_p={"harmless": 0.9, "honest": 0.3})), ("f", pref(3, 0.95))]
