@@ -151,23 +151,17 @@ def plan(recipe: Recipe, skip_human: bool = False) -> list[Step]:
         # How many processes train is not in the key (as the device is not): a finished stage is kept whatever
         # num_processes a rerun gives, never cleared for it.
         processes = recipe.num_processes if stage in LAUNCHED else 1
-        if stage == "ppo" and config.fsdp:
-            from rlaif.ppo import fsdp
+        if stage == "ppo":  # what PPO on these processes refuses; on several, also what `rlaif ppo` refuses that a
+            from rlaif.ppo.config import check_alone, check_processes  # run in one process only warns about
 
             try:
-                fsdp.check(config, processes)
+                check_processes(config, processes)
+                if processes > 1:
+                    check_alone(config)
             except ConfigError as e:
-                raise ConfigError(f"ppo.{e}", [f"ppo.{f}" for f in e.fields]) from None
-        if processes > 1 and stage == "ppo":  # what `rlaif ppo` refuses that a run in one process only warns about
-            from rlaif.ppo.config import check_alone
-
-            try:
-                if config.engine == "vllm":
-                    raise ConfigError("engine: vllm samples PPO's rollouts in one process; use engine rlaif")
-                check_alone(config)
-            except ConfigError as e:
-                raise ConfigError(f"ppo.{e} (with num_processes {processes}, PPO runs as `rlaif ppo` under "
-                                  "accelerate launch, which refuses this)", [f"ppo.{f}" for f in e.fields]) from None
+                launched = f" (with num_processes {processes}, PPO runs as `rlaif ppo` under accelerate launch)" \
+                    if processes > 1 else ""
+                raise ConfigError(f"ppo.{e}{launched}", [f"ppo.{f}" for f in e.fields]) from None
         for name in ("constitution", "judge"):  # an edited constitution or principle file is a changed setting
             spec = settings.get(name)
             if isinstance(spec, str):

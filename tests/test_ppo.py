@@ -444,3 +444,17 @@ def test_fsdp_refuses_what_it_does_not_do(config, tmp_path):
     with pytest.raises(ConfigError, match=r"^fsdp: shards the models across processes, and this run has one"):
         run(replace(config, fsdp=True, out=str(tmp_path / "one")), progress=False)
     assert not (tmp_path / "one").exists()  # refused before anything is written
+
+
+def test_vllm_rollouts_are_refused_on_several_processes_and_allowed_on_one():
+    """One rule for the run (before anything loads) and for `rlaif run`'s plan: vLLM samples in one process."""
+    from types import SimpleNamespace
+
+    from rlaif.ppo.config import check_processes
+
+    vllm = SimpleNamespace(engine="vllm", fsdp=False, lora=False)
+    check_processes(vllm, 1)
+    with pytest.raises(ConfigError, match=r"^engine: vllm samples PPO's rollouts in one process") as refused:
+        check_processes(vllm, 2)
+    assert refused.value.fields == ["engine"]
+    check_processes(SimpleNamespace(engine="rlaif", fsdp=False, lora=False), 4)

@@ -149,6 +149,17 @@ def check(config: PPOConfig, reward_given: bool = False) -> None:
                           "(reward_fn)")
 
 
+def check_processes(config: PPOConfig, processes: int) -> None:
+    """ConfigError for what PPO does not do on `processes` processes: vLLM rollouts on more than one (vLLM samples
+    in one process, on its own share of the GPU), and FSDP's rules (rlaif.ppo.fsdp.check). Checked by the run
+    before anything loads, and by `rlaif run` when it plans."""
+    fsdp.check(config, processes)
+    if config.engine == "vllm" and processes > 1:
+        raise ConfigError("engine: vllm samples PPO's rollouts in one process (its own GPU share, "
+                          "vllm_gpu_memory_utilization); run with one process, or engine: rlaif under "
+                          "accelerate launch", ["engine"])
+
+
 def check_alone(config: PPOConfig) -> None:
     """Settings that do nothing in a run of the stage by itself (`rlaif ppo`): a ConfigError. A recipe wires in the
     eval prompts, the reward model and the rubric itself, and warns about these instead (recipe.unused_settings)."""

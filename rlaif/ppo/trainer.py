@@ -68,7 +68,7 @@ from rlaif.ppo.checkpoints import (
     save_state,
     truncate_log,
 )
-from rlaif.ppo.config import PPOConfig, check, default_lr, schedule
+from rlaif.ppo.config import PPOConfig, check, check_processes, default_lr, schedule
 from rlaif.ppo.rollout import Batch, CombinedReward, pack, response_logits
 from rlaif.records import (
     ConfigError,
@@ -136,10 +136,6 @@ class PPOTrainer:
         if config.engine == "vllm":
             from rlaif.engines import VLLMModel
 
-            if accelerator.num_processes > 1:
-                raise ConfigError("engine: vllm samples PPO's rollouts in one process (its own GPU share, "
-                                  "vllm_gpu_memory_utilization); run with one process, or engine: rlaif under "
-                                  "accelerate launch")
             self.engine = VLLMModel(config.policy, seed=config.seed, in_process=True,
                                     gpu_memory_utilization=config.vllm_gpu_memory_utilization,
                                     logprobs_mode="processed_logprobs")  # after temperature, as PPO's are
@@ -441,7 +437,7 @@ def run(config: PPOConfig, progress: bool = True, reward: CombinedReward | None 
     if accelerator.mixed_precision == "fp16":
         raise ConfigError("ppo: fp16 mixed precision is not supported (its loss scaler is shared by the policy's and "
                           "the value's optimizers); use accelerate launch --mixed_precision bf16, or no")
-    fsdp.check(config, accelerator.num_processes)
+    check_processes(config, accelerator.num_processes)
     reward = reward or build_reward(config, accelerator.device)  # a reward that cannot load fails before OUT is made
     judge = build_judge(config, accelerator.device) if eval_prompts else None
     lr = default_lr(config)
