@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlaif.rank_export import ExportConfig
 from rlaif.rank_serve import ANSWERS_FILE, TASKS_FILE, final_answers
 from rlaif.recipe import Recipe, shown_path, stage_config
 from rlaif.records import DataError, read_jsonl, read_text
@@ -54,28 +54,14 @@ class HumanRouteStopped(Exception):
     """A round's pairs wait for people's answers (human.route), and the run was not told to go on (--skip-human)."""
 
 
-@dataclass
-class RouteExport:
-    """The human step's settings: rlaif.rank_export.ExportConfig's fields. That config is built when the step runs,
-    since it refuses a folder holding answers, which a finished step's folder does."""
-
-    preferences: list[str] = field(default_factory=list)  # the round's AI labels (its label step's preferences.jsonl)
-    out: str = ""  # OUT/round-k/human
-    budget: int = 200
-    random_share: float = 0.2
-    overlap: int = 2
-    overlap_share: float = 0.2
-    seed: int = 0
-
-
 def add_round(add, recipe: Recipe, k: int, label: Step) -> tuple[Step, list[tuple[str, Step]]]:
     """Round k's human step (through `add`, rlaif.pipeline.plan's) and an answers step for each answers file in its
     folder: (the human step, [(the preference rows file, its answers step)])."""
     route = recipe.human_route
     folder = label.directory.parent / "human"
-    settings = {f.name: getattr(route, f.name) for f in dataclasses.fields(RouteExport) if hasattr(route, f.name)}
+    settings = {f.name: getattr(route, f.name) for f in dataclasses.fields(ExportConfig) if hasattr(route, f.name)}
     asked = add(k, "human", folder, {}, [label],
-                RouteExport(preferences=[str(label.directory / "preferences.jsonl")], out=str(folder), **settings))
+                ExportConfig(preferences=[str(label.directory / "preferences.jsonl")], out=str(folder), **settings))
     ties = stage_config(recipe, "rankings", {}).ties
     answers = []
     for name, file in ANSWER_FILES.items():
@@ -157,11 +143,11 @@ def note(step: Step, answers: list[Step], skip_human: bool) -> str:
     return f"{done} of {total} tasks answered" if answers else f"{total} tasks, no answers yet: {go_on}"
 
 
-def export(config: RouteExport, progress: bool = True) -> dict:
+def export(config: ExportConfig, progress: bool = True) -> dict:
     """Run the human step: `rlaif rankings export` into its folder; returns the export's counts, with `summary`."""
     from rlaif import rank_export
 
-    result = rank_export.run(rank_export.ExportConfig(**dataclasses.asdict(config)))
+    result = rank_export.run(config)
     return {**result, "summary": f"{result['tasks']} of the round's {result['available']} pairs exported for people "
                                  f"({result['random']} drawn at random, {result['overlapping']} for {config.overlap} "
                                  f"people each); {result['summary']}"}

@@ -104,12 +104,8 @@ class ExportConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"{name}: expected a share between 0 and 1 (0.2 is a fifth), not {value!r}")
-        out = Path(self.out)
-        if out.exists() and not out.is_dir():
+        if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ConfigError(f"out: {self.out} is a file; give a directory for the tasks")
-        if (out / ANSWERS_FILE).exists():
-            raise ConfigError(f"out: {out / ANSWERS_FILE} holds people's answers to the tasks there; export to "
-                              "another directory (import those answers first: rlaif rankings import)")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -287,7 +283,11 @@ def label_studio_tasks(tasks: list[dict], seed: int = 0) -> list[dict]:
 def run(config: ExportConfig) -> dict:
     """Choose the tasks and write them into `config.out` (README.txt last: a folder that has it is complete);
     returns counts: `tasks`, `available` (candidates), `random`, `overlapping`, `table` ({(why, principle): tasks})
-    and `summary` (the rows read, used, left out)."""
+    and `summary` (the rows read, used, left out). A ConfigError when `out` holds answers to the tasks there."""
+    out = Path(config.out)
+    if (out / ANSWERS_FILE).exists():
+        raise ConfigError(f"out: {out / ANSWERS_FILE} holds people's answers to the tasks there; export to "
+                          "another directory (import those answers first: rlaif rankings import)")
     tally = Tally("pairs")
     rows = [(file, row) for file in config.preferences
             for row in load_preferences(file, skip_empty=True, tally=tally)]
@@ -295,7 +295,6 @@ def run(config: ExportConfig) -> dict:
                    tally)
     tally.require_some(", ".join(config.preferences), "export takes AI labels (rlaif label's preferences.jsonl); "
                        "rows with source human, and pairs people labelled, are left out")
-    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / TASKS_FILE, tasks)
     write_atomic(out / "label-studio.json", dumps_json(label_studio_tasks(tasks, config.seed)))
