@@ -508,9 +508,7 @@ def import_answers(path: Path, kind: str, ties: str = "skip", tally: Tally | Non
         counted.used += 1
         rows.append(row)
     if tally is not None:
-        tally.read, tally.used = tally.read + counted.read, tally.used + counted.used
-        for reason, n in counted.left_out.items():
-            tally.leave_out(reason, n)
+        tally.add(counted)
     counted.require_some(path, TIES_HINT if "tie" in counted.left_out else "")
     people = Counter(row["id"] for row in rows)
     for row in rows:  # one task, several people: an id each, as rankings import gives them

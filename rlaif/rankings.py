@@ -299,9 +299,7 @@ def _read(path: Path | str, ties: str, annotator: str | None, skip_empty: bool, 
     if first is None:
         raise DataError(path, None, None, "no rankings, pairs or labels in the file")
     if tally is not None:
-        tally.read, tally.used = tally.read + counted.read, tally.used + counted.used
-        for reason, n in counted.left_out.items():
-            tally.leave_out(reason, n)
+        tally.add(counted)
     every_tie = "every pair is a tie; " if set(counted.left_out) == {"tie"} else ""
     counted.require_some(path, every_tie + TIES_HINT if "tie" in counted.left_out else "")
     annotators: dict[str, set] = defaultdict(set)

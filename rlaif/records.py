@@ -250,6 +250,12 @@ class Tally:
         if n:
             self.left_out[reason] = self.left_out.get(reason, 0) + n
 
+    def add(self, other: Tally) -> None:
+        """Count what `other` counted too (one file's tally into a stage's)."""
+        self.read, self.used = self.read + other.read, self.used + other.used
+        for reason, n in other.left_out.items():
+            self.leave_out(reason, n)
+
     def counts(self, prefix: str = "") -> dict[str, int]:
         """{read, used, left_out, left_out_REASON...}, keys optionally prefixed (for a stage with several inputs)."""
         counts = {"read": self.read, "used": self.used, "left_out": sum(self.left_out.values())}
