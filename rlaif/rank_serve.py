@@ -45,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
+from rlaif.loaders import as_prompt
 from rlaif.records import DataError, _repair_tail, dumps_line, iter_jsonl
 
 TASKS_FILE, ANSWERS_FILE, GUIDELINES_FILE = "tasks.jsonl", "rankings.jsonl", "guidelines.md"
@@ -87,7 +88,7 @@ DEFAULT_GUIDELINES = (  # one line per paragraph: the page keeps line breaks and
 def read_tasks(path: Path | str) -> list[dict]:
     """The tasks of a tasks.jsonl, in file order: {id, prompt, responses, overlap} (other fields are dropped: the
     page never sees them). A DataError names the file, line and field of the first bad row: an id missing, empty
-    or given twice, a prompt that is not a list of {role, content} messages, responses that are not exactly two
+    or given twice, a prompt that is neither text nor {role, content} messages ending with a user turn, responses that are not exactly two
     texts, an overlap that is not a whole number >= 1."""
     path = Path(path)
     tasks: list[dict] = []
@@ -99,14 +100,7 @@ def read_tasks(path: Path | str) -> list[dict]:
         if task_id in first_line:
             raise DataError(path, line, "id", f"{task_id!r} is given twice (first on line {first_line[task_id]})")
         first_line[task_id] = line
-        prompt = row.get("prompt")
-        if not isinstance(prompt, list) or not prompt:
-            raise DataError(path, line, "prompt", "expected a list of {role, content} messages")
-        for i, message in enumerate(prompt):
-            if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-                raise DataError(path, line, f"prompt[{i}].role", "expected 'system', 'user' or 'assistant'")
-            if not isinstance(message.get("content"), str):
-                raise DataError(path, line, f"prompt[{i}].content", "expected text")
+        prompt = as_prompt(row.get("prompt"), path, line)
         responses = row.get("responses")
         if not isinstance(responses, list) or len(responses) != 2 or not all(isinstance(r, str) for r in responses):
             raise DataError(path, line, "responses", "expected exactly two reply texts")
