@@ -7,11 +7,12 @@ Each phase runs the rlaif CLI twice in fresh processes, once per engine, on the 
 has the GPU to itself and frees it when its process ends:
 
   critique   `rlaif critique --rounds 1 -t 0 --prefs` on --prompts prompts (examples/prompts, red-team and helpful
-             in turn), batch 64 on both engines: generated tokens per second of the stage's own time (manifest `seconds`: loading
-             the model or starting vLLM apart), and how many greedy turns are the same text;
-  label      `rlaif label -k 1 --both-orders --no-cot` of the rlaif run's prefs.jsonl (final revision against first
-             answer): the share of pairs with the same winner, and the largest and mean |p_chosen difference| over
-             the pairs both labeled, oriented alike (the issue's target is within 1e-3 of the local engine's);
+             in turn), batch 64 on both engines: generated tokens per second of the stage's own time (manifest
+             `seconds`: loading the model or starting vLLM apart), and how many greedy turns are the same text;
+  label      `rlaif label -k 1 --both-orders --no-cot` of the rlaif run's first answer against its final revision,
+             for every prompt (not only those prefs.jsonl keeps: the check compares engines, not replies): the share
+             of pairs with the same winner, and the largest and mean |p_chosen difference| over the pairs both
+             labeled, oriented alike (the issue's target is within 1e-3 of the local engine's);
   ppo        `rlaif ppo --steps 5` from the model against a Python reward (`bench/gpu_check.py:reward`, shorter
              replies score higher, so the 5 steps have something to move), batch 64, 64 new tokens: samples per
              second, seconds generating per step, and with vllm `rollout/logprob_gap`, the mean |log p| gap per
@@ -20,6 +21,8 @@ has the GPU to itself and frees it when its process ends:
 
 Prints a table and writes bench/results/gpu_check.json (or --out). Takes 5 to 8 minutes on one H100-class GPU for
 the 135M model, most of it starting the engines. Needs vLLM (`pip install vllm`, which brings its own torch).
+`--device cpu` runs the script itself on the CPU, for its test (tests/test_vllm_glue.py), with a stand-in for vLLM:
+its figures then measure nothing.
 """
 
 from __future__ import annotations
@@ -71,13 +74,13 @@ def prompts_file(n: int, path: Path) -> Path:
     return path
 
 
-def critique(model: str, prompts: Path, out: Path) -> dict:
+def critique(model: str, prompts: Path, out: Path, device: str, batch: int, new_tokens: int) -> dict:
     results = {}
     for engine in ENGINES:
         run = out / f"critique-{engine}"
         wall = rlaif(["critique", "--prompts", prompts, "-m", model, "--rounds", "1", "-t", "0", "--prefs",
-                      "--max-new-tokens", "128", "--chunk-size", "64", "--out", run, "--engine", engine,
-                      "--batch-size", "64", *(["--device", "cuda"] if engine == "rlaif" else [])],
+                      "--max-new-tokens", 2 * new_tokens, "--chunk-size", batch, "--out", run, "--engine", engine,
+                      "--batch-size", batch, *(["--device", device] if engine == "rlaif" else [])],
                      out / f"{engine}-critique.log")
         manifest = json.loads((run / "critique" / "manifest.json").read_text())
         turns = {t["id"]: t["text"] for t in jsonl(run / "critique" / "turns.jsonl")}
@@ -93,12 +96,21 @@ def critique(model: str, prompts: Path, out: Path) -> dict:
     return results
 
 
-def label(model: str, pairs: Path, out: Path) -> dict:
+def revision_pairs(critique_dir: Path, path: Path) -> Path:
+    """Candidates (docs/data-contract.md) of each prompt's first answer and final revision in a critique run's
+    revisions.jsonl, flagged or not."""
+    rows = [{"id": r["id"], "prompt": r["prompt"], "responses": [r["initial"], r["final"]]}
+            for r in jsonl(critique_dir / "revisions.jsonl")]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def label(model: str, pairs: Path, out: Path, device: str) -> dict:
     rows = {}
     for engine in ENGINES:
         run = out / f"label-{engine}"
         wall = rlaif(["label", "--candidates", pairs, "--labeler", model, "-k", "1", "--both-orders", "--no-cot",
-                      "--out", run, "--engine", engine, *(["--device", "cuda"] if engine == "rlaif" else [])],
+                      "--out", run, "--engine", engine, *(["--device", device] if engine == "rlaif" else [])],
                      out / f"{engine}-label.log")
         rows[engine] = {r["id"]: r for r in jsonl(run / "label" / "preferences.jsonl")}
         rows[engine + "_wall"] = wall
@@ -116,13 +128,13 @@ def label(model: str, pairs: Path, out: Path) -> dict:
             "wall_seconds": {"rlaif": rows["rlaif_wall"], "vllm": rows["vllm_wall"]}}
 
 
-def ppo(model: str, prompts: Path, out: Path) -> dict:
+def ppo(model: str, prompts: Path, out: Path, device: str, batch: int, new_tokens: int) -> dict:
     results = {}
     for engine in ENGINES:
         run = out / f"ppo-{engine}"
         wall = rlaif(["ppo", "--prompts", prompts, "--policy", model, "--reward-fn", "gpu_check:reward", "--steps", "5",
-                      "--batch-size", "64", "--max-new-tokens", "64", "--save-steps", "5", "--out", run,
-                      "--engine", engine], out / f"{engine}-ppo.log")
+                      "--batch-size", batch, "--max-new-tokens", new_tokens, "--save-steps", "5", "--out", run,
+                      "--engine", engine, "--device", device], out / f"{engine}-ppo.log")
         metrics = jsonl(run / "metrics.jsonl")
         results[engine] = {
             "wall_seconds": wall, "samples_per_second": sum(m["samples_per_second"] for m in metrics) / len(metrics),
@@ -140,10 +152,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64, help="prompts for critique and PPO")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "gpu-check", help="run directories and logs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check.json")
+    parser.add_argument("--batch-size", type=int, default=64, help="critique's and PPO's batch")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="PPO's reply length (critique's: twice it)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/gpu_check.py needs a GPU (torch.cuda.is_available() is False)")
     try:
         import vllm
@@ -152,12 +167,15 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     prompts = prompts_file(args.prompts, args.work / "prompts.jsonl")
     started = time.perf_counter()
-    result = {"model": args.model, "prompts": args.prompts, "gpu": torch.cuda.get_device_name(0),
+    result = {"model": args.model, "prompts": args.prompts,
+              "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu (vLLM stand-in)",
               "vllm": vllm.__version__, "torch": torch.__version__, "python": platform.python_version()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    phases = (("critique", lambda: critique(args.model, prompts, args.work)),
-              ("label", lambda: label(args.model, args.work / "critique-rlaif" / "critique" / "prefs.jsonl", args.work)),
-              ("ppo", lambda: ppo(args.model, prompts, args.work)))
+    sizes = (args.batch_size, args.max_new_tokens)
+    critiqued, pairs = args.work / "critique-rlaif" / "critique", args.work / "pairs.jsonl"
+    phases = (("critique", lambda: critique(args.model, prompts, args.work, args.device, *sizes)),
+              ("label", lambda: label(args.model, revision_pairs(critiqued, pairs), args.work, args.device)),
+              ("ppo", lambda: ppo(args.model, prompts, args.work, args.device, *sizes)))
     for name, phase in phases:  # each phase's results written as it ends, so that a later failure keeps them
         result[name] = phase()
         result["seconds"] = time.perf_counter() - started

@@ -14,89 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from trl import GRPOTrainer  # imported before a test puts the stand-in in sys.modules: TRL looks for vLLM
+from vllm_stand_in import Logprob, stand_in_vllm
 
 from rlaif.records import read_jsonl, write_jsonl
-
-
-class Logprob:
-    def __init__(self, logprob: float):
-        self.logprob, self.rank, self.decoded_token = logprob, None, None
-
-
-class SamplingParams:
-    def __init__(self, **kwargs):
-        self.__dict__.update({"temperature": 1.0, "prompt_logprobs": None, "seed": None, "logprobs": None, **kwargs})
-
-
-def stand_in_vllm(calls: list) -> types.ModuleType:
-    """The stand-in module; `calls` records (method, number of requests, params) per call."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    class LLM:
-        def __init__(self, model: str, seed: int = 0, enable_prefix_caching: bool | None = None, **options):
-            calls.append(("init", model, enable_prefix_caching, options))
-            module.instances.append(self)
-            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            weights = self.model.state_dict()
-
-            def load_weights(pairs):  # vLLM's model.load_weights: Hugging Face names, values copied in place
-                pairs = list(pairs)
-                calls.append(("load_weights", len(pairs), None))
-                for name, tensor in pairs:
-                    weights[name].copy_(tensor)
-
-            runner = types.SimpleNamespace(model=types.SimpleNamespace(load_weights=load_weights))
-            self.llm_engine = types.SimpleNamespace(
-                model_config=types.SimpleNamespace(max_model_len=self.model.config.max_position_embeddings),
-                model_executor=types.SimpleNamespace(driver_worker=types.SimpleNamespace(model_runner=runner)))
-
-        def reset_prefix_cache(self):
-            calls.append(("reset_prefix_cache", 0, None))
-
-        def get_tokenizer(self):
-            return self.tokenizer
-
-        def generate(self, prompts, params, use_tqdm=True):
-            """Token-id prompts only. With prompt_logprobs (0, and one token to generate): the prompt's
-            log-probabilities as vLLM returns them, entry 0 None, entry i {prompt token i: its Logprob}. Otherwise
-            (one SamplingParams per prompt): replies sampled token by token from full forward passes (greedy at
-            temperature 0), each with its own seed, and with `logprobs` set each sampled token's log-probability
-            after temperature (vLLM's processed_logprobs)."""
-            calls.append(("generate" if not isinstance(params, list) else "sample", len(prompts), params))
-            if not isinstance(params, list):
-                assert params.prompt_logprobs == 0 and params.max_tokens == 1
-                return [self._prompt_logprobs(prompt["prompt_token_ids"]) for prompt in prompts]
-            return [self._sample(prompt["prompt_token_ids"], p) for prompt, p in zip(prompts, params, strict=True)]
-
-        def _prompt_logprobs(self, ids):
-            assert len(ids) < self.llm_engine.model_config.max_model_len  # vLLM writes a token past the prompt
-            with torch.inference_mode():
-                logits = self.model(torch.tensor([ids])).logits[0].float()
-            logprobs = torch.log_softmax(logits[:-1], dim=-1)
-            entries = [None] + [{t: Logprob(logprobs[i, t].item())} for i, t in enumerate(ids[1:])]
-            return types.SimpleNamespace(prompt_token_ids=ids, prompt_logprobs=entries)
-
-        def _sample(self, ids, p):
-            generator = torch.Generator().manual_seed(p.seed or 0)
-            out, logprobs = [], []
-            for _ in range(p.max_tokens):
-                with torch.inference_mode():
-                    logits = self.model(torch.tensor([ids + out])).logits[0, -1].float()
-                scaled = torch.log_softmax(logits / (p.temperature or 1.0), dim=-1)
-                token = int(logits.argmax()) if p.temperature == 0 else \
-                    int(torch.multinomial(scaled.exp(), 1, generator=generator))
-                out.append(token)
-                logprobs.append({token: Logprob(scaled[token].item())})
-                if token == self.tokenizer.eos_token_id:
-                    break
-            done = out[-1] == self.tokenizer.eos_token_id
-            return types.SimpleNamespace(prompt_token_ids=ids, outputs=[types.SimpleNamespace(
-                text=self.tokenizer.decode(out, skip_special_tokens=True), token_ids=out,
-                logprobs=logprobs if p.logprobs is not None else None, finish_reason="stop" if done else "length")])
-
-    module = types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, __name__="vllm", instances=[])
-    return module
 
 
 @pytest.fixture
@@ -348,3 +268,37 @@ def test_eval_samples_each_policy_on_vllm_and_computes_the_rest_here(vllm_calls,
     for r in rows:
         assert r["logprob"] == pytest.approx(r["base_logprob"], abs=1e-5) and r["tokens"] > 0
     assert "engine: vllm" in (run_dir / "eval" / "config.yaml").read_text()
+
+
+def test_the_gpu_check_script_runs_end_to_end_on_the_stand_in(roomy_model_dir, tmp_path):
+    """bench/gpu_check.py, which runs the real vLLM only on a GPU, run here on the CPU with this file's stand-in as
+    the `vllm` package its subprocesses import: every command it gives rlaif exists, every file it reads is written,
+    and its table and JSON come out. Both engines compute with the same weights, so the labels agree to rounding
+    and the greedy critique turns are the same text; the speed figures measure nothing here."""
+    import json
+    import subprocess
+
+    package = tmp_path / "stand-in" / "vllm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "from vllm_stand_in import stand_in_vllm\n"
+        "_module = stand_in_vllm([])\n"
+        "LLM, SamplingParams, __version__ = _module.LLM, _module.SamplingParams, 'stand-in'\n")
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(root / "bench" / "gpu_check.py"), "--model", str(roomy_model_dir),
+                           "--prompts", "2", "--batch-size", "2", "--max-new-tokens", "6", "--device", "cpu",
+                           "--work", str(tmp_path / "work"), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["gpu"] == "cpu (vLLM stand-in)" and len(result["table"]) == 5
+    critique, label, ppo = result["critique"], result["label"], result["ppo"]
+    assert critique["rlaif"]["turns"] == critique["vllm"]["turns"] == critique["identical_turns"] > 0
+    assert label["pairs"] > 0 and label["same_winner"] == 1.0 and label["max_gap"] < 1e-4
+    assert len(ppo["vllm"]["logprob_gap"]) == 5 and all(g < 1e-4 for g in ppo["vllm"]["logprob_gap"])
+    assert all(w == pytest.approx(1.0, abs=1e-3) for w in ppo["vllm"]["sampler_weight"])
+    assert "GPU check:" in done.stdout and "-> " in done.stdout
