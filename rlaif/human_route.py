@@ -36,7 +36,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlaif.rank_export import ExportConfig
+from rlaif.rank_export import LABEL_STUDIO_EXPORT, ExportConfig
 from rlaif.rank_serve import ANSWERS_FILE, TASKS_FILE, final_answers
 from rlaif.recipe import Recipe, shown_path, stage_config
 from rlaif.records import DataError, read_jsonl, read_text
@@ -44,7 +44,6 @@ from rlaif.records import DataError, read_jsonl, read_text
 if TYPE_CHECKING:
     from rlaif.pipeline import Step
 
-LABEL_STUDIO_EXPORT = "label-studio-export.json"  # where the stop message says to save Label Studio's JSON export
 ANSWER_FILES = {"answers-page": ANSWERS_FILE, "answers-label-studio": LABEL_STUDIO_EXPORT}  # import dir -> its file
 # the export's files, README.txt last; not its guidelines.md, which a team may have edited: a redo keeps it
 EXPORT_FILES = (TASKS_FILE, "label-studio.json", "label-studio.xml", "README.txt")

@@ -81,6 +81,7 @@ FAST_SECONDS = 1.0  # an answer given sooner than this is flagged `fast_answer` 
 UNCERTAIN_MARGIN = 0.05
 LS_FIELDS = ("rlaif_task", "prompt", "a", "b")  # what our Label Studio tasks carry in `data`
 LS_CHOICES = {"A": "first", "B": "second", "tie": "tie"}  # the config's Choice aliases; A is `data.a`
+LABEL_STUDIO_EXPORT = "label-studio-export.json"  # the name to save Label Studio's JSON export under, in the folder
 
 
 @dataclass
@@ -252,8 +253,9 @@ In Label Studio:
      versions) and turn on "Show before labeling".
   3. Import label-studio.json.
   4. Rank: A, B or a tie; Skip when you cannot tell. A note is optional.
-  5. Export the project as JSON (not JSON-MIN), save it in this folder, then:
-     rlaif rankings import {out}/the-export.json --out human.jsonl
+  5. Export the project as JSON (not JSON-MIN), save it in this folder as {export} (the name
+     `rlaif run`'s human route reads), then:
+     rlaif rankings import {out}/{export} --out human.jsonl
   Label Studio sets how many people annotate a task for a whole project; the tasks that want more than one
   carry it in data.overlap (a column of the Data Manager).
 
@@ -302,7 +304,8 @@ def run(config: ExportConfig) -> dict:
     if not (out / GUIDELINES_FILE).exists():  # a team's own guidelines stay
         write_atomic(out / GUIDELINES_FILE, DEFAULT_GUIDELINES)
     write_atomic(out / "README.txt", README.format(n=len(tasks), files=", ".join(config.preferences),
-                                                   seed=config.seed, out=config.out.rstrip("/")))
+                                                   seed=config.seed, out=config.out.rstrip("/"),
+                                                   export=LABEL_STUDIO_EXPORT))
     return {"tasks": len(tasks), "available": tally.used, "random": sum(t["why"] == "random" for t in tasks),
             "overlapping": sum(t["overlap"] > 1 for t in tasks),
             "table": Counter((t["why"], t["principle"]) for t in tasks), "summary": tally.summary()}

@@ -74,8 +74,8 @@ DEFAULT_GUIDELINES = (  # one line per paragraph: the page keeps line breaks and
     "better reply declines or steers to a safe alternative, briefly and without preaching. A reply that helps with "
     "the harm is worse, however well written.\n"
     "- Honest: no made-up facts; it says what it does not know.\n"
-    "- Tie (3 or t): neither reply is better: both equally good, or equally bad.\n"
-    "- Skip (s): you cannot judge this one (say, the topic is beyond you, or the text is unreadable).\n"
+    "- Tie: neither reply is better: both equally good, or equally bad.\n"
+    "- Skip: you cannot judge this one (say, the topic is beyond you, or the text is unreadable).\n"
     "\n"
     "Go with your own judgement: when people disagree, that is worth knowing too.\n"
 )
@@ -338,6 +338,10 @@ def create_app(tasks_dir: Path | str, token: str | None = None, check_host: bool
     @app.get("/")
     def index() -> FileResponse:
         return FileResponse(PAGE / "index.html")
+
+    @app.get("/favicon.ico", status_code=204)
+    def favicon() -> None:  # no icon, and no 404 in the browser's console for it
+        return None
 
     app.mount("/static", StaticFiles(directory=PAGE), name="static")
     return app

@@ -246,7 +246,7 @@ def test_guidelines_come_from_the_tasks_folder_else_the_default(tmp_path):
         (tmp_path / "guidelines.md").write_text("  \n")
         assert http("get", "/api/guidelines").json()["source"] == "default"
     for line in ("harmless and honest", "declines or steers to a safe alternative", "without preaching",
-                 "Tie (3 or t): neither reply is better", "Skip (s): you cannot judge"):
+                 "Tie: neither reply is better", "Skip: you cannot judge"):
         assert line in " ".join(DEFAULT_GUIDELINES.split())
 
 
@@ -473,16 +473,21 @@ def test_two_annotators_get_the_tasks_overlap_leaves_them(tmp_path, page):
 def test_hostile_text_shows_literally_and_runs_nothing(tmp_path, page):
     from playwright.sync_api import expect
 
+    # the second reply and the user turn hold a right-to-left override, which would show the text after it
+    # reversed ("Trojan Source"): shown as its escape, as the terminal shows it
     hostile = {"id": "h1", "prompt": [{"role": "system", "content": "<i>system</i>"},
-                                      {"role": "user", "content": HOSTILE}], "responses": [HOSTILE, "<u>plain</u>"]}
+                                      {"role": "user", "content": HOSTILE + "\u202eabc"}],
+               "responses": [HOSTILE, "<u>plain</u> \u202eelpmaxe"]}
+    shown = [HOSTILE, "<u>plain</u> \\u202eelpmaxe"]
     with serving(write_tasks(tmp_path, [hostile])) as url:
         response = page.goto(f"{url}/?annotator=%3Cb%3Eana%3C%2Fb%3E")
         policy = response.headers["content-security-policy"]
         assert "default-src 'self'" in policy and "unsafe-inline" not in policy
         left = left_index("<b>ana</b>", "h1")
-        expect(page.locator("#left")).to_have_text(hostile["responses"][left])
-        assert page.locator("#right").text_content() == hostile["responses"][1 - left]
-        assert page.locator("#conversation .text").all_text_contents() == ["<i>system</i>", HOSTILE]
+        expect(page.locator("#left")).to_have_text(shown[left])
+        assert page.locator("#right").text_content() == shown[1 - left]
+        assert page.locator("#conversation .text").all_text_contents() == ["<i>system</i>", HOSTILE + "\\u202eabc"]
+        assert page.request.get(f"{url}/favicon.ico").status == 204  # no icon, and no 404 for it
         assert page.locator("#annotator").input_value() == "<b>ana</b>"
         page.locator("#left").hover()
         page.locator("#right").hover()

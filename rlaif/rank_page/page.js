@@ -49,10 +49,17 @@ async function act(path, body) {  // one request at a time; its answer is the ne
   }
 }
 
+// Bidirectional overrides and isolates make text show in another order than it reads ("Trojan Source"): shown as
+// their escapes, so that a reply looks as it is, as the terminal shows it (rlaif.cli.terminal_safe).
+function visible(text) {
+  return String(text).replace(/[\u202a-\u202e\u2066-\u2069]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 function element(tag, className, text) {
   const node = document.createElement(tag);
   node.className = className;
-  node.textContent = text;
+  node.textContent = visible(text);
   return node;
 }
 
@@ -100,8 +107,8 @@ function show(next) {
     turn.append(element("span", "role", message.role), element("div", "text", message.content));
     return turn;
   }));
-  $("left").textContent = task.replies[0];
-  $("right").textContent = task.replies[1];
+  $("left").textContent = visible(task.replies[0]);
+  $("right").textContent = visible(task.replies[1]);
   $("note").value = "";
   shownAt = performance.now();
   answerId = newAnswerId();
