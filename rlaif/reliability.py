@@ -328,7 +328,8 @@ def reliability_line(report: dict) -> str:
                          f"{entry['agreement']['value']:.1%} vs {entry['baseline']['name']} "
                          f"{entry['baseline']['value']:.1%}, sign test p = {entry['sign_test']['p_value']:.3g})")
         elif entry["decision"] == "too few pairs":
-            parts.append(f"{name} not measured ({entry['pairs']} pairs): "
+            fewer = f", fewer than {report['min_pairs']}" if "min_pairs" in report else ""
+            parts.append(f"{name} not measured ({entry['pairs']} pair{'s' if entry['pairs'] != 1 else ''}{fewer}): "
                          f"{'weight 0' if report['mode'] == 'weight' else 'kept, uncalibrated'}")
     if report.get("unmeasured"):
         parts.append("AI labels unmeasured (no human pairs)")

@@ -144,6 +144,7 @@ def test_too_few_pairs_people_also_labelled_give_weight_0_and_say_how_to_go_on()
         "labelled, or a calibration file of its labels of human-labelled pairs (--calibration: `rlaif eval labeler` "
         "writes labels.jsonl), or set reliability to warn (--reliability warn; in a recipe, label.gate: warn) to keep "
         "them at the weight given, uncalibrated")
+    assert reliability_line(report) == f"reliability: {LABELER} not measured (19 pairs, fewer than 20): weight 0"
     # Mixed: the pairs people labelled train on their label alone; an AI-only pair of the labeler weighs 0.
     extra = row(99, "Yes.", "Maybe.", 0.8, "ai", labeler=LABELER)
     sources, _ = weigh_sources([("human.jsonl", humans, 1.0), ("ai.jsonl", ai + [extra], 1.0)], [], never)
