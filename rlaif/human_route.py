@@ -175,9 +175,13 @@ def arrived(step: Step, answers: list[Step], weight: float, skip_human: bool, co
         measure += (f": fewer than the {min_pairs} pairs the reward stage needs to measure it "
                     "(reliability_min_pairs), so its labels stay unmeasured (weight 0 under label.gate: weight); "
                     "raise human.route.budget or random_share for a later round")
+    strays = sorted(path.name for path in step.directory.glob("*.json")
+                    if path.name not in ("label-studio.json", LABEL_STUDIO_EXPORT) and not path.name.startswith("."))
+    stray = (f"\n{folder} holds {', '.join(strays)}: if that is Label Studio's export, rename it "
+             f"{LABEL_STUDIO_EXPORT}, the name the run reads, and rerun") if strays else ""
     raise HumanRouteStopped(
         f"round {step.round} waits for people: rank the {total} pairs its AI labels were least sure of (and a random "
-        f"share), exported to {folder}{so_far}.\n"
+        f"share), exported to {folder}{so_far}.{stray}\n"
         f"  In rlaif's page:    rlaif rank serve {folder}\n"
         f"  Or in Label Studio: make a project with the labeling config in {folder}/label-studio.xml, import "
         f"{folder}/label-studio.json, and when done export the project as JSON and save it as "

@@ -906,9 +906,14 @@ def test_a_route_stops_after_label_until_people_answer(routed, monkeypatch):
     drawn = sum(t.get("why") == "random" for t in read_jsonl(folder / "tasks.jsonl"))
     assert f"Only the {drawn} drawn at random measure the AI labeler" in output
     assert "fewer than the 20 pairs the reward stage needs to measure it (reliability_min_pairs)" in output
-    # A rerun without answers stops again, and runs nothing again.
+    # A rerun without answers stops again, and runs nothing again; Label Studio's export saved under its own name
+    # is pointed at.
+    (folder / "project-1-at-2026-11-30-10-00-1a2b3c4d.json").write_text("[]")
     again = CliRunner().invoke(cli, ["run", "recipe.yaml", "--set", "ppo.steps=1"])
     assert again.exit_code == 2 and "stopped: round 1 waits for people" in again.output
+    assert ("runs/toy/round-1/human holds project-1-at-2026-11-30-10-00-1a2b3c4d.json: if that is Label Studio's "
+            "export, rename it label-studio-export.json") in " ".join(again.output.split())
+    (folder / "project-1-at-2026-11-30-10-00-1a2b3c4d.json").unlink()
     assert len(ran) == 6 and list(read_jsonl(folder / "tasks.jsonl")) == tasks
     # The reward stage's own reliability_min_pairs says whether the random ones are enough to measure the labeler
     assert drawn >= 1
