@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlaif.rank_export import LABEL_STUDIO_EXPORT, ExportConfig
+from rlaif.rank_export import run as export_tasks
 from rlaif.rank_serve import ANSWERS_FILE, TASKS_FILE, final_answers
 from rlaif.recipe import Recipe, shown_path, stage_config
 from rlaif.records import DataError, read_jsonl, read_text
@@ -144,9 +145,7 @@ def note(step: Step, answers: list[Step], skip_human: bool) -> str:
 
 def export(config: ExportConfig, progress: bool = True) -> dict:
     """Run the human step: `rlaif rankings export` into its folder; returns the export's counts, with `summary`."""
-    from rlaif import rank_export
-
-    result = rank_export.run(config)
+    result = export_tasks(config)
     return {**result, "summary": f"{result['tasks']} of the round's {result['available']} pairs exported for people "
                                  f"({result['random']} drawn at random, {result['overlapping']} for {config.overlap} "
                                  f"people each); {result['summary']}"}
